@@ -1,0 +1,24 @@
+# The two commands of the README: `make up` (local stack) and `make test` (whole suite).
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: up test deps lint
+
+$(VENV)/.installed: pyproject.toml scripts/install-deps.sh
+	bash scripts/install-deps.sh
+
+deps: $(VENV)/.installed
+
+up: deps
+	$(BIN)/extauthz up
+
+lint: deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+test: lint
+	$(BIN)/python -m pytest; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
+	  exit $$rc

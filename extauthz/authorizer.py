@@ -1,0 +1,116 @@
+"""The authorizer: the pure decision wired to the live policy snapshot and the token store.
+
+It holds the current PolicySnapshot (swapped atomically by the PolicyWatcher thread when the
+sync job publishes a new version) and looks token records up in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from extauthz.decision import Decision, Outcome, RequestFacts, decide
+from extauthz.errors import MalformedRecord, StoreUnavailable
+from extauthz.policy import PolicySnapshot
+from extauthz.store import PolicyVersion, Store
+
+log = logging.getLogger("extauthz.decision")
+watch_log = logging.getLogger("extauthz.policy")
+
+
+class Authorizer:
+    """Decides requests with the current policy snapshot and the token store."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self.snapshot: PolicySnapshot | None = None  # replaced whole, never mutated
+        self.policy_version: PolicyVersion | None = None
+
+    def decide(self, facts: RequestFacts) -> Decision:
+        decision = decide(facts, self.snapshot, self.store.token_record, self.clock())
+        if decision.outcome is not Outcome.ALLOW:
+            level = logging.WARNING if decision.outcome is Outcome.ERROR else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(
+                    level,
+                    "%s route=%s status=%d reason=%s subject=%s",
+                    decision.outcome.value,
+                    facts.route,
+                    decision.status,
+                    decision.reason,
+                    decision.subject or "-",
+                )
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "allow route=%s reason=%s subject=%s",
+                facts.route,
+                decision.reason,
+                decision.subject,
+            )
+        return decision
+
+    def refresh_policy(self) -> bool:
+        """Load the published policy if its version changed; True when it was replaced.
+
+        Raises StoreUnavailable or MalformedRecord; the current snapshot is kept then.
+        """
+        version = self.store.policy_version()
+        if version is None:
+            if self.snapshot is None:
+                # Nothing published yet: an empty policy (every route unknown → 404).
+                self.snapshot = PolicySnapshot(version=0, routes={})
+                watch_log.warning("no policy published in Redis yet: every route answers 404")
+                return True
+            return False
+        if version == self.policy_version and self.snapshot is not None:
+            return False
+        snapshot = self.store.load_policy()
+        if snapshot is None:
+            return False
+        self.snapshot = snapshot
+        self.policy_version = version
+        watch_log.info(
+            "policy version %d loaded (%d routes)", version.version, len(snapshot.routes)
+        )
+        return True
+
+
+class PolicyWatcher:
+    """A daemon thread that calls `authorizer.refresh_policy()` every `interval` seconds."""
+
+    def __init__(self, authorizer: Authorizer, interval: float) -> None:
+        self.authorizer = authorizer
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
+        self._failing = False
+
+    def start(self) -> None:
+        self.poll()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+
+    def poll(self) -> None:
+        try:
+            self.authorizer.refresh_policy()
+        except StoreUnavailable as e:
+            if not self._failing:
+                watch_log.warning("cannot read the policy from Redis (%s): keeping the last one", e)
+            self._failing = True
+        except MalformedRecord as e:
+            watch_log.error("published policy is malformed (%s): keeping the last one", e)
+        else:
+            if self._failing:
+                watch_log.info("Redis reachable again")
+            self._failing = False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()

@@ -1,0 +1,321 @@
+"""Command-line entry points only: parse arguments, call the modules, print, exit.
+
+Every mistake prints one line `extauthz: error: ...` saying what is wrong and how to fix it,
+and exits non-zero (2 for usage and configuration, 1 when Redis cannot be reached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from extauthz import __version__
+from extauthz.config import Settings, load_settings
+from extauthz.errors import (
+    ConfigError,
+    ExtAuthzError,
+    MalformedRecord,
+    PolicyError,
+    StoreUnavailable,
+    UsageError,
+)
+from extauthz.store import Store, connect
+
+CLI_REDIS_TIMEOUT = 5.0  # seconds: the CLI may wait longer than the decision path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    settings: Settings | None = None
+    try:
+        settings = load_settings(vars(args))
+        return int(args.func(args, settings))
+    except StoreUnavailable as e:
+        where = settings.redis_url_redacted if settings else "Redis"
+        _error(f"cannot reach Redis at {where} ({e}); start redis-server or set --redis-url")
+        return 1
+    except (ConfigError, UsageError, PolicyError, MalformedRecord) as e:
+        _error(str(e))
+        return 2
+    except ExtAuthzError as e:
+        _error(str(e))
+        return 1
+
+
+def _error(message: str) -> None:
+    print(f"extauthz: error: {message}", file=sys.stderr)
+
+
+def _store(settings: Settings) -> Store:
+    return Store(
+        connect(settings.redis_url, max(settings.redis_timeout, CLI_REDIS_TIMEOUT)),
+        settings.key_prefix,
+    )
+
+
+def _setup_logging(settings: Settings) -> None:
+    if settings.log_format == "json":
+        fmt = (
+            '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
+        )
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=settings.log_level.upper(), format=fmt, stream=sys.stderr)
+
+
+# --- serve ----------------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.server import serve
+
+    _setup_logging(settings)
+    serve(settings)
+    return 0
+
+
+# --- sync -----------------------------------------------------------------------------------
+
+
+def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.policy import load_policy_file
+    from extauthz.sync import sync
+
+    doc = load_policy_file(args.policy)
+    result = sync(_store(settings), doc, prune=args.prune, dry_run=args.dry_run)
+    for line in result.lines():
+        print(line)
+    if not result.changed:
+        print(f"no change (policy version {result.version})")
+    elif args.dry_run:
+        print(f"dry run: would publish policy version {result.version}")
+    else:
+        print(f"published policy version {result.version}")
+    return 0
+
+
+# --- token ----------------------------------------------------------------------------------
+
+
+def _expires(record: Any) -> str:
+    if record.expires_at is None:
+        return "never"
+    return dt.datetime.fromtimestamp(record.expires_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _record_json(record: Any) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "routes": sorted(record.routes),
+        "scopes": sorted(record.scopes),
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+    }
+
+
+def _print_issued(issued: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({**_record_json(issued.record), "token": issued.token}))
+        return
+    record = issued.record
+    print(f"id:      {record.id}")
+    print(f"routes:  {','.join(sorted(record.routes))}")
+    print(f"scopes:  {','.join(sorted(record.scopes)) or '-'}")
+    print(f"expires: {_expires(record)}")
+    print("token (shown once, store it now):")
+    print(issued.token)
+
+
+def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz import tokens
+
+    ttl = tokens.parse_ttl(args.ttl) if args.ttl else None
+    issued = tokens.create(
+        _store(settings),
+        routes=args.route or (),
+        scopes=args.scope or (),
+        ttl_seconds=ttl,
+        name=args.name or "",
+        now=time.time(),
+        token_id=args.id,
+    )
+    _print_issued(issued, args.json)
+    return 0
+
+
+def _cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz import tokens
+
+    rows = tokens.list_tokens(_store(settings))
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"hash": h, **_record_json(r)}
+                    if not isinstance(r, MalformedRecord)
+                    else {"hash": h, "error": str(r)}
+                    for h, r in rows
+                ]
+            )
+        )
+        return 0
+    print(f"{'ID':<20} {'ROUTES':<28} {'SCOPES':<22} {'EXPIRES':<20} NAME")
+    for digest, record in rows:
+        if isinstance(record, MalformedRecord):
+            print(f"{'?':<20} malformed record at hash {digest[:12]}…: {record}")
+            continue
+        print(
+            f"{record.id:<20} {','.join(sorted(record.routes)):<28} "
+            f"{','.join(sorted(record.scopes)) or '-':<22} {_expires(record):<20} {record.name}"
+        )
+    return 0
+
+
+def _cmd_token_show(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz import tokens
+
+    record = tokens.show(_store(settings), args.id)
+    data = _record_json(record)
+    if args.json:
+        print(json.dumps(data))
+    else:
+        data["expires_at"] = _expires(record)
+        for key, value in data.items():
+            shown = ",".join(value) if isinstance(value, list) else value
+            print(f"{key + ':':<12} {shown if shown not in (None, '') else '-'}")
+    return 0
+
+
+def _cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz import tokens
+
+    count = tokens.revoke(_store(settings), args.id)
+    if args.json:
+        print(json.dumps({"id": args.id, "revoked": count}))
+    else:
+        print(f"revoked {args.id}" + (f" ({count} tokens)" if count > 1 else ""))
+    return 0
+
+
+def _cmd_token_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz import tokens
+
+    _print_issued(tokens.rotate(_store(settings), args.id), args.json)
+    return 0
+
+
+# --- check ----------------------------------------------------------------------------------
+
+
+def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.decision import IDENTITY_PREFIX, RequestFacts, decide
+
+    store = _store(settings)
+    headers: dict[str, str] = {}
+    for item in args.header or ():
+        name, colon, value = item.partition(":")
+        if not colon:
+            raise UsageError(f"--header {name!r} has no colon: use --header 'name: value'")
+        name = name.strip().lower()
+        value = value.strip()
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    facts = RequestFacts(
+        route=args.route,
+        network=args.network,
+        source_address=args.source or "",
+        authorization=headers.get("authorization"),
+        identity_headers_sent=tuple(h for h in headers if h.startswith(IDENTITY_PREFIX)),
+    )
+    snapshot = store.load_policy()
+    decision = decide(facts, snapshot, store.token_record, time.time())
+    print(
+        json.dumps(
+            {
+                "outcome": decision.outcome.value,
+                "status": decision.status,
+                "reason": decision.reason,
+                "subject": decision.subject,
+                "headers": dict(decision.headers),
+                "remove_headers": list(decision.remove_headers),
+            }
+        )
+    )
+    return 0 if decision.status == 200 else 3
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis-url", help="default redis://127.0.0.1:6379/0")
+    common.add_argument("--key-prefix", help="Redis key prefix (default extauthz:)")
+    common.add_argument("--config", help="YAML config file (keys: the long option names)")
+
+    parser = argparse.ArgumentParser(
+        prog="extauthz", description="Envoy ext_authz server for model endpoints."
+    )
+    parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the gRPC ext_authz server")
+    serve.add_argument("--listen", help="host:port for gRPC (default 127.0.0.1:9001)")
+    serve.add_argument("--threads", type=int, help="gRPC handler threads (default 2)")
+    serve.add_argument("--log-format", choices=("text", "json"))
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--redis-timeout", type=float, help="seconds per Redis command (0.1)")
+    serve.add_argument("--policy-refresh", type=float, help="seconds between policy checks (1)")
+    serve.add_argument("--shutdown-grace", type=float, help="seconds to drain on SIGTERM (5)")
+    serve.set_defaults(func=_cmd_serve)
+
+    sync = sub.add_parser("sync", parents=[common], help="load a policy file into Redis")
+    sync.add_argument("policy", metavar="POLICY.yaml")
+    sync.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+    sync.add_argument("--prune", action="store_true", help="remove routes not in the file")
+    sync.set_defaults(func=_cmd_sync)
+
+    token = sub.add_parser("token", help="create, list, show, revoke, rotate tokens")
+    tsub = token.add_subparsers(metavar="ACTION")
+    create = tsub.add_parser("create", parents=[common], help="mint a token (shown once)")
+    create.add_argument("--route", action="append", help="route name, repeatable; '*' for all")
+    create.add_argument("--scope", action="append", help="scope, repeatable (e.g. inference)")
+    create.add_argument("--ttl", help="lifetime: 30s, 15m, 1h, 7d (default: no expiry)")
+    create.add_argument("--name", help="a label for humans")
+    create.add_argument("--id", help="token id (default: generated tok_...)")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(func=_cmd_token_create)
+    listing = tsub.add_parser("list", parents=[common], help="list tokens (never secrets)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_cmd_token_list)
+    for name, func, text in (
+        ("show", _cmd_token_show, "show one token's record"),
+        ("revoke", _cmd_token_revoke, "delete a token: it stops working"),
+        ("rotate", _cmd_token_rotate, "new secret for the same id; the old one stops working"),
+    ):
+        p = tsub.add_parser(name, parents=[common], help=text)
+        p.add_argument("id", metavar="ID")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+
+    check = sub.add_parser("check", parents=[common], help="what-if: decide one request offline")
+    check.add_argument("--route", required=True)
+    check.add_argument("--header", action="append", help="'name: value', repeatable")
+    check.add_argument("--network", help="context extension network (e.g. internal)")
+    check.add_argument("--source", help="source IP address")
+    check.set_defaults(func=_cmd_check)
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

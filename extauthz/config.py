@@ -1,0 +1,105 @@
+"""Settings: defaults in one frozen dataclass; precedence command line > EXTAUTHZ_* > file.
+
+The config file is YAML whose keys are the settings' names (`redis_url:`, `listen:`...).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from extauthz.errors import ConfigError
+from extauthz.store import DEFAULT_PREFIX, redact_url
+
+ENV_PREFIX = "EXTAUTHZ_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting with its default. The Redis URL may hold a password: kept out of repr."""
+
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    key_prefix: str = DEFAULT_PREFIX
+    listen: str = "127.0.0.1:9001"
+    threads: int = 2  # gRPC handler threads per process
+    log_format: str = "text"  # text | json
+    log_level: str = "info"
+    redis_timeout: float = 0.1  # seconds, per Redis command on the decision path
+    policy_refresh: float = 1.0  # seconds between checks for a new policy version
+    shutdown_grace: float = 5.0  # seconds to drain in-flight calls on SIGTERM
+
+    @property
+    def redis_url_redacted(self) -> str:
+        return redact_url(self.redis_url)
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+_CHOICES = {"log_format": ("text", "json"), "log_level": ("debug", "info", "warning", "error")}
+
+
+def load_settings(cli: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Merge defaults, the config file, EXTAUTHZ_* variables and command-line values.
+
+    `cli` holds command-line values (None = not given); unknown keys are ignored, so an
+    argparse namespace's vars() can be passed as it is. `config` names the config file
+    (also EXTAUTHZ_CONFIG).
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_file = cli.get("config") or env.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        for name, raw in _read_config_file(config_file).items():
+            values[name] = _convert(name, raw, f"{config_file}: {name}")
+    for name in _FIELDS:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in env:
+            values[name] = _convert(name, env[env_name], env_name)
+    for name, raw in cli.items():
+        if name in _FIELDS and raw is not None:
+            values[name] = _convert(name, raw, "--" + name.replace("_", "-"))
+    return Settings(**values)
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of setting: value")
+    unknown = sorted(str(k) for k in data if k not in _FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting {unknown[0]!r} "
+            f"(known: {', '.join(sorted(_FIELDS))})"
+        )
+    return data
+
+
+def _convert(name: str, raw: Any, source: str) -> Any:
+    kind = type(_FIELDS[name].default)
+    try:
+        if kind is int and not isinstance(raw, bool):
+            value: Any = int(raw)
+        elif kind is float and not isinstance(raw, bool):
+            value = float(raw)
+        elif kind is str and isinstance(raw, str | int | float):
+            value = str(raw)
+        else:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{source}: expected a {kind.__name__}, got {raw!r}") from None
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ConfigError(f"{source}: must be one of {', '.join(_CHOICES[name])}, got {value!r}")
+    if kind in (int, float) and value <= 0:
+        raise ConfigError(f"{source}: must be positive, got {raw!r}")
+    return value

@@ -1,0 +1,223 @@
+"""The decision, pure: request facts + policy snapshot + token lookup + clock → Decision.
+
+This is the table in design.md §3. The only input that may do I/O is `lookup` (a token
+record by SHA-256 hex); when it raises StoreUnavailable the decision is ERROR (Envoy then
+answers with its `status_on_error`), never an allow.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from extauthz.credentials import (
+    BasicCredential,
+    BearerCredential,
+    MalformedCredential,
+    NoCredential,
+    TokenRecord,
+    UnsupportedScheme,
+    looks_like_jwt,
+    parse_authorization,
+    token_hash,
+)
+from extauthz.errors import MalformedRecord, StoreUnavailable
+from extauthz.policy import Access, PolicySnapshot, RoutePolicy
+
+SUBJECT_HEADER = "x-extauthz-subject"
+ROUTE_HEADER = "x-extauthz-route"
+SCOPES_HEADER = "x-extauthz-scopes"
+IDENTITY_HEADERS = (SUBJECT_HEADER, ROUTE_HEADER, SCOPES_HEADER)
+IDENTITY_PREFIX = "x-extauthz-"
+ANONYMOUS = "anonymous"
+INTERNAL = "internal"
+
+TokenLookup = Callable[[str], TokenRecord | None]
+Headers = tuple[tuple[str, str], ...]
+
+
+class Outcome(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the decision needs to know about one request (already extracted from Envoy's)."""
+
+    route: str | None
+    network: str | None = None
+    source_address: str = ""
+    authorization: str | None = None
+    # names of client-sent headers starting with "x-extauthz-": removed unless we set them
+    identity_headers_sent: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for Envoy.
+
+    On ALLOW, `headers` go to the upstream (overwriting) and `remove_headers` are stripped.
+    On DENY and ERROR, `status`, `headers` and `body` form the local reply to the client.
+    `reason` and `subject` are for logs and metrics; neither ever holds a secret.
+    """
+
+    outcome: Outcome
+    status: int
+    reason: str
+    headers: Headers = ()
+    remove_headers: tuple[str, ...] = ()
+    body: str = ""
+    subject: str | None = None
+
+
+def decide(
+    facts: RequestFacts,
+    snapshot: PolicySnapshot | None,
+    lookup: TokenLookup,
+    now: float,
+) -> Decision:
+    """Decide one request. `snapshot` is None when no policy could be loaded yet."""
+    if snapshot is None:
+        return _error("no_policy")
+    route = snapshot.routes.get(facts.route) if facts.route else None
+    if route is None:
+        return _not_found("unknown_route")
+    if route.access is Access.PUBLIC:
+        return _allow(facts, route, ANONYMOUS, frozenset(), "public")
+    if route.access is Access.PRIVATE:
+        internal = facts.network == INTERNAL or snapshot.is_internal_address(facts.source_address)
+        if not internal:
+            return _not_found("private_external")
+        if not route.credentials_listed:
+            return _allow(facts, route, INTERNAL, frozenset(), "internal")
+    return _decide_protected(facts, route, snapshot, lookup, now)
+
+
+def _decide_protected(
+    facts: RequestFacts,
+    route: RoutePolicy,
+    snapshot: PolicySnapshot,
+    lookup: TokenLookup,
+    now: float,
+) -> Decision:
+    credential = parse_authorization(facts.authorization)
+    accepted = route.credentials
+    match credential:
+        case NoCredential():
+            return _unauthorized(route, "no_credential", "credential required")
+        case MalformedCredential(reason=why):
+            return _unauthorized(route, "malformed_credential", why, presented=True)
+        case UnsupportedScheme():
+            return _unauthorized(route, "unsupported_scheme", "authorization scheme not accepted")
+        case BearerCredential(token=token):
+            if "jwt" in accepted and looks_like_jwt(token):
+                # JWT verification is not built yet (issue #4): fail closed.
+                return _unauthorized(route, "jwt_unsupported", "jwt not accepted", presented=True)
+            if "bearer" not in accepted:
+                return _unauthorized(route, "unsupported_scheme", "bearer tokens not accepted")
+            secret = token
+        case BasicCredential(username=username, password=password):
+            if "basic" not in accepted or route.basic_username is None:
+                return _unauthorized(route, "unsupported_scheme", "basic credentials not accepted")
+            if not hmac.compare_digest(username.encode(), route.basic_username.encode()):
+                return _unauthorized(route, "wrong_basic_username", "invalid credential")
+            secret = password
+
+    digest = token_hash(secret)
+    try:
+        record = snapshot.secrets.get(digest) or lookup(digest)
+    except StoreUnavailable:
+        return _error("store_unavailable")
+    except MalformedRecord:
+        return _unauthorized(route, "malformed_record", "invalid token", presented=True)
+    if record is None:
+        return _unauthorized(route, "unknown_token", "invalid token", presented=True)
+    if record.expired(now):
+        return _unauthorized(
+            route, "expired_token", "token expired", presented=True, subject=record.id
+        )
+    if not record.grants_route(route.name):
+        return _forbidden("route_not_granted", record.id)
+    if route.scopes and route.scopes.isdisjoint(record.scopes):
+        return _forbidden("missing_scope", record.id)
+    return _allow(facts, route, record.id, record.scopes, "granted")
+
+
+# --- building decisions ---------------------------------------------------------------------
+
+_JSON = ("content-type", "application/json")
+
+
+def _body(error: str, message: str) -> str:
+    return json.dumps({"error": error, "message": message})
+
+
+_NOT_FOUND_BODY = _body("not_found", "not found")
+_FORBIDDEN_BODY = _body("forbidden", "the credential is not allowed here")
+_ERROR_BODY = _body("unavailable", "authorization is temporarily unavailable")
+
+
+def _allow(
+    facts: RequestFacts, route: RoutePolicy, subject: str, scopes: frozenset[str], reason: str
+) -> Decision:
+    headers = (
+        (SUBJECT_HEADER, subject),
+        (ROUTE_HEADER, route.name),
+        (SCOPES_HEADER, ",".join(sorted(scopes))),
+    )
+    spoofed = [h for h in facts.identity_headers_sent if h not in IDENTITY_HEADERS]
+    remove = ("authorization", *spoofed)
+    return Decision(Outcome.ALLOW, 200, reason, headers, remove, subject=subject)
+
+
+def _not_found(reason: str) -> Decision:
+    # Identical for unknown routes and private routes seen from outside: reveals nothing.
+    return Decision(Outcome.DENY, 404, reason, (_JSON,), body=_NOT_FOUND_BODY)
+
+
+def _forbidden(reason: str, subject: str) -> Decision:
+    return Decision(Outcome.DENY, 403, reason, (_JSON,), body=_FORBIDDEN_BODY, subject=subject)
+
+
+def _error(reason: str) -> Decision:
+    return Decision(Outcome.ERROR, 503, reason, (_JSON,), body=_ERROR_BODY)
+
+
+def _unauthorized(
+    route: RoutePolicy,
+    reason: str,
+    description: str,
+    *,
+    presented: bool = False,
+    subject: str | None = None,
+) -> Decision:
+    return Decision(
+        Outcome.DENY,
+        401,
+        reason,
+        (_JSON, ("www-authenticate", challenge(route, description if presented else None))),
+        body=_body("unauthorized", description),
+        subject=subject,
+    )
+
+
+def challenge(route: RoutePolicy, rejected: str | None = None) -> str:
+    """The WWW-Authenticate value: one challenge per accepted scheme (RFC 7235, 6750).
+
+    `rejected` is a short description of why a presented token failed; it adds
+    `error="invalid_token"` to the Bearer challenge. It never contains the token.
+    """
+    parts = []
+    if "bearer" in route.credentials or "jwt" in route.credentials:
+        bearer = f'Bearer realm="{route.name}"'
+        if rejected is not None:
+            bearer += f', error="invalid_token", error_description="{rejected}"'
+        parts.append(bearer)
+    if "basic" in route.credentials:
+        parts.append(f'Basic realm="{route.name}", charset="UTF-8"')
+    return ", ".join(parts)

@@ -1,0 +1,93 @@
+"""The only module that touches Envoy's protobuf types.
+
+`facts_from_check_request` turns a CheckRequest into plain RequestFacts;
+`check_response` turns a Decision into a CheckResponse.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+
+from extauthz.decision import IDENTITY_PREFIX, Decision, Outcome, RequestFacts
+
+CheckRequest = external_auth_pb2.CheckRequest
+CheckResponse = external_auth_pb2.CheckResponse
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_OK = status_pb2.Status(code=code_pb2.OK)
+_DENIED_STATUS = {
+    401: status_pb2.Status(code=code_pb2.UNAUTHENTICATED),
+    403: status_pb2.Status(code=code_pb2.PERMISSION_DENIED),
+    404: status_pb2.Status(code=code_pb2.NOT_FOUND),
+}
+_UNAVAILABLE = status_pb2.Status(code=code_pb2.UNAVAILABLE)
+
+
+def facts_from_check_request(request: Any) -> RequestFacts:
+    """Extract what the decision needs from an Envoy CheckRequest."""
+    attributes = request.attributes
+    http = attributes.request.http
+    extensions = attributes.context_extensions
+    headers = http.headers
+    if headers:
+        authorization = headers.get("authorization")
+        sent = tuple(k for k in headers if k.startswith(IDENTITY_PREFIX))
+    else:
+        # Envoy fills header_map instead of headers when `encode_raw_headers` is set.
+        authorization = None
+        names = []
+        for h in http.header_map.headers:
+            if h.key == "authorization":
+                value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+                # several authorization headers: join them as Envoy does, which is malformed
+                authorization = value if authorization is None else f"{authorization},{value}"
+            elif h.key.startswith(IDENTITY_PREFIX):
+                names.append(h.key)
+        sent = tuple(names)
+    return RequestFacts(
+        route=extensions.get("route"),
+        network=extensions.get("network"),
+        source_address=attributes.source.address.socket_address.address,
+        authorization=authorization,
+        identity_headers_sent=sent,
+    )
+
+
+def _header(key: str, value: str) -> Any:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value),
+        append_action=_OVERWRITE,
+        keep_empty_value=True,
+    )
+
+
+def check_response(decision: Decision) -> Any:
+    """The CheckResponse for a decision.
+
+    ERROR is sent as `error_response` with status UNAVAILABLE, so that Envoy applies its
+    `status_on_error` (503) instead of treating it as an ordinary deny.
+    """
+    if decision.outcome is Outcome.ALLOW:
+        return CheckResponse(
+            status=_OK,
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=[_header(k, v) for k, v in decision.headers],
+                headers_to_remove=decision.remove_headers,
+            ),
+        )
+    http_response = external_auth_pb2.DeniedHttpResponse(
+        status=http_status_pb2.HttpStatus(code=decision.status),
+        headers=[_header(k, v) for k, v in decision.headers],
+        body=decision.body,
+    )
+    if decision.outcome is Outcome.ERROR:
+        return CheckResponse(status=_UNAVAILABLE, error_response=http_response)
+    return CheckResponse(
+        status=_DENIED_STATUS.get(decision.status, _DENIED_STATUS[403]),
+        denied_response=http_response,
+    )

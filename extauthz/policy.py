@@ -1,0 +1,445 @@
+"""The route policy: the YAML file's schema and validation, and the snapshot servers hold.
+
+`parse_policy` validates a whole file and reports the first error with file, line and key.
+`PolicySnapshot` is what the sync job publishes to Redis (as JSON) and what servers keep in
+memory; it holds route secrets only as SHA-256 hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+import yaml
+
+from extauthz.credentials import TokenRecord
+from extauthz.errors import PolicyError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
+CREDENTIAL_KINDS = ("bearer", "basic", "jwt")
+DEFAULT_CREDENTIALS = ("bearer",)
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
+
+
+class Access(StrEnum):
+    PUBLIC = "public"
+    PROTECTED = "protected"
+    PRIVATE = "private"
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSettings:
+    """How a route verifies OIDC/JWT bearer tokens."""
+
+    issuer: str
+    audiences: tuple[str, ...] = ()
+    jwks_uri: str | None = None
+    jwks_file: str | None = None
+    scopes_claim: str = "scope"
+    subject_claim: str = "sub"
+    algorithms: tuple[str, ...] = JWT_ALGORITHMS
+    leeway_seconds: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """One route's access rules."""
+
+    name: str
+    access: Access
+    credentials: tuple[str, ...] = DEFAULT_CREDENTIALS
+    credentials_listed: bool = False  # True when the file names `credentials` explicitly
+    basic_username: str | None = None
+    scopes: frozenset[str] = frozenset()  # a token needs one of these; empty = any
+    jwt: JwtSettings | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"access": self.access.value, "credentials": list(self.credentials)}
+        if self.credentials_listed:
+            out["credentials_listed"] = True
+        if self.basic_username is not None:
+            out["basic_username"] = self.basic_username
+        if self.scopes:
+            out["scopes"] = sorted(self.scopes)
+        if self.jwt is not None:
+            jwt = self.jwt
+            out["jwt"] = {
+                "issuer": jwt.issuer,
+                "audiences": list(jwt.audiences),
+                "jwks_uri": jwt.jwks_uri,
+                "jwks_file": jwt.jwks_file,
+                "scopes_claim": jwt.scopes_claim,
+                "subject_claim": jwt.subject_claim,
+                "algorithms": list(jwt.algorithms),
+                "leeway_seconds": jwt.leeway_seconds,
+            }
+        return out
+
+    @classmethod
+    def from_json(cls, name: str, data: Mapping[str, Any]) -> RoutePolicy:
+        jwt = data.get("jwt")
+        return cls(
+            name=name,
+            access=Access(data["access"]),
+            credentials=tuple(data.get("credentials", DEFAULT_CREDENTIALS)),
+            credentials_listed=bool(data.get("credentials_listed", False)),
+            basic_username=data.get("basic_username"),
+            scopes=frozenset(data.get("scopes", ())),
+            jwt=None
+            if jwt is None
+            else JwtSettings(
+                issuer=jwt["issuer"],
+                audiences=tuple(jwt.get("audiences", ())),
+                jwks_uri=jwt.get("jwks_uri"),
+                jwks_file=jwt.get("jwks_file"),
+                scopes_claim=jwt.get("scopes_claim", "scope"),
+                subject_claim=jwt.get("subject_claim", "sub"),
+                algorithms=tuple(jwt.get("algorithms", JWT_ALGORITHMS)),
+                leeway_seconds=int(jwt.get("leeway_seconds", 30)),
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SecretSpec:
+    """A route secret named in the policy file; its value is read (and hashed) at sync time."""
+
+    id: str
+    routes: frozenset[str]
+    scopes: frozenset[str]
+    from_env: str | None
+    from_file: str | None
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDocument:
+    """A validated policy file."""
+
+    file: str
+    routes: Mapping[str, RoutePolicy]
+    internal_networks: tuple[IPNetwork, ...] = ()
+    secrets: tuple[SecretSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    """The policy servers decide with: routes, internal networks and hashed route secrets."""
+
+    version: int
+    routes: Mapping[str, RoutePolicy]
+    internal_networks: tuple[IPNetwork, ...] = ()
+    secrets: Mapping[str, TokenRecord] = field(default_factory=dict)  # sha256 hex → record
+
+    def is_internal_address(self, address: str) -> bool:
+        if not self.internal_networks or not address:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.internal_networks)
+
+    def digest(self) -> str:
+        """SHA-256 of the content, independent of the version number."""
+        return hashlib.sha256(replace(self, version=0).to_json().encode()).hexdigest()
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": self.version,
+                "internal_networks": [str(n) for n in self.internal_networks],
+                "routes": {name: r.to_json() for name, r in sorted(self.routes.items())},
+                "secrets": {h: r.to_fields() for h, r in sorted(self.secrets.items())},
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> PolicySnapshot:
+        data = json.loads(text)
+        return cls(
+            version=int(data["version"]),
+            routes={n: RoutePolicy.from_json(n, r) for n, r in data["routes"].items()},
+            internal_networks=tuple(ipaddress.ip_network(n) for n in data["internal_networks"]),
+            secrets={h: TokenRecord.from_fields(f) for h, f in data.get("secrets", {}).items()},
+        )
+
+
+EMPTY_SNAPSHOT = PolicySnapshot(version=0, routes={})
+
+
+# --- parsing the YAML file -----------------------------------------------------------------
+
+_TOP_KEYS = ("version", "internal_networks", "routes", "secrets")
+_ROUTE_KEYS = ("access", "credentials", "basic_username", "scopes", "jwt")
+_JWT_KEYS = (
+    "issuer",
+    "audiences",
+    "jwks_uri",
+    "jwks_file",
+    "scopes_claim",
+    "subject_claim",
+    "algorithms",
+    "leeway_seconds",
+)
+_SECRET_KEYS = ("id", "routes", "scopes", "from_env", "from_file")
+
+
+class _Reader:
+    """Walks composed YAML nodes, so that every error can name its line."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def error(self, node: yaml.Node | None, key: str, message: str) -> PolicyError:
+        line = node.start_mark.line + 1 if node is not None else None
+        return PolicyError(self.file, line, key, message)
+
+    def mapping(
+        self, node: yaml.Node, key: str, allowed: tuple[str, ...]
+    ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, key, "must be a mapping")
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            name = self.key_name(key_node, key)
+            path = f"{key}.{name}" if key else name
+            if name in out:
+                raise self.error(key_node, path, "duplicate key")
+            if allowed and name not in allowed:
+                raise self.error(
+                    key_node, path, f"unknown key (expected one of: {', '.join(allowed)})"
+                )
+            out[name] = (key_node, value_node)
+        return out
+
+    def key_name(self, node: yaml.Node, parent: str) -> str:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str":
+            raise self.error(node, parent, "keys must be strings")
+        return str(node.value)
+
+    def string(self, node: yaml.Node, key: str) -> str:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str":
+            raise self.error(node, key, "must be a string")
+        value = str(node.value)
+        if not value:
+            raise self.error(node, key, "must not be empty")
+        return value
+
+    def integer(self, node: yaml.Node, key: str) -> int:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:int":
+            raise self.error(node, key, "must be an integer")
+        return int(node.value)
+
+    def strings(self, node: yaml.Node, key: str) -> list[str]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, key, "must be a list of strings")
+        return [self.string(item, f"{key}[{i}]") for i, item in enumerate(node.value)]
+
+
+def load_policy_file(path: str) -> PolicyDocument:
+    """Read and validate a policy file; raise PolicyError naming file, line and key."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise PolicyError(path, None, "", f"cannot read the file: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise PolicyError(path, None, "", "the file is not UTF-8 text") from e
+    return parse_policy(text, path)
+
+
+def parse_policy(text: str, file: str = "<policy>") -> PolicyDocument:
+    """Validate a policy document given as YAML text."""
+    r = _Reader(file)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark is not None else None
+        raise PolicyError(file, line, "", f"YAML syntax error: {e.problem}") from e
+    except yaml.YAMLError as e:
+        raise PolicyError(file, None, "", f"YAML error: {e}") from e
+    if root is None:
+        raise PolicyError(file, None, "", "the file is empty (expected `version: 1` and `routes:`)")
+    top = r.mapping(root, "", _TOP_KEYS)
+
+    if "version" not in top:
+        raise r.error(root, "version", "missing (expected `version: 1`)")
+    version_node = top["version"][1]
+    if r.integer(version_node, "version") != 1:
+        raise r.error(version_node, "version", "unsupported version (expected 1)")
+
+    networks: list[IPNetwork] = []
+    if "internal_networks" in top:
+        node = top["internal_networks"][1]
+        for i, cidr in enumerate(r.strings(node, "internal_networks")):
+            try:
+                networks.append(ipaddress.ip_network(cidr, strict=False))
+            except ValueError:
+                raise r.error(
+                    node.value[i], f"internal_networks[{i}]", f"not a network: {cidr!r}"
+                ) from None
+
+    if "routes" not in top:
+        raise r.error(root, "routes", "missing (a mapping of route names to policies)")
+    routes: dict[str, RoutePolicy] = {}
+    for name, (key_node, value_node) in r.mapping(top["routes"][1], "routes", ()).items():
+        if not ROUTE_NAME.fullmatch(name):
+            raise r.error(
+                key_node, f"routes.{name}", "route names use letters, digits, '.', '_', '-'"
+            )
+        routes[name] = _parse_route(r, name, key_node, value_node)
+
+    secrets: list[SecretSpec] = []
+    if "secrets" in top:
+        node = top["secrets"][1]
+        if not isinstance(node, yaml.SequenceNode):
+            raise r.error(node, "secrets", "must be a list")
+        seen: set[str] = set()
+        for i, item in enumerate(node.value):
+            spec = _parse_secret(r, f"secrets[{i}]", item, routes)
+            if spec.id in seen:
+                raise r.error(item, f"secrets[{i}].id", f"duplicate secret id {spec.id!r}")
+            seen.add(spec.id)
+            secrets.append(spec)
+
+    return PolicyDocument(file, routes, tuple(networks), tuple(secrets))
+
+
+def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) -> RoutePolicy:
+    """Parse one route; errors about a missing key point at the route's name."""
+    path = f"routes.{name}"
+    fields = r.mapping(node, path, _ROUTE_KEYS)
+    if "access" not in fields:
+        raise r.error(key_node, f"{path}.access", "missing (public, protected or private)")
+    access_node = fields["access"][1]
+    access_text = r.string(access_node, f"{path}.access")
+    try:
+        access = Access(access_text)
+    except ValueError:
+        raise r.error(
+            access_node, f"{path}.access", f"{access_text!r} is not public, protected or private"
+        ) from None
+
+    credentials: tuple[str, ...] = DEFAULT_CREDENTIALS
+    listed = "credentials" in fields
+    if listed:
+        cred_node = fields["credentials"][1]
+        kinds = r.strings(cred_node, f"{path}.credentials")
+        for i, kind in enumerate(kinds):
+            if kind not in CREDENTIAL_KINDS:
+                raise r.error(
+                    cred_node.value[i],
+                    f"{path}.credentials[{i}]",
+                    f"{kind!r} is not one of: {', '.join(CREDENTIAL_KINDS)}",
+                )
+        if not kinds:
+            raise r.error(cred_node, f"{path}.credentials", "must list at least one kind")
+        credentials = tuple(dict.fromkeys(kinds))
+
+    basic_username = None
+    if "basic_username" in fields:
+        basic_username = r.string(fields["basic_username"][1], f"{path}.basic_username")
+        if ":" in basic_username:
+            raise r.error(
+                fields["basic_username"][1], f"{path}.basic_username", "must not contain ':'"
+            )
+    if "basic" in credentials and basic_username is None:
+        raise r.error(key_node, f"{path}.basic_username", "required when credentials include basic")
+
+    scopes: frozenset[str] = frozenset()
+    if "scopes" in fields:
+        scopes = frozenset(r.strings(fields["scopes"][1], f"{path}.scopes"))
+
+    jwt = None
+    if "jwt" in fields:
+        jwt = _parse_jwt(r, f"{path}.jwt", *fields["jwt"])
+    if "jwt" in credentials and jwt is None:
+        raise r.error(key_node, f"{path}.jwt", "required when credentials include jwt")
+    if jwt is not None and "jwt" not in credentials:
+        raise r.error(fields["jwt"][0], f"{path}.jwt", "given, but credentials do not list jwt")
+
+    return RoutePolicy(name, access, credentials, listed, basic_username, scopes, jwt)
+
+
+def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> JwtSettings:
+    fields = r.mapping(node, path, _JWT_KEYS)
+    if "issuer" not in fields:
+        raise r.error(key_node, f"{path}.issuer", "missing (the OIDC issuer URL)")
+    text: dict[str, str] = {}
+    for key in ("issuer", "jwks_uri", "jwks_file", "scopes_claim", "subject_claim"):
+        if key in fields:
+            text[key] = r.string(fields[key][1], f"{path}.{key}")
+    if "jwks_uri" in text and "jwks_file" in text:
+        raise r.error(fields["jwks_file"][0], f"{path}.jwks_file", "give jwks_uri or jwks_file")
+    audiences: tuple[str, ...] = ()
+    if "audiences" in fields:
+        audiences = tuple(r.strings(fields["audiences"][1], f"{path}.audiences"))
+    algorithms: tuple[str, ...] = JWT_ALGORITHMS
+    if "algorithms" in fields:
+        alg_node = fields["algorithms"][1]
+        algorithms = tuple(r.strings(alg_node, f"{path}.algorithms"))
+        for i, alg in enumerate(algorithms):
+            if alg not in JWT_ALGORITHMS:
+                raise r.error(
+                    alg_node.value[i],
+                    f"{path}.algorithms[{i}]",
+                    f"{alg!r} is not allowed (allowed: {', '.join(JWT_ALGORITHMS)})",
+                )
+    leeway = 30
+    if "leeway_seconds" in fields:
+        leeway = r.integer(fields["leeway_seconds"][1], f"{path}.leeway_seconds")
+        if not 0 <= leeway <= 300:
+            raise r.error(fields["leeway_seconds"][1], f"{path}.leeway_seconds", "must be 0..300")
+    return JwtSettings(
+        issuer=text["issuer"],
+        audiences=audiences,
+        jwks_uri=text.get("jwks_uri"),
+        jwks_file=text.get("jwks_file"),
+        scopes_claim=text.get("scopes_claim", "scope"),
+        subject_claim=text.get("subject_claim", "sub"),
+        algorithms=algorithms,
+        leeway_seconds=leeway,
+    )
+
+
+def _parse_secret(
+    r: _Reader, path: str, node: yaml.Node, routes: Mapping[str, RoutePolicy]
+) -> SecretSpec:
+    fields = r.mapping(node, path, _SECRET_KEYS)
+    for key in ("id", "routes"):
+        if key not in fields:
+            raise r.error(node, f"{path}.{key}", "missing")
+    secret_id = r.string(fields["id"][1], f"{path}.id")
+    routes_node = fields["routes"][1]
+    route_names = r.strings(routes_node, f"{path}.routes")
+    for i, name in enumerate(route_names):
+        if name != "*" and name not in routes:
+            raise r.error(routes_node.value[i], f"{path}.routes[{i}]", f"no route named {name!r}")
+    scopes: list[str] = []
+    if "scopes" in fields:
+        scopes = r.strings(fields["scopes"][1], f"{path}.scopes")
+    from_env = r.string(fields["from_env"][1], f"{path}.from_env") if "from_env" in fields else None
+    from_file = (
+        r.string(fields["from_file"][1], f"{path}.from_file") if "from_file" in fields else None
+    )
+    if (from_env is None) == (from_file is None):
+        raise r.error(node, f"{path}.from_env", "give exactly one of from_env or from_file")
+    return SecretSpec(
+        id=secret_id,
+        routes=frozenset(route_names),
+        scopes=frozenset(scopes),
+        from_env=from_env,
+        from_file=from_file,
+        line=node.start_mark.line + 1,
+    )

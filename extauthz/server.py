@@ -1,0 +1,108 @@
+"""`extauthz serve`: the gRPC Authorization service and the standard health service.
+
+Lifecycle, top to bottom: build the store and authorizer → load the policy once → start the
+gRPC server and the policy watcher → wait for SIGTERM/SIGINT (the handler only sets a flag)
+→ report NOT_SERVING, stop accepting, drain in-flight calls for `shutdown_grace` seconds →
+stop the watcher, close Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from typing import Any
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extauthz.authorizer import Authorizer, PolicyWatcher
+from extauthz.config import Settings
+from extauthz.envoy_check import check_response, facts_from_check_request
+from extauthz.errors import ConfigError
+from extauthz.store import Store, connect
+
+log = logging.getLogger("extauthz.server")
+
+AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """envoy.service.auth.v3.Authorization/Check."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self.authorizer = authorizer
+
+    def Check(self, request: Any, context: Any) -> Any:
+        return check_response(self.authorizer.decide(facts_from_check_request(request)))
+
+
+class Server:
+    """One extauthz server process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(connect(settings.redis_url, settings.redis_timeout), settings.key_prefix)
+        self.authorizer = Authorizer(self.store)
+        self.watcher = PolicyWatcher(self.authorizer, settings.policy_refresh)
+        self.health = health.HealthServicer()
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="check"),
+            options=[("grpc.so_reuseport", 0)],
+        )
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationServicer(self.authorizer), self.grpc_server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        self.port = 0
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        try:
+            self.port = self.grpc_server.add_insecure_port(self.settings.listen)
+        except RuntimeError as e:
+            raise ConfigError(f"cannot listen on {self.settings.listen}: {e}") from e
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {self.settings.listen} (in use or invalid)")
+        self.watcher.start()
+        self.grpc_server.start()
+        for service in ("", AUTHORIZATION_SERVICE):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "listening on %s (redis %s, prefix %r, %d threads)",
+            self.settings.listen,
+            self.settings.redis_url_redacted,
+            self.settings.key_prefix,
+            self.settings.threads,
+        )
+
+    def request_stop(self) -> None:
+        """Signal-safe: only sets a flag."""
+        self._stopping.set()
+
+    def wait(self) -> None:
+        # wait() with a timeout so that signal handlers run promptly on the main thread
+        while not self._stopping.wait(0.5):
+            pass
+
+    def stop(self) -> None:
+        log.info("shutting down: draining for up to %.1fs", self.settings.shutdown_grace)
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(self.settings.shutdown_grace).wait()
+        self.watcher.stop()
+        self.store.close()
+        log.info("stopped")
+
+
+def serve(settings: Settings) -> None:
+    """Run a server in the foreground until SIGTERM or SIGINT."""
+    server = Server(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signo, _frame: server.request_stop())
+    server.start()
+    try:
+        server.wait()
+    finally:
+        server.stop()

@@ -1,0 +1,144 @@
+"""The policy sync job: validate a policy file, then publish it to Redis as one new version.
+
+The whole file is validated and every route secret read before anything is written; the
+new snapshot replaces the old in a single Redis command (readers see one version or the
+other, never a mix). A file identical to what is published changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from extauthz.credentials import TokenRecord, token_hash
+from extauthz.errors import PolicyError
+from extauthz.policy import PolicyDocument, PolicySnapshot, RoutePolicy, SecretSpec
+from extauthz.store import Store
+
+
+@dataclass
+class SyncResult:
+    """What a sync changed (or would change, with dry_run); names only, never secrets."""
+
+    version: int
+    changed: bool
+    added: list[str] = field(default_factory=list)
+    changed_routes: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # in Redis, not in the file, no --prune
+    secrets_added: list[str] = field(default_factory=list)
+    secrets_changed: list[str] = field(default_factory=list)
+    secrets_removed: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        for label, names in (
+            ("+ route", self.added),
+            ("~ route", self.changed_routes),
+            ("- route", self.removed),
+            ("= route (not in file, kept; --prune removes it)", self.kept),
+            ("+ secret", self.secrets_added),
+            ("~ secret", self.secrets_changed),
+            ("- secret", self.secrets_removed),
+        ):
+            out.extend(f"{label} {name}" for name in names)
+        return out
+
+
+def resolve_secrets(
+    doc: PolicyDocument, env: Mapping[str, str] | None = None
+) -> dict[str, TokenRecord]:
+    """Read every route secret and hash it: {sha256 hex: record}. Raises PolicyError."""
+    env = os.environ if env is None else env
+    out: dict[str, TokenRecord] = {}
+    for index, spec in enumerate(doc.secrets):
+        value = _read_secret(doc.file, index, spec, env)
+        digest = token_hash(value)
+        if digest in out:
+            raise PolicyError(
+                doc.file, spec.line, f"secrets[{index}]", "same secret value as another secret"
+            )
+        out[digest] = TokenRecord(id=spec.id, routes=spec.routes, scopes=spec.scopes)
+    return out
+
+
+def _read_secret(file: str, index: int, spec: SecretSpec, env: Mapping[str, str]) -> str:
+    if spec.from_env is not None:
+        key = f"secrets[{index}].from_env"
+        value = env.get(spec.from_env)
+        if value is None:
+            raise PolicyError(
+                file, spec.line, key, f"environment variable {spec.from_env} is not set"
+            )
+    else:
+        key = f"secrets[{index}].from_file"
+        try:
+            with open(str(spec.from_file), encoding="utf-8") as f:
+                value = f.read().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise PolicyError(file, spec.line, key, f"cannot read {spec.from_file}: {e}") from e
+    if len(value) < 8:
+        raise PolicyError(file, spec.line, key, "the secret is empty or shorter than 8 characters")
+    return value
+
+
+def sync(
+    store: Store,
+    doc: PolicyDocument,
+    *,
+    prune: bool = False,
+    dry_run: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> SyncResult:
+    """Publish `doc` as the next policy version (unless nothing changed or dry_run)."""
+    secrets = resolve_secrets(doc, env)
+    results: list[SyncResult] = []
+
+    def plan(current: PolicySnapshot | None) -> PolicySnapshot | None:
+        result, snapshot = _plan(current, doc, secrets, prune)
+        results.append(result)
+        return snapshot if result.changed and not dry_run else None
+
+    store.update_policy(plan)
+    return results[-1]
+
+
+def _plan(
+    current: PolicySnapshot | None,
+    doc: PolicyDocument,
+    secrets: dict[str, TokenRecord],
+    prune: bool,
+) -> tuple[SyncResult, PolicySnapshot]:
+    old_routes: Mapping[str, RoutePolicy] = current.routes if current else {}
+    old_secrets: Mapping[str, TokenRecord] = current.secrets if current else {}
+    routes = dict(doc.routes)
+    kept = sorted(set(old_routes) - set(routes))
+    if not prune:
+        routes.update({name: old_routes[name] for name in kept})
+        file_ids = {r.id for r in secrets.values()}
+        secrets = dict(secrets)
+        secrets.update({h: r for h, r in old_secrets.items() if r.id not in file_ids})
+    version = (current.version if current else 0) + 1
+    snapshot = PolicySnapshot(version, routes, doc.internal_networks, secrets)
+
+    old_by_id = {r.id: (h, r) for h, r in old_secrets.items()}
+    new_by_id = {r.id: (h, r) for h, r in secrets.items()}
+    result = SyncResult(
+        version=version,
+        changed=current is None or snapshot.digest() != current.digest(),
+        added=sorted(set(doc.routes) - set(old_routes)),
+        changed_routes=sorted(
+            n for n in doc.routes if n in old_routes and old_routes[n] != doc.routes[n]
+        ),
+        removed=kept if prune else [],
+        kept=[] if prune else kept,
+        secrets_added=sorted(set(new_by_id) - set(old_by_id)),
+        secrets_changed=sorted(
+            i for i in new_by_id if i in old_by_id and new_by_id[i] != old_by_id[i]
+        ),
+        secrets_removed=sorted(set(old_by_id) - set(new_by_id)),
+    )
+    if not result.changed:
+        result.version = current.version if current else 0
+    return result, snapshot

@@ -1,0 +1,61 @@
+"""CLI mistakes: one line saying what is wrong and how to fix it, non-zero exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import RedisServer, free_port, run_cli
+
+pytestmark = pytest.mark.redis
+
+
+def one_line_error(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("extauthz: error: ")
+    return lines[0]
+
+
+def test_usage_errors(redis_server: RedisServer, tmp_path: Path) -> None:
+    url = redis_server.url
+    cases = [
+        (("token", "revoke", "nope"), "no token with id 'nope'"),
+        (("token", "create"), "at least one --route"),
+        (("token", "create", "--route", "m", "--ttl", "soon"), "invalid --ttl 'soon'"),
+        (("check", "--route", "m", "--header", "authorization Bearer x"), "has no colon"),
+    ]
+    for args, fragment in cases:
+        result = run_cli(url, *args, check=False)
+        assert result.returncode == 2, args
+        assert fragment in one_line_error(result.stderr)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nroutes:\n  m:\n    access: protected\n    credentials: [basic]\n")
+    result = run_cli(url, "sync", str(bad), check=False)
+    assert result.returncode == 2
+    assert f"{bad}:3: routes.m.basic_username: required" in one_line_error(result.stderr)
+    assert redis_server.cli("DBSIZE") == "0"
+
+
+def test_redis_unreachable(tmp_path: Path) -> None:
+    url = f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0"
+    result = run_cli(url, "token", "list", check=False)
+    assert result.returncode == 1
+    line = one_line_error(result.stderr)
+    assert "cannot reach Redis at redis://:***@127.0.0.1" in line
+    assert "s3cret-pass" not in line
+
+
+def test_token_lifecycle_plain_output(redis_server: RedisServer) -> None:
+    out = run_cli(
+        redis_server.url, "token", "create", "--route", "m", "--id", "ci-1", "--name", "ci"
+    ).stdout
+    token = out.strip().splitlines()[-1]
+    assert token.startswith("eat_")
+    shown = run_cli(redis_server.url, "token", "show", "ci-1").stdout
+    assert "ci-1" in shown and token not in shown
+    listed = run_cli(redis_server.url, "token", "list").stdout
+    assert "ci-1" in listed and token not in listed
+    assert "revoked ci-1" in run_cli(redis_server.url, "token", "revoke", "ci-1").stdout
+    assert redis_server.cli("DBSIZE") == "0"

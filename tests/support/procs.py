@@ -1,0 +1,171 @@
+"""Real processes for integration tests: redis-server, extauthz serve, envoy.
+
+In CI (CI=true) a missing binary is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name) or (
+        str(Path(sys.executable).parent / name)
+        if (Path(sys.executable).parent / name).exists()
+        else None
+    )
+    if path is None:
+        message = f"{name} not found on PATH (CI installs it; locally run `make test`)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, no persistence."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.binary = require_binary("redis-server")
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--notify-keyspace-events",
+                "Kgx",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: port_open(self.port), 10, "redis-server")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            [require_binary("redis-cli"), "-p", str(self.port), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip()
+
+
+@contextmanager
+def extauthz_serve(
+    redis_url: str, log: Path, *extra: str
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`extauthz serve` as a subprocess on a free port; yields (port, process)."""
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "extauthz",
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--redis-url",
+                redis_url,
+                "--policy-refresh",
+                "0.2",
+                "--log-level",
+                "debug",
+                *extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    try:
+        wait_for(lambda: port_open(port) or proc.poll() is not None, 20, "extauthz serve")
+        if proc.poll() is not None:
+            raise RuntimeError(f"extauthz serve exited: {log.read_text()}")
+        yield port, proc
+    finally:
+        stop(proc)
+
+
+def run_cli(
+    redis_url: str, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "extauthz", *args, "--redis-url", redis_url],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"extauthz {' '.join(args)} failed: {result.stderr}")
+    return result

@@ -1,0 +1,209 @@
+"""The decision table (design.md §3), every access type × credential state."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+
+import pytest
+
+from extauthz.credentials import TokenRecord, token_hash
+from extauthz.decision import Decision, Outcome, RequestFacts, decide
+from extauthz.errors import MalformedRecord, StoreUnavailable
+from extauthz.policy import Access, PolicySnapshot, RoutePolicy
+
+NOW = 1_800_000_000.0
+
+GOOD = "eat_good-token-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+OTHER_ROUTE = "eat_other-route-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+EXPIRED = "eat_expired-cccccccccccccccccccccccccccccccccccccc"
+MGMT = "eat_management-dddddddddddddddddddddddddddddddddd"
+WILDCARD = "eat_wildcard-eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"
+BROKEN = "eat_broken-record-ffffffffffffffffffffffffffffffff"
+ROUTE_SECRET = "paperspace-route-secret-1234"
+
+TOKENS = {
+    token_hash(GOOD): TokenRecord("t-good", frozenset({"model", "both"}), frozenset({"inference"})),
+    token_hash(OTHER_ROUTE): TokenRecord("t-other", frozenset({"elsewhere"}), frozenset()),
+    token_hash(EXPIRED): TokenRecord(
+        "t-expired", frozenset({"model"}), frozenset({"inference"}), expires_at=int(NOW) - 1
+    ),
+    token_hash(MGMT): TokenRecord("t-mgmt", frozenset({"model"}), frozenset({"management"})),
+    token_hash(WILDCARD): TokenRecord("t-any", frozenset({"*"}), frozenset({"inference"})),
+}
+
+ROUTES = {
+    "open": RoutePolicy("open", Access.PUBLIC),
+    "model": RoutePolicy("model", Access.PROTECTED, scopes=frozenset({"inference"})),
+    "both": RoutePolicy(
+        "both", Access.PROTECTED, credentials=("bearer", "basic"), basic_username="paperspace"
+    ),
+    "basic-only": RoutePolicy(
+        "basic-only", Access.PROTECTED, credentials=("basic",), basic_username="paperspace"
+    ),
+    "hidden": RoutePolicy("hidden", Access.PRIVATE),
+    "hidden-auth": RoutePolicy("hidden-auth", Access.PRIVATE, credentials_listed=True),
+    "jwt-only": RoutePolicy("jwt-only", Access.PROTECTED, credentials=("jwt",)),
+}
+SNAPSHOT = PolicySnapshot(
+    version=1,
+    routes=ROUTES,
+    internal_networks=(ipaddress.ip_network("10.0.0.0/8"),),
+    secrets={token_hash(ROUTE_SECRET): TokenRecord("both-basic", frozenset({"both"}), frozenset())},
+)
+
+
+def lookup(digest: str) -> TokenRecord | None:
+    if digest == token_hash(BROKEN):
+        raise MalformedRecord("broken")
+    return TOKENS.get(digest)
+
+
+def down(digest: str) -> TokenRecord | None:
+    raise StoreUnavailable("connection refused")
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def run(route: str | None, auth: str | None = None, **kw: object) -> Decision:
+    facts = RequestFacts(route=route, authorization=auth, **kw)  # type: ignore[arg-type]
+    return decide(facts, SNAPSHOT, lookup, NOW)
+
+
+# (route, authorization, extra facts, status, reason)
+TABLE = [
+    # public: anything goes
+    ("open", None, {}, 200, "public"),
+    ("open", "Bearer nonsense", {}, 200, "public"),
+    ("open", "garbage", {}, 200, "public"),
+    # unknown or missing route: 404, fail closed
+    ("nope", f"Bearer {GOOD}", {}, 404, "unknown_route"),
+    (None, f"Bearer {GOOD}", {}, 404, "unknown_route"),
+    ("", None, {}, 404, "unknown_route"),
+    # private
+    ("hidden", None, {}, 404, "private_external"),
+    ("hidden", f"Bearer {GOOD}", {}, 404, "private_external"),
+    ("hidden", None, {"network": "internal"}, 200, "internal"),
+    ("hidden", None, {"source_address": "10.1.2.3"}, 200, "internal"),
+    ("hidden", None, {"source_address": "192.168.1.1"}, 404, "private_external"),
+    ("hidden", None, {"network": "external"}, 404, "private_external"),
+    ("hidden-auth", None, {"network": "internal"}, 401, "no_credential"),
+    ("hidden-auth", f"Bearer {WILDCARD}", {"network": "internal"}, 200, "granted"),
+    ("hidden-auth", f"Bearer {WILDCARD}", {}, 404, "private_external"),
+    # protected, bearer
+    ("model", None, {}, 401, "no_credential"),
+    ("model", f"Bearer {GOOD}", {}, 200, "granted"),
+    ("model", f"bearer {GOOD}", {}, 200, "granted"),
+    ("model", f"BEARER   {GOOD}  ", {}, 200, "granted"),
+    ("model", "Bearer eat_unknown", {}, 401, "unknown_token"),
+    ("model", f"Bearer {EXPIRED}", {}, 401, "expired_token"),
+    ("model", f"Bearer {OTHER_ROUTE}", {}, 403, "route_not_granted"),
+    ("model", f"Bearer {MGMT}", {}, 403, "missing_scope"),
+    ("model", f"Bearer {WILDCARD}", {}, 200, "granted"),
+    ("model", f"Bearer {BROKEN}", {}, 401, "malformed_record"),
+    ("model", basic("paperspace", GOOD), {}, 401, "unsupported_scheme"),
+    ("model", "Digest username=x", {}, 401, "unsupported_scheme"),
+    # malformed headers
+    ("model", "", {}, 401, "malformed_credential"),
+    ("model", "Bearer", {}, 401, "malformed_credential"),
+    ("model", "Bearer ", {}, 401, "malformed_credential"),
+    ("model", GOOD, {}, 401, "malformed_credential"),
+    ("model", f"Bearer {GOOD}, Bearer {GOOD}", {}, 401, "malformed_credential"),
+    ("model", "Bearer tök", {}, 401, "malformed_credential"),
+    ("model", "Bearer " + "a" * 65536, {}, 401, "malformed_credential"),
+    # protected, basic with a fixed username; bearer also accepted
+    ("both", basic("paperspace", ROUTE_SECRET), {}, 200, "granted"),
+    ("both", basic("paperspace", GOOD), {}, 200, "granted"),
+    ("both", basic("someone", ROUTE_SECRET), {}, 401, "wrong_basic_username"),
+    ("both", basic("paperspace", "wrong-secret"), {}, 401, "unknown_token"),
+    ("both", basic("paperspace", ROUTE_SECRET + ":x"), {}, 401, "unknown_token"),
+    ("both", f"Bearer {ROUTE_SECRET}", {}, 200, "granted"),
+    ("both", "Basic !!!notbase64", {}, 401, "malformed_credential"),
+    ("both", "Basic " + base64.b64encode(b"no-colon").decode(), {}, 401, "malformed_credential"),
+    ("both", "Basic " + base64.b64encode(b"paperspace:").decode(), {}, 401, "malformed_credential"),
+    ("both", "Basic " + base64.b64encode(b"\xff\xfe:x").decode(), {}, 401, "malformed_credential"),
+    ("basic-only", f"Bearer {GOOD}", {}, 401, "unsupported_scheme"),
+    ("basic-only", basic("paperspace", ROUTE_SECRET), {}, 403, "route_not_granted"),
+    # JWT verification is issue #4: fails closed for now
+    ("jwt-only", "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", {}, 401, "jwt_unsupported"),
+    ("jwt-only", f"Bearer {GOOD}", {}, 401, "unsupported_scheme"),
+]
+
+
+@pytest.mark.parametrize(("route", "auth", "extra", "status", "reason"), TABLE)
+def test_decision_table(
+    route: str | None, auth: str | None, extra: dict[str, object], status: int, reason: str
+) -> None:
+    decision = run(route, auth, **extra)
+    assert (decision.status, decision.reason) == (status, reason)
+    expected = Outcome.ALLOW if status == 200 else Outcome.DENY
+    assert decision.outcome is expected
+    assert GOOD not in repr(decision)
+    assert ROUTE_SECRET not in repr(decision)
+
+
+def test_allow_sets_identity_and_strips_credentials() -> None:
+    d = run("model", f"Bearer {GOOD}", identity_headers_sent=("x-extauthz-subject", "x-extauthz-x"))
+    assert dict(d.headers) == {
+        "x-extauthz-subject": "t-good",
+        "x-extauthz-route": "model",
+        "x-extauthz-scopes": "inference",
+    }
+    # our three identity headers are overwritten; any other x-extauthz-* is removed
+    assert d.remove_headers == ("authorization", "x-extauthz-x")
+
+
+def test_public_allow_is_anonymous_and_still_overwrites_identity() -> None:
+    d = run("open", f"Bearer {GOOD}")
+    assert dict(d.headers)["x-extauthz-subject"] == "anonymous"
+    assert dict(d.headers)["x-extauthz-scopes"] == ""
+    assert "authorization" in d.remove_headers
+
+
+def test_unauthorized_challenges() -> None:
+    none = run("both", None)
+    assert dict(none.headers)["www-authenticate"] == (
+        'Bearer realm="both", Basic realm="both", charset="UTF-8"'
+    )
+    rejected = run("model", "Bearer eat_unknown")
+    challenge = dict(rejected.headers)["www-authenticate"]
+    assert challenge.startswith('Bearer realm="model", error="invalid_token"')
+    assert "eat_unknown" not in challenge
+    assert json.loads(rejected.body) == {"error": "unauthorized", "message": "invalid token"}
+
+
+def test_bodies_are_json_and_not_found_reveals_nothing() -> None:
+    private = run("hidden", None)
+    unknown = run("no-such-route", None)
+    assert (private.status, private.headers, private.body) == (
+        unknown.status,
+        unknown.headers,
+        unknown.body,
+    )
+    assert json.loads(private.body)["error"] == "not_found"
+    assert json.loads(run("model", f"Bearer {MGMT}").body)["error"] == "forbidden"
+
+
+def test_store_down_is_an_error_never_an_allow() -> None:
+    facts = RequestFacts(route="model", authorization=f"Bearer {GOOD}")
+    d = decide(facts, SNAPSHOT, down, NOW)
+    assert (d.outcome, d.status, d.reason) == (Outcome.ERROR, 503, "store_unavailable")
+    # decisions that need no store still work while it is down
+    assert decide(RequestFacts(route="open"), SNAPSHOT, down, NOW).status == 200
+    assert decide(RequestFacts(route="hidden"), SNAPSHOT, down, NOW).status == 404
+    assert decide(RequestFacts(route="model"), SNAPSHOT, down, NOW).status == 401
+
+
+def test_no_policy_loaded_is_an_error() -> None:
+    d = decide(RequestFacts(route="open"), None, lookup, NOW)
+    assert (d.outcome, d.status) == (Outcome.ERROR, 503)
+
+
+def test_expiry_boundary() -> None:
+    record = TOKENS[token_hash(EXPIRED)]
+    facts = RequestFacts(route="model", authorization=f"Bearer {EXPIRED}")
+    assert decide(facts, SNAPSHOT, lookup, record.expires_at - 0.001).status == 200  # type: ignore[operator]
+    assert decide(facts, SNAPSHOT, lookup, float(record.expires_at)).status == 401  # type: ignore[arg-type]
