@@ -254,6 +254,17 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if decision.status == 200 else 3
 
 
+# --- up -------------------------------------------------------------------------------------
+
+
+def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from extauthz.stack import up
+
+    return up(args.base_port, Path(args.policy) if args.policy else None, Path(args.state_dir))
+
+
 # --- parser ---------------------------------------------------------------------------------
 
 
@@ -314,6 +325,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--network", help="context extension network (e.g. internal)")
     check.add_argument("--source", help="source IP address")
     check.set_defaults(func=_cmd_check)
+    stack = sub.add_parser("up", help="run the local stack (Redis, extauthz, Envoy, demo model)")
+    stack.add_argument("--base-port", type=int, default=10000, help="first of 7 ports (10000)")
+    stack.add_argument("--policy", help="policy file (default examples/policy.yaml)")
+    stack.add_argument("--state-dir", default=".stack", help="logs, Redis data, envoy.yaml")
+    stack.set_defaults(func=_cmd_up)
     return parser
 
 

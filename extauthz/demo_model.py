@@ -1,0 +1,123 @@
+"""A demo model server for the local stack, docker-compose and tests.
+
+It has the shape of a model API and echoes the headers it received, so a test (or a person
+with curl) can see what reached the model: identity headers present, credentials gone.
+
+- HTTP: `GET /ping` → `{"status": "Healthy"}`; `POST /predictions/<model>` and any other
+  path → `{"model": ..., "method": ..., "path": ..., "headers": {...}}`.
+- gRPC: `/extauthz.demo.Predictor/Predict`, raw bytes in, JSON bytes out (the same echo of
+  the request metadata), so no generated code is needed on either side.
+
+    python -m extauthz.demo_model --http 127.0.0.1:8000 --grpc 127.0.0.1:8001
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+
+GRPC_SERVICE = "extauthz.demo.Predictor"
+GRPC_METHOD = f"/{GRPC_SERVICE}/Predict"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "demo-model/1"
+
+    def _reply(self, status: int, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _echo(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        parts = self.path.split("?")[0].strip("/").split("/")
+        model = parts[1] if len(parts) > 1 and parts[0] == "predictions" else None
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self._reply(
+            200, {"model": model, "method": self.command, "path": self.path, "headers": headers}
+        )
+
+    def do_GET(self) -> None:
+        if self.path == "/ping":
+            self._reply(200, {"status": "Healthy"})
+        else:
+            self._echo()
+
+    do_POST = do_PUT = do_DELETE = _echo
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: the stack prints Envoy's view
+
+
+def _predict(request: bytes, context: grpc.ServicerContext) -> bytes:
+    metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+    return json.dumps({"model": "densenet161", "metadata": metadata}).encode()
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def serve(http_address: str, grpc_address: str) -> None:
+    """Run both servers until SIGTERM or SIGINT."""
+    http_server = ThreadingHTTPServer(_split(http_address), _Handler)
+    http_server.daemon_threads = True
+    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    grpc_server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                GRPC_SERVICE, {"Predict": grpc.unary_unary_rpc_method_handler(_predict)}
+            ),
+        )
+    )
+    if grpc_server.add_insecure_port(grpc_address) == 0:
+        raise SystemExit(f"demo model: cannot listen on {grpc_address}")
+    grpc_server.start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    thread = threading.Thread(target=http_server.serve_forever, daemon=True)
+    thread.start()
+    print(f"demo model: http {http_address}, grpc {grpc_address}", flush=True)
+    stop.wait()
+    http_server.shutdown()
+    grpc_server.stop(1).wait()
+
+
+def call(target: str, token: str | None = None, timeout: float = 5) -> dict[str, Any]:
+    """Call Predict through `target` (e.g. Envoy) with an optional bearer token."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    with grpc.insecure_channel(target) as channel:
+        predict = channel.unary_unary(GRPC_METHOD)
+        reply = predict(b"{}", metadata=metadata, timeout=timeout)
+    result: dict[str, Any] = json.loads(reply)
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="demo model server (echoes headers)")
+    parser.add_argument("--http", default="127.0.0.1:8000")
+    parser.add_argument("--grpc", default="127.0.0.1:8001")
+    parser.add_argument("--call", metavar="TARGET", help="act as a client: call Predict there")
+    parser.add_argument("--token", help="with --call: bearer token sent as metadata")
+    args = parser.parse_args()
+    if args.call:
+        try:
+            print(json.dumps(call(args.call, args.token), indent=2))
+        except grpc.RpcError as e:
+            raise SystemExit(f"{e.code().name}: {e.details()}") from None
+    else:
+        serve(args.http, args.grpc)

@@ -1,0 +1,226 @@
+"""Envoy bootstrap configuration: one generator for docker-compose, the local stack and tests.
+
+Two listeners share one route table: the external one, and an internal one whose routes
+add the context extension `network: internal` (private routes answer there). Every route
+names its policy through `context_extensions: {route: NAME}`; the catch-all route names
+none, so extauthz answers 404 for it (fail closed).
+
+`envoy/envoy.yaml` is this module's output for docker-compose; a test keeps them equal:
+    python -m extauthz.envoy_config --compose > envoy/envoy.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+T = "type.googleapis.com/envoy."  # @type prefix
+EXT_AUTHZ_TIMEOUT = "0.25s"  # Redis commands time out at 0.1 s, well inside this
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class EnvoyPorts:
+    """Where Envoy listens and where its upstreams are."""
+
+    external: Endpoint
+    internal: Endpoint
+    admin: Endpoint
+    extauthz: Endpoint
+    model_http: Endpoint
+    model_grpc: Endpoint
+
+
+# (match, route policy name or None, cluster). Order matters: first match wins.
+ROUTES: tuple[tuple[dict[str, Any], str | None, str], ...] = (
+    ({"prefix": "/extauthz.demo.Predictor/", "grpc": {}}, "densenet161", "model_grpc"),
+    ({"path": "/ping"}, "healthz", "model_http"),
+    ({"prefix": "/predictions/densenet161"}, "densenet161", "model_http"),
+    ({"prefix": "/models"}, "densenet161-management", "model_http"),
+    ({"prefix": "/deployments/a/"}, "deployment-a", "model_http"),
+    ({"prefix": "/deployments/b/"}, "deployment-b", "model_http"),
+    ({"prefix": "/embedder/"}, "embedder", "model_http"),
+    ({"prefix": "/"}, None, "model_http"),
+)
+
+COMPOSE = EnvoyPorts(
+    external=Endpoint("0.0.0.0", 8080),  # noqa: S104 (the container's public listener)
+    internal=Endpoint("0.0.0.0", 8081),  # noqa: S104
+    admin=Endpoint("0.0.0.0", 9901),  # noqa: S104
+    extauthz=Endpoint("extauthz", 9001),
+    model_http=Endpoint("model", 8000),
+    model_grpc=Endpoint("model", 8001),
+)
+
+
+def _address(ep: Endpoint) -> dict[str, Any]:
+    return {"socket_address": {"address": ep.host, "port_value": ep.port}}
+
+
+def _cluster(name: str, ep: Endpoint, http2: bool, health: str | None = None) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(ep)}}]}],
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": T + "extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    if health is not None:
+        cluster["health_checks"] = [
+            {
+                "timeout": "1s",
+                "interval": "5s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": health},
+            }
+        ]
+    return cluster
+
+
+def _routes(network: str | None) -> list[dict[str, Any]]:
+    routes = []
+    for match, name, cluster in ROUTES:
+        extensions = {} if name is None else {"route": name}
+        if network is not None:
+            extensions["network"] = network
+        route: dict[str, Any] = {
+            "match": match,
+            "route": {"cluster": cluster, "timeout": "30s"},
+        }
+        if extensions:
+            route["typed_per_filter_config"] = {
+                EXT_AUTHZ_FILTER: {
+                    "@type": T + "extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                    "check_settings": {"context_extensions": extensions},
+                }
+            }
+        routes.append(route)
+    return routes
+
+
+HCM = "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def _ext_authz_filter() -> dict[str, Any]:
+    return {
+        "name": EXT_AUTHZ_FILTER,
+        "typed_config": {
+            "@type": T + "extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": "extauthz"},
+                "timeout": EXT_AUTHZ_TIMEOUT,
+            },
+            "failure_mode_allow": False,
+            "status_on_error": {"code": 503},
+            # send only what the decision reads; the request body is never buffered or sent
+            "allowed_headers": {
+                "patterns": [{"exact": "authorization"}, {"prefix": "x-extauthz-"}]
+            },
+        },
+    }
+
+
+def _listener(name: str, ep: Endpoint, network: str | None) -> dict[str, Any]:
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": T + "extensions.filters.http.router.v3.Router"},
+    }
+    manager = {
+        "@type": T + HCM,
+        "stat_prefix": name,
+        "codec_type": "AUTO",  # HTTP/1.1 and h2c (gRPC clients)
+        "route_config": {
+            "name": name,
+            "virtual_hosts": [{"name": "models", "domains": ["*"], "routes": _routes(network)}],
+        },
+        "http_filters": [_ext_authz_filter(), router],
+    }
+    return {
+        "name": name,
+        "address": _address(ep),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": manager,
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def bootstrap(ports: EnvoyPorts) -> dict[str, Any]:
+    """The Envoy bootstrap configuration as a dict."""
+    return {
+        "admin": {"address": _address(ports.admin)},
+        "static_resources": {
+            "listeners": [
+                _listener("external", ports.external, None),
+                _listener("internal", ports.internal, "internal"),
+            ],
+            "clusters": [
+                _cluster(
+                    "extauthz",
+                    ports.extauthz,
+                    http2=True,
+                    health="envoy.service.auth.v3.Authorization",
+                ),
+                _cluster("model_http", ports.model_http, http2=False),
+                _cluster("model_grpc", ports.model_grpc, http2=True),
+            ],
+        },
+    }
+
+
+def render(ports: EnvoyPorts) -> str:
+    header = (
+        "# Generated by `python -m extauthz.envoy_config --compose`: edit\n"
+        "# extauthz/envoy_config.py and regenerate (a test checks that this file matches).\n"
+    )
+    return header + yaml.safe_dump(bootstrap(ports), sort_keys=False, width=120)
+
+
+def loopback_ports(base: int) -> EnvoyPorts:
+    """The local stack's layout: consecutive ports from `base` on 127.0.0.1."""
+
+    def at(offset: int) -> Endpoint:
+        return Endpoint("127.0.0.1", base + offset)
+
+    return EnvoyPorts(
+        external=at(0),
+        internal=at(1),
+        admin=at(2),
+        extauthz=at(3),
+        model_http=at(5),
+        model_grpc=at(6),
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--compose", action="store_true", help="the docker-compose layout")
+    parser.add_argument("--base-port", type=int, default=10000, help="loopback layout base")
+    args = parser.parse_args()
+    print(render(COMPOSE if args.compose else loopback_ports(args.base_port)), end="")

