@@ -254,6 +254,27 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if decision.status == 200 else 3
 
 
+# --- health -----------------------------------------------------------------------------------
+
+
+def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = args.target or settings.listen
+    with grpc.insecure_channel(target) as channel:
+        try:
+            resp = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as e:
+            _error(f"health check of {target} failed: {e.code().name}; is extauthz serve running?")
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
 # --- up -------------------------------------------------------------------------------------
 
 
@@ -266,6 +287,31 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # --- parser ---------------------------------------------------------------------------------
+
+
+def _add_token_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    token = sub.add_parser("token", help="create, list, show, revoke, rotate tokens")
+    tsub = token.add_subparsers(metavar="ACTION")
+    create = tsub.add_parser("create", parents=[common], help="mint a token (shown once)")
+    create.add_argument("--route", action="append", help="route name, repeatable; '*' for all")
+    create.add_argument("--scope", action="append", help="scope, repeatable (e.g. inference)")
+    create.add_argument("--ttl", help="lifetime: 30s, 15m, 1h, 7d (default: no expiry)")
+    create.add_argument("--name", help="a label for humans")
+    create.add_argument("--id", help="token id (default: generated tok_...)")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(func=_cmd_token_create)
+    listing = tsub.add_parser("list", parents=[common], help="list tokens (never secrets)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_cmd_token_list)
+    for name, func, text in (
+        ("show", _cmd_token_show, "show one token's record"),
+        ("revoke", _cmd_token_revoke, "delete a token: it stops working"),
+        ("rotate", _cmd_token_rotate, "new secret for the same id; the old one stops working"),
+    ):
+        p = tsub.add_parser(name, parents=[common], help=text)
+        p.add_argument("id", metavar="ID")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -296,28 +342,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--prune", action="store_true", help="remove routes not in the file")
     sync.set_defaults(func=_cmd_sync)
 
-    token = sub.add_parser("token", help="create, list, show, revoke, rotate tokens")
-    tsub = token.add_subparsers(metavar="ACTION")
-    create = tsub.add_parser("create", parents=[common], help="mint a token (shown once)")
-    create.add_argument("--route", action="append", help="route name, repeatable; '*' for all")
-    create.add_argument("--scope", action="append", help="scope, repeatable (e.g. inference)")
-    create.add_argument("--ttl", help="lifetime: 30s, 15m, 1h, 7d (default: no expiry)")
-    create.add_argument("--name", help="a label for humans")
-    create.add_argument("--id", help="token id (default: generated tok_...)")
-    create.add_argument("--json", action="store_true")
-    create.set_defaults(func=_cmd_token_create)
-    listing = tsub.add_parser("list", parents=[common], help="list tokens (never secrets)")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=_cmd_token_list)
-    for name, func, text in (
-        ("show", _cmd_token_show, "show one token's record"),
-        ("revoke", _cmd_token_revoke, "delete a token: it stops working"),
-        ("rotate", _cmd_token_rotate, "new secret for the same id; the old one stops working"),
-    ):
-        p = tsub.add_parser(name, parents=[common], help=text)
-        p.add_argument("id", metavar="ID")
-        p.add_argument("--json", action="store_true")
-        p.set_defaults(func=func)
+    _add_token_parsers(sub, common)
 
     check = sub.add_parser("check", parents=[common], help="what-if: decide one request offline")
     check.add_argument("--route", required=True)
@@ -325,6 +350,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--network", help="context extension network (e.g. internal)")
     check.add_argument("--source", help="source IP address")
     check.set_defaults(func=_cmd_check)
+    probe = sub.add_parser("health", parents=[common], help="probe a server's gRPC health")
+    probe.add_argument("--target", help="host:port (default: the --listen setting)")
+    probe.add_argument("--service", default="envoy.service.auth.v3.Authorization")
+    probe.add_argument("--timeout", type=float, default=2.0)
+    probe.set_defaults(func=_cmd_health)
+
     stack = sub.add_parser("up", help="run the local stack (Redis, extauthz, Envoy, demo model)")
     stack.add_argument("--base-port", type=int, default=10000, help="first of 7 ports (10000)")
     stack.add_argument("--policy", help="policy file (default examples/policy.yaml)")

@@ -117,7 +117,7 @@ class SecretSpec:
     scopes: frozenset[str]
     from_env: str | None
     from_file: str | None
-    line: int
+    line: int  # of the from_env / from_file key, for errors about the source
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,5 +441,5 @@ def _parse_secret(
         scopes=frozenset(scopes),
         from_env=from_env,
         from_file=from_file,
-        line=node.start_mark.line + 1,
+        line=fields["from_env" if from_env is not None else "from_file"][0].start_mark.line + 1,
     )

@@ -212,7 +212,13 @@ def test_health_and_graceful_shutdown(redis_server: RedisServer, tmp_path: Path)
             resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
         channel.close()
+        probe = run_cli(redis_server.url, "health", "--target", f"127.0.0.1:{port}")
+        assert probe.stdout.strip() == "SERVING"
         assert stop(proc) == 0
+    down = run_cli(
+        redis_server.url, "health", "--target", f"127.0.0.1:{port}", "--timeout", "0.5", check=False
+    )
+    assert down.returncode == 1 and "health check of" in down.stderr
     assert "stopped" in (tmp_path / "s.log").read_text()
 
 

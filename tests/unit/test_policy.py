@@ -57,7 +57,7 @@ def test_design_example_parses() -> None:
     assert not doc.routes["embedder"].credentials_listed
     assert doc.routes["iris"].jwt is not None
     assert doc.secrets[0].from_env == "DENSENET161_SECRET"
-    assert doc.secrets[0].line == 25
+    assert doc.secrets[0].line == 28  # the from_env line
 
 
 def test_snapshot_json_round_trip() -> None:

@@ -1,0 +1,88 @@
+"""docker-compose.yml and Dockerfile: every service, port, file and command they name exists.
+
+Docker cannot run on this machine; the same envoy.yaml is exercised by the real Envoy binary
+in tests/integration/test_envoy_e2e.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extauthz.cli import _parser
+from extauthz.envoy_config import COMPOSE
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE_FILE["services"]
+
+
+def test_services_and_dependencies() -> None:
+    assert set(SERVICES) == {"redis", "sync", "extauthz", "model", "envoy"}
+    for name, svc in SERVICES.items():
+        assert "image" in svc or svc.get("build") == ".", name
+        for dep, cond in svc.get("depends_on", {}).items():
+            assert dep in SERVICES, (name, dep)
+            expected = "service_completed_successfully" if dep == "sync" else "service_healthy"
+            assert cond == {"condition": expected}, (name, dep)
+        if name == "sync":
+            assert svc["restart"] == "no"  # one-shot: gated by its exit code, not a health check
+        else:
+            assert svc["healthcheck"]["test"][0] == "CMD", name
+    assert SERVICES["sync"]["depends_on"]["redis"] == {"condition": "service_healthy"}
+
+
+def test_host_files_exist() -> None:
+    assert (REPO / "Dockerfile").is_file()
+    for name, svc in SERVICES.items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO / source).is_file(), (name, source)
+            else:
+                assert source in COMPOSE_FILE["volumes"], (name, source)
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (REPO / source).exists(), source
+
+
+def test_ports_match_envoy_yaml() -> None:
+    envoy_yaml = yaml.safe_load((REPO / "envoy/envoy.yaml").read_text())
+    hosts = {
+        c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+            "socket_address"
+        ]
+        for c in envoy_yaml["static_resources"]["clusters"]
+    }
+    assert hosts["extauthz"] == {"address": "extauthz", "port_value": 9001}
+    assert hosts["model_http"] == {"address": "model", "port_value": 8000}
+    assert hosts["model_grpc"] == {"address": "model", "port_value": 8001}
+    assert "0.0.0.0:9001" in SERVICES["extauthz"]["command"]
+    model_cmd = " ".join(SERVICES["model"]["command"])
+    assert (
+        f"0.0.0.0:{COMPOSE.model_http.port}" in model_cmd
+        and f"0.0.0.0:{COMPOSE.model_grpc.port}" in model_cmd
+    )
+    published = {p.split(":")[-1] for p in SERVICES["envoy"]["ports"]}
+    assert published == {
+        str(COMPOSE.external.port),
+        str(COMPOSE.internal.port),
+        str(COMPOSE.admin.port),
+    }
+    assert SERVICES["envoy"]["volumes"] == ["./envoy/envoy.yaml:/etc/envoy/envoy.yaml:ro"]
+    assert re.fullmatch(r"envoyproxy/envoy:v1\.40\.\d+", SERVICES["envoy"]["image"])
+
+
+def test_extauthz_commands_parse() -> None:
+    parser = _parser()
+    for name in ("sync", "extauthz"):
+        args = parser.parse_args(SERVICES[name]["command"])
+        assert callable(args.func)
+    args = parser.parse_args(SERVICES["extauthz"]["healthcheck"]["test"][2:])
+    assert args.target == "127.0.0.1:9001"
+    assert SERVICES["sync"]["volumes"][0].endswith(":/etc/extauthz/policy.yaml:ro")
+    assert SERVICES["sync"]["command"][1] == "/etc/extauthz/policy.yaml"
