@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -257,3 +258,29 @@ def test_extauthz_up_command(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0
     assert all(not port_open(base + i) for i in range(7))
+
+
+def test_readme_seed_scenarios(stack: Stack) -> None:
+    text = (REPO / "README.md").read_text()
+    match = re.search(r"<!-- test: seed-scenarios -->\n```sh\n(.*?)```", text, re.S)
+    assert match, "README seed-scenarios block not found"
+    demo = stack.mint_demo_tokens()
+    exports = {
+        "INFERENCE": demo["inference"].token,
+        "MANAGEMENT": demo["management"].token,
+        "DEPLOYMENT_A": demo["deployment-a"].token,
+        "BASIC_PASSWORD": stack.basic_secret,
+        "PATH": "/usr/bin:/bin",
+    }
+    lines = [line for line in match.group(1).splitlines() if line.startswith("curl ")]
+    assert len(lines) >= 10
+    for line in lines:
+        command, _, comment = line.partition("#")
+        command = command.replace("127.0.0.1:10000", f"127.0.0.1:{stack.ports.external.port}")
+        command = command.replace("127.0.0.1:10001", f"127.0.0.1:{stack.ports.internal.port}")
+        expected = re.search(r"\d{3}", comment)
+        assert expected, line
+        out = subprocess.run(
+            ["bash", "-c", command], capture_output=True, text=True, env=exports, check=False
+        )
+        assert out.stdout.strip() == expected.group(0), (line, out.stdout, out.stderr)
