@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from extauthz.decision import Decision, Outcome, RequestFacts, decide
 from extauthz.errors import MalformedRecord, StoreUnavailable
+from extauthz.jwks import JwksCache, JwtVerifier
 from extauthz.policy import PolicySnapshot
 from extauthz.store import PolicyVersion, Store
 
@@ -23,14 +24,23 @@ watch_log = logging.getLogger("extauthz.policy")
 class Authorizer:
     """Decides requests with the current policy snapshot and the token store."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        jwks: JwksCache | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
+        self.jwks = jwks
+        self.verify_jwt = JwtVerifier(jwks) if jwks is not None else None
         self.clock = clock
         self.snapshot: PolicySnapshot | None = None  # replaced whole, never mutated
         self.policy_version: PolicyVersion | None = None
 
     def decide(self, facts: RequestFacts) -> Decision:
-        decision = decide(facts, self.snapshot, self.store.token_record, self.clock())
+        decision = decide(
+            facts, self.snapshot, self.store.token_record, self.clock(), self.verify_jwt
+        )
         if decision.outcome is not Outcome.ALLOW:
             level = logging.WARNING if decision.outcome is Outcome.ERROR else logging.INFO
             if log.isEnabledFor(level):
@@ -70,6 +80,8 @@ class Authorizer:
         snapshot = self.store.load_policy()
         if snapshot is None:
             return False
+        if self.jwks is not None:
+            self.jwks.track(r.jwt for r in snapshot.routes.values() if r.jwt is not None)
         self.snapshot = snapshot
         self.policy_version = version
         watch_log.info(

@@ -220,6 +220,7 @@ def _cmd_token_rotate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.decision import IDENTITY_PREFIX, RequestFacts, decide
+    from extauthz.jwks import JwksCache, JwtVerifier
 
     store = _store(settings)
     headers: dict[str, str] = {}
@@ -238,7 +239,13 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         identity_headers_sent=tuple(h for h in headers if h.startswith(IDENTITY_PREFIX)),
     )
     snapshot = store.load_policy()
-    decision = decide(facts, snapshot, store.token_record, time.time())
+    jwks = JwksCache(refresh=settings.jwks_refresh, min_refetch=0)
+    if snapshot is not None:
+        jwks.track(r.jwt for r in snapshot.routes.values() if r.jwt is not None)
+    jwks.start()
+    verify = JwtVerifier(jwks, first_wait=5.0)
+    decision = decide(facts, snapshot, store.token_record, time.time(), verify)
+    jwks.stop()
     print(
         json.dumps(
             {
@@ -334,6 +341,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-timeout", type=float, help="seconds per Redis command (0.1)")
     serve.add_argument("--policy-refresh", type=float, help="seconds between policy checks (1)")
     serve.add_argument("--shutdown-grace", type=float, help="seconds to drain on SIGTERM (5)")
+    serve.add_argument("--jwks-refresh", type=float, help="seconds between JWKS refreshes (300)")
+    serve.add_argument(
+        "--jwks-min-refetch", type=float, help="min seconds between unknown-kid refetches (10)"
+    )
     serve.set_defaults(func=_cmd_serve)
 
     sync = sub.add_parser("sync", parents=[common], help="load a policy file into Redis")

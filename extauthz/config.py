@@ -31,6 +31,8 @@ class Settings:
     redis_timeout: float = 0.1  # seconds, per Redis command on the decision path
     policy_refresh: float = 1.0  # seconds between checks for a new policy version
     shutdown_grace: float = 5.0  # seconds to drain in-flight calls on SIGTERM
+    jwks_refresh: float = 300.0  # seconds between JWKS refreshes
+    jwks_min_refetch: float = 10.0  # at most one extra JWKS fetch (unknown kid) this often
 
     @property
     def redis_url_redacted(self) -> str:

@@ -25,7 +25,8 @@ from extauthz.credentials import (
     token_hash,
 )
 from extauthz.errors import MalformedRecord, StoreUnavailable
-from extauthz.policy import Access, PolicySnapshot, RoutePolicy
+from extauthz.jwt_verify import JwtIdentity, JwtRejected, JwtUnavailable, JwtVerify
+from extauthz.policy import Access, JwtSettings, PolicySnapshot, RoutePolicy
 
 SUBJECT_HEADER = "x-extauthz-subject"
 ROUTE_HEADER = "x-extauthz-route"
@@ -80,8 +81,13 @@ def decide(
     snapshot: PolicySnapshot | None,
     lookup: TokenLookup,
     now: float,
+    verify_jwt: JwtVerify | None = None,
 ) -> Decision:
-    """Decide one request. `snapshot` is None when no policy could be loaded yet."""
+    """Decide one request. `snapshot` is None when no policy could be loaded yet.
+
+    `lookup` finds an opaque token's record by hash; `verify_jwt` checks a JWT against a
+    route's issuer settings (None: JWTs are refused).
+    """
     if snapshot is None:
         return _error("no_policy")
     route = snapshot.routes.get(facts.route) if facts.route else None
@@ -95,7 +101,7 @@ def decide(
             return _not_found("private_external")
         if not route.credentials_listed:
             return _allow(facts, route, INTERNAL, frozenset(), "internal")
-    return _decide_protected(facts, route, snapshot, lookup, now)
+    return _decide_protected(facts, route, snapshot, lookup, now, verify_jwt)
 
 
 def _decide_protected(
@@ -104,6 +110,7 @@ def _decide_protected(
     snapshot: PolicySnapshot,
     lookup: TokenLookup,
     now: float,
+    verify_jwt: JwtVerify | None,
 ) -> Decision:
     credential = parse_authorization(facts.authorization)
     accepted = route.credentials
@@ -115,9 +122,8 @@ def _decide_protected(
         case UnsupportedScheme():
             return _unauthorized(route, "unsupported_scheme", "authorization scheme not accepted")
         case BearerCredential(token=token):
-            if "jwt" in accepted and looks_like_jwt(token):
-                # JWT verification is not built yet (issue #4): fail closed.
-                return _unauthorized(route, "jwt_unsupported", "jwt not accepted", presented=True)
+            if "jwt" in accepted and route.jwt is not None and looks_like_jwt(token):
+                return _decide_jwt(facts, route, route.jwt, token, now, verify_jwt)
             if "bearer" not in accepted:
                 return _unauthorized(route, "unsupported_scheme", "bearer tokens not accepted")
             secret = token
@@ -148,6 +154,30 @@ def _decide_protected(
     return _allow(facts, route, record.id, record.scopes, "granted")
 
 
+def _decide_jwt(
+    facts: RequestFacts,
+    route: RoutePolicy,
+    settings: JwtSettings,
+    token: str,
+    now: float,
+    verify_jwt: JwtVerify | None,
+) -> Decision:
+    if verify_jwt is None:
+        return _unauthorized(route, "jwt_unsupported", "jwt not accepted", presented=True)
+    match verify_jwt(token, settings, now):
+        case JwtUnavailable():
+            return _error("jwks_unavailable")
+        case JwtRejected(reason=why):
+            return _unauthorized(route, "invalid_jwt", why, presented=True)
+        case JwtIdentity() as identity:
+            if route.scopes and route.scopes.isdisjoint(identity.scopes):
+                return _forbidden("missing_scope", identity.subject)
+            return _allow(
+                facts, route, identity.subject, identity.scopes, "granted_jwt", identity.headers
+            )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 # --- building decisions ---------------------------------------------------------------------
 
 _JSON = ("content-type", "application/json")
@@ -163,14 +193,21 @@ _ERROR_BODY = _body("unavailable", "authorization is temporarily unavailable")
 
 
 def _allow(
-    facts: RequestFacts, route: RoutePolicy, subject: str, scopes: frozenset[str], reason: str
+    facts: RequestFacts,
+    route: RoutePolicy,
+    subject: str,
+    scopes: frozenset[str],
+    reason: str,
+    extra: Headers = (),
 ) -> Decision:
     headers = (
         (SUBJECT_HEADER, subject),
         (ROUTE_HEADER, route.name),
         (SCOPES_HEADER, ",".join(sorted(scopes))),
+        *extra,
     )
-    spoofed = [h for h in facts.identity_headers_sent if h not in IDENTITY_HEADERS]
+    ours = IDENTITY_HEADERS + tuple(name for name, _ in extra)
+    spoofed = [h for h in facts.identity_headers_sent if h not in ours]
     remove = ("authorization", *spoofed)
     return Decision(Outcome.ALLOW, 200, reason, headers, remove, subject=subject)
 

@@ -47,6 +47,12 @@ class JwtSettings:
     subject_claim: str = "sub"
     algorithms: tuple[str, ...] = JWT_ALGORITHMS
     leeway_seconds: int = 30
+    # (claim path, header): claims forwarded to the model; headers are x-extauthz-*
+    forward_claims: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def discovery_url(self) -> str:
+        return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +86,7 @@ class RoutePolicy:
                 "subject_claim": jwt.subject_claim,
                 "algorithms": list(jwt.algorithms),
                 "leeway_seconds": jwt.leeway_seconds,
+                "forward_claims": [list(pair) for pair in jwt.forward_claims],
             }
         return out
 
@@ -104,6 +111,7 @@ class RoutePolicy:
                 subject_claim=jwt.get("subject_claim", "sub"),
                 algorithms=tuple(jwt.get("algorithms", JWT_ALGORITHMS)),
                 leeway_seconds=int(jwt.get("leeway_seconds", 30)),
+                forward_claims=tuple((c, h) for c, h in jwt.get("forward_claims", ())),
             ),
         )
 
@@ -191,7 +199,10 @@ _JWT_KEYS = (
     "subject_claim",
     "algorithms",
     "leeway_seconds",
+    "forward_claims",
 )
+FORWARD_HEADER = re.compile(r"x-extauthz-[a-z0-9][a-z0-9-]*")
+CLAIM_PATH = re.compile(r"[A-Za-z0-9_:/\-]+(\.[A-Za-z0-9_:/\-]+)*")
 _SECRET_KEYS = ("id", "routes", "scopes", "from_env", "from_file")
 
 
@@ -401,7 +412,32 @@ def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> J
         leeway = r.integer(fields["leeway_seconds"][1], f"{path}.leeway_seconds")
         if not 0 <= leeway <= 300:
             raise r.error(fields["leeway_seconds"][1], f"{path}.leeway_seconds", "must be 0..300")
+    forward: list[tuple[str, str]] = []
+    if "forward_claims" in fields:
+        claims = r.mapping(fields["forward_claims"][1], f"{path}.forward_claims", ())
+        for claim, (claim_node, header_node) in claims.items():
+            key = f"{path}.forward_claims.{claim}"
+            header = r.string(header_node, key).lower()
+            if not CLAIM_PATH.fullmatch(claim):
+                raise r.error(claim_node, key, "not a claim path (e.g. email, realm_access.roles)")
+            if not FORWARD_HEADER.fullmatch(header) or header in (
+                "x-extauthz-subject",
+                "x-extauthz-route",
+                "x-extauthz-scopes",
+            ):
+                raise r.error(
+                    header_node, key, "header must be x-extauthz-<name>, not subject/route/scopes"
+                )
+            forward.append((claim, header))
+    for key in ("scopes_claim", "subject_claim"):
+        if key in text and not CLAIM_PATH.fullmatch(text[key]):
+            raise r.error(
+                fields[key][1], f"{path}.{key}", "not a claim path (e.g. scope, realm_access.roles)"
+            )
+    if not text["issuer"].startswith(("https://", "http://")):
+        raise r.error(fields["issuer"][1], f"{path}.issuer", "must be an http(s) URL")
     return JwtSettings(
+        forward_claims=tuple(forward),
         issuer=text["issuer"],
         audiences=audiences,
         jwks_uri=text.get("jwks_uri"),

@@ -22,6 +22,7 @@ from extauthz.authorizer import Authorizer, PolicyWatcher
 from extauthz.config import Settings
 from extauthz.envoy_check import check_response, facts_from_check_request
 from extauthz.errors import ConfigError
+from extauthz.jwks import JwksCache
 from extauthz.store import Store, connect
 
 log = logging.getLogger("extauthz.server")
@@ -45,7 +46,8 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = Store(connect(settings.redis_url, settings.redis_timeout), settings.key_prefix)
-        self.authorizer = Authorizer(self.store)
+        self.jwks = JwksCache(refresh=settings.jwks_refresh, min_refetch=settings.jwks_min_refetch)
+        self.authorizer = Authorizer(self.store, self.jwks)
         self.watcher = PolicyWatcher(self.authorizer, settings.policy_refresh)
         self.health = health.HealthServicer()
         self.grpc_server = grpc.server(
@@ -66,6 +68,7 @@ class Server:
             raise ConfigError(f"cannot listen on {self.settings.listen}: {e}") from e
         if self.port == 0:
             raise ConfigError(f"cannot listen on {self.settings.listen} (in use or invalid)")
+        self.jwks.start()
         self.watcher.start()
         self.grpc_server.start()
         for service in ("", AUTHORIZATION_SERVICE):
@@ -92,6 +95,7 @@ class Server:
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(self.settings.shutdown_grace).wait()
         self.watcher.stop()
+        self.jwks.stop()
         self.store.close()
         log.info("stopped")
 

@@ -50,9 +50,9 @@ Response = tuple[int, dict[str, str], str]
 
 
 def http(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> Response:
-    req = urllib.request.Request(url, method=method, headers=headers or {})  # noqa: S310
+    req = urllib.request.Request(url, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return (
                 resp.status,
                 {k.lower(): v for k, v in resp.headers.items()},

@@ -11,7 +11,8 @@ import pytest
 from extauthz.credentials import TokenRecord, token_hash
 from extauthz.decision import Decision, Outcome, RequestFacts, decide
 from extauthz.errors import MalformedRecord, StoreUnavailable
-from extauthz.policy import Access, PolicySnapshot, RoutePolicy
+from extauthz.jwt_verify import JwtIdentity, JwtRejected, JwtResult, JwtUnavailable
+from extauthz.policy import Access, JwtSettings, PolicySnapshot, RoutePolicy
 
 NOW = 1_800_000_000.0
 
@@ -44,7 +45,9 @@ ROUTES = {
     ),
     "hidden": RoutePolicy("hidden", Access.PRIVATE),
     "hidden-auth": RoutePolicy("hidden-auth", Access.PRIVATE, credentials_listed=True),
-    "jwt-only": RoutePolicy("jwt-only", Access.PROTECTED, credentials=("jwt",)),
+    "jwt-only": RoutePolicy(
+        "jwt-only", Access.PROTECTED, credentials=("jwt",), jwt=JwtSettings("https://idp")
+    ),
 }
 SNAPSHOT = PolicySnapshot(
     version=1,
@@ -207,3 +210,71 @@ def test_expiry_boundary() -> None:
     facts = RequestFacts(route="model", authorization=f"Bearer {EXPIRED}")
     assert decide(facts, SNAPSHOT, lookup, record.expires_at - 0.001).status == 200  # type: ignore[operator]
     assert decide(facts, SNAPSHOT, lookup, float(record.expires_at)).status == 401  # type: ignore[arg-type]
+
+
+# --- JWT routes, with a stand-in verifier (the real one is tested in test_jwt_verify) ------
+
+JWT_SETTINGS = JwtSettings(
+    "https://idp.example.com/realms/r", forward_claims=(("email", "x-extauthz-email"),)
+)
+JWT_ROUTES = {
+    "iris": RoutePolicy(
+        "iris", Access.PROTECTED, ("jwt",), True, scopes=frozenset({"predict"}), jwt=JWT_SETTINGS
+    ),
+    "mixed": RoutePolicy("mixed", Access.PROTECTED, ("bearer", "jwt"), True, jwt=JWT_SETTINGS),
+}
+JWT_SNAPSHOT = PolicySnapshot(2, JWT_ROUTES)
+GOOD_JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.good"
+
+
+def fake_verify(token: str, settings: JwtSettings, now: float) -> JwtResult:
+    assert settings is JWT_SETTINGS and now == NOW
+    if token == GOOD_JWT:
+        return JwtIdentity(
+            "alice", frozenset({"predict"}), (("x-extauthz-email", "a@x"),), NOW + 60
+        )
+    if token.endswith(".nopredict"):
+        return JwtIdentity("bob", frozenset({"read"}), (), NOW + 60)
+    if token.endswith(".down"):
+        return JwtUnavailable("signing keys not available")
+    return JwtRejected("invalid signature")
+
+
+def jwt_decide(route: str, auth: str, **kw: object) -> Decision:
+    facts = RequestFacts(route=route, authorization=auth, **kw)  # type: ignore[arg-type]
+    return decide(facts, JWT_SNAPSHOT, lookup, NOW, fake_verify)
+
+
+def test_jwt_allow_forwards_claims_and_overwrites_spoofs() -> None:
+    d = jwt_decide(
+        "iris", f"Bearer {GOOD_JWT}", identity_headers_sent=("x-extauthz-email", "x-extauthz-other")
+    )
+    assert (d.status, d.reason, d.subject) == (200, "granted_jwt", "alice")
+    assert dict(d.headers)["x-extauthz-email"] == "a@x"
+    assert dict(d.headers)["x-extauthz-scopes"] == "predict"
+    assert d.remove_headers == ("authorization", "x-extauthz-other")
+
+
+def test_jwt_outcomes() -> None:
+    rejected = jwt_decide("iris", "Bearer eyJx.eyJy.bad")
+    assert (rejected.status, rejected.reason) == (401, "invalid_jwt")
+    assert dict(rejected.headers)["www-authenticate"] == (
+        'Bearer realm="iris", error="invalid_token", error_description="invalid signature"'
+    )
+    assert jwt_decide("iris", "Bearer eyJx.eyJy.nopredict").status == 403
+    down = jwt_decide("iris", "Bearer eyJx.eyJy.down")
+    assert (down.outcome, down.status, down.reason) == (Outcome.ERROR, 503, "jwks_unavailable")
+    assert jwt_decide("iris", f"Bearer {GOOD}").reason == "unsupported_scheme"  # opaque on jwt-only
+    assert (
+        decide(
+            RequestFacts("iris", authorization=f"Bearer {GOOD_JWT}"), JWT_SNAPSHOT, lookup, NOW
+        ).reason
+        == "jwt_unsupported"
+    )
+
+
+def test_route_with_bearer_and_jwt_routes_by_shape() -> None:
+    assert jwt_decide("mixed", f"Bearer {GOOD_JWT}").reason == "granted_jwt"
+    # an opaque token is looked up as one (t-good is not granted 'mixed')
+    assert jwt_decide("mixed", f"Bearer {GOOD}").reason == "route_not_granted"
+    assert jwt_decide("mixed", f"Bearer {WILDCARD}").reason == "granted"

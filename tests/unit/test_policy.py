@@ -149,6 +149,30 @@ def test_snapshot_json_round_trip() -> None:
             "not allowed",
         ),
         ("- 1\n- 2\n", 1, "", "mapping"),
+        (
+            "version: 1\nroutes:\n  a:\n    access: protected\n    credentials: [jwt]\n    jwt:\n      issuer: https://i\n      forward_claims: {email: x-email}\n",
+            8,
+            "routes.a.jwt.forward_claims.email",
+            "x-extauthz-",
+        ),
+        (
+            "version: 1\nroutes:\n  a:\n    access: protected\n    credentials: [jwt]\n    jwt: {issuer: idp.example.com}\n",
+            6,
+            "routes.a.jwt.issuer",
+            "http(s) URL",
+        ),
+        (
+            "version: 1\nroutes:\n  a:\n    access: protected\n    credentials: [jwt]\n    jwt: {audiences: [x]}\n",
+            6,
+            "routes.a.jwt.issuer",
+            "missing",
+        ),
+        (
+            "version: 1\nroutes:\n  a:\n    access: protected\n    jwt: {issuer: https://i}\n",
+            5,
+            "routes.a.jwt",
+            "credentials do not list jwt",
+        ),
     ],
 )
 def test_errors_name_line_and_key(text: str, line: int | None, key: str, fragment: str) -> None:

@@ -1,0 +1,225 @@
+"""JWT verification, pure: JWKS documents → key sets, (token, settings, keys, now) → result.
+
+No I/O and no clock here: `jwks.py` fetches and caches key sets and calls `verify_with_keys`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from extauthz.policy import JwtSettings
+
+_KEY_FAMILY = {
+    "RS256": ("RSA", None),
+    "RS384": ("RSA", None),
+    "RS512": ("RSA", None),
+    "PS256": ("RSA", None),
+    "PS384": ("RSA", None),
+    "PS512": ("RSA", None),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "EdDSA": ("OKP", None),
+}
+
+
+class JwksError(Exception):
+    """A JWKS or discovery document could not be fetched or has no usable key."""
+
+
+@dataclass(frozen=True, slots=True)
+class JwtIdentity:
+    subject: str
+    scopes: frozenset[str]
+    headers: tuple[tuple[str, str], ...]  # forwarded claims
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class JwtRejected:
+    """The token is not acceptable (→ 401). `reason` is fixed text, never token content."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class JwtUnavailable:
+    """The route's keys could not be fetched yet (→ 503)."""
+
+    reason: str
+
+
+JwtResult = JwtIdentity | JwtRejected | JwtUnavailable
+JwtVerify = Callable[[str, JwtSettings, float], JwtResult]
+UNKNOWN_KEY = JwtRejected("unknown signing key")
+
+
+# --- key sets ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    key: Any  # a cryptography public key
+    kty: str
+    crv: str | None
+
+
+@dataclass(frozen=True)
+class KeySet:
+    by_kid: Mapping[str, _Key]
+    keyless: tuple[_Key, ...] = ()
+
+    def candidates(self, kid: str | None, alg: str) -> list[Any]:
+        """Keys that may have signed a token with this `kid` and `alg`."""
+        kty, crv = _KEY_FAMILY[alg]
+        if kid is not None:
+            pool: Iterable[_Key] = (self.by_kid[kid],) if kid in self.by_kid else ()
+        else:
+            pool = (*self.by_kid.values(), *self.keyless)
+        return [k.key for k in pool if k.kty == kty and (crv is None or k.crv == crv)]
+
+
+def parse_jwks(document: bytes | str) -> KeySet:
+    """The signing keys of a JWKS document; unusable keys are skipped."""
+    try:
+        data = json.loads(document)
+    except ValueError as e:
+        raise JwksError("JWKS is not JSON") from e
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise JwksError("JWKS has no 'keys' list")
+    by_kid: dict[str, _Key] = {}
+    keyless: list[_Key] = []
+    for jwk in data["keys"]:
+        if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
+            continue
+        if jwk.get("kty") not in ("RSA", "EC", "OKP"):
+            continue
+        try:
+            key = jwt.PyJWK(jwk).key
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+            continue
+        entry = _Key(key, jwk["kty"], jwk.get("crv"))
+        kid = jwk.get("kid")
+        if isinstance(kid, str):
+            by_kid[kid] = entry
+        else:
+            keyless.append(entry)
+    if not by_kid and not keyless:
+        raise JwksError("JWKS has no usable signing key")
+    return KeySet(by_kid, tuple(keyless))
+
+
+# --- verification (pure) ----------------------------------------------------------------------
+
+
+def claim(claims: Mapping[str, Any], path: str) -> Any:
+    """A claim by dotted path (`realm_access.roles`); None when absent."""
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _header_safe(text: str) -> bool:
+    return bool(text) and all(" " <= c <= "~" for c in text)
+
+
+def scopes_from(value: Any) -> frozenset[str]:
+    """`scope` (space-separated string) or a list (`scp`, `roles`, `groups`) → scopes."""
+    items = value.split() if isinstance(value, str) else value if isinstance(value, list) else ()
+    return frozenset(
+        s for s in items if isinstance(s, str) and _header_safe(s) and "," not in s and " " not in s
+    )
+
+
+def _seconds(value: Any) -> float | None:
+    """A NumericDate claim as float; None when absent or not a finite number."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def verify_with_keys(token: str, settings: JwtSettings, keys: KeySet, now: float) -> JwtResult:
+    """Verify signature, `iss`, `aud`, `exp`/`nbf`/`iat` (with leeway) and map the claims."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        return JwtRejected("malformed token")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in settings.algorithms:
+        return JwtRejected("algorithm not allowed")
+    kid = header.get("kid")
+    candidates = keys.candidates(kid if isinstance(kid, str) else None, alg)
+    if not candidates:
+        return UNKNOWN_KEY
+    audiences = list(settings.audiences)
+    options: Any = {
+        "verify_exp": False,  # checked below against the `now` we were given
+        "verify_nbf": False,
+        "verify_iat": False,
+        "verify_aud": bool(audiences),
+        "require": ["iss", "exp", *(["aud"] if audiences else [])],
+    }
+    claims: dict[str, Any] | None = None
+    for key in candidates:
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                issuer=settings.issuer,
+                audience=audiences or None,
+                options=options,
+            )
+            break
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.InvalidIssuerError:
+            return JwtRejected("invalid issuer")
+        except jwt.InvalidAudienceError:
+            return JwtRejected("invalid audience")
+        except jwt.MissingRequiredClaimError as e:
+            return JwtRejected(f"missing claim {e.claim}")
+        except (jwt.PyJWTError, ValueError, TypeError):
+            return JwtRejected("malformed token")
+    if claims is None:
+        return JwtRejected("invalid signature")
+    leeway = settings.leeway_seconds
+    exp, nbf, iat = (_seconds(claims.get(k)) for k in ("exp", "nbf", "iat"))
+    if (
+        exp is None
+        or (nbf is None) != ("nbf" not in claims)
+        or (iat is None) != ("iat" not in claims)
+    ):
+        return JwtRejected("malformed time claim")
+    if now >= exp + leeway:
+        return JwtRejected("token expired")
+    if nbf is not None and now < nbf - leeway:
+        return JwtRejected("token not yet valid")
+    if iat is not None and iat > now + leeway:
+        return JwtRejected("token issued in the future")
+    subject = claim(claims, settings.subject_claim)
+    if not isinstance(subject, str) or not _header_safe(subject):
+        return JwtRejected("missing or invalid subject")
+    headers = []
+    for path, name in settings.forward_claims:
+        value = claim(claims, path)
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            text = str(value)
+            if _header_safe(text):
+                headers.append((name, text))
+    return JwtIdentity(
+        subject=subject,
+        scopes=scopes_from(claim(claims, settings.scopes_claim)),
+        headers=tuple(headers),
+        expires_at=exp + leeway,
+    )
