@@ -159,13 +159,12 @@ def verify_with_keys(token: str, settings: JwtSettings, keys: KeySet, now: float
     candidates = keys.candidates(kid if isinstance(kid, str) else None, alg)
     if not candidates:
         return UNKNOWN_KEY
-    audiences = list(settings.audiences)
+    audiences = list(settings.audiences)  # none listed: every token is refused
     options: Any = {
         "verify_exp": False,  # checked below against the `now` we were given
         "verify_nbf": False,
         "verify_iat": False,
-        "verify_aud": bool(audiences),
-        "require": ["iss", "exp", *(["aud"] if audiences else [])],
+        "require": ["iss", "aud", "exp"],
     }
     claims: dict[str, Any] | None = None
     for key in candidates:
@@ -175,7 +174,7 @@ def verify_with_keys(token: str, settings: JwtSettings, keys: KeySet, now: float
                 key,
                 algorithms=[alg],
                 issuer=settings.issuer,
-                audience=audiences or None,
+                audience=audiences,
                 options=options,
             )
             break

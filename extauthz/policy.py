@@ -385,17 +385,21 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
 
 def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> JwtSettings:
     fields = r.mapping(node, path, _JWT_KEYS)
-    if "issuer" not in fields:
-        raise r.error(key_node, f"{path}.issuer", "missing (the OIDC issuer URL)")
+    for required, what in (
+        ("issuer", "the OIDC issuer URL"),
+        ("audiences", "the `aud` values accepted"),
+    ):
+        if required not in fields:
+            raise r.error(key_node, f"{path}.{required}", f"missing ({what})")
     text: dict[str, str] = {}
     for key in ("issuer", "jwks_uri", "jwks_file", "scopes_claim", "subject_claim"):
         if key in fields:
             text[key] = r.string(fields[key][1], f"{path}.{key}")
     if "jwks_uri" in text and "jwks_file" in text:
         raise r.error(fields["jwks_file"][0], f"{path}.jwks_file", "give jwks_uri or jwks_file")
-    audiences: tuple[str, ...] = ()
-    if "audiences" in fields:
-        audiences = tuple(r.strings(fields["audiences"][1], f"{path}.audiences"))
+    audiences = tuple(r.strings(fields["audiences"][1], f"{path}.audiences"))
+    if not audiences:
+        raise r.error(fields["audiences"][1], f"{path}.audiences", "must list at least one")
     algorithms: tuple[str, ...] = JWT_ALGORITHMS
     if "algorithms" in fields:
         alg_node = fields["algorithms"][1]

@@ -46,16 +46,17 @@ routes:
     jwt:
       issuer: {idp.issuer}
       jwks_uri: {idp.issuer}/jwks
+      audiences: [account]
       scopes_claim: realm_access.roles
       leeway_seconds: 0
   mixed:
     access: protected
     credentials: [bearer, jwt]
-    jwt: {{issuer: {idp.issuer}, jwks_file: {jwks_file}}}
+    jwt: {{issuer: {idp.issuer}, audiences: [{AUDIENCE}], jwks_file: {jwks_file}}}
   idp-never-reached:
     access: protected
     credentials: [jwt]
-    jwt: {{issuer: {dead}}}
+    jwt: {{issuer: {dead}, audiences: [{AUDIENCE}]}}
 """
 
 
@@ -132,7 +133,8 @@ def test_claim_paths_and_mixed_routes(
     assert client.status("keycloak-style", bearer(keycloak)) == 200
     assert (
         client.status(
-            "keycloak-style", bearer(rsa.sign(claims(idp.issuer, realm_access={"roles": []})))
+            "keycloak-style",
+            bearer(rsa.sign(claims(idp.issuer, aud="account", realm_access={"roles": []}))),
         )
         == 403
     )

@@ -82,6 +82,8 @@ def test_forged_and_downgraded_tokens() -> None:
     assert verify(SigningKey("new-kid").sign(payload)) == UNKNOWN_KEY
     only_rsa = JwtSettings(ISSUER, audiences=(AUDIENCE,), algorithms=("RS256",))
     assert verify(EC.sign(payload), only_rsa) == JwtRejected("algorithm not allowed")
+    no_audience = JwtSettings(ISSUER)  # the policy requires audiences; in code: fail closed
+    assert verify(RSA.sign(payload), no_audience) == JwtRejected("invalid audience")
 
 
 @pytest.mark.parametrize(
@@ -108,6 +110,7 @@ def test_keyless_jwks_and_claim_mapping() -> None:
     )
     settings = JwtSettings(
         ISSUER,
+        audiences=("account",),
         scopes_claim="realm_access.roles",
         subject_claim="preferred_username",
         forward_claims=(("email", "x-extauthz-email"), ("groups", "x-extauthz-groups")),
@@ -115,7 +118,7 @@ def test_keyless_jwks_and_claim_mapping() -> None:
     token = RSA.sign(
         claims(
             ISSUER,
-            aud=None,
+            aud=["account", "x"],
             preferred_username="alice",
             email="a@example.com",
             groups=["ml", "ops"],
