@@ -16,6 +16,7 @@ from extauthz.errors import MalformedRecord, StoreUnavailable
 from extauthz.jwks import JwksCache, JwtVerifier
 from extauthz.policy import PolicySnapshot
 from extauthz.store import PolicyVersion, Store
+from extauthz.token_cache import TokenCache
 
 log = logging.getLogger("extauthz.decision")
 watch_log = logging.getLogger("extauthz.policy")
@@ -28,9 +29,12 @@ class Authorizer:
         self,
         store: Store,
         jwks: JwksCache | None = None,
+        cache: TokenCache | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.cache = cache
+        self.lookup = cache if cache is not None else store.token_record
         self.jwks = jwks
         self.verify_jwt = JwtVerifier(jwks) if jwks is not None else None
         self.clock = clock
@@ -38,9 +42,7 @@ class Authorizer:
         self.policy_version: PolicyVersion | None = None
 
     def decide(self, facts: RequestFacts) -> Decision:
-        decision = decide(
-            facts, self.snapshot, self.store.token_record, self.clock(), self.verify_jwt
-        )
+        decision = decide(facts, self.snapshot, self.lookup, self.clock(), self.verify_jwt)
         if decision.outcome is not Outcome.ALLOW:
             level = logging.WARNING if decision.outcome is Outcome.ERROR else logging.INFO
             if log.isEnabledFor(level):
@@ -99,6 +101,7 @@ class PolicyWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
         self._failing = False
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         self.poll()
@@ -110,15 +113,24 @@ class PolicyWatcher:
             self._thread.join(timeout=2)
 
     def poll(self) -> None:
-        try:
-            self.authorizer.refresh_policy()
-        except StoreUnavailable as e:
-            if not self._failing:
-                watch_log.warning("cannot read the policy from Redis (%s): keeping the last one", e)
-            self._failing = True
-        except MalformedRecord as e:
-            watch_log.error("published policy is malformed (%s): keeping the last one", e)
-        else:
+        """Reload the policy if it changed; also the heartbeat that tells the cache Redis is up."""
+        cache = self.authorizer.cache
+        with self._lock:
+            try:
+                self.authorizer.refresh_policy()
+            except StoreUnavailable as e:
+                if cache is not None:
+                    cache.set_store_ok(False)
+                if not self._failing:
+                    watch_log.warning(
+                        "cannot read the policy from Redis (%s): keeping the last one", e
+                    )
+                self._failing = True
+                return
+            except MalformedRecord as e:
+                watch_log.error("published policy is malformed (%s): keeping the last one", e)
+            if cache is not None:
+                cache.set_store_ok(True)
             if self._failing:
                 watch_log.info("Redis reachable again")
             self._failing = False

@@ -341,6 +341,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-timeout", type=float, help="seconds per Redis command (0.1)")
     serve.add_argument("--policy-refresh", type=float, help="seconds between policy checks (1)")
     serve.add_argument("--shutdown-grace", type=float, help="seconds to drain on SIGTERM (5)")
+    serve.add_argument("--cache-ttl", type=float, help="seconds tokens stay cached; 0: off (60)")
+    serve.add_argument(
+        "--stale-grace", type=float, help="seconds cached tokens outlive a Redis outage (0)"
+    )
     serve.add_argument("--jwks-refresh", type=float, help="seconds between JWKS refreshes (300)")
     serve.add_argument(
         "--jwks-min-refetch", type=float, help="min seconds between unknown-kid refetches (10)"

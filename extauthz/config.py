@@ -31,6 +31,8 @@ class Settings:
     redis_timeout: float = 0.1  # seconds, per Redis command on the decision path
     policy_refresh: float = 1.0  # seconds between checks for a new policy version
     shutdown_grace: float = 5.0  # seconds to drain in-flight calls on SIGTERM
+    cache_ttl: float = 60.0  # seconds a token record stays cached; 0 disables the cache
+    stale_grace: float = 0.0  # seconds cached tokens may still be used once Redis is down
     jwks_refresh: float = 300.0  # seconds between JWKS refreshes
     jwks_min_refetch: float = 10.0  # at most one extra JWKS fetch (unknown kid) this often
 
@@ -40,6 +42,7 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
+_ZERO_OK = ("cache_ttl", "stale_grace")
 _CHOICES = {"log_format": ("text", "json"), "log_level": ("debug", "info", "warning", "error")}
 
 
@@ -102,6 +105,6 @@ def _convert(name: str, raw: Any, source: str) -> Any:
         raise ConfigError(f"{source}: expected a {kind.__name__}, got {raw!r}") from None
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(f"{source}: must be one of {', '.join(_CHOICES[name])}, got {value!r}")
-    if kind in (int, float) and value <= 0:
+    if kind in (int, float) and (value < 0 or (value == 0 and name not in _ZERO_OK)):
         raise ConfigError(f"{source}: must be positive, got {raw!r}")
     return value

@@ -22,8 +22,10 @@ from extauthz.authorizer import Authorizer, PolicyWatcher
 from extauthz.config import Settings
 from extauthz.envoy_check import check_response, facts_from_check_request
 from extauthz.errors import ConfigError
+from extauthz.invalidation import InvalidationListener
 from extauthz.jwks import JwksCache
 from extauthz.store import Store, connect
+from extauthz.token_cache import TokenCache
 
 log = logging.getLogger("extauthz.server")
 
@@ -47,8 +49,20 @@ class Server:
         self.settings = settings
         self.store = Store(connect(settings.redis_url, settings.redis_timeout), settings.key_prefix)
         self.jwks = JwksCache(refresh=settings.jwks_refresh, min_refetch=settings.jwks_min_refetch)
-        self.authorizer = Authorizer(self.store, self.jwks)
+        self.cache = (
+            TokenCache(
+                self.store.token_record, ttl=settings.cache_ttl, stale_grace=settings.stale_grace
+            )
+            if settings.cache_ttl > 0
+            else None
+        )
+        self.authorizer = Authorizer(self.store, self.jwks, self.cache)
         self.watcher = PolicyWatcher(self.authorizer, settings.policy_refresh)
+        self.listener = (
+            InvalidationListener(settings.redis_url, self.store, self.cache, self.watcher.poll)
+            if self.cache is not None
+            else None
+        )
         self.health = health.HealthServicer()
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="check"),
@@ -70,6 +84,8 @@ class Server:
             raise ConfigError(f"cannot listen on {self.settings.listen} (in use or invalid)")
         self.jwks.start()
         self.watcher.start()
+        if self.listener is not None:
+            self.listener.start()
         self.grpc_server.start()
         for service in ("", AUTHORIZATION_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -95,6 +111,8 @@ class Server:
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(self.settings.shutdown_grace).wait()
         self.watcher.stop()
+        if self.listener is not None:
+            self.listener.stop()
         self.jwks.stop()
         self.store.close()
         log.info("stopped")

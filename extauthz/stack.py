@@ -167,7 +167,7 @@ class Stack:
                 "--dir", str(self.state_dir / "redis"),
                 "--save", "3600 1",  # saved on shutdown, so a restart keeps tokens
                 "--appendonly", "no",
-                "--notify-keyspace-events", "Kgx",
+                "--notify-keyspace-events", "Kghxe",
             ],
             self.state_dir / "redis.log",
         )  # fmt: skip

@@ -78,6 +78,8 @@ class Store:
         self.prefix = prefix
         self._token_prefix = f"{prefix}token:"
         self.policy_key = f"{prefix}policy"
+        # servers listen here too: a token hash, "policy", or "*" (drop every cached token)
+        self.invalidate_channel = f"{prefix}invalidate"
 
     def token_key(self, digest: str) -> str:
         return self._token_prefix + digest
@@ -105,6 +107,7 @@ class Store:
             pipe.hset(key, mapping=record.to_fields())
             if record.expires_at is not None:
                 pipe.expireat(key, record.expires_at)
+            pipe.publish(self.invalidate_channel, digest)
             pipe.execute()
 
     def replace_token(self, old_digest: str, new_digest: str, record: TokenRecord) -> None:
@@ -116,11 +119,17 @@ class Store:
             if record.expires_at is not None:
                 pipe.expireat(new_key, record.expires_at)
             pipe.delete(self.token_key(old_digest))
+            pipe.publish(self.invalidate_channel, old_digest)
+            pipe.publish(self.invalidate_channel, new_digest)
             pipe.execute()
 
     def delete_token(self, digest: str) -> bool:
         with self._unavailable():
-            return bool(self.client.delete(self.token_key(digest)))
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(self.token_key(digest))
+            pipe.publish(self.invalidate_channel, digest)
+            deleted, _ = pipe.execute()
+            return bool(deleted)
 
     def iter_tokens(self) -> Iterator[tuple[str, TokenRecord | MalformedRecord]]:
         """Every token key as (hash, record), or (hash, the error) for a malformed one."""
@@ -200,6 +209,7 @@ class Store:
                             "snapshot": snapshot.to_json(),
                         },
                     )
+                    pipe.publish(self.invalidate_channel, "policy")
                     pipe.execute()
                     return
                 except redis.WatchError:

@@ -10,7 +10,7 @@ from tests.support.procs import RedisServer
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
+    server = RedisServer(tmp_path, extra=("--notify-keyspace-events", "Kgx"))
     server.start()
     try:
         yield server

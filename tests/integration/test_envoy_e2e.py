@@ -98,7 +98,11 @@ def test_model_server_scopes_rotation_expiry(stack: Stack) -> None:
     assert http(f"{ext}/models", "GET", bearer(management))[0] == 200
 
     rotated = tokens.rotate(stack.store(), _id_of(stack, inference)).token
-    assert http(f"{ext}/predictions/densenet161", "POST", bearer(inference))[0] == 401
+    wait_for(
+        lambda: http(f"{ext}/predictions/densenet161", "POST", bearer(inference))[0] == 401,
+        1,
+        "rotation",
+    )
     assert http(f"{ext}/predictions/densenet161", "POST", bearer(rotated))[0] == 200
 
     short = mint(stack, ["densenet161"], ["inference"], ttl=1)

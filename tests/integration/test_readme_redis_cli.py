@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.check import CheckClient
-from tests.support.procs import REPO, RedisServer, extauthz_serve, require_binary, run_cli
+from tests.support.procs import (
+    REPO,
+    RedisServer,
+    extauthz_serve,
+    require_binary,
+    run_cli,
+    wait_for,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -60,5 +67,5 @@ def test_documented_redis_cli_commands(redis_server: RedisServer, tmp_path: Path
             redis_server, readme_block("redis-cli-revoke"), {"PATH": "/usr/bin:/bin", "H": digest}
         )
         assert f"extauthz:token:{digest} t1" in out
-        assert client.status("densenet161", f"Bearer {token}") == 401
+        wait_for(lambda: client.status("densenet161", f"Bearer {token}") == 401, 1, "revocation")
         client.close()

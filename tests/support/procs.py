@@ -81,10 +81,11 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> int:
 class RedisServer:
     """A real redis-server on a free loopback port, no persistence."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
         self.binary = require_binary("redis-server")
         self.port = port or free_port()
         self.workdir = workdir
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -105,8 +106,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
-                "--notify-keyspace-events",
-                "Kgx",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

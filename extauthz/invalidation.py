@@ -1,0 +1,149 @@
+"""The invalidation listener: keeps the token cache and the policy snapshot honest.
+
+One thread holds a Redis pub/sub connection subscribed to
+- keyspace notifications for `{prefix}token:*` (any change by anyone, `redis-cli` included:
+  hset, del, expire, expired, evicted...) → that token is dropped from the cache;
+- keyspace notifications for `{prefix}policy` and the `{prefix}invalidate` channel (where
+  the CLI and the sync job also publish) → the policy is reloaded at once.
+
+At start it makes sure notifications are enabled (`CONFIG SET notify-keyspace-events`,
+adding only missing flags). If that is refused (managed Redis, ACL), explicit messages
+still arrive, and cached records live only `fallback_ttl` seconds, which bounds how long an
+edit made by hand can go unseen. When the connection drops, the cache stops being trusted
+until the listener is subscribed again (and then starts empty).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+
+from extauthz.store import Store, redact_url
+from extauthz.token_cache import TokenCache
+
+log = logging.getLogger("extauthz.invalidation")
+
+REQUIRED_FLAGS = "Kghxe"  # keyspace events: generic, hash, expired, evicted
+
+
+def missing_flags(current: str) -> str:
+    """Flags of REQUIRED_FLAGS not already enabled (`A` is the alias for g$lshzxet)."""
+    have = set(current)
+    if "A" in have:
+        have |= set("g$lshzxet")
+    return "".join(f for f in REQUIRED_FLAGS if f not in have)
+
+
+class InvalidationListener:
+    def __init__(
+        self,
+        url: str,
+        store: Store,
+        cache: TokenCache,
+        on_policy_change: Callable[[], None],
+        fallback_ttl: float = 0.5,
+    ) -> None:
+        self.url = url
+        self.store = store
+        self.cache = cache
+        self.on_policy_change = on_policy_change
+        self.fallback_ttl = fallback_ttl
+        self.token_prefix = store.token_key("")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="invalidation", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()  # the thread sees it within a second (get_message's timeout)
+        self._thread.join(timeout=3)
+
+    def _run(self) -> None:
+        backoff = ExponentialWithJitterBackoff(cap=5.0, base=0.05)
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._listen()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+                self.cache.set_channel_ok(False)
+                if failures == 0:
+                    log.warning(
+                        "invalidation channel to %s lost (%s): cache bypassed until it is back",
+                        redact_url(self.url),
+                        e,
+                    )
+                failures += 1
+                self._stop.wait(backoff.compute(failures))
+            else:
+                failures = 0
+
+    def _listen(self) -> None:
+        client: Any = redis.Redis.from_url(
+            self.url,
+            decode_responses=True,
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+            health_check_interval=5,
+        )
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        self._enable_notifications(client)
+        keyspace = f"__keyspace@{db}__:"
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.psubscribe(keyspace + self.token_prefix + "*")
+            pubsub.subscribe(keyspace + self.store.policy_key, self.store.invalidate_channel)
+            # subscribed: from here on no change can go unseen; then reload what may have
+            # changed while we were not listening
+            while pubsub.get_message(timeout=0.2) is not None:
+                pass
+            self.cache.set_channel_ok(True)
+            self.on_policy_change()
+            log.info("invalidation channel subscribed")
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    self._handle(message, keyspace)
+        finally:
+            pubsub.close()
+            client.close()
+
+    def _enable_notifications(self, client: Any) -> None:
+        try:
+            current = str(
+                client.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
+            )
+            missing = missing_flags(current)
+            if missing:
+                client.config_set("notify-keyspace-events", current + missing)
+                log.info("enabled Redis keyspace notifications (%s)", current + missing)
+        except redis.ResponseError as e:
+            self.cache.ttl = min(self.cache.ttl, self.fallback_ttl)
+            log.warning(
+                "cannot enable keyspace notifications (%s): cached tokens live %.1fs, "
+                "so edits made by hand take up to that long",
+                e,
+                self.cache.ttl,
+            )
+
+    def _handle(self, message: dict[str, Any], keyspace: str) -> None:
+        channel = str(message.get("channel", ""))
+        if channel.startswith(keyspace):
+            key = channel[len(keyspace) :]
+            if key.startswith(self.token_prefix):
+                self.cache.invalidate(key[len(self.token_prefix) :])
+            elif key == self.store.policy_key:
+                self.on_policy_change()
+        elif channel == self.store.invalidate_channel:
+            data = str(message.get("data", ""))
+            if data == "policy":
+                self.on_policy_change()
+            elif data == "*":
+                self.cache.clear()
+            else:
+                self.cache.invalidate(data)

@@ -1,0 +1,190 @@
+"""An in-process cache of token records in front of Redis, safe for revocation.
+
+- Hits never touch Redis. Entries live at most `ttl` seconds (and never past the record's
+  own `expires_at`: the decision checks expiry on every call anyway).
+- Unknown tokens are cached too (`negative_ttl`), so a flood of random tokens cannot
+  hammer Redis; both maps are bounded (oldest evicted first).
+- Concurrent misses for one hash share a single Redis fetch.
+- Invalidation comes from `invalidate()` (keyspace notifications, explicit messages): a
+  fetch that raced with any invalidation is not cached.
+- The cache is only trusted while invalidations are being received and Redis answers
+  (`set_channel_ok`, `set_store_ok`); once either is not so, entries are served for at
+  most `stale_grace` seconds (default 0: every lookup goes to Redis, which fails closed
+  when Redis is down). Becoming trusted again starts from an empty cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from extauthz.credentials import TokenRecord
+from extauthz.errors import MalformedRecord, StoreUnavailable
+
+Fetch = Callable[[str], TokenRecord | None]
+V = TypeVar("V")
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    invalidations: int = 0
+
+
+class _Flight:
+    __slots__ = ("done", "error", "record")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.record: TokenRecord | None = None
+        self.error: BaseException | None = None
+
+
+class TokenCache:
+    """Callable like `Store.token_record`: hash → record or None."""
+
+    def __init__(
+        self,
+        fetch: Fetch,
+        *,
+        ttl: float = 60.0,
+        negative_ttl: float = 5.0,
+        max_entries: int = 100_000,
+        max_negative: int = 10_000,
+        stale_grace: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fetch = fetch
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self.max_negative = max_negative
+        self.stale_grace = stale_grace
+        self.clock = clock
+        self.stats = CacheStats()
+        self._records: dict[str, tuple[TokenRecord, float]] = {}  # hash → (record, valid until)
+        self._unknown: dict[str, float] = {}  # hash → valid until
+        self._flights: dict[str, _Flight] = {}
+        self._lock = threading.Lock()
+        self._generation = 0  # bumped by every invalidation
+        self._trusted = False
+        self._channel_ok = False
+        self._store_ok = True
+        self._untrusted_since = -float("inf")
+
+    # --- invalidation -----------------------------------------------------------------------
+
+    def set_channel_ok(self, ok: bool) -> None:
+        """Whether the invalidation channel is connected and subscribed."""
+        with self._lock:
+            self._channel_ok = ok
+            self._update_trust_locked()
+
+    def set_store_ok(self, ok: bool) -> None:
+        """Whether Redis answered the last command (policy poll or token fetch)."""
+        if ok == self._store_ok:
+            return
+        with self._lock:
+            self._store_ok = ok
+            self._update_trust_locked()
+
+    def _update_trust_locked(self) -> None:
+        trusted = self._channel_ok and self._store_ok
+        if trusted and not self._trusted:
+            self._clear_locked()
+        elif not trusted and self._trusted:
+            self._untrusted_since = self.clock()
+        self._trusted = trusted
+
+    def invalidate(self, digest: str) -> None:
+        with self._lock:
+            self._generation += 1
+            self.stats.invalidations += 1
+            self._records.pop(digest, None)
+            self._unknown.pop(digest, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._clear_locked()
+
+    def _clear_locked(self) -> None:
+        self._generation += 1
+        self._records.clear()
+        self._unknown.clear()
+
+    # --- lookup -------------------------------------------------------------------------------
+
+    def _usable(self, now: float) -> bool:
+        return self._trusted or now - self._untrusted_since < self.stale_grace
+
+    def __call__(self, digest: str) -> TokenRecord | None:
+        now = self.clock()
+        if self._usable(now):
+            entry = self._records.get(digest)
+            if entry is not None and now < entry[1]:
+                self.stats.hits += 1
+                return entry[0]
+            until = self._unknown.get(digest)
+            if until is not None and now < until:
+                self.stats.hits += 1
+                return None
+        self.stats.misses += 1
+        return self._fetch_once(digest)
+
+    def _fetch_once(self, digest: str) -> TokenRecord | None:
+        with self._lock:
+            flight = self._flights.get(digest)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[digest] = _Flight()
+            generation = self._generation
+        if not leader:
+            flight.done.wait(timeout=1.0)
+            if flight.error is not None:
+                raise flight.error
+            if not flight.done.is_set():
+                raise StoreUnavailable("token lookup did not finish in time")
+            return flight.record
+        try:
+            record = self.fetch(digest)
+        except StoreUnavailable as e:
+            flight.error = e
+            self.set_store_ok(False)
+            raise
+        except MalformedRecord as e:
+            flight.error = e
+            raise
+        else:
+            flight.record = record
+            self._store(digest, record, generation)
+            return record
+        finally:
+            with self._lock:
+                self._flights.pop(digest, None)
+            flight.done.set()
+
+    def _store(self, digest: str, record: TokenRecord | None, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation or not self._trusted:
+                return  # an invalidation raced with the fetch, or nothing would tell us
+            now = self.clock()
+            if record is None:
+                self._insert(self._unknown, digest, now + self.negative_ttl, self.max_negative)
+            else:
+                self._insert(self._records, digest, (record, now + self.ttl), self.max_entries)
+
+    def _insert(self, table: dict[str, V], key: str, value: V, limit: int) -> None:
+        if len(table) >= limit and key not in table:
+            with contextlib.suppress(StopIteration, KeyError):
+                del table[next(iter(table))]
+                self.stats.evictions += 1
+        table[key] = value
+
+    def __len__(self) -> int:
+        return len(self._records) + len(self._unknown)

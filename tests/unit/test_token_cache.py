@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from extauthz.credentials import TokenRecord
+from extauthz.errors import StoreUnavailable
+from extauthz.invalidation import missing_flags
+from extauthz.token_cache import TokenCache
+
+REC = TokenRecord("t1", frozenset({"m"}), frozenset())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Backend:
+    def __init__(self) -> None:
+        self.data: dict[str, TokenRecord] = {"h1": REC}
+        self.calls = 0
+        self.down = False
+        self.during_fetch: object = None
+
+    def __call__(self, digest: str) -> TokenRecord | None:
+        self.calls += 1
+        if self.down:
+            raise StoreUnavailable("down")
+        if callable(self.during_fetch):
+            self.during_fetch()
+        return self.data.get(digest)
+
+
+def make(**kw: float) -> tuple[TokenCache, Backend, Clock]:
+    backend, clock = Backend(), Clock()
+    cache = TokenCache(backend, clock=clock, **kw)  # type: ignore[arg-type]
+    cache.set_channel_ok(True)
+    return cache, backend, clock
+
+
+def test_hits_and_negative_hits_skip_redis() -> None:
+    cache, backend, clock = make(ttl=60, negative_ttl=5)
+    assert [cache("h1") for _ in range(10)] == [REC] * 10
+    assert [cache("nope") for _ in range(10)] == [None] * 10
+    assert backend.calls == 2
+    clock.now += 5
+    assert cache("nope") is None and backend.calls == 3  # negative entry expired
+    clock.now += 56
+    assert cache("h1") == REC and backend.calls == 4  # positive entry expired (and refetched)
+
+
+def test_invalidation_and_race() -> None:
+    cache, backend, _ = make()
+    assert cache("h1") == REC
+    del backend.data["h1"]
+    assert cache("h1") == REC  # still cached
+    cache.invalidate("h1")
+    assert cache("h1") is None
+    backend.data["h1"] = REC
+    cache.invalidate("h1")  # hset by hand: the negative entry goes too
+    # a change that lands while a fetch is in flight: the fetched value is not cached
+    backend.during_fetch = lambda: cache.invalidate("h1")
+    assert cache("h1") == REC
+    backend.during_fetch = None
+    calls = backend.calls
+    assert cache("h1") == REC and backend.calls == calls + 1
+
+
+def test_untrusted_cache_is_bypassed_and_restarts_empty() -> None:
+    cache, backend, _clock = make()
+    cache("h1")
+    cache.set_channel_ok(False)
+    backend.down = True
+    with pytest.raises(StoreUnavailable):
+        cache("h1")  # no cached allow while nothing tells us about revocations
+    backend.down = False
+    cache.set_channel_ok(True)
+    assert len(cache) == 1  # the failed fetch also marked the store down: still bypassed
+    cache.set_store_ok(True)  # the policy watcher's next successful poll
+    assert len(cache) == 0
+    cache("h1")
+    backend.down = True
+    with pytest.raises(StoreUnavailable):
+        cache("other")  # a failed fetch marks the store down...
+    with pytest.raises(StoreUnavailable):
+        cache("h1")  # ...so the cached record is not used either
+
+
+def test_stale_grace_bounds_cached_allows_during_an_outage() -> None:
+    cache, backend, clock = make(stale_grace=2)
+    cache("h1")
+    cache.set_store_ok(False)
+    backend.down = True
+    clock.now += 1.9
+    assert cache("h1") == REC
+    clock.now += 0.2
+    with pytest.raises(StoreUnavailable):
+        cache("h1")
+
+
+def test_single_flight() -> None:
+    gate = threading.Event()
+    calls = 0
+
+    def slow(digest: str) -> TokenRecord | None:
+        nonlocal calls
+        calls += 1
+        gate.wait(2)
+        return REC
+
+    cache = TokenCache(slow)
+    cache.set_channel_ok(True)
+    results: list[TokenRecord | None] = []
+    threads = [threading.Thread(target=lambda: results.append(cache("h1"))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in threads:
+        t.join()
+    assert results == [REC] * 8 and calls == 1
+
+
+def test_bounded() -> None:
+    cache, _backend, _ = make()
+    cache.max_negative = 3
+    for i in range(10):
+        cache(f"x{i}")
+    assert len(cache) == 3 and cache.stats.evictions == 7
+
+
+@pytest.mark.parametrize(
+    ("current", "missing"), [("", "Kghxe"), ("KEA", ""), ("Kgx", "he"), ("Eg", "Khxe")]
+)
+def test_missing_notification_flags(current: str, missing: str) -> None:
+    assert missing_flags(current) == missing
