@@ -33,6 +33,7 @@ CLI_REDIS_TIMEOUT = 5.0  # seconds: the CLI may wait longer than the decision pa
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -69,7 +70,7 @@ def _setup_logging(settings: Settings) -> None:
             '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
         )
     else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        fmt = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=settings.log_level.upper(), format=fmt, stream=sys.stderr)
 
 
@@ -77,10 +78,15 @@ def _setup_logging(settings: Settings) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from extauthz.server import serve
+    from extauthz.supervisor import default_workers, is_worker, supervise
 
     _setup_logging(settings)
-    serve(settings)
+    workers = settings.workers or default_workers()
+    if workers > 1 and not is_worker():
+        return supervise(args.argv, workers, settings.listen, settings.shutdown_grace)
+    from extauthz.server import serve
+
+    serve(settings, reuse_port=workers > 1)
     return 0
 
 
@@ -335,7 +341,8 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", parents=[common], help="run the gRPC ext_authz server")
     serve.add_argument("--listen", help="host:port for gRPC (default 127.0.0.1:9001)")
-    serve.add_argument("--threads", type=int, help="gRPC handler threads (default 2)")
+    serve.add_argument("--workers", type=int, help="processes sharing the port (default: CPUs)")
+    serve.add_argument("--threads", type=int, help="gRPC handler threads per process (2)")
     serve.add_argument("--log-format", choices=("text", "json"))
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--redis-timeout", type=float, help="seconds per Redis command (0.1)")

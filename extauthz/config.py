@@ -25,6 +25,7 @@ class Settings:
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     key_prefix: str = DEFAULT_PREFIX
     listen: str = "127.0.0.1:9001"
+    workers: int = 0  # server processes sharing the port; 0: one per CPU
     threads: int = 2  # gRPC handler threads per process
     log_format: str = "text"  # text | json
     log_level: str = "info"
@@ -42,7 +43,7 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
-_ZERO_OK = ("cache_ttl", "stale_grace")
+_ZERO_OK = ("cache_ttl", "stale_grace", "workers")
 _CHOICES = {"log_format": ("text", "json"), "log_level": ("debug", "info", "warning", "error")}
 
 

@@ -45,7 +45,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
 class Server:
     """One extauthz server process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, reuse_port: bool = False) -> None:
         self.settings = settings
         self.store = Store(connect(settings.redis_url, settings.redis_timeout), settings.key_prefix)
         self.jwks = JwksCache(refresh=settings.jwks_refresh, min_refetch=settings.jwks_min_refetch)
@@ -66,7 +66,9 @@ class Server:
         self.health = health.HealthServicer()
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="check"),
-            options=[("grpc.so_reuseport", 0)],
+            # with several workers every process binds the port; otherwise a busy port
+            # must be an error, not a silent share with some other server
+            options=[("grpc.so_reuseport", int(reuse_port))],
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
             AuthorizationServicer(self.authorizer), self.grpc_server
@@ -118,9 +120,9 @@ class Server:
         log.info("stopped")
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, reuse_port: bool = False) -> None:
     """Run a server in the foreground until SIGTERM or SIGINT."""
-    server = Server(settings)
+    server = Server(settings, reuse_port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signo, _frame: server.request_stop())
     server.start()

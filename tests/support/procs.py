@@ -149,6 +149,8 @@ def extauthz_serve(
                 "0.2",
                 "--log-level",
                 "debug",
+                "--workers",  # one process unless a test asks for more (last flag wins)
+                "1",
                 *extra,
             ],
             stdout=out,

@@ -1,0 +1,91 @@
+"""`extauthz serve --workers N`: SO_REUSEPORT workers, restart, shutdown, revocation in all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.check import CheckClient
+from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, stop, wait_for
+
+pytestmark = pytest.mark.redis
+
+ENV = {"DENSENET161_SECRET": "x" * 16}
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+def test_workers_share_the_port_and_all_see_revocations(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    run_cli(redis_server.url, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
+    tok = json.loads(
+        run_cli(redis_server.url, "token", "create", "--route", "deployment-a", "--json").stdout
+    )
+    bearer = f"Bearer {tok['token']}"
+    log = tmp_path / "s.log"
+    with extauthz_serve(redis_server.url, log, "--workers", "3") as (port, proc):
+        wait_for(lambda: len(worker_pids(proc.pid)) == 3, 10, "3 workers")
+        # many connections: the kernel spreads them over the workers
+        clients = [CheckClient(port) for _ in range(24)]
+        wait_for(
+            lambda: all(c.status("deployment-a", bearer) == 200 for c in clients), 10, "all warm"
+        )
+        time.sleep(0.5)  # every worker's invalidation channel is subscribed
+        for c in clients:
+            assert c.status("deployment-a", bearer) == 200
+        served_by = {
+            line.split()[2] for line in log.read_text().splitlines() if "listening on" in line
+        }
+        assert len(served_by) == 3  # three processes started listening
+
+        run_cli(redis_server.url, "token", "revoke", tok["id"])
+        started = time.monotonic()
+        wait_for(
+            lambda: all(c.status("deployment-a", bearer) == 401 for c in clients),
+            1.0,
+            "revoked everywhere",
+        )
+        assert time.monotonic() - started < 1.0
+
+        # a worker that dies is replaced
+        victim = next(iter(worker_pids(proc.pid)))
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: len(worker_pids(proc.pid)) == 3 and victim not in worker_pids(proc.pid),
+            10,
+            "restart",
+        )
+        fresh = CheckClient(port)
+        wait_for(lambda: fresh.status("healthz") == 200, 5, "serving after restart")
+        for c in [*clients, fresh]:
+            c.close()
+        pids = worker_pids(proc.pid)
+        assert stop(proc) == 0  # SIGTERM forwarded, every worker stopped cleanly
+        assert all(
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+            for pid in pids
+        )
+
+
+def test_busy_port_is_reported_by_the_supervisor(redis_server: RedisServer, tmp_path: Path) -> None:
+    with extauthz_serve(redis_server.url, tmp_path / "a.log") as (port, _):
+        result = run_cli(
+            redis_server.url,
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            check=False,
+        )
+    assert result.returncode == 2
+    assert "cannot listen on" in result.stderr.strip().splitlines()[-1]
