@@ -66,6 +66,21 @@ def _header(key: str, value: str) -> Any:
     )
 
 
+_SERIALIZED: dict[Decision, bytes] = {}
+_SERIALIZED_MAX = 4096
+
+
+def check_response_bytes(decision: Decision) -> bytes:
+    """The serialized CheckResponse, cached: decisions repeat (same token, same route)."""
+    data = _SERIALIZED.get(decision)
+    if data is None:
+        data = check_response(decision).SerializeToString()
+        if len(_SERIALIZED) >= _SERIALIZED_MAX:
+            _SERIALIZED.clear()  # a crude bound; refilled by the decisions that recur
+        _SERIALIZED[decision] = data
+    return data
+
+
 def check_response(decision: Decision) -> Any:
     """The CheckResponse for a decision.
 

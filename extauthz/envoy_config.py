@@ -66,7 +66,9 @@ def _address(ep: Endpoint) -> dict[str, Any]:
     return {"socket_address": {"address": ep.host, "port_value": ep.port}}
 
 
-def _cluster(name: str, ep: Endpoint, http2: bool, health: str | None = None) -> dict[str, Any]:
+def _cluster(
+    name: str, ep: Endpoint, http2: bool, health: str | None = None, streams: int | None = None
+) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STRICT_DNS",
@@ -80,7 +82,9 @@ def _cluster(name: str, ep: Endpoint, http2: bool, health: str | None = None) ->
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": T + "extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
+                "explicit_http_config": {
+                    "http2_protocol_options": {"max_concurrent_streams": streams} if streams else {}
+                },
             }
         }
     if health is not None:
@@ -186,6 +190,9 @@ def bootstrap(ports: EnvoyPorts) -> dict[str, Any]:
                     ports.extauthz,
                     http2=True,
                     health="envoy.service.auth.v3.Authorization",
+                    # few streams per connection: under load Envoy opens more connections,
+                    # which SO_REUSEPORT spreads over the extauthz worker processes
+                    streams=8,
                 ),
                 _cluster("model_http", ports.model_http, http2=False),
                 _cluster("model_grpc", ports.model_grpc, http2=True),

