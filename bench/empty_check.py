@@ -28,7 +28,9 @@ def main() -> None:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--reuse-port", action="store_true")
     args = parser.parse_args()
-    settings = load_settings({"listen": args.listen, "redis_url": args.redis_url}, env={})
+    settings = load_settings(
+        {"listen": args.listen, "redis_url": args.redis_url, "metrics_listen": ""}, env={}
+    )
     server = Server(settings, args.reuse_port, check=empty_check)
     import signal
 

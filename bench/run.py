@@ -208,7 +208,18 @@ class Bench:
         store = Store(connect(redis_url, 5.0))
         sync(store, parse_policy("version: 1\nroutes:\n  bench: {access: protected}\n"))
         token = tokens.create(store, ["bench"], now=time.time()).token
-        serve = [py, "-m", "extauthz", "serve", "--redis-url", redis_url, "--log-level", "warning"]
+        serve = [
+            py,
+            "-m",
+            "extauthz",
+            "serve",
+            "--redis-url",
+            redis_url,
+            "--log-level",
+            "warning",
+            "--metrics-listen",
+            "",
+        ]
         n = self.args.workers
         for name, extra in (
             ("extauthz_warm", ["--workers", "1"]),

@@ -11,9 +11,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from extauthz.decision import Decision, Outcome, RequestFacts, decide
+from extauthz.decision import Decision, Outcome, RequestFacts, auth_disabled, decide
 from extauthz.errors import MalformedRecord, StoreUnavailable
 from extauthz.jwks import JwksCache, JwtVerifier
+from extauthz.metrics import Metrics
 from extauthz.policy import PolicySnapshot
 from extauthz.store import PolicyVersion, Store
 from extauthz.token_cache import TokenCache
@@ -31,8 +32,12 @@ class Authorizer:
         jwks: JwksCache | None = None,
         cache: TokenCache | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+        disable_auth: bool = False,
     ) -> None:
         self.store = store
+        self.metrics = metrics
+        self.disable_auth = disable_auth
         self.cache = cache
         self.lookup = cache if cache is not None else store.token_record
         self.jwks = jwks
@@ -42,25 +47,42 @@ class Authorizer:
         self.policy_version: PolicyVersion | None = None
 
     def decide(self, facts: RequestFacts) -> Decision:
-        decision = decide(facts, self.snapshot, self.lookup, self.clock(), self.verify_jwt)
+        started = time.perf_counter()
+        if self.disable_auth:
+            decision = auth_disabled(facts)
+        else:
+            decision = decide(facts, self.snapshot, self.lookup, self.clock(), self.verify_jwt)
+        metrics = self.metrics
+        if metrics is not None:
+            snapshot = self.snapshot
+            known = snapshot is not None and facts.route in snapshot.routes
+            route = facts.route if known and facts.route else "-"
+            metrics.decision(
+                route, decision.outcome.value, decision.reason, time.perf_counter() - started
+            )
+            if decision.reason == "store_unavailable":
+                metrics.redis_errors.inc()
+        level = logging.DEBUG
         if decision.outcome is not Outcome.ALLOW:
             level = logging.WARNING if decision.outcome is Outcome.ERROR else logging.INFO
-            if log.isEnabledFor(level):
-                log.log(
-                    level,
-                    "%s route=%s status=%d reason=%s subject=%s",
-                    decision.outcome.value,
-                    facts.route,
-                    decision.status,
-                    decision.reason,
-                    decision.subject or "-",
-                )
-        elif log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "allow route=%s reason=%s subject=%s",
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "%s route=%s status=%d reason=%s subject=%s",
+                decision.outcome.value,
                 facts.route,
+                decision.status,
                 decision.reason,
-                decision.subject,
+                decision.subject or "-",
+                extra={
+                    "fields": {
+                        "outcome": decision.outcome.value,
+                        "route": facts.route,
+                        "status": decision.status,
+                        "reason": decision.reason,
+                        "subject": decision.subject,
+                    }
+                },
             )
         return decision
 
@@ -95,8 +117,15 @@ class Authorizer:
 class PolicyWatcher:
     """A daemon thread that calls `authorizer.refresh_policy()` every `interval` seconds."""
 
-    def __init__(self, authorizer: Authorizer, interval: float) -> None:
+    def __init__(
+        self,
+        authorizer: Authorizer,
+        interval: float,
+        on_poll: Callable[[bool], None] | None = None,
+    ) -> None:
+        """`on_poll(redis_ok)` runs after every poll (health, periodic warnings)."""
         self.authorizer = authorizer
+        self.on_poll = on_poll
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
@@ -138,3 +167,5 @@ class PolicyWatcher:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.poll()
+            if self.on_poll is not None:
+                self.on_poll(not self._failing)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -65,13 +64,9 @@ def _store(settings: Settings) -> Store:
 
 
 def _setup_logging(settings: Settings) -> None:
-    if settings.log_format == "json":
-        fmt = (
-            '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
-        )
-    else:
-        fmt = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=settings.log_level.upper(), format=fmt, stream=sys.stderr)
+    from extauthz import logs
+
+    logs.setup(settings.log_format, settings.log_level)
 
 
 # --- serve ----------------------------------------------------------------------------------
@@ -348,6 +343,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-timeout", type=float, help="seconds per Redis command (0.1)")
     serve.add_argument("--policy-refresh", type=float, help="seconds between policy checks (1)")
     serve.add_argument("--shutdown-grace", type=float, help="seconds to drain on SIGTERM (5)")
+    serve.add_argument("--metrics-listen", help="host:port for /metrics, '' for none (:9102)")
+    serve.add_argument(
+        "--unhealthy-after", type=float, help="seconds of Redis outage before NOT_SERVING (10)"
+    )
+    serve.add_argument(
+        "--disable-auth",
+        action="store_const",
+        const=True,
+        help="allow every request (local use only; warns loudly)",
+    )
     serve.add_argument("--cache-ttl", type=float, help="seconds tokens stay cached; 0: off (60)")
     serve.add_argument(
         "--stale-grace", type=float, help="seconds cached tokens outlive a Redis outage (0)"

@@ -34,6 +34,9 @@ class Settings:
     shutdown_grace: float = 5.0  # seconds to drain in-flight calls on SIGTERM
     cache_ttl: float = 60.0  # seconds a token record stays cached; 0 disables the cache
     stale_grace: float = 0.0  # seconds cached tokens may still be used once Redis is down
+    metrics_listen: str = "127.0.0.1:9102"  # Prometheus /metrics; "" turns it off
+    unhealthy_after: float = 10.0  # seconds of Redis outage before health says NOT_SERVING
+    disable_auth: bool = False  # allow everything (local use only): loud warnings
     jwks_refresh: float = 300.0  # seconds between JWKS refreshes
     jwks_min_refetch: float = 10.0  # at most one extra JWKS fetch (unknown kid) this often
 
@@ -43,7 +46,7 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
-_ZERO_OK = ("cache_ttl", "stale_grace", "workers")
+_ZERO_OK = ("cache_ttl", "stale_grace", "workers", "unhealthy_after")
 _CHOICES = {"log_format": ("text", "json"), "log_level": ("debug", "info", "warning", "error")}
 
 
@@ -91,14 +94,27 @@ def _read_config_file(path: str) -> dict[str, Any]:
     return data
 
 
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
+
+
 def _convert(name: str, raw: Any, source: str) -> Any:
-    kind = type(_FIELDS[name].default)
+    kind: type[Any] = type(_FIELDS[name].default)
     try:
-        if kind is int and not isinstance(raw, bool):
-            value: Any = int(raw)
+        if kind is bool:
+            value: Any = _boolean(raw)
+        elif kind is int and not isinstance(raw, bool):
+            value = int(raw)
         elif kind is float and not isinstance(raw, bool):
             value = float(raw)
-        elif kind is str and isinstance(raw, str | int | float):
+        elif kind is str and isinstance(raw, str | int | float) and not isinstance(raw, bool):
             value = str(raw)
         else:
             raise ValueError

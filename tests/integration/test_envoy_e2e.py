@@ -26,10 +26,10 @@ pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
 
 def free_base_port() -> int:
-    """7 consecutive free ports below the kernel's ephemeral range (outgoing connections)."""
+    """8 consecutive free ports below the kernel's ephemeral range (outgoing connections)."""
     for _ in range(100):
         base = random.randrange(20000, 32000)  # noqa: S311 (not security)
-        if all(can_bind(base + i) for i in range(7)):
+        if all(can_bind(base + i) for i in range(8)):
             return base
     raise RuntimeError("no 7 consecutive free ports")
 
@@ -261,7 +261,7 @@ def test_extauthz_up_command(tmp_path: Path) -> None:
         assert out.stdout == comment.split()[-1], (line, out.stdout, out.stderr)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0
-    assert all(not port_open(base + i) for i in range(7))
+    assert all(not port_open(base + i) for i in range(8))
 
 
 def test_readme_seed_scenarios(stack: Stack) -> None:

@@ -134,6 +134,7 @@ def extauthz_serve(
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """`extauthz serve` as a subprocess on a free port; yields (port, process)."""
     port = free_port()
+    metrics_port = free_port()  # workers use metrics_port + index: fine for tests
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [
@@ -151,6 +152,8 @@ def extauthz_serve(
                 "debug",
                 "--workers",  # one process unless a test asks for more (last flag wins)
                 "1",
+                "--metrics-listen",
+                f"127.0.0.1:{metrics_port}",
                 *extra,
             ],
             stdout=out,

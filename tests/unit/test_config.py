@@ -47,3 +47,15 @@ def test_unknown_key_in_file(tmp_path: Path) -> None:
     f.write_text("redis_uri: x\n")
     with pytest.raises(ConfigError, match="unknown setting 'redis_uri'"):
         load_settings({"config": str(f)}, env={})
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [("1", True), ("true", True), ("on", True), ("0", False), ("no", False)]
+)
+def test_boolean_settings(raw: str, value: bool) -> None:
+    assert load_settings({}, env={"EXTAUTHZ_DISABLE_AUTH": raw}).disable_auth is value
+
+
+def test_boolean_setting_rejects_garbage() -> None:
+    with pytest.raises(ConfigError, match="EXTAUTHZ_DISABLE_AUTH"):
+        load_settings({}, env={"EXTAUTHZ_DISABLE_AUTH": "maybe"})
