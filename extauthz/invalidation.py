@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import NoPermissionError
 
 from extauthz.store import Store, redact_url
 from extauthz.token_cache import TokenCache
@@ -70,13 +71,21 @@ class InvalidationListener:
         while not self._stop.is_set():
             try:
                 self._listen()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            except (redis.RedisError, OSError) as e:
+                # Any failure (lost connection, ACL refusing a channel...) must not kill the
+                # thread: without it the cache is bypassed, which is correct, only slower.
                 self.cache.set_channel_ok(False)
                 if failures == 0:
+                    hint = (
+                        " (the Redis ACL user needs the channels listed in the README)"
+                        if isinstance(e, NoPermissionError)
+                        else ""
+                    )
                     log.warning(
-                        "invalidation channel to %s lost (%s): cache bypassed until it is back",
+                        "invalidation channel to %s failed (%s)%s: cache bypassed until it works",
                         redact_url(self.url),
                         e,
+                        hint,
                     )
                 failures += 1
                 self._stop.wait(backoff.compute(failures))

@@ -20,10 +20,11 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
 from extauthz.credentials import TokenRecord
-from extauthz.errors import MalformedRecord, StoreUnavailable
+from extauthz.errors import MalformedRecord, StoreError, StoreUnavailable
 from extauthz.policy import PolicySnapshot
 
 DEFAULT_PREFIX = "extauthz:"
@@ -90,6 +91,8 @@ class Store:
         """The record for a token hash, None when there is none."""
         try:
             fields = self.client.hgetall(self._token_prefix + digest)
+        except NoPermissionError as e:
+            raise StoreUnavailable(f"Redis refused HGETALL: {e}") from e
         except redis.ResponseError as e:
             raise MalformedRecord(f"token key {digest[:12]}…: {e}") from e
         except _UNAVAILABLE as e:
@@ -232,5 +235,7 @@ class Store:
             yield
         except _UNAVAILABLE as e:
             raise StoreUnavailable(str(e)) from e
+        except NoPermissionError as e:
+            raise StoreError(f"Redis refused: {e} (check the ACL of the --redis-url user)") from e
         except redis.ResponseError as e:
             raise MalformedRecord(str(e)) from e

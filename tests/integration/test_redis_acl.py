@@ -1,0 +1,102 @@
+"""The README's least-privilege Redis ACL users, on a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from extauthz.credentials import token_hash
+from tests.support.check import CheckClient
+from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, wait_for
+
+pytestmark = pytest.mark.redis
+
+
+def test_documented_acl_users(tmp_path: Path) -> None:
+    block = re.search(
+        r"<!-- test: redis-acl -->\n```\n(.*?)```", (REPO / "README.md").read_text(), re.S
+    )
+    assert block, "README redis-acl block not found"
+    acl = tmp_path / "users.acl"
+    acl.write_text("user default on nopass ~* &* +@all\n" + block.group(1))
+    server = RedisServer(
+        tmp_path, extra=("--aclfile", str(acl), "--notify-keyspace-events", "Kghxe")
+    )
+    server.start()
+    try:
+        admin = f"redis://extauthz-admin:CHANGE-ME-admin@127.0.0.1:{server.port}/0"
+        reader = f"redis://extauthz-server:CHANGE-ME-server@127.0.0.1:{server.port}/0"
+        run_cli(
+            admin, "sync", str(REPO / "examples/policy.yaml"), env={"DENSENET161_SECRET": "x" * 16}
+        )
+        tok = json.loads(
+            run_cli(admin, "token", "create", "--route", "deployment-a", "--json").stdout
+        )
+
+        denied = run_cli(reader, "token", "create", "--route", "deployment-a", check=False)
+        assert denied.returncode == 1
+        assert "Redis refused" in denied.stderr and "CHANGE-ME" not in denied.stderr
+
+        log = tmp_path / "serve.log"
+        with extauthz_serve(reader, log) as (port, _):
+            client = CheckClient(port)
+            bearer = f"Bearer {tok['token']}"
+            wait_for(
+                lambda: client.status("deployment-a", bearer) == 200,
+                5,
+                "allowed with the read-only user",
+            )
+            time.sleep(0.5)  # invalidation channel subscribed with the ACL's channels
+            run_cli(admin, "token", "revoke", tok["id"])
+            wait_for(
+                lambda: client.status("deployment-a", bearer) == 401,
+                1.0,
+                "revocation via the channel",
+            )
+            client.close()
+        text = log.read_text()
+        assert "invalidation channel subscribed" in text
+        assert "failed" not in text and "Traceback" not in text
+        assert "CHANGE-ME" not in text
+    finally:
+        server.stop()
+
+
+def test_missing_channel_permission_degrades_safely(tmp_path: Path) -> None:
+    acl = tmp_path / "users.acl"
+    acl.write_text(
+        "user default on nopass ~* &* +@all\n"
+        "user narrow on >pw ~extauthz:* resetchannels -@all +@connection +hgetall +hget +hmget +subscribe +psubscribe +config|get\n"
+    )
+    server = RedisServer(tmp_path, extra=("--aclfile", str(acl)))
+    server.start()
+    try:
+        run_cli(
+            server.url,
+            "sync",
+            str(REPO / "examples/policy.yaml"),
+            env={"DENSENET161_SECRET": "x" * 16},
+        )
+        tok = json.loads(
+            run_cli(server.url, "token", "create", "--route", "deployment-a", "--json").stdout
+        )
+        narrow = f"redis://narrow:pw@127.0.0.1:{server.port}/0"
+        log = tmp_path / "serve.log"
+        with extauthz_serve(narrow, log) as (port, _):
+            client = CheckClient(port)
+            bearer = f"Bearer {tok['token']}"
+            wait_for(
+                lambda: client.status("deployment-a", bearer) == 200, 5, "served without the cache"
+            )
+            server.cli("DEL", f"extauthz:token:{token_hash(tok['token'])}")
+            assert client.status("deployment-a", bearer) == 401  # no cache to be stale
+            client.close()
+        text = log.read_text()
+        assert "needs the channels listed in the README" in text
+        assert "Traceback" not in text
+    finally:
+        server.stop()
