@@ -84,20 +84,34 @@ def ensure_tools() -> None:
         )
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and all its live descendants."""
+    found, pending = [], [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            children = [
+                int(c)
+                for task in Path(f"/proc/{p}/task").iterdir()
+                for c in (task / "children").read_text().split()
+            ]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        found.append(p)
+        pending.extend(children)
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process and all its descendants, in seconds."""
     total = 0.0
-    stack = [pid]
     tick = os.sysconf("SC_CLK_TCK")
-    while stack:
-        p = stack.pop()
+    for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for task in Path(f"/proc/{p}/task").iterdir():
-                stack.extend(int(c) for c in (task / "children").read_text().split())
         except (FileNotFoundError, ProcessLookupError):
             continue
+        total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 

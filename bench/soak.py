@@ -29,11 +29,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.run import ensure_tools  # noqa: E402
+from bench.run import ensure_tools, process_tree  # noqa: E402
 from extauthz import tokens  # noqa: E402
 from extauthz.credentials import new_token  # noqa: E402
 from extauthz.policy import load_policy_file  # noqa: E402
-from extauthz.stack import Stack  # noqa: E402
+from extauthz.stack import Stack, free_base_port  # noqa: E402
 from extauthz.sync import sync  # noqa: E402
 
 DESIGNED = {200, 401, 403, 404}
@@ -41,37 +41,15 @@ SYNC_EVERY = 30.0
 
 
 def rss_kib(pid: int) -> int:
-    """Resident set size of a process and its children, KiB."""
+    """Resident set size of a process and its descendants, KiB."""
     total = 0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
+    for p in process_tree(pid):
         try:
-            status = Path(f"/proc/{p}/status").read_text()
-            total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-            for task in Path(f"/proc/{p}/task").iterdir():
-                stack.extend(int(c) for c in (task / "children").read_text().split())
-        except (FileNotFoundError, ProcessLookupError, AttributeError):
+            match = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text())
+        except (FileNotFoundError, ProcessLookupError):
             continue
+        total += int(match.group(1)) if match else 0
     return total
-
-
-def free_base_port() -> int:
-    import socket
-
-    for _ in range(100):
-        base = random.randrange(20000, 32000)
-        ok = True
-        for i in range(8):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", base + i))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise SystemExit("soak: no 8 consecutive free ports")
 
 
 def main() -> None:

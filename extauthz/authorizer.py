@@ -15,7 +15,7 @@ from extauthz.decision import Decision, Outcome, RequestFacts, auth_disabled, de
 from extauthz.errors import MalformedRecord, StoreUnavailable
 from extauthz.jwks import JwksCache, JwtVerifier
 from extauthz.metrics import Metrics
-from extauthz.policy import PolicySnapshot
+from extauthz.policy import EMPTY_SNAPSHOT, PolicySnapshot
 from extauthz.store import PolicyVersion, Store
 from extauthz.token_cache import TokenCache
 
@@ -95,7 +95,7 @@ class Authorizer:
         if version is None:
             if self.snapshot is None:
                 # Nothing published yet: an empty policy (every route unknown → 404).
-                self.snapshot = PolicySnapshot(version=0, routes={})
+                self.snapshot = EMPTY_SNAPSHOT
                 watch_log.warning("no policy published in Redis yet: every route answers 404")
                 return True
             return False

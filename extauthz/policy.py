@@ -50,10 +50,6 @@ class JwtSettings:
     # (claim path, header): claims forwarded to the model; headers are x-extauthz-*
     forward_claims: tuple[tuple[str, str], ...] = ()
 
-    @property
-    def discovery_url(self) -> str:
-        return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-
 
 @dataclass(frozen=True, slots=True)
 class RoutePolicy:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -35,6 +36,7 @@ from extauthz.store import Store, connect
 from extauthz.sync import sync
 
 DEFAULT_BASE_PORT = 10000
+PORTS_USED = 8  # base+0 .. base+7, see the module docstring
 BASIC_SECRET_ENV = "DENSENET161_SECRET"  # noqa: S105 (a variable name)
 
 
@@ -110,6 +112,25 @@ def _wait(check: object, timeout: float, what: str, children: list[Child]) -> No
             return
         time.sleep(0.05)
     raise StackError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def free_base_port() -> int:
+    """A base with PORTS_USED free ports, below the kernel's ephemeral range (where
+    outgoing connections take their ports), for stacks run side by side (tests, soak)."""
+    for _ in range(100):
+        base = random.randrange(20000, 32000)  # noqa: S311 (not security)
+        if all(_can_bind(base + i) for i in range(PORTS_USED)):
+            return base
+    raise StackError(f"no {PORTS_USED} consecutive free ports")
+
+
+def _can_bind(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _port_open(port: int) -> bool:

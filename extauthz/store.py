@@ -220,10 +220,6 @@ class Store:
 
     # --- helpers --------------------------------------------------------------------------
 
-    def ping(self) -> None:
-        with self._unavailable():
-            self.client.ping()
-
     def close(self) -> None:
         self.client.close()
 

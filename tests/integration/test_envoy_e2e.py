@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import re
 import signal
 import subprocess
@@ -19,19 +18,10 @@ import pytest
 
 from extauthz import demo_model, tokens
 from extauthz.envoy_config import COMPOSE, loopback_ports, render
-from extauthz.stack import Stack
-from tests.support.procs import REPO, can_bind, port_open, require_binary, wait_for
+from extauthz.stack import PORTS_USED, Stack, free_base_port
+from tests.support.procs import REPO, port_open, require_binary, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
-
-
-def free_base_port() -> int:
-    """8 consecutive free ports below the kernel's ephemeral range (outgoing connections)."""
-    for _ in range(100):
-        base = random.randrange(20000, 32000)  # noqa: S311 (not security)
-        if all(can_bind(base + i) for i in range(8)):
-            return base
-    raise RuntimeError("no 7 consecutive free ports")
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +251,7 @@ def test_extauthz_up_command(tmp_path: Path) -> None:
         assert out.stdout == comment.split()[-1], (line, out.stdout, out.stderr)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0
-    assert all(not port_open(base + i) for i in range(8))
+    assert all(not port_open(base + i) for i in range(PORTS_USED))
 
 
 def test_readme_seed_scenarios(stack: Stack) -> None:

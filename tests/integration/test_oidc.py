@@ -180,8 +180,7 @@ def test_idp_down(oidc: tuple[LocalIdP, CheckClient, Path]) -> None:
 
 @pytest.mark.envoy
 def test_jwt_through_envoy(tmp_path: Path) -> None:
-    from extauthz.stack import Stack
-    from tests.integration.test_envoy_e2e import free_base_port
+    from extauthz.stack import Stack, free_base_port
 
     require_binary("envoy")
     with LocalIdP() as idp:
