@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from extauthz import tokens  # noqa: E402
 from extauthz.policy import parse_policy  # noqa: E402
-from extauthz.store import Store, connect  # noqa: E402
+from extauthz.store import DEFAULT_PREFIX, open_store  # noqa: E402
 from extauthz.supervisor import default_workers  # noqa: E402
 from extauthz.sync import sync  # noqa: E402
 
@@ -219,7 +219,7 @@ class Bench:
             ],
             self.ports["redis"],
         )
-        store = Store(connect(redis_url, 5.0))
+        store = open_store(redis_url, DEFAULT_PREFIX, 5.0)
         sync(store, parse_policy("version: 1\nroutes:\n  bench: {access: protected}\n"))
         token = tokens.create(store, ["bench"], now=time.time()).token
         serve = [

@@ -24,7 +24,7 @@ from extauthz.errors import (
     StoreUnavailable,
     UsageError,
 )
-from extauthz.store import Store, connect
+from extauthz.store import Store, open_store
 
 CLI_REDIS_TIMEOUT = 5.0  # seconds: the CLI may wait longer than the decision path
 
@@ -57,9 +57,8 @@ def _error(message: str) -> None:
 
 
 def _store(settings: Settings) -> Store:
-    return Store(
-        connect(settings.redis_url, max(settings.redis_timeout, CLI_REDIS_TIMEOUT)),
-        settings.key_prefix,
+    return open_store(
+        settings.redis_url, settings.key_prefix, max(settings.redis_timeout, CLI_REDIS_TIMEOUT)
     )
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from extauthz.errors import ConfigError
-from extauthz.store import DEFAULT_PREFIX, redact_url
+from extauthz.redis_client import redact_url
+from extauthz.store import DEFAULT_PREFIX
 
 ENV_PREFIX = "EXTAUTHZ_"
 

@@ -11,25 +11,36 @@ adding only missing flags). If that is refused (managed Redis, ACL), explicit me
 still arrive, and cached records live only `fallback_ttl` seconds, which bounds how long an
 edit made by hand can go unseen. When the connection drops, the cache stops being trusted
 until the listener is subscribed again (and then starts empty).
+
+Notifications are local to a node, so with Sentinel or Cluster the listener subscribes on
+the primary that holds the extauthz keys, checks every second that it still is the
+primary, and moves (with the same distrust of the cache meanwhile) after a failover.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import NoPermissionError
+from redis.exceptions import NoPermissionError, RedisClusterException
 
-from extauthz.store import Store, redact_url
+from extauthz.redis_client import PrimaryNode, redact_url
+from extauthz.store import Store
 from extauthz.token_cache import TokenCache
 
 log = logging.getLogger("extauthz.invalidation")
 
 REQUIRED_FLAGS = "Kghxe"  # keyspace events: generic, hash, expired, evicted
+PRIMARY_CHECK_INTERVAL = 1.0  # seconds between "is it still the primary?" (Sentinel, Cluster)
+
+
+class PrimaryMoved(redis.ConnectionError):
+    """A failover elected another primary: listen there instead."""
 
 
 def missing_flags(current: str) -> str:
@@ -55,6 +66,7 @@ class InvalidationListener:
         self.on_policy_change = on_policy_change
         self.fallback_ttl = fallback_ttl
         self.token_prefix = store.token_key("")
+        self.primary = PrimaryNode(url, store.policy_key)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="invalidation", daemon=True)
 
@@ -64,6 +76,7 @@ class InvalidationListener:
     def stop(self) -> None:
         self._stop.set()  # the thread sees it within a second (get_message's timeout)
         self._thread.join(timeout=3)
+        self.primary.close()
 
     def _run(self) -> None:
         backoff = ExponentialWithJitterBackoff(cap=5.0, base=0.05)
@@ -71,7 +84,7 @@ class InvalidationListener:
         while not self._stop.is_set():
             try:
                 self._listen()
-            except (redis.RedisError, OSError) as e:
+            except (redis.RedisError, RedisClusterException, OSError) as e:
                 # Any failure (lost connection, ACL refusing a channel...) must not kill the
                 # thread: without it the cache is bypassed, which is correct, only slower.
                 self.cache.set_channel_ok(False)
@@ -93,16 +106,10 @@ class InvalidationListener:
                 failures = 0
 
     def _listen(self) -> None:
-        client: Any = redis.Redis.from_url(
-            self.url,
-            decode_responses=True,
-            socket_connect_timeout=2.0,
-            socket_keepalive=True,
-            health_check_interval=5,
-        )
-        db = client.connection_pool.connection_kwargs.get("db", 0)
+        address = self.primary.locate()
+        client = self.primary.open(address)
         self._enable_notifications(client)
-        keyspace = f"__keyspace@{db}__:"
+        keyspace = f"__keyspace@{self.primary.db}__:"
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.psubscribe(keyspace + self.token_prefix + "*")
@@ -111,14 +118,25 @@ class InvalidationListener:
             # changed while we were not listening
             while pubsub.get_message(timeout=0.2) is not None:
                 pass
+            if address is not None:
+                self.store.follow_primary()  # reads go where the notifications come from
             self.cache.set_channel_ok(True)
             self.on_policy_change()
-            log.info("invalidation channel subscribed")
+            where = "" if address is None else f" on primary {address[0]}:{address[1]}"
+            log.info("invalidation channel subscribed%s", where)
+            next_check = time.monotonic() + PRIMARY_CHECK_INTERVAL
             while not self._stop.is_set():
-                message = pubsub.get_message(timeout=1.0)
+                message = pubsub.get_message(timeout=PRIMARY_CHECK_INTERVAL)
                 if message is not None:
                     self._handle(message, keyspace)
+                if address is not None and time.monotonic() >= next_check:
+                    # after a failover the old primary may still be up, but sees no writes
+                    current = self.primary.locate()
+                    if current != address:
+                        raise PrimaryMoved(f"primary moved from {address} to {current}")
+                    next_check = time.monotonic() + PRIMARY_CHECK_INTERVAL
         finally:
+            self.cache.set_channel_ok(False)
             pubsub.close()
             client.close()
 

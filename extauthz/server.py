@@ -27,7 +27,7 @@ from extauthz.errors import ConfigError
 from extauthz.invalidation import InvalidationListener
 from extauthz.jwks import JwksCache
 from extauthz.metrics import Metrics
-from extauthz.store import Store, connect
+from extauthz.store import open_store
 from extauthz.supervisor import WORKER_ENV
 from extauthz.token_cache import TokenCache
 
@@ -73,7 +73,7 @@ class Server:
     ) -> None:
         """`check` replaces the Check handler (bench/ measures an empty one)."""
         self.settings = settings
-        self.store = Store(connect(settings.redis_url, settings.redis_timeout), settings.key_prefix)
+        self.store = open_store(settings.redis_url, settings.key_prefix, settings.redis_timeout)
         self.jwks = JwksCache(refresh=settings.jwks_refresh, min_refetch=settings.jwks_min_refetch)
         self.cache = (
             TokenCache(

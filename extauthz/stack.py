@@ -32,7 +32,7 @@ from extauthz import tokens
 from extauthz.envoy_config import EnvoyPorts, loopback_ports, render
 from extauthz.errors import ExtAuthzError, UsageError
 from extauthz.policy import load_policy_file
-from extauthz.store import Store, connect
+from extauthz.store import DEFAULT_PREFIX, Store, open_store
 from extauthz.sync import sync
 
 DEFAULT_BASE_PORT = 10000
@@ -232,7 +232,7 @@ class Stack:
         return f"http://127.0.0.1:{self.ports.internal.port}"
 
     def store(self) -> Store:
-        return Store(connect(self.redis_url, 5.0))
+        return open_store(self.redis_url, DEFAULT_PREFIX, 5.0)
 
     def start(self) -> None:
         """Start every part and wait until a request through Envoy reaches the model."""

@@ -1,4 +1,6 @@
-"""Redis access: the only module that builds Redis keys or calls Redis.
+"""Redis access: the only module that builds Redis keys or runs data commands.
+
+(Connections, URLs and failover are in redis_client; the invalidation listener subscribes.)
 
 Data model (documented in the README, "Redis data model"):
 
@@ -12,55 +14,45 @@ StoreUnavailable, a key of the wrong type or shape becomes MalformedRecord.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.exceptions import NoPermissionError
-from redis.retry import Retry
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoPermissionError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
 
 from extauthz.credentials import TokenRecord
 from extauthz.errors import MalformedRecord, StoreError, StoreUnavailable
 from extauthz.policy import PolicySnapshot
+from extauthz.redis_client import connect, follow_primary, key_prefix
 
 DEFAULT_PREFIX = "extauthz:"
 
-_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
+# Redis cannot answer now (down, timed out, failing over, a Cluster slot moving or
+# uncovered): the caller fails closed with a 503, never with a denial that blames the token.
+_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ReadOnlyError,  # a Sentinel primary just demoted
+    ClusterDownError,
+    TryAgainError,
+    AskError,  # and MovedError
+    RedisClusterException,
+    OSError,
+)
 
 
-def redact_url(url: str) -> str:
-    """The Redis URL with any password replaced by `***`, fit for messages and logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def connect(url: str, timeout: float) -> redis.Redis:
-    """A client for `url` whose every command fails within about `timeout` seconds.
-
-    No retries: on the decision path a failed command must turn into a fast 503, well inside
-    Envoy's ext_authz timeout, rather than a retry that outlives it.
-    """
-    try:
-        return redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            max_connections=64,
-        )
-    except ValueError as e:
-        raise StoreUnavailable(f"invalid Redis URL {redact_url(url)}: {e}") from e
+def open_store(url: str, prefix: str, timeout: float) -> Store:
+    """A Store on the Redis named by `url` (standalone, Sentinel or Cluster; see redis_client)."""
+    return Store(connect(url, timeout), key_prefix(url, prefix, DEFAULT_PREFIX))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +85,10 @@ class Store:
             fields = self.client.hgetall(self._token_prefix + digest)
         except NoPermissionError as e:
             raise StoreUnavailable(f"Redis refused HGETALL: {e}") from e
-        except redis.ResponseError as e:
-            raise MalformedRecord(f"token key {digest[:12]}…: {e}") from e
         except _UNAVAILABLE as e:
             raise StoreUnavailable(str(e)) from e
+        except redis.ResponseError as e:
+            raise MalformedRecord(f"token key {digest[:12]}…: {e}") from e
         if not fields:
             return None
         return TokenRecord.from_fields(fields)
@@ -110,8 +102,8 @@ class Store:
             pipe.hset(key, mapping=record.to_fields())
             if record.expires_at is not None:
                 pipe.expireat(key, record.expires_at)
-            pipe.publish(self.invalidate_channel, digest)
             pipe.execute()
+            self._publish(digest)
 
     def replace_token(self, old_digest: str, new_digest: str, record: TokenRecord) -> None:
         """Write the record under a new hash and delete the old key, in one transaction."""
@@ -122,16 +114,13 @@ class Store:
             if record.expires_at is not None:
                 pipe.expireat(new_key, record.expires_at)
             pipe.delete(self.token_key(old_digest))
-            pipe.publish(self.invalidate_channel, old_digest)
-            pipe.publish(self.invalidate_channel, new_digest)
             pipe.execute()
+            self._publish(old_digest, new_digest)
 
     def delete_token(self, digest: str) -> bool:
         with self._unavailable():
-            pipe = self.client.pipeline(transaction=True)
-            pipe.delete(self.token_key(digest))
-            pipe.publish(self.invalidate_channel, digest)
-            deleted, _ = pipe.execute()
+            deleted = self.client.delete(self.token_key(digest))
+            self._publish(digest)
             return bool(deleted)
 
     def iter_tokens(self) -> Iterator[tuple[str, TokenRecord | MalformedRecord]]:
@@ -212,13 +201,26 @@ class Store:
                             "snapshot": snapshot.to_json(),
                         },
                     )
-                    pipe.publish(self.invalidate_channel, "policy")
                     pipe.execute()
-                    return
+                    break
                 except redis.WatchError:
                     continue
+        self._publish("policy")
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _publish(self, *messages: str) -> None:
+        """Tell every server what changed (after the change: servers that also get keyspace
+        notifications see it twice, which is harmless). In a Cluster PUBLISH reaches all nodes.
+        """
+        with self._unavailable():
+            for message in messages:
+                self.client.publish(self.invalidate_channel, message)
+
+    def follow_primary(self) -> None:
+        """After a failover: the next command goes to the new primary (see redis_client)."""
+        with self._unavailable():
+            follow_primary(self.client)
 
     def close(self) -> None:
         self.client.close()
@@ -229,9 +231,9 @@ class Store:
         """redis-py errors: connection problems → StoreUnavailable, others → MalformedRecord."""
         try:
             yield
-        except _UNAVAILABLE as e:
-            raise StoreUnavailable(str(e)) from e
         except NoPermissionError as e:
             raise StoreError(f"Redis refused: {e} (check the ACL of the --redis-url user)") from e
+        except _UNAVAILABLE as e:
+            raise StoreUnavailable(str(e)) from e
         except redis.ResponseError as e:
             raise MalformedRecord(str(e)) from e
