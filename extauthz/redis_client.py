@@ -17,7 +17,9 @@ publication are transactions), so the key prefix must hold a hash tag: `{extauth
 
 from __future__ import annotations
 
+import threading
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,12 +199,43 @@ def connect(url: str, timeout: float) -> Any:
             **common,
             **target.node_kwargs(),
         )
-    return RedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
-        retry=Retry(NoBackoff(), 1),
-        **common,
-        **target.node_kwargs(),
+    return LazyCluster(
+        lambda: RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+            retry=Retry(NoBackoff(), 1),
+            **common,
+            **target.node_kwargs(),
+        )
     )
+
+
+class LazyCluster:
+    """A RedisCluster client made on first use, and again after a failed attempt.
+
+    RedisCluster() reads the slot map at once and raises when no node answers; made lazily,
+    a server can start while the cluster is down (answering 503) and recover by itself.
+    """
+
+    def __init__(self, make: Callable[[], RedisCluster]) -> None:
+        self._make = make
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> RedisCluster:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make()
+                client = self._client
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 def follow_primary(client: Any) -> None:
@@ -211,8 +244,8 @@ def follow_primary(client: Any) -> None:
     After a planned failover the old primary stays up, as a replica, and pooled connections
     would keep reading from it; this drops them (Sentinel) or reloads the slot map (Cluster).
     """
-    if isinstance(client, RedisCluster):
-        client.nodes_manager.initialize()
+    if isinstance(client, LazyCluster):
+        client.get().nodes_manager.initialize()
     else:
         client.connection_pool.disconnect()
 

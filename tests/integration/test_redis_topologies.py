@@ -8,6 +8,7 @@ failover revocation is fast again (the listener moved to the new primary).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -176,20 +177,32 @@ def cluster(tmp_path: Path) -> Iterator[ClusterSetup]:
 
 
 def test_cluster_scenarios_and_failover(cluster: ClusterSetup, tmp_path: Path) -> None:
-    url = cluster.url
+    # as the README says: its least-privilege users on every node, notifications configured
+    block = re.search(
+        r"<!-- test: redis-acl-cluster -->\n```\n(.*?)```", (REPO / "README.md").read_text(), re.S
+    )
+    assert block, "README redis-acl-cluster block not found"
+    for node in cluster.nodes:
+        node.cli("CONFIG", "SET", "notify-keyspace-events", "Kghxe")
+        for line in block.group(1).splitlines():
+            node.cli("ACL", "SETUSER", *line.split()[1:])
+    hosts = cluster.url.removeprefix("redis+cluster://")
+    admin = f"redis+cluster://extauthz-admin:CHANGE-ME-admin@{hosts}"
+    reader = f"redis+cluster://extauthz-server:CHANGE-ME-server@{hosts}"
     prefix = "{extauthz}:"
-    run_cli(url, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
+    run_cli(admin, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
     # the default prefix gained a hash tag: every key lives in the slot of "extauthz"
     owner = cluster.owner_of(prefix + "policy")
     assert cli(owner.port, "HGET", prefix + "policy", "version") == "1"
+    assert run_cli(reader, "token", "create", "--route", "x", check=False).returncode != 0
 
-    with extauthz_serve(url, tmp_path / "s.log", "--policy-refresh", "30") as (port, _):
+    with extauthz_serve(reader, tmp_path / "s.log", "--policy-refresh", "30") as (port, _):
         client = CheckClient(port)
         wait_for(lambda: client.status("healthz") == 200, 5, "server ready")
         time.sleep(0.3)
-        scenarios(url, client, prefix, lambda key: cli(cluster.owner_of(key).port, "DEL", key))
+        scenarios(admin, client, prefix, lambda key: cli(cluster.owner_of(key).port, "DEL", key))
         failover(
-            url,
+            admin,
             client,
             kill_primary=lambda: kill(cluster.owner_of(prefix + "policy")),
             replicated=lambda: (
@@ -197,6 +210,9 @@ def test_cluster_scenarios_and_failover(cluster: ClusterSetup, tmp_path: Path) -
             ),
         )
         client.close()
+    log = (tmp_path / "s.log").read_text()
+    assert "cannot enable keyspace notifications" not in log
+    assert "failed" in log and "subscribed on primary" in log
 
 
 def test_cluster_prefix_needs_a_hash_tag(cluster: ClusterSetup) -> None:
