@@ -22,6 +22,9 @@ from extauthz.token_cache import TokenCache
 log = logging.getLogger("extauthz.decision")
 watch_log = logging.getLogger("extauthz.policy")
 
+MEMO_TTL = 1.0  # seconds a remembered decision lives at most (beyond that: decided afresh)
+MEMO_MAX_ENTRIES = 10_000
+
 
 class Authorizer:
     """Decides requests with the current policy snapshot and the token store."""
@@ -45,13 +48,13 @@ class Authorizer:
         self.clock = clock
         self.snapshot: PolicySnapshot | None = None  # replaced whole, never mutated
         self.policy_version: PolicyVersion | None = None
+        # facts → (decision, cache epoch, snapshot, valid until): see _decide
+        self._memo: dict[RequestFacts, tuple[Decision, int, PolicySnapshot | None, float]] = {}
+        self.reused = 0  # decisions answered from the memo
 
     def decide(self, facts: RequestFacts) -> Decision:
         started = time.perf_counter()
-        if self.disable_auth:
-            decision = auth_disabled(facts)
-        else:
-            decision = decide(facts, self.snapshot, self.lookup, self.clock(), self.verify_jwt)
+        decision = auth_disabled(facts) if self.disable_auth else self._decide(facts)
         metrics = self.metrics
         if metrics is not None:
             snapshot = self.snapshot
@@ -84,6 +87,28 @@ class Authorizer:
                     }
                 },
             )
+        return decision
+
+    def _decide(self, facts: RequestFacts) -> Decision:
+        """decide(), remembered: a repeated request (same token, route and headers) reuses
+        the decision while the policy snapshot is the same object, the token cache's epoch
+        has not moved (no invalidation, still trusted) and the decision's own time is not up.
+        """
+        snapshot = self.snapshot
+        now = self.clock()
+        epoch = self.cache.epoch() if self.cache is not None else None
+        if epoch is None:  # lookups would go to Redis: nothing may be skipped
+            return decide(facts, snapshot, self.lookup, now, self.verify_jwt)
+        memo = self._memo
+        hit = memo.get(facts)
+        if hit is not None and hit[1] == epoch and hit[2] is snapshot and now < hit[3]:
+            self.reused += 1
+            return hit[0]
+        decision = decide(facts, snapshot, self.lookup, now, self.verify_jwt)
+        if decision.reusable_until is not None:
+            if len(memo) >= MEMO_MAX_ENTRIES:
+                memo.clear()  # a crude bound; refilled by the requests that recur
+            memo[facts] = (decision, epoch, snapshot, min(decision.reusable_until, now + MEMO_TTL))
         return decision
 
     def refresh_policy(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from extauthz.credentials import (
@@ -35,6 +35,8 @@ IDENTITY_HEADERS = (SUBJECT_HEADER, ROUTE_HEADER, SCOPES_HEADER)
 IDENTITY_PREFIX = "x-extauthz-"
 ANONYMOUS = "anonymous"
 INTERNAL = "internal"
+
+FOREVER = float("inf")
 
 TokenLookup = Callable[[str], TokenRecord | None]
 Headers = tuple[tuple[str, str], ...]
@@ -65,6 +67,10 @@ class Decision:
     On ALLOW, `headers` go to the upstream (overwriting) and `remove_headers` are stripped.
     On DENY and ERROR, `status`, `headers` and `body` form the local reply to the client.
     `reason` and `subject` are for logs and metrics; neither ever holds a secret.
+
+    `reusable_until`: the same facts, with the same policy snapshot and token records, get
+    the same decision until this time (FOREVER: the clock plays no part); None when it also
+    depends on something else (Redis being up, the IdP's keys): never reuse it.
     """
 
     outcome: Outcome
@@ -74,6 +80,7 @@ class Decision:
     remove_headers: tuple[str, ...] = ()
     body: str = ""
     subject: str | None = None
+    reusable_until: float | None = field(default=FOREVER, compare=False)
 
 
 def decide(
@@ -157,7 +164,8 @@ def _decide_protected(
         return _forbidden("route_not_granted", record.id)
     if route.scopes and route.scopes.isdisjoint(record.scopes):
         return _forbidden("missing_scope", record.id)
-    return _allow(facts, route, record.id, record.scopes, "granted")
+    until = FOREVER if record.expires_at is None else float(record.expires_at)
+    return _allow(facts, route, record.id, record.scopes, "granted", until=until)
 
 
 def _decide_jwt(
@@ -168,18 +176,25 @@ def _decide_jwt(
     now: float,
     verify_jwt: JwtVerify | None,
 ) -> Decision:
+    # JWT decisions also depend on the IdP's key set and the token's own times: not reusable
     if verify_jwt is None:
         return _unauthorized(route, "jwt_unsupported", "jwt not accepted", presented=True)
     match verify_jwt(token, settings, now):
         case JwtUnavailable():
             return _error("jwks_unavailable")
         case JwtRejected(reason=why):
-            return _unauthorized(route, "invalid_jwt", why, presented=True)
+            return _unauthorized(route, "invalid_jwt", why, presented=True, until=None)
         case JwtIdentity() as identity:
             if route.scopes and route.scopes.isdisjoint(identity.scopes):
-                return _forbidden("missing_scope", identity.subject)
+                return _forbidden("missing_scope", identity.subject, until=None)
             return _allow(
-                facts, route, identity.subject, identity.scopes, "granted_jwt", identity.headers
+                facts,
+                route,
+                identity.subject,
+                identity.scopes,
+                "granted_jwt",
+                identity.headers,
+                until=None,
             )
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -205,6 +220,8 @@ def _allow(
     scopes: frozenset[str],
     reason: str,
     extra: Headers = (),
+    *,
+    until: float | None = FOREVER,
 ) -> Decision:
     headers = (
         (SUBJECT_HEADER, subject),
@@ -215,7 +232,9 @@ def _allow(
     ours = IDENTITY_HEADERS + tuple(name for name, _ in extra)
     spoofed = [h for h in facts.identity_headers_sent if h not in ours]
     remove = ("authorization", *spoofed)
-    return Decision(Outcome.ALLOW, 200, reason, headers, remove, subject=subject)
+    return Decision(
+        Outcome.ALLOW, 200, reason, headers, remove, subject=subject, reusable_until=until
+    )
 
 
 def _not_found(reason: str) -> Decision:
@@ -223,12 +242,20 @@ def _not_found(reason: str) -> Decision:
     return Decision(Outcome.DENY, 404, reason, (_JSON,), body=_NOT_FOUND_BODY)
 
 
-def _forbidden(reason: str, subject: str) -> Decision:
-    return Decision(Outcome.DENY, 403, reason, (_JSON,), body=_FORBIDDEN_BODY, subject=subject)
+def _forbidden(reason: str, subject: str, *, until: float | None = FOREVER) -> Decision:
+    return Decision(
+        Outcome.DENY,
+        403,
+        reason,
+        (_JSON,),
+        body=_FORBIDDEN_BODY,
+        subject=subject,
+        reusable_until=until,
+    )
 
 
 def _error(reason: str) -> Decision:
-    return Decision(Outcome.ERROR, 503, reason, (_JSON,), body=_ERROR_BODY)
+    return Decision(Outcome.ERROR, 503, reason, (_JSON,), body=_ERROR_BODY, reusable_until=None)
 
 
 def _unauthorized(
@@ -238,6 +265,7 @@ def _unauthorized(
     *,
     presented: bool = False,
     subject: str | None = None,
+    until: float | None = FOREVER,
 ) -> Decision:
     return Decision(
         Outcome.DENY,
@@ -246,6 +274,7 @@ def _unauthorized(
         (_JSON, ("www-authenticate", challenge(route, description if presented else None))),
         body=_body("unauthorized", description),
         subject=subject,
+        reusable_until=until,
     )
 
 

@@ -150,7 +150,7 @@ class InvalidationListener:
                 client.config_set("notify-keyspace-events", current + missing)
                 log.info("enabled Redis keyspace notifications (%s)", current + missing)
         except redis.ResponseError as e:
-            self.cache.ttl = min(self.cache.ttl, self.fallback_ttl)
+            self.cache.use_fallback_ttl(self.fallback_ttl)
             log.warning(
                 "cannot enable keyspace notifications (%s): cached tokens live %.1fs, "
                 "so edits made by hand take up to that long",

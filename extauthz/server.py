@@ -193,6 +193,7 @@ class Server:
                 "miss": stats.misses if stats else 0,
                 "eviction": stats.evictions if stats else 0,
                 "invalidation": stats.invalidations if stats else 0,
+                "decision_reused": self.authorizer.reused,
             },
             "cache_entries": len(self.cache) if self.cache is not None else 0,
             "jwks": {"ok": self.jwks.fetches_ok, "failed": self.jwks.fetches_failed},

@@ -77,6 +77,7 @@ class TokenCache:
         self._channel_ok = False
         self._store_ok = True
         self._untrusted_since = -float("inf")
+        self._events = True  # every change arrives as an invalidation (not just the ttl)
 
     # --- invalidation -----------------------------------------------------------------------
 
@@ -100,7 +101,25 @@ class TokenCache:
             self._clear_locked()
         elif not trusted and self._trusted:
             self._untrusted_since = self.clock()
+            self._generation += 1
         self._trusted = trusted
+
+    def use_fallback_ttl(self, ttl: float) -> None:
+        """Hand edits arrive as no invalidation (no keyspace notifications): `ttl` bounds them."""
+        with self._lock:
+            self.ttl = min(self.ttl, ttl)
+            self._events = False
+            self._generation += 1
+
+    def epoch(self) -> int | None:
+        """A number that changes whenever any cached answer may have changed; None when
+        answers are not kept honest by invalidations alone (untrusted, or ttl fallback).
+
+        What was derived from lookups made at one epoch holds while epoch() returns it.
+        """
+        if self._trusted and self._events:
+            return self._generation
+        return None
 
     def invalidate(self, digest: str) -> None:
         with self._lock:

@@ -84,7 +84,9 @@ def test_metrics(redis_server: RedisServer, tmp_path: Path) -> None:
     assert metric(text, "extauthz_policy_version") == 1
     assert metric(text, "extauthz_redis_up") == 1
     assert metric(text, "extauthz_auth_disabled") == 0
-    assert metric(text, "extauthz_token_cache_events_total", event="hit") == 2
+    # the repeats were answered by the decision memo, before the token cache
+    assert metric(text, "extauthz_token_cache_events_total", event="decision_reused") == 2
+    assert metric(text, "extauthz_token_cache_events_total", event="hit") == 0
     assert metric(text, "extauthz_token_cache_events_total", event="miss") == 1
     assert tok["token"] not in text
 

@@ -262,6 +262,9 @@ def test_jwt_outcomes() -> None:
         'Bearer realm="iris", error="invalid_token", error_description="invalid signature"'
     )
     assert jwt_decide("iris", "Bearer eyJx.eyJy.nopredict").status == 403
+    # they depend on the IdP's keys too: never reused by the authorizer's memo
+    for auth in ("Bearer eyJx.eyJy.bad", "Bearer eyJx.eyJy.nopredict", f"Bearer {GOOD_JWT}"):
+        assert jwt_decide("iris", auth).reusable_until is None
     down = jwt_decide("iris", "Bearer eyJx.eyJy.down")
     assert (down.outcome, down.status, down.reason) == (Outcome.ERROR, 503, "jwks_unavailable")
     assert jwt_decide("iris", f"Bearer {GOOD}").reason == "unsupported_scheme"  # opaque on jwt-only

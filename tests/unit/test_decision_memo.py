@@ -1,0 +1,123 @@
+"""The authorizer's memo of decisions: reused only while nothing they depend on changed."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+import extauthz.authorizer as authorizer_module
+from extauthz import tokens
+from extauthz.authorizer import MEMO_TTL, Authorizer
+from extauthz.credentials import token_hash
+from extauthz.decision import FOREVER, RequestFacts, decide
+from extauthz.policy import parse_policy
+from extauthz.store import Store
+from extauthz.sync import sync
+from extauthz.token_cache import TokenCache
+
+POLICY = "version: 1\nroutes:\n  m: {access: protected}\n  open: {access: public}\n"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()  # fakeredis applies EXPIREAT by the real clock
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def world(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Authorizer, TokenCache, Clock, list[int]]:
+    sync(store, parse_policy(POLICY))
+    clock = Clock()
+    cache = TokenCache(store.token_record)
+    cache.set_channel_ok(True)
+    auth = Authorizer(store, None, cache, clock=clock)
+    auth.refresh_policy()
+    calls = [0]
+
+    def counting(*args: Any) -> Any:
+        calls[0] += 1
+        return decide(*args)
+
+    monkeypatch.setattr(authorizer_module, "decide", counting)
+    return auth, cache, clock, calls
+
+
+def facts(token: str, route: str = "m") -> RequestFacts:
+    return RequestFacts(route, authorization=f"Bearer {token}")
+
+
+def test_repeated_requests_are_decided_once(world: Any, store: Store) -> None:
+    auth, _, clock, calls = world
+    tok = tokens.create(store, ["m"], now=clock.now).token
+    for _ in range(5):
+        assert auth.decide(facts(tok)).status == 200
+        assert auth.decide(facts("eat_unknown")).status == 401
+        assert auth.decide(RequestFacts("open")).status == 200
+    assert calls[0] == 3
+    clock.now += MEMO_TTL  # remembered for MEMO_TTL at most
+    assert auth.decide(facts(tok)).status == 200
+    assert calls[0] == 4
+
+
+def test_an_invalidation_ends_reuse(world: Any, store: Store) -> None:
+    auth, cache, clock, _ = world
+    issued = tokens.create(store, ["m"], now=clock.now)
+    assert auth.decide(facts(issued.token)).status == 200
+    store.client.delete(store.token_key(token_hash(issued.token)))
+    assert auth.decide(facts(issued.token)).status == 200  # nothing told us yet
+    cache.invalidate(token_hash(issued.token))  # as the listener does
+    assert auth.decide(facts(issued.token)).status == 401
+
+
+def test_expiry_crossing_is_not_hidden(world: Any, store: Store) -> None:
+    auth, _, clock, _ = world
+    issued = tokens.create(store, ["m"], ttl_seconds=60, now=clock.now)
+    decision = auth.decide(facts(issued.token))
+    assert decision.status == 200 and decision.reusable_until == issued.record.expires_at
+    clock.now = float(issued.record.expires_at or 0) - 0.01
+    assert auth.decide(facts(issued.token)).status == 200
+    clock.now += 0.02
+    assert auth.decide(facts(issued.token)).status == 401
+
+
+def test_a_new_policy_snapshot_ends_reuse(world: Any, store: Store) -> None:
+    auth, _, clock, _ = world
+    tok = tokens.create(store, ["m"], now=clock.now).token
+    assert auth.decide(facts(tok)).status == 200
+    sync(store, parse_policy("version: 1\nroutes:\n  m: {access: private}\n"))
+    auth.refresh_policy()
+    assert auth.decide(facts(tok)).status == 404
+
+
+@pytest.mark.parametrize("how", ["channel down", "store down", "ttl fallback"])
+def test_no_reuse_unless_invalidations_keep_the_cache_honest(
+    world: Any, store: Store, how: str
+) -> None:
+    auth, cache, clock, calls = world
+    tok = tokens.create(store, ["m"], now=clock.now).token
+    assert auth.decide(facts(tok)).status == 200
+    if how == "channel down":
+        cache.set_channel_ok(False)
+    elif how == "store down":
+        cache.set_store_ok(False)
+    else:
+        cache.use_fallback_ttl(0.5)
+    assert cache.epoch() is None
+    before = calls[0]
+    store.client.delete(store.token_key(token_hash(tok)))  # unseen by the cache
+    expected = 200 if how == "ttl fallback" else 401  # fallback: the cached record, ≤ 0.5 s
+    assert auth.decide(facts(tok)).status == expected
+    assert calls[0] == before + 1
+
+
+def test_what_may_be_reused() -> None:
+    from extauthz.decision import _error, _not_found
+
+    assert _error("store_unavailable").reusable_until is None
+    assert _not_found("unknown_route").reusable_until == FOREVER
