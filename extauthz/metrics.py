@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
 
 
@@ -35,6 +36,13 @@ class Metrics:
             "Redis commands that failed or timed out",
             registry=self.registry,
         )
+        self.redis_latency = Histogram(
+            "extauthz_redis_seconds",
+            "Redis read latency by command (token lookups on cache misses, policy polls)",
+            ["command"],
+            buckets=REDIS_BUCKETS,
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, str, str], Any] = {}
 
     def decision(self, route: str, outcome: str, reason: str, seconds: float) -> None:
@@ -44,6 +52,9 @@ class Metrics:
             child = self._children[key] = self.decisions.labels(route, outcome, reason)
         child.inc()
         self.latency.observe(seconds)
+
+    def redis_call(self, command: str, seconds: float) -> None:
+        self.redis_latency.labels(command).observe(seconds)
 
     def watch(self, read_state: Callable[[], dict[str, Any]]) -> None:
         """Expose state read at scrape time (see `StateCollector`)."""

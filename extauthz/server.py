@@ -83,6 +83,7 @@ class Server:
             else None
         )
         self.metrics = Metrics()
+        self.store.observe = self.metrics.redis_call
         self.authorizer = Authorizer(
             self.store,
             self.jwks,

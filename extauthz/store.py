@@ -14,6 +14,7 @@ StoreUnavailable, a key of the wrong type or shape becomes MalformedRecord.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ class Store:
         self.policy_key = f"{prefix}policy"
         # servers listen here too: a token hash, "policy", or "*" (drop every cached token)
         self.invalidate_channel = f"{prefix}invalidate"
+        # (command, seconds) after each read the servers make: the Redis latency metric
+        self.observe: Callable[[str, float], None] | None = None
 
     def token_key(self, digest: str) -> str:
         return self._token_prefix + digest
@@ -81,6 +84,7 @@ class Store:
 
     def token_record(self, digest: str) -> TokenRecord | None:
         """The record for a token hash, None when there is none."""
+        started = time.perf_counter()
         try:
             fields = self.client.hgetall(self._token_prefix + digest)
         except NoPermissionError as e:
@@ -89,6 +93,9 @@ class Store:
             raise StoreUnavailable(str(e)) from e
         except redis.ResponseError as e:
             raise MalformedRecord(f"token key {digest[:12]}…: {e}") from e
+        finally:
+            if self.observe is not None:
+                self.observe("hgetall", time.perf_counter() - started)
         if not fields:
             return None
         return TokenRecord.from_fields(fields)
@@ -155,7 +162,7 @@ class Store:
 
     def policy_version(self) -> PolicyVersion | None:
         """The published policy's version and digest, None when none was ever published."""
-        with self._unavailable():
+        with self._unavailable(), self._timed("hmget"):
             version, digest = self.client.hmget(self.policy_key, ["version", "digest"])
         if version is None:
             return None
@@ -166,7 +173,7 @@ class Store:
 
     def load_policy(self) -> PolicySnapshot | None:
         """The published policy snapshot, None when none was ever published."""
-        with self._unavailable():
+        with self._unavailable(), self._timed("hget"):
             text = self.client.hget(self.policy_key, "snapshot")
         return self._parse_snapshot(text)
 
@@ -224,6 +231,15 @@ class Store:
 
     def close(self) -> None:
         self.client.close()
+
+    @contextmanager
+    def _timed(self, command: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.observe is not None:
+                self.observe(command, time.perf_counter() - started)
 
     @staticmethod
     @contextmanager

@@ -82,6 +82,8 @@ def test_metrics(redis_server: RedisServer, tmp_path: Path) -> None:
     )
     assert metric(text, "extauthz_decision_seconds_count") == 5
     assert metric(text, "extauthz_policy_version") == 1
+    assert metric(text, "extauthz_redis_seconds_count", command="hgetall") == 1  # one miss
+    assert metric(text, "extauthz_redis_seconds_count", command="hmget") >= 1  # policy polls
     assert metric(text, "extauthz_redis_up") == 1
     assert metric(text, "extauthz_auth_disabled") == 0
     # the repeats were answered by the decision memo, before the token cache

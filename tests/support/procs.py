@@ -27,6 +27,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports_in_a_row(count: int) -> int:
+    """A port p such that p .. p+count-1 are all free now (workers' metrics use p + index)."""
+    for _ in range(100):
+        base = free_port()
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError(f"no {count} free ports in a row")
+
+
 def require_binary(name: str) -> str:
     path = shutil.which(name) or (
         str(Path(sys.executable).parent / name)
@@ -125,7 +144,7 @@ def extauthz_serve(
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """`extauthz serve` as a subprocess on a free port; yields (port, process)."""
     port = free_port()
-    metrics_port = free_port()  # workers use metrics_port + index: fine for tests
+    metrics_port = free_ports_in_a_row(4)  # worker i serves metrics on metrics_port + i
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [
