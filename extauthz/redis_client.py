@@ -171,8 +171,9 @@ def key_prefix(url: str, prefix: str, default: str) -> str:
 
 
 def _has_hash_tag(prefix: str) -> bool:
+    """Redis hashes the text between the first `{` and the next `}`, if not empty."""
     start = prefix.find("{")
-    return start >= 0 and prefix.find("}", start + 2) > start
+    return start >= 0 and prefix.find("}", start + 1) > start + 1
 
 
 def connect(url: str, timeout: float) -> Any:

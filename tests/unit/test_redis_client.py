@@ -72,3 +72,5 @@ def test_cluster_prefix_gets_a_hash_tag() -> None:
         key_prefix(cluster, "models:", "extauthz:")
     with pytest.raises(ConfigError):
         key_prefix(cluster, "{}:", "extauthz:")  # an empty tag hashes the whole key
+    with pytest.raises(ConfigError):
+        key_prefix(cluster, "{}{models}:", "extauthz:")  # only the first {...} counts
