@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (held open together while chosen, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def free_ports_in_a_row(count: int) -> int:
@@ -143,8 +156,12 @@ def extauthz_serve(
     redis_url: str, log: Path, *extra: str
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """`extauthz serve` as a subprocess on a free port; yields (port, process)."""
-    port = free_port()
     metrics_port = free_ports_in_a_row(4)  # worker i serves metrics on metrics_port + i
+    taken = set(range(metrics_port, metrics_port + 4))
+    taken |= {int(v.rpartition(":")[2]) for k, v in pairwise(extra) if k == "--metrics-listen"}
+    port = free_port()
+    while port in taken:  # the kernel may hand a just-released port out again
+        port = free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support.procs import RedisServer, free_port, port_open, require_binary, wait_for
+from tests.support.procs import RedisServer, free_ports, port_open, require_binary, wait_for
 
 
 def make_tls_files(directory: Path) -> dict[str, Path]:
@@ -98,9 +98,10 @@ class SentinelSetup:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.primary = RedisServer(_subdir(workdir, "primary"))
-        self.replica = RedisServer(_subdir(workdir, "replica"))
-        self.sentinel_ports = [free_port() for _ in range(3)]
+        ports = free_ports(5)
+        self.primary = RedisServer(_subdir(workdir, "primary"), port=ports[0])
+        self.replica = RedisServer(_subdir(workdir, "replica"), port=ports[1])
+        self.sentinel_ports = ports[2:]
         self.sentinels: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -162,15 +163,17 @@ class ClusterSetup:
     """Three primaries with one replica each, `cluster-node-timeout` 1 s."""
 
     def __init__(self, workdir: Path) -> None:
+        ports = free_ports(12)
         self.nodes = [
             RedisServer(
                 _subdir(workdir, f"node{i}"),
+                port=ports[i],
                 extra=(
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", "1000",
                     # the bus port defaults to port + 10000, past 65535 for a high free port
-                    "--cluster-port", str(free_port()),
+                    "--cluster-port", str(ports[6 + i]),
                 ),
             )
             for i in range(6)
