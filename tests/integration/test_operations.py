@@ -50,6 +50,8 @@ def test_metrics(redis_server: RedisServer, tmp_path: Path) -> None:
         redis_server.url, tmp_path / "s.log", "--metrics-listen", f"127.0.0.1:{mport}"
     ) as (port, _):
         client = CheckClient(port)
+        # only once subscribed is the cache trusted: then the counts below are exact
+        wait_for(lambda: "channel subscribed" in (tmp_path / "s.log").read_text(), 5, "listener")
         for _ in range(3):
             assert client.status("deployment-a", f"Bearer {tok['token']}") == 200
         assert client.status("deployment-a") == 401
