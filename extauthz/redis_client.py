@@ -74,10 +74,14 @@ class RedisTarget:
     tls: dict[str, Any] = field(default_factory=dict)
     sentinel_auth: dict[str, str] = field(default_factory=dict, repr=False)
 
+    @property
+    def uses_tls(self) -> bool:
+        return self.url.startswith("rediss")
+
     def node_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for a connection to one data node (auth and TLS)."""
         kwargs: dict[str, Any] = {"username": self.username, "password": self.password}
-        if self.url.startswith("rediss"):
+        if self.uses_tls:
             kwargs["ssl"] = True
             kwargs.update(self.tls)
         return kwargs
@@ -258,7 +262,7 @@ def _sentinel(target: RedisTarget, timeout: float) -> Sentinel:
         "decode_responses": True,
         **target.sentinel_auth,
     }
-    if target.url.startswith("rediss"):
+    if target.uses_tls:
         sentinel_kwargs.update(ssl=True, **target.tls)
     return Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)
 
@@ -290,7 +294,7 @@ class PrimaryNode:
             if self._cluster is None:
                 self._cluster = connect(self.target.url, self.timeout)
             else:
-                self._cluster.nodes_manager.initialize()
+                follow_primary(self._cluster)  # re-read the slot map
             node = self._cluster.get_node_from_key(self.anchor_key)
             return str(node.host), int(node.port)
         return None

@@ -84,18 +84,15 @@ class Store:
 
     def token_record(self, digest: str) -> TokenRecord | None:
         """The record for a token hash, None when there is none."""
-        started = time.perf_counter()
         try:
-            fields = self.client.hgetall(self._token_prefix + digest)
+            with self._timed("hgetall"):
+                fields = self.client.hgetall(self._token_prefix + digest)
         except NoPermissionError as e:
             raise StoreUnavailable(f"Redis refused HGETALL: {e}") from e
         except _UNAVAILABLE as e:
             raise StoreUnavailable(str(e)) from e
         except redis.ResponseError as e:
             raise MalformedRecord(f"token key {digest[:12]}…: {e}") from e
-        finally:
-            if self.observe is not None:
-                self.observe("hgetall", time.perf_counter() - started)
         if not fields:
             return None
         return TokenRecord.from_fields(fields)
