@@ -20,6 +20,7 @@ from extauthz import demo_model, tokens
 from extauthz.envoy_config import COMPOSE, loopback_ports, render
 from extauthz.stack import PORTS_USED, Stack, free_base_port
 from tests.support.procs import REPO, port_open, require_binary, wait_for
+from tests.support.readme import readme_block
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
@@ -255,9 +256,7 @@ def test_extauthz_up_command(tmp_path: Path) -> None:
 
 
 def test_readme_seed_scenarios(stack: Stack) -> None:
-    text = (REPO / "README.md").read_text()
-    match = re.search(r"<!-- test: seed-scenarios -->\n```sh\n(.*?)```", text, re.S)
-    assert match, "README seed-scenarios block not found"
+    block = readme_block("seed-scenarios")
     demo = stack.mint_demo_tokens()
     exports = {
         "INFERENCE": demo["inference"].token,
@@ -266,7 +265,7 @@ def test_readme_seed_scenarios(stack: Stack) -> None:
         "BASIC_PASSWORD": stack.basic_secret,
         "PATH": "/usr/bin:/bin",
     }
-    lines = [line for line in match.group(1).splitlines() if line.startswith("curl ")]
+    lines = [line for line in block.splitlines() if line.startswith("curl ")]
     assert len(lines) >= 10
     for line in lines:
         command, _, comment = line.partition("#")

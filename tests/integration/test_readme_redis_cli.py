@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
@@ -17,15 +16,9 @@ from tests.support.procs import (
     run_cli,
     wait_for,
 )
+from tests.support.readme import readme_block
 
 pytestmark = pytest.mark.redis
-
-
-def readme_block(name: str) -> str:
-    text = (REPO / "README.md").read_text()
-    m = re.search(rf"<!-- test: {re.escape(name)} -->\n```sh\n(.*?)```", text, re.S)
-    assert m, f"README block {name!r} not found"
-    return m.group(1)
 
 
 def run_block(redis_server: RedisServer, block: str, env: dict[str, str]) -> str:

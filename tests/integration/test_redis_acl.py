@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -12,17 +11,14 @@ import pytest
 from extauthz.credentials import token_hash
 from tests.support.check import CheckClient
 from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, wait_for
+from tests.support.readme import readme_block
 
 pytestmark = pytest.mark.redis
 
 
 def test_documented_acl_users(tmp_path: Path) -> None:
-    block = re.search(
-        r"<!-- test: redis-acl -->\n```\n(.*?)```", (REPO / "README.md").read_text(), re.S
-    )
-    assert block, "README redis-acl block not found"
     acl = tmp_path / "users.acl"
-    acl.write_text("user default on nopass ~* &* +@all\n" + block.group(1))
+    acl.write_text("user default on nopass ~* &* +@all\n" + readme_block("redis-acl", lang=""))
     server = RedisServer(
         tmp_path, extra=("--aclfile", str(acl), "--notify-keyspace-events", "Kghxe")
     )

@@ -8,7 +8,6 @@ failover revocation is fast again (the listener moved to the new primary).
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ import pytest
 from extauthz.credentials import token_hash
 from tests.support.check import CheckClient
 from tests.support.procs import REPO, RedisServer, extauthz_serve, free_port, run_cli, wait_for
+from tests.support.readme import readme_block
 from tests.support.topologies import ClusterSetup, SentinelSetup, cli, kill, make_tls_files
 
 pytestmark = pytest.mark.redis
@@ -178,13 +178,10 @@ def cluster(tmp_path: Path) -> Iterator[ClusterSetup]:
 
 def test_cluster_scenarios_and_failover(cluster: ClusterSetup, tmp_path: Path) -> None:
     # as the README says: its least-privilege users on every node, notifications configured
-    block = re.search(
-        r"<!-- test: redis-acl-cluster -->\n```\n(.*?)```", (REPO / "README.md").read_text(), re.S
-    )
-    assert block, "README redis-acl-cluster block not found"
+    block = readme_block("redis-acl-cluster", lang="")
     for node in cluster.nodes:
         node.cli("CONFIG", "SET", "notify-keyspace-events", "Kghxe")
-        for line in block.group(1).splitlines():
+        for line in block.splitlines():
             node.cli("ACL", "SETUSER", *line.split()[1:])
     hosts = cluster.url.removeprefix("redis+cluster://")
     admin = f"redis+cluster://extauthz-admin:CHANGE-ME-admin@{hosts}"
