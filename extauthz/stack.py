@@ -33,6 +33,7 @@ from extauthz.envoy_config import EnvoyPorts, loopback_ports, render
 from extauthz.errors import ExtAuthzError, UsageError
 from extauthz.policy import load_policy_file
 from extauthz.store import DEFAULT_PREFIX, Store, open_store
+from extauthz.supervisor import stop_on_signals
 from extauthz.sync import sync
 
 DEFAULT_BASE_PORT = 10000
@@ -333,20 +334,13 @@ Policy:  edit examples/policy.yaml, then
 
 def up(base_port: int, policy: Path | None, state_dir: Path) -> int:
     """Run the stack in the foreground until Ctrl-C/SIGTERM or until a part dies."""
-    stopping = False
-
-    def on_signal(_signo: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop = stop_on_signals()
     stack = Stack(base_port, state_dir, policy)
     code = 0
     try:
         stack.start()
         print(banner(stack, stack.mint_demo_tokens()), flush=True)
-        while not stopping:
+        while not stop.is_set():
             time.sleep(0.2)
             dead = stack.dead_child()
             if dead is not None:

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -52,17 +53,18 @@ def check_port_free(listen: str) -> None:
         raise ConfigError(f"cannot listen on {listen}: {e}") from e
 
 
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT set (the handlers do nothing else)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signo, _frame: stop.set())
+    return stop
+
+
 def supervise(argv: Sequence[str], workers: int, listen: str, grace: float) -> int:
     """Run `workers` copies of `extauthz <argv>` until SIGTERM/SIGINT; the exit code."""
     check_port_free(listen)
-    stopping = False
-
-    def on_signal(_signo: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop = stop_on_signals()
 
     command = [sys.executable, "-m", "extauthz", *argv]
 
@@ -74,17 +76,18 @@ def supervise(argv: Sequence[str], workers: int, listen: str, grace: float) -> i
     deaths: list[float] = []
     log.info("started %d workers on %s (pids %s)", workers, listen, [p.pid for p in procs.values()])
     code = 0
-    while not stopping:
+    while not stop.is_set():
         time.sleep(0.2)
         for index, proc in list(procs.items()):
             rc = proc.poll()
-            if rc is None or stopping:
+            if rc is None or stop.is_set():
                 continue
             now = time.monotonic()
             deaths = [t for t in deaths if now - t < CRASH_WINDOW] + [now]
             if len(deaths) >= CRASH_LOOP:
                 log.error("workers keep dying (%d in %.0fs): stopping", len(deaths), CRASH_WINDOW)
-                stopping, code = True, 1
+                stop.set()
+                code = 1
                 break
             log.warning("worker %d (pid %d) exited with %d: restarting", index, proc.pid, rc)
             time.sleep(min(0.2 * len(deaths), 2.0))
