@@ -5,13 +5,22 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.check import CheckClient
-from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, stop, wait_for
+from tests.support.procs import (
+    REPO,
+    RedisServer,
+    extauthz_serve,
+    free_port,
+    run_cli,
+    stop,
+    wait_for,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -89,3 +98,24 @@ def test_busy_port_is_reported_by_the_supervisor(redis_server: RedisServer, tmp_
         )
     assert result.returncode == 2
     assert "cannot listen on" in result.stderr.strip().splitlines()[-1]
+
+
+def test_workers_that_keep_dying_stop_the_supervisor(redis_server: RedisServer) -> None:
+    # worker 0 fails at every start (its metrics port is taken): a crash loop, exit code 1
+    busy = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", busy))
+        taken.listen()
+        result = run_cli(
+            redis_server.url,
+            "serve",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--workers",
+            "2",
+            "--metrics-listen",
+            f"127.0.0.1:{busy}",
+            check=False,
+        )
+    assert result.returncode == 1
+    assert "workers keep dying" in result.stderr
