@@ -12,6 +12,7 @@ none, so extauthz answers 404 for it (fail closed).
 from __future__ import annotations
 
 import argparse
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +55,10 @@ ROUTES: tuple[tuple[dict[str, Any], str | None, str], ...] = (
 
 COMPOSE = EnvoyPorts(
     external=Endpoint("0.0.0.0", 8080),  # noqa: S104 (the container's public listener)
+    # reachable on the compose network only; docker-compose.yml publishes it on 127.0.0.1
     internal=Endpoint("0.0.0.0", 8081),  # noqa: S104
-    admin=Endpoint("0.0.0.0", 9901),  # noqa: S104
+    # the admin interface can stop Envoy: only the container itself reaches it
+    admin=Endpoint("127.0.0.1", 9901),
     extauthz=Endpoint("extauthz", 9001),
     model_http=Endpoint("model", 8000),
     model_grpc=Endpoint("model", 8001),
@@ -66,8 +69,24 @@ def _address(ep: Endpoint) -> dict[str, Any]:
     return {"socket_address": {"address": ep.host, "port_value": ep.port}}
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """Envoy's side of mutual TLS to extauthz: the CA that signed extauthz's certificate,
+    and Envoy's own client certificate and key (file paths as Envoy sees them)."""
+
+    ca: str
+    cert: str
+    key: str
+    server_name: str  # SNI and the name extauthz's certificate must carry
+
+
 def _cluster(
-    name: str, ep: Endpoint, http2: bool, health: str | None = None, streams: int | None = None
+    name: str,
+    ep: Endpoint,
+    http2: bool,
+    health: str | None = None,
+    streams: int | None = None,
+    tls: ClientTls | None = None,
 ) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": name,
@@ -86,6 +105,28 @@ def _cluster(
                     "http2_protocol_options": {"max_concurrent_streams": streams} if streams else {}
                 },
             }
+        }
+    if tls is not None:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": tls.server_name,
+                "common_tls_context": {
+                    "tls_certificates": [
+                        {
+                            "certificate_chain": {"filename": tls.cert},
+                            "private_key": {"filename": tls.key},
+                        }
+                    ],
+                    "validation_context": {
+                        "trusted_ca": {"filename": tls.ca},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"exact": tls.server_name}}
+                        ],
+                    },
+                },
+            },
         }
     if health is not None:
         cluster["health_checks"] = [
@@ -107,7 +148,7 @@ def _routes(network: str | None) -> list[dict[str, Any]]:
         if network is not None:
             extensions["network"] = network
         route: dict[str, Any] = {
-            "match": match,
+            "match": copy.deepcopy(match),  # no YAML anchors between the two listeners
             "route": {"cluster": cluster, "timeout": "30s"},
         }
         if extensions:
@@ -153,6 +194,15 @@ def _listener(name: str, ep: Endpoint, network: str | None) -> dict[str, Any]:
         "@type": T + HCM,
         "stat_prefix": name,
         "codec_type": "AUTO",  # HTTP/1.1 and h2c (gRPC clients)
+        # One path for routing, for extauthz and for the model: `/a/%2e%2e/b` and `/a/../b`
+        # become `/b` before the route is chosen; `//` is merged; an escaped slash or
+        # backslash (%2F, %5C), which upstreams decode differently, is refused with 400.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        # `x_extauthz_subject` would reach the model, and WSGI/CGI servers read it as
+        # x-extauthz-subject: header names with underscores are dropped at the edge.
+        "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
         "route_config": {
             "name": name,
             "virtual_hosts": [{"name": "models", "domains": ["*"], "routes": _routes(network)}],
@@ -175,8 +225,8 @@ def _listener(name: str, ep: Endpoint, network: str | None) -> dict[str, Any]:
     }
 
 
-def bootstrap(ports: EnvoyPorts) -> dict[str, Any]:
-    """The Envoy bootstrap configuration as a dict."""
+def bootstrap(ports: EnvoyPorts, authz_tls: ClientTls | None = None) -> dict[str, Any]:
+    """The Envoy bootstrap configuration as a dict; `authz_tls`: mutual TLS to extauthz."""
     return {
         "admin": {"address": _address(ports.admin)},
         "static_resources": {
@@ -193,6 +243,7 @@ def bootstrap(ports: EnvoyPorts) -> dict[str, Any]:
                     # few streams per connection: under load Envoy opens more connections,
                     # which SO_REUSEPORT spreads over the extauthz worker processes
                     streams=8,
+                    tls=authz_tls,
                 ),
                 _cluster("model_http", ports.model_http, http2=False),
                 _cluster("model_grpc", ports.model_grpc, http2=True),
@@ -201,12 +252,12 @@ def bootstrap(ports: EnvoyPorts) -> dict[str, Any]:
     }
 
 
-def render(ports: EnvoyPorts) -> str:
+def render(ports: EnvoyPorts, authz_tls: ClientTls | None = None) -> str:
     header = (
         "# Generated by `python -m extauthz.envoy_config --compose`: edit\n"
         "# extauthz/envoy_config.py and regenerate (a test checks that this file matches).\n"
     )
-    return header + yaml.safe_dump(bootstrap(ports), sort_keys=False, width=120)
+    return header + yaml.safe_dump(bootstrap(ports, authz_tls), sort_keys=False, width=120)
 
 
 def loopback_ports(base: int) -> EnvoyPorts:

@@ -125,6 +125,83 @@ def test_deployment_platform(stack: Stack) -> None:
     assert http(f"{ext}/ping")[0] == 200
 
 
+def test_identity_headers_spelled_with_underscores_never_reach_the_model(stack: Stack) -> None:
+    # WSGI/CGI servers fold `_` into `-`: any header name with `_` is dropped at the edge
+    token = mint(stack, ["deployment-a"])
+    spoofs = {
+        "x_extauthz_subject": "admin",
+        "x_extauthz_scopes": "management",
+        "X_Extauthz_Route": "deployment-b",
+        "x-extauthz_subject": "admin",
+        "authorization_": "Bearer x",
+        "x_forwarded_for": "10.0.0.1",
+    }
+    for url, headers in (
+        (f"{stack.external_url}/deployments/a/predict", {**bearer(token), **spoofs}),
+        (f"{stack.external_url}/ping", spoofs),
+        (f"{stack.internal_url}/embedder/embed", spoofs),
+    ):
+        status, _, body = http(url, "POST", headers)
+        assert status == 200, url
+        seen = json.loads(body)["headers"]
+        assert not [name for name in seen if "_" in name], seen
+
+
+@pytest.mark.parametrize(
+    ("path", "canonical"),
+    [
+        ("/deployments/a/%2e%2e/b/predict", "/deployments/b/predict"),
+        ("/deployments/a/%2E%2E/b/predict", "/deployments/b/predict"),
+        ("/deployments/a/.%2e/b/predict", "/deployments/b/predict"),
+        ("/deployments/a/../b/predict", "/deployments/b/predict"),
+        ("/deployments/a/./../b/predict", "/deployments/b/predict"),
+        ("/deployments/a/x/../../b/predict", "/deployments/b/predict"),
+        ("/deployments/a/%2e%2e/%2e%2e/deployments/b/predict", "/deployments/b/predict"),
+        ("/deployments/a/%2e/predict", "/deployments/a/predict"),
+        ("/deployments/a//../b/predict", "/deployments/a/b/predict"),  # RFC 3986: a/ + ..
+        ("/deployments/b/../a/predict", "/deployments/a/predict"),
+    ],
+)
+def test_dot_segments_are_resolved_before_the_route_is_chosen(
+    stack: Stack, path: str, canonical: str
+) -> None:
+    # The route is chosen on the resolved path, and that path is what the model receives:
+    # no upstream can resolve it to another deployment than the one that was authorized.
+    deployment = canonical.split("/")[2]
+    for granted in ("a", "b"):
+        token = mint(stack, [f"deployment-{granted}"])
+        status, _, body = http(stack.external_url + path, "POST", bearer(token))
+        if granted != deployment:
+            assert status == 403, (path, granted)
+        else:
+            assert status == 200, (path, granted)
+            assert json.loads(body)["path"] == canonical
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/deployments/a/..%2fb/predict",
+        "/deployments/a/..%2Fb/predict",
+        "/deployments/a/%2e%2e%2fb/predict",
+        "/deployments/a/..%5cb/predict",
+        "/deployments/a/..%5Cb/predict",
+    ],
+)
+def test_escaped_slashes_are_refused(stack: Stack, path: str) -> None:
+    a_token = mint(stack, ["deployment-a"])
+    assert http(stack.external_url + path, "POST", bearer(a_token))[0] == 400
+
+
+def test_repeated_slashes_are_merged(stack: Stack) -> None:
+    a_token = mint(stack, ["deployment-a"])
+    status, _, body = http(
+        f"{stack.external_url}//deployments//a///predict", "POST", bearer(a_token)
+    )
+    assert status == 200
+    assert json.loads(body)["path"] == "/deployments/a/predict"
+
+
 def test_grpc_through_envoy(stack: Stack) -> None:
     target = f"127.0.0.1:{stack.ports.external.port}"
     inference = mint(stack, ["densenet161"], ["inference"])

@@ -68,11 +68,7 @@ def test_ports_match_envoy_yaml() -> None:
         and f"0.0.0.0:{COMPOSE.model_grpc.port}" in model_cmd
     )
     published = {p.split(":")[-1] for p in SERVICES["envoy"]["ports"]}
-    assert published == {
-        str(COMPOSE.external.port),
-        str(COMPOSE.internal.port),
-        str(COMPOSE.admin.port),
-    }
+    assert published == {str(COMPOSE.external.port), str(COMPOSE.internal.port)}
     assert SERVICES["envoy"]["volumes"] == ["./envoy/envoy.yaml:/etc/envoy/envoy.yaml:ro"]
     assert re.fullmatch(r"envoyproxy/envoy:v1\.40\.\d+", SERVICES["envoy"]["image"])
 
@@ -86,3 +82,25 @@ def test_extauthz_commands_parse() -> None:
     assert args.target == "127.0.0.1:9001"
     assert SERVICES["sync"]["volumes"][0].endswith(":/etc/extauthz/policy.yaml:ro")
     assert SERVICES["sync"]["command"][1] == "/etc/extauthz/policy.yaml"
+
+
+def _host_binding(mapping: str) -> str:
+    """The host address a compose port mapping binds ('' = every interface)."""
+    parts = mapping.split(":")
+    return parts[0] if len(parts) == 3 else ""
+
+
+def test_only_the_external_listener_is_published_on_every_interface() -> None:
+    # private routes need no credential on the internal listener; Envoy's admin can stop it
+    for name, svc in SERVICES.items():
+        for mapping in svc.get("ports", []):
+            container_port = mapping.split(":")[-1]
+            if name == "envoy" and container_port == str(COMPOSE.external.port):
+                continue
+            assert _host_binding(mapping) == "127.0.0.1", (name, mapping)
+        assert "network_mode" not in svc, name  # host networking would publish everything
+    for name in ("redis", "extauthz", "model", "sync"):
+        assert "ports" not in SERVICES[name], name
+    assert COMPOSE.admin.host == "127.0.0.1"  # inside the container only
+    envoy_yaml = yaml.safe_load((REPO / "envoy/envoy.yaml").read_text())
+    assert envoy_yaml["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
