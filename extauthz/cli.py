@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from extauthz import __version__
 from extauthz.config import Settings, load_settings
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(message: str) -> None:
-    print(f"extauthz: error: {message}", file=sys.stderr)
+    print(f"extauthz: error: {_shown(message)}", file=sys.stderr)
 
 
 def _store(settings: Settings) -> Store:
@@ -110,7 +110,17 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 def _expires(record: Any) -> str:
     if record.expires_at is None:
         return "never"
-    return dt.datetime.fromtimestamp(record.expires_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        when = dt.datetime.fromtimestamp(record.expires_at, dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        return str(record.expires_at)  # records are range-checked; this is a last resort
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _shown(text: str) -> str:
+    """A value for the terminal: printable as it is, else with its control characters and
+    undecodable bytes escaped (a forged row or an escape sequence never reaches the screen)."""
+    return text if text.isprintable() else ascii(text)[1:-1]
 
 
 def _record_json(record: Any) -> dict[str, Any]:
@@ -129,9 +139,9 @@ def _print_issued(issued: Any, as_json: bool) -> None:
         print(json.dumps({**_record_json(issued.record), "token": issued.token}))
         return
     record = issued.record
-    print(f"id:      {record.id}")
-    print(f"routes:  {','.join(sorted(record.routes))}")
-    print(f"scopes:  {','.join(sorted(record.scopes)) or '-'}")
+    print(f"id:      {_shown(record.id)}")
+    print(f"routes:  {_shown(','.join(sorted(record.routes)))}")
+    print(f"scopes:  {_shown(','.join(sorted(record.scopes))) or '-'}")
     print(f"expires: {_expires(record)}")
     print("token (shown once, store it now):")
     print(issued.token)
@@ -140,7 +150,7 @@ def _print_issued(issued: Any, as_json: bool) -> None:
 def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz import tokens
 
-    ttl = tokens.parse_ttl(args.ttl) if args.ttl else None
+    ttl = tokens.parse_ttl(args.ttl) if args.ttl is not None else None
     issued = tokens.create(
         _store(settings),
         routes=args.route or (),
@@ -173,11 +183,12 @@ def _cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'ID':<20} {'ROUTES':<28} {'SCOPES':<22} {'EXPIRES':<20} NAME")
     for digest, record in rows:
         if isinstance(record, MalformedRecord):
-            print(f"{'?':<20} malformed record at hash {digest[:12]}…: {record}")
+            print(_shown(f"{'?':<20} malformed record at hash {digest}: {record}"))
             continue
         print(
-            f"{record.id:<20} {','.join(sorted(record.routes)):<28} "
-            f"{','.join(sorted(record.scopes)) or '-':<22} {_expires(record):<20} {record.name}"
+            f"{_shown(record.id):<20} {_shown(','.join(sorted(record.routes))):<28} "
+            f"{_shown(','.join(sorted(record.scopes))) or '-':<22} {_expires(record):<20} "
+            f"{_shown(record.name)}"
         )
     return 0
 
@@ -193,7 +204,7 @@ def _cmd_token_show(args: argparse.Namespace, settings: Settings) -> int:
         data["expires_at"] = _expires(record)
         for key, value in data.items():
             shown = ",".join(value) if isinstance(value, list) else value
-            print(f"{key + ':':<12} {shown if shown not in (None, '') else '-'}")
+            print(f"{key + ':':<12} {_shown(str(shown)) if shown not in (None, '') else '-'}")
     return 0
 
 
@@ -204,7 +215,7 @@ def _cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps({"id": args.id, "revoked": count}))
     else:
-        print(f"revoked {args.id}" + (f" ({count} tokens)" if count > 1 else ""))
+        print(f"revoked {_shown(args.id)}" + (f" ({count} tokens)" if count > 1 else ""))
     return 0
 
 
@@ -321,15 +332,21 @@ def _add_token_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         p.set_defaults(func=func)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its mistakes said in the CLI's one-line form (not a usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        _error(f"{message} (see `{self.prog} --help`)")
+        raise SystemExit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--redis-url", help="default redis://127.0.0.1:6379/0")
     common.add_argument("--key-prefix", help="Redis key prefix (default extauthz:)")
     common.add_argument("--config", help="YAML config file (keys: the long option names)")
 
-    parser = argparse.ArgumentParser(
-        prog="extauthz", description="Envoy ext_authz server for model endpoints."
-    )
+    parser = _Parser(prog="extauthz", description="Envoy ext_authz server for model endpoints.")
     parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
 

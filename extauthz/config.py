@@ -13,10 +13,12 @@ from typing import Any
 import yaml
 
 from extauthz.errors import ConfigError
+from extauthz.files import describe, read_regular_file
 from extauthz.redis_client import redact_url
 from extauthz.store import DEFAULT_PREFIX
 
 ENV_PREFIX = "EXTAUTHZ_"
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,13 @@ def load_settings(cli: Mapping[str, Any], env: Mapping[str, str] | None = None) 
 
 def _read_config_file(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        data = yaml.safe_load(read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        raise ConfigError(f"cannot read config file {path}: {describe(e)}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from e
+    except RecursionError as e:
+        raise ConfigError(f"config file {path} is nested too deeply") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if data is None:

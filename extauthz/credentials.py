@@ -26,6 +26,18 @@ MAX_AUTHORIZATION_LENGTH = 8192
 # or a space inside the credential makes it malformed.
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
+# Names that enter through the CLI, the policy file and imports (ASCII only: re.ASCII).
+TOKEN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}", re.ASCII)
+ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}", re.ASCII)
+SCOPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/\-]{0,127}", re.ASCII)
+MAX_NAME_LENGTH = 256  # a token's human label
+
+# What a record edited by hand may hold: its values become header values (subject, scopes)
+# and terminal output, so they are visible ASCII (id, list items) or printable text (name).
+_VISIBLE = re.compile(r"[!-~]{1,128}", re.ASCII)
+_LIST_FIELD = re.compile(r"[ !-~]{0,4096}", re.ASCII)
+MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second a date can show
+
 
 @dataclass(frozen=True, slots=True)
 class NoCredential:
@@ -151,34 +163,70 @@ class TokenRecord:
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str]) -> TokenRecord:
-        """Read a record from its Redis hash fields; raise MalformedRecord if it is off-shape."""
-        token_id = fields.get("id", "").strip()
+        """Read a record from its Redis hash fields; raise MalformedRecord if it is off-shape.
+
+        Records may be written by hand, so every value is checked for what it becomes: the id
+        and the list items are visible ASCII of at most 128 characters (they become header
+        values), the name printable text of at most 256, the times unix seconds up to the
+        year 9999. Bytes that were not UTF-8 arrive as lone surrogates and fail these checks.
+        """
+        token_id = fields.get("id", "").strip(" ")
         if not token_id:
             raise MalformedRecord("token record has no 'id' field")
+        if not _VISIBLE.fullmatch(token_id):
+            raise MalformedRecord(
+                f"token record id {_shown(token_id)}: not 1-128 visible ASCII characters"
+            )
         if "routes" not in fields:
             raise MalformedRecord(f"token record {token_id!r} has no 'routes' field")
+        name = fields.get("name", "")
+        if len(name) > MAX_NAME_LENGTH or not name.isprintable():
+            raise MalformedRecord(
+                f"token record {token_id!r}: 'name' is not printable text of at most "
+                f"{MAX_NAME_LENGTH} characters"
+            )
         return cls(
             id=token_id,
-            routes=split_list(fields["routes"]),
-            scopes=split_list(fields.get("scopes", "")),
+            routes=_list_field(fields, "routes", token_id),
+            scopes=_list_field(fields, "scopes", token_id),
             expires_at=_int_field(fields, "expires_at", token_id),
-            name=fields.get("name", ""),
+            name=name,
             created_at=_int_field(fields, "created_at", token_id),
         )
 
 
 def split_list(value: str) -> frozenset[str]:
-    """Split a list field: items separated by commas and/or white space."""
-    return frozenset(value.replace(",", " ").split())
+    """Split a list field: items separated by commas and/or spaces."""
+    return frozenset(value.replace(",", " ").split(" ")) - {""}
+
+
+def _shown(value: str) -> str:
+    """A value from a record, safe to put in a message: escaped, and cut at 64 characters."""
+    return ascii(value[:64]) + ("…" if len(value) > 64 else "")
+
+
+def _list_field(fields: Mapping[str, str], key: str, token_id: str) -> frozenset[str]:
+    raw = fields.get(key, "")
+    items = split_list(raw) if _LIST_FIELD.fullmatch(raw) else None
+    if items is None or not all(_VISIBLE.fullmatch(item) for item in items):
+        raise MalformedRecord(
+            f"token record {token_id!r}: {key!r} is not a list of visible ASCII names "
+            "(comma or space separated, each at most 128 characters, 4096 in all)"
+        )
+    return items
 
 
 def _int_field(fields: Mapping[str, str], key: str, token_id: str) -> int | None:
-    raw = fields.get(key, "").strip()
+    raw = fields.get(key, "").strip(" ")
     if not raw:
         return None
     try:
-        return int(float(raw))
+        value = int(float(raw)) if raw.isascii() else None
     except (ValueError, OverflowError):
+        value = None
+    if value is None or not 0 <= value <= MAX_UNIX_SECONDS:
         raise MalformedRecord(
-            f"token record {token_id!r}: {key!r} is not unix seconds: {raw!r}"
-        ) from None
+            f"token record {token_id!r}: {key!r} is not unix seconds up to the year 9999: "
+            f"{_shown(raw)}"
+        )
+    return value

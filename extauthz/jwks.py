@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from extauthz.credentials import token_hash
+from extauthz.files import describe, read_regular_file
 from extauthz.jwt_verify import (
     UNKNOWN_KEY,
     JwksError,
@@ -68,10 +69,9 @@ def load_keys(source: tuple[str, str], fetch: Callable[[str], bytes]) -> KeySet:
     kind, location = source
     if kind == "file":
         try:
-            with open(location, "rb") as f:
-                return parse_jwks(f.read(MAX_DOCUMENT_BYTES))
+            return parse_jwks(read_regular_file(location, MAX_DOCUMENT_BYTES))
         except OSError as e:
-            raise JwksError(f"cannot read {location}: {e.strerror}") from e
+            raise JwksError(f"cannot read {location}: {describe(e)}") from e
     if kind == "uri":
         return parse_jwks(fetch(location))
     discovery_url = location.rstrip("/") + "/.well-known/openid-configuration"

@@ -18,12 +18,15 @@ from typing import Any
 
 import yaml
 
-from extauthz.credentials import TokenRecord
-from extauthz.errors import PolicyError
+from extauthz.credentials import ROUTE_NAME, SCOPE_NAME, TOKEN_ID, TokenRecord
+from extauthz.errors import MalformedRecord, PolicyError
+from extauthz.files import describe, read_regular_file
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
+MAX_POLICY_BYTES = 4 << 20  # a policy file larger than this is a mistake, not a policy
+MAX_NESTING = 32  # the schema needs 5 levels; deeper is refused before it is built
+_DECIMAL = re.compile(r"-?[0-9]{1,18}", re.ASCII)
 CREDENTIAL_KINDS = ("bearer", "basic", "jwt")
 DEFAULT_CREDENTIALS = ("bearer",)
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
@@ -171,6 +174,9 @@ class PolicySnapshot:
     @classmethod
     def from_json(cls, text: str | bytes) -> PolicySnapshot:
         data = json.loads(text)
+        bad = [n for n in data["routes"] if not ROUTE_NAME.fullmatch(n)]
+        if bad:
+            raise MalformedRecord(f"route name {bad[0][:64]!a} is not valid")
         return cls(
             version=int(data["version"]),
             routes={n: RoutePolicy.from_json(n, r) for n, r in data["routes"].items()},
@@ -241,11 +247,25 @@ class _Reader:
         value = str(node.value)
         if not value:
             raise self.error(node, key, "must not be empty")
+        if not value.isprintable():
+            raise self.error(node, key, "must not contain control characters")
+        return value
+
+    def name(self, node: yaml.Node, key: str, pattern: re.Pattern[str], what: str) -> str:
+        """A string that must match `pattern` (a route, scope or secret id)."""
+        value = self.string(node, key)
+        if not pattern.fullmatch(value):
+            raise self.error(node, key, f"{value!r} is not a valid {what}")
         return value
 
     def integer(self, node: yaml.Node, key: str) -> int:
-        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:int":
-            raise self.error(node, key, "must be an integer")
+        # only plain decimal numbers: YAML 1.1 also reads 0x1, 0o7, 1_000 and 1:30 as ints
+        if (
+            not isinstance(node, yaml.ScalarNode)
+            or node.tag != "tag:yaml.org,2002:int"
+            or not _DECIMAL.fullmatch(str(node.value))
+        ):
+            raise self.error(node, key, "must be a decimal integer (e.g. 30)")
         return int(node.value)
 
     def strings(self, node: yaml.Node, key: str) -> list[str]:
@@ -257,19 +277,35 @@ class _Reader:
 def load_policy_file(path: str) -> PolicyDocument:
     """Read and validate a policy file; raise PolicyError naming file, line and key."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_regular_file(path, MAX_POLICY_BYTES).decode("utf-8")
     except OSError as e:
-        raise PolicyError(path, None, "", f"cannot read the file: {e.strerror}") from e
+        raise PolicyError(path, None, "", f"cannot read the file: {describe(e)}") from e
     except UnicodeDecodeError as e:
         raise PolicyError(path, None, "", "the file is not UTF-8 text") from e
     return parse_policy(text, path)
 
 
+def _check_nesting(text: str, file: str) -> None:
+    """Refuse documents nested deeper than MAX_NESTING, from the event stream (which does
+    not recurse), before the node tree is composed (which does)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                line = event.start_mark.line + 1 if event.start_mark is not None else None
+                raise PolicyError(file, line, "", f"nested deeper than {MAX_NESTING} levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def parse_policy(text: str, file: str = "<policy>") -> PolicyDocument:
     """Validate a policy document given as YAML text."""
     r = _Reader(file)
+    if len(text) > MAX_POLICY_BYTES:
+        raise PolicyError(file, None, "", f"larger than {MAX_POLICY_BYTES} bytes")
     try:
+        _check_nesting(text, file)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark is not None else None
@@ -366,7 +402,7 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
 
     scopes: frozenset[str] = frozenset()
     if "scopes" in fields:
-        scopes = frozenset(r.strings(fields["scopes"][1], f"{path}.scopes"))
+        scopes = frozenset(_scopes(r, fields["scopes"][1], f"{path}.scopes"))
 
     jwt = None
     if "jwt" in fields:
@@ -449,6 +485,13 @@ def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> J
     )
 
 
+def _scopes(r: _Reader, node: yaml.Node, key: str) -> list[str]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise r.error(node, key, "must be a list of strings")
+    what = "scope (letters, digits, '.', '_', ':', '/', '-'; at most 128)"
+    return [r.name(item, f"{key}[{i}]", SCOPE_NAME, what) for i, item in enumerate(node.value)]
+
+
 def _parse_secret(
     r: _Reader, path: str, node: yaml.Node, routes: Mapping[str, RoutePolicy]
 ) -> SecretSpec:
@@ -456,7 +499,9 @@ def _parse_secret(
     for key in ("id", "routes"):
         if key not in fields:
             raise r.error(node, f"{path}.{key}", "missing")
-    secret_id = r.string(fields["id"][1], f"{path}.id")
+    secret_id = r.name(
+        fields["id"][1], f"{path}.id", TOKEN_ID, "id (letters, digits, '.', '_', '-'; at most 64)"
+    )
     routes_node = fields["routes"][1]
     route_names = r.strings(routes_node, f"{path}.routes")
     for i, name in enumerate(route_names):
@@ -464,7 +509,7 @@ def _parse_secret(
             raise r.error(routes_node.value[i], f"{path}.routes[{i}]", f"no route named {name!r}")
     scopes: list[str] = []
     if "scopes" in fields:
-        scopes = r.strings(fields["scopes"][1], f"{path}.scopes")
+        scopes = _scopes(r, fields["scopes"][1], f"{path}.scopes")
     from_env = r.string(fields["from_env"][1], f"{path}.from_env") if "from_env" in fields else None
     from_file = (
         r.string(fields["from_file"][1], f"{path}.from_file") if "from_file" in fields else None

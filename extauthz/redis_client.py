@@ -37,6 +37,9 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
 SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 _SECRET_OPTIONS = ("password", "sentinel_password")
+# Replies as str; bytes that are not UTF-8 (a record written by hand) become lone surrogates,
+# which record validation refuses, instead of a UnicodeDecodeError in the middle of a reply.
+DECODING: dict[str, Any] = {"decode_responses": True, "encoding_errors": "surrogateescape"}
 
 
 def redact_url(url: str) -> str:
@@ -189,7 +192,7 @@ def connect(url: str, timeout: float) -> Any:
     """
     target = parse(url)
     common: dict[str, Any] = {
-        "decode_responses": True,
+        **DECODING,
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "max_connections": 64,
@@ -259,7 +262,7 @@ def _sentinel(target: RedisTarget, timeout: float) -> Sentinel:
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "decode_responses": True,
+        **DECODING,
         **target.sentinel_auth,
     }
     if target.uses_tls:
@@ -302,7 +305,7 @@ class PrimaryNode:
     def open(self, address: tuple[str, int] | None) -> Any:
         """A plain client on that node (standalone: the URL's server), for pub/sub and CONFIG."""
         kwargs: dict[str, Any] = {
-            "decode_responses": True,
+            **DECODING,
             "socket_connect_timeout": self.timeout,
             "socket_keepalive": True,
             "health_check_interval": 5,

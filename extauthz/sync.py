@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 
 from extauthz.credentials import TokenRecord, token_hash
 from extauthz.errors import PolicyError
+from extauthz.files import describe, read_regular_file
 from extauthz.policy import PolicyDocument, PolicySnapshot, RoutePolicy, SecretSpec
 from extauthz.store import Store
+
+MAX_SECRET_BYTES = 64 << 10  # a route secret is a password, not a file's worth of data
 
 
 @dataclass
@@ -74,10 +77,12 @@ def _read_secret(file: str, index: int, spec: SecretSpec, env: Mapping[str, str]
     else:
         key = f"secrets[{index}].from_file"
         try:
-            with open(str(spec.from_file), encoding="utf-8") as f:
-                value = f.read().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
-            raise PolicyError(file, spec.line, key, f"cannot read {spec.from_file}: {e}") from e
+            raw = read_regular_file(str(spec.from_file), MAX_SECRET_BYTES)
+            value = raw.decode("utf-8").rstrip("\r\n")
+        except OSError as e:
+            raise PolicyError(file, spec.line, key, f"cannot read: {describe(e)}") from e
+        except UnicodeDecodeError as e:
+            raise PolicyError(file, spec.line, key, f"{spec.from_file} is not UTF-8") from e
     if len(value) < 8:
         raise PolicyError(file, spec.line, key, "the secret is empty or shorter than 8 characters")
     return value

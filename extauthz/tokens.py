@@ -12,24 +12,52 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from extauthz.credentials import TokenRecord, new_token, token_hash
+from extauthz.credentials import (
+    MAX_NAME_LENGTH,
+    ROUTE_NAME,
+    SCOPE_NAME,
+    TOKEN_ID,
+    TokenRecord,
+    new_token,
+    token_hash,
+)
 from extauthz.errors import MalformedRecord, UsageError
 from extauthz.store import Store
 
-_TTL = re.compile(r"(\d+)([smhd])")
+_TTL = re.compile(r"([0-9]{1,12})([smhd])", re.ASCII)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
-_NAME = re.compile(r"[A-Za-z0-9*][A-Za-z0-9._\-]{0,127}")
+MAX_TTL_SECONDS = 100 * 365 * 86400  # a century: anything longer is a typo, not a policy
 
 
 def parse_ttl(text: str) -> int:
-    """`30s`, `15m`, `1h`, `7d` → seconds."""
-    m = _TTL.fullmatch(text.strip())
+    """`30s`, `15m`, `1h`, `7d` → seconds (at most a century)."""
+    m = _TTL.fullmatch(text)
     if not m or int(m.group(1)) == 0:
         raise UsageError(
-            f"invalid --ttl {text!r}: use a positive number with s, m, h or d (e.g. 1h)"
+            f"invalid --ttl {printable(text)}: use a positive number with s, m, h or d (e.g. 1h)"
         )
-    return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    if seconds > MAX_TTL_SECONDS:
+        raise UsageError(
+            f"invalid --ttl {printable(text)}: at most 36500d (100 years); "
+            "omit --ttl for a token that never expires"
+        )
+    return seconds
+
+
+def check_name(name: str) -> None:
+    """A token's label: printable text (no control characters), at most 256 characters."""
+    if len(name) > MAX_NAME_LENGTH or not name.isprintable():
+        raise UsageError(
+            f"invalid --name {printable(name)}: use printable text without control "
+            f"characters, at most {MAX_NAME_LENGTH} characters"
+        )
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """`text` quoted for a terminal: control characters and undecodable bytes escaped."""
+    cut = text if len(text) <= limit else text[:limit] + "…"
+    return repr(cut) if cut.isprintable() else ascii(cut)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,21 +79,34 @@ def create(
 ) -> IssuedToken:
     """Mint a token for `routes` (or `*`) with `scopes`, optionally expiring after ttl."""
     route_set = frozenset(routes)
+    scope_set = frozenset(scopes)
     if not route_set:
         raise UsageError("a token needs at least one --route (or --route '*' for all routes)")
-    for value in (*route_set, *scopes):
-        if not _NAME.fullmatch(value):
+    for route in route_set:
+        if route != "*" and not ROUTE_NAME.fullmatch(route):
             raise UsageError(
-                f"invalid route or scope {value!r}: use letters, digits, '.', '_', '-'"
+                f"invalid --route {printable(route)}: use letters, digits, '.', '_', '-' "
+                "(at most 128), or '*' for every route"
             )
+    for scope in scope_set:
+        if not SCOPE_NAME.fullmatch(scope):
+            raise UsageError(
+                f"invalid --scope {printable(scope)}: use letters, digits, '.', '_', ':', '/', "
+                "'-' (at most 128)"
+            )
+    check_name(name)
     if token_id is None:
         token_id = "tok_" + secrets.token_hex(6)
-    elif not _ID.fullmatch(token_id):
-        raise UsageError(f"invalid token id {token_id!r}: use letters, digits, '.', '_', '-'")
+    elif not TOKEN_ID.fullmatch(token_id):
+        raise UsageError(
+            f"invalid --id {printable(token_id)}: use letters, digits, '.', '_', '-' (at most 64)"
+        )
+    if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_SECONDS:
+        raise UsageError(f"invalid ttl {ttl_seconds}s: from 1s to 36500d")
     record = TokenRecord(
         id=token_id,
         routes=route_set,
-        scopes=frozenset(scopes),
+        scopes=scope_set,
         # rounded up: a token never expires before its full ttl has passed
         expires_at=math.ceil(now + ttl_seconds) if ttl_seconds else None,
         name=name,
@@ -107,10 +148,10 @@ def _one(store: Store, token_id: str) -> tuple[str, TokenRecord]:
         raise _unknown(token_id)
     if len(found) > 1:
         raise UsageError(
-            f"{len(found)} tokens have id {token_id!r}: revoke them and create a new one"
+            f"{len(found)} tokens have id {printable(token_id)}: revoke them and create a new one"
         )
     return found[0]
 
 
 def _unknown(token_id: str) -> UsageError:
-    return UsageError(f"no token with id {token_id!r} (see `extauthz token list`)")
+    return UsageError(f"no token with id {printable(token_id)} (see `extauthz token list`)")
