@@ -67,6 +67,7 @@ class _Key:
     key: Any  # a cryptography public key
     kty: str
     crv: str | None
+    alg: str | None  # when the JWK names its algorithm, only that one may use it (RFC 7517)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,11 @@ class KeySet:
             pool: Iterable[_Key] = (self.by_kid[kid],) if kid in self.by_kid else ()
         else:
             pool = (*self.by_kid.values(), *self.keyless)
-        return [k.key for k in pool if k.kty == kty and (crv is None or k.crv == crv)]
+        return [
+            k.key
+            for k in pool
+            if k.kty == kty and (crv is None or k.crv == crv) and k.alg in (None, alg)
+        ]
 
 
 def parse_jwks(document: bytes | str) -> KeySet:
@@ -103,7 +108,10 @@ def parse_jwks(document: bytes | str) -> KeySet:
             key = jwt.PyJWK(jwk).key
         except (jwt.PyJWTError, ValueError, TypeError, KeyError):
             continue
-        entry = _Key(key, jwk["kty"], jwk.get("crv"))
+        alg = jwk.get("alg")
+        if alg is not None and not isinstance(alg, str):
+            continue
+        entry = _Key(key, jwk["kty"], jwk.get("crv"), alg)
         kid = jwk.get("kid")
         if isinstance(kid, str):
             by_kid[kid] = entry

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import jwt
 import pytest
 
 from extauthz.jwt_verify import (
@@ -149,3 +150,24 @@ def test_scopes_from_claim_shapes() -> None:
 def test_bad_jwks(document: str) -> None:
     with pytest.raises(JwksError):
         parse_jwks(document)
+
+
+@pytest.mark.parametrize("other_alg", ["PS256", "RS384", "RS512", "PS512"])
+def test_a_jwk_that_names_its_algorithm_verifies_only_that_algorithm(other_alg: str) -> None:
+    # same RSA key, another RSA algorithm: valid signature, but the JWK says RS256 only
+    keys = parse_jwks(json.dumps({"keys": [RSA.jwk()]}))
+    token = jwt.encode(claims(ISSUER), RSA.private, algorithm=other_alg, headers={"kid": "rsa-1"})
+    assert verify_with_keys(token, SETTINGS, keys, time.time()) == UNKNOWN_KEY
+    unnamed = {k: v for k, v in RSA.jwk().items() if k != "alg"}  # no alg: any RSA algorithm
+    keys = parse_jwks(json.dumps({"keys": [unnamed]}))
+    assert isinstance(verify_with_keys(token, SETTINGS, keys, time.time()), JwtIdentity)
+    named = parse_jwks(json.dumps({"keys": [RSA.jwk()]}))
+    assert isinstance(
+        verify_with_keys(RSA.sign(claims(ISSUER)), SETTINGS, named, time.time()), JwtIdentity
+    )
+
+
+def test_a_jwk_with_a_malformed_alg_is_skipped() -> None:
+    for alg in (1, ["RS256"], {"a": 1}):
+        with pytest.raises(JwksError):
+            parse_jwks(json.dumps({"keys": [{**RSA.jwk(), "alg": alg}]}))
