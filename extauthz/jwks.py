@@ -92,7 +92,8 @@ class _Source:
     fetched_at: float = -math.inf  # monotonic time of the last success
     attempted_at: float = -math.inf  # of the last attempt
     attempts: int = 0
-    wanted: bool = True
+    wanted: bool = True  # a fetch is asked for, or running
+    asked_at: float = field(default_factory=time.monotonic)  # when `wanted` was last set
     error: str | None = None
 
 
@@ -134,16 +135,26 @@ class JwksCache:
         return None if source is None else source.keys
 
     def refetch(self, settings: JwtSettings, wait: float) -> bool:
-        """Ask for a fetch (rate-limited) and wait up to `wait` s for it; True if one ran."""
+        """Ask for a fetch (rate-limited) and wait for it; True if one ran meanwhile.
+
+        Nobody waits past `wait` seconds after the fetch was asked for: while a slow fetch
+        runs, later requests do not queue behind it, and when the rate limit allows no
+        fetch, a request does not wait at all (a flood of unknown `kid`s costs nothing).
+        """
         key = source_of(settings)
         with self._cond:
+            now = time.monotonic()
             source = self._sources.setdefault(key, _Source())
-            if time.monotonic() - source.attempted_at < self.min_refetch and not source.wanted:
+            if not source.wanted:
+                if now - source.attempted_at < self.min_refetch:
+                    return False
+                source.wanted, source.asked_at = True, now
+                self._cond.notify_all()
+            remaining = source.asked_at + wait - now
+            if remaining <= 0:
                 return False
-            source.wanted = True
             before = source.attempts
-            self._cond.notify_all()
-            return self._cond.wait_for(lambda: source.attempts > before, timeout=wait)
+            return self._cond.wait_for(lambda: source.attempts > before, timeout=remaining)
 
     def _due(self, now: float) -> list[tuple[tuple[str, str], _Source]]:
         due = []
