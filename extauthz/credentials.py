@@ -12,7 +12,7 @@ import hashlib
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from extauthz.errors import MalformedRecord
 
@@ -139,12 +139,20 @@ class TokenRecord:
     expires_at: int | None = None  # unix seconds
     name: str = ""
     created_at: int | None = None
+    # unix seconds when Redis will expire the key (its TTL when it was read): a key given a
+    # TTL by hand (EXPIRE) stops working then, even before Redis gets round to deleting it
+    lapses_at: float | None = field(default=None, compare=False)
 
     def grants_route(self, route: str) -> bool:
         return route in self.routes or "*" in self.routes
 
     def expired(self, now: float) -> bool:
-        return self.expires_at is not None and now >= self.expires_at
+        return now >= self.valid_until()
+
+    def valid_until(self) -> float:
+        """The first moment the token no longer works (inf: never)."""
+        until = float("inf") if self.expires_at is None else float(self.expires_at)
+        return until if self.lapses_at is None else min(until, self.lapses_at)
 
     def to_fields(self) -> dict[str, str]:
         """The Redis hash fields, as documented in the README."""

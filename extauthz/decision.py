@@ -164,8 +164,7 @@ def _decide_protected(
         return _forbidden("route_not_granted", record.id)
     if route.scopes and route.scopes.isdisjoint(record.scopes):
         return _forbidden("missing_scope", record.id)
-    until = FOREVER if record.expires_at is None else float(record.expires_at)
-    return _allow(facts, route, record.id, record.scopes, "granted", until=until)
+    return _allow(facts, route, record.id, record.scopes, "granted", until=record.valid_until())
 
 
 def _decide_jwt(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -83,19 +83,31 @@ class Store:
     # --- tokens ---------------------------------------------------------------------------
 
     def token_record(self, digest: str) -> TokenRecord | None:
-        """The record for a token hash, None when there is none."""
+        """The record for a token hash, None when there is none.
+
+        The key's remaining TTL is read in the same round trip (HGETALL + PTTL, pipelined):
+        the record carries it as `lapses_at`, so that no cache keeps it past that moment.
+        """
+        key = self._token_prefix + digest
         try:
             with self._timed("hgetall"):
-                fields = self.client.hgetall(self._token_prefix + digest)
+                pipe = self.client.pipeline(transaction=False)
+                pipe.hgetall(key)
+                pipe.pttl(key)
+                read_at = time.time()
+                fields, pttl = pipe.execute()
         except NoPermissionError as e:
-            raise StoreUnavailable(f"Redis refused HGETALL: {e}") from e
+            raise StoreUnavailable(f"Redis refused HGETALL or PTTL: {e}") from e
         except _UNAVAILABLE as e:
             raise StoreUnavailable(str(e)) from e
         except redis.ResponseError as e:
             raise MalformedRecord(f"token key {digest[:12]}…: {e}") from e
-        if not fields:
+        if not fields or pttl == -2:  # none, or gone between the two commands
             return None
-        return TokenRecord.from_fields(fields)
+        record = TokenRecord.from_fields(fields)
+        if isinstance(pttl, int) and pttl >= 0:
+            record = replace(record, lapses_at=read_at + pttl / 1000)
+        return record
 
     def put_token(self, digest: str, record: TokenRecord) -> None:
         """Write a token record (replacing any) with the key's expiry set to expires_at."""

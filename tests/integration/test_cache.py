@@ -165,3 +165,37 @@ def test_without_keyspace_notifications(tmp_path: Path) -> None:
         assert "cannot enable keyspace notifications" in (tmp_path / "s.log").read_text()
     finally:
         server.stop()
+
+
+def test_a_cached_record_never_outlives_its_keys_ttl(tmp_path: Path) -> None:
+    # Redis deletes an expired key only when it gets round to it (lazily, or by sampling):
+    # with active expiry off it never does while nobody reads the key. The cached record
+    # must stop working at the TTL all the same.
+    server = RedisServer(
+        tmp_path, extra=("--notify-keyspace-events", "Kgx", "--enable-debug-command", "yes")
+    )
+    server.start()
+    try:
+        run_cli(server.url, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
+        with extauthz_serve(server.url, tmp_path / "s.log", "--policy-refresh", "30") as (port, _):
+            client = CheckClient(port)
+            wait_for(lambda: client.status("healthz") == 200, 5, "server ready")
+            time.sleep(0.3)
+            for ttl_command in ("PEXPIRE", "PEXPIREAT"):
+                secret = f"eat_hand-made-{ttl_command}"
+                key = f"extauthz:token:{token_hash(secret)}"
+                server.cli("HSET", key, "id", "hand", "routes", "deployment-a")  # no expires_at
+                bearer = f"Bearer {secret}"
+                assert client.status("deployment-a", bearer) == 200  # cached now
+                server.cli("DEBUG", "SET-ACTIVE-EXPIRE", "0")
+                deadline_ms = 1500 if ttl_command == "PEXPIRE" else int(time.time() * 1000) + 1500
+                server.cli(ttl_command, key, str(deadline_ms))
+                assert client.status("deployment-a", bearer) == 200
+                started = time.monotonic()
+                wait_for(lambda b=bearer: client.status("deployment-a", b) == 401, 3, "TTL")
+                assert time.monotonic() - started < 2.0
+                assert server.cli("EXISTS", key) == "0"  # (this read deleted it, lazily)
+                server.cli("DEBUG", "SET-ACTIVE-EXPIRE", "1")
+            client.close()
+    finally:
+        server.stop()

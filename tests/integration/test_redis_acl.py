@@ -66,7 +66,7 @@ def test_missing_channel_permission_degrades_safely(tmp_path: Path) -> None:
     acl = tmp_path / "users.acl"
     acl.write_text(
         "user default on nopass ~* &* +@all\n"
-        "user narrow on >pw ~extauthz:* resetchannels -@all +@connection +hgetall +hget +hmget +subscribe +psubscribe +config|get\n"
+        "user narrow on >pw ~extauthz:* resetchannels -@all +@connection +hgetall +pttl +hget +hmget +subscribe +psubscribe +config|get\n"
     )
     server = RedisServer(tmp_path, extra=("--aclfile", str(acl)))
     server.start()
