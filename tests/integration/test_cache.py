@@ -192,7 +192,11 @@ def test_a_cached_record_never_outlives_its_keys_ttl(tmp_path: Path) -> None:
                 server.cli(ttl_command, key, str(deadline_ms))
                 assert client.status("deployment-a", bearer) == 200
                 started = time.monotonic()
-                wait_for(lambda b=bearer: client.status("deployment-a", b) == 401, 3, "TTL")
+
+                def refused(bearer: str = bearer) -> bool:
+                    return client.status("deployment-a", bearer) == 401
+
+                wait_for(refused, 3, "the TTL to end")
                 assert time.monotonic() - started < 2.0
                 assert server.cli("EXISTS", key) == "0"  # (this read deleted it, lazily)
                 server.cli("DEBUG", "SET-ACTIVE-EXPIRE", "1")
