@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from extauthz.bounded import BoundedDict, text_size
 from extauthz.decision import Decision, Outcome, RequestFacts, auth_disabled, decide
 from extauthz.errors import MalformedRecord, StoreUnavailable
 from extauthz.jwks import JwksCache, JwtVerifier
@@ -24,6 +25,11 @@ watch_log = logging.getLogger("extauthz.policy")
 
 MEMO_TTL = 1.0  # seconds a remembered decision lives at most (beyond that: decided afresh)
 MEMO_MAX_ENTRIES = 10_000
+MEMO_MAX_BYTES = 16 << 20
+# Client-sent x-extauthz-* header names are part of the facts; requests sending more (or
+# longer) ones than this are decided afresh rather than kept as memo keys.
+MEMO_MAX_SENT_HEADERS = 4
+MEMO_MAX_SENT_LENGTH = 256
 
 
 class Authorizer:
@@ -49,7 +55,8 @@ class Authorizer:
         self.snapshot: PolicySnapshot | None = None  # replaced whole, never mutated
         self.policy_version: PolicyVersion | None = None
         # facts → (decision, cache epoch, snapshot, valid until): see _decide
-        self._memo: dict[RequestFacts, tuple[Decision, int, PolicySnapshot | None, float]] = {}
+        self._memo: BoundedDict[RequestFacts, tuple[Decision, int, PolicySnapshot | None, float]]
+        self._memo = BoundedDict(MEMO_MAX_ENTRIES, MEMO_MAX_BYTES)
         self.reused = 0  # decisions answered from the memo
 
     def decide(self, facts: RequestFacts) -> Decision:
@@ -97,7 +104,11 @@ class Authorizer:
         snapshot = self.snapshot
         now = self.clock()
         epoch = self.cache.epoch() if self.cache is not None else None
-        if epoch is None:  # lookups would go to Redis: nothing may be skipped
+        sent = facts.identity_headers_sent
+        if epoch is None or (
+            sent
+            and (len(sent) > MEMO_MAX_SENT_HEADERS or sum(map(len, sent)) > MEMO_MAX_SENT_LENGTH)
+        ):  # lookups would go to Redis (nothing may be skipped), or a key too large to keep
             return decide(facts, snapshot, self.lookup, now, self.verify_jwt)
         memo = self._memo
         hit = memo.get(facts)
@@ -106,9 +117,9 @@ class Authorizer:
             return hit[0]
         decision = decide(facts, snapshot, self.lookup, now, self.verify_jwt)
         if decision.reusable_until is not None:
-            if len(memo) >= MEMO_MAX_ENTRIES:
-                memo.clear()  # a crude bound; refilled by the requests that recur
-            memo[facts] = (decision, epoch, snapshot, min(decision.reusable_until, now + MEMO_TTL))
+            until = min(decision.reusable_until, now + MEMO_TTL)
+            size = text_size((facts.route, facts.authorization, facts.source_address, *sent))
+            memo.put(facts, (decision, epoch, snapshot, until), size)
         return decision
 
     def refresh_policy(self) -> bool:

@@ -13,6 +13,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
+from extauthz.bounded import ENTRY_OVERHEAD, BoundedDict
 from extauthz.decision import IDENTITY_PREFIX, Decision, Outcome, RequestFacts
 
 CheckRequest = external_auth_pb2.CheckRequest
@@ -66,18 +67,20 @@ def _header(key: str, value: str) -> Any:
     )
 
 
-_SERIALIZED: dict[Decision, bytes] = {}
-_SERIALIZED_MAX = 4096
+# Decisions repeat (same token, same route): their bytes are kept, bounded by entries and
+# bytes; a decision removing many client-named headers is serialized every time instead.
+_SERIALIZED: BoundedDict[Decision, bytes] = BoundedDict(4096, 8 << 20)
+_SERIALIZED_MAX_REMOVALS = 6  # authorization + up to 5 client-sent x-extauthz-* names
 
 
 def check_response_bytes(decision: Decision) -> bytes:
-    """The serialized CheckResponse, cached: decisions repeat (same token, same route)."""
+    """The serialized CheckResponse (cached for the decisions that recur)."""
     data = _SERIALIZED.get(decision)
     if data is None:
         data = check_response(decision).SerializeToString()
-        if len(_SERIALIZED) >= _SERIALIZED_MAX:
-            _SERIALIZED.clear()  # a crude bound; refilled by the decisions that recur
-        _SERIALIZED[decision] = data
+        if len(decision.remove_headers) <= _SERIALIZED_MAX_REMOVALS:
+            # the Decision key holds about the same strings as the bytes
+            _SERIALIZED.put(decision, data, ENTRY_OVERHEAD + 2 * len(data))
     return data
 
 

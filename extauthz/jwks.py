@@ -9,7 +9,6 @@ fetched answers 503 (error), not 401.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -19,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from extauthz.bounded import BoundedDict, text_size
 from extauthz.credentials import token_hash
 from extauthz.files import describe, read_regular_file
 from extauthz.jwt_verify import (
@@ -202,12 +202,18 @@ class JwksCache:
 class JwtVerifier:
     """The `verify_jwt` given to `decide`: verified-token cache + key cache + verification."""
 
-    def __init__(self, cache: JwksCache, max_entries: int = 10_000, first_wait: float = KEY_WAIT):
+    def __init__(
+        self,
+        cache: JwksCache,
+        max_entries: int = 10_000,
+        first_wait: float = KEY_WAIT,
+        max_bytes: int = 16 << 20,
+    ):
         self.cache = cache
-        self.max_entries = max_entries
         self.first_wait = first_wait
-        # (token hash, settings) → (identity, key set it was verified with); FIFO-bounded
-        self._verified: dict[tuple[str, JwtSettings], tuple[JwtIdentity, KeySet]] = {}
+        # (token hash, settings) → (identity, key set it was verified with); bounded
+        self._verified: BoundedDict[tuple[str, JwtSettings], tuple[JwtIdentity, KeySet]]
+        self._verified = BoundedDict(max_entries, max_bytes)
 
     def __call__(self, token: str, settings: JwtSettings, now: float) -> JwtResult:
         keys = self.cache.keys(settings)
@@ -225,12 +231,7 @@ class JwtVerifier:
             keys = self.cache.keys(settings) or keys
             result = verify_with_keys(token, settings, keys, now)
         if isinstance(result, JwtIdentity):
-            self._remember(cache_key, (result, keys))
+            headers = [text for pair in result.headers for text in pair]
+            size = text_size((cache_key[0], result.subject, *result.scopes, *headers))
+            self._verified.put(cache_key, (result, keys), size)
         return result
-
-    def _remember(self, key: tuple[str, JwtSettings], value: tuple[JwtIdentity, KeySet]) -> None:
-        verified = self._verified
-        if len(verified) >= self.max_entries:
-            with contextlib.suppress(StopIteration, KeyError, RuntimeError):
-                del verified[next(iter(verified))]  # another thread may have evicted first
-        verified[key] = value

@@ -36,6 +36,7 @@ log = logging.getLogger("extauthz.server")
 DISABLED_WARNING_INTERVAL = 60.0  # seconds between --disable-auth warnings
 
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
+MAX_CHECK_REQUEST_BYTES = 1 << 20
 
 
 CheckHandler = Callable[[Any, Any], bytes]
@@ -106,7 +107,11 @@ class Server:
             futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="check"),
             # with several workers every process binds the port; otherwise a busy port
             # must be an error, not a silent share with some other server
-            options=[("grpc.so_reuseport", int(reuse_port))],
+            options=[
+                ("grpc.so_reuseport", int(reuse_port)),
+                # Envoy's CheckRequest holds headers only (no body): far below this
+                ("grpc.max_receive_message_length", MAX_CHECK_REQUEST_BYTES),
+            ],
         )
         self.grpc_server.add_generic_rpc_handlers(
             (authorization_service(check or check_handler(self.authorizer)),)

@@ -15,18 +15,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
+from extauthz.bounded import BoundedDict, text_size
 from extauthz.credentials import TokenRecord
 from extauthz.errors import MalformedRecord, StoreUnavailable
 
 Fetch = Callable[[str], TokenRecord | None]
-V = TypeVar("V")
 
 
 @dataclass(slots=True)
@@ -57,19 +55,21 @@ class TokenCache:
         negative_ttl: float = 5.0,
         max_entries: int = 100_000,
         max_negative: int = 10_000,
+        max_bytes: int = 64 << 20,
         stale_grace: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fetch = fetch
         self.ttl = ttl
         self.negative_ttl = negative_ttl
-        self.max_entries = max_entries
-        self.max_negative = max_negative
         self.stale_grace = stale_grace
         self.clock = clock
         self.stats = CacheStats()
-        self._records: dict[str, tuple[TokenRecord, float]] = {}  # hash → (record, valid until)
-        self._unknown: dict[str, float] = {}  # hash → valid until
+        # hash → (record, valid until) and hash → valid until; bounded by entries and bytes
+        self._records: BoundedDict[str, tuple[TokenRecord, float]] = BoundedDict(
+            max_entries, max_bytes
+        )
+        self._unknown: BoundedDict[str, float] = BoundedDict(max_negative, max_bytes // 16)
         self._flights: dict[str, _Flight] = {}
         self._lock = threading.Lock()
         self._generation = 0  # bumped by every invalidation
@@ -125,8 +125,8 @@ class TokenCache:
         with self._lock:
             self._generation += 1
             self.stats.invalidations += 1
-            self._records.pop(digest, None)
-            self._unknown.pop(digest, None)
+            self._records.pop(digest)
+            self._unknown.pop(digest)
 
     def clear(self) -> None:
         with self._lock:
@@ -194,16 +194,11 @@ class TokenCache:
                 return  # an invalidation raced with the fetch, or nothing would tell us
             now = self.clock()
             if record is None:
-                self._insert(self._unknown, digest, now + self.negative_ttl, self.max_negative)
+                self._unknown.put(digest, now + self.negative_ttl, text_size((digest,)))
             else:
-                self._insert(self._records, digest, (record, now + self.ttl), self.max_entries)
-
-    def _insert(self, table: dict[str, V], key: str, value: V, limit: int) -> None:
-        if len(table) >= limit and key not in table:
-            with contextlib.suppress(StopIteration, KeyError):
-                del table[next(iter(table))]
-                self.stats.evictions += 1
-        table[key] = value
+                size = text_size((digest, record.id, record.name, *record.routes, *record.scopes))
+                self._records.put(digest, (record, now + self.ttl), size)
+            self.stats.evictions = self._records.evictions + self._unknown.evictions
 
     def __len__(self) -> int:
         return len(self._records) + len(self._unknown)

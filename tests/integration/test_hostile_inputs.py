@@ -257,3 +257,51 @@ def test_policy_and_config_files_are_regular_and_bounded(
     assert "cannot read the file" in one_line_error(result)
     result = run_cli(redis_server.url, "token", "list", "--config", str(path), check=False)
     assert "cannot read config file" in one_line_error(result)
+
+
+# --- memory: what clients send must not grow the server ----------------------------------
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_client_chosen_header_names_and_credentials_do_not_grow_memory(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nroutes:\n  ping:\n    access: public\n")
+    run_cli(redis_server.url, "sync", str(policy))
+    with extauthz_serve(redis_server.url, tmp_path / "serve.log", "--log-level", "warning") as (
+        port,
+        proc,
+    ):
+        client = CheckClient(port)
+        for i in range(50):  # warm up: imports, caches of fixed size
+            client.check("ping", headers={f"x-extauthz-w{i}": "1"})
+        before = rss_mb(proc.pid)
+        for i in range(1500):
+            # 90 distinct 600-byte x-extauthz-* names per request (54 KB of names)
+            names = {f"x-extauthz-{i}-{j}-" + "n" * 580: "v" for j in range(90)}
+            assert client.status("ping", headers=names) == 200
+        for i in range(2500):  # distinct credentials of 8 KiB on a public route
+            assert client.status("ping", f"Bearer {i:0>8100}") == 200
+        grown = rss_mb(proc.pid) - before
+        client.close()
+    # unbounded, the memo and the response cache kept ~100 MB of names and 20 MB of tokens
+    assert grown < 40, f"RSS grew by {grown:.0f} MB"
+
+
+def test_an_oversized_check_request_is_refused(
+    redis_server: RedisServer, served: CheckClient
+) -> None:
+    import grpc
+
+    huge = {f"x-pad-{i}": "p" * 1000 for i in range(1500)}  # 1.5 MB of headers
+    with pytest.raises(grpc.RpcError) as info:
+        served.check("densenet161", headers=huge)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert served.status("densenet161") == 401  # and the server still answers

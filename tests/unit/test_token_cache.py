@@ -128,11 +128,26 @@ def test_single_flight() -> None:
 
 
 def test_bounded() -> None:
-    cache, _backend, _ = make()
-    cache.max_negative = 3
+    cache, _backend, _ = make(max_negative=3)
     for i in range(10):
         cache(f"x{i}")
     assert len(cache) == 3 and cache.stats.evictions == 7
+
+
+def test_bounded_by_bytes_whatever_the_entry_count() -> None:
+    # records at their largest (ids, names and lists at the limits of a valid record)
+    cache, backend, _ = make(max_bytes=1 << 20)
+    for i in range(2000):
+        backend.data[f"h{i}"] = TokenRecord(
+            f"{i:0>128}",
+            frozenset(f"route-{j:0>100}" for j in range(40)),
+            frozenset(f"scope-{j:0>100}" for j in range(40)),
+            name="n" * 256,
+        )
+        assert cache(f"h{i}") is backend.data[f"h{i}"]
+    records = cache._records
+    assert records.bytes <= 1 << 20 and 0 < len(records) < 200
+    assert cache.stats.evictions == 2000 - len(records)
 
 
 @pytest.mark.parametrize(
