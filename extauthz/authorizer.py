@@ -11,10 +11,20 @@ import threading
 import time
 from collections.abc import Callable
 
+from extauthz.auth_failures import FailureLimiter
 from extauthz.bounded import BoundedDict, text_size
-from extauthz.decision import Decision, Outcome, RequestFacts, auth_disabled, decide
-from extauthz.errors import MalformedRecord, StoreUnavailable
+from extauthz.credentials import TokenRecord
+from extauthz.decision import (
+    Decision,
+    Outcome,
+    RequestFacts,
+    TokenLookup,
+    auth_disabled,
+    decide,
+)
+from extauthz.errors import MalformedRecord, StoreUnavailable, TooManyFailures
 from extauthz.jwks import JwksCache, JwtVerifier
+from extauthz.logs import LogSampler
 from extauthz.metrics import Metrics
 from extauthz.policy import EMPTY_SNAPSHOT, PolicySnapshot
 from extauthz.store import PolicyVersion, Store
@@ -43,12 +53,15 @@ class Authorizer:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         disable_auth: bool = False,
+        failures: FailureLimiter | None = None,
     ) -> None:
+        """`failures`: failed authentications per client address (429 past its limit)."""
         self.store = store
+        self.failures = failures
         self.metrics = metrics
         self.disable_auth = disable_auth
         self.cache = cache
-        self.lookup = cache if cache is not None else store.token_record
+        self.lookup: TokenLookup = cache if cache is not None else store.token_record
         self.jwks = jwks
         self.verify_jwt = JwtVerifier(jwks) if jwks is not None else None
         self.clock = clock
@@ -58,10 +71,14 @@ class Authorizer:
         self._memo: BoundedDict[RequestFacts, tuple[Decision, int, PolicySnapshot | None, float]]
         self._memo = BoundedDict(MEMO_MAX_ENTRIES, MEMO_MAX_BYTES)
         self.reused = 0  # decisions answered from the memo
+        self.log_sampler = LogSampler()
 
     def decide(self, facts: RequestFacts) -> Decision:
         started = time.perf_counter()
         decision = auth_disabled(facts) if self.disable_auth else self._decide(facts)
+        failures = self.failures
+        if failures is not None and decision.status == 401 and decision.reason != "no_credential":
+            failures.failed(facts.source_address)
         metrics = self.metrics
         if metrics is not None:
             snapshot = self.snapshot
@@ -72,29 +89,53 @@ class Authorizer:
             )
             if decision.reason == "store_unavailable":
                 metrics.redis_errors.inc()
+        self._log(facts, decision)
+        return decision
+
+    def _log(self, facts: RequestFacts, decision: Decision) -> None:
+        """One line per decision (allows at debug), sampled per outcome and reason."""
         level = logging.DEBUG
         if decision.outcome is not Outcome.ALLOW:
             level = logging.WARNING if decision.outcome is Outcome.ERROR else logging.INFO
-        if log.isEnabledFor(level):
-            log.log(
-                level,
-                "%s route=%s status=%d reason=%s subject=%s",
-                decision.outcome.value,
-                facts.route,
-                decision.status,
-                decision.reason,
-                decision.subject or "-",
-                extra={
-                    "fields": {
-                        "outcome": decision.outcome.value,
-                        "route": facts.route,
-                        "status": decision.status,
-                        "reason": decision.reason,
-                        "subject": decision.subject,
-                    }
-                },
+        if not log.isEnabledFor(level):
+            return
+        suppressed = self.log_sampler.admit(f"{decision.outcome.value}/{decision.reason}")
+        if suppressed is None:
+            return
+        route = facts.route
+        if route is not None and (len(route) > 128 or not route.isprintable()):
+            route = ascii(route[:128])  # a route name sent straight to the Check port
+        fields = {
+            "outcome": decision.outcome.value,
+            "route": route,
+            "status": decision.status,
+            "reason": decision.reason,
+            "subject": decision.subject,
+        }
+        if suppressed:
+            fields["suppressed_before"] = suppressed
+        log.log(
+            level,
+            "%s route=%s status=%d reason=%s subject=%s%s",
+            decision.outcome.value,
+            route,
+            decision.status,
+            decision.reason,
+            decision.subject or "-",
+            f" (+{suppressed} like it suppressed)" if suppressed else "",
+            extra={"fields": fields},
+        )
+
+    def log_suppressed(self) -> None:
+        """Report the decision lines the sampler dropped since the last report (if any)."""
+        dropped = self.log_sampler.drain()
+        if dropped:
+            log.info(
+                "suppressed %d repeated decision log lines (%s)",
+                sum(dropped.values()),
+                ", ".join(f"{kind}={n}" for kind, n in sorted(dropped.items())),
+                extra={"fields": {"suppressed": dropped}},
             )
-        return decision
 
     def _decide(self, facts: RequestFacts) -> Decision:
         """decide(), remembered: a repeated request (same token, route and headers) reuses
@@ -103,24 +144,42 @@ class Authorizer:
         """
         snapshot = self.snapshot
         now = self.clock()
+        lookup = self.lookup
+        if self.failures is not None:
+            wait = self.failures.retry_after(facts.source_address)
+            if wait is not None:
+                lookup = self._cache_only(wait)
         epoch = self.cache.epoch() if self.cache is not None else None
         sent = facts.identity_headers_sent
         if epoch is None or (
             sent
             and (len(sent) > MEMO_MAX_SENT_HEADERS or sum(map(len, sent)) > MEMO_MAX_SENT_LENGTH)
         ):  # lookups would go to Redis (nothing may be skipped), or a key too large to keep
-            return decide(facts, snapshot, self.lookup, now, self.verify_jwt)
+            return decide(facts, snapshot, lookup, now, self.verify_jwt)
         memo = self._memo
         hit = memo.get(facts)
         if hit is not None and hit[1] == epoch and hit[2] is snapshot and now < hit[3]:
             self.reused += 1
             return hit[0]
-        decision = decide(facts, snapshot, self.lookup, now, self.verify_jwt)
+        decision = decide(facts, snapshot, lookup, now, self.verify_jwt)
         if decision.reusable_until is not None:
             until = min(decision.reusable_until, now + MEMO_TTL)
             size = text_size((facts.route, facts.authorization, facts.source_address, *sent))
             memo.put(facts, (decision, epoch, snapshot, until), size)
         return decision
+
+    def _cache_only(self, retry_after: float) -> TokenLookup:
+        """The lookup for a client over its failure limit: what the cache knows, else 429."""
+        cache = self.cache
+
+        def lookup(digest: str) -> TokenRecord | None:
+            if cache is not None:
+                found, record = cache.cached(digest)
+                if found:
+                    return record
+            raise TooManyFailures(retry_after)
+
+        return lookup
 
     def refresh_policy(self) -> bool:
         """Load the published policy if its version changed; True when it was replaced.
@@ -203,5 +262,6 @@ class PolicyWatcher:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.poll()
+            self.authorizer.log_suppressed()
             if self.on_poll is not None:
                 self.on_poll(not self._failing)

@@ -377,6 +377,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--jwks-min-refetch", type=float, help="min seconds between unknown-kid refetches (10)"
     )
+    serve.add_argument(
+        "--auth-failure-rate",
+        type=float,
+        help="failed authentications per second per client address, after the burst (5)",
+    )
+    serve.add_argument(
+        "--auth-failure-burst",
+        type=int,
+        help="failed authentications a client address may make at once; 0: no limit (50)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     sync = sub.add_parser("sync", parents=[common], help="load a policy file into Redis")

@@ -42,6 +42,8 @@ class Settings:
     disable_auth: bool = False  # allow everything (local use only): loud warnings
     jwks_refresh: float = 300.0  # seconds between JWKS refreshes
     jwks_min_refetch: float = 10.0  # at most one extra JWKS fetch (unknown kid) this often
+    auth_failure_rate: float = 5.0  # failed authentications per second per client address...
+    auth_failure_burst: int = 50  # ...after a burst of this many; 0 turns the limit off
 
     @property
     def redis_url_redacted(self) -> str:
@@ -49,7 +51,7 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
-_ZERO_OK = ("cache_ttl", "stale_grace", "workers", "unhealthy_after")
+_ZERO_OK = ("cache_ttl", "stale_grace", "workers", "unhealthy_after", "auth_failure_burst")
 _CHOICES = {"log_format": ("text", "json"), "log_level": ("debug", "info", "warning", "error")}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,7 +25,7 @@ from extauthz.credentials import (
     parse_authorization,
     token_hash,
 )
-from extauthz.errors import MalformedRecord, StoreUnavailable
+from extauthz.errors import MalformedRecord, StoreUnavailable, TooManyFailures
 from extauthz.jwt_verify import JwtIdentity, JwtRejected, JwtUnavailable, JwtVerify
 from extauthz.policy import Access, JwtSettings, PolicySnapshot, RoutePolicy
 
@@ -154,6 +155,8 @@ def _decide_protected(
         return _error("store_unavailable")
     except MalformedRecord:
         return _unauthorized(route, "malformed_record", "invalid token", presented=True)
+    except TooManyFailures as e:
+        return too_many_failures(e.retry_after)
     if record is None:
         return _unauthorized(route, "unknown_token", "invalid token", presented=True)
     if record.expired(now):
@@ -209,6 +212,9 @@ def _body(error: str, message: str) -> str:
 
 _NOT_FOUND_BODY = _body("not_found", "not found")
 _FORBIDDEN_BODY = _body("forbidden", "the credential is not allowed here")
+_TOO_MANY_BODY = _body(
+    "rate_limited", "too many failed authentications from this address; retry later"
+)
 _ERROR_BODY = _body("unavailable", "authorization is temporarily unavailable")
 
 
@@ -250,6 +256,18 @@ def _forbidden(reason: str, subject: str, *, until: float | None = FOREVER) -> D
         body=_FORBIDDEN_BODY,
         subject=subject,
         reusable_until=until,
+    )
+
+
+def too_many_failures(retry_after: float) -> Decision:
+    """429: this client failed too often; its credentials are not looked up for a while."""
+    return Decision(
+        Outcome.DENY,
+        429,
+        "too_many_failures",
+        (_JSON, ("retry-after", str(max(1, math.ceil(retry_after))))),
+        body=_TOO_MANY_BODY,
+        reusable_until=None,
     )
 
 

@@ -25,6 +25,7 @@ _DENIED_STATUS = {
     401: status_pb2.Status(code=code_pb2.UNAUTHENTICATED),
     403: status_pb2.Status(code=code_pb2.PERMISSION_DENIED),
     404: status_pb2.Status(code=code_pb2.NOT_FOUND),
+    429: status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED),
 }
 _UNAVAILABLE = status_pb2.Status(code=code_pb2.UNAVAILABLE)
 

@@ -41,3 +41,11 @@ class StoreUnavailable(StoreError):
 
 class MalformedRecord(StoreError):
     """A record in Redis does not have the documented shape."""
+
+
+class TooManyFailures(ExtAuthzError):
+    """This client failed to authenticate too often: no Redis lookup for it now (→ 429)."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"too many failed authentications; retry in {retry_after:.1f}s")

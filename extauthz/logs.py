@@ -11,6 +11,9 @@ import json
 import logging
 import re
 import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 REDACTED = "[redacted]"
@@ -71,3 +74,43 @@ def setup(log_format: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class LogSampler:
+    """At most `per_second` lines per kind of line (after a burst of `burst`); the rest are
+    counted, and the count is reported with the next line of that kind that gets through, or
+    by `drain()` (called periodically), so a flood costs a few lines a second, not one each.
+    """
+
+    def __init__(
+        self, per_second: float = 5.0, burst: int = 20, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.per_second = per_second
+        self.burst = burst
+        self.clock = clock
+        self._buckets: dict[str, list[float]] = {}  # kind → [tokens, when, suppressed]
+        self._lock = threading.Lock()
+
+    def admit(self, kind: str) -> int | None:
+        """None: drop this line. Otherwise log it, with this many lines suppressed before it."""
+        with self._lock:
+            now = self.clock()
+            bucket = self._buckets.get(kind)
+            if bucket is None:
+                bucket = self._buckets[kind] = [float(self.burst), now, 0.0]
+            bucket[0] = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.per_second)
+            bucket[1] = now
+            if bucket[0] < 1:
+                bucket[2] += 1
+                return None
+            bucket[0] -= 1
+            suppressed, bucket[2] = int(bucket[2]), 0.0
+            return suppressed
+
+    def drain(self) -> dict[str, int]:
+        """Lines suppressed and not yet reported, by kind (and forget them)."""
+        with self._lock:
+            out = {k: int(b[2]) for k, b in self._buckets.items() if b[2]}
+            for bucket in self._buckets.values():
+                bucket[2] = 0.0
+            return out

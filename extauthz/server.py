@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from extauthz.auth_failures import FailureLimiter
 from extauthz.authorizer import Authorizer, PolicyWatcher
 from extauthz.config import Settings
 from extauthz.envoy_check import CheckRequest, check_response_bytes, facts_from_check_request
@@ -91,6 +92,9 @@ class Server:
             self.cache,
             metrics=self.metrics,
             disable_auth=settings.disable_auth,
+            failures=FailureLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
+            if settings.auth_failure_burst > 0
+            else None,
         )
         self.watcher = PolicyWatcher(self.authorizer, settings.policy_refresh, self._on_poll)
         self.metrics.watch(self._state)

@@ -142,17 +142,23 @@ class TokenCache:
     def _usable(self, now: float) -> bool:
         return self._trusted or now - self._untrusted_since < self.stale_grace
 
-    def __call__(self, digest: str) -> TokenRecord | None:
+    def cached(self, digest: str) -> tuple[bool, TokenRecord | None]:
+        """(True, record or None) when the cache can answer without Redis, else (False, None)."""
         now = self.clock()
         if self._usable(now):
             entry = self._records.get(digest)
             if entry is not None and now < entry[1]:
-                self.stats.hits += 1
-                return entry[0]
+                return True, entry[0]
             until = self._unknown.get(digest)
             if until is not None and now < until:
-                self.stats.hits += 1
-                return None
+                return True, None
+        return False, None
+
+    def __call__(self, digest: str) -> TokenRecord | None:
+        found, record = self.cached(digest)
+        if found:
+            self.stats.hits += 1
+            return record
         self.stats.misses += 1
         return self._fetch_once(digest)
 

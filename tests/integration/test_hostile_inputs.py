@@ -305,3 +305,46 @@ def test_an_oversized_check_request_is_refused(
         served.check("densenet161", headers=huge)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert served.status("densenet161") == 401  # and the server still answers
+
+
+# --- floods ---------------------------------------------------------------------------------
+
+
+def hgetall_calls(server: RedisServer) -> int:
+    for line in server.cli("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_hgetall:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def test_a_random_token_flood_is_limited_per_client_address(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nroutes:\n  m:\n    access: protected\n")
+    run_cli(redis_server.url, "sync", str(policy))
+    valid = json.loads(
+        run_cli(redis_server.url, "token", "create", "--route", "m", "--json").stdout
+    )
+    log = tmp_path / "serve.log"
+    limits = ("--auth-failure-burst", "20", "--auth-failure-rate", "2")
+    with extauthz_serve(redis_server.url, log, *limits) as (port, _proc):
+        client = CheckClient(port)
+        attacker, bystander = "203.0.113.66", "198.51.100.10"
+        assert client.status("m", f"Bearer {valid['token']}", source=attacker) == 200
+        before = hgetall_calls(redis_server)
+        statuses = [
+            client.status("m", f"Bearer eat_random-{i}", source=attacker) for i in range(2000)
+        ]
+        reads = hgetall_calls(redis_server) - before
+        assert statuses.count(401) >= 20 and statuses.count(429) >= 1900
+        assert reads <= 40, reads  # the burst, plus refills during the flood (2/s)
+        resp = client.check("m", "Bearer eat_random-last", source=attacker)
+        assert resp.denied_response.status.code == 429
+        headers = {h.header.key: h.header.value for h in resp.denied_response.headers}
+        assert int(headers["retry-after"]) >= 1
+        # the attacker's cached token still works; other clients are not affected
+        assert client.status("m", f"Bearer {valid['token']}", source=attacker) == 200
+        assert client.status("m", "Bearer eat_random-b", source=bystander) == 401
+        assert client.status("m", f"Bearer {valid['token']}", source=bystander) == 200
+        client.close()
