@@ -208,22 +208,41 @@ def _cmd_token_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+EXIT_UNCONFIRMED = 4  # done in Redis, but some live server did not confirm in time
+
+
 def _cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz import tokens
 
-    count = tokens.revoke(_store(settings), args.id)
+    revoked = tokens.revoke(_store(settings), args.id, settings.ack_timeout)
+    count = revoked.count
     if args.json:
-        print(json.dumps({"id": args.id, "revoked": count}))
+        print(
+            json.dumps({"id": args.id, "revoked": count, "unconfirmed": list(revoked.unconfirmed)})
+        )
     else:
         print(f"revoked {_shown(args.id)}" + (f" ({count} tokens)" if count > 1 else ""))
-    return 0
+    return _unconfirmed("revoked", revoked.unconfirmed, settings)
 
 
 def _cmd_token_rotate(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz import tokens
 
-    _print_issued(tokens.rotate(_store(settings), args.id), args.json)
-    return 0
+    issued = tokens.rotate(_store(settings), args.id, settings.ack_timeout)
+    _print_issued(issued, args.json)
+    return _unconfirmed("rotated", issued.unconfirmed, settings)
+
+
+def _unconfirmed(done: str, servers: tuple[str, ...], settings: Settings) -> int:
+    """Exit 0 when every live server confirmed; else name the others and exit 4."""
+    if not servers:
+        return 0
+    _error(
+        f"{done} in Redis, but {len(servers)} live server(s) did not confirm within "
+        f"{settings.ack_timeout:g}s: {', '.join(servers)} (a server whose invalidation channel "
+        "is down reads every token from Redis; check its logs)"
+    )
+    return EXIT_UNCONFIRMED
 
 
 # --- check ----------------------------------------------------------------------------------
@@ -329,6 +348,12 @@ def _add_token_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         p = tsub.add_parser(name, parents=[common], help=text)
         p.add_argument("id", metavar="ID")
         p.add_argument("--json", action="store_true")
+        if name != "show":
+            p.add_argument(
+                "--ack-timeout",
+                type=float,
+                help="seconds to wait for every live server to confirm; 0: do not wait (2)",
+            )
         p.set_defaults(func=func)
 
 

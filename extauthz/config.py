@@ -5,6 +5,7 @@ The config file is YAML whose keys are the settings' names (`redis_url:`, `liste
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -44,6 +45,7 @@ class Settings:
     jwks_min_refetch: float = 10.0  # at most one extra JWKS fetch (unknown kid) this often
     auth_failure_rate: float = 5.0  # failed authentications per second per client address...
     auth_failure_burst: int = 50  # ...after a burst of this many; 0 turns the limit off
+    ack_timeout: float = 2.0  # token revoke|rotate: seconds to wait for servers to confirm
 
     @property
     def redis_url_redacted(self) -> str:
@@ -51,7 +53,15 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
-_ZERO_OK = ("cache_ttl", "stale_grace", "workers", "unhealthy_after", "auth_failure_burst")
+_ZERO_OK = (
+    "cache_ttl",
+    "stale_grace",
+    "workers",
+    "unhealthy_after",
+    "auth_failure_burst",
+    "ack_timeout",
+)
+_MAXIMUM = {"ack_timeout": 60.0}
 _CHOICES = {"log_format": ("text", "json"), "log_level": ("debug", "info", "warning", "error")}
 
 
@@ -130,6 +140,10 @@ def _convert(name: str, raw: Any, source: str) -> Any:
         raise ConfigError(f"{source}: expected a {kind.__name__}, got {raw!r}") from None
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(f"{source}: must be one of {', '.join(_CHOICES[name])}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{source}: must be a finite number, got {raw!r}")
     if kind in (int, float) and (value < 0 or (value == 0 and name not in _ZERO_OK)):
         raise ConfigError(f"{source}: must be positive, got {raw!r}")
+    if name in _MAXIMUM and value > _MAXIMUM[name]:
+        raise ConfigError(f"{source}: must be at most {_MAXIMUM[name]:g}, got {raw!r}")
     return value

@@ -19,7 +19,10 @@ primary, and moves (with the same distrust of the cache meanwhile) after a failo
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +32,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoPermissionError, RedisClusterException
 
+from extauthz.errors import StoreError
 from extauthz.redis_client import PrimaryNode, redact_url
 from extauthz.store import Store
 from extauthz.token_cache import TokenCache
@@ -37,6 +41,7 @@ log = logging.getLogger("extauthz.invalidation")
 
 REQUIRED_FLAGS = "Kghxe"  # keyspace events: generic, hash, expired, evicted
 PRIMARY_CHECK_INTERVAL = 1.0  # seconds between "is it still the primary?" (Sentinel, Cluster)
+HEARTBEAT_INTERVAL = 1.0  # seconds between registrations in {prefix}servers (live: 3 s)
 
 
 class PrimaryMoved(redis.ConnectionError):
@@ -67,6 +72,10 @@ class InvalidationListener:
         self.fallback_ttl = fallback_ttl
         self.token_prefix = store.token_key("")
         self.primary = PrimaryNode(url, store.policy_key)
+        # how `token revoke|rotate` knows this process: it waits for our acknowledgements
+        self.server_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._registered = False
+        self._heartbeat_failing = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="invalidation", daemon=True)
 
@@ -77,6 +86,7 @@ class InvalidationListener:
         self._stop.set()  # the thread sees it within a second (get_message's timeout)
         self._thread.join(timeout=3)
         self.primary.close()
+        self._leave()
 
     def _run(self) -> None:
         backoff = ExponentialWithJitterBackoff(cap=5.0, base=0.05)
@@ -124,11 +134,15 @@ class InvalidationListener:
             self.on_policy_change()
             where = "" if address is None else f" on primary {address[0]}:{address[1]}"
             log.info("invalidation channel subscribed%s", where)
-            next_check = time.monotonic() + PRIMARY_CHECK_INTERVAL
+            self._heartbeat()
+            next_check = next_beat = time.monotonic() + PRIMARY_CHECK_INTERVAL
             while not self._stop.is_set():
                 message = pubsub.get_message(timeout=PRIMARY_CHECK_INTERVAL)
                 if message is not None:
                     self._handle(message, keyspace)
+                if time.monotonic() >= next_beat:
+                    self._heartbeat()
+                    next_beat = time.monotonic() + HEARTBEAT_INTERVAL
                 if address is not None and time.monotonic() >= next_check:
                     # after a failover the old primary may still be up, but sees no writes
                     current = self.primary.locate()
@@ -137,6 +151,7 @@ class InvalidationListener:
                     next_check = time.monotonic() + PRIMARY_CHECK_INTERVAL
         finally:
             self.cache.set_channel_ok(False)
+            self._leave()
             pubsub.close()
             client.close()
 
@@ -167,10 +182,39 @@ class InvalidationListener:
             elif key == self.store.policy_key:
                 self.on_policy_change()
         elif channel == self.store.invalidate_channel:
-            data = str(message.get("data", ""))
+            data, _, nonce = str(message.get("data", "")).partition(" ")
             if data == "policy":
                 self.on_policy_change()
             elif data == "*":
                 self.cache.clear()
             else:
                 self.cache.invalidate(data)
+            if nonce:  # the sender waits until every live server has handled it
+                self._acknowledge(nonce)
+
+    def _acknowledge(self, nonce: str) -> None:
+        try:
+            self.store.acknowledge(nonce, self.server_id)
+        except StoreError as e:
+            log.warning("cannot acknowledge an invalidation (%s)", e)
+
+    def _heartbeat(self) -> None:
+        """Register this server as live (only while subscribed: a revoke waits for it)."""
+        try:
+            self.store.heartbeat(self.server_id, time.time())
+            self._registered, self._heartbeat_failing = True, False
+        except StoreError as e:
+            if not self._heartbeat_failing:
+                self._heartbeat_failing = True
+                log.warning(
+                    "cannot register in %s (%s): `token revoke` will not wait for this "
+                    "server (the Redis ACL user needs the rights listed in the README)",
+                    self.store.servers_key,
+                    e,
+                )
+
+    def _leave(self) -> None:
+        if self._registered:
+            with contextlib.suppress(StoreError):
+                self.store.leave(self.server_id)
+            self._registered = False

@@ -7,6 +7,10 @@ Data model (documented in the README, "Redis data model"):
     {prefix}token:<sha256 hex of the token>   HASH  id, routes, scopes, name, created_at,
                                                     expires_at   (key TTL = expires_at)
     {prefix}policy                            HASH  version, snapshot (JSON), digest
+    {prefix}servers                           HASH  server id → unix time of its heartbeat
+
+Channels: {prefix}invalidate (what changed: a token hash, `policy` or `*`, optionally
+followed by a space and a nonce to acknowledge) and {prefix}acks (`<nonce> <server id>`).
 
 Every redis-py error is translated here: connection problems and time-outs become
 StoreUnavailable, a key of the wrong type or shape becomes MalformedRecord.
@@ -14,6 +18,8 @@ StoreUnavailable, a key of the wrong type or shape becomes MalformedRecord.
 
 from __future__ import annotations
 
+import math
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +42,8 @@ from extauthz.policy import PolicySnapshot
 from extauthz.redis_client import connect, follow_primary, key_prefix
 
 DEFAULT_PREFIX = "extauthz:"
+LIVE_WINDOW = 3  # seconds since its last heartbeat (every second) that a server counts as live
+FORGET_AFTER = 86400  # seconds after which a silent server's entry is removed
 
 # Redis cannot answer now (down, timed out, failing over, a Cluster slot moving or
 # uncovered): the caller fails closed with a 503, never with a denial that blames the token.
@@ -74,6 +82,8 @@ class Store:
         self.policy_key = f"{prefix}policy"
         # servers listen here too: a token hash, "policy", or "*" (drop every cached token)
         self.invalidate_channel = f"{prefix}invalidate"
+        self.acks_channel = f"{prefix}acks"
+        self.servers_key = f"{prefix}servers"
         # (command, seconds) after each read the servers make: the Redis latency metric
         self.observe: Callable[[str, float], None] | None = None
 
@@ -121,8 +131,13 @@ class Store:
             pipe.execute()
             self._publish(digest)
 
-    def replace_token(self, old_digest: str, new_digest: str, record: TokenRecord) -> None:
-        """Write the record under a new hash and delete the old key, in one transaction."""
+    def replace_token(
+        self, old_digest: str, new_digest: str, record: TokenRecord, confirm: float = 0
+    ) -> list[str]:
+        """Write the record under a new hash and delete the old key, in one transaction.
+
+        Returns the live servers that did not confirm dropping the old hash (see `confirm`).
+        """
         new_key = self.token_key(new_digest)
         with self._unavailable():
             pipe = self.client.pipeline(transaction=True)
@@ -131,13 +146,13 @@ class Store:
                 pipe.expireat(new_key, record.expires_at)
             pipe.delete(self.token_key(old_digest))
             pipe.execute()
-            self._publish(old_digest, new_digest)
+        return self.confirm(confirm, old_digest, new_digest)
 
-    def delete_token(self, digest: str) -> bool:
+    def delete_tokens(self, digests: list[str], confirm: float = 0) -> tuple[int, list[str]]:
+        """Delete token keys; (how many existed, live servers that did not confirm)."""
         with self._unavailable():
-            deleted = self.client.delete(self.token_key(digest))
-            self._publish(digest)
-            return bool(deleted)
+            deleted = int(self.client.delete(*(self.token_key(d) for d in digests)))
+        return deleted, self.confirm(confirm, *digests)
 
     def iter_tokens(self) -> Iterator[tuple[str, TokenRecord | MalformedRecord]]:
         """Every token key as (hash, record), or (hash, the error) for a malformed one."""
@@ -222,6 +237,74 @@ class Store:
                 except redis.WatchError:
                     continue
         self._publish("policy")
+
+    # --- servers: presence and acknowledgements -----------------------------------------------
+
+    def heartbeat(self, server_id: str, now: float) -> None:
+        """This server is up and its invalidation channel subscribed (see `confirm`)."""
+        with self._unavailable():
+            self.client.hset(self.servers_key, server_id, str(int(now)))
+
+    def leave(self, server_id: str) -> None:
+        with self._unavailable():
+            self.client.hdel(self.servers_key, server_id)
+
+    def acknowledge(self, nonce: str, server_id: str) -> None:
+        """Tell the waiting CLI that this server handled the message carrying `nonce`."""
+        with self._unavailable():
+            self.client.publish(self.acks_channel, f"{nonce} {server_id}")
+
+    def live_servers(self, now: float) -> list[str]:
+        """Servers whose heartbeat is recent; entries a day old are removed on the way."""
+        with self._unavailable():
+            beats = self.client.hgetall(self.servers_key)
+            live, dead = [], []
+            for server_id, beat in beats.items():
+                try:
+                    age = now - int(beat)
+                except ValueError:
+                    age = math.inf
+                if age <= LIVE_WINDOW:
+                    live.append(server_id)
+                elif age > FORGET_AFTER:
+                    dead.append(server_id)
+            if dead:
+                self.client.hdel(self.servers_key, *dead)
+        return sorted(live)
+
+    def confirm(self, timeout: float, *messages: str) -> list[str]:
+        """Publish invalidations and wait up to `timeout` s until every live server says it
+        handled them; returns the servers that did not (none when timeout is 0: no wait).
+
+        The acks channel is subscribed before anything is published, so no answer is missed.
+        """
+        if timeout <= 0:
+            self._publish(*messages)
+            return []
+        waiting = set(self.live_servers(time.time()))
+        if not waiting:
+            self._publish(*messages)
+            return []
+        nonce = secrets.token_hex(8)
+        with self._unavailable():
+            pubsub = self.client.pubsub()
+            try:
+                pubsub.subscribe(self.acks_channel)
+                deadline = time.monotonic() + timeout
+                subscribed = False
+                while not subscribed and time.monotonic() < deadline:
+                    message = pubsub.get_message(timeout=0.1)
+                    subscribed = message is not None and message.get("type") == "subscribe"
+                self._publish(*(f"{m} {nonce}" for m in messages))
+                while waiting and subscribed and (left := deadline - time.monotonic()) > 0:
+                    message = pubsub.get_message(timeout=min(left, 1.0))
+                    if message is not None and message.get("type") == "message":
+                        got, _, server_id = str(message.get("data", "")).partition(" ")
+                        if got == nonce:
+                            waiting.discard(server_id)
+            finally:
+                pubsub.close()
+        return sorted(waiting)
 
     # --- helpers --------------------------------------------------------------------------
 

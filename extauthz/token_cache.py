@@ -36,9 +36,10 @@ class CacheStats:
 
 
 class _Flight:
-    __slots__ = ("done", "error", "record")
+    __slots__ = ("done", "error", "generation", "record")
 
-    def __init__(self) -> None:
+    def __init__(self, generation: int) -> None:
+        self.generation = generation  # a later invalidation makes its answer too old to share
         self.done = threading.Event()
         self.record: TokenRecord | None = None
         self.error: BaseException | None = None
@@ -164,11 +165,13 @@ class TokenCache:
 
     def _fetch_once(self, digest: str) -> TokenRecord | None:
         with self._lock:
-            flight = self._flights.get(digest)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[digest] = _Flight()
             generation = self._generation
+            flight = self._flights.get(digest)
+            # join a fetch only if no invalidation came since it started: its Redis read may
+            # predate a revocation that a caller was already told about
+            leader = flight is None or flight.generation != generation
+            if flight is None or leader:
+                flight = self._flights[digest] = _Flight(generation)
         if not leader:
             flight.done.wait(timeout=1.0)
             if flight.error is not None:
@@ -191,7 +194,8 @@ class TokenCache:
             return record
         finally:
             with self._lock:
-                self._flights.pop(digest, None)
+                if self._flights.get(digest) is flight:
+                    del self._flights[digest]
             flight.done.set()
 
     def _store(self, digest: str, record: TokenRecord | None, generation: int) -> None:

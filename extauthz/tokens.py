@@ -66,6 +66,13 @@ class IssuedToken:
 
     token: str
     record: TokenRecord
+    unconfirmed: tuple[str, ...] = ()  # rotate: live servers that did not confirm in time
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    count: int  # tokens deleted
+    unconfirmed: tuple[str, ...]  # live servers that did not confirm dropping them in time
 
 
 def create(
@@ -126,20 +133,26 @@ def show(store: Store, token_id: str) -> TokenRecord:
     return _one(store, token_id)[1]
 
 
-def revoke(store: Store, token_id: str) -> int:
-    """Delete every token with this id; returns how many were deleted."""
+def revoke(store: Store, token_id: str, confirm: float = 0) -> Revoked:
+    """Delete every token with this id.
+
+    With `confirm` > 0, return only once every live server has confirmed that it dropped
+    them from its cache, or after `confirm` seconds (those that did not are named).
+    """
     found = store.find_tokens(token_id)
     if not found:
         raise _unknown(token_id)
-    return sum(store.delete_token(digest) for digest, _ in found)
+    count, unconfirmed = store.delete_tokens([digest for digest, _ in found], confirm)
+    return Revoked(count, tuple(unconfirmed))
 
 
-def rotate(store: Store, token_id: str) -> IssuedToken:
-    """A new secret for the same id and record; the old secret stops working at once."""
+def rotate(store: Store, token_id: str, confirm: float = 0) -> IssuedToken:
+    """A new secret for the same id and record; the old secret stops working at once
+    (confirmed by every live server within `confirm` seconds, as for `revoke`)."""
     old_digest, record = _one(store, token_id)
     token = new_token()
-    store.replace_token(old_digest, token_hash(token), record)
-    return IssuedToken(token, record)
+    unconfirmed = store.replace_token(old_digest, token_hash(token), record, confirm)
+    return IssuedToken(token, record, tuple(unconfirmed))
 
 
 def _one(store: Store, token_id: str) -> tuple[str, TokenRecord]:

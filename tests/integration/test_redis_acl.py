@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -46,14 +45,13 @@ def test_documented_acl_users(tmp_path: Path) -> None:
                 5,
                 "allowed with the read-only user",
             )
-            time.sleep(0.5)  # invalidation channel subscribed with the ACL's channels
-            run_cli(admin, "token", "revoke", tok["id"])
-            wait_for(
-                lambda: client.status("deployment-a", bearer) == 401,
-                1.0,
-                "revocation via the channel",
-            )
+            # subscribed with the ACL's channels, and registered (its one writable key)
+            wait_for(lambda: server.cli("HLEN", "extauthz:servers") == "1", 5, "registered")
+            result = run_cli(admin, "token", "revoke", tok["id"], "--json")
+            assert json.loads(result.stdout)["unconfirmed"] == []  # the server acknowledged
+            assert client.status("deployment-a", bearer) == 401  # at once: no waiting
             client.close()
+        assert server.cli("HLEN", "extauthz:servers") == "0"  # it left on shutdown
         text = log.read_text()
         assert "invalidation channel subscribed" in text
         assert "failed" not in text and "Traceback" not in text

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -119,3 +120,96 @@ def test_workers_that_keep_dying_stop_the_supervisor(redis_server: RedisServer) 
         )
     assert result.returncode == 1
     assert "workers keep dying" in result.stderr
+
+
+def revocation_rounds(redis_server: RedisServer, port: int, rounds: int, confirm: float) -> int:
+    """Threads keep asking with the current token while it is revoked in process; returns
+    how many requests sent after `revoke` returned were still allowed."""
+    from extauthz import tokens
+    from extauthz.store import open_store
+
+    store = open_store(redis_server.url, "extauthz:", 5.0)
+    clients = [CheckClient(port) for _ in range(6)]
+    state: dict[str, object] = {"bearer": None, "revoked_at": None, "stop": False}
+    late_allows = [0]
+
+    def hammer(client: CheckClient) -> None:
+        while not state["stop"]:
+            bearer, revoked_at = state["bearer"], state["revoked_at"]
+            if bearer is None:
+                time.sleep(0.0005)
+                continue
+            sent = time.monotonic()
+            allowed = client.status("deployment-a", str(bearer)) == 200
+            if allowed and isinstance(revoked_at, float) and sent > revoked_at:
+                late_allows[0] += 1
+
+    threads = [threading.Thread(target=hammer, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(rounds):
+            issued = tokens.create(store, ["deployment-a"])
+            state["revoked_at"] = None
+            state["bearer"] = f"Bearer {issued.token}"
+            time.sleep(0.01)  # cached and memoized in every worker
+            tokens.revoke(store, issued.record.id, confirm=confirm)
+            state["revoked_at"] = time.monotonic()
+            time.sleep(0.005)
+            state["bearer"] = None
+    finally:
+        state["stop"] = True
+        for t in threads:
+            t.join()
+        for c in clients:
+            c.close()
+        store.close()
+    return late_allows[0]
+
+
+def test_a_confirmed_revoke_leaves_no_window(redis_server: RedisServer, tmp_path: Path) -> None:
+    run_cli(redis_server.url, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
+    # every round ends in 401s from one client address: no failure limit here
+    extra = ("--workers", "2", "--auth-failure-burst", "0")
+    with extauthz_serve(redis_server.url, tmp_path / "s.log", *extra) as (port, proc):
+        wait_for(lambda: len(worker_pids(proc.pid)) == 2, 10, "2 workers")
+        wait_for(lambda: redis_server.cli("HLEN", "extauthz:servers") == "2", 5, "registered")
+        # end to end, under load: no request sent after the revoke returned is allowed
+        # (the mechanisms are tested one by one in test_token_cache.py and below)
+        assert revocation_rounds(redis_server, port, 150, confirm=2.0) == 0
+
+
+def test_revoke_names_a_server_that_does_not_confirm(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    run_cli(redis_server.url, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
+    with extauthz_serve(redis_server.url, tmp_path / "s.log") as (_port, proc):
+        wait_for(lambda: redis_server.cli("HLEN", "extauthz:servers") == "1", 5, "registered")
+        server_id = redis_server.cli("HKEYS", "extauthz:servers")
+        assert server_id == f"{socket.gethostname()}:{proc.pid}"
+        for command in ("revoke", "rotate"):
+            tok = json.loads(
+                run_cli(redis_server.url, "token", "create", "--route", "m", "--json").stdout
+            )
+            result = run_cli(redis_server.url, "token", command, tok["id"], "--json")
+            assert result.returncode == 0 and result.stderr == ""
+            tok = json.loads(
+                run_cli(redis_server.url, "token", "create", "--route", "m", "--json").stdout
+            )
+            os.kill(proc.pid, signal.SIGSTOP)  # hung: alive, registered, silent
+            try:
+                started = time.monotonic()
+                result = run_cli(
+                    redis_server.url, "token", command, tok["id"], "--ack-timeout", "1", check=False
+                )
+                took = time.monotonic() - started
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            assert result.returncode == 4, result
+            assert f"did not confirm within 1s: {server_id}" in result.stderr
+            assert 1.0 <= took < 5
+            assert run_cli(
+                redis_server.url, "token", "show", tok["id"], check=False
+            ).returncode == (2 if command == "revoke" else 0)
+    # a server that stops leaves the registry
+    assert redis_server.cli("HLEN", "extauthz:servers") == "0"

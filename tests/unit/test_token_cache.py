@@ -155,3 +155,34 @@ def test_bounded_by_bytes_whatever_the_entry_count() -> None:
 )
 def test_missing_notification_flags(current: str, missing: str) -> None:
     assert missing_flags(current) == missing
+
+
+def test_a_lookup_after_an_invalidation_never_joins_an_older_fetch() -> None:
+    # The leader's Redis read happened before the token was revoked; a caller told that the
+    # revocation is done must not be handed that read's answer.
+    data = {"h1": REC}
+    reading, release = threading.Event(), threading.Event()
+    calls = [0]
+
+    def fetch(digest: str) -> TokenRecord | None:
+        calls[0] += 1
+        value = data.get(digest)  # read first...
+        if calls[0] == 1:
+            reading.set()
+            release.wait(5)  # ...answer late
+        return value
+
+    cache = TokenCache(fetch)
+    cache.set_channel_ok(True)
+    results: dict[str, object] = {}
+    leader = threading.Thread(target=lambda: results.setdefault("leader", cache("h1")))
+    leader.start()
+    assert reading.wait(5)
+    del data["h1"]  # revoked in Redis...
+    cache.invalidate("h1")  # ...and the invalidation handled: the revoke has returned
+    results["after"] = cache("h1")  # must read Redis again, not wait for the leader
+    release.set()
+    leader.join()
+    assert results == {"leader": REC, "after": None}
+    assert calls[0] == 2
+    assert cache("h1") is None  # the leader's stale answer was not cached either

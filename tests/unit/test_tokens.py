@@ -36,7 +36,7 @@ def test_list_show_revoke(store: Store) -> None:
     assert sorted(r.id for _, r in rows if isinstance(r, TokenRecord)) == ["a", "b"]
     assert sum(isinstance(r, MalformedRecord) for _, r in rows) == 1
     assert tokens.show(store, "a") == a.record
-    assert tokens.revoke(store, "a") == 1
+    assert tokens.revoke(store, "a").count == 1
     assert store.token_record(token_hash(a.token)) is None
     with pytest.raises(UsageError, match="no token with id 'a'"):
         tokens.revoke(store, "a")
@@ -56,7 +56,7 @@ def test_rotate_refuses_ambiguous_id(store: Store) -> None:
     tokens.create(store, ["m"], token_id="dup", now=NOW)
     with pytest.raises(UsageError, match="2 tokens have id 'dup'"):
         tokens.rotate(store, "dup")
-    assert tokens.revoke(store, "dup") == 2
+    assert tokens.revoke(store, "dup").count == 2
 
 
 @pytest.mark.parametrize(
