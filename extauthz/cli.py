@@ -72,9 +72,13 @@ def _setup_logging(settings: Settings) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz import tls
     from extauthz.supervisor import default_workers, is_worker, supervise
 
     _setup_logging(settings)
+    if tls.enabled(settings.tls_cert, settings.tls_key, settings.tls_client_ca):
+        # unreadable files are a one-line error now, not a crash loop of every worker
+        tls.server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     workers = settings.workers or default_workers()
     if workers > 1 and not is_worker():
         return supervise(args.argv, workers, settings.listen, settings.shutdown_grace)
@@ -298,8 +302,20 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from extauthz import tls
+
     target = args.target or settings.listen
-    with grpc.insecure_channel(target) as channel:
+    if tls.enabled(settings.tls_cert, settings.tls_key, settings.tls_client_ca):
+        # the probe presents the server's own certificate and trusts the client CA: one CA
+        # signing both (as `extauthz up` does), or --tls-ca for the one that signed the server
+        credentials = tls.channel_credentials(
+            args.tls_ca or settings.tls_client_ca, settings.tls_cert, settings.tls_key
+        )
+        options = [("grpc.ssl_target_name_override", args.tls_server_name)]
+        channel = grpc.secure_channel(target, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
         try:
             resp = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
@@ -365,16 +381,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument("--redis-url", help="default redis://127.0.0.1:6379/0")
-    common.add_argument("--key-prefix", help="Redis key prefix (default extauthz:)")
-    common.add_argument("--config", help="YAML config file (keys: the long option names)")
-
-    parser = _Parser(prog="extauthz", description="Envoy ext_authz server for model endpoints.")
-    parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
-    sub = parser.add_subparsers(metavar="COMMAND")
-
+def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     serve = sub.add_parser("serve", parents=[common], help="run the gRPC ext_authz server")
     serve.add_argument("--listen", help="host:port for gRPC (default 127.0.0.1:9001)")
     serve.add_argument("--workers", type=int, help="processes sharing the port (default: CPUs)")
@@ -402,6 +409,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--jwks-min-refetch", type=float, help="min seconds between unknown-kid refetches (10)"
     )
+    serve.add_argument("--tls-cert", help="PEM certificate for TLS on the gRPC port")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", help="PEM CA of the clients allowed to call (mutual TLS)")
     serve.add_argument(
         "--auth-failure-rate",
         type=float,
@@ -413,6 +423,19 @@ def _parser() -> argparse.ArgumentParser:
         help="failed authentications a client address may make at once; 0: no limit (50)",
     )
     serve.set_defaults(func=_cmd_serve)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--redis-url", help="default redis://127.0.0.1:6379/0")
+    common.add_argument("--key-prefix", help="Redis key prefix (default extauthz:)")
+    common.add_argument("--config", help="YAML config file (keys: the long option names)")
+
+    parser = _Parser(prog="extauthz", description="Envoy ext_authz server for model endpoints.")
+    parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    _add_serve_parser(sub, common)
 
     sync = sub.add_parser("sync", parents=[common], help="load a policy file into Redis")
     sync.add_argument("policy", metavar="POLICY.yaml")
@@ -432,6 +455,13 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--target", help="host:port (default: the --listen setting)")
     probe.add_argument("--service", default="envoy.service.auth.v3.Authorization")
     probe.add_argument("--timeout", type=float, default=2.0)
+    probe.add_argument("--tls-cert", help="client certificate (PEM) for a TLS port")
+    probe.add_argument("--tls-key", help="private key of --tls-cert")
+    probe.add_argument("--tls-client-ca", help="the server's --tls-client-ca")
+    probe.add_argument("--tls-ca", help="CA of the server's certificate (default --tls-client-ca)")
+    probe.add_argument(
+        "--tls-server-name", default="extauthz", help="name in the server's certificate"
+    )
     probe.set_defaults(func=_cmd_health)
 
     stack = sub.add_parser("up", help="run the local stack (Redis, extauthz, Envoy, demo model)")

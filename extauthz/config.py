@@ -46,6 +46,9 @@ class Settings:
     auth_failure_rate: float = 5.0  # failed authentications per second per client address...
     auth_failure_burst: int = 50  # ...after a burst of this many; 0 turns the limit off
     ack_timeout: float = 2.0  # token revoke|rotate: seconds to wait for servers to confirm
+    tls_cert: str = ""  # PEM certificate (chain) of the Check port: TLS when set...
+    tls_key: str = field(default="", repr=False)  # ...with its private key
+    tls_client_ca: str = ""  # CA of the clients (Envoy) allowed to call: mutual TLS
 
     @property
     def redis_url_redacted(self) -> str:

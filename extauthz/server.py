@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from extauthz import tls
 from extauthz.auth_failures import FailureLimiter
 from extauthz.authorizer import Authorizer, PolicyWatcher
 from extauthz.config import Settings
@@ -125,8 +126,15 @@ class Server:
         self._stopping = threading.Event()
 
     def start(self) -> None:
+        settings = self.settings
         try:
-            self.port = self.grpc_server.add_insecure_port(self.settings.listen)
+            if tls.enabled(settings.tls_cert, settings.tls_key, settings.tls_client_ca):
+                credentials = tls.server_credentials(
+                    settings.tls_cert, settings.tls_key, settings.tls_client_ca
+                )
+                self.port = self.grpc_server.add_secure_port(settings.listen, credentials)
+            else:
+                self.port = self.grpc_server.add_insecure_port(settings.listen)
         except RuntimeError as e:
             raise ConfigError(f"cannot listen on {self.settings.listen}: {e}") from e
         if self.port == 0:
@@ -146,9 +154,13 @@ class Server:
             self.listener.start()
         self.grpc_server.start()
         self._set_serving(True)
+        mode = "plaintext"
+        if self.settings.tls_cert:
+            mode = "mutual TLS" if self.settings.tls_client_ca else "TLS, no client certificates"
         log.info(
-            "listening on %s (redis %s, prefix %r, %d threads)",
+            "listening on %s (%s; redis %s, prefix %r, %d threads)",
             self.settings.listen,
+            mode,
             self.settings.redis_url_redacted,
             self.settings.key_prefix,
             self.settings.threads,

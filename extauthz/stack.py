@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extauthz import tokens
-from extauthz.envoy_config import EnvoyPorts, loopback_ports, render
+from extauthz.envoy_config import ClientTls, EnvoyPorts, loopback_ports, render
 from extauthz.errors import ExtAuthzError, UsageError
+from extauthz.local_pki import SERVER_NAME, make_local_pki
 from extauthz.policy import load_policy_file
 from extauthz.store import DEFAULT_PREFIX, Store, open_store
 from extauthz.supervisor import stop_on_signals
@@ -179,6 +180,8 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "redis").mkdir(exist_ok=True)
         self.envoy_config = self.state_dir / "envoy.yaml"
+        # Envoy ↔ extauthz over mutual TLS, with a CA made for this stack only
+        self.pki = make_local_pki(self.state_dir / "tls")
         py = sys.executable
         p = self.ports
         self.redis = Child(
@@ -202,6 +205,9 @@ class Stack:
                 "--redis-url", self.redis_url,
                 "--workers", "1",
                 "--metrics-listen", f"127.0.0.1:{base_port + 7}",
+                "--tls-cert", str(self.pki.server_cert),
+                "--tls-key", str(self.pki.server_key),
+                "--tls-client-ca", str(self.pki.ca),
             ],
             self.state_dir / "extauthz.log",
         )  # fmt: skip
@@ -225,6 +231,12 @@ class Stack:
         self.children = [self.redis, self.extauthz, self.model, self.envoy]
 
     @property
+    def client_tls(self) -> ClientTls:
+        """What Envoy presents to extauthz, and how it checks extauthz's certificate."""
+        pki = self.pki
+        return ClientTls(str(pki.ca), str(pki.client_cert), str(pki.client_key), SERVER_NAME)
+
+    @property
     def external_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.external.port}"
 
@@ -239,7 +251,7 @@ class Stack:
         """Start every part and wait until a request through Envoy reaches the model."""
         for child in self.children:
             child.log.write_bytes(b"")
-        self.envoy_config.write_text(render(self.ports))
+        self.envoy_config.write_text(render(self.ports, self.client_tls))
         self.start_redis()
         self.sync_policy()
         for child in (self.extauthz, self.model, self.envoy):

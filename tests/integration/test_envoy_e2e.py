@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -354,3 +355,68 @@ def test_readme_seed_scenarios(stack: Stack) -> None:
             ["bash", "-c", command], capture_output=True, text=True, env=exports, check=False
         )
         assert out.stdout.strip() == expected.group(0), (line, out.stdout, out.stderr)
+
+
+def test_the_check_port_answers_only_envoys_certificate(stack: Stack, tmp_path: Path) -> None:
+    # the local stack runs Envoy → extauthz over mutual TLS (every test above went through it)
+    assert "mutual TLS" in stack.extauthz.log.read_text()
+    from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+
+    from extauthz.local_pki import make_local_pki
+
+    target = f"127.0.0.1:{stack.ports.extauthz.port}"
+    pki = stack.pki
+    stranger = make_local_pki(tmp_path / "other", ca_name="another CA")
+    request = external_auth_pb2.CheckRequest()
+    request.attributes.context_extensions["route"] = "deployment-a"
+    request.attributes.context_extensions["network"] = "internal"
+
+    def check(channel: grpc.Channel) -> grpc.StatusCode:
+        stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+        try:
+            stub.Check(request, timeout=3)
+        except grpc.RpcError as e:
+            return e.code()  # type: ignore[no-any-return]
+        finally:
+            channel.close()
+        return grpc.StatusCode.OK
+
+    def tls(ca: Path, cert: Path | None, key: Path | None) -> grpc.Channel:
+        credentials = grpc.ssl_channel_credentials(
+            ca.read_bytes(),
+            key.read_bytes() if key else None,
+            cert.read_bytes() if cert else None,
+        )
+        return grpc.secure_channel(
+            target, credentials, options=[("grpc.ssl_target_name_override", "extauthz")]
+        )
+
+    assert check(grpc.insecure_channel(target)) == grpc.StatusCode.UNAVAILABLE
+    assert check(tls(pki.ca, None, None)) == grpc.StatusCode.UNAVAILABLE
+    assert (
+        check(tls(pki.ca, stranger.client_cert, stranger.client_key)) == grpc.StatusCode.UNAVAILABLE
+    )
+    assert check(tls(pki.ca, pki.client_cert, pki.client_key)) == grpc.StatusCode.OK
+
+    # the health probe speaks TLS with the same settings as the server
+    env = {
+        **os.environ,
+        "EXTAUTHZ_TLS_CERT": str(pki.server_cert),
+        "EXTAUTHZ_TLS_KEY": str(pki.server_key),
+        "EXTAUTHZ_TLS_CLIENT_CA": str(pki.ca),
+    }
+    probe = subprocess.run(
+        [sys.executable, "-m", "extauthz", "health", "--target", target],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert (probe.returncode, probe.stdout.strip()) == (0, "SERVING"), probe.stderr
+    plain = subprocess.run(
+        [sys.executable, "-m", "extauthz", "health", "--target", target],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert plain.returncode == 1

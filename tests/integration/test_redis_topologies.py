@@ -21,6 +21,10 @@ from tests.support.procs import REPO, RedisServer, extauthz_serve, free_port, ru
 from tests.support.readme import readme_block
 from tests.support.topologies import ClusterSetup, SentinelSetup, cli, kill, make_tls_files
 
+# The failover probes ask with revoked and unknown tokens from one address, over and over:
+# the failed-authentication limit (429) is not what these tests are about.
+SERVE = ("--policy-refresh", "30", "--auth-failure-burst", "0")
+
 pytestmark = pytest.mark.redis
 
 ENV = {"DENSENET161_SECRET": "x" * 16}
@@ -85,7 +89,7 @@ def test_tls(tmp_path: Path) -> None:
     try:
         url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tls['ca']}"
         run_cli(url, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
-        with extauthz_serve(url, tmp_path / "s.log", "--policy-refresh", "30") as (grpc_port, _):
+        with extauthz_serve(url, tmp_path / "s.log", *SERVE) as (grpc_port, _):
             client = CheckClient(grpc_port)
             wait_for(lambda: client.status("healthz") == 200, 5, "server ready")
             time.sleep(0.3)  # the invalidation channel subscribes
@@ -119,7 +123,7 @@ def sentinel(tmp_path: Path) -> Iterator[SentinelSetup]:
 def test_sentinel_scenarios_and_failover(sentinel: SentinelSetup, tmp_path: Path) -> None:
     url = sentinel.url
     run_cli(url, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
-    with extauthz_serve(url, tmp_path / "s.log", "--policy-refresh", "30") as (port, _):
+    with extauthz_serve(url, tmp_path / "s.log", *SERVE) as (port, _):
         client = CheckClient(port)
         wait_for(lambda: client.status("healthz") == 200, 5, "server ready")
         time.sleep(0.3)
@@ -144,7 +148,7 @@ def test_sentinel_switchover_moves_the_listener(sentinel: SentinelSetup, tmp_pat
     url = sentinel.url
     run_cli(url, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
     log = tmp_path / "s.log"
-    with extauthz_serve(url, log, "--policy-refresh", "30") as (port, _):
+    with extauthz_serve(url, log, *SERVE) as (port, _):
         client = CheckClient(port)
         wait_for(lambda: client.status("healthz") == 200, 5, "server ready")
         old = sentinel.primary_port()
@@ -193,7 +197,7 @@ def test_cluster_scenarios_and_failover(cluster: ClusterSetup, tmp_path: Path) -
     assert cli(owner.port, "HGET", prefix + "policy", "version") == "1"
     assert run_cli(reader, "token", "create", "--route", "x", check=False).returncode != 0
 
-    with extauthz_serve(reader, tmp_path / "s.log", "--policy-refresh", "30") as (port, _):
+    with extauthz_serve(reader, tmp_path / "s.log", *SERVE) as (port, _):
         client = CheckClient(port)
         wait_for(lambda: client.status("healthz") == 200, 5, "server ready")
         time.sleep(0.3)

@@ -1,0 +1,57 @@
+"""TLS on the Check port: server credentials for `serve`, client credentials for `health`.
+
+With `--tls-cert` and `--tls-key` the port speaks TLS; adding `--tls-client-ca` makes it
+mutual: only clients presenting a certificate signed by that CA (Envoy's) get an answer,
+so the Check port stops being an oracle for whoever can reach it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from extauthz.errors import ConfigError
+from extauthz.files import describe, read_regular_file
+
+MAX_PEM_BYTES = 1 << 20
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        data = read_regular_file(path, MAX_PEM_BYTES)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {describe(e)}") from e
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{what} {path} is not PEM (expected -----BEGIN ...)")
+    return data
+
+
+def enabled(cert: str, key: str, client_ca: str) -> bool:
+    """Whether TLS is asked for; raises ConfigError for an incomplete set of files."""
+    if not (cert or key or client_ca):
+        return False
+    if not (cert and key):
+        raise ConfigError(
+            "TLS needs both --tls-cert and --tls-key (and --tls-client-ca for mutual TLS)"
+        )
+    return True
+
+
+def server_credentials(cert: str, key: str, client_ca: str) -> Any:
+    """grpc server credentials; with `client_ca`, client certificates are required."""
+    chain = _read(cert, "--tls-cert")
+    private = _read(key, "--tls-key")
+    roots = _read(client_ca, "--tls-client-ca") if client_ca else None
+    return grpc.ssl_server_credentials(
+        [(private, chain)], root_certificates=roots, require_client_auth=roots is not None
+    )
+
+
+def channel_credentials(ca: str, cert: str, key: str) -> Any:
+    """grpc channel credentials trusting `ca`, presenting `cert`/`key` when given."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, "--tls-ca"),
+        private_key=_read(key, "--tls-key") if key else None,
+        certificate_chain=_read(cert, "--tls-cert") if cert else None,
+    )
