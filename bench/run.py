@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from extauthz import tokens  # noqa: E402
+from extauthz.envoy_config import EDGE_PROTECTIONS, ext_authz_filter  # noqa: E402
 from extauthz.policy import parse_policy  # noqa: E402
 from extauthz.store import DEFAULT_PREFIX, open_store  # noqa: E402
 from extauthz.supervisor import default_workers  # noqa: E402
@@ -306,17 +307,7 @@ class Bench:
                     },
                 })  # fmt: skip
             elif variant != "noauth":
-                filters.append({
-                    "name": "envoy.filters.http.ext_authz",
-                    "typed_config": {
-                        "@type": T + "extensions.filters.http.ext_authz.v3.ExtAuthz",
-                        "transport_api_version": "V3",
-                        "grpc_service": {"envoy_grpc": {"cluster_name": variant}, "timeout": "1s"},
-                        "failure_mode_allow": False,
-                        "status_on_error": {"code": 503},
-                        "allowed_headers": {"patterns": [{"exact": "authorization"}, {"prefix": "x-extauthz-"}]},
-                    },
-                })  # fmt: skip
+                filters.append(ext_authz_filter(variant, timeout="1s"))
                 clusters.append({
                     "name": variant,
                     "type": "STATIC",
@@ -349,6 +340,7 @@ class Bench:
                     "typed_config": {
                         "@type": T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": variant,
+                        **EDGE_PROTECTIONS,  # what we ship, in every variant alike
                         "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
                         "http_filters": filters,
                     },

@@ -165,15 +165,30 @@ def _routes(network: str | None) -> list[dict[str, Any]]:
 HCM = "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
-def _ext_authz_filter() -> dict[str, Any]:
+# Every HttpConnectionManager we ship or generate carries these.
+EDGE_PROTECTIONS: dict[str, Any] = {
+    # One path for routing, for extauthz and for the model: `/a/%2e%2e/b` and `/a/../b`
+    # become `/b` before the route is chosen; `//` is merged; an escaped slash or
+    # backslash (%2F, %5C), which upstreams decode differently, is refused with 400.
+    "normalize_path": True,
+    "merge_slashes": True,
+    "path_with_escaped_slashes_action": "REJECT_REQUEST",
+    # `x_extauthz_subject` would reach the model, and WSGI/CGI servers read it as
+    # x-extauthz-subject: header names with underscores are dropped at the edge.
+    "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
+}
+
+
+def ext_authz_filter(cluster: str = "extauthz", timeout: str = EXT_AUTHZ_TIMEOUT) -> dict[str, Any]:
+    """The ext_authz HTTP filter calling `cluster` over gRPC (fail closed, 503 on error)."""
     return {
         "name": EXT_AUTHZ_FILTER,
         "typed_config": {
             "@type": T + "extensions.filters.http.ext_authz.v3.ExtAuthz",
             "transport_api_version": "V3",
             "grpc_service": {
-                "envoy_grpc": {"cluster_name": "extauthz"},
-                "timeout": EXT_AUTHZ_TIMEOUT,
+                "envoy_grpc": {"cluster_name": cluster},
+                "timeout": timeout,
             },
             "failure_mode_allow": False,
             "status_on_error": {"code": 503},
@@ -194,20 +209,12 @@ def _listener(name: str, ep: Endpoint, network: str | None) -> dict[str, Any]:
         "@type": T + HCM,
         "stat_prefix": name,
         "codec_type": "AUTO",  # HTTP/1.1 and h2c (gRPC clients)
-        # One path for routing, for extauthz and for the model: `/a/%2e%2e/b` and `/a/../b`
-        # become `/b` before the route is chosen; `//` is merged; an escaped slash or
-        # backslash (%2F, %5C), which upstreams decode differently, is refused with 400.
-        "normalize_path": True,
-        "merge_slashes": True,
-        "path_with_escaped_slashes_action": "REJECT_REQUEST",
-        # `x_extauthz_subject` would reach the model, and WSGI/CGI servers read it as
-        # x-extauthz-subject: header names with underscores are dropped at the edge.
-        "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
+        **copy.deepcopy(EDGE_PROTECTIONS),  # no YAML anchors between listeners
         "route_config": {
             "name": name,
             "virtual_hosts": [{"name": "models", "domains": ["*"], "routes": _routes(network)}],
         },
-        "http_filters": [_ext_authz_filter(), router],
+        "http_filters": [ext_authz_filter(), router],
     }
     return {
         "name": name,
