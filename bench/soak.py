@@ -62,7 +62,13 @@ def main() -> None:
     ensure_tools()
     with tempfile.TemporaryDirectory(prefix="extauthz-soak-") as tmp:
         work = Path(tmp)
-        stack = Stack(free_base_port(), work / "stack", REPO / "examples/policy.yaml")
+        # one address plays every client, revoked and unknown tokens included: no failure limit
+        stack = Stack(
+            free_base_port(),
+            work / "stack",
+            REPO / "examples/policy.yaml",
+            serve_args=("--auth-failure-burst", "0"),
+        )
         stack.start()
         try:
             result = soak(stack, work, args.minutes)

@@ -159,7 +159,9 @@ class Stack:
         base_port: int = DEFAULT_BASE_PORT,
         state_dir: Path = Path(".stack"),
         policy: Path | None = None,
+        serve_args: tuple[str, ...] = (),
     ) -> None:
+        """`serve_args`: more options for `extauthz serve` (tests and soak set limits)."""
         self.ports: EnvoyPorts = loopback_ports(base_port)
         self.redis_port = base_port + 4
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
@@ -208,6 +210,7 @@ class Stack:
                 "--tls-cert", str(self.pki.server_cert),
                 "--tls-key", str(self.pki.server_key),
                 "--tls-client-ca", str(self.pki.ca),
+                *serve_args,
             ],
             self.state_dir / "extauthz.log",
         )  # fmt: skip

@@ -30,7 +30,13 @@ pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_binary("redis-server")
     require_binary("envoy")
-    s = Stack(free_base_port(), tmp_path_factory.mktemp("stack"), REPO / "examples/policy.yaml")
+    # the tests of this module send many 401s from 127.0.0.1: a burst that they cannot exhaust
+    s = Stack(
+        free_base_port(),
+        tmp_path_factory.mktemp("stack"),
+        REPO / "examples/policy.yaml",
+        serve_args=("--auth-failure-burst", "100000"),
+    )
     s.start()
     try:
         yield s
