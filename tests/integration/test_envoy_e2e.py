@@ -18,7 +18,8 @@ import grpc
 import pytest
 
 from extauthz import demo_model, tokens
-from extauthz.envoy_config import COMPOSE, loopback_ports, render
+from extauthz.envoy_config import COMPOSE, ClientTls, loopback_ports, render
+from extauthz.local_pki import make_local_pki
 from extauthz.stack import PORTS_USED, Stack, free_base_port
 from tests.support.procs import REPO, port_open, require_binary, wait_for
 from tests.support.readme import readme_block
@@ -271,7 +272,15 @@ def test_envoy_configs_validate(tmp_path: Path) -> None:
     )
     local = tmp_path / "local.yaml"
     local.write_text(render(loopback_ports(20000)))
-    for config in (REPO / "envoy/envoy.yaml", local):
+    pki = make_local_pki(tmp_path / "tls")
+    mutual = tmp_path / "mutual-tls.yaml"
+    mutual.write_text(
+        render(
+            loopback_ports(20000),
+            ClientTls(str(pki.ca), str(pki.client_cert), str(pki.client_key), "extauthz"),
+        )
+    )
+    for config in (REPO / "envoy/envoy.yaml", local, mutual):
         result = subprocess.run(
             [envoy, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id"],
             capture_output=True,
@@ -367,8 +376,6 @@ def test_the_check_port_answers_only_envoys_certificate(stack: Stack, tmp_path: 
     # the local stack runs Envoy → extauthz over mutual TLS (every test above went through it)
     assert "mutual TLS" in stack.extauthz.log.read_text()
     from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-
-    from extauthz.local_pki import make_local_pki
 
     target = f"127.0.0.1:{stack.ports.extauthz.port}"
     pki = stack.pki
