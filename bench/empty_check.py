@@ -10,9 +10,9 @@ import argparse
 from typing import Any
 
 from extauthz.config import load_settings
-from extauthz.decision import Decision, Outcome
-from extauthz.envoy_check import check_response_bytes
-from extauthz.server import Server
+from extauthz.core.decision import Decision, Outcome
+from extauthz.runtime.envoy_check import check_response_bytes
+from extauthz.runtime.server import Server
 
 OK = check_response_bytes(Decision(Outcome.ALLOW, 200, "bench"))
 

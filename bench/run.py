@@ -32,12 +32,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from extauthz import tokens  # noqa: E402
-from extauthz.envoy_config import EDGE_PROTECTIONS, ext_authz_filter  # noqa: E402
-from extauthz.policy import parse_policy  # noqa: E402
-from extauthz.store import DEFAULT_PREFIX, open_store  # noqa: E402
-from extauthz.supervisor import default_workers  # noqa: E402
-from extauthz.sync import sync  # noqa: E402
+from extauthz.admin import tokens  # noqa: E402
+from extauthz.admin.sync import sync  # noqa: E402
+from extauthz.core.policy import parse_policy  # noqa: E402
+from extauthz.dev.envoy_config import EDGE_PROTECTIONS, ext_authz_filter  # noqa: E402
+from extauthz.runtime.supervisor import default_workers  # noqa: E402
+from extauthz.storage.store import DEFAULT_PREFIX, open_store  # noqa: E402
 
 T = "type.googleapis.com/envoy."
 CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"

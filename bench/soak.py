@@ -30,11 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.run import ensure_tools, process_tree  # noqa: E402
-from extauthz import tokens  # noqa: E402
-from extauthz.credentials import new_token  # noqa: E402
-from extauthz.policy import load_policy_file  # noqa: E402
-from extauthz.stack import Stack, free_base_port  # noqa: E402
-from extauthz.sync import sync  # noqa: E402
+from extauthz.admin import tokens  # noqa: E402
+from extauthz.admin.sync import sync  # noqa: E402
+from extauthz.core.credentials import new_token  # noqa: E402
+from extauthz.core.policy import load_policy_file  # noqa: E402
+from extauthz.dev.stack import Stack, free_base_port  # noqa: E402
 
 DESIGNED = {200, 401, 403, 404}
 SYNC_EVERY = 30.0

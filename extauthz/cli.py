@@ -24,7 +24,7 @@ from extauthz.errors import (
     StoreUnavailable,
     UsageError,
 )
-from extauthz.store import Store, open_store
+from extauthz.storage.store import Store, open_store
 
 CLI_REDIS_TIMEOUT = 5.0  # seconds: the CLI may wait longer than the decision path
 
@@ -63,7 +63,7 @@ def _store(settings: Settings) -> Store:
 
 
 def _setup_logging(settings: Settings) -> None:
-    from extauthz import logs
+    from extauthz.runtime import logs
 
     logs.setup(settings.log_format, settings.log_level)
 
@@ -72,8 +72,8 @@ def _setup_logging(settings: Settings) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from extauthz import tls
-    from extauthz.supervisor import default_workers, is_worker, supervise
+    from extauthz.runtime import tls
+    from extauthz.runtime.supervisor import default_workers, is_worker, supervise
 
     _setup_logging(settings)
     if tls.enabled(settings.tls_cert, settings.tls_key, settings.tls_client_ca):
@@ -82,7 +82,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     workers = settings.workers or default_workers()
     if workers > 1 and not is_worker():
         return supervise(args.argv, workers, settings.listen, settings.shutdown_grace)
-    from extauthz.server import serve
+    from extauthz.runtime.server import serve
 
     serve(settings, reuse_port=workers > 1)
     return 0
@@ -92,8 +92,8 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    from extauthz.policy import load_policy_file
-    from extauthz.sync import sync
+    from extauthz.admin.sync import sync
+    from extauthz.core.policy import load_policy_file
 
     doc = load_policy_file(args.policy)
     result = sync(_store(settings), doc, prune=args.prune, dry_run=args.dry_run)
@@ -152,7 +152,7 @@ def _print_issued(issued: Any, as_json: bool) -> None:
 
 
 def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
-    from extauthz import tokens
+    from extauthz.admin import tokens
 
     ttl = tokens.parse_ttl(args.ttl) if args.ttl is not None else None
     issued = tokens.create(
@@ -169,7 +169,7 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
-    from extauthz import tokens
+    from extauthz.admin import tokens
 
     rows = tokens.list_tokens(_store(settings))
     if args.json:
@@ -198,7 +198,7 @@ def _cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_token_show(args: argparse.Namespace, settings: Settings) -> int:
-    from extauthz import tokens
+    from extauthz.admin import tokens
 
     record = tokens.show(_store(settings), args.id)
     data = _record_json(record)
@@ -216,7 +216,7 @@ EXIT_UNCONFIRMED = 4  # done in Redis, but some live server did not confirm in t
 
 
 def _cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    from extauthz import tokens
+    from extauthz.admin import tokens
 
     revoked = tokens.revoke(_store(settings), args.id, settings.ack_timeout)
     count = revoked.count
@@ -230,7 +230,7 @@ def _cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_token_rotate(args: argparse.Namespace, settings: Settings) -> int:
-    from extauthz import tokens
+    from extauthz.admin import tokens
 
     issued = tokens.rotate(_store(settings), args.id, settings.ack_timeout)
     _print_issued(issued, args.json)
@@ -253,8 +253,9 @@ def _unconfirmed(done: str, servers: tuple[str, ...], settings: Settings) -> int
 
 
 def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
-    from extauthz.decision import IDENTITY_PREFIX, RequestFacts, decide
-    from extauthz.jwks import JwksCache, JwtVerifier
+    from extauthz.core.decision import IDENTITY_PREFIX, RequestFacts, decide
+    from extauthz.runtime.jwks import JwksCache
+    from extauthz.runtime.jwt_verifier import JwtVerifier
 
     store = _store(settings)
     headers: dict[str, str] = {}
@@ -302,7 +303,7 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from extauthz import tls
+    from extauthz.runtime import tls
 
     target = args.target or settings.listen
     if tls.enabled(settings.tls_cert, settings.tls_key, settings.tls_client_ca):
@@ -334,7 +335,7 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from extauthz.stack import up
+    from extauthz.dev.stack import up
 
     return up(args.base_port, Path(args.policy) if args.policy else None, Path(args.state_dir))
 

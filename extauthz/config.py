@@ -15,8 +15,8 @@ import yaml
 
 from extauthz.errors import ConfigError
 from extauthz.files import describe, read_regular_file
-from extauthz.redis_client import redact_url
-from extauthz.store import DEFAULT_PREFIX
+from extauthz.storage.client import redact_url
+from extauthz.storage.store import DEFAULT_PREFIX
 
 ENV_PREFIX = "EXTAUTHZ_"
 MAX_CONFIG_BYTES = 1 << 20

@@ -49,3 +49,11 @@ class TooManyFailures(ExtAuthzError):
     def __init__(self, retry_after: float) -> None:
         self.retry_after = retry_after
         super().__init__(f"too many failed authentications; retry in {retry_after:.1f}s")
+
+
+class JwksError(ExtAuthzError):
+    """A JWKS or discovery document could not be fetched or has no usable key."""
+
+
+class StackError(ExtAuthzError):
+    """A part of the local stack could not be found or started."""

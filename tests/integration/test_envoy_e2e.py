@@ -17,10 +17,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from extauthz import demo_model, tokens
-from extauthz.envoy_config import COMPOSE, ClientTls, loopback_ports, render
-from extauthz.local_pki import make_local_pki
-from extauthz.stack import PORTS_USED, Stack, free_base_port
+from extauthz.admin import tokens
+from extauthz.dev import demo_model
+from extauthz.dev.envoy_config import COMPOSE, ClientTls, loopback_ports, render
+from extauthz.dev.local_pki import make_local_pki
+from extauthz.dev.stack import PORTS_USED, Stack, free_base_port
 from tests.support.procs import REPO, port_open, require_binary, wait_for
 from tests.support.readme import readme_block
 
@@ -114,7 +115,7 @@ def test_model_server_scopes_rotation_expiry(stack: Stack) -> None:
 
 
 def _id_of(stack: Stack, token: str) -> str:
-    from extauthz.credentials import token_hash
+    from extauthz.core.credentials import token_hash
 
     record = stack.store().token_record(token_hash(token))
     assert record is not None
@@ -268,7 +269,7 @@ def test_envoy_configs_validate(tmp_path: Path) -> None:
     envoy = require_binary("envoy")
     committed = (REPO / "envoy/envoy.yaml").read_text()
     assert committed == render(COMPOSE), (
-        "regenerate: python -m extauthz.envoy_config --compose > envoy/envoy.yaml"
+        "regenerate: python -m extauthz.dev.envoy_config --compose > envoy/envoy.yaml"
     )
     local = tmp_path / "local.yaml"
     local.write_text(render(loopback_ports(20000)))

@@ -157,7 +157,7 @@ def test_hand_written_expired_record_is_refused(
     stack: tuple[RedisServer, CheckClient, Path],
 ) -> None:
     redis_server, client, _ = stack
-    from extauthz.credentials import token_hash
+    from extauthz.core.credentials import token_hash
 
     token = "eat_handmade-token-for-expiry-test-0000000000000"
     key = f"extauthz:token:{token_hash(token)}"

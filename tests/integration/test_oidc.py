@@ -180,7 +180,7 @@ def test_idp_down(oidc: tuple[LocalIdP, CheckClient, Path]) -> None:
 
 @pytest.mark.envoy
 def test_jwt_through_envoy(tmp_path: Path) -> None:
-    from extauthz.stack import Stack, free_base_port
+    from extauthz.dev.stack import Stack, free_base_port
 
     require_binary("envoy")
     with LocalIdP() as idp:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from extauthz.credentials import token_hash
+from extauthz.core.credentials import token_hash
 from tests.support.check import CheckClient
 from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, wait_for
 from tests.support.readme import readme_block

@@ -125,8 +125,8 @@ def test_workers_that_keep_dying_stop_the_supervisor(redis_server: RedisServer) 
 def revocation_rounds(redis_server: RedisServer, port: int, rounds: int, confirm: float) -> int:
     """Threads keep asking with the current token while it is revoked in process; returns
     how many requests sent after `revoke` returned were still allowed."""
-    from extauthz import tokens
-    from extauthz.store import open_store
+    from extauthz.admin import tokens
+    from extauthz.storage.store import open_store
 
     store = open_store(redis_server.url, "extauthz:", 5.0)
     clients = [CheckClient(port) for _ in range(6)]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from extauthz.store import Store
+from extauthz.storage.store import Store
 
 
 @pytest.fixture

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from extauthz import tokens
-from extauthz.auth_failures import FailureLimiter, client_key
-from extauthz.authorizer import Authorizer
-from extauthz.decision import RequestFacts
-from extauthz.policy import parse_policy
-from extauthz.store import Store
-from extauthz.sync import sync
-from extauthz.token_cache import TokenCache
+from extauthz.admin import tokens
+from extauthz.admin.sync import sync
+from extauthz.core.decision import RequestFacts
+from extauthz.core.policy import parse_policy
+from extauthz.runtime.auth_failures import FailureLimiter, client_key
+from extauthz.runtime.authorizer import Authorizer
+from extauthz.storage.store import Store
+from extauthz.storage.token_cache import TokenCache
 
 
 class Clock:

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from extauthz.cli import _parser
-from extauthz.envoy_config import COMPOSE
+from extauthz.dev.envoy_config import COMPOSE
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = yaml.safe_load((REPO / "docker-compose.yml").read_text())

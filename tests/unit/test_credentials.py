@@ -4,18 +4,18 @@ import base64
 
 import pytest
 
-from extauthz.credentials import (
+from extauthz.core.credentials import (
     BasicCredential,
     BearerCredential,
     MalformedCredential,
     NoCredential,
-    TokenRecord,
     UnsupportedScheme,
     looks_like_jwt,
     new_token,
     parse_authorization,
     token_hash,
 )
+from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord
 
 

@@ -8,11 +8,12 @@ import json
 
 import pytest
 
-from extauthz.credentials import TokenRecord, token_hash
-from extauthz.decision import Decision, Outcome, RequestFacts, decide
+from extauthz.core.credentials import token_hash
+from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
+from extauthz.core.jwt_verify import JwtIdentity, JwtRejected, JwtResult, JwtUnavailable
+from extauthz.core.policy import Access, JwtSettings, PolicySnapshot, RoutePolicy
+from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, StoreUnavailable
-from extauthz.jwt_verify import JwtIdentity, JwtRejected, JwtResult, JwtUnavailable
-from extauthz.policy import Access, JwtSettings, PolicySnapshot, RoutePolicy
 
 NOW = 1_800_000_000.0
 

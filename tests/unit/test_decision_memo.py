@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-import extauthz.authorizer as authorizer_module
-from extauthz import tokens
-from extauthz.authorizer import MEMO_TTL, Authorizer
-from extauthz.credentials import token_hash
-from extauthz.decision import FOREVER, RequestFacts, decide
-from extauthz.policy import parse_policy
-from extauthz.store import Store
-from extauthz.sync import sync
-from extauthz.token_cache import TokenCache
+import extauthz.runtime.authorizer as authorizer_module
+from extauthz.admin import tokens
+from extauthz.admin.sync import sync
+from extauthz.core.credentials import token_hash
+from extauthz.core.decision import FOREVER, RequestFacts, decide
+from extauthz.core.policy import parse_policy
+from extauthz.runtime.authorizer import MEMO_TTL, Authorizer
+from extauthz.storage.store import Store
+from extauthz.storage.token_cache import TokenCache
 
 POLICY = "version: 1\nroutes:\n  m: {access: protected}\n  open: {access: public}\n"
 
@@ -123,7 +123,7 @@ def test_no_reuse_unless_invalidations_keep_the_cache_honest(
 
 
 def test_what_may_be_reused() -> None:
-    from extauthz.decision import _error, _not_found
+    from extauthz.core.decision import _error, _not_found
 
     assert _error("store_unavailable").reusable_until is None
     assert _not_found("unknown_route").reusable_until == FOREVER

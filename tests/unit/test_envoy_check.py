@@ -7,8 +7,8 @@ from typing import Any
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from google.rpc import code_pb2
 
-from extauthz.decision import Decision, Outcome
-from extauthz.envoy_check import check_response, facts_from_check_request
+from extauthz.core.decision import Decision, Outcome
+from extauthz.runtime.envoy_check import check_response, facts_from_check_request
 
 
 def request(headers: dict[str, str], **extensions: str) -> Any:

@@ -10,20 +10,24 @@ from envoy.service.auth.v3 import external_auth_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extauthz.credentials import (
+from extauthz.core.credentials import (
     BasicCredential,
     BearerCredential,
     MalformedCredential,
     NoCredential,
-    TokenRecord,
     UnsupportedScheme,
     parse_authorization,
     token_hash,
 )
-from extauthz.decision import Outcome, RequestFacts, decide
-from extauthz.envoy_check import check_response, check_response_bytes, facts_from_check_request
+from extauthz.core.decision import Outcome, RequestFacts, decide
+from extauthz.core.policy import Access, PolicySnapshot, RoutePolicy, parse_policy
+from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, PolicyError, StoreUnavailable
-from extauthz.policy import Access, PolicySnapshot, RoutePolicy, parse_policy
+from extauthz.runtime.envoy_check import (
+    check_response,
+    check_response_bytes,
+    facts_from_check_request,
+)
 
 TOKEN = "eat_fuzz-known-token-0000000000000000000000000"
 ROUTES = {

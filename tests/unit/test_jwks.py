@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from extauthz.jwks import KEY_WAIT, JwksCache, JwtVerifier
-from extauthz.jwt_verify import JwtIdentity, JwtRejected
-from extauthz.policy import JwtSettings
+from extauthz.core.jwt_verify import JwtIdentity, JwtRejected
+from extauthz.core.policy import JwtSettings
+from extauthz.runtime.jwks import KEY_WAIT, JwksCache
+from extauthz.runtime.jwt_verifier import JwtVerifier
 from tests.support.idp import SigningKey, claims
 
 ISSUER = "https://idp.example.com"

@@ -8,16 +8,16 @@ import time
 import jwt
 import pytest
 
-from extauthz.jwt_verify import (
+from extauthz.core.jwks_keys import parse_jwks
+from extauthz.core.jwt_verify import (
     UNKNOWN_KEY,
-    JwksError,
     JwtIdentity,
     JwtRejected,
-    parse_jwks,
     scopes_from,
     verify_with_keys,
 )
-from extauthz.policy import JwtSettings
+from extauthz.core.policy import JwtSettings
+from extauthz.errors import JwksError
 from tests.support.idp import AUDIENCE, SigningKey, claims, hs256_with, unsigned
 
 ISSUER = "https://idp.example.com/realms/deploy"

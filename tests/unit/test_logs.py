@@ -6,12 +6,12 @@ import logging
 
 import pytest
 
-from extauthz.authorizer import Authorizer
-from extauthz.decision import RequestFacts
-from extauthz.logs import JsonFormatter, LogSampler, RedactingFilter, redact
-from extauthz.policy import parse_policy
-from extauthz.store import Store
-from extauthz.sync import sync
+from extauthz.admin.sync import sync
+from extauthz.core.decision import RequestFacts
+from extauthz.core.policy import parse_policy
+from extauthz.runtime.authorizer import Authorizer
+from extauthz.runtime.logs import JsonFormatter, LogSampler, RedactingFilter, redact
+from extauthz.storage.store import Store
 
 
 @pytest.mark.parametrize(

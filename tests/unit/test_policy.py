@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from extauthz.core.policy import Access, PolicySnapshot, load_policy_file, parse_policy
 from extauthz.errors import PolicyError
-from extauthz.policy import Access, PolicySnapshot, load_policy_file, parse_policy
 
 EXAMPLE = textwrap.dedent(
     """\

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from extauthz.errors import ConfigError
-from extauthz.redis_client import key_prefix, parse, redact_url
+from extauthz.storage.client import key_prefix, parse, redact_url
 
 
 def test_sentinel_url() -> None:

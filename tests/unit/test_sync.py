@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from extauthz.credentials import token_hash
+from extauthz.admin.sync import sync
+from extauthz.core.credentials import token_hash
+from extauthz.core.policy import parse_policy
 from extauthz.errors import PolicyError
-from extauthz.policy import parse_policy
-from extauthz.store import Store
-from extauthz.sync import sync
+from extauthz.storage.store import Store
 
 POLICY = textwrap.dedent(
     """\

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from extauthz import tls
+from extauthz.dev.local_pki import make_local_pki
 from extauthz.errors import ConfigError
-from extauthz.local_pki import make_local_pki
+from extauthz.runtime import tls
 
 
 def test_off_unless_asked_for() -> None:

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from extauthz.credentials import TokenRecord
+from extauthz.core.token_record import TokenRecord
 from extauthz.errors import StoreUnavailable
-from extauthz.invalidation import missing_flags
-from extauthz.token_cache import TokenCache
+from extauthz.storage.invalidation import missing_flags
+from extauthz.storage.token_cache import TokenCache
 
 REC = TokenRecord("t1", frozenset({"m"}), frozenset())
 

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from extauthz import tokens
-from extauthz.credentials import TokenRecord, token_hash
+from extauthz.admin import tokens
+from extauthz.core.credentials import token_hash
+from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, UsageError
-from extauthz.store import Store
+from extauthz.storage.store import Store
 
 NOW = 1_800_000_000
 

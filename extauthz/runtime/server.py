@@ -20,18 +20,23 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extauthz import tls
-from extauthz.auth_failures import FailureLimiter
-from extauthz.authorizer import Authorizer, PolicyWatcher
 from extauthz.config import Settings
-from extauthz.envoy_check import CheckRequest, check_response_bytes, facts_from_check_request
 from extauthz.errors import ConfigError
-from extauthz.invalidation import InvalidationListener
-from extauthz.jwks import JwksCache
-from extauthz.metrics import Metrics
-from extauthz.store import open_store
-from extauthz.supervisor import WORKER_ENV
-from extauthz.token_cache import TokenCache
+from extauthz.runtime import tls
+from extauthz.runtime.auth_failures import FailureLimiter
+from extauthz.runtime.authorizer import Authorizer
+from extauthz.runtime.envoy_check import (
+    CheckRequest,
+    check_response_bytes,
+    facts_from_check_request,
+)
+from extauthz.runtime.jwks import JwksCache
+from extauthz.runtime.metrics import Metrics
+from extauthz.runtime.policy_watcher import PolicyWatcher
+from extauthz.runtime.supervisor import WORKER_ENV
+from extauthz.storage.invalidation import InvalidationListener
+from extauthz.storage.store import open_store
+from extauthz.storage.token_cache import TokenCache
 
 log = logging.getLogger("extauthz.server")
 

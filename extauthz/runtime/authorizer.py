@@ -1,20 +1,19 @@
 """The authorizer: the pure decision wired to the live policy snapshot and the token store.
 
 It holds the current PolicySnapshot (swapped atomically by the PolicyWatcher thread when the
-sync job publishes a new version) and looks token records up in Redis.
+sync job publishes a new version, see policy_watcher.py), looks token records up through the
+token cache, remembers repeated decisions, counts failed authentications per client address
+and logs decisions (sampled).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
-from extauthz.auth_failures import FailureLimiter
-from extauthz.bounded import BoundedDict, text_size
-from extauthz.credentials import TokenRecord
-from extauthz.decision import (
+from extauthz.core.bounded import BoundedDict, text_size
+from extauthz.core.decision import (
     Decision,
     Outcome,
     RequestFacts,
@@ -22,13 +21,16 @@ from extauthz.decision import (
     auth_disabled,
     decide,
 )
-from extauthz.errors import MalformedRecord, StoreUnavailable, TooManyFailures
-from extauthz.jwks import JwksCache, JwtVerifier
-from extauthz.logs import LogSampler
-from extauthz.metrics import Metrics
-from extauthz.policy import EMPTY_SNAPSHOT, PolicySnapshot
-from extauthz.store import PolicyVersion, Store
-from extauthz.token_cache import TokenCache
+from extauthz.core.policy import EMPTY_SNAPSHOT, PolicySnapshot
+from extauthz.core.token_record import TokenRecord
+from extauthz.errors import TooManyFailures
+from extauthz.runtime.auth_failures import FailureLimiter
+from extauthz.runtime.jwks import JwksCache
+from extauthz.runtime.jwt_verifier import JwtVerifier
+from extauthz.runtime.logs import LogSampler
+from extauthz.runtime.metrics import Metrics
+from extauthz.storage.store import PolicyVersion, Store
+from extauthz.storage.token_cache import TokenCache
 
 log = logging.getLogger("extauthz.decision")
 watch_log = logging.getLogger("extauthz.policy")
@@ -207,61 +209,3 @@ class Authorizer:
             "policy version %d loaded (%d routes)", version.version, len(snapshot.routes)
         )
         return True
-
-
-class PolicyWatcher:
-    """A daemon thread that calls `authorizer.refresh_policy()` every `interval` seconds."""
-
-    def __init__(
-        self,
-        authorizer: Authorizer,
-        interval: float,
-        on_poll: Callable[[bool], None] | None = None,
-    ) -> None:
-        """`on_poll(redis_ok)` runs after every poll (health, periodic warnings)."""
-        self.authorizer = authorizer
-        self.on_poll = on_poll
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
-        self._failing = False
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        self.poll()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
-
-    def poll(self) -> None:
-        """Reload the policy if it changed; also the heartbeat that tells the cache Redis is up."""
-        cache = self.authorizer.cache
-        with self._lock:
-            try:
-                self.authorizer.refresh_policy()
-            except StoreUnavailable as e:
-                if cache is not None:
-                    cache.set_store_ok(False)
-                if not self._failing:
-                    watch_log.warning(
-                        "cannot read the policy from Redis (%s): keeping the last one", e
-                    )
-                self._failing = True
-                return
-            except MalformedRecord as e:
-                watch_log.error("published policy is malformed (%s): keeping the last one", e)
-            if cache is not None:
-                cache.set_store_ok(True)
-            if self._failing:
-                watch_log.info("Redis reachable again")
-            self._failing = False
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.poll()
-            self.authorizer.log_suppressed()
-            if self.on_poll is not None:
-                self.on_poll(not self._failing)

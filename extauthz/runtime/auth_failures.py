@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from extauthz.bounded import BoundedDict, text_size
+from extauthz.core.bounded import BoundedDict, text_size
 
 MAX_ADDRESSES = 100_000
 

@@ -1,35 +1,20 @@
-"""JWT verification, pure: JWKS documents → key sets, (token, settings, keys, now) → result.
+"""JWT verification, pure: (token, route settings, key set, now) → identity or rejection.
 
-No I/O and no clock here: `jwks.py` fetches and caches key sets and calls `verify_with_keys`.
+No I/O and no clock here: key sets come from jwks_keys.py (parsed) and runtime/jwks.py
+(fetched and cached); runtime/jwt_verifier.py calls `verify_with_keys`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
-from extauthz.policy import JwtSettings
-
-_KEY_FAMILY = {
-    "RS256": ("RSA", None),
-    "RS384": ("RSA", None),
-    "RS512": ("RSA", None),
-    "PS256": ("RSA", None),
-    "PS384": ("RSA", None),
-    "PS512": ("RSA", None),
-    "ES256": ("EC", "P-256"),
-    "ES384": ("EC", "P-384"),
-    "EdDSA": ("OKP", None),
-}
-
-
-class JwksError(Exception):
-    """A JWKS or discovery document could not be fetched or has no usable key."""
+from extauthz.core.jwks_keys import KeySet
+from extauthz.core.policy import JwtSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,69 +42,6 @@ class JwtUnavailable:
 JwtResult = JwtIdentity | JwtRejected | JwtUnavailable
 JwtVerify = Callable[[str, JwtSettings, float], JwtResult]
 UNKNOWN_KEY = JwtRejected("unknown signing key")
-
-
-# --- key sets ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Key:
-    key: Any  # a cryptography public key
-    kty: str
-    crv: str | None
-    alg: str | None  # when the JWK names its algorithm, only that one may use it (RFC 7517)
-
-
-@dataclass(frozen=True)
-class KeySet:
-    by_kid: Mapping[str, _Key]
-    keyless: tuple[_Key, ...] = ()
-
-    def candidates(self, kid: str | None, alg: str) -> list[Any]:
-        """Keys that may have signed a token with this `kid` and `alg`."""
-        kty, crv = _KEY_FAMILY[alg]
-        if kid is not None:
-            pool: Iterable[_Key] = (self.by_kid[kid],) if kid in self.by_kid else ()
-        else:
-            pool = (*self.by_kid.values(), *self.keyless)
-        return [
-            k.key
-            for k in pool
-            if k.kty == kty and (crv is None or k.crv == crv) and k.alg in (None, alg)
-        ]
-
-
-def parse_jwks(document: bytes | str) -> KeySet:
-    """The signing keys of a JWKS document; unusable keys are skipped."""
-    try:
-        data = json.loads(document)
-    except ValueError as e:
-        raise JwksError("JWKS is not JSON") from e
-    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
-        raise JwksError("JWKS has no 'keys' list")
-    by_kid: dict[str, _Key] = {}
-    keyless: list[_Key] = []
-    for jwk in data["keys"]:
-        if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
-            continue
-        if jwk.get("kty") not in ("RSA", "EC", "OKP"):
-            continue
-        try:
-            key = jwt.PyJWK(jwk).key
-        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
-            continue
-        alg = jwk.get("alg")
-        if alg is not None and not isinstance(alg, str):
-            continue
-        entry = _Key(key, jwk["kty"], jwk.get("crv"), alg)
-        kid = jwk.get("kid")
-        if isinstance(kid, str):
-            by_kid[kid] = entry
-        else:
-            keyless.append(entry)
-    if not by_kid and not keyless:
-        raise JwksError("JWKS has no usable signing key")
-    return KeySet(by_kid, tuple(keyless))
 
 
 # --- verification (pure) ----------------------------------------------------------------------

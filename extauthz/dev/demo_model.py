@@ -8,7 +8,7 @@ with curl) can see what reached the model: identity headers present, credentials
 - gRPC: `/extauthz.demo.Predictor/Predict`, raw bytes in, JSON bytes out (the same echo of
   the request metadata), so no generated code is needed on either side.
 
-    python -m extauthz.demo_model --http 127.0.0.1:8000 --grpc 127.0.0.1:8001
+    python -m extauthz.dev.demo_model --http 127.0.0.1:8000 --grpc 127.0.0.1:8001
 """
 
 from __future__ import annotations

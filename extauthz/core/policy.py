@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from extauthz.credentials import ROUTE_NAME, SCOPE_NAME, TOKEN_ID, TokenRecord
+from extauthz.core.credentials import ROUTE_NAME, SCOPE_NAME, TOKEN_ID
+from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, PolicyError
 from extauthz.files import describe, read_regular_file
 

@@ -12,17 +12,17 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from extauthz.credentials import (
+from extauthz.core.credentials import (
     MAX_NAME_LENGTH,
     ROUTE_NAME,
     SCOPE_NAME,
     TOKEN_ID,
-    TokenRecord,
     new_token,
     token_hash,
 )
+from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, UsageError
-from extauthz.store import Store
+from extauthz.storage.store import Store
 
 _TTL = re.compile(r"([0-9]{1,12})([smhd])", re.ASCII)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from extauthz.bounded import BoundedDict, text_size
-from extauthz.credentials import TokenRecord
+from extauthz.core.bounded import BoundedDict, text_size
+from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, StoreUnavailable
 
 Fetch = Callable[[str], TokenRecord | None]

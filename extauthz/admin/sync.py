@@ -11,11 +11,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from extauthz.credentials import TokenRecord, token_hash
+from extauthz.core.credentials import token_hash
+from extauthz.core.policy import PolicyDocument, PolicySnapshot, RoutePolicy, SecretSpec
+from extauthz.core.token_record import TokenRecord
 from extauthz.errors import PolicyError
 from extauthz.files import describe, read_regular_file
-from extauthz.policy import PolicyDocument, PolicySnapshot, RoutePolicy, SecretSpec
-from extauthz.store import Store
+from extauthz.storage.store import Store
 
 MAX_SECRET_BYTES = 64 << 10  # a route secret is a password, not a file's worth of data
 

@@ -1,8 +1,9 @@
 """The decision, pure: request facts + policy snapshot + token lookup + clock → Decision.
 
-This is the table in design.md §3. The only input that may do I/O is `lookup` (a token
-record by SHA-256 hex); when it raises StoreUnavailable the decision is ERROR (Envoy then
-answers with its `status_on_error`), never an allow.
+This is the table in the README, "How a request is decided" (docs/architecture.md shows
+where it sits). The only input that may do I/O is `lookup` (a token record by SHA-256 hex);
+when it raises StoreUnavailable the decision is ERROR (Envoy then answers with its
+`status_on_error`), never an allow; TooManyFailures makes it a 429.
 """
 
 from __future__ import annotations
@@ -14,20 +15,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from extauthz.credentials import (
+from extauthz.core.credentials import (
     BasicCredential,
     BearerCredential,
     MalformedCredential,
     NoCredential,
-    TokenRecord,
     UnsupportedScheme,
     looks_like_jwt,
     parse_authorization,
     token_hash,
 )
+from extauthz.core.jwt_verify import JwtIdentity, JwtRejected, JwtUnavailable, JwtVerify
+from extauthz.core.policy import Access, JwtSettings, PolicySnapshot, RoutePolicy
+from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, StoreUnavailable, TooManyFailures
-from extauthz.jwt_verify import JwtIdentity, JwtRejected, JwtUnavailable, JwtVerify
-from extauthz.policy import Access, JwtSettings, PolicySnapshot, RoutePolicy
 
 SUBJECT_HEADER = "x-extauthz-subject"
 ROUTE_HEADER = "x-extauthz-route"

@@ -28,22 +28,18 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extauthz import tokens
-from extauthz.envoy_config import ClientTls, EnvoyPorts, loopback_ports, render
-from extauthz.errors import ExtAuthzError, UsageError
-from extauthz.local_pki import SERVER_NAME, make_local_pki
-from extauthz.policy import load_policy_file
-from extauthz.store import DEFAULT_PREFIX, Store, open_store
-from extauthz.supervisor import stop_on_signals
-from extauthz.sync import sync
+from extauthz.admin import tokens
+from extauthz.admin.sync import sync
+from extauthz.core.policy import load_policy_file
+from extauthz.dev.envoy_config import ClientTls, EnvoyPorts, loopback_ports, render
+from extauthz.dev.local_pki import SERVER_NAME, make_local_pki
+from extauthz.errors import StackError, UsageError
+from extauthz.runtime.supervisor import stop_on_signals
+from extauthz.storage.store import DEFAULT_PREFIX, Store, open_store
 
 DEFAULT_BASE_PORT = 10000
 PORTS_USED = 8  # base+0 .. base+7, see the module docstring
 BASIC_SECRET_ENV = "DENSENET161_SECRET"  # noqa: S105 (a variable name)
-
-
-class StackError(ExtAuthzError):
-    """A part of the local stack could not be found or started."""
 
 
 def find_binary(name: str, hint: str) -> str:
@@ -217,7 +213,7 @@ class Stack:
         self.model = Child(
             "demo-model",
             [
-                py, "-m", "extauthz.demo_model",
+                py, "-m", "extauthz.dev.demo_model",
                 "--http", f"127.0.0.1:{p.model_http.port}",
                 "--grpc", f"127.0.0.1:{p.model_grpc.port}",
             ],
@@ -339,7 +335,7 @@ Try (the comment is the status you should see):
   curl -i -H "Authorization: Bearer $DEPLOYMENT_A" {ext}/deployments/b/predict             # 403
   curl -i {ext}/embedder/embed                                              # private, outside: 404
   curl -i {internal}/embedder/embed                                         # private, inside: 200
-  python -m extauthz.demo_model --call 127.0.0.1:{grpc_port} --token $INFERENCE   # gRPC: OK
+  python -m extauthz.dev.demo_model --call 127.0.0.1:{grpc_port} --token $INFERENCE   # gRPC: OK
 
 Tokens:  extauthz token create --redis-url {stack.redis_url} --route densenet161 --scope inference
 Policy:  edit examples/policy.yaml, then

@@ -13,8 +13,8 @@ from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
-from extauthz.bounded import ENTRY_OVERHEAD, BoundedDict
-from extauthz.decision import IDENTITY_PREFIX, Decision, Outcome, RequestFacts
+from extauthz.core.bounded import ENTRY_OVERHEAD, BoundedDict
+from extauthz.core.decision import IDENTITY_PREFIX, Decision, Outcome, RequestFacts
 
 CheckRequest = external_auth_pb2.CheckRequest
 CheckResponse = external_auth_pb2.CheckResponse

@@ -36,10 +36,10 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from extauthz.credentials import TokenRecord
+from extauthz.core.policy import PolicySnapshot
+from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, StoreError, StoreUnavailable
-from extauthz.policy import PolicySnapshot
-from extauthz.redis_client import connect, follow_primary, key_prefix
+from extauthz.storage.client import connect, follow_primary, key_prefix
 
 DEFAULT_PREFIX = "extauthz:"
 LIVE_WINDOW = 3  # seconds since its last heartbeat (every second) that a server counts as live

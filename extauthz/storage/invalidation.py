@@ -33,9 +33,9 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoPermissionError, RedisClusterException
 
 from extauthz.errors import StoreError
-from extauthz.redis_client import PrimaryNode, redact_url
-from extauthz.store import Store
-from extauthz.token_cache import TokenCache
+from extauthz.storage.client import PrimaryNode, redact_url
+from extauthz.storage.store import Store
+from extauthz.storage.token_cache import TokenCache
 
 log = logging.getLogger("extauthz.invalidation")
 
