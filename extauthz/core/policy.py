@@ -269,6 +269,21 @@ class _Reader:
             raise self.error(node, key, "must be a decimal integer (e.g. 30)")
         return int(node.value)
 
+    def choices(
+        self,
+        node: yaml.Node,
+        key: str,
+        allowed: tuple[str, ...],
+        refusal: str = "{item!r} is not one of: {allowed}",
+    ) -> list[str]:
+        """A list of strings, each one of `allowed`; the error names the item at fault."""
+        items = self.strings(node, key)
+        for i, item in enumerate(items):
+            if item not in allowed:
+                message = refusal.format(item=item, allowed=", ".join(allowed))
+                raise self.error(node.value[i], f"{key}[{i}]", message)
+        return items
+
     def strings(self, node: yaml.Node, key: str) -> list[str]:
         if not isinstance(node, yaml.SequenceNode):
             raise self.error(node, key, "must be a list of strings")
@@ -379,14 +394,7 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
     listed = "credentials" in fields
     if listed:
         cred_node = fields["credentials"][1]
-        kinds = r.strings(cred_node, f"{path}.credentials")
-        for i, kind in enumerate(kinds):
-            if kind not in CREDENTIAL_KINDS:
-                raise r.error(
-                    cred_node.value[i],
-                    f"{path}.credentials[{i}]",
-                    f"{kind!r} is not one of: {', '.join(CREDENTIAL_KINDS)}",
-                )
+        kinds = r.choices(cred_node, f"{path}.credentials", CREDENTIAL_KINDS)
         if not kinds:
             raise r.error(cred_node, f"{path}.credentials", "must list at least one kind")
         credentials = tuple(dict.fromkeys(kinds))
@@ -435,15 +443,14 @@ def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> J
         raise r.error(fields["audiences"][1], f"{path}.audiences", "must list at least one")
     algorithms: tuple[str, ...] = JWT_ALGORITHMS
     if "algorithms" in fields:
-        alg_node = fields["algorithms"][1]
-        algorithms = tuple(r.strings(alg_node, f"{path}.algorithms"))
-        for i, alg in enumerate(algorithms):
-            if alg not in JWT_ALGORITHMS:
-                raise r.error(
-                    alg_node.value[i],
-                    f"{path}.algorithms[{i}]",
-                    f"{alg!r} is not allowed (allowed: {', '.join(JWT_ALGORITHMS)})",
-                )
+        algorithms = tuple(
+            r.choices(
+                fields["algorithms"][1],
+                f"{path}.algorithms",
+                JWT_ALGORITHMS,
+                "{item!r} is not allowed (allowed: {allowed})",
+            )
+        )
     leeway = 30
     if "leeway_seconds" in fields:
         leeway = r.integer(fields["leeway_seconds"][1], f"{path}.leeway_seconds")
