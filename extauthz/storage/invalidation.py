@@ -41,7 +41,7 @@ log = logging.getLogger("extauthz.invalidation")
 
 REQUIRED_FLAGS = "Kghxe"  # keyspace events: generic, hash, expired, evicted
 PRIMARY_CHECK_INTERVAL = 1.0  # seconds between "is it still the primary?" (Sentinel, Cluster)
-HEARTBEAT_INTERVAL = 1.0  # seconds between registrations in {prefix}servers (live: 3 s)
+HEARTBEAT_INTERVAL = 1.0  # seconds between refreshes of {prefix}servers:<id> (it lives 3 s)
 
 
 class PrimaryMoved(redis.ConnectionError):
@@ -201,7 +201,7 @@ class InvalidationListener:
     def _heartbeat(self) -> None:
         """Register this server as live (only while subscribed: a revoke waits for it)."""
         try:
-            self.store.heartbeat(self.server_id, time.time())
+            self.store.heartbeat(self.server_id)
             self._registered, self._heartbeat_failing = True, False
         except StoreError as e:
             if not self._heartbeat_failing:
@@ -209,7 +209,7 @@ class InvalidationListener:
                 log.warning(
                     "cannot register in %s (%s): `token revoke` will not wait for this "
                     "server (the Redis ACL user needs the rights listed in the README)",
-                    self.store.servers_key,
+                    self.store.servers_prefix + self.server_id,
                     e,
                 )
 

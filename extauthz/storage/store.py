@@ -7,7 +7,7 @@ Data model (documented in the README, "Redis data model"):
     {prefix}token:<sha256 hex of the token>   HASH  id, routes, scopes, name, created_at,
                                                     expires_at   (key TTL = expires_at)
     {prefix}policy                            HASH  version, snapshot (JSON), digest
-    {prefix}servers                           HASH  server id → unix time of its heartbeat
+    {prefix}servers:<server id>               STRING "1", expiring 3 s after the last heartbeat
 
 Channels: {prefix}invalidate (what changed: a token hash, `policy` or `*`, optionally
 followed by a space and a nonce to acknowledge) and {prefix}acks (`<nonce> <server id>`).
@@ -18,7 +18,6 @@ StoreUnavailable, a key of the wrong type or shape becomes MalformedRecord.
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -42,8 +41,7 @@ from extauthz.errors import MalformedRecord, StoreError, StoreUnavailable
 from extauthz.storage.client import connect, follow_primary, key_prefix
 
 DEFAULT_PREFIX = "extauthz:"
-LIVE_WINDOW = 3  # seconds since its last heartbeat (every second) that a server counts as live
-FORGET_AFTER = 86400  # seconds after which a silent server's entry is removed
+LIVE_MS = 3000  # a server's key lives this long after its last heartbeat (one a second)
 
 # Redis cannot answer now (down, timed out, failing over, a Cluster slot moving or
 # uncovered): the caller fails closed with a 503, never with a denial that blames the token.
@@ -83,7 +81,7 @@ class Store:
         # servers listen here too: a token hash, "policy", or "*" (drop every cached token)
         self.invalidate_channel = f"{prefix}invalidate"
         self.acks_channel = f"{prefix}acks"
-        self.servers_key = f"{prefix}servers"
+        self.servers_prefix = f"{prefix}servers:"
         # (command, seconds) after each read the servers make: the Redis latency metric
         self.observe: Callable[[str, float], None] | None = None
 
@@ -240,37 +238,27 @@ class Store:
 
     # --- servers: presence and acknowledgements -----------------------------------------------
 
-    def heartbeat(self, server_id: str, now: float) -> None:
-        """This server is up and its invalidation channel subscribed (see `confirm`)."""
+    def heartbeat(self, server_id: str) -> None:
+        """This server is up and its invalidation channel subscribed (see `confirm`): its key
+        lives LIVE_MS more, so Redis alone decides liveness (no clocks compared)."""
         with self._unavailable():
-            self.client.hset(self.servers_key, server_id, str(int(now)))
+            self.client.set(self.servers_prefix + server_id, "1", px=LIVE_MS)
 
     def leave(self, server_id: str) -> None:
         with self._unavailable():
-            self.client.hdel(self.servers_key, server_id)
+            self.client.delete(self.servers_prefix + server_id)
 
     def acknowledge(self, nonce: str, server_id: str) -> None:
         """Tell the waiting CLI that this server handled the message carrying `nonce`."""
         with self._unavailable():
             self.client.publish(self.acks_channel, f"{nonce} {server_id}")
 
-    def live_servers(self, now: float) -> list[str]:
-        """Servers whose heartbeat is recent; entries a day old are removed on the way."""
+    def live_servers(self) -> list[str]:
+        """The servers whose heartbeat key has not expired."""
+        start = len(self.servers_prefix)
         with self._unavailable():
-            beats = self.client.hgetall(self.servers_key)
-            live, dead = [], []
-            for server_id, beat in beats.items():
-                try:
-                    age = now - int(beat)
-                except ValueError:
-                    age = math.inf
-                if age <= LIVE_WINDOW:
-                    live.append(server_id)
-                elif age > FORGET_AFTER:
-                    dead.append(server_id)
-            if dead:
-                self.client.hdel(self.servers_key, *dead)
-        return sorted(live)
+            keys = self.client.scan_iter(match=self.servers_prefix + "*", count=1000)
+            return sorted(key[start:] for key in keys)
 
     def confirm(self, timeout: float, *messages: str) -> list[str]:
         """Publish invalidations and wait up to `timeout` s until every live server says it
@@ -281,7 +269,7 @@ class Store:
         if timeout <= 0:
             self._publish(*messages)
             return []
-        waiting = set(self.live_servers(time.time()))
+        waiting = set(self.live_servers())
         if not waiting:
             self._publish(*messages)
             return []

@@ -9,7 +9,7 @@ import pytest
 
 from extauthz.core.credentials import token_hash
 from tests.support.check import CheckClient
-from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, wait_for
+from tests.support.procs import REPO, RedisServer, extauthz_serve, live_servers, run_cli, wait_for
 from tests.support.readme import readme_block
 
 pytestmark = pytest.mark.redis
@@ -46,12 +46,12 @@ def test_documented_acl_users(tmp_path: Path) -> None:
                 "allowed with the read-only user",
             )
             # subscribed with the ACL's channels, and registered (its one writable key)
-            wait_for(lambda: server.cli("HLEN", "extauthz:servers") == "1", 5, "registered")
+            wait_for(lambda: live_servers(server) == "1", 5, "registered")
             result = run_cli(admin, "token", "revoke", tok["id"], "--json")
             assert json.loads(result.stdout)["unconfirmed"] == []  # the server acknowledged
             assert client.status("deployment-a", bearer) == 401  # at once: no waiting
             client.close()
-        assert server.cli("HLEN", "extauthz:servers") == "0"  # it left on shutdown
+        assert live_servers(server) == "0"  # it left on shutdown
         text = log.read_text()
         assert "invalidation channel subscribed" in text
         assert "failed" not in text and "Traceback" not in text

@@ -18,6 +18,7 @@ from tests.support.procs import (
     RedisServer,
     extauthz_serve,
     free_port,
+    live_servers,
     run_cli,
     stop,
     wait_for,
@@ -173,7 +174,7 @@ def test_a_confirmed_revoke_leaves_no_window(redis_server: RedisServer, tmp_path
     extra = ("--workers", "2", "--auth-failure-burst", "0")
     with extauthz_serve(redis_server.url, tmp_path / "s.log", *extra) as (port, proc):
         wait_for(lambda: len(worker_pids(proc.pid)) == 2, 10, "2 workers")
-        wait_for(lambda: redis_server.cli("HLEN", "extauthz:servers") == "2", 5, "registered")
+        wait_for(lambda: live_servers(redis_server) == "2", 5, "registered")
         # end to end, under load: no request sent after the revoke returned is allowed
         # (the mechanisms are tested one by one in test_token_cache.py and below)
         assert revocation_rounds(redis_server, port, 150, confirm=2.0) == 0
@@ -184,8 +185,10 @@ def test_revoke_names_a_server_that_does_not_confirm(
 ) -> None:
     run_cli(redis_server.url, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
     with extauthz_serve(redis_server.url, tmp_path / "s.log") as (_port, proc):
-        wait_for(lambda: redis_server.cli("HLEN", "extauthz:servers") == "1", 5, "registered")
-        server_id = redis_server.cli("HKEYS", "extauthz:servers")
+        wait_for(lambda: live_servers(redis_server) == "1", 5, "registered")
+        server_id = redis_server.cli("--scan", "--pattern", "extauthz:servers:*")[
+            len("extauthz:servers:") :
+        ]
         assert server_id == f"{socket.gethostname()}:{proc.pid}"
         for command in ("revoke", "rotate"):
             tok = json.loads(
@@ -212,4 +215,4 @@ def test_revoke_names_a_server_that_does_not_confirm(
                 redis_server.url, "token", "show", tok["id"], check=False
             ).returncode == (2 if command == "revoke" else 0)
     # a server that stops leaves the registry
-    assert redis_server.cli("HLEN", "extauthz:servers") == "0"
+    assert live_servers(redis_server) == "0"

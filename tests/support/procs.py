@@ -151,6 +151,11 @@ class RedisServer:
         return out.stdout.strip()
 
 
+def live_servers(server: RedisServer) -> str:
+    """How many extauthz servers are registered as live (their heartbeat keys), as text."""
+    return str(len(server.cli("--scan", "--pattern", "extauthz:servers:*").split()))
+
+
 @contextmanager
 def extauthz_serve(
     redis_url: str, log: Path, *extra: str
