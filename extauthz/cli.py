@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from extauthz import __version__
-from extauthz.config import Settings, load_settings
+from extauthz.config import Settings, add_setting_flags, load_settings
+from extauthz.dev import DEFAULT_BASE_PORT, PORTS_USED
 from extauthz.errors import (
     ConfigError,
     ExtAuthzError,
@@ -343,37 +344,6 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 
-def _add_token_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    token = sub.add_parser("token", help="create, list, show, revoke, rotate tokens")
-    tsub = token.add_subparsers(metavar="ACTION")
-    create = tsub.add_parser("create", parents=[common], help="mint a token (shown once)")
-    create.add_argument("--route", action="append", help="route name, repeatable; '*' for all")
-    create.add_argument("--scope", action="append", help="scope, repeatable (e.g. inference)")
-    create.add_argument("--ttl", help="lifetime: 30s, 15m, 1h, 7d (default: no expiry)")
-    create.add_argument("--name", help="a label for humans")
-    create.add_argument("--id", help="token id (default: generated tok_...)")
-    create.add_argument("--json", action="store_true")
-    create.set_defaults(func=_cmd_token_create)
-    listing = tsub.add_parser("list", parents=[common], help="list tokens (never secrets)")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=_cmd_token_list)
-    for name, func, text in (
-        ("show", _cmd_token_show, "show one token's record"),
-        ("revoke", _cmd_token_revoke, "delete a token: it stops working"),
-        ("rotate", _cmd_token_rotate, "new secret for the same id; the old one stops working"),
-    ):
-        p = tsub.add_parser(name, parents=[common], help=text)
-        p.add_argument("id", metavar="ID")
-        p.add_argument("--json", action="store_true")
-        if name != "show":
-            p.add_argument(
-                "--ack-timeout",
-                type=float,
-                help="seconds to wait for every live server to confirm; 0: do not wait (2)",
-            )
-        p.set_defaults(func=func)
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with its mistakes said in the CLI's one-line form (not a usage block)."""
 
@@ -382,83 +352,66 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    serve = sub.add_parser("serve", parents=[common], help="run the gRPC ext_authz server")
-    serve.add_argument("--listen", help="host:port for gRPC (default 127.0.0.1:9001)")
-    serve.add_argument("--workers", type=int, help="processes sharing the port (default: CPUs)")
-    serve.add_argument("--threads", type=int, help="gRPC handler threads per process (2)")
-    serve.add_argument("--log-format", choices=("text", "json"))
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    serve.add_argument("--redis-timeout", type=float, help="seconds per Redis command (0.1)")
-    serve.add_argument("--policy-refresh", type=float, help="seconds between policy checks (1)")
-    serve.add_argument("--shutdown-grace", type=float, help="seconds to drain on SIGTERM (5)")
-    serve.add_argument("--metrics-listen", help="host:port for /metrics, '' for none (:9102)")
-    serve.add_argument(
-        "--unhealthy-after", type=float, help="seconds of Redis outage before NOT_SERVING (10)"
-    )
-    serve.add_argument(
-        "--disable-auth",
-        action="store_const",
-        const=True,
-        help="allow every request (local use only; warns loudly)",
-    )
-    serve.add_argument("--cache-ttl", type=float, help="seconds tokens stay cached; 0: off (60)")
-    serve.add_argument(
-        "--stale-grace", type=float, help="seconds cached tokens outlive a Redis outage (0)"
-    )
-    serve.add_argument("--jwks-refresh", type=float, help="seconds between JWKS refreshes (300)")
-    serve.add_argument(
-        "--jwks-min-refetch", type=float, help="min seconds between unknown-kid refetches (10)"
-    )
-    serve.add_argument("--tls-cert", help="PEM certificate for TLS on the gRPC port")
-    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
-    serve.add_argument("--tls-client-ca", help="PEM CA of the clients allowed to call (mutual TLS)")
-    serve.add_argument(
-        "--auth-failure-rate",
-        type=float,
-        help="failed authentications per second per client address, after the burst (5)",
-    )
-    serve.add_argument(
-        "--auth-failure-burst",
-        type=int,
-        help="failed authentications a client address may make at once; 0: no limit (50)",
-    )
-    serve.set_defaults(func=_cmd_serve)
+def _command(sub: Any, name: str, help: str, settings_of: str | None = None) -> Any:
+    """A subcommand with `--config` and the flags of every setting it takes (config.py)."""
+    parser = sub.add_parser(name, help=help)
+    parser.add_argument("--config", help="YAML config file (keys: the settings' names)")
+    add_setting_flags(parser, settings_of or name)
+    return parser
+
+
+def _add_token_parsers(sub: Any) -> None:
+    token = sub.add_parser("token", help="create, list, show, revoke, rotate tokens")
+    tsub = token.add_subparsers(metavar="ACTION")
+    create = _command(tsub, "create", "mint a token (shown once)", "token")
+    create.add_argument("--route", action="append", help="route name, repeatable; '*' for all")
+    create.add_argument("--scope", action="append", help="scope, repeatable (e.g. inference)")
+    create.add_argument("--ttl", help="lifetime: 30s, 15m, 1h, 7d (default: no expiry)")
+    create.add_argument("--name", help="a label for humans")
+    create.add_argument("--id", help="token id (default: generated tok_...)")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(func=_cmd_token_create)
+    listing = _command(tsub, "list", "list tokens (never secrets)", "token")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_cmd_token_list)
+    for name, func, text in (
+        ("show", _cmd_token_show, "show one token's record"),
+        ("revoke", _cmd_token_revoke, "delete a token: it stops working"),
+        ("rotate", _cmd_token_rotate, "new secret for the same id; the old one stops working"),
+    ):
+        p = _command(tsub, name, text, "token")
+        add_setting_flags(p, name)  # revoke, rotate: --ack-timeout
+        p.add_argument("id", metavar="ID")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument("--redis-url", help="default redis://127.0.0.1:6379/0")
-    common.add_argument("--key-prefix", help="Redis key prefix (default extauthz:)")
-    common.add_argument("--config", help="YAML config file (keys: the long option names)")
-
     parser = _Parser(prog="extauthz", description="Envoy ext_authz server for model endpoints.")
     parser.add_argument("--version", action="version", version=f"extauthz {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    _add_serve_parser(sub, common)
+    _command(sub, "serve", "run the gRPC ext_authz server").set_defaults(func=_cmd_serve)
 
-    sync = sub.add_parser("sync", parents=[common], help="load a policy file into Redis")
+    sync = _command(sub, "sync", "load a policy file into Redis")
     sync.add_argument("policy", metavar="POLICY.yaml")
     sync.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     sync.add_argument("--prune", action="store_true", help="remove routes not in the file")
     sync.set_defaults(func=_cmd_sync)
 
-    _add_token_parsers(sub, common)
+    _add_token_parsers(sub)
 
-    check = sub.add_parser("check", parents=[common], help="what-if: decide one request offline")
+    check = _command(sub, "check", "what-if: decide one request offline")
     check.add_argument("--route", required=True)
     check.add_argument("--header", action="append", help="'name: value', repeatable")
     check.add_argument("--network", help="context extension network (e.g. internal)")
     check.add_argument("--source", help="source IP address")
     check.set_defaults(func=_cmd_check)
-    probe = sub.add_parser("health", parents=[common], help="probe a server's gRPC health")
+
+    probe = _command(sub, "health", "probe a server's gRPC health")
     probe.add_argument("--target", help="host:port (default: the --listen setting)")
     probe.add_argument("--service", default="envoy.service.auth.v3.Authorization")
     probe.add_argument("--timeout", type=float, default=2.0)
-    probe.add_argument("--tls-cert", help="client certificate (PEM) for a TLS port")
-    probe.add_argument("--tls-key", help="private key of --tls-cert")
-    probe.add_argument("--tls-client-ca", help="the server's --tls-client-ca")
     probe.add_argument("--tls-ca", help="CA of the server's certificate (default --tls-client-ca)")
     probe.add_argument(
         "--tls-server-name", default="extauthz", help="name in the server's certificate"
@@ -466,9 +419,14 @@ def _parser() -> argparse.ArgumentParser:
     probe.set_defaults(func=_cmd_health)
 
     stack = sub.add_parser("up", help="run the local stack (Redis, extauthz, Envoy, demo model)")
-    stack.add_argument("--base-port", type=int, default=10000, help="first of 7 ports (10000)")
+    stack.add_argument(
+        "--base-port",
+        type=int,
+        default=DEFAULT_BASE_PORT,
+        help=f"first of the {PORTS_USED} loopback ports it uses (default: {DEFAULT_BASE_PORT})",
+    )
     stack.add_argument("--policy", help="policy file (default examples/policy.yaml)")
-    stack.add_argument("--state-dir", default=".stack", help="logs, Redis data, envoy.yaml")
+    stack.add_argument("--state-dir", default=".stack", help="logs, Redis data, envoy.yaml, TLS")
     stack.set_defaults(func=_cmd_up)
     return parser
 

@@ -22,33 +22,87 @@ ENV_PREFIX = "EXTAUTHZ_"
 MAX_CONFIG_BYTES = 1 << 20
 
 
+REDIS = ("serve", "sync", "token", "check", "health")  # every command that reaches Redis
+SERVE = ("serve",)
+TLS = ("serve", "health")
+
+
+def setting(
+    default: Any,
+    help: str,
+    commands: tuple[str, ...] = SERVE,
+    *,
+    choices: tuple[str, ...] = (),
+    zero_ok: bool = False,
+    maximum: float | None = None,
+    secret: bool = False,
+) -> Any:
+    """A Settings field: its default, its help text, the commands that take it as a flag
+    (`--name-with-dashes`), and what values are allowed. The CLI is generated from these."""
+    metadata = {
+        "help": help,
+        "commands": commands,
+        "choices": choices,
+        "zero_ok": zero_ok,
+        "maximum": maximum,
+    }
+    return field(default=default, repr=not secret, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Every setting with its default. The Redis URL may hold a password: kept out of repr."""
+    """Every setting with its default, help and bounds. Secrets are kept out of repr."""
 
-    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
-    key_prefix: str = DEFAULT_PREFIX
-    listen: str = "127.0.0.1:9001"
-    workers: int = 0  # server processes sharing the port; 0: one per CPU
-    threads: int = 2  # gRPC handler threads per process
-    log_format: str = "text"  # text | json
-    log_level: str = "info"
-    redis_timeout: float = 0.1  # seconds, per Redis command on the decision path
-    policy_refresh: float = 1.0  # seconds between checks for a new policy version
-    shutdown_grace: float = 5.0  # seconds to drain in-flight calls on SIGTERM
-    cache_ttl: float = 60.0  # seconds a token record stays cached; 0 disables the cache
-    stale_grace: float = 0.0  # seconds cached tokens may still be used once Redis is down
-    metrics_listen: str = "127.0.0.1:9102"  # Prometheus /metrics; "" turns it off
-    unhealthy_after: float = 10.0  # seconds of Redis outage before health says NOT_SERVING
-    disable_auth: bool = False  # allow everything (local use only): loud warnings
-    jwks_refresh: float = 300.0  # seconds between JWKS refreshes
-    jwks_min_refetch: float = 10.0  # at most one extra JWKS fetch (unknown kid) this often
-    auth_failure_rate: float = 5.0  # failed authentications per second per client address...
-    auth_failure_burst: int = 50  # ...after a burst of this many; 0 turns the limit off
-    ack_timeout: float = 2.0  # token revoke|rotate: seconds to wait for servers to confirm
-    tls_cert: str = ""  # PEM certificate (chain) of the Check port: TLS when set...
-    tls_key: str = field(default="", repr=False)  # ...with its private key
-    tls_client_ca: str = ""  # CA of the clients (Envoy) allowed to call: mutual TLS
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "Redis: redis://, rediss://, redis+sentinel://, redis+cluster:// (see README)",
+        REDIS,
+        secret=True,
+    )
+    key_prefix: str = setting(
+        DEFAULT_PREFIX, "Redis key prefix ({extauthz}: with a Cluster)", REDIS
+    )
+    listen: str = setting("127.0.0.1:9001", "host:port for gRPC (Check and health)")
+    workers: int = setting(0, "processes sharing the port; 0: one per CPU", zero_ok=True)
+    threads: int = setting(2, "gRPC handler threads per process")
+    log_format: str = setting("text", "log lines as text or JSON", choices=("text", "json"))
+    log_level: str = setting(
+        "info", "denials at info, allows at debug", choices=("debug", "info", "warning", "error")
+    )
+    redis_timeout: float = setting(0.1, "seconds per Redis command on the decision path")
+    policy_refresh: float = setting(1.0, "seconds between checks for a new policy version")
+    shutdown_grace: float = setting(5.0, "seconds to drain in-flight calls on SIGTERM")
+    cache_ttl: float = setting(60.0, "seconds a token record stays cached; 0: off", zero_ok=True)
+    stale_grace: float = setting(
+        0.0, "seconds cached tokens may still allow once Redis is down", zero_ok=True
+    )
+    metrics_listen: str = setting("127.0.0.1:9102", "host:port for /metrics; '' turns it off")
+    unhealthy_after: float = setting(
+        10.0, "seconds of Redis outage before health says NOT_SERVING", zero_ok=True
+    )
+    disable_auth: bool = setting(False, "allow every request (local use only; warns loudly)")
+    jwks_refresh: float = setting(300.0, "seconds between JWKS refreshes")
+    jwks_min_refetch: float = setting(
+        10.0, "at most one unknown-kid JWKS refetch per key source this often (seconds)"
+    )
+    auth_failure_rate: float = setting(
+        5.0, "failed authentications per second per client address, after the burst"
+    )
+    auth_failure_burst: int = setting(
+        50, "failed authentications a client address may make at once; 0: no limit", zero_ok=True
+    )
+    ack_timeout: float = setting(
+        2.0,
+        "seconds to wait for every live server to confirm; 0: do not wait",
+        ("revoke", "rotate"),
+        zero_ok=True,
+        maximum=60.0,
+    )
+    tls_cert: str = setting("", "PEM certificate (chain): the gRPC port speaks TLS", TLS)
+    tls_key: str = setting("", "PEM private key of --tls-cert", TLS, secret=True)
+    tls_client_ca: str = setting(
+        "", "PEM CA of the clients allowed to call: mutual TLS (only Envoy answers)", TLS
+    )
 
     @property
     def redis_url_redacted(self) -> str:
@@ -56,16 +110,7 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
-_ZERO_OK = (
-    "cache_ttl",
-    "stale_grace",
-    "workers",
-    "unhealthy_after",
-    "auth_failure_burst",
-    "ack_timeout",
-)
-_MAXIMUM = {"ack_timeout": 60.0}
-_CHOICES = {"log_format": ("text", "json"), "log_level": ("debug", "info", "warning", "error")}
+_KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 
 
 def load_settings(cli: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
@@ -140,13 +185,29 @@ def _convert(name: str, raw: Any, source: str) -> Any:
         else:
             raise ValueError
     except ValueError:
-        raise ConfigError(f"{source}: expected a {kind.__name__}, got {raw!r}") from None
-    if name in _CHOICES and value not in _CHOICES[name]:
-        raise ConfigError(f"{source}: must be one of {', '.join(_CHOICES[name])}, got {value!r}")
+        raise ConfigError(f"{source}: expected {_KIND_NAMES[kind]}, got {raw!r}") from None
+    meta = _FIELDS[name].metadata
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{source}: must be one of {', '.join(meta['choices'])}, got {value!r}")
     if kind is float and not math.isfinite(value):
         raise ConfigError(f"{source}: must be a finite number, got {raw!r}")
-    if kind in (int, float) and (value < 0 or (value == 0 and name not in _ZERO_OK)):
+    if kind in (int, float) and (value < 0 or (value == 0 and not meta["zero_ok"])):
         raise ConfigError(f"{source}: must be positive, got {raw!r}")
-    if name in _MAXIMUM and value > _MAXIMUM[name]:
-        raise ConfigError(f"{source}: must be at most {_MAXIMUM[name]:g}, got {raw!r}")
+    if meta["maximum"] is not None and value > meta["maximum"]:
+        raise ConfigError(f"{source}: must be at most {meta['maximum']:g}, got {raw!r}")
     return value
+
+
+def add_setting_flags(parser: Any, command: str) -> None:
+    """Add `--name` for every setting that `command` takes, with its help, default and
+    choices from the Settings field (values are converted and checked by load_settings)."""
+    for f in fields(Settings):
+        meta = f.metadata
+        if command not in meta["commands"]:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{meta['help']} (default: {f.default if f.default != '' else 'none'})"
+        if f.default is False:
+            parser.add_argument(flag, action="store_const", const=True, help=meta["help"])
+        else:
+            parser.add_argument(flag, help=text, choices=meta["choices"] or None)

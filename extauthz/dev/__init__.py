@@ -1,2 +1,5 @@
 """The developer's tools: the local stack (`extauthz up`), its CA, the demo model server and
 the Envoy configuration generator."""
+
+DEFAULT_BASE_PORT = 10000  # `extauthz up` listens on loopback ports from here...
+PORTS_USED = 8  # ...to DEFAULT_BASE_PORT + 7 (see stack.py)

@@ -31,14 +31,13 @@ from pathlib import Path
 from extauthz.admin import tokens
 from extauthz.admin.sync import sync
 from extauthz.core.policy import load_policy_file
+from extauthz.dev import DEFAULT_BASE_PORT, PORTS_USED
 from extauthz.dev.envoy_config import ClientTls, EnvoyPorts, loopback_ports, render
 from extauthz.dev.local_pki import SERVER_NAME, make_local_pki
 from extauthz.errors import StackError, UsageError
 from extauthz.runtime.supervisor import stop_on_signals
 from extauthz.storage.store import DEFAULT_PREFIX, Store, open_store
 
-DEFAULT_BASE_PORT = 10000
-PORTS_USED = 8  # base+0 .. base+7, see the module docstring
 BASIC_SECRET_ENV = "DENSENET161_SECRET"  # noqa: S105 (a variable name)
 
 

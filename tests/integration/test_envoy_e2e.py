@@ -18,10 +18,10 @@ import grpc
 import pytest
 
 from extauthz.admin import tokens
-from extauthz.dev import demo_model
+from extauthz.dev import PORTS_USED, demo_model
 from extauthz.dev.envoy_config import COMPOSE, ClientTls, loopback_ports, render
 from extauthz.dev.local_pki import make_local_pki
-from extauthz.dev.stack import PORTS_USED, Stack, free_base_port
+from extauthz.dev.stack import Stack, free_base_port
 from tests.support.procs import REPO, port_open, require_binary, wait_for
 from tests.support.readme import readme_block
 

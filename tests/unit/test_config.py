@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from extauthz.cli import _parser
 from extauthz.config import Settings, load_settings
 from extauthz.errors import ConfigError
 
@@ -31,7 +34,7 @@ def test_password_not_in_repr() -> None:
 @pytest.mark.parametrize(
     ("cli", "env", "fragment"),
     [
-        ({}, {"EXTAUTHZ_THREADS": "many"}, "EXTAUTHZ_THREADS: expected a int"),
+        ({}, {"EXTAUTHZ_THREADS": "many"}, "EXTAUTHZ_THREADS: expected a whole number"),
         ({}, {"EXTAUTHZ_LOG_FORMAT": "xml"}, "must be one of"),
         ({"redis_timeout": -1.0}, {}, "--redis-timeout: must be positive"),
         ({"config": "/nonexistent/c.yaml"}, {}, "cannot read config file"),
@@ -59,3 +62,31 @@ def test_boolean_settings(raw: str, value: bool) -> None:
 def test_boolean_setting_rejects_garbage() -> None:
     with pytest.raises(ConfigError, match="EXTAUTHZ_DISABLE_AUTH"):
         load_settings({}, env={"EXTAUTHZ_DISABLE_AUTH": "maybe"})
+
+
+def test_every_setting_has_help_and_a_command() -> None:
+    for f in fields(Settings):
+        assert f.metadata["help"], f.name
+        assert f.metadata["commands"], f.name
+
+
+@pytest.mark.parametrize("f", fields(Settings), ids=lambda f: f.name)
+def test_the_cli_is_generated_from_the_settings(f: Any) -> None:
+    # every command that takes the setting has its flag, and the value reaches Settings
+    value = {bool: True, int: 7, float: 1.5, str: "x"}[type(f.default)]
+    if f.metadata["choices"]:
+        value = f.metadata["choices"][-1]
+    for command in f.metadata["commands"]:
+        argv = {
+            "serve": ["serve"],
+            "sync": ["sync", "p.yaml"],
+            "token": ["token", "list"],
+            "check": ["check", "--route", "r"],
+            "health": ["health"],
+            "revoke": ["token", "revoke", "t1"],
+            "rotate": ["token", "rotate", "t1"],
+        }[command]
+        flag = "--" + f.name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+        settings = load_settings(vars(_parser().parse_args(argv)), env={})
+        assert getattr(settings, f.name) == value, (command, f.name)
