@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from extauthz.errors import MalformedRecord, StoreUnavailable
 from extauthz.runtime.authorizer import Authorizer
+from extauthz.storage.redis_health import RedisHealth
 
 watch_log = logging.getLogger("extauthz.policy")
 
@@ -20,15 +21,16 @@ class PolicyWatcher:
         self,
         authorizer: Authorizer,
         interval: float,
-        on_poll: Callable[[bool], None] | None = None,
+        health: RedisHealth,
+        on_poll: Callable[[], None] | None = None,
     ) -> None:
-        """`on_poll(redis_ok)` runs after every poll (health, periodic warnings)."""
+        """Every poll reports to `health`; `on_poll()` runs after it (health, warnings)."""
         self.authorizer = authorizer
+        self.health = health
         self.on_poll = on_poll
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
-        self._failing = False
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -41,31 +43,24 @@ class PolicyWatcher:
             self._thread.join(timeout=2)
 
     def poll(self) -> None:
-        """Reload the policy if it changed; also the heartbeat that tells the cache Redis is up."""
-        cache = self.authorizer.cache
+        """Reload the policy if it changed; also the heartbeat that tells whether Redis is up."""
         with self._lock:
             try:
                 self.authorizer.refresh_policy()
             except StoreUnavailable as e:
-                if cache is not None:
-                    cache.set_store_ok(False)
-                if not self._failing:
+                if self.health.store_answered(False):
                     watch_log.warning(
                         "cannot read the policy from Redis (%s): keeping the last one", e
                     )
-                self._failing = True
                 return
             except MalformedRecord as e:
                 watch_log.error("published policy is malformed (%s): keeping the last one", e)
-            if cache is not None:
-                cache.set_store_ok(True)
-            if self._failing:
+            if self.health.store_answered(True):
                 watch_log.info("Redis reachable again")
-            self._failing = False
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.poll()
             self.authorizer.log_suppressed()
             if self.on_poll is not None:
-                self.on_poll(not self._failing)
+                self.on_poll()

@@ -35,6 +35,7 @@ from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.policy_watcher import PolicyWatcher
 from extauthz.runtime.supervisor import WORKER_ENV
 from extauthz.storage.invalidation import InvalidationListener
+from extauthz.storage.redis_health import RedisHealth
 from extauthz.storage.store import open_store
 from extauthz.storage.token_cache import TokenCache
 
@@ -82,10 +83,14 @@ class Server:
         """`check` replaces the Check handler (bench/ measures an empty one)."""
         self.settings = settings
         self.store = open_store(settings.redis_url, settings.key_prefix, settings.redis_timeout)
+        self.redis = RedisHealth()  # one view of Redis: cache trust, health, metrics
         self.jwks = JwksCache(refresh=settings.jwks_refresh, min_refetch=settings.jwks_min_refetch)
         self.cache = (
             TokenCache(
-                self.store.token_record, ttl=settings.cache_ttl, stale_grace=settings.stale_grace
+                self.store.token_record,
+                ttl=settings.cache_ttl,
+                stale_grace=settings.stale_grace,
+                health=self.redis,
             )
             if settings.cache_ttl > 0
             else None
@@ -102,10 +107,11 @@ class Server:
             if settings.auth_failure_burst > 0
             else None,
         )
-        self.watcher = PolicyWatcher(self.authorizer, settings.policy_refresh, self._on_poll)
+        self.watcher = PolicyWatcher(
+            self.authorizer, settings.policy_refresh, self.redis, self._on_poll
+        )
         self.metrics.watch(self._state)
         self.serving = False
-        self._redis_down_since: float | None = None
         self._warned_disabled_at = 0.0
         self.listener = (
             InvalidationListener(settings.redis_url, self.store, self.cache, self.watcher.poll)
@@ -181,18 +187,15 @@ class Server:
             self.health.set(service, status)
         self.serving = serving
 
-    def _on_poll(self, redis_ok: bool) -> None:
+    def _on_poll(self) -> None:
         """After every policy poll: health follows Redis, with `unhealthy_after` of patience."""
         now = time.monotonic()
-        if redis_ok:
-            self._redis_down_since = None
+        if self.redis.store_ok:
             if not self.serving and not self._stopping.is_set():
                 log.info("Redis is back: health SERVING")
                 self._set_serving(True)
         else:
-            if self._redis_down_since is None:
-                self._redis_down_since = now
-            down_for = now - self._redis_down_since
+            down_for = self.redis.down_for()
             if self.serving and down_for >= self.settings.unhealthy_after:
                 log.warning("Redis unreachable for %.0fs: health NOT_SERVING", down_for)
                 self._set_serving(False)
@@ -212,7 +215,7 @@ class Server:
         version = self.authorizer.policy_version
         return {
             "policy_version": version.version if version is not None else 0,
-            "redis_up": int(self._redis_down_since is None),
+            "redis_up": int(self.redis.store_ok),
             "auth_disabled": int(self.settings.disable_auth),
             "serving": int(self.serving),
             "cache": {

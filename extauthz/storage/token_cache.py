@@ -8,7 +8,7 @@
 - Invalidation comes from `invalidate()` (keyspace notifications, explicit messages): a
   fetch that raced with any invalidation is not cached.
 - The cache is only trusted while invalidations are being received and Redis answers
-  (`set_channel_ok`, `set_store_ok`); once either is not so, entries are served for at
+  (one shared RedisHealth says so); once either is not so, entries are served for at
   most `stale_grace` seconds (default 0: every lookup goes to Redis, which fails closed
   when Redis is down). Becoming trusted again starts from an empty cache.
 """
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from extauthz.core.bounded import BoundedDict, text_size
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, StoreUnavailable
+from extauthz.storage.redis_health import RedisHealth
 
 Fetch = Callable[[str], TokenRecord | None]
 
@@ -59,6 +60,7 @@ class TokenCache:
         max_bytes: int = 64 << 20,
         stale_grace: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        health: RedisHealth | None = None,
     ) -> None:
         self.fetch = fetch
         self.ttl = ttl
@@ -74,36 +76,31 @@ class TokenCache:
         self._flights: dict[str, _Flight] = {}
         self._lock = threading.Lock()
         self._generation = 0  # bumped by every invalidation
-        self._trusted = False
-        self._channel_ok = False
-        self._store_ok = True
+        self._trusted = False  # follows self.health (see _on_trust)
         self._untrusted_since = -float("inf")
         self._events = True  # every change arrives as an invalidation (not just the ttl)
+        self.health = health if health is not None else RedisHealth()
+        self.health.observe(self._on_trust)
+        self._on_trust(self.health.trusted)
 
     # --- invalidation -----------------------------------------------------------------------
 
     def set_channel_ok(self, ok: bool) -> None:
-        """Whether the invalidation channel is connected and subscribed."""
-        with self._lock:
-            self._channel_ok = ok
-            self._update_trust_locked()
+        """Whether the invalidation channel is connected and subscribed (→ the health)."""
+        self.health.channel_subscribed(ok)
 
     def set_store_ok(self, ok: bool) -> None:
-        """Whether Redis answered the last command (policy poll or token fetch)."""
-        if ok == self._store_ok:
-            return
-        with self._lock:
-            self._store_ok = ok
-            self._update_trust_locked()
+        """Whether Redis answered the last command (→ the health)."""
+        self.health.store_answered(ok)
 
-    def _update_trust_locked(self) -> None:
-        trusted = self._channel_ok and self._store_ok
-        if trusted and not self._trusted:
-            self._clear_locked()
-        elif not trusted and self._trusted:
-            self._untrusted_since = self.clock()
-            self._generation += 1
-        self._trusted = trusted
+    def _on_trust(self, trusted: bool) -> None:
+        with self._lock:
+            if trusted and not self._trusted:
+                self._clear_locked()  # what was cached before may have changed unseen
+            elif not trusted and self._trusted:
+                self._untrusted_since = self.clock()
+                self._generation += 1
+            self._trusted = trusted
 
     def use_fallback_ttl(self, ttl: float) -> None:
         """Hand edits arrive as no invalidation (no keyspace notifications): `ttl` bounds them."""
