@@ -18,12 +18,16 @@ from extauthz import __version__
 from extauthz.config import Settings, add_setting_flags, load_settings
 from extauthz.dev import DEFAULT_BASE_PORT, PORTS_USED
 from extauthz.errors import (
+    AmbiguousToken,
     ConfigError,
     ExtAuthzError,
+    InvalidValue,
     MalformedRecord,
     PolicyError,
     StoreUnavailable,
+    UnknownToken,
     UsageError,
+    shown,
 )
 from extauthz.storage.store import Store, open_store
 
@@ -45,12 +49,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = settings.redis_url_redacted if settings else "Redis"
         _error(f"cannot reach Redis at {where} ({e}); start redis-server or set --redis-url")
         return 1
-    except (ConfigError, UsageError, PolicyError, MalformedRecord) as e:
-        _error(str(e))
+    except (ConfigError, UsageError, PolicyError) as e:
+        _error(_worded(e))
         return 2
-    except ExtAuthzError as e:
+    except ExtAuthzError as e:  # Redis refused or answered an error, a malformed record...
         _error(str(e))
         return 1
+
+
+def _worded(error: ExtAuthzError) -> str:
+    """A domain error in the words of this command line (flags, commands to run)."""
+    match error:
+        case InvalidValue(field=field, value=value, rule=rule):
+            if value is None:
+                return f"missing --{field}: {rule}"
+            return f"invalid --{field} {shown(value)}: {rule}"
+        case UnknownToken():
+            return f"{error} (see `extauthz token list`)"
+        case AmbiguousToken():
+            return f"{error}: revoke them and create a new one"
+    return str(error)
 
 
 def _error(message: str) -> None:

@@ -16,7 +16,43 @@ class ConfigError(ExtAuthzError):
 
 
 class UsageError(ExtAuthzError):
-    """The user asked for something that cannot be done as asked (CLI)."""
+    """The user asked for something that cannot be done as asked."""
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """A user's value quoted for a message: cut, with control characters and undecodable
+    bytes escaped (a message never carries raw terminal escapes or forged lines)."""
+    cut = text if len(text) <= limit else text[:limit] + "…"
+    return repr(cut) if cut.isprintable() else ascii(cut)
+
+
+class InvalidValue(UsageError):
+    """A value for `field` breaks `rule` (value None: none was given). Callers word it for
+    their surface (CLI flag, API field); the default text names the field plainly."""
+
+    def __init__(self, field: str, value: str | None, rule: str) -> None:
+        self.field = field
+        self.value = value
+        self.rule = rule
+        given = f"missing {field}" if value is None else f"invalid {field} {shown(value)}"
+        super().__init__(f"{given}: {rule}")
+
+
+class UnknownToken(UsageError):
+    """No token has this id."""
+
+    def __init__(self, token_id: str) -> None:
+        self.token_id = token_id
+        super().__init__(f"no token with id {shown(token_id)}")
+
+
+class AmbiguousToken(UsageError):
+    """Several tokens share this id (made by hand): commands on one token refuse it."""
+
+    def __init__(self, token_id: str, count: int) -> None:
+        self.token_id = token_id
+        self.count = count
+        super().__init__(f"{count} tokens have id {shown(token_id)}")
 
 
 class PolicyError(ExtAuthzError):
@@ -39,8 +75,12 @@ class StoreUnavailable(StoreError):
     """Redis cannot be reached or did not answer in time: decisions needing it fail closed."""
 
 
+class StoreRefused(StoreError):
+    """Redis refused a command (the ACL of the --redis-url user): decisions fail closed."""
+
+
 class MalformedRecord(StoreError):
-    """A record in Redis does not have the documented shape."""
+    """A record in Redis does not have the documented shape (→ 401 for that token)."""
 
 
 class TooManyFailures(ExtAuthzError):

@@ -21,7 +21,7 @@ from extauthz.core.credentials import (
     token_hash,
 )
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import MalformedRecord, UsageError
+from extauthz.errors import AmbiguousToken, InvalidValue, MalformedRecord, UnknownToken
 from extauthz.storage.store import Store
 
 _TTL = re.compile(r"([0-9]{1,12})([smhd])", re.ASCII)
@@ -33,14 +33,11 @@ def parse_ttl(text: str) -> int:
     """`30s`, `15m`, `1h`, `7d` → seconds (at most a century)."""
     m = _TTL.fullmatch(text)
     if not m or int(m.group(1)) == 0:
-        raise UsageError(
-            f"invalid --ttl {printable(text)}: use a positive number with s, m, h or d (e.g. 1h)"
-        )
+        raise InvalidValue("ttl", text, "use a positive number with s, m, h or d (e.g. 1h)")
     seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     if seconds > MAX_TTL_SECONDS:
-        raise UsageError(
-            f"invalid --ttl {printable(text)}: at most 36500d (100 years); "
-            "omit --ttl for a token that never expires"
+        raise InvalidValue(
+            "ttl", text, "at most 36500d (100 years); without a ttl the token never expires"
         )
     return seconds
 
@@ -48,16 +45,11 @@ def parse_ttl(text: str) -> int:
 def check_name(name: str) -> None:
     """A token's label: printable text (no control characters), at most 256 characters."""
     if len(name) > MAX_NAME_LENGTH or not name.isprintable():
-        raise UsageError(
-            f"invalid --name {printable(name)}: use printable text without control "
-            f"characters, at most {MAX_NAME_LENGTH} characters"
+        raise InvalidValue(
+            "name",
+            name,
+            f"use printable text without control characters, at most {MAX_NAME_LENGTH}",
         )
-
-
-def printable(text: str, limit: int = 80) -> str:
-    """`text` quoted for a terminal: control characters and undecodable bytes escaped."""
-    cut = text if len(text) <= limit else text[:limit] + "…"
-    return repr(cut) if cut.isprintable() else ascii(cut)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,28 +80,24 @@ def create(
     route_set = frozenset(routes)
     scope_set = frozenset(scopes)
     if not route_set:
-        raise UsageError("a token needs at least one --route (or --route '*' for all routes)")
+        raise InvalidValue("route", None, "a token needs at least one ('*' for all routes)")
     for route in route_set:
         if route != "*" and not ROUTE_NAME.fullmatch(route):
-            raise UsageError(
-                f"invalid --route {printable(route)}: use letters, digits, '.', '_', '-' "
-                "(at most 128), or '*' for every route"
+            raise InvalidValue(
+                "route", route, "use letters, digits, '.', '_', '-' (at most 128), or '*' for all"
             )
     for scope in scope_set:
         if not SCOPE_NAME.fullmatch(scope):
-            raise UsageError(
-                f"invalid --scope {printable(scope)}: use letters, digits, '.', '_', ':', '/', "
-                "'-' (at most 128)"
+            raise InvalidValue(
+                "scope", scope, "use letters, digits, '.', '_', ':', '/', '-' (at most 128)"
             )
     check_name(name)
     if token_id is None:
         token_id = "tok_" + secrets.token_hex(6)
     elif not TOKEN_ID.fullmatch(token_id):
-        raise UsageError(
-            f"invalid --id {printable(token_id)}: use letters, digits, '.', '_', '-' (at most 64)"
-        )
+        raise InvalidValue("id", token_id, "use letters, digits, '.', '_', '-' (at most 64)")
     if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_SECONDS:
-        raise UsageError(f"invalid ttl {ttl_seconds}s: from 1s to 36500d")
+        raise InvalidValue("ttl", f"{ttl_seconds}s", "from 1s to 36500d")
     record = TokenRecord(
         id=token_id,
         routes=route_set,
@@ -141,7 +129,7 @@ def revoke(store: Store, token_id: str, confirm: float = 0) -> Revoked:
     """
     found = store.find_tokens(token_id)
     if not found:
-        raise _unknown(token_id)
+        raise UnknownToken(token_id)
     count, unconfirmed = store.delete_tokens([digest for digest, _ in found], confirm)
     return Revoked(count, tuple(unconfirmed))
 
@@ -158,13 +146,7 @@ def rotate(store: Store, token_id: str, confirm: float = 0) -> IssuedToken:
 def _one(store: Store, token_id: str) -> tuple[str, TokenRecord]:
     found = store.find_tokens(token_id)
     if not found:
-        raise _unknown(token_id)
+        raise UnknownToken(token_id)
     if len(found) > 1:
-        raise UsageError(
-            f"{len(found)} tokens have id {printable(token_id)}: revoke them and create a new one"
-        )
+        raise AmbiguousToken(token_id, len(found))
     return found[0]
-
-
-def _unknown(token_id: str) -> UsageError:
-    return UsageError(f"no token with id {printable(token_id)} (see `extauthz token list`)")

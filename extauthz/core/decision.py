@@ -28,7 +28,7 @@ from extauthz.core.credentials import (
 from extauthz.core.jwt_verify import JwtIdentity, JwtRejected, JwtUnavailable, JwtVerify
 from extauthz.core.policy import Access, JwtSettings, PolicySnapshot, RoutePolicy
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import MalformedRecord, StoreUnavailable, TooManyFailures
+from extauthz.errors import MalformedRecord, StoreError, TooManyFailures
 
 SUBJECT_HEADER = "x-extauthz-subject"
 ROUTE_HEADER = "x-extauthz-route"
@@ -152,10 +152,10 @@ def _decide_protected(
     digest = token_hash(secret)
     try:
         record = snapshot.secrets.get(digest) or lookup(digest)
-    except StoreUnavailable:
-        return _error("store_unavailable")
     except MalformedRecord:
         return _unauthorized(route, "malformed_record", "invalid token", presented=True)
+    except StoreError:  # unavailable, refused, any other error reply: fail closed
+        return _error("store_unavailable")
     except TooManyFailures as e:
         return too_many_failures(e.retry_after)
     if record is None:

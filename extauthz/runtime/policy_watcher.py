@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from extauthz.errors import MalformedRecord, StoreUnavailable
+from extauthz.errors import MalformedRecord, StoreError
 from extauthz.runtime.authorizer import Authorizer
 from extauthz.storage.redis_health import RedisHealth
 
@@ -47,14 +47,14 @@ class PolicyWatcher:
         with self._lock:
             try:
                 self.authorizer.refresh_policy()
-            except StoreUnavailable as e:
+            except MalformedRecord as e:  # Redis answered; what it holds is off-shape
+                watch_log.error("published policy is malformed (%s): keeping the last one", e)
+            except StoreError as e:  # unavailable, refused (ACL), an error reply
                 if self.health.store_answered(False):
                     watch_log.warning(
                         "cannot read the policy from Redis (%s): keeping the last one", e
                     )
                 return
-            except MalformedRecord as e:
-                watch_log.error("published policy is malformed (%s): keeping the last one", e)
             if self.health.store_answered(True):
                 watch_log.info("Redis reachable again")
 

@@ -37,7 +37,7 @@ from redis.exceptions import (
 
 from extauthz.core.policy import PolicySnapshot
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import MalformedRecord, StoreError, StoreUnavailable
+from extauthz.errors import MalformedRecord, StoreError, StoreRefused, StoreUnavailable
 from extauthz.storage.client import connect, follow_primary, key_prefix
 
 DEFAULT_PREFIX = "extauthz:"
@@ -97,19 +97,12 @@ class Store:
         the record carries it as `lapses_at`, so that no cache keeps it past that moment.
         """
         key = self._token_prefix + digest
-        try:
-            with self._timed("hgetall"):
-                pipe = self.client.pipeline(transaction=False)
-                pipe.hgetall(key)
-                pipe.pttl(key)
-                read_at = time.time()
-                fields, pttl = pipe.execute()
-        except NoPermissionError as e:
-            raise StoreUnavailable(f"Redis refused HGETALL or PTTL: {e}") from e
-        except _UNAVAILABLE as e:
-            raise StoreUnavailable(str(e)) from e
-        except redis.ResponseError as e:
-            raise MalformedRecord(f"token key {digest[:12]}…: {e}") from e
+        with self._unavailable(f"token key {digest[:12]}…: "), self._timed("hgetall"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(key)
+            pipe.pttl(key)
+            read_at = time.time()
+            fields, pttl = pipe.execute()
         if not fields or pttl == -2:  # none, or gone between the two commands
             return None
         record = TokenRecord.from_fields(fields)
@@ -323,13 +316,17 @@ class Store:
 
     @staticmethod
     @contextmanager
-    def _unavailable() -> Iterator[None]:
-        """redis-py errors: connection problems → StoreUnavailable, others → MalformedRecord."""
+    def _unavailable(context: str = "") -> Iterator[None]:
+        """redis-py errors by meaning: cannot answer now → StoreUnavailable; the ACL refused
+        → StoreRefused; a key of the wrong type → MalformedRecord; any other error reply →
+        StoreError (none of them is ever a reason to allow)."""
         try:
             yield
         except NoPermissionError as e:
-            raise StoreError(f"Redis refused: {e} (check the ACL of the --redis-url user)") from e
+            raise StoreRefused(f"Redis refused: {e} (check the ACL of the --redis-url user)") from e
         except _UNAVAILABLE as e:
             raise StoreUnavailable(str(e)) from e
         except redis.ResponseError as e:
-            raise MalformedRecord(str(e)) from e
+            if "WRONGTYPE" in str(e):  # (inside a pipeline the reply is prefixed)
+                raise MalformedRecord(f"{context}{e}") from e
+            raise StoreError(f"Redis answered an error: {e}") from e

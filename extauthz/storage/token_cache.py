@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from extauthz.core.bounded import BoundedDict, text_size
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import MalformedRecord, StoreUnavailable
+from extauthz.errors import MalformedRecord, StoreError, StoreUnavailable
 from extauthz.storage.redis_health import RedisHealth
 
 Fetch = Callable[[str], TokenRecord | None]
@@ -178,12 +178,12 @@ class TokenCache:
             return flight.record
         try:
             record = self.fetch(digest)
-        except StoreUnavailable as e:
-            flight.error = e
-            self.set_store_ok(False)
-            raise
         except MalformedRecord as e:
             flight.error = e
+            raise
+        except StoreError as e:  # unavailable, refused...: Redis cannot vouch for the cache
+            flight.error = e
+            self.set_store_ok(False)
             raise
         else:
             flight.record = record

@@ -22,7 +22,7 @@ def test_usage_errors(redis_server: RedisServer, tmp_path: Path) -> None:
     url = redis_server.url
     cases = [
         (("token", "revoke", "nope"), "no token with id 'nope'"),
-        (("token", "create"), "at least one --route"),
+        (("token", "create"), "missing --route: a token needs at least one"),
         (("token", "create", "--route", "m", "--ttl", "soon"), "invalid --ttl 'soon'"),
         (("check", "--route", "m", "--header", "authorization Bearer x"), "has no colon"),
     ]

@@ -5,7 +5,7 @@ import pytest
 from extauthz.admin import tokens
 from extauthz.core.credentials import token_hash
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import MalformedRecord, UsageError
+from extauthz.errors import InvalidValue, MalformedRecord, UsageError
 from extauthz.storage.store import Store
 
 NOW = 1_800_000_000
@@ -69,8 +69,9 @@ def test_parse_ttl(text: str, seconds: int) -> None:
 
 @pytest.mark.parametrize("text", ["", "1", "0h", "-1h", "1w", "1.5h", "h"])
 def test_parse_ttl_rejects(text: str) -> None:
-    with pytest.raises(UsageError, match="--ttl"):
+    with pytest.raises(InvalidValue) as info:  # the CLI words it as `invalid --ttl ...`
         tokens.parse_ttl(text)
+    assert (info.value.field, info.value.value) == ("ttl", text)
 
 
 @pytest.mark.parametrize(
