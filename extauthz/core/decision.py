@@ -1,34 +1,44 @@
 """The decision, pure: request facts + policy snapshot + token lookup + clock → Decision.
 
 This is the table in the README, "How a request is decided" (docs/architecture.md shows
-where it sits). The only input that may do I/O is `lookup` (a token record by SHA-256 hex);
-when it raises StoreUnavailable the decision is ERROR (Envoy then answers with its
-`status_on_error`), never an allow; TooManyFailures makes it a 429.
+where it sits): the route and its access type, then for protected routes three stages,
+identity (core/identity/: one module per credential kind), authorization (grant, scopes)
+and the response (headers, removals, denial bodies). The only input that may do I/O is
+`lookup` (a token record by SHA-256 hex); when Redis cannot answer the decision is ERROR
+(Envoy then answers with its `status_on_error`), never an allow.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import assert_never
 
 from extauthz.core.credentials import (
     BasicCredential,
     BearerCredential,
+    Credential,
     MalformedCredential,
     NoCredential,
     UnsupportedScheme,
-    looks_like_jwt,
     parse_authorization,
-    token_hash,
 )
-from extauthz.core.jwt_verify import JwtIdentity, JwtRejected, JwtUnavailable, JwtVerify
-from extauthz.core.policy import Access, JwtSettings, PolicySnapshot, RoutePolicy
-from extauthz.core.token_record import TokenRecord
-from extauthz.errors import MalformedRecord, StoreError, TooManyFailures
+from extauthz.core.identity import KINDS
+from extauthz.core.identity.base import (
+    FOREVER,
+    Context,
+    Headers,
+    Identity,
+    IdentityResult,
+    Rejected,
+    Throttled,
+    TokenLookup,
+    Unavailable,
+)
+from extauthz.core.jwt_verify import JwtVerify
+from extauthz.core.policy import Access, PolicySnapshot, RoutePolicy
 
 SUBJECT_HEADER = "x-extauthz-subject"
 ROUTE_HEADER = "x-extauthz-route"
@@ -38,10 +48,7 @@ IDENTITY_PREFIX = "x-extauthz-"
 ANONYMOUS = "anonymous"
 INTERNAL = "internal"
 
-FOREVER = float("inf")
-
-TokenLookup = Callable[[str], TokenRecord | None]
-Headers = tuple[tuple[str, str], ...]
+__all__ = ["FOREVER", "Headers", "TokenLookup"]  # re-exported: the decision's vocabulary
 
 
 class Outcome(StrEnum):
@@ -128,78 +135,62 @@ def _decide_protected(
     verify_jwt: JwtVerify | None,
 ) -> Decision:
     credential = parse_authorization(facts.authorization)
-    accepted = route.credentials
+    ctx = Context(route, snapshot, lookup, now, verify_jwt)
+    match identify(credential, ctx):  # 1. identity
+        case Identity() as identity:
+            denied = authorize(identity, route)  # 2. authorization
+            if denied is not None:
+                return denied
+            until = identity.valid_until  # 3. response
+            return _allow(
+                facts, route, identity.subject, identity.scopes, identity.reason,
+                identity.headers, until=until,
+            )  # fmt: skip
+        case Rejected(reason=reason, description=text, presented=shown, subject=who) as no:
+            return _unauthorized(
+                route, reason, text, presented=shown, subject=who, until=no.valid_until
+            )
+        case Unavailable(reason=reason):
+            return _error(reason)
+        case Throttled(retry_after=wait):
+            return too_many_failures(wait)
+        case unreachable:
+            assert_never(unreachable)
+
+
+def identify(credential: Credential, ctx: Context) -> IdentityResult:
+    """Stage 1: the first accepted kind (in KINDS order) that claims the credential."""
     match credential:
         case NoCredential():
-            return _unauthorized(route, "no_credential", "credential required")
+            return Rejected("no_credential", "credential required", presented=False)
         case MalformedCredential(reason=why):
-            return _unauthorized(route, "malformed_credential", why, presented=True)
-        case UnsupportedScheme():
-            return _unauthorized(route, "unsupported_scheme", "authorization scheme not accepted")
-        case BearerCredential(token=token):
-            if "jwt" in accepted and route.jwt is not None and looks_like_jwt(token):
-                return _decide_jwt(facts, route, route.jwt, token, now, verify_jwt)
-            if "bearer" not in accepted:
-                return _unauthorized(route, "unsupported_scheme", "bearer tokens not accepted")
-            secret = token
-        case BasicCredential(username=username, password=password):
-            if "basic" not in accepted or route.basic_username is None:
-                return _unauthorized(route, "unsupported_scheme", "basic credentials not accepted")
-            if not hmac.compare_digest(username.encode(), route.basic_username.encode()):
-                return _unauthorized(route, "wrong_basic_username", "invalid credential")
-            secret = password
-
-    digest = token_hash(secret)
-    try:
-        record = snapshot.secrets.get(digest) or lookup(digest)
-    except MalformedRecord:
-        return _unauthorized(route, "malformed_record", "invalid token", presented=True)
-    except StoreError:  # unavailable, refused, any other error reply: fail closed
-        return _error("store_unavailable")
-    except TooManyFailures as e:
-        return too_many_failures(e.retry_after)
-    if record is None:
-        return _unauthorized(route, "unknown_token", "invalid token", presented=True)
-    if record.expired(now):
-        return _unauthorized(
-            route, "expired_token", "token expired", presented=True, subject=record.id
-        )
-    if not record.grants_route(route.name):
-        return _forbidden("route_not_granted", record.id)
-    if route.scopes and route.scopes.isdisjoint(record.scopes):
-        return _forbidden("missing_scope", record.id)
-    return _allow(facts, route, record.id, record.scopes, "granted", until=record.valid_until())
+            return Rejected("malformed_credential", why)
+    for name, kind in KINDS.items():
+        if name in ctx.route.credentials:
+            answer = kind.identify(credential, ctx)
+            if answer is not None:
+                return answer
+    return Rejected("unsupported_scheme", _NOT_ACCEPTED[type(credential)], presented=False)
 
 
-def _decide_jwt(
-    facts: RequestFacts,
-    route: RoutePolicy,
-    settings: JwtSettings,
-    token: str,
-    now: float,
-    verify_jwt: JwtVerify | None,
-) -> Decision:
-    # JWT decisions also depend on the IdP's key set and the token's own times: not reusable
-    if verify_jwt is None:
-        return _unauthorized(route, "jwt_unsupported", "jwt not accepted", presented=True)
-    match verify_jwt(token, settings, now):
-        case JwtUnavailable():
-            return _error("jwks_unavailable")
-        case JwtRejected(reason=why):
-            return _unauthorized(route, "invalid_jwt", why, presented=True, until=None)
-        case JwtIdentity() as identity:
-            if route.scopes and route.scopes.isdisjoint(identity.scopes):
-                return _forbidden("missing_scope", identity.subject, until=None)
-            return _allow(
-                facts,
-                route,
-                identity.subject,
-                identity.scopes,
-                "granted_jwt",
-                identity.headers,
-                until=None,
-            )
-    raise AssertionError("unreachable")  # pragma: no cover
+_NOT_ACCEPTED = {
+    BearerCredential: "bearer tokens not accepted",
+    BasicCredential: "basic credentials not accepted",
+    UnsupportedScheme: "authorization scheme not accepted",
+}
+
+
+def authorize(identity: Identity, route: RoutePolicy) -> Decision | None:
+    """Stage 2: may this identity call this route? None when it may; else the 403.
+
+    (The rate-limit step of the next issues belongs here, after the grant and scopes.)
+    """
+    grants = identity.grants
+    if grants is not None and route.name not in grants and "*" not in grants:
+        return _forbidden("route_not_granted", identity.subject, until=identity.valid_until)
+    if route.scopes and route.scopes.isdisjoint(identity.scopes):
+        return _forbidden("missing_scope", identity.subject, until=identity.valid_until)
+    return None
 
 
 # --- building decisions ---------------------------------------------------------------------
@@ -297,17 +288,25 @@ def _unauthorized(
 
 
 def challenge(route: RoutePolicy, rejected: str | None = None) -> str:
-    """The WWW-Authenticate value: one challenge per accepted scheme (RFC 7235, 6750).
+    """The WWW-Authenticate value: one challenge per accepted scheme (RFC 7235, 6750), in
+    KINDS order, each scheme once.
 
     `rejected` is a short description of why a presented token failed; it adds
     `error="invalid_token"` to the Bearer challenge. It never contains the token.
     """
+    schemes = dict.fromkeys(
+        kind.scheme for name, kind in KINDS.items() if name in route.credentials
+    )
     parts = []
-    if "bearer" in route.credentials or "jwt" in route.credentials:
-        bearer = f'Bearer realm="{route.name}"'
-        if rejected is not None:
-            bearer += f', error="invalid_token", error_description="{rejected}"'
-        parts.append(bearer)
-    if "basic" in route.credentials:
-        parts.append(f'Basic realm="{route.name}", charset="UTF-8"')
+    for scheme in sorted(schemes, key=_SCHEME_ORDER.index):
+        if scheme == "Bearer":
+            bearer = f'Bearer realm="{route.name}"'
+            if rejected is not None:
+                bearer += f', error="invalid_token", error_description="{rejected}"'
+            parts.append(bearer)
+        else:
+            parts.append(f'{scheme} realm="{route.name}", charset="UTF-8"')
     return ", ".join(parts)
+
+
+_SCHEME_ORDER = ["Bearer", "Basic"]

@@ -28,7 +28,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_POLICY_BYTES = 4 << 20  # a policy file larger than this is a mistake, not a policy
 MAX_NESTING = 32  # the schema needs 5 levels; deeper is refused before it is built
 _DECIMAL = re.compile(r"-?[0-9]{1,18}", re.ASCII)
-CREDENTIAL_KINDS = ("bearer", "basic", "jwt")
 DEFAULT_CREDENTIALS = ("bearer",)
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 
@@ -394,7 +393,11 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
     listed = "credentials" in fields
     if listed:
         cred_node = fields["credentials"][1]
-        kinds = r.choices(cred_node, f"{path}.credentials", CREDENTIAL_KINDS)
+        # the credential kinds are those registered in core/identity (imported here: the
+        # kinds read route policies, so they cannot be imported when this module loads)
+        from extauthz.core.identity import KINDS
+
+        kinds = r.choices(cred_node, f"{path}.credentials", tuple(KINDS))
         if not kinds:
             raise r.error(cred_node, f"{path}.credentials", "must list at least one kind")
         credentials = tuple(dict.fromkeys(kinds))

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from extauthz.core.identity import request_headers
+
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 T = "type.googleapis.com/envoy."  # @type prefix
 EXT_AUTHZ_TIMEOUT = "0.25s"  # Redis commands time out at 0.1 s, well inside this
@@ -194,7 +196,10 @@ def ext_authz_filter(cluster: str = "extauthz", timeout: str = EXT_AUTHZ_TIMEOUT
             "status_on_error": {"code": 503},
             # send only what the decision reads; the request body is never buffered or sent
             "allowed_headers": {
-                "patterns": [{"exact": "authorization"}, {"prefix": "x-extauthz-"}]
+                "patterns": [
+                    *({"exact": header} for header in request_headers()),
+                    {"prefix": "x-extauthz-"},
+                ]
             },
         },
     }

@@ -1,0 +1,101 @@
+"""What every credential kind shares: the context it may consult and what it answers.
+
+A kind looks at the parsed Authorization header and either says "not mine" (None) or
+answers with an Identity (who is calling, what it may reach), a Rejected (→ 401), an
+Unavailable (→ 503) or a Throttled (→ 429). Authorization and the response are decided
+after it, the same way for every kind (decision.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from extauthz.core.credentials import Credential
+from extauthz.core.token_record import TokenRecord
+
+if TYPE_CHECKING:
+    from extauthz.core.jwt_verify import JwtVerify
+    from extauthz.core.policy import PolicySnapshot, RoutePolicy
+
+FOREVER = float("inf")
+TokenLookup = Callable[[str], TokenRecord | None]
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a kind may consult: the route, the policy, the token store, the clock."""
+
+    route: RoutePolicy
+    snapshot: PolicySnapshot
+    lookup: TokenLookup  # token record by SHA-256 hex (may raise StoreError, TooManyFailures)
+    now: float
+    verify_jwt: JwtVerify | None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling. `grants`: the routes it may call (None: its issuer decided, as for a
+    JWT whose audience was checked). `valid_until`: the same answer holds until then (None:
+    it also depends on something else, such as the IdP's keys)."""
+
+    subject: str
+    scopes: frozenset[str]
+    grants: frozenset[str] | None
+    reason: str
+    headers: Headers = ()
+    valid_until: float | None = FOREVER
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """401. `description` is fixed text, never credential content; `presented`: a
+    credential was given but refused (adds error="invalid_token" to the challenge)."""
+
+    reason: str
+    description: str
+    presented: bool = True
+    subject: str | None = None
+    valid_until: float | None = FOREVER
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """503: what the answer needs (Redis, the IdP's keys) cannot be reached."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """429: this client failed too often; its credentials are not looked up for a while."""
+
+    retry_after: float
+
+
+IdentityResult = Identity | Rejected | Unavailable | Throttled
+
+
+class CredentialKind(Protocol):
+    """One way of proving who you are. Register it in identity/__init__.py."""
+
+    @property
+    def name(self) -> str:
+        """As listed in a route's `credentials:` in the policy file."""
+        ...
+
+    @property
+    def scheme(self) -> str:
+        """The Authorization scheme it answers to (for WWW-Authenticate)."""
+        ...
+
+    @property
+    def headers(self) -> tuple[str, ...]:
+        """Request headers Envoy must send to extauthz for it."""
+        ...
+
+    def identify(self, credential: Credential, ctx: Context) -> IdentityResult | None:
+        """The answer for this credential, or None when it is not this kind's to judge."""
+        ...

@@ -1,0 +1,35 @@
+"""Secrets looked up by hash, shared by the opaque-token and route-secret kinds: route secrets
+from the policy snapshot first, then token records (cache, else Redis)."""
+
+from __future__ import annotations
+
+from extauthz.core.credentials import token_hash
+from extauthz.core.identity.base import (
+    Context,
+    Identity,
+    IdentityResult,
+    Rejected,
+    Throttled,
+    Unavailable,
+)
+from extauthz.errors import MalformedRecord, StoreError, TooManyFailures
+
+
+def identify_secret(secret: str, ctx: Context) -> IdentityResult:
+    """The identity a secret stands for, by its SHA-256."""
+    digest = token_hash(secret)
+    try:
+        record = ctx.snapshot.secrets.get(digest) or ctx.lookup(digest)
+    except MalformedRecord:
+        return Rejected("malformed_record", "invalid token")
+    except StoreError:  # unavailable, refused, any other error reply: fail closed
+        return Unavailable("store_unavailable")
+    except TooManyFailures as e:
+        return Throttled(e.retry_after)
+    if record is None:
+        return Rejected("unknown_token", "invalid token")
+    if record.expired(ctx.now):
+        return Rejected("expired_token", "token expired", subject=record.id)
+    return Identity(
+        record.id, record.scopes, record.routes, "granted", valid_until=record.valid_until()
+    )
