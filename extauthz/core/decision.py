@@ -134,18 +134,17 @@ def _decide_protected(
     now: float,
     verify_jwt: JwtVerify | None,
 ) -> Decision:
-    credential = parse_authorization(facts.authorization)
     ctx = Context(route, snapshot, lookup, now, verify_jwt)
-    match identify(credential, ctx):  # 1. identity
-        case Identity() as identity:
-            denied = authorize(identity, route)  # 2. authorization
-            if denied is not None:
-                return denied
-            until = identity.valid_until  # 3. response
-            return _allow(
-                facts, route, identity.subject, identity.scopes, identity.reason,
-                identity.headers, until=until,
-            )  # fmt: skip
+    result = identify(parse_authorization(facts.authorization), ctx)  # 1. identity
+    if isinstance(result, Identity):  # the common case first
+        denied = authorize(result, route)  # 2. authorization
+        if denied is not None:
+            return denied
+        return _allow(  # 3. response
+            facts, route, result.subject, result.scopes, result.reason, result.headers,
+            until=result.valid_until,
+        )  # fmt: skip
+    match result:
         case Rejected(reason=reason, description=text, presented=shown, subject=who) as no:
             return _unauthorized(
                 route, reason, text, presented=shown, subject=who, until=no.valid_until

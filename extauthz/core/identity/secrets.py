@@ -28,8 +28,7 @@ def identify_secret(secret: str, ctx: Context) -> IdentityResult:
         return Throttled(e.retry_after)
     if record is None:
         return Rejected("unknown_token", "invalid token")
-    if record.expired(ctx.now):
+    until = record.valid_until()
+    if ctx.now >= until:
         return Rejected("expired_token", "token expired", subject=record.id)
-    return Identity(
-        record.id, record.scopes, record.routes, "granted", valid_until=record.valid_until()
-    )
+    return Identity(record.id, record.scopes, record.routes, "granted", (), until)
