@@ -37,7 +37,6 @@ CLI_REDIS_TIMEOUT = 5.0  # seconds: the CLI may wait longer than the decision pa
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -92,18 +91,18 @@ def _setup_logging(settings: Settings) -> None:
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.runtime import tls
-    from extauthz.runtime.supervisor import default_workers, is_worker, supervise
+    from extauthz.runtime.supervisor import default_workers, supervise
 
     _setup_logging(settings)
     if tls.enabled(settings.tls_cert, settings.tls_key, settings.tls_client_ca):
         # unreadable files are a one-line error now, not a crash loop of every worker
         tls.server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     workers = settings.workers or default_workers()
-    if workers > 1 and not is_worker():
-        return supervise(args.argv, workers, settings.listen, settings.shutdown_grace)
+    if workers > 1:
+        return supervise(settings, workers)
     from extauthz.runtime.server import serve
 
-    serve(settings, reuse_port=workers > 1)
+    serve(settings)
     return 0
 
 

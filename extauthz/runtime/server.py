@@ -9,7 +9,6 @@ stop the watcher, close Redis.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -33,7 +32,6 @@ from extauthz.runtime.envoy_check import (
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.policy_watcher import PolicyWatcher
-from extauthz.runtime.supervisor import WORKER_ENV
 from extauthz.storage.invalidation import InvalidationListener
 from extauthz.storage.redis_health import RedisHealth
 from extauthz.storage.store import open_store
@@ -78,10 +76,16 @@ class Server:
     """One extauthz server process."""
 
     def __init__(
-        self, settings: Settings, reuse_port: bool = False, check: CheckHandler | None = None
+        self,
+        settings: Settings,
+        reuse_port: bool = False,
+        check: CheckHandler | None = None,
+        worker_index: int = 0,
     ) -> None:
-        """`check` replaces the Check handler (bench/ measures an empty one)."""
+        """`check` replaces the Check handler (bench/ measures an empty one); worker i of
+        `--workers N` serves its metrics on the metrics port + i."""
         self.settings = settings
+        self.worker_index = worker_index
         self.store = open_store(settings.redis_url, settings.key_prefix, settings.redis_timeout)
         self.redis = RedisHealth()  # one view of Redis: cache trust, health, metrics
         self.jwks = JwksCache(refresh=settings.jwks_refresh, min_refetch=settings.jwks_min_refetch)
@@ -151,9 +155,7 @@ class Server:
         if self.port == 0:
             raise ConfigError(f"cannot listen on {self.settings.listen} (in use or invalid)")
         if self.settings.metrics_listen:
-            listen = _offset_port(
-                self.settings.metrics_listen, int(os.environ.get(WORKER_ENV, "0"))
-            )
+            listen = _offset_port(self.settings.metrics_listen, self.worker_index)
             try:
                 self.metrics.serve(listen)
             except OSError as e:
@@ -255,9 +257,9 @@ def _offset_port(listen: str, offset: int) -> str:
     return f"{host}:{int(port) + offset}"
 
 
-def serve(settings: Settings, reuse_port: bool = False) -> None:
+def serve(settings: Settings, reuse_port: bool = False, worker_index: int = 0) -> None:
     """Run a server in the foreground until SIGTERM or SIGINT."""
-    server = Server(settings, reuse_port)
+    server = Server(settings, reuse_port, worker_index=worker_index)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signo, _frame: server.request_stop())
     server.start()

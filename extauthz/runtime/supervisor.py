@@ -1,8 +1,9 @@
 """`extauthz serve --workers N`: N server processes sharing one port (SO_REUSEPORT).
 
 The supervisor creates no gRPC object at all: it checks that the port is free, then starts
-each worker as a fresh interpreter running the same command line with
-`EXTAUTHZ_WORKER_INDEX` set (grpcio and fork do not mix). The kernel spreads connections
+each worker as a fresh interpreter (grpcio and fork do not mix) running runtime/worker.py
+with its index, and hands it the resolved Settings as JSON on its standard input (secrets
+stay out of argv and the environment). The kernel spreads connections
 over the workers. A worker that dies is restarted with backoff; one that keeps dying
 (`CRASH_LOOP` deaths within `CRASH_WINDOW` seconds) stops everything with exit code 1.
 SIGTERM/SIGINT are forwarded; the supervisor exits 0 when every worker stopped cleanly.
@@ -10,6 +11,8 @@ SIGTERM/SIGINT are forwarded; the supervisor exits 0 when every worker stopped c
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -18,13 +21,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
 
+from extauthz.config import Settings
 from extauthz.errors import ConfigError
 
 log = logging.getLogger("extauthz.supervisor")
 
-WORKER_ENV = "EXTAUTHZ_WORKER_INDEX"
 CRASH_LOOP = 5
 CRASH_WINDOW = 30.0
 
@@ -34,10 +36,6 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover (not Linux)
         return os.cpu_count() or 1
-
-
-def is_worker() -> bool:
-    return WORKER_ENV in os.environ
 
 
 def check_port_free(listen: str) -> None:
@@ -61,16 +59,20 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def supervise(argv: Sequence[str], workers: int, listen: str, grace: float) -> int:
-    """Run `workers` copies of `extauthz <argv>` until SIGTERM/SIGINT; the exit code."""
+def supervise(settings: Settings, workers: int) -> int:
+    """Run `workers` server processes with `settings` until SIGTERM/SIGINT; the exit code."""
+    listen, grace = settings.listen, settings.shutdown_grace
     check_port_free(listen)
     stop = stop_on_signals()
-
-    command = [sys.executable, "-m", "extauthz", *argv]
+    payload = json.dumps(dataclasses.asdict(settings)).encode()
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
-        env = {**os.environ, WORKER_ENV: str(index)}
-        return subprocess.Popen(command, env=env)  # noqa: S603 (our own command line)
+        command = [sys.executable, "-m", "extauthz.runtime.worker", str(index)]
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE)  # noqa: S603 (our own)
+        assert proc.stdin is not None  # noqa: S101 (stdin=PIPE)
+        proc.stdin.write(payload)
+        proc.stdin.close()
+        return proc
 
     procs = {i: spawn(i) for i in range(workers)}
     deaths: list[float] = []
