@@ -89,25 +89,48 @@ def verify_with_keys(token: str, settings: JwtSettings, keys: KeySet, now: float
     candidates = keys.candidates(kid if isinstance(kid, str) else None, alg)
     if not candidates:
         return UNKNOWN_KEY
+    claims = _decode(token, alg, candidates, settings)
+    if isinstance(claims, JwtRejected):
+        return claims
+    expires_at = _check_times(claims, settings.leeway_seconds, now)
+    if isinstance(expires_at, JwtRejected):
+        return expires_at
+    subject = claim(claims, settings.subject_claim)
+    if not isinstance(subject, str) or not _header_safe(subject):
+        return JwtRejected("missing or invalid subject")
+    return JwtIdentity(
+        subject=subject,
+        scopes=scopes_from(claim(claims, settings.scopes_claim)),
+        headers=_forwarded(claims, settings),
+        expires_at=expires_at,
+    )
+
+
+# pyjwt checks signature, iss and aud; times are checked by _check_times against our `now`
+_DECODE_OPTIONS: Any = {
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "require": ["iss", "aud", "exp"],
+}
+
+
+def _decode(
+    token: str, alg: str, candidates: list[Any], settings: JwtSettings
+) -> dict[str, Any] | JwtRejected:
+    """The claims, verified with the first candidate key whose signature matches."""
     audiences = list(settings.audiences)  # none listed: every token is refused
-    options: Any = {
-        "verify_exp": False,  # checked below against the `now` we were given
-        "verify_nbf": False,
-        "verify_iat": False,
-        "require": ["iss", "aud", "exp"],
-    }
-    claims: dict[str, Any] | None = None
     for key in candidates:
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=[alg],
                 issuer=settings.issuer,
                 audience=audiences,
-                options=options,
+                options=_DECODE_OPTIONS,
             )
-            break
+            return claims
         except jwt.InvalidSignatureError:
             continue
         except jwt.InvalidIssuerError:
@@ -118,9 +141,11 @@ def verify_with_keys(token: str, settings: JwtSettings, keys: KeySet, now: float
             return JwtRejected(f"missing claim {e.claim}")
         except (jwt.PyJWTError, ValueError, TypeError):
             return JwtRejected("malformed token")
-    if claims is None:
-        return JwtRejected("invalid signature")
-    leeway = settings.leeway_seconds
+    return JwtRejected("invalid signature")
+
+
+def _check_times(claims: Mapping[str, Any], leeway: int, now: float) -> float | JwtRejected:
+    """`exp`, `nbf`, `iat` against `now` with `leeway`; the moment the token stops working."""
     exp, nbf, iat = (_seconds(claims.get(k)) for k in ("exp", "nbf", "iat"))
     if (
         exp is None
@@ -134,9 +159,11 @@ def verify_with_keys(token: str, settings: JwtSettings, keys: KeySet, now: float
         return JwtRejected("token not yet valid")
     if iat is not None and iat > now + leeway:
         return JwtRejected("token issued in the future")
-    subject = claim(claims, settings.subject_claim)
-    if not isinstance(subject, str) or not _header_safe(subject):
-        return JwtRejected("missing or invalid subject")
+    return exp + leeway
+
+
+def _forwarded(claims: Mapping[str, Any], settings: JwtSettings) -> tuple[tuple[str, str], ...]:
+    """The `forward_claims` present and header-safe, as (header, value)."""
     headers = []
     for path, name in settings.forward_claims:
         value = claim(claims, path)
@@ -146,9 +173,4 @@ def verify_with_keys(token: str, settings: JwtSettings, keys: KeySet, now: float
             text = str(value)
             if _header_safe(text):
                 headers.append((name, text))
-    return JwtIdentity(
-        subject=subject,
-        scopes=scopes_from(claim(claims, settings.scopes_claim)),
-        headers=tuple(headers),
-        expires_at=exp + leeway,
-    )
+    return tuple(headers)

@@ -459,23 +459,9 @@ def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> J
         leeway = r.integer(fields["leeway_seconds"][1], f"{path}.leeway_seconds")
         if not 0 <= leeway <= 300:
             raise r.error(fields["leeway_seconds"][1], f"{path}.leeway_seconds", "must be 0..300")
-    forward: list[tuple[str, str]] = []
+    forward: tuple[tuple[str, str], ...] = ()
     if "forward_claims" in fields:
-        claims = r.mapping(fields["forward_claims"][1], f"{path}.forward_claims", ())
-        for claim, (claim_node, header_node) in claims.items():
-            key = f"{path}.forward_claims.{claim}"
-            header = r.string(header_node, key).lower()
-            if not CLAIM_PATH.fullmatch(claim):
-                raise r.error(claim_node, key, "not a claim path (e.g. email, realm_access.roles)")
-            if not FORWARD_HEADER.fullmatch(header) or header in (
-                "x-extauthz-subject",
-                "x-extauthz-route",
-                "x-extauthz-scopes",
-            ):
-                raise r.error(
-                    header_node, key, "header must be x-extauthz-<name>, not subject/route/scopes"
-                )
-            forward.append((claim, header))
+        forward = _forward_claims(r, f"{path}.forward_claims", fields["forward_claims"][1])
     for key in ("scopes_claim", "subject_claim"):
         if key in text and not CLAIM_PATH.fullmatch(text[key]):
             raise r.error(
@@ -484,7 +470,7 @@ def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> J
     if not text["issuer"].startswith(("https://", "http://")):
         raise r.error(fields["issuer"][1], f"{path}.issuer", "must be an http(s) URL")
     return JwtSettings(
-        forward_claims=tuple(forward),
+        forward_claims=forward,
         issuer=text["issuer"],
         audiences=audiences,
         jwks_uri=text.get("jwks_uri"),
@@ -494,6 +480,26 @@ def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> J
         algorithms=algorithms,
         leeway_seconds=leeway,
     )
+
+
+def _forward_claims(r: _Reader, path: str, node: yaml.Node) -> tuple[tuple[str, str], ...]:
+    """`forward_claims: {claim path: x-extauthz-header}`, never one of our identity headers."""
+    forward = []
+    for claim, (claim_node, header_node) in r.mapping(node, path, ()).items():
+        key = f"{path}.{claim}"
+        header = r.string(header_node, key).lower()
+        if not CLAIM_PATH.fullmatch(claim):
+            raise r.error(claim_node, key, "not a claim path (e.g. email, realm_access.roles)")
+        if not FORWARD_HEADER.fullmatch(header) or header in (
+            "x-extauthz-subject",
+            "x-extauthz-route",
+            "x-extauthz-scopes",
+        ):
+            raise r.error(
+                header_node, key, "header must be x-extauthz-<name>, not subject/route/scopes"
+            )
+        forward.append((claim, header))
+    return tuple(forward)
 
 
 def _scopes(r: _Reader, node: yaml.Node, key: str) -> list[str]:
