@@ -20,7 +20,7 @@ import yaml
 
 from extauthz.core.credentials import ROUTE_NAME, SCOPE_NAME, TOKEN_ID
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import MalformedRecord, PolicyError
+from extauthz.errors import MalformedRecord, PolicyError, shown
 from extauthz.files import describe, read_regular_file
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -176,7 +176,7 @@ class PolicySnapshot:
         data = json.loads(text)
         bad = [n for n in data["routes"] if not ROUTE_NAME.fullmatch(n)]
         if bad:
-            raise MalformedRecord(f"route name {bad[0][:64]!a} is not valid")
+            raise MalformedRecord(f"route name {shown(bad[0], 64)} is not valid")
         return cls(
             version=int(data["version"]),
             routes={n: RoutePolicy.from_json(n, r) for n, r in data["routes"].items()},

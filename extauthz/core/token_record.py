@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from extauthz.core.credentials import MAX_NAME_LENGTH
-from extauthz.errors import MalformedRecord
+from extauthz.errors import MalformedRecord, shown
 
 # What a record edited by hand may hold: its values become header values (subject, scopes)
 # and terminal output, so they are visible ASCII (id, list items) or printable text (name).
@@ -74,7 +74,7 @@ class TokenRecord:
             raise MalformedRecord("token record has no 'id' field")
         if not _VISIBLE.fullmatch(token_id):
             raise MalformedRecord(
-                f"token record id {_shown(token_id)}: not 1-128 visible ASCII characters"
+                f"token record id {shown(token_id, 64)}: not 1-128 visible ASCII characters"
             )
         if "routes" not in fields:
             raise MalformedRecord(f"token record {token_id!r} has no 'routes' field")
@@ -99,11 +99,6 @@ def split_list(value: str) -> frozenset[str]:
     return frozenset(value.replace(",", " ").split(" ")) - {""}
 
 
-def _shown(value: str) -> str:
-    """A value from a record, safe to put in a message: escaped, and cut at 64 characters."""
-    return ascii(value[:64]) + ("…" if len(value) > 64 else "")
-
-
 def _list_field(fields: Mapping[str, str], key: str, token_id: str) -> frozenset[str]:
     raw = fields.get(key, "")
     items = split_list(raw) if _LIST_FIELD.fullmatch(raw) else None
@@ -126,6 +121,6 @@ def _int_field(fields: Mapping[str, str], key: str, token_id: str) -> int | None
     if value is None or not 0 <= value <= MAX_UNIX_SECONDS:
         raise MalformedRecord(
             f"token record {token_id!r}: {key!r} is not unix seconds up to the year 9999: "
-            f"{_shown(raw)}"
+            f"{shown(raw, 64)}"
         )
     return value

@@ -23,7 +23,7 @@ from extauthz.core.decision import (
 )
 from extauthz.core.policy import EMPTY_SNAPSHOT, PolicySnapshot
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import TooManyFailures
+from extauthz.errors import TooManyFailures, shown
 from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.jwt_verifier import JwtVerifier
@@ -106,7 +106,7 @@ class Authorizer:
             return
         route = facts.route
         if route is not None and (len(route) > 128 or not route.isprintable()):
-            route = ascii(route[:128])  # a route name sent straight to the Check port
+            route = shown(route, 128)  # a route name sent straight to the Check port
         fields = {
             "outcome": decision.outcome.value,
             "route": route,
