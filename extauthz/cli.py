@@ -94,9 +94,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.runtime.supervisor import default_workers, supervise
 
     _setup_logging(settings)
-    if tls.enabled(settings.tls_cert, settings.tls_key, settings.tls_client_ca):
-        # unreadable files are a one-line error now, not a crash loop of every worker
-        tls.server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    tls.for_server(settings)  # unreadable files: a one-line error now, not a crash loop
     workers = settings.workers or default_workers()
     if workers > 1:
         return supervise(settings, workers)

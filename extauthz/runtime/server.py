@@ -141,15 +141,13 @@ class Server:
         self._stopping = threading.Event()
 
     def start(self) -> None:
-        settings = self.settings
+        listen = self.settings.listen
+        credentials = tls.for_server(self.settings)
         try:
-            if tls.enabled(settings.tls_cert, settings.tls_key, settings.tls_client_ca):
-                credentials = tls.server_credentials(
-                    settings.tls_cert, settings.tls_key, settings.tls_client_ca
-                )
-                self.port = self.grpc_server.add_secure_port(settings.listen, credentials)
+            if credentials is not None:
+                self.port = self.grpc_server.add_secure_port(listen, credentials)
             else:
-                self.port = self.grpc_server.add_insecure_port(settings.listen)
+                self.port = self.grpc_server.add_insecure_port(listen)
         except RuntimeError as e:
             raise ConfigError(f"cannot listen on {self.settings.listen}: {e}") from e
         if self.port == 0:

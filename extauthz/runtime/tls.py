@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from extauthz.config import Settings
 from extauthz.errors import ConfigError
 from extauthz.files import describe, read_regular_file
 
@@ -46,6 +47,14 @@ def server_credentials(cert: str, key: str, client_ca: str) -> Any:
     return grpc.ssl_server_credentials(
         [(private, chain)], root_certificates=roots, require_client_auth=roots is not None
     )
+
+
+def for_server(settings: Settings) -> Any | None:
+    """The Check port's credentials from the settings, None for plaintext (ConfigError when
+    the files are incomplete or unreadable)."""
+    if not enabled(settings.tls_cert, settings.tls_key, settings.tls_client_ca):
+        return None
+    return server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
 
 
 def channel_credentials(ca: str, cert: str, key: str) -> Any:
