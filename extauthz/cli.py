@@ -94,9 +94,9 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.runtime.supervisor import default_workers, supervise
 
     _setup_logging(settings)
-    tls.for_server(settings)  # unreadable files: a one-line error now, not a crash loop
     workers = settings.workers or default_workers()
     if workers > 1:
+        tls.for_server(settings)  # unreadable files: one line now, not a crash loop of workers
         return supervise(settings, workers)
     from extauthz.runtime.server import serve
 
