@@ -19,7 +19,14 @@ from extauthz.core.credentials import token_hash
 from tests.support.check import CheckClient
 from tests.support.procs import REPO, RedisServer, extauthz_serve, free_port, run_cli, wait_for
 from tests.support.readme import readme_block
-from tests.support.topologies import ClusterSetup, SentinelSetup, cli, kill, make_tls_files
+from tests.support.topologies import (
+    ClusterSetup,
+    SentinelSetup,
+    cli,
+    kill,
+    make_tls_files,
+    replicated,
+)
 
 # The failover probes ask with revoked and unknown tokens from one address, over and over:
 # the failed-authentication limit (429) is not what these tests are about.
@@ -136,7 +143,7 @@ def test_sentinel_scenarios_and_failover(sentinel: SentinelSetup, tmp_path: Path
                 if sentinel.primary.port == sentinel.primary_port()
                 else sentinel.replica
             ),
-            replicated=lambda: cli(sentinel.primary_port(), "WAIT", "1", "2000") == "1",
+            replicated=lambda: replicated(sentinel.primary_port(), "extauthz:replicated"),
         )
         client.close()
     assert "invalidation channel subscribed on primary" in (tmp_path / "s.log").read_text()
@@ -206,8 +213,8 @@ def test_cluster_scenarios_and_failover(cluster: ClusterSetup, tmp_path: Path) -
             admin,
             client,
             kill_primary=lambda: kill(cluster.owner_of(prefix + "policy")),
-            replicated=lambda: (
-                cli(cluster.owner_of(prefix + "policy").port, "WAIT", "1", "2000") == "1"
+            replicated=lambda: replicated(
+                cluster.owner_of(prefix + "policy").port, prefix + "replicated"
             ),
         )
         client.close()

@@ -83,6 +83,25 @@ def cli(port: int, *args: str, tls: dict[str, Path] | None = None) -> str:
     return out.stdout.strip()
 
 
+def replicated(port: int, marker: str) -> bool:
+    """True once a replica holds everything the primary on `port` has written so far.
+
+    WAIT counts replicas that acknowledged the *calling connection's* last write: on a fresh
+    connection that wrote nothing it returns at once and proves nothing. So write a marker
+    (the key must live on that node: give it the extauthz prefix, hash tag included) and WAIT
+    on the same connection; replication is ordered, so earlier writes are there too.
+    """
+    out = subprocess.run(
+        [require_binary("redis-cli"), "-p", str(port)],
+        input=f"SET {marker} 1\nWAIT 1 5000\n",
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return out.stdout.split()[-1:] == ["1"]
+
+
 def kill(server: RedisServer) -> None:
     """SIGKILL: a crash, not a clean shutdown."""
     if server.proc is not None:
