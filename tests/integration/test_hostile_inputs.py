@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tests.support.check import CheckClient
-from tests.support.procs import RedisServer, extauthz_serve, run_cli
+from tests.support.procs import RedisServer, extauthz_serve, live_servers, run_cli, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -330,6 +330,9 @@ def test_a_random_token_flood_is_limited_per_client_address(
     limits = ("--auth-failure-burst", "20", "--auth-failure-rate", "2")
     with extauthz_serve(redis_server.url, log, *limits) as (port, _proc):
         client = CheckClient(port)
+        # the cache keeps records only once the invalidation channel is subscribed (and the
+        # server registered): before that, "cached" is not something a test can count on
+        wait_for(lambda: live_servers(redis_server) == "1", 5, "the server subscribed")
         attacker, bystander = "203.0.113.66", "198.51.100.10"
         assert client.status("m", f"Bearer {valid['token']}", source=attacker) == 200
         before = hgetall_calls(redis_server)
