@@ -36,15 +36,18 @@ def setting(
     zero_ok: bool = False,
     maximum: float | None = None,
     secret: bool = False,
+    address: bool = False,
 ) -> Any:
     """A Settings field: its default, its help text, the commands that take it as a flag
-    (`--name-with-dashes`), and what values are allowed. The CLI is generated from these."""
+    (`--name-with-dashes`), and what values are allowed (`address`: host:port, empty only
+    when `zero_ok`). The CLI is generated from these."""
     metadata = {
         "help": help,
         "commands": commands,
         "choices": choices,
         "zero_ok": zero_ok,
         "maximum": maximum,
+        "address": address,
     }
     return field(default=default, repr=not secret, metadata=metadata)
 
@@ -62,7 +65,7 @@ class Settings:
     key_prefix: str = setting(
         DEFAULT_PREFIX, "Redis key prefix ({extauthz}: with a Cluster)", REDIS
     )
-    listen: str = setting("127.0.0.1:9001", "host:port for gRPC (Check and health)")
+    listen: str = setting("127.0.0.1:9001", "host:port for gRPC (Check and health)", address=True)
     workers: int = setting(0, "processes sharing the port; 0: one per CPU", zero_ok=True)
     threads: int = setting(2, "gRPC handler threads per process")
     log_format: str = setting("text", "log lines as text or JSON", choices=("text", "json"))
@@ -76,7 +79,9 @@ class Settings:
     stale_grace: float = setting(
         0.0, "seconds cached tokens may still allow once Redis is down", zero_ok=True
     )
-    metrics_listen: str = setting("127.0.0.1:9102", "host:port for /metrics; '' turns it off")
+    metrics_listen: str = setting(
+        "127.0.0.1:9102", "host:port for /metrics; '' turns it off", zero_ok=True, address=True
+    )
     unhealthy_after: float = setting(
         10.0, "seconds of Redis outage before health says NOT_SERVING", zero_ok=True
     )
@@ -195,7 +200,32 @@ def _convert(name: str, raw: Any, source: str) -> Any:
         raise ConfigError(f"{source}: must be positive, got {raw!r}")
     if meta["maximum"] is not None and value > meta["maximum"]:
         raise ConfigError(f"{source}: must be at most {meta['maximum']:g}, got {raw!r}")
+    if meta["address"] and (value or not meta["zero_ok"]):
+        try:
+            split_address(value)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
     return value
+
+
+def split_address(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` as (host without brackets, port); the host may be empty.
+
+    Raises ValueError with a message naming the rule the text breaks.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"expected host:port with a port from 0 to 65535, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets, as [::1]:9001, got {text!r}")
+    return host, int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    """The inverse of `split_address` (brackets around an IPv6 host)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def add_setting_flags(parser: Any, command: str) -> None:

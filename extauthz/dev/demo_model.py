@@ -23,6 +23,8 @@ from typing import Any
 
 import grpc
 
+from extauthz.config import split_address
+
 GRPC_SERVICE = "extauthz.demo.Predictor"
 GRPC_METHOD = f"/{GRPC_SERVICE}/Predict"
 
@@ -67,8 +69,8 @@ def _predict(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 
 def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host or "127.0.0.1", int(port)
+    host, port = split_address(address)
+    return host or "127.0.0.1", port
 
 
 def serve(http_address: str, grpc_address: str) -> None:

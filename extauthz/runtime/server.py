@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extauthz.config import Settings
+from extauthz.config import Settings, join_address, split_address
 from extauthz.errors import ConfigError
 from extauthz.runtime import tls
 from extauthz.runtime.auth_failures import FailureLimiter
@@ -251,8 +251,8 @@ class Server:
 
 
 def _offset_port(listen: str, offset: int) -> str:
-    host, _, port = listen.rpartition(":")
-    return f"{host}:{int(port) + offset}"
+    host, port = split_address(listen)
+    return join_address(host, port + offset)
 
 
 def serve(settings: Settings, reuse_port: bool = False, worker_index: int = 0) -> None:

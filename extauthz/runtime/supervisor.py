@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from extauthz.config import Settings
+from extauthz.config import Settings, split_address
 from extauthz.errors import ConfigError
 
 log = logging.getLogger("extauthz.supervisor")
@@ -40,13 +40,13 @@ def default_workers() -> int:
 
 def check_port_free(listen: str) -> None:
     """Fail early, and clearly, if something already listens there (with or without reuse)."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 (whatever the user asked for)
+    host, port = split_address(listen)
+    host = host or "0.0.0.0"  # noqa: S104 (whatever the user asked for)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, int(port)))
+            s.bind((host, port))
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot listen on {listen}: {e}") from e
 

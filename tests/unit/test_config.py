@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from extauthz.cli import _parser
-from extauthz.config import Settings, load_settings
+from extauthz.config import Settings, join_address, load_settings, split_address
 from extauthz.errors import ConfigError
 
 
@@ -76,6 +76,8 @@ def test_the_cli_is_generated_from_the_settings(f: Any) -> None:
     value = {bool: True, int: 7, float: 1.5, str: "x"}[type(f.default)]
     if f.metadata["choices"]:
         value = f.metadata["choices"][-1]
+    if f.metadata["address"]:
+        value = "[::1]:7"
     for command in f.metadata["commands"]:
         argv = {
             "serve": ["serve"],
@@ -90,3 +92,49 @@ def test_the_cli_is_generated_from_the_settings(f: Any) -> None:
         argv += [flag] if value is True else [flag, str(value)]
         settings = load_settings(vars(_parser().parse_args(argv)), env={})
         assert getattr(settings, f.name) == value, (command, f.name)
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("127.0.0.1:9001", "127.0.0.1", 9001),
+        (":9001", "", 9001),
+        ("[::1]:0", "::1", 0),
+        ("[::]:65535", "::", 65535),
+        ("localhost:80", "localhost", 80),
+    ],
+)
+def test_split_address(text: str, host: str, port: int) -> None:
+    assert split_address(text) == (host, port)
+    assert join_address(host, port) == (text if host else f":{port}")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "9001",
+        "host",
+        "host:",
+        "host:x",
+        "host:65536",
+        "host:99999999999999999999",
+        "host:-1",
+        "host:+1",
+        "host:٩٠",
+        "host: 90",
+        "::1:9001",
+        "host:9001\n",
+    ],
+)
+def test_addresses_that_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="host:port|brackets"):
+        split_address(text)
+    with pytest.raises(ConfigError, match="^--listen: "):
+        load_settings({"listen": text}, env={})
+
+
+def test_an_empty_metrics_address_turns_metrics_off_but_listen_needs_one() -> None:
+    assert load_settings({"metrics_listen": ""}, env={}).metrics_listen == ""
+    with pytest.raises(ConfigError, match="EXTAUTHZ_METRICS_LISTEN"):
+        load_settings({}, env={"EXTAUTHZ_METRICS_LISTEN": "nope"})
