@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from bench.run import ensure_tools, process_tree  # noqa: E402
 from extauthz.admin import tokens  # noqa: E402
 from extauthz.admin.sync import sync  # noqa: E402
+from extauthz.config import Settings  # noqa: E402
 from extauthz.core.credentials import new_token  # noqa: E402
 from extauthz.core.policy import load_policy_file  # noqa: E402
 from extauthz.dev.stack import Stack, free_base_port  # noqa: E402
@@ -67,7 +68,7 @@ def main() -> None:
             free_base_port(),
             work / "stack",
             REPO / "examples/policy.yaml",
-            serve_args=("--auth-failure-burst", "0"),
+            settings=Settings(auth_failure_burst=0),
         )
         stack.start()
         try:

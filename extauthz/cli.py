@@ -353,7 +353,8 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
     from extauthz.dev.stack import up
 
-    return up(args.base_port, Path(args.policy) if args.policy else None, Path(args.state_dir))
+    policy = Path(args.policy) if args.policy else None
+    return up(args.base_port, policy, Path(args.state_dir), settings)
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -442,6 +443,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     stack.add_argument("--policy", help="policy file (default examples/policy.yaml)")
     stack.add_argument("--state-dir", default=".stack", help="logs, Redis data, envoy.yaml, TLS")
+    add_setting_flags(stack, "up")
     stack.set_defaults(func=_cmd_up)
     return parser
 

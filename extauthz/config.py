@@ -23,7 +23,8 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 REDIS = ("serve", "sync", "token", "check", "health")  # every command that reaches Redis
-SERVE = ("serve",)
+SERVE = ("serve", "up")  # `up` passes these to the stack's server...
+STACK_OWNED = ("serve",)  # ...but sets these itself (where it listens, its TLS files)
 TLS = ("serve", "health")
 
 
@@ -65,7 +66,9 @@ class Settings:
     key_prefix: str = setting(
         DEFAULT_PREFIX, "Redis key prefix ({extauthz}: with a Cluster)", REDIS
     )
-    listen: str = setting("127.0.0.1:9001", "host:port for gRPC (Check and health)", address=True)
+    listen: str = setting(
+        "127.0.0.1:9001", "host:port for gRPC (Check and health)", STACK_OWNED, address=True
+    )
     workers: int = setting(0, "processes sharing the port; 0: one per CPU", zero_ok=True)
     threads: int = setting(2, "gRPC handler threads per process")
     log_format: str = setting("text", "log lines as text or JSON", choices=("text", "json"))
@@ -80,7 +83,11 @@ class Settings:
         0.0, "seconds cached tokens may still allow once Redis is down", zero_ok=True
     )
     metrics_listen: str = setting(
-        "127.0.0.1:9102", "host:port for /metrics; '' turns it off", zero_ok=True, address=True
+        "127.0.0.1:9102",
+        "host:port for /metrics; '' turns it off",
+        STACK_OWNED,
+        zero_ok=True,
+        address=True,
     )
     unhealthy_after: float = setting(
         10.0, "seconds of Redis outage before health says NOT_SERVING", zero_ok=True

