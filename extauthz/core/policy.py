@@ -337,16 +337,7 @@ def parse_policy(text: str, file: str = "<policy>") -> PolicyDocument:
     if r.integer(version_node, "version") != 1:
         raise r.error(version_node, "version", "unsupported version (expected 1)")
 
-    networks: list[IPNetwork] = []
-    if "internal_networks" in top:
-        node = top["internal_networks"][1]
-        for i, cidr in enumerate(r.strings(node, "internal_networks")):
-            try:
-                networks.append(ipaddress.ip_network(cidr, strict=False))
-            except ValueError:
-                raise r.error(
-                    node.value[i], f"internal_networks[{i}]", f"not a network: {cidr!r}"
-                ) from None
+    networks = _parse_networks(r, top["internal_networks"][1]) if "internal_networks" in top else ()
 
     if "routes" not in top:
         raise r.error(root, "routes", "missing (a mapping of route names to policies)")
@@ -358,20 +349,36 @@ def parse_policy(text: str, file: str = "<policy>") -> PolicyDocument:
             )
         routes[name] = _parse_route(r, name, key_node, value_node)
 
-    secrets: list[SecretSpec] = []
-    if "secrets" in top:
-        node = top["secrets"][1]
-        if not isinstance(node, yaml.SequenceNode):
-            raise r.error(node, "secrets", "must be a list")
-        seen: set[str] = set()
-        for i, item in enumerate(node.value):
-            spec = _parse_secret(r, f"secrets[{i}]", item, routes)
-            if spec.id in seen:
-                raise r.error(item, f"secrets[{i}].id", f"duplicate secret id {spec.id!r}")
-            seen.add(spec.id)
-            secrets.append(spec)
+    secrets = _parse_secrets(r, top["secrets"][1], routes) if "secrets" in top else ()
+    return PolicyDocument(file, routes, networks, secrets)
 
-    return PolicyDocument(file, routes, tuple(networks), tuple(secrets))
+
+def _parse_networks(r: _Reader, node: yaml.Node) -> tuple[IPNetwork, ...]:
+    networks: list[IPNetwork] = []
+    for i, cidr in enumerate(r.strings(node, "internal_networks")):
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise r.error(
+                node.value[i], f"internal_networks[{i}]", f"not a network: {cidr!r}"
+            ) from None
+    return tuple(networks)
+
+
+def _parse_secrets(
+    r: _Reader, node: yaml.Node, routes: dict[str, RoutePolicy]
+) -> tuple[SecretSpec, ...]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise r.error(node, "secrets", "must be a list")
+    secrets: list[SecretSpec] = []
+    seen: set[str] = set()
+    for i, item in enumerate(node.value):
+        spec = _parse_secret(r, f"secrets[{i}]", item, routes)
+        if spec.id in seen:
+            raise r.error(item, f"secrets[{i}].id", f"duplicate secret id {spec.id!r}")
+        seen.add(spec.id)
+        secrets.append(spec)
+    return tuple(secrets)
 
 
 def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) -> RoutePolicy:

@@ -109,27 +109,7 @@ def _cluster(
             }
         }
     if tls is not None:
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": tls.server_name,
-                "common_tls_context": {
-                    "tls_certificates": [
-                        {
-                            "certificate_chain": {"filename": tls.cert},
-                            "private_key": {"filename": tls.key},
-                        }
-                    ],
-                    "validation_context": {
-                        "trusted_ca": {"filename": tls.ca},
-                        "match_typed_subject_alt_names": [
-                            {"san_type": "DNS", "matcher": {"exact": tls.server_name}}
-                        ],
-                    },
-                },
-            },
-        }
+        cluster["transport_socket"] = _tls_socket(tls)
     if health is not None:
         cluster["health_checks"] = [
             {
@@ -141,6 +121,31 @@ def _cluster(
             }
         ]
     return cluster
+
+
+def _tls_socket(tls: ClientTls) -> dict[str, Any]:
+    """Mutual TLS to extauthz: Envoy's certificate, and the name extauthz's certificate must carry."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls.server_name,
+            "common_tls_context": {
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": tls.cert},
+                        "private_key": {"filename": tls.key},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": tls.ca},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": tls.server_name}}
+                    ],
+                },
+            },
+        },
+    }
 
 
 def _routes(network: str | None) -> list[dict[str, Any]]:

@@ -101,16 +101,7 @@ class Server:
         )
         self.metrics = Metrics()
         self.store.observe = self.metrics.redis_call
-        self.authorizer = Authorizer(
-            self.store,
-            self.jwks,
-            self.cache,
-            metrics=self.metrics,
-            disable_auth=settings.disable_auth,
-            failures=FailureLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
-            if settings.auth_failure_burst > 0
-            else None,
-        )
+        self.authorizer = self._authorizer()
         self.watcher = PolicyWatcher(
             self.authorizer, settings.policy_refresh, self.redis, self._on_poll
         )
@@ -123,8 +114,28 @@ class Server:
             else None
         )
         self.health = health.HealthServicer()
-        self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="check"),
+        self.grpc_server = self._grpc_server(reuse_port, check or check_handler(self.authorizer))
+        self.port = 0
+        self._stopping = threading.Event()
+
+    def _authorizer(self) -> Authorizer:
+        settings = self.settings
+        return Authorizer(
+            self.store,
+            self.jwks,
+            self.cache,
+            metrics=self.metrics,
+            disable_auth=settings.disable_auth,
+            failures=FailureLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
+            if settings.auth_failure_burst > 0
+            else None,
+        )
+
+    def _grpc_server(self, reuse_port: bool, check: CheckHandler) -> grpc.Server:
+        server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=self.settings.threads, thread_name_prefix="check"
+            ),
             # with several workers every process binds the port; otherwise a busy port
             # must be an error, not a silent share with some other server
             options=[
@@ -133,12 +144,9 @@ class Server:
                 ("grpc.max_receive_message_length", MAX_CHECK_REQUEST_BYTES),
             ],
         )
-        self.grpc_server.add_generic_rpc_handlers(
-            (authorization_service(check or check_handler(self.authorizer)),)
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
-        self.port = 0
-        self._stopping = threading.Event()
+        server.add_generic_rpc_handlers((authorization_service(check),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        return server
 
     def start(self) -> None:
         listen = self.settings.listen
