@@ -17,7 +17,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from extauthz.admin import tokens  # noqa: E402
 from extauthz.admin.sync import sync  # noqa: E402
 from extauthz.core.policy import parse_policy  # noqa: E402
 from extauthz.dev.envoy_config import EDGE_PROTECTIONS, ext_authz_filter  # noqa: E402
+from extauthz.dev.ports import free_port, wait_port  # noqa: E402
 from extauthz.runtime.supervisor import default_workers  # noqa: E402
 from extauthz.storage.store import DEFAULT_PREFIX, open_store  # noqa: E402
 
@@ -49,31 +49,6 @@ ENVOY_VARIANTS = (
     "extauthz_nocache",
     "extauthz_warm_workers",  # the N-worker server, cluster settings as in envoy/envoy.yaml
 )
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port not handed out before in this run (bind-and-release can repeat one)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"bench: nothing listens on port {port} after {timeout}s")
 
 
 def ensure_tools() -> None:

@@ -124,7 +124,7 @@ def _cluster(
 
 
 def _tls_socket(tls: ClientTls) -> dict[str, Any]:
-    """Mutual TLS to extauthz: Envoy's certificate, and the name extauthz's certificate must carry."""
+    """Mutual TLS to extauthz: Envoy's certificate, and the name extauthz's must carry."""
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {

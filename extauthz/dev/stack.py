@@ -17,11 +17,9 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +37,7 @@ from extauthz.core.policy import load_policy_file
 from extauthz.dev import DEFAULT_BASE_PORT, PORTS_USED
 from extauthz.dev.envoy_config import ClientTls, EnvoyPorts, loopback_ports, render
 from extauthz.dev.local_pki import SERVER_NAME, make_local_pki
+from extauthz.dev.ports import free_ports_in_a_row, port_open
 from extauthz.errors import StackError, UsageError
 from extauthz.runtime.supervisor import stop_on_signals
 from extauthz.storage.store import DEFAULT_PREFIX, Store, open_store
@@ -122,30 +121,8 @@ def _wait(check: object, timeout: float, what: str, children: list[Child]) -> No
 
 
 def free_base_port() -> int:
-    """A base with PORTS_USED free ports, below the kernel's ephemeral range (where
-    outgoing connections take their ports), for stacks run side by side (tests, soak)."""
-    for _ in range(100):
-        base = random.randrange(20000, 32000)  # noqa: S311 (not security)
-        if all(_can_bind(base + i) for i in range(PORTS_USED)):
-            return base
-    raise StackError(f"no {PORTS_USED} consecutive free ports")
-
-
-def _can_bind(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+    """A base port with PORTS_USED free ports after it, for stacks run side by side."""
+    return free_ports_in_a_row(PORTS_USED)
 
 
 def _http_ok(url: str) -> bool:
@@ -286,7 +263,7 @@ class Stack:
 
     def start_redis(self) -> None:
         self.redis.start()
-        _wait(lambda: _port_open(self.redis_port), 10, "redis-server", [self.redis])
+        _wait(lambda: port_open(self.redis_port), 10, "redis-server", [self.redis])
 
     def sync_policy(self) -> None:
         sync(

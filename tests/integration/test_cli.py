@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.procs import RedisServer, free_port, run_cli
+from extauthz.dev.ports import free_port
+from tests.support.procs import RedisServer, run_cli
 
 pytestmark = pytest.mark.redis
 

@@ -22,8 +22,9 @@ from extauthz.config import Settings
 from extauthz.dev import PORTS_USED, demo_model
 from extauthz.dev.envoy_config import COMPOSE, ClientTls, loopback_ports, render
 from extauthz.dev.local_pki import make_local_pki
+from extauthz.dev.ports import port_open
 from extauthz.dev.stack import Stack, free_base_port
-from tests.support.procs import REPO, port_open, require_binary, wait_for
+from tests.support.procs import REPO, require_binary, wait_for
 from tests.support.readme import readme_block
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]

@@ -11,17 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from extauthz.dev.ports import free_port
 from tests.support.check import CheckClient, reply_headers, upstream_headers
 from tests.support.idp import AUDIENCE, LocalIdP, SigningKey, claims, hs256_with, unsigned
-from tests.support.procs import (
-    REPO,
-    RedisServer,
-    extauthz_serve,
-    free_port,
-    require_binary,
-    run_cli,
-    wait_for,
-)
+from tests.support.procs import REPO, RedisServer, extauthz_serve, require_binary, run_cli, wait_for
 
 pytestmark = pytest.mark.redis
 

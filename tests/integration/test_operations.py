@@ -12,8 +12,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from extauthz.dev.ports import free_port
 from tests.support.check import CheckClient, upstream_headers
-from tests.support.procs import REPO, RedisServer, extauthz_serve, free_port, run_cli, wait_for
+from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, wait_for
 
 pytestmark = pytest.mark.redis
 

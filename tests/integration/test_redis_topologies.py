@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from extauthz.core.credentials import token_hash
+from extauthz.dev.ports import free_port
 from tests.support.check import CheckClient
-from tests.support.procs import REPO, RedisServer, extauthz_serve, free_port, run_cli, wait_for
+from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, wait_for
 from tests.support.readme import readme_block
 from tests.support.topologies import (
     ClusterSetup,

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from extauthz.dev.ports import free_port
 from tests.support.check import CheckClient
 from tests.support.procs import (
     REPO,
     RedisServer,
     extauthz_serve,
-    free_port,
     live_servers,
     run_cli,
     stop,

@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support.procs import RedisServer, free_ports, port_open, require_binary, wait_for
+from extauthz.dev.ports import free_ports, port_open
+from tests.support.procs import RedisServer, require_binary, wait_for
 
 
 def make_tls_files(directory: Path) -> dict[str, Path]:

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+
+from prometheus_client import generate_latest
+
+from extauthz.dev.ports import free_port, wait_port
+from extauthz.runtime.metrics import Metrics
+
+STATE: dict[str, Any] = {
+    "policy_version": 7,
+    "redis_up": 1,
+    "auth_disabled": 0,
+    "serving": 1,
+    "cache": {"hit": 5, "miss": 2},
+    "cache_entries": 3,
+    "jwks": {"ok": 1, "error": 4},
+}
+
+
+def _text(metrics: Metrics) -> str:
+    return generate_latest(metrics.registry).decode()
+
+
+def test_decisions_count_by_route_outcome_and_reason() -> None:
+    m = Metrics()
+    for _ in range(3):
+        m.decision("a", "allow", "ok", 0.0002)
+    m.decision("a", "deny", "no_credential", 0.0001)
+    m.redis_call("hgetall", 0.0005)
+    text = _text(m)
+    assert 'extauthz_decisions_total{outcome="allow",reason="ok",route="a"} 3.0' in text
+    assert 'extauthz_decisions_total{outcome="deny",reason="no_credential",route="a"} 1.0' in text
+    assert "extauthz_decision_seconds_count 4.0" in text
+    assert 'extauthz_redis_seconds_count{command="hgetall"} 1.0' in text
+
+
+def test_state_is_read_at_scrape_time() -> None:
+    m = Metrics()
+    state = dict(STATE)
+    m.watch(lambda: state)
+    assert "extauthz_policy_version 7.0" in _text(m)
+    state["policy_version"] = 8
+    state["redis_up"] = 0
+    text = _text(m)
+    assert "extauthz_policy_version 8.0" in text and "extauthz_redis_up 0.0" in text
+    assert 'extauthz_token_cache_events_total{event="hit"} 5.0' in text
+    assert 'extauthz_jwks_fetches_total{result="error"} 4.0' in text
+    assert "extauthz_token_cache_entries 3.0" in text
+
+
+def test_served_over_http() -> None:
+    m = Metrics()
+    m.watch(lambda: STATE)
+    port = free_port()
+    m.serve(f"127.0.0.1:{port}")
+    wait_port(port, timeout=5)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        assert "extauthz_serving 1.0" in resp.read().decode()
