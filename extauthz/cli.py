@@ -18,7 +18,6 @@ from extauthz import __version__
 from extauthz.config import Settings, add_setting_flags, load_settings
 from extauthz.dev import DEFAULT_BASE_PORT, PORTS_USED
 from extauthz.errors import (
-    AmbiguousToken,
     ConfigError,
     ExtAuthzError,
     InvalidValue,
@@ -64,9 +63,10 @@ def _worded(error: ExtAuthzError) -> str:
                 return f"missing --{field}: {rule}"
             return f"invalid --{field} {shown(value)}: {rule}"
         case UnknownToken():
-            return f"{error} (see `extauthz token list`)"
-        case AmbiguousToken():
-            return f"{error}: revoke them and create a new one"
+            return (
+                f"{error} (see `extauthz token list`; a token made with redis-cli is found "
+                "after `extauthz token reindex`)"
+            )
     return str(error)
 
 
@@ -167,6 +167,11 @@ def _print_issued(issued: Any, as_json: bool) -> None:
     print(issued.token)
 
 
+def _warn(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(f"extauthz: warning: {_shown(line)}", file=sys.stderr)
+
+
 def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.admin import tokens
 
@@ -180,6 +185,7 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
         now=time.time(),
         token_id=args.id,
     )
+    _warn(issued.warnings)
     _print_issued(issued, args.json)
     return 0
 
@@ -187,44 +193,104 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.admin import tokens
 
-    rows = tokens.list_tokens(_store(settings))
-    if args.json:
-        print(
-            json.dumps(
-                [
-                    {"hash": h, **_record_json(r)}
-                    if not isinstance(r, MalformedRecord)
-                    else {"hash": h, "error": str(r)}
-                    for h, r in rows
-                ]
-            )
-        )
-        return 0
-    print(f"{'ID':<20} {'ROUTES':<28} {'SCOPES':<22} {'EXPIRES':<20} NAME")
+    if args.limit is not None and args.limit < 0:
+        raise InvalidValue("limit", str(args.limit), "must be 0 or more")
+    rows = tokens.listing(_store(settings), route=args.route, limit=args.limit)
+    if not args.json:
+        print(f"{'ID':<20} {'ROUTES':<28} {'SCOPES':<22} {'EXPIRES':<20} NAME")
     for digest, record in rows:
-        if isinstance(record, MalformedRecord):
+        if args.json:
+            fields = (
+                {"error": str(record)}
+                if isinstance(record, MalformedRecord)
+                else _record_json(record)
+            )
+            print(json.dumps({"hash": digest, **fields}))
+        elif isinstance(record, MalformedRecord):
             print(_shown(f"{'?':<20} malformed record at hash {digest}: {record}"))
-            continue
-        print(
-            f"{_shown(record.id):<20} {_shown(','.join(sorted(record.routes))):<28} "
-            f"{_shown(','.join(sorted(record.scopes))) or '-':<22} {_expires(record):<20} "
-            f"{_shown(record.name)}"
-        )
+        else:
+            print(
+                f"{_shown(record.id):<20} {_shown(','.join(sorted(record.routes))):<28} "
+                f"{_shown(','.join(sorted(record.scopes))) or '-':<22} {_expires(record):<20} "
+                f"{_shown(record.name)}"
+            )
     return 0
+
+
+def _print_record(record: Any, as_json: bool) -> None:
+    data = _record_json(record)
+    if as_json:
+        print(json.dumps(data))
+        return
+    data["expires_at"] = _expires(record)
+    for key, value in data.items():
+        shown = ",".join(value) if isinstance(value, list) else value
+        print(f"{key + ':':<12} {_shown(str(shown)) if shown not in (None, '') else '-'}")
 
 
 def _cmd_token_show(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.admin import tokens
 
-    record = tokens.show(_store(settings), args.id)
-    data = _record_json(record)
-    if args.json:
-        print(json.dumps(data))
-    else:
-        data["expires_at"] = _expires(record)
-        for key, value in data.items():
-            shown = ",".join(value) if isinstance(value, list) else value
-            print(f"{key + ':':<12} {_shown(str(shown)) if shown not in (None, '') else '-'}")
+    _print_record(tokens.show(_store(settings), args.id), args.json)
+    return 0
+
+
+def _cmd_token_update(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin import tokens
+
+    if args.ttl is not None and args.no_expiry:
+        raise UsageError("give --ttl or --no-expiry, not both")
+    updated = tokens.update(
+        _store(settings),
+        args.id,
+        routes=args.route,
+        scopes=args.scope,
+        name=args.name,
+        ttl_seconds=tokens.parse_ttl(args.ttl) if args.ttl is not None else None,
+        no_expiry=args.no_expiry,
+        now=time.time(),
+        confirm=settings.ack_timeout,
+    )
+    _warn(updated.warnings)
+    _print_record(updated.record, args.json)
+    return _unconfirmed("updated", updated.unconfirmed, settings)
+
+
+def _cmd_token_reindex(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin import tokens
+
+    result = tokens.reindex(_store(settings))
+    print(
+        f"scanned {result.scanned} token keys: {result.added} added to the index, "
+        f"{result.removed} entries of deleted or expired tokens removed"
+    )
+    for conflict in result.conflicts:
+        _warn([f"token key {conflict}: another token has this id; give it another id"])
+    for digest in result.no_id:
+        _warn([f"token key {digest} has no id field (or is not a hash): fix or delete it"])
+    return 0
+
+
+def _cmd_token_export(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin.token_files import export_lines
+
+    for line in export_lines(_store(settings), args.route):
+        print(line)
+    return 0
+
+
+def _cmd_token_import(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin.token_files import plan_import, read_import_file
+
+    store, now = _store(settings), time.time()
+    entries = read_import_file(args.file, now)
+    plan = plan_import(store, entries, args.file, now, replace=args.replace)
+    _warn(plan.warnings)
+    if not args.dry_run:
+        from extauthz.storage.token_index import TokenIndex
+
+        TokenIndex(store).write_many(plan.items)
+    print(plan.summary(args.dry_run))
     return 0
 
 
@@ -248,7 +314,8 @@ def _cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_token_rotate(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.admin import tokens
 
-    issued = tokens.rotate(_store(settings), args.id, settings.ack_timeout)
+    grace = tokens.parse_ttl(args.grace, "grace") if args.grace is not None else None
+    issued = tokens.rotate(_store(settings), args.id, settings.ack_timeout, grace, time.time())
     _print_issued(issued, args.json)
     return _unconfirmed("rotated", issued.unconfirmed, settings)
 
@@ -377,29 +444,58 @@ def _command(sub: Any, name: str, help: str, settings_of: str | None = None) -> 
 
 
 def _add_token_parsers(sub: Any) -> None:
-    token = sub.add_parser("token", help="create, list, show, revoke, rotate tokens")
+    token = sub.add_parser("token", help="create, list, show, update, rotate, revoke tokens")
     tsub = token.add_subparsers(metavar="ACTION")
     create = _command(tsub, "create", "mint a token (shown once)", "token")
     create.add_argument("--route", action="append", help="route name, repeatable; '*' for all")
     create.add_argument("--scope", action="append", help="scope, repeatable (e.g. inference)")
-    create.add_argument("--ttl", help="lifetime: 30s, 15m, 1h, 7d (default: no expiry)")
+    create.add_argument(
+        "--ttl", help="lifetime: 30s, 15m, 1h, 7d (default: the routes' max_token_ttl, or none)"
+    )
     create.add_argument("--name", help="a label for humans")
     create.add_argument("--id", help="token id (default: generated tok_...)")
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=_cmd_token_create)
-    listing = _command(tsub, "list", "list tokens (never secrets)", "token")
-    listing.add_argument("--json", action="store_true")
+
+    listing = _command(tsub, "list", "list tokens in creation order (never secrets)", "token")
+    listing.add_argument("--route", help="only tokens that grant this route")
+    listing.add_argument("--limit", type=int, help="at most this many")
+    listing.add_argument("--json", action="store_true", help="JSON Lines: one object a line")
     listing.set_defaults(func=_cmd_token_list)
+
     for name, func, text in (
         ("show", _cmd_token_show, "show one token's record"),
+        ("update", _cmd_token_update, "change a token's routes, scopes, name or expiry"),
         ("revoke", _cmd_token_revoke, "delete a token: it stops working"),
         ("rotate", _cmd_token_rotate, "new secret for the same id; the old one stops working"),
     ):
         p = _command(tsub, name, text, "token")
-        add_setting_flags(p, name)  # revoke, rotate: --ack-timeout
+        add_setting_flags(p, name)  # update, revoke, rotate: --ack-timeout
         p.add_argument("id", metavar="ID")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
+        if name == "update":
+            p.add_argument("--route", action="append", help="new routes (replace the old)")
+            p.add_argument("--scope", action="append", help="new scopes (replace the old)")
+            p.add_argument("--name", help="new label")
+            p.add_argument("--ttl", help="new lifetime from now: 30s, 15m, 1h, 7d")
+            p.add_argument("--no-expiry", action="store_true", help="never expires")
+        if name == "rotate":
+            p.add_argument("--grace", help="the old secret keeps working this long (e.g. 10m)")
+
+    _command(
+        tsub, "reindex", "add tokens made with redis-cli to the id index", "token"
+    ).set_defaults(func=_cmd_token_reindex)
+    export = _command(tsub, "export", "print tokens as JSON Lines (hashes, never secrets)", "token")
+    export.add_argument("--route", help="only tokens that grant this route")
+    export.set_defaults(func=_cmd_token_export)
+    load = _command(tsub, "import", "load tokens from a JSON Lines file", "token")
+    load.add_argument("file", metavar="FILE")
+    load.add_argument("--dry-run", action="store_true", help="check and count, write nothing")
+    load.add_argument(
+        "--replace", action="store_true", help="an id with another secret: replace it"
+    )
+    load.set_defaults(func=_cmd_token_import)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -106,7 +106,7 @@ class Settings:
     ack_timeout: float = setting(
         2.0,
         "seconds to wait for every live server to confirm; 0: do not wait",
-        ("revoke", "rotate"),
+        ("update", "revoke", "rotate"),
         zero_ok=True,
         maximum=60.0,
     )

@@ -39,20 +39,31 @@ class InvalidValue(UsageError):
 
 
 class UnknownToken(UsageError):
-    """No token has this id."""
+    """No token with this id is in the id index (one made by hand may exist: reindex)."""
 
     def __init__(self, token_id: str) -> None:
         self.token_id = token_id
         super().__init__(f"no token with id {shown(token_id)}")
 
 
-class AmbiguousToken(UsageError):
-    """Several tokens share this id (made by hand): commands on one token refuse it."""
+class TokenExists(UsageError):
+    """Another secret already has this id (create --id, import without replace)."""
 
-    def __init__(self, token_id: str, count: int) -> None:
+    def __init__(self, token_id: str) -> None:
         self.token_id = token_id
-        self.count = count
-        super().__init__(f"{count} tokens have id {shown(token_id)}")
+        super().__init__(f"a token with id {shown(token_id)} already exists")
+
+
+class BadImportLine(UsageError):
+    """A line of a token import file is invalid; carries the file, line and field."""
+
+    def __init__(self, file: str, line: int | None, field: str, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.field = field
+        self.message = message
+        where = file if line is None else f"{file}:{line}"
+        super().__init__(f"{where}: {field + ': ' if field else ''}{message}")
 
 
 class PolicyError(ExtAuthzError):

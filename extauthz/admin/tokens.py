@@ -1,16 +1,17 @@
-"""Token lifecycle: create, list, show, revoke, rotate (what the `extauthz token` CLI calls).
+"""Token lifecycle: create, show, list, update, rotate, revoke, reindex (what `extauthz token`
+calls). Bulk import and export are in token_files.py.
 
 A token's secret exists only in the return value of `create` and `rotate`; Redis keeps its
-SHA-256 hash and record.
+SHA-256 hash and record. Tokens are found by id through the index (storage/token_index.py).
+A route's `max_token_ttl` (policy file) caps the life of every token for it.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import secrets
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 
 from extauthz.core.credentials import (
     MAX_NAME_LENGTH,
@@ -20,26 +21,22 @@ from extauthz.core.credentials import (
     new_token,
     token_hash,
 )
+from extauthz.core.durations import MAX_SECONDS, format_duration, parse_duration
+from extauthz.core.policy import PolicySnapshot, RoutePolicy
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import AmbiguousToken, InvalidValue, MalformedRecord, UnknownToken
+from extauthz.errors import InvalidValue, MalformedRecord
 from extauthz.storage.store import Store
+from extauthz.storage.token_index import Reindexed, TokenIndex
 
-_TTL = re.compile(r"([0-9]{1,12})([smhd])", re.ASCII)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_TTL_SECONDS = 100 * 365 * 86400  # a century: anything longer is a typo, not a policy
+MAX_TTL_SECONDS = MAX_SECONDS
 
 
-def parse_ttl(text: str) -> int:
+def parse_ttl(text: str, flag: str = "ttl") -> int:
     """`30s`, `15m`, `1h`, `7d` → seconds (at most a century)."""
-    m = _TTL.fullmatch(text)
-    if not m or int(m.group(1)) == 0:
-        raise InvalidValue("ttl", text, "use a positive number with s, m, h or d (e.g. 1h)")
-    seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    if seconds > MAX_TTL_SECONDS:
-        raise InvalidValue(
-            "ttl", text, "at most 36500d (100 years); without a ttl the token never expires"
-        )
-    return seconds
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise InvalidValue(flag, text, str(e)) from None
 
 
 def check_name(name: str) -> None:
@@ -52,6 +49,77 @@ def check_name(name: str) -> None:
         )
 
 
+def check_routes(routes: Iterable[str]) -> frozenset[str]:
+    route_set = frozenset(routes)
+    if not route_set:
+        raise InvalidValue("route", None, "a token needs at least one ('*' for all routes)")
+    for route in route_set:
+        if route != "*" and not ROUTE_NAME.fullmatch(route):
+            raise InvalidValue(
+                "route", route, "use letters, digits, '.', '_', '-' (at most 128), or '*' for all"
+            )
+    return route_set
+
+
+def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
+    scope_set = frozenset(scopes)
+    for scope in scope_set:
+        if not SCOPE_NAME.fullmatch(scope):
+            raise InvalidValue(
+                "scope", scope, "use letters, digits, '.', '_', ':', '/', '-' (at most 128)"
+            )
+    return scope_set
+
+
+def check_id(token_id: str) -> str:
+    if not TOKEN_ID.fullmatch(token_id):
+        raise InvalidValue("id", token_id, "use letters, digits, '.', '_', '-' (at most 64)")
+    return token_id
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetime:
+    """What the policy says about a token's routes: the cap on its life (the smallest
+    `max_token_ttl` among them; for `*`, among every route), and the routes it does not know."""
+
+    cap: int | None  # seconds
+    capped_by: str  # the route whose cap it is
+    unknown_routes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, routes: Iterable[str], policy: PolicySnapshot | None) -> Lifetime:
+        known: Mapping[str, RoutePolicy] = policy.routes if policy is not None else {}
+        routes = sorted(routes)
+        applying = (
+            list(known.values()) if "*" in routes else [known[r] for r in routes if r in known]
+        )
+        caps = [(r.max_token_ttl, r.name) for r in applying if r.max_token_ttl is not None]
+        cap, by = min(caps) if caps else (None, "")
+        unknown = () if policy is None else tuple(r for r in routes if r != "*" and r not in known)
+        return cls(cap, by, unknown)
+
+    def default(self, now: float) -> int | None:
+        """The expires_at of a token given no ttl: the cap's full life, or never."""
+        return None if self.cap is None else math.ceil(now + self.cap)
+
+    def check(self, flag: str, given: str | None, expires: int | None, now: float) -> None:
+        """Refuse an expires_at beyond the cap (`given`: what the user wrote for `flag`)."""
+        if self.cap is not None and (expires is None or expires > math.ceil(now + self.cap)):
+            cap = format_duration(self.cap)
+            raise InvalidValue(
+                flag,
+                given,
+                f"route {self.capped_by} allows tokens of at most {cap} (its max_token_ttl): "
+                f"give a --ttl of {cap} or less",
+            )
+
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(
+            f"route {r} is not in the published policy (a token for it answers 404 until it is)"
+            for r in self.unknown_routes
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedToken:
     """A token secret together with its record: shown once, never stored."""
@@ -59,12 +127,20 @@ class IssuedToken:
     token: str
     record: TokenRecord
     unconfirmed: tuple[str, ...] = ()  # rotate: live servers that did not confirm in time
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Revoked:
-    count: int  # tokens deleted
+    count: int  # secrets deleted (the token's, and one in rotation grace)
     unconfirmed: tuple[str, ...]  # live servers that did not confirm dropping them in time
+
+
+@dataclass(frozen=True, slots=True)
+class Updated:
+    record: TokenRecord
+    unconfirmed: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
 def create(
@@ -76,77 +152,136 @@ def create(
     now: float = 0,
     token_id: str | None = None,
 ) -> IssuedToken:
-    """Mint a token for `routes` (or `*`) with `scopes`, optionally expiring after ttl."""
-    route_set = frozenset(routes)
-    scope_set = frozenset(scopes)
-    if not route_set:
-        raise InvalidValue("route", None, "a token needs at least one ('*' for all routes)")
-    for route in route_set:
-        if route != "*" and not ROUTE_NAME.fullmatch(route):
-            raise InvalidValue(
-                "route", route, "use letters, digits, '.', '_', '-' (at most 128), or '*' for all"
-            )
-    for scope in scope_set:
-        if not SCOPE_NAME.fullmatch(scope):
-            raise InvalidValue(
-                "scope", scope, "use letters, digits, '.', '_', ':', '/', '-' (at most 128)"
-            )
+    """Mint a token for `routes` (or `*`) with `scopes`, expiring after ttl (or the routes'
+    max_token_ttl; else never)."""
+    route_set, scope_set = check_routes(routes), check_scopes(scopes)
     check_name(name)
-    if token_id is None:
-        token_id = "tok_" + secrets.token_hex(6)
-    elif not TOKEN_ID.fullmatch(token_id):
-        raise InvalidValue("id", token_id, "use letters, digits, '.', '_', '-' (at most 64)")
+    token_id = check_id(token_id) if token_id is not None else "tok_" + secrets.token_hex(6)
     if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_SECONDS:
         raise InvalidValue("ttl", f"{ttl_seconds}s", "from 1s to 36500d")
+    life = Lifetime.of(route_set, store.load_policy())
     record = TokenRecord(
         id=token_id,
         routes=route_set,
         scopes=scope_set,
-        # rounded up: a token never expires before its full ttl has passed
-        expires_at=math.ceil(now + ttl_seconds) if ttl_seconds else None,
+        expires_at=_expiry(life, "ttl", ttl_seconds, life.default(now), now),
         name=name,
         created_at=int(now),
     )
     token = new_token()
-    store.put_token(token_hash(token), record)
-    return IssuedToken(token, record)
-
-
-def list_tokens(store: Store) -> list[tuple[str, TokenRecord | MalformedRecord]]:
-    """Every token as (hash, record); malformed records are listed with their error."""
-    return list(store.iter_tokens())
+    TokenIndex(store).add(token_hash(token), record)
+    return IssuedToken(token, record, warnings=life.warnings())
 
 
 def show(store: Store, token_id: str) -> TokenRecord:
-    return _one(store, token_id)[1]
+    return TokenIndex(store).get(token_id).record
+
+
+def listing(
+    store: Store, route: str | None = None, limit: int | None = None
+) -> Iterator[tuple[str, TokenRecord | MalformedRecord]]:
+    """Indexed tokens as (hash, record or its error) in creation order, streamed; `route`:
+    only those that grant it (malformed records are always listed, so they can be fixed)."""
+    shown = 0
+    for _, digest, record in TokenIndex(store).stream():
+        if limit is not None and shown >= limit:
+            return
+        if route is None or isinstance(record, MalformedRecord) or record.grants_route(route):
+            shown += 1
+            yield digest, record
+
+
+def update(
+    store: Store,
+    token_id: str,
+    *,
+    routes: Iterable[str] | None = None,
+    scopes: Iterable[str] | None = None,
+    name: str | None = None,
+    ttl_seconds: int | None = None,
+    no_expiry: bool = False,
+    now: float = 0,
+    confirm: float = 0,
+) -> Updated:
+    """Change a token's record (not its secret); every server drops its cached copy."""
+    route_set = check_routes(routes) if routes is not None else None
+    scope_set = check_scopes(scopes) if scopes is not None else None
+    if name is not None:
+        check_name(name)
+    if ttl_seconds is not None and no_expiry:
+        raise InvalidValue("no-expiry", "", "give --ttl or --no-expiry, not both")
+    policy = store.load_policy()
+    lives: list[Lifetime] = []
+
+    def change(record: TokenRecord) -> TokenRecord:
+        new_routes = route_set if route_set is not None else record.routes
+        life = Lifetime.of(new_routes, policy)
+        lives.append(life)
+        if no_expiry:
+            life.check("no-expiry", "", None, now)
+            expires = None
+        else:
+            expires = _expiry(life, "ttl", ttl_seconds, record.expires_at, now)
+        return replace(
+            record,
+            routes=new_routes,
+            scopes=scope_set if scope_set is not None else record.scopes,
+            name=name if name is not None else record.name,
+            expires_at=expires,
+        )
+
+    new, unconfirmed = TokenIndex(store).update(token_id, change, confirm)
+    warnings = lives[-1].warnings() if route_set is not None and lives else ()
+    return Updated(new, tuple(unconfirmed), warnings)
+
+
+def _expiry(
+    life: Lifetime, flag: str, ttl: int | None, otherwise: int | None, now: float
+) -> int | None:
+    """`now + ttl` (rounded up: never before the full ttl has passed), else `otherwise`;
+    checked against the cap."""
+    expires = math.ceil(now + ttl) if ttl is not None else otherwise
+    life.check(flag, format_duration(ttl) if ttl is not None else None, expires, now)
+    return expires
+
+
+def rotate(
+    store: Store,
+    token_id: str,
+    confirm: float = 0,
+    grace_seconds: int | None = None,
+    now: float = 0,
+) -> IssuedToken:
+    """A new secret for the same id and record. The old secret stops at once, or after
+    `grace_seconds` (confirmed by every live server within `confirm` s, as for `revoke`)."""
+    index = TokenIndex(store)
+    grace_until = None
+    if grace_seconds is not None:
+        record = index.get(token_id).record
+        left = None if record.expires_at is None else record.expires_at - now
+        if left is not None and grace_seconds >= left:
+            raise InvalidValue(
+                "grace",
+                format_duration(grace_seconds),
+                f"longer than the token's remaining life ({format_duration(max(left, 0))}): "
+                "rotate without --grace, or give a shorter one",
+            )
+        grace_until = math.ceil(now + grace_seconds)
+    token = new_token()
+    record, unconfirmed = index.rotate(token_id, token_hash(token), grace_until, confirm)
+    return IssuedToken(token, record, tuple(unconfirmed))
 
 
 def revoke(store: Store, token_id: str, confirm: float = 0) -> Revoked:
-    """Delete every token with this id.
+    """Delete the token (and a secret of it still in rotation grace).
 
     With `confirm` > 0, return only once every live server has confirmed that it dropped
     them from its cache, or after `confirm` seconds (those that did not are named).
     """
-    found = store.find_tokens(token_id)
-    if not found:
-        raise UnknownToken(token_id)
-    count, unconfirmed = store.delete_tokens([digest for digest, _ in found], confirm)
+    count, unconfirmed = TokenIndex(store).revoke(token_id, confirm)
     return Revoked(count, tuple(unconfirmed))
 
 
-def rotate(store: Store, token_id: str, confirm: float = 0) -> IssuedToken:
-    """A new secret for the same id and record; the old secret stops working at once
-    (confirmed by every live server within `confirm` seconds, as for `revoke`)."""
-    old_digest, record = _one(store, token_id)
-    token = new_token()
-    unconfirmed = store.replace_token(old_digest, token_hash(token), record, confirm)
-    return IssuedToken(token, record, tuple(unconfirmed))
-
-
-def _one(store: Store, token_id: str) -> tuple[str, TokenRecord]:
-    found = store.find_tokens(token_id)
-    if not found:
-        raise UnknownToken(token_id)
-    if len(found) > 1:
-        raise AmbiguousToken(token_id, len(found))
-    return found[0]
+def reindex(store: Store) -> Reindexed:
+    """Index the tokens made by hand; drop entries whose token is gone."""
+    return TokenIndex(store).reindex()

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from extauthz.core.credentials import ROUTE_NAME, SCOPE_NAME, TOKEN_ID
+from extauthz.core.durations import MAX_SECONDS, parse_duration
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, PolicyError, shown
 from extauthz.files import describe, read_regular_file
@@ -65,6 +66,7 @@ class RoutePolicy:
     basic_username: str | None = None
     scopes: frozenset[str] = frozenset()  # a token needs one of these; empty = any
     jwt: JwtSettings | None = None
+    max_token_ttl: int | None = None  # seconds: the longest life a token for it may have
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"access": self.access.value, "credentials": list(self.credentials)}
@@ -74,6 +76,8 @@ class RoutePolicy:
             out["basic_username"] = self.basic_username
         if self.scopes:
             out["scopes"] = sorted(self.scopes)
+        if self.max_token_ttl is not None:
+            out["max_token_ttl"] = self.max_token_ttl
         if self.jwt is not None:
             jwt = self.jwt
             out["jwt"] = {
@@ -99,6 +103,7 @@ class RoutePolicy:
             credentials_listed=bool(data.get("credentials_listed", False)),
             basic_username=data.get("basic_username"),
             scopes=frozenset(data.get("scopes", ())),
+            max_token_ttl=_seconds_or_none(data.get("max_token_ttl")),
             jwt=None
             if jwt is None
             else JwtSettings(
@@ -113,6 +118,14 @@ class RoutePolicy:
                 forward_claims=tuple((c, h) for c, h in jwt.get("forward_claims", ())),
             ),
         )
+
+
+def _seconds_or_none(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SECONDS:
+        raise ValueError(f"max_token_ttl {shown(str(value), 32)} is not a number of seconds")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +204,7 @@ EMPTY_SNAPSHOT = PolicySnapshot(version=0, routes={})
 # --- parsing the YAML file -----------------------------------------------------------------
 
 _TOP_KEYS = ("version", "internal_networks", "routes", "secrets")
-_ROUTE_KEYS = ("access", "credentials", "basic_username", "scopes", "jwt")
+_ROUTE_KEYS = ("access", "credentials", "basic_username", "scopes", "jwt", "max_token_ttl")
 _JWT_KEYS = (
     "issuer",
     "audiences",
@@ -431,7 +444,15 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
     if jwt is not None and "jwt" not in credentials:
         raise r.error(fields["jwt"][0], f"{path}.jwt", "given, but credentials do not list jwt")
 
-    return RoutePolicy(name, access, credentials, listed, basic_username, scopes, jwt)
+    max_ttl = None
+    if "max_token_ttl" in fields:
+        ttl_node = fields["max_token_ttl"][1]
+        try:
+            max_ttl = parse_duration(r.string(ttl_node, f"{path}.max_token_ttl"))
+        except ValueError as e:
+            raise r.error(ttl_node, f"{path}.max_token_ttl", str(e)) from None
+
+    return RoutePolicy(name, access, credentials, listed, basic_username, scopes, jwt, max_ttl)
 
 
 def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> JwtSettings:

@@ -8,6 +8,10 @@ Data model (documented in the README, "Redis data model"):
                                                     expires_at   (key TTL = expires_at)
     {prefix}policy                            HASH  version, snapshot (JSON), digest
     {prefix}servers:<server id>               STRING "1", expiring 3 s after the last heartbeat
+    {prefix}servers                           SET   server ids (the CLI drops those whose key
+                                                    expired: it finds live servers without SCAN)
+
+The token id index (`token-id:<id>`, `token-ids`, `token-seq`) is in token_index.py.
 
 Channels: {prefix}invalidate (what changed: a token hash, `policy` or `*`, optionally
 followed by a space and a nonce to acknowledge) and {prefix}acks (`<nonce> <server id>`).
@@ -82,6 +86,7 @@ class Store:
         self.invalidate_channel = f"{prefix}invalidate"
         self.acks_channel = f"{prefix}acks"
         self.servers_prefix = f"{prefix}servers:"
+        self.servers_key = f"{prefix}servers"
         # (command, seconds) after each read the servers make: the Redis latency metric
         self.observe: Callable[[str, float], None] | None = None
 
@@ -97,7 +102,7 @@ class Store:
         the record carries it as `lapses_at`, so that no cache keeps it past that moment.
         """
         key = self._token_prefix + digest
-        with self._unavailable(f"token key {digest[:12]}…: "), self._timed("hgetall"):
+        with self.redis_errors(f"token key {digest[:12]}…: "), self._timed("hgetall"):
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(key)
             pipe.pttl(key)
@@ -110,74 +115,11 @@ class Store:
             record = replace(record, lapses_at=read_at + pttl / 1000)
         return record
 
-    def put_token(self, digest: str, record: TokenRecord) -> None:
-        """Write a token record (replacing any) with the key's expiry set to expires_at."""
-        key = self.token_key(digest)
-        with self._unavailable():
-            pipe = self.client.pipeline(transaction=True)
-            pipe.delete(key)
-            pipe.hset(key, mapping=record.to_fields())
-            if record.expires_at is not None:
-                pipe.expireat(key, record.expires_at)
-            pipe.execute()
-            self._publish(digest)
-
-    def replace_token(
-        self, old_digest: str, new_digest: str, record: TokenRecord, confirm: float = 0
-    ) -> list[str]:
-        """Write the record under a new hash and delete the old key, in one transaction.
-
-        Returns the live servers that did not confirm dropping the old hash (see `confirm`).
-        """
-        new_key = self.token_key(new_digest)
-        with self._unavailable():
-            pipe = self.client.pipeline(transaction=True)
-            pipe.hset(new_key, mapping=record.to_fields())
-            if record.expires_at is not None:
-                pipe.expireat(new_key, record.expires_at)
-            pipe.delete(self.token_key(old_digest))
-            pipe.execute()
-        return self.confirm(confirm, old_digest, new_digest)
-
-    def delete_tokens(self, digests: list[str], confirm: float = 0) -> tuple[int, list[str]]:
-        """Delete token keys; (how many existed, live servers that did not confirm)."""
-        with self._unavailable():
-            deleted = int(self.client.delete(*(self.token_key(d) for d in digests)))
-        return deleted, self.confirm(confirm, *digests)
-
-    def iter_tokens(self) -> Iterator[tuple[str, TokenRecord | MalformedRecord]]:
-        """Every token key as (hash, record), or (hash, the error) for a malformed one."""
-        with self._unavailable():
-            keys = sorted(self.client.scan_iter(match=self._token_prefix + "*", count=1000))
-            for start in range(0, len(keys), 500):
-                batch = keys[start : start + 500]
-                pipe = self.client.pipeline(transaction=False)
-                for key in batch:
-                    pipe.hgetall(key)
-                results = pipe.execute(raise_on_error=False)
-                for key, fields in zip(batch, results, strict=True):
-                    digest = key[len(self._token_prefix) :]
-                    if isinstance(fields, Exception):
-                        yield digest, MalformedRecord(f"token key {digest[:12]}…: {fields}")
-                    elif fields:  # deleted or expired since the scan
-                        try:
-                            yield digest, TokenRecord.from_fields(fields)
-                        except MalformedRecord as e:
-                            yield digest, e
-
-    def find_tokens(self, token_id: str) -> list[tuple[str, TokenRecord]]:
-        """All (hash, record) pairs whose record has this id."""
-        return [
-            (digest, rec)
-            for digest, rec in self.iter_tokens()
-            if isinstance(rec, TokenRecord) and rec.id == token_id
-        ]
-
     # --- policy ---------------------------------------------------------------------------
 
     def policy_version(self) -> PolicyVersion | None:
         """The published policy's version and digest, None when none was ever published."""
-        with self._unavailable(), self._timed("hmget"):
+        with self.redis_errors(), self._timed("hmget"):
             version, digest = self.client.hmget(self.policy_key, ["version", "digest"])
         if version is None:
             return None
@@ -188,7 +130,7 @@ class Store:
 
     def load_policy(self) -> PolicySnapshot | None:
         """The published policy snapshot, None when none was ever published."""
-        with self._unavailable(), self._timed("hget"):
+        with self.redis_errors(), self._timed("hget"):
             text = self.client.hget(self.policy_key, "snapshot")
         return self._parse_snapshot(text)
 
@@ -206,7 +148,7 @@ class Store:
         The new snapshot replaces the old in one HSET inside MULTI, under WATCH: if another
         writer publishes meanwhile, `plan` runs again on top of that version.
         """
-        with self._unavailable(), self.client.pipeline(transaction=True) as pipe:
+        with self.redis_errors(), self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(self.policy_key)
@@ -227,31 +169,47 @@ class Store:
                     break
                 except redis.WatchError:
                     continue
-        self._publish("policy")
+        self.publish("policy")
 
     # --- servers: presence and acknowledgements -----------------------------------------------
 
     def heartbeat(self, server_id: str) -> None:
         """This server is up and its invalidation channel subscribed (see `confirm`): its key
         lives LIVE_MS more, so Redis alone decides liveness (no clocks compared)."""
-        with self._unavailable():
-            self.client.set(self.servers_prefix + server_id, "1", px=LIVE_MS)
+        with self.redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self.servers_prefix + server_id, "1", px=LIVE_MS)
+            pipe.sadd(self.servers_key, server_id)
+            pipe.execute()
 
     def leave(self, server_id: str) -> None:
-        with self._unavailable():
-            self.client.delete(self.servers_prefix + server_id)
+        with self.redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(self.servers_prefix + server_id)
+            pipe.srem(self.servers_key, server_id)
+            pipe.execute()
 
     def acknowledge(self, nonce: str, server_id: str) -> None:
         """Tell the waiting CLI that this server handled the message carrying `nonce`."""
-        with self._unavailable():
+        with self.redis_errors():
             self.client.publish(self.acks_channel, f"{nonce} {server_id}")
 
     def live_servers(self) -> list[str]:
-        """The servers whose heartbeat key has not expired."""
-        start = len(self.servers_prefix)
-        with self._unavailable():
-            keys = self.client.scan_iter(match=self.servers_prefix + "*", count=1000)
-            return sorted(key[start:] for key in keys)
+        """The servers whose heartbeat key has not expired (the others leave the set)."""
+        with self.redis_errors():
+            members = sorted(self.client.smembers(self.servers_key))
+            pipe = self.client.pipeline(transaction=False)
+            for server_id in members:
+                pipe.exists(self.servers_prefix + server_id)
+            alive = pipe.execute() if members else []
+        gone = [m for m, up in zip(members, alive, strict=True) if not up]
+        if gone:
+            try:
+                with self.redis_errors():
+                    self.client.srem(self.servers_key, *gone)
+            except StoreRefused:
+                pass  # a user that may only read: the next writer tidies up
+        return [m for m, up in zip(members, alive, strict=True) if up]
 
     def confirm(self, timeout: float, *messages: str) -> list[str]:
         """Publish invalidations and wait up to `timeout` s until every live server says it
@@ -260,14 +218,14 @@ class Store:
         The acks channel is subscribed before anything is published, so no answer is missed.
         """
         if timeout <= 0:
-            self._publish(*messages)
+            self.publish(*messages)
             return []
         waiting = set(self.live_servers())
         if not waiting:
-            self._publish(*messages)
+            self.publish(*messages)
             return []
         nonce = secrets.token_hex(8)
-        with self._unavailable():
+        with self.redis_errors():
             pubsub = self.client.pubsub()
             try:
                 pubsub.subscribe(self.acks_channel)
@@ -276,7 +234,7 @@ class Store:
                 while not subscribed and time.monotonic() < deadline:
                     message = pubsub.get_message(timeout=0.1)
                     subscribed = message is not None and message.get("type") == "subscribe"
-                self._publish(*(f"{m} {nonce}" for m in messages))
+                self.publish(*(f"{m} {nonce}" for m in messages))
                 while waiting and subscribed and (left := deadline - time.monotonic()) > 0:
                     message = pubsub.get_message(timeout=min(left, 1.0))
                     if message is not None and message.get("type") == "message":
@@ -289,17 +247,17 @@ class Store:
 
     # --- helpers --------------------------------------------------------------------------
 
-    def _publish(self, *messages: str) -> None:
+    def publish(self, *messages: str) -> None:
         """Tell every server what changed (after the change: servers that also get keyspace
         notifications see it twice, which is harmless). In a Cluster PUBLISH reaches all nodes.
         """
-        with self._unavailable():
+        with self.redis_errors():
             for message in messages:
                 self.client.publish(self.invalidate_channel, message)
 
     def follow_primary(self) -> None:
         """After a failover: the next command goes to the new primary (see redis_client)."""
-        with self._unavailable():
+        with self.redis_errors():
             follow_primary(self.client)
 
     def close(self) -> None:
@@ -316,7 +274,7 @@ class Store:
 
     @staticmethod
     @contextmanager
-    def _unavailable(context: str = "") -> Iterator[None]:
+    def redis_errors(context: str = "") -> Iterator[None]:
         """redis-py errors by meaning: cannot answer now → StoreUnavailable; the ACL refused
         → StoreRefused; a key of the wrong type → MalformedRecord; any other error reply →
         StoreError (none of them is ever a reason to allow)."""

@@ -87,6 +87,7 @@ def test_the_cli_is_generated_from_the_settings(f: Any) -> None:
             "check": ["check", "--route", "r"],
             "health": ["health"],
             "revoke": ["token", "revoke", "t1"],
+            "update": ["token", "update", "t1"],
             "rotate": ["token", "rotate", "t1"],
         }[command]
         flag = "--" + f.name.replace("_", "-")

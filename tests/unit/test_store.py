@@ -17,7 +17,7 @@ from extauthz.storage.store import Store
 
 def test_a_record_carries_its_keys_ttl(store: Store) -> None:
     record = TokenRecord("t1", frozenset({"m"}), frozenset())
-    store.put_token("a" * 64, record)
+    store.client.hset(store.token_key("a" * 64), mapping=record.to_fields())
     assert store.token_record("a" * 64) == record
     assert store.token_record("a" * 64).lapses_at is None  # type: ignore[union-attr]
     store.client.pexpire(store.token_key("a" * 64), 5000)
@@ -67,3 +67,15 @@ def test_redis_errors_by_meaning(error: Exception, kind: type[Exception]) -> Non
         RequestFacts("m", authorization="Bearer eat_x"), policy, store.token_record, time.time()
     )
     assert decision.status == (401 if kind is MalformedRecord else 503)
+
+
+def test_live_servers_come_from_the_set_and_leave_it_when_their_key_expires(store: Store) -> None:
+    store.heartbeat("h:1")
+    store.heartbeat("h:2")
+    assert store.live_servers() == ["h:1", "h:2"]
+    store.client.delete(store.servers_prefix + "h:1")  # its key expired
+    assert store.live_servers() == ["h:2"]
+    assert store.client.smembers(store.servers_key) == {"h:2"}
+    store.leave("h:2")
+    assert store.live_servers() == []
+    assert store.client.exists(store.servers_key) == 0

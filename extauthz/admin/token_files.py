@@ -1,0 +1,272 @@
+"""Bulk tokens as JSON Lines: `token export` (never a secret) and `token import`.
+
+One object per line: `id`, `routes`, `scopes`, optional `name`, `created_at`, `expires_at`
+(unix seconds) and `rate_limit` (reserved: null only, for now), and either `token` (the
+secret, hashed on import) or `sha256` (its hash, as export writes it). An import reads and
+checks the whole file, then Redis (conflicts, caps), before it writes anything; what is
+already there as the file says is skipped, so importing a file twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from extauthz.admin.tokens import Lifetime, check_id, check_name, check_routes, check_scopes
+from extauthz.core.credentials import token_hash
+from extauthz.core.token_record import MAX_UNIX_SECONDS, TokenRecord
+from extauthz.errors import BadImportLine, InvalidValue, MalformedRecord, TokenExists
+from extauthz.storage.store import Store
+from extauthz.storage.token_index import PAGE, ImportItem, TokenIndex
+
+MAX_LINE_BYTES = 64 << 10
+MAX_FILE_BYTES = 1 << 30
+FIELDS = ("id", "routes", "scopes", "name", "created_at", "expires_at", "rate_limit")
+_SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{8,4096}=*", re.ASCII)  # what a Bearer token can be
+
+
+def export_lines(store: Store, route: str | None = None) -> Iterator[str]:
+    """One JSON line per indexed token (hash, never the secret), in creation order;
+    malformed records are left out (`token list` shows them)."""
+    from extauthz.admin.tokens import listing
+
+    for digest, record in listing(store, route):
+        if isinstance(record, MalformedRecord):
+            continue
+        line: dict[str, Any] = {"id": record.id, "routes": sorted(record.routes)}
+        line["scopes"] = sorted(record.scopes)
+        if record.name:
+            line["name"] = record.name
+        line["created_at"] = record.created_at
+        line["expires_at"] = record.expires_at
+        line["sha256"] = digest
+        yield json.dumps(line, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    line: int
+    digest: str
+    record: TokenRecord
+
+
+@dataclass
+class ImportPlan:
+    """What an import writes (`items`) and leaves, with warnings (names only)."""
+
+    items: list[ImportItem] = field(default_factory=list)
+    unchanged: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def count(self, action: str) -> int:
+        return sum(1 for item in self.items if item.action == action)
+
+    def summary(self, dry_run: bool) -> str:
+        verb = "would write" if dry_run else "wrote"
+        return (
+            f"{verb} {len(self.items)} tokens: {self.count('create')} new, "
+            f"{self.count('update')} updated, {self.count('replace')} replaced; "
+            f"{self.unchanged} unchanged"
+        )
+
+
+def read_import_file(path: str, now: float) -> list[Entry]:
+    """Every line of the file, checked (BadImportLine names the first bad line and field)."""
+    entries: list[Entry] = []
+    ids: dict[str, int] = {}
+    digests: dict[str, int] = {}
+    with _open_regular(path) as f:
+        number = 0
+        while raw := f.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise BadImportLine(path, number, "", f"longer than {MAX_LINE_BYTES} bytes")
+            if not raw.strip():
+                continue
+            entry = _entry(path, number, raw, now)
+            for seen, key, what in ((ids, entry.record.id, "id"), (digests, entry.digest, "")):
+                if key in seen:
+                    same = f"id {entry.record.id!r}" if what else "secret"
+                    raise BadImportLine(
+                        path, number, what or "token", f"same {same} as line {seen[key]}"
+                    )
+                seen[key] = number
+            entries.append(entry)
+    return entries
+
+
+def plan_import(
+    store: Store, entries: list[Entry], path: str, now: float, replace: bool = False
+) -> ImportPlan:
+    """Compare the entries with Redis: what to create, update, replace or leave.
+
+    An id present with another secret is a conflict unless `replace`; a secret present
+    under another id always is; a life beyond a route's max_token_ttl is an error.
+    """
+    index, policy, plan = TokenIndex(store), store.load_policy(), ImportPlan()
+    unknown: dict[str, int] = {}
+    for start in range(0, len(entries), PAGE):
+        batch = entries[start : start + PAGE]
+        current = index.known(e.record.id for e in batch)
+        stored = index.records([e.digest for e in batch] + [d for d in current.values()])
+        for entry in batch:
+            record = entry.record
+            life = Lifetime.of(record.routes, policy)
+            try:
+                life.check("expires_at", None, record.expires_at, now)
+            except InvalidValue as e:
+                raise BadImportLine(path, entry.line, "expires_at", e.rule) from None
+            for route in life.unknown_routes:
+                unknown[route] = unknown.get(route, 0) + 1
+            plan_one(plan, entry, current.get(record.id), stored, path, replace, now)
+    if policy is None:
+        plan.warnings.append("no policy published yet: routes not checked")
+    plan.warnings += [
+        f"route {r} ({n} tokens) is not in the published policy" for r, n in unknown.items()
+    ]
+    return plan
+
+
+def plan_one(
+    plan: ImportPlan,
+    entry: Entry,
+    current: str | None,
+    stored: dict[str, dict[str, str]],
+    path: str,
+    replace: bool,
+    now: float,
+) -> None:
+    """Add what one entry needs to `plan` (`current`: the hash its id has in Redis)."""
+    digest = entry.digest
+    owner = stored.get(digest, {}).get("id")
+    if owner is not None and owner != entry.record.id:
+        raise BadImportLine(path, entry.line, "token", f"this secret belongs to token {owner!r}")
+    before = _parsed(stored.get(digest)) if current == digest else None
+    record = entry.record
+    if record.created_at is None:  # not in the file: keep the stored one, else now
+        created = before.created_at if before is not None else int(now)
+        record = dataclasses.replace(record, created_at=created)
+    if current is None:
+        plan.items.append(ImportItem(digest, record, "create"))
+    elif current == digest:
+        if before == record:
+            plan.unchanged += 1
+        else:
+            plan.items.append(ImportItem(digest, record, "update"))
+    elif replace:
+        plan.items.append(ImportItem(digest, record, "replace", old_digest=current))
+    else:
+        error = TokenExists(record.id)
+        raise BadImportLine(
+            path, entry.line, "id", f"{error} with another secret (--replace replaces it)"
+        )
+
+
+def _parsed(fields: dict[str, str] | None) -> TokenRecord | None:
+    try:
+        return TokenRecord.from_fields(fields) if fields else None
+    except MalformedRecord:
+        return None
+
+
+def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
+    def bad(field: str, message: str) -> BadImportLine:
+        return BadImportLine(path, number, field, message)
+
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise bad("", "not UTF-8 text") from None
+    except RecursionError:
+        raise bad("", "nested too deeply") from None
+    except ValueError as e:
+        raise bad("", f"not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise bad("", "not a JSON object")
+    unknown = sorted(set(data) - set(FIELDS) - {"token", "sha256"})
+    if unknown:
+        raise bad(unknown[0], f"unknown field (known: {', '.join(FIELDS)}, token, sha256)")
+    if data.get("rate_limit") is not None:
+        raise bad("rate_limit", "rate limits are not supported yet: leave it out or null")
+    try:
+        record = TokenRecord(
+            id=check_id(_text(data, "id")),
+            routes=check_routes(_names(data, "routes")),
+            scopes=check_scopes(_names(data, "scopes", required=False)),
+            name=_name(data),
+            created_at=_time(data, "created_at", 0, None),  # None: kept, or the import's time
+            expires_at=_time(data, "expires_at", math.floor(now) + 1, None),
+        )
+    except InvalidValue as e:
+        raise bad(e.field + ("s" if e.field in ("route", "scope") else ""), e.rule) from None
+    return Entry(number, _digest(data, bad), record)
+
+
+def _digest(data: dict[str, Any], bad: Any) -> str:
+    if ("token" in data) == ("sha256" in data):
+        raise bad("token", "give either token (the secret) or sha256 (its hash), not both")
+    if "token" in data:
+        token = data["token"]
+        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            raise bad("token", "8 to 4096 characters of A-Z a-z 0-9 - . _ ~ + / (and = at the end)")
+        return token_hash(token)
+    digest = data["sha256"]
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
+        raise bad("sha256", "64 hexadecimal digits")
+    return digest.lower()
+
+
+def _text(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise InvalidValue(key, None if value is None else str(value), "must be a string")
+    return value
+
+
+def _names(data: dict[str, Any], key: str, required: bool = True) -> list[str]:
+    value = data.get(key, None if required else [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidValue(key.rstrip("s"), None, "must be a list of strings")
+    return value
+
+
+def _name(data: dict[str, Any]) -> str:
+    name = data.get("name") or ""
+    if not isinstance(name, str):
+        raise InvalidValue("name", None, "must be a string")
+    check_name(name)
+    return name
+
+
+def _time(data: dict[str, Any], key: str, low: int, default: int | None) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValue(key, str(value), "must be unix seconds (a whole number) or null")
+    if not low <= value <= MAX_UNIX_SECONDS:
+        rule = "is in the past" if key == "expires_at" else "must be unix seconds up to 9999"
+        raise InvalidValue(key, str(value), rule)
+    return value
+
+
+def _open_regular(path: str) -> BinaryIO:
+    """The file for reading, if it is a regular file of at most MAX_FILE_BYTES (a FIFO or a
+    device is refused at once instead of hanging)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise BadImportLine(path, None, "", f"cannot read: {e.strerror or e}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE_BYTES:
+        os.close(fd)
+        raise BadImportLine(path, None, "", f"not a regular file of at most {MAX_FILE_BYTES} bytes")
+    return os.fdopen(fd, "rb")

@@ -1,0 +1,405 @@
+"""The token id index: show, update, rotate, revoke and list tokens by id, at any count.
+
+    {prefix}token-id:<id>   HASH    sha256 (the current secret's hash) and, during a rotation
+                                    grace, previous (the old secret's hash); it expires with
+                                    the token
+    {prefix}token-ids       ZSET    member: id, score: creation sequence (`token list` order)
+    {prefix}token-seq       STRING  the last sequence number handed out
+
+Only the CLI writes these (each change in one MULTI under WATCH of the id's key); the
+decision path never reads them. Tokens made by hand (redis-cli HSET of a token key) are not
+here until `extauthz token reindex`. An entry whose token is gone (expired, deleted by hand)
+is never shown: it is removed when met, and by reindex. With a Cluster every key carries
+the prefix's hash tag, so all of them live in one slot and transactions span them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import redis
+
+from extauthz.core.token_record import TokenRecord
+from extauthz.errors import MalformedRecord, StoreRefused, TokenExists, UnknownToken
+from extauthz.storage.store import Store
+
+PAGE = 500  # ids per round trip when listing, reindexing or importing
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedToken:
+    """A token found by id: its current hash and record, and a secret in rotation grace."""
+
+    digest: str
+    record: TokenRecord
+    previous: str | None = None  # the old secret's hash, while its grace lasts
+    previous_expires_at: int | None = None
+
+
+@dataclass
+class Reindexed:
+    """What `reindex` did: counts, and the token keys it could not index (names only)."""
+
+    scanned: int = 0
+    added: int = 0
+    removed: int = 0  # entries whose token was gone
+    conflicts: list[str] = field(default_factory=list)  # "hash (id X)": X is taken
+    no_id: list[str] = field(default_factory=list)  # hashes of token keys without an id
+
+
+@dataclass(frozen=True, slots=True)
+class ImportItem:
+    """One token to write by `write_many`, as the import planned it."""
+
+    digest: str
+    record: TokenRecord
+    action: str  # "create", "update" (same secret, new record), "replace" (new secret)
+    old_digest: str | None = None
+
+
+class TokenIndex:
+    """Token records reached by id (see the module docstring for the keys)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.client: Any = store.client
+        self.ids_key = f"{store.prefix}token-ids"
+        self.seq_key = f"{store.prefix}token-seq"
+        self._id_prefix = f"{store.prefix}token-id:"
+        self.forgotten = 0  # entries dropped because their token was gone
+
+    def id_key(self, token_id: str) -> str:
+        return self._id_prefix + token_id
+
+    # --- one token ------------------------------------------------------------------------
+
+    def get(self, token_id: str) -> IndexedToken:
+        """The token with this id; UnknownToken when the index has none (or it is gone)."""
+        with self.store.redis_errors():
+            found = self._read(self.client, token_id)
+        if found is None:
+            self._forget_if_gone(token_id)
+            raise UnknownToken(token_id)
+        return found
+
+    def add(self, digest: str, record: TokenRecord) -> None:
+        """A new token; TokenExists when another live secret has its id."""
+        with self.store.redis_errors():
+            seq = int(self.client.incr(self.seq_key))
+
+        def write(pipe: Any) -> None:
+            current = pipe.hget(self.id_key(record.id), "sha256")
+            if current and current != digest and pipe.exists(self.store.token_key(current)):
+                raise TokenExists(record.id)
+            pipe.multi()
+            self._write_token(pipe, digest, record)
+            self._write_entry(pipe, record, digest, None, seq)
+
+        self._transaction(record.id, write)
+        self.store.publish(digest)
+
+    def update(
+        self, token_id: str, change: Callable[[TokenRecord], TokenRecord], confirm: float = 0
+    ) -> tuple[TokenRecord, list[str]]:
+        """Rewrite the record (not the secret) with `change(record)`; a secret in rotation
+        grace gets it too, keeping its earlier end. Returns the new record and the servers
+        that did not confirm (see Store.confirm)."""
+
+        def write(pipe: Any) -> tuple[IndexedToken, TokenRecord]:
+            found = self._read(pipe, token_id)
+            if found is None:
+                raise UnknownToken(token_id)
+            new = change(found.record)
+            pipe.multi()
+            self._write_token(pipe, found.digest, new)
+            if found.previous is not None:
+                ends = [t for t in (found.previous_expires_at, new.expires_at) if t is not None]
+                self._write_token(pipe, found.previous, replace(new, expires_at=min(ends)))
+            self._write_entry(pipe, new, found.digest, found.previous, None)
+            return found, new
+
+        found, new = self._transaction(token_id, write)
+        changed = [found.digest] + ([found.previous] if found.previous else [])
+        return new, self.store.confirm(confirm, *changed)
+
+    def rotate(
+        self, token_id: str, new_digest: str, grace_until: int | None, confirm: float = 0
+    ) -> tuple[TokenRecord, list[str]]:
+        """A new secret for the id. The old one stops at once, or at `grace_until` (unix
+        seconds); a secret still in an earlier grace stops at once."""
+
+        def write(pipe: Any) -> IndexedToken:
+            found = self._read(pipe, token_id)
+            if found is None:
+                raise UnknownToken(token_id)
+            pipe.multi()
+            self._write_token(pipe, new_digest, found.record)
+            old_key = self.store.token_key(found.digest)
+            if grace_until is None:
+                pipe.delete(old_key)
+            else:
+                pipe.hset(old_key, "expires_at", str(grace_until))
+                pipe.expireat(old_key, grace_until)
+            if found.previous is not None:
+                pipe.delete(self.store.token_key(found.previous))
+            previous = found.digest if grace_until is not None else None
+            self._write_entry(pipe, found.record, new_digest, previous, None)
+            return found
+
+        found = self._transaction(token_id, write)
+        changed = [found.digest] + ([found.previous] if found.previous else [])
+        return found.record, self.store.confirm(confirm, new_digest, *changed)
+
+    def revoke(self, token_id: str, confirm: float = 0) -> tuple[int, list[str]]:
+        """Delete the token, any secret of it in rotation grace, and its index entry.
+        Returns (secrets deleted, servers that did not confirm)."""
+
+        def write(pipe: Any) -> list[str]:
+            found = self._read(pipe, token_id)
+            if found is None:
+                raise UnknownToken(token_id)
+            digests = [found.digest] + ([found.previous] if found.previous else [])
+            pipe.multi()
+            pipe.delete(*(self.store.token_key(d) for d in digests))
+            pipe.delete(self.id_key(token_id))
+            pipe.zrem(self.ids_key, token_id)
+            return digests
+
+        digests = self._transaction(token_id, write)
+        return len(digests), self.store.confirm(confirm, *digests)
+
+    # --- many tokens ----------------------------------------------------------------------
+
+    def stream(self) -> Iterator[tuple[str, str, TokenRecord | MalformedRecord]]:
+        """Every indexed token as (id, hash, record or its error), in creation order, a page
+        at a time (memory does not grow with the number of tokens)."""
+        after = "-inf"
+        while True:
+            with self.store.redis_errors():
+                page = self.client.zrangebyscore(
+                    self.ids_key, after, "+inf", start=0, num=PAGE, withscores=True
+                )
+            if not page:
+                return
+            after = f"({page[-1][1]!r}"
+            yield from self._records([token_id for token_id, _ in page])
+            if len(page) < PAGE:
+                return
+
+    def _records(self, ids: list[str]) -> Iterator[tuple[str, str, TokenRecord | MalformedRecord]]:
+        with self.store.redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for token_id in ids:
+                pipe.hget(self.id_key(token_id), "sha256")
+            digests = pipe.execute()
+            for digest in digests:
+                pipe.hgetall(self.store.token_key(digest or ""))
+            records = pipe.execute(raise_on_error=False)
+        gone: list[str] = []
+        for token_id, digest, fields in zip(ids, digests, records, strict=True):
+            if isinstance(fields, Exception):
+                yield token_id, digest, MalformedRecord(f"token key {digest[:12]}…: {fields}")
+                continue
+            try:
+                record = TokenRecord.from_fields(fields) if digest and fields else None
+            except MalformedRecord as e:
+                yield token_id, digest, e
+                continue
+            if record is None or record.id != token_id:
+                gone.append(token_id)
+            else:
+                yield token_id, digest, record
+        for token_id in gone:
+            self._forget_if_gone(token_id)
+
+    def known(self, ids: Iterable[str]) -> dict[str, str]:
+        """{id: current hash} for those of `ids` the index has, whose token still exists."""
+        ids = list(ids)
+        with self.store.redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for token_id in ids:
+                pipe.hget(self.id_key(token_id), "sha256")
+            digests = pipe.execute()
+            for digest in digests:
+                pipe.exists(self.store.token_key(digest or ""))
+            alive = pipe.execute()
+        return {i: d for i, d, up in zip(ids, digests, alive, strict=True) if d and up}
+
+    def records(self, digests: Iterable[str]) -> dict[str, dict[str, str]]:
+        """{hash: raw fields} of the token keys that exist."""
+        digests = list(digests)
+        with self.store.redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for digest in digests:
+                pipe.hgetall(self.store.token_key(digest))
+            found = pipe.execute()
+        return {d: f for d, f in zip(digests, found, strict=True) if f}
+
+    def write_many(self, items: list[ImportItem]) -> None:
+        """Write planned tokens in pipelined batches (not one transaction: an interrupted
+        import is finished by running it again, which skips what is already there)."""
+        new = sum(1 for item in items if item.action == "create")
+        with self.store.redis_errors():
+            seq = int(self.client.incrby(self.seq_key, new)) - new if new else 0
+            for start in range(0, len(items), PAGE):
+                pipe = self.client.pipeline(transaction=False)
+                for item in items[start : start + PAGE]:
+                    if item.action == "create":
+                        seq += 1
+                    self._write_token(pipe, item.digest, item.record)
+                    if item.old_digest is not None:
+                        pipe.delete(self.store.token_key(item.old_digest))
+                    order = seq if item.action == "create" else None
+                    self._write_entry(pipe, item.record, item.digest, None, order)
+                    for digest in (item.digest, item.old_digest):
+                        if digest is not None:
+                            pipe.publish(self.store.invalidate_channel, digest)
+                pipe.execute()
+
+    def reindex(self) -> Reindexed:
+        """Index every token key that is not (made by hand), and drop entries whose token
+        is gone. Idempotent, a page at a time, safe while servers run (they never read the
+        index)."""
+        result = Reindexed()
+        prefix = self.store.token_key("")
+        with self.store.redis_errors():
+            batch: list[str] = []
+            for key in self.client.scan_iter(match=prefix + "*", count=1000):
+                batch.append(key[len(prefix) :])
+                if len(batch) == PAGE:
+                    self._index_batch(batch, result)
+                    batch = []
+            if batch:
+                self._index_batch(batch, result)
+        before = self.forgotten
+        for _ in self.stream():  # drops entries whose token is gone
+            pass
+        result.removed = self.forgotten - before
+        return result
+
+    def _index_batch(self, digests: list[str], result: Reindexed) -> None:
+        result.scanned += len(digests)
+        pipe = self.client.pipeline(transaction=False)
+        for digest in digests:
+            pipe.hget(self.store.token_key(digest), "id")
+            pipe.pttl(self.store.token_key(digest))
+        replies = pipe.execute(raise_on_error=False)
+        found: dict[str, tuple[str, int]] = {}
+        for d, token_id, pttl in zip(digests, replies[::2], replies[1::2], strict=True):
+            if not isinstance(pttl, int) or pttl == -2:
+                continue  # gone since the scan
+            if isinstance(token_id, str) and token_id.strip(" "):
+                found[d] = (token_id.strip(" "), pttl)
+            else:
+                result.no_id.append(d)  # no id field, or not a hash: fix or delete by hand
+        for token_id, _ in found.values():
+            pipe.hmget(self.id_key(token_id), ["sha256", "previous"])
+        entries = dict(zip(found, pipe.execute(), strict=True))
+        for current, _ in entries.values():
+            pipe.exists(self.store.token_key(current or ""))
+        alive = dict(zip(entries, pipe.execute(), strict=True))
+        todo: list[tuple[str, str, int]] = []
+        claimed: set[str] = set()
+        for digest, (token_id, pttl) in found.items():
+            current, previous = entries[digest]
+            if digest in (current, previous):
+                continue
+            if (current and alive[digest]) or token_id in claimed:
+                result.conflicts.append(f"{digest} (id {token_id})")
+                continue
+            claimed.add(token_id)
+            todo.append((digest, token_id, pttl))
+        if not todo:
+            return
+        seq = int(self.client.incrby(self.seq_key, len(todo))) - len(todo)
+        for digest, token_id, pttl in todo:
+            seq += 1
+            key = self.id_key(token_id)
+            pipe.delete(key)
+            pipe.hset(key, "sha256", digest)
+            if pttl >= 0:
+                pipe.pexpire(key, max(pttl, 1))
+            pipe.zadd(self.ids_key, {token_id: seq})
+        pipe.execute()
+        result.added += len(todo)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _read(self, conn: Any, token_id: str) -> IndexedToken | None:
+        """The entry and its records, read on `conn` (a client, or a pipeline that WATCHes
+        the entry: its reads run at once). None when there is none or its token is gone."""
+        digest, previous = conn.hmget(self.id_key(token_id), ["sha256", "previous"])
+        if not digest:
+            return None
+        fields = conn.hgetall(self.store.token_key(digest))
+        if not fields:
+            return None
+        record = TokenRecord.from_fields(fields)
+        if record.id != token_id:
+            return None
+        previous_expires: int | None = None
+        if previous:
+            raw = conn.hget(self.store.token_key(previous), "expires_at")
+            if raw is None:  # its grace is over
+                previous = None
+            elif raw.isdigit():
+                previous_expires = int(raw)
+        return IndexedToken(digest, record, previous or None, previous_expires)
+
+    def _write_token(self, pipe: Any, digest: str, record: TokenRecord) -> None:
+        key = self.store.token_key(digest)
+        pipe.delete(key)
+        pipe.hset(key, mapping=record.to_fields())
+        if record.expires_at is not None:
+            pipe.expireat(key, record.expires_at)
+
+    def _write_entry(
+        self,
+        pipe: Any,
+        record: TokenRecord,
+        digest: str,
+        previous: str | None,
+        seq: int | None,
+    ) -> None:
+        """The id's entry: its hashes, the token's expiry, and (new ids) its place in order."""
+        key = self.id_key(record.id)
+        pipe.delete(key)
+        pipe.hset(key, mapping={"sha256": digest, **({"previous": previous} if previous else {})})
+        if record.expires_at is not None:
+            pipe.expireat(key, record.expires_at)
+        if seq is not None:
+            pipe.zadd(self.ids_key, {record.id: seq}, nx=True)
+
+    def _transaction(self, token_id: str, body: Callable[[Any], T]) -> T:
+        """Run `body(pipe)` under WATCH of the id's entry (it reads, calls multi(), queues
+        writes) and execute; again from the start if the entry changed meanwhile."""
+        with self.store.redis_errors(), self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self.id_key(token_id))
+                    result = body(pipe)
+                    pipe.execute()
+                    return result
+                except redis.WatchError:
+                    continue
+
+    def _forget_if_gone(self, token_id: str) -> None:
+        """Drop the id's entry if its token no longer exists (lazy clean-up; a user that
+        may only read leaves it to the next writer)."""
+
+        def write(pipe: Any) -> bool:
+            alive = self._read(pipe, token_id) is not None
+            pipe.multi()
+            if alive:  # re-made meanwhile: keep it (an empty MULTI is not allowed everywhere)
+                pipe.exists(self.id_key(token_id))
+            else:
+                pipe.delete(self.id_key(token_id))
+                pipe.zrem(self.ids_key, token_id)
+            return not alive
+
+        with contextlib.suppress(StoreRefused, MalformedRecord):
+            self.forgotten += self._transaction(token_id, write)
