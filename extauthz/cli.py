@@ -267,7 +267,7 @@ def _cmd_token_reindex(args: argparse.Namespace, settings: Settings) -> int:
     for conflict in result.conflicts:
         _warn([f"token key {conflict}: another token has this id; give it another id"])
     for digest in result.no_id:
-        _warn([f"token key {digest} has no id field (or is not a hash): fix or delete it"])
+        _warn([f"token key {digest} has no usable id (or is not a hash): fix or delete it"])
     return 0
 
 

@@ -94,6 +94,11 @@ class TokenRecord:
         )
 
 
+def usable_id(text: str) -> bool:
+    """Whether a record's id is one a record may have (1-128 visible ASCII characters)."""
+    return _VISIBLE.fullmatch(text.strip(" ")) is not None
+
+
 def split_list(value: str) -> frozenset[str]:
     """Split a list field: items separated by commas and/or spaces."""
     return frozenset(value.replace(",", " ").split(" ")) - {""}

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from extauthz.core.token_record import TokenRecord
+from extauthz.core.token_record import TokenRecord, usable_id
 from extauthz.errors import MalformedRecord, StoreRefused, TokenExists, UnknownToken
 from extauthz.storage.store import Store
 
@@ -48,7 +48,7 @@ class Reindexed:
     added: int = 0
     removed: int = 0  # entries whose token was gone
     conflicts: list[str] = field(default_factory=list)  # "hash (id X)": X is taken
-    no_id: list[str] = field(default_factory=list)  # hashes of token keys without an id
+    no_id: list[str] = field(default_factory=list)  # hashes of keys without a usable id
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +88,12 @@ class TokenIndex:
 
     def add(self, digest: str, record: TokenRecord) -> None:
         """A new token; TokenExists when another live secret has its id."""
-        with self.store.redis_errors():
-            seq = int(self.client.incr(self.seq_key))
 
         def write(pipe: Any) -> None:
             current = pipe.hget(self.id_key(record.id), "sha256")
             if current and current != digest and pipe.exists(self.store.token_key(current)):
                 raise TokenExists(record.id)
+            seq = int(pipe.incr(self.seq_key))  # (at once: the pipeline is watching)
             pipe.multi()
             self._write_token(pipe, digest, record)
             self._write_entry(pipe, record, digest, None, seq)
@@ -292,10 +291,10 @@ class TokenIndex:
         for d, token_id, pttl in zip(digests, replies[::2], replies[1::2], strict=True):
             if not isinstance(pttl, int) or pttl == -2:
                 continue  # gone since the scan
-            if isinstance(token_id, str) and token_id.strip(" "):
+            if isinstance(token_id, str) and usable_id(token_id):
                 found[d] = (token_id.strip(" "), pttl)
             else:
-                result.no_id.append(d)  # no id field, or not a hash: fix or delete by hand
+                result.no_id.append(d)  # no usable id, or not a hash: fix or delete by hand
         for token_id, _ in found.values():
             pipe.hmget(self.id_key(token_id), ["sha256", "previous"])
         entries = dict(zip(found, pipe.execute(), strict=True))

@@ -100,14 +100,22 @@ def test_unusable_records_are_refused_and_never_break_the_cli(
     log = (tmp_path / "serve.log").read_text(errors="replace")
     assert "Traceback" not in log
 
-    # the CLI lists everything, every row on one line, nothing raw reaches the terminal
+    # reindex names the keys without a usable id (so they can be deleted) and indexes the
+    # others; the CLI lists them, every row on one line, nothing raw reaches the terminal
+    reindexed = run_cli(url, "token", "reindex")
+    warnings = reindexed.stderr.splitlines()
+    assert len(warnings) == len(BAD_IDS)
+    assert all(w.isprintable() and "has no usable id" in w for w in warnings)
+    assert f"{len(BAD_FIELDS)} added" in reindexed.stdout
     listed = run_cli(url, "token", "list")
     rows = listed.stdout.splitlines()
-    assert len(rows) == 1 + len(secrets) + 1
+    assert len(rows) == 1 + len(BAD_FIELDS) + 1
+    assert sum("malformed record at hash" in row for row in rows) == len(BAD_FIELDS)
     assert all(line.isprintable() for line in rows)
     assert not any(line.startswith("FAKE ROW") for line in rows)
-    listing = run_cli(url, "token", "list", "--json").stdout
-    assert len(json.loads(listing)) == len(secrets) + 1
+    listing = run_cli(url, "token", "list", "--json").stdout.splitlines()
+    assert len(listing) == len(BAD_FIELDS) + 1
+    assert sum("error" in json.loads(line) for line in listing) == len(BAD_FIELDS)
     # show, rotate and revoke keep working for every other token
     assert "t-good" in run_cli(url, "token", "show", "t-good").stdout
     rotated = json.loads(run_cli(url, "token", "rotate", "t-good", "--json").stdout)["token"]

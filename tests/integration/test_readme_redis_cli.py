@@ -53,6 +53,11 @@ def test_documented_redis_cli_commands(redis_server: RedisServer, tmp_path: Path
             "x-extauthz-subject"
         ] == "t1"
         assert client.status("densenet161-management", f"Bearer {token}") == 403
+        # made by hand: unknown to the id index until reindex
+        assert "t1" not in run_cli(redis_server.url, "token", "list").stdout
+        shown = run_cli(redis_server.url, "token", "show", "t1", check=False)
+        assert shown.returncode == 2 and "extauthz token reindex" in shown.stderr
+        assert "1 added" in run_cli(redis_server.url, "token", "reindex").stdout
         listed = run_cli(redis_server.url, "token", "list").stdout
         assert "t1" in listed and token not in listed
 

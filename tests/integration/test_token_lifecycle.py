@@ -1,0 +1,164 @@
+"""Token lifecycle at scale, end to end: the real CLI, a real redis-server, real Check calls."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.check import CheckClient
+from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, wait_for
+from tests.support.readme import readme_block
+
+pytestmark = pytest.mark.redis
+
+ENV = {"DENSENET161_SECRET": "x" * 16}
+
+
+def _sync(url: str) -> None:
+    run_cli(url, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
+
+
+def _create(url: str, *args: str) -> dict[str, str]:
+    out = run_cli(url, "token", "create", *args, "--json").stdout
+    created: dict[str, str] = json.loads(out)
+    return created
+
+
+def test_rotate_with_grace_both_sides_of_the_boundary(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url
+    _sync(url)
+    with extauthz_serve(url, tmp_path / "s.log") as (port, _):
+        client = CheckClient(port)
+        wait_for(lambda: client.status("healthz") == 200, 5, "server ready")
+        tok = _create(url, "--route", "deployment-a", "--ttl", "1h", "--id", "graced")
+        old = f"Bearer {tok['token']}"
+        wait_for(lambda: client.status("deployment-a", old) == 200, 2, "token allowed")
+        started = time.time()
+        rotated = json.loads(
+            run_cli(url, "token", "rotate", "graced", "--grace", "3s", "--json").stdout
+        )
+        grace_end = math.ceil(started + 3)
+        new = f"Bearer {rotated['token']}"
+        assert client.status("deployment-a", new) == 200  # at once
+        # the old secret: allowed until the grace ends (cached and read afresh alike)...
+        while time.time() < grace_end - 0.3:
+            assert client.status("deployment-a", old) == 200
+            time.sleep(0.05)
+        # ...refused from the end on (within the 1 s bound), while the new one still works
+        wait_for(lambda: client.status("deployment-a", old) == 401, 1.3, "grace over")
+        assert time.time() >= grace_end - 0.3
+        assert client.status("deployment-a", new) == 200
+        shown = json.loads(run_cli(url, "token", "show", "graced", "--json").stdout)
+        assert shown["expires_at"] == tok["expires_at"]  # the record lives on, with the new secret
+        client.close()
+
+
+def test_rotate_without_grace_and_update_are_live_when_the_command_returns(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url
+    _sync(url)
+    with extauthz_serve(url, tmp_path / "s.log") as (port, _):
+        client = CheckClient(port)
+        wait_for(lambda: client.status("healthz") == 200, 5, "server ready")
+        wait_for(lambda: redis_server.cli("SCARD", "extauthz:servers") == "1", 5, "registered")
+        tok = _create(url, "--route", "deployment-a", "--id", "moving")
+        bearer = f"Bearer {tok['token']}"
+        wait_for(lambda: client.status("deployment-a", bearer) == 200, 2, "token allowed")
+        assert client.status("deployment-b", bearer) == 403
+        updated = run_cli(url, "token", "update", "moving", "--route", "deployment-b", "--json")
+        assert json.loads(updated.stdout)["routes"] == ["deployment-b"]
+        # the command returned after every live server confirmed: no wait needed
+        assert client.status("deployment-a", bearer) == 403
+        assert client.status("deployment-b", bearer) == 200
+        new = json.loads(run_cli(url, "token", "rotate", "moving", "--json").stdout)["token"]
+        assert client.status("deployment-b", bearer) == 401
+        assert client.status("deployment-b", f"Bearer {new}") == 200
+        run_cli(url, "token", "revoke", "moving")
+        assert client.status("deployment-b", f"Bearer {new}") == 401
+        client.close()
+
+
+def test_torchserve_keys_migrate_with_the_readme_commands(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url
+    _sync(url)
+    soon = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(time.time() + 3600))
+    key_file = {
+        "management": {"key": "aadJv_R6", "expiration time": soon},
+        "inference": {"key": "poZXAlqe", "expiration time": soon},
+        "API": {"key": "xryL_Vzs"},
+    }
+    (tmp_path / "key_file.json").write_text(json.dumps(key_file))
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "EXTAUTHZ_REDIS_URL": url,
+        "HOME": str(tmp_path),
+    }
+
+    def run_block() -> str:
+        script = "set -euo pipefail\n" + readme_block("torchserve-import")
+        result = subprocess.run(
+            ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "2 new" in run_block()
+    assert "0 new, 0 updated, 0 replaced; 2 unchanged" in run_block()
+    with extauthz_serve(url, tmp_path / "s.log") as (port, _):
+        client = CheckClient(port)
+        wait_for(lambda: client.status("healthz") == 200, 5, "server ready")
+        assert client.status("densenet161", "Bearer poZXAlqe") == 200
+        assert client.status("densenet161-management", "Bearer poZXAlqe") == 403
+        assert client.status("densenet161-management", "Bearer aadJv_R6") == 200
+        assert client.status("densenet161", "Bearer xryL_Vzs") == 401  # not migrated
+        client.close()
+    exported = run_cli(url, "token", "export").stdout
+    assert "poZXAlqe" not in exported and "aadJv_R6" not in exported
+    assert [json.loads(line)["id"] for line in exported.splitlines()] == [
+        "ts-inference",
+        "ts-management",
+    ]
+
+
+def test_bad_input_is_one_line_and_changes_nothing(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url
+    _sync(url)
+    _create(url, "--route", "deployment-a", "--ttl", "1h", "--id", "short")
+    before = redis_server.cli("DEBUG", "DIGEST")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x1", "routes": ["deployment-a"], "token": "aaaaaaaaaa"}\n{oops\n')
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cases = [
+        (("token", "import", str(bad)), f"{bad}:2: not JSON"),
+        (("token", "import", str(fifo)), "not a regular file"),
+        (("token", "rotate", "short", "--grace", "2h"), "longer than the token's remaining life"),
+        (("token", "rotate", "short", "--grace", "soon"), "invalid --grace 'soon'"),
+        (("token", "update", "short", "--ttl", "1h", "--no-expiry"), "not both"),
+        (("token", "update", "nobody", "--name", "x"), "extauthz token reindex"),
+        (("token", "list", "--limit", "-1"), "invalid --limit '-1'"),
+        (("token", "create", "--route", "deployment-a", "--id", "short"), "already exists"),
+    ]
+    for args, fragment in cases:
+        result = run_cli(url, *args, check=False)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("extauthz: error: "), result.stderr
+        assert fragment in lines[0], (fragment, lines[0])
+    assert redis_server.cli("DEBUG", "DIGEST") == before
+    warned = run_cli(url, "token", "create", "--route", "later", "--json")
+    assert "warning: route later is not in the published policy" in warned.stderr

@@ -1,0 +1,166 @@
+"""Import and export of JSON Lines: every line checked before Redis is touched."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from extauthz.admin import tokens
+from extauthz.admin.token_files import export_lines, plan_import, read_import_file
+from extauthz.core.credentials import token_hash
+from extauthz.core.policy import PolicySnapshot, parse_policy
+from extauthz.errors import BadImportLine
+from extauthz.storage.store import Store
+from extauthz.storage.token_index import TokenIndex
+
+NOW = 1_800_000_000
+SECRET = "s3cret-key-1"
+
+
+def _write(path: Path, *lines: Any) -> str:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return str(path)
+
+
+def _import(store: Store, path: str, replace: bool = False) -> str:
+    entries = read_import_file(path, NOW)
+    plan = plan_import(store, entries, path, NOW, replace=replace)
+    TokenIndex(store).write_many(plan.items)
+    return plan.summary(dry_run=False)
+
+
+GOOD = {"id": "k1", "routes": ["m"], "scopes": ["inference"], "token": SECRET}
+
+
+def test_import_twice_changes_nothing_and_the_secret_works(store: Store, tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "t.jsonl",
+        GOOD,
+        "",
+        {"id": "k2", "routes": ["*"], "sha256": "A" * 64, "expires_at": NOW + 60, "name": "n"},
+    )
+    assert _import(store, path) == "wrote 2 tokens: 2 new, 0 updated, 0 replaced; 0 unchanged"
+    record = store.token_record(token_hash(SECRET))
+    assert record is not None and record.id == "k1" and record.created_at == NOW
+    assert tokens.show(store, "k2").expires_at == NOW + 60
+    assert store.client.expiretime(store.token_key("a" * 64)) == NOW + 60
+    dump = {k: store.client.dump(k) for k in sorted(store.client.keys("*"))}
+    assert _import(store, path) == "wrote 0 tokens: 0 new, 0 updated, 0 replaced; 2 unchanged"
+    assert {k: store.client.dump(k) for k in sorted(store.client.keys("*"))} == dump
+
+
+def test_export_then_import_elsewhere_round_trips(store: Store, tmp_path: Path) -> None:
+    a = tokens.create(store, ["m"], ["inference"], ttl_seconds=3600, name="é", now=NOW)
+    tokens.create(store, ["*"], token_id="b", now=NOW)
+    lines = list(export_lines(store))
+    assert all(a.token not in line for line in lines)
+    assert [json.loads(x)["id"] for x in lines] == [a.record.id, "b"]
+    path = _write(tmp_path / "e.jsonl", *lines)
+    other = Store(store.client, "other:")
+    _import(other, path)
+    assert tokens.show(other, a.record.id) == a.record
+    assert other.token_record(token_hash(a.token)) == a.record
+    assert [json.loads(x)["id"] for x in export_lines(store, route="m")] == [a.record.id, "b"]
+
+
+def test_an_id_with_another_secret_is_a_conflict_unless_replace(
+    store: Store, tmp_path: Path
+) -> None:
+    old = tokens.create(store, ["m"], token_id="k1", now=NOW)
+    path = _write(tmp_path / "t.jsonl", GOOD)
+    with pytest.raises(BadImportLine, match=r"t.jsonl:1: id: a token with id 'k1' already"):
+        _import(store, path)
+    assert store.token_record(token_hash(old.token)) is not None
+    assert "1 replaced" in _import(store, path, replace=True)
+    assert store.token_record(token_hash(old.token)) is None
+    assert tokens.show(store, "k1").scopes == {"inference"}
+
+
+def test_a_secret_of_another_id_is_always_a_conflict(store: Store, tmp_path: Path) -> None:
+    other = tokens.create(store, ["m"], token_id="other", now=NOW)
+    path = _write(tmp_path / "t.jsonl", {**GOOD, "token": other.token})
+    with pytest.raises(BadImportLine, match="this secret belongs to token 'other'"):
+        _import(store, path, replace=True)
+
+
+def test_a_changed_record_is_updated_in_place(store: Store, tmp_path: Path) -> None:
+    _import(store, _write(tmp_path / "a.jsonl", GOOD))
+    assert "1 updated" in _import(store, _write(tmp_path / "b.jsonl", {**GOOD, "routes": ["n"]}))
+    assert tokens.show(store, "k1").routes == {"n"}
+
+
+def test_max_token_ttl_applies_to_imports(store: Store, tmp_path: Path) -> None:
+    routes = parse_policy("version: 1\nroutes:\n  m: {access: protected, max_token_ttl: 1h}\n")
+    store.update_policy(lambda _: PolicySnapshot(1, routes.routes))
+    path = _write(tmp_path / "t.jsonl", GOOD)
+    with pytest.raises(BadImportLine, match=r":1: expires_at: route m allows tokens of at most 1h"):
+        _import(store, path)
+    ok = _write(tmp_path / "ok.jsonl", {**GOOD, "expires_at": NOW + 3600})
+    entries = read_import_file(ok, NOW)
+    plan = plan_import(store, entries, ok, NOW)
+    assert plan.count("create") == 1 and plan.warnings == []
+    unknown = _write(tmp_path / "u.jsonl", {**GOOD, "routes": ["later"]})
+    plan = plan_import(store, read_import_file(unknown, NOW), unknown, NOW)
+    assert plan.warnings == ["route later (1 tokens) is not in the published policy"]
+
+
+@pytest.mark.parametrize(
+    ("line", "where"),
+    [
+        ("{not json", ":2: not JSON"),
+        ("[1, 2]", ":2: not a JSON object"),
+        ("[" * 60_000, ":2: nested too deeply"),
+        (b"\xff\xfe".decode("latin-1"), ":2: not"),
+        ({**GOOD, "id": "k2", "extra": 1}, ":2: extra: unknown field"),
+        ({**GOOD, "id": "bad id"}, ":2: id: use letters"),
+        ({**GOOD, "id": 7}, ":2: id: must be a string"),
+        ({**GOOD, "id": "k2", "routes": []}, ":2: routes: a token needs at least one"),
+        ({**GOOD, "id": "k2", "routes": "m"}, ":2: routes: must be a list"),
+        ({**GOOD, "id": "k2", "routes": ["a b"]}, ":2: routes: use letters"),
+        ({**GOOD, "id": "k2", "scopes": ["x,y"]}, ":2: scopes: use letters"),
+        ({**GOOD, "id": "k2", "name": "a\x1b[2J"}, ":2: name: use printable"),
+        ({**GOOD, "id": "k2", "expires_at": NOW - 1}, ":2: expires_at: is in the past"),
+        ({**GOOD, "id": "k2", "expires_at": 10**30}, ":2: expires_at: is in the past"),
+        ({**GOOD, "id": "k2", "expires_at": "soon"}, ":2: expires_at: must be unix seconds"),
+        ({**GOOD, "id": "k2", "expires_at": True}, ":2: expires_at: must be unix seconds"),
+        ({**GOOD, "id": "k2", "created_at": -5}, ":2: created_at: must be unix seconds"),
+        ({**GOOD, "id": "k2", "rate_limit": "10/m"}, ":2: rate_limit: rate limits are not"),
+        ({**GOOD, "id": "k2", "token": "short"}, ":2: token: 8 to 4096"),
+        ({**GOOD, "id": "k2", "token": "has space in it"}, ":2: token: 8 to 4096"),
+        ({**GOOD, "id": "k2", "token": None}, ":2: token: 8 to 4096"),
+        ({**GOOD, "id": "k2", "sha256": "0" * 64}, ":2: token: give either"),
+        ({"id": "k2", "routes": ["m"]}, ":2: token: give either"),
+        ({"id": "k2", "routes": ["m"], "sha256": "g" * 64}, ":2: sha256: 64 hexadecimal"),
+        (GOOD, ":2: id: same id 'k1' as line 1"),
+        ({**GOOD, "id": "k2"}, ":2: token: same secret as line 1"),
+        ("x" * (70 << 10), ":2: longer than 65536 bytes"),
+    ],
+)
+def test_a_bad_line_is_named_and_nothing_is_written(
+    store: Store, tmp_path: Path, line: Any, where: str
+) -> None:
+    path = _write(tmp_path / "t.jsonl", GOOD, line)
+    with pytest.raises(BadImportLine) as info:
+        _import(store, path)
+    assert where in str(info.value) and str(info.value).startswith(path)
+    assert "\n" not in str(info.value) and "\x1b" not in str(info.value)
+    assert store.client.keys("*") == []
+
+
+def test_files_that_are_not_regular_are_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (str(fifo), str(tmp_path), "/dev/zero", str(tmp_path / "missing")):
+        with pytest.raises(BadImportLine, match=r"not a regular file|cannot read"):
+            read_import_file(path, NOW)
+
+
+def test_bytes_that_are_not_utf8(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b'\n{"id": "\xff"}\n')
+    with pytest.raises(BadImportLine, match=r"t.jsonl:2: not UTF-8 text"):
+        read_import_file(str(path), NOW)
