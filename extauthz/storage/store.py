@@ -1,4 +1,4 @@
-"""Redis access: the only module that builds Redis keys or runs data commands.
+"""Redis access: the keys and data commands of the decision path, the policy and the servers.
 
 (Connections, URLs and failover are in redis_client; the invalidation listener subscribes.)
 

@@ -50,3 +50,33 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     assert nocache["redis_per_decision"] >= 0.9  # the cache really is off there: one HGETALL each
     assert len(data["figures"]) == 10
     assert "| figure" in result.stdout
+
+
+def test_token_bench_quick_smoke(tmp_path: Path) -> None:
+    require_binary("redis-server")
+    out = tmp_path / "tokens.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench/tokens.py"),
+            "--sizes",
+            "50",
+            "500",
+            "--import-size",
+            "200",
+            "--repeat",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert [row["size"] for row in data["sizes"]] == [50, 500]
+    assert all(row[key] > 0 for row in data["sizes"] for key in ("show", "list_json_peak_mb"))
+    assert data["import"]["count"] == 200
+    assert "| show |" in result.stdout

@@ -8,6 +8,7 @@ failover revocation is fast again (the listener moved to the new primary).
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -73,6 +74,29 @@ def scenarios(
         lambda: client.status("deployment-a", f"Bearer {rotated['token']}") == 401, 1.0, "rotated"
     )
     assert client.status("deployment-a", f"Bearer {new['token']}") == 200
+    lifecycle_by_id(url, client)
+
+
+def lifecycle_by_id(url: str, client: CheckClient) -> None:
+    """The id index on this deployment: update, rotate with grace, list, export, import."""
+    tok = create_token(url)
+    old = f"Bearer {tok['token']}"
+    run_cli(url, "token", "update", tok["id"], "--route", "deployment-b")
+    wait_for(lambda: client.status("deployment-b", old) == 200, 1.0, "updated")
+    assert client.status("deployment-a", old) == 403
+    new = json.loads(run_cli(url, "token", "rotate", tok["id"], "--grace", "1h", "--json").stdout)
+    assert client.status("deployment-b", f"Bearer {new['token']}") == 200
+    assert client.status("deployment-b", old) == 200  # in its grace
+    listed = run_cli(url, "token", "list", "--json").stdout.splitlines()
+    assert tok["id"] in [json.loads(line)["id"] for line in listed]
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as f:
+        f.write(run_cli(url, "token", "export").stdout)
+        f.flush()
+        assert "0 new, 0 updated, 0 replaced" in run_cli(url, "token", "import", f.name).stdout
+    assert "0 added" in run_cli(url, "token", "reindex").stdout
+    run_cli(url, "token", "revoke", tok["id"])
+    wait_for(lambda: client.status("deployment-b", old) == 401, 1.0, "revoked in grace")
+    assert client.status("deployment-b", f"Bearer {new['token']}") == 401
 
 
 # --- TLS ----------------------------------------------------------------------------------
