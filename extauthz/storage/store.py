@@ -177,10 +177,10 @@ class Store:
         """This server is up and its invalidation channel subscribed (see `confirm`): its key
         lives LIVE_MS more, so Redis alone decides liveness (no clocks compared)."""
         with self.redis_errors():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.set(self.servers_prefix + server_id, "1", px=LIVE_MS)
-            pipe.sadd(self.servers_key, server_id)
-            pipe.execute()
+            # one command a beat; the set is joined when the key was new (first beat, after
+            # an expiry or a failover that lost it)
+            if self.client.set(self.servers_prefix + server_id, "1", px=LIVE_MS, get=True) is None:
+                self.client.sadd(self.servers_key, server_id)
 
     def leave(self, server_id: str) -> None:
         with self.redis_errors():

@@ -117,7 +117,8 @@ class TokenIndex:
             self._write_token(pipe, found.digest, new)
             if found.previous is not None:
                 ends = [t for t in (found.previous_expires_at, new.expires_at) if t is not None]
-                self._write_token(pipe, found.previous, replace(new, expires_at=min(ends)))
+                end = min(ends) if ends else None
+                self._write_token(pipe, found.previous, replace(new, expires_at=end))
             self._write_entry(pipe, new, found.digest, found.previous, None)
             return found, new
 
@@ -245,8 +246,15 @@ class TokenIndex:
         with self.store.redis_errors():
             seq = int(self.client.incrby(self.seq_key, new)) - new if new else 0
             for start in range(0, len(items), PAGE):
+                batch = items[start : start + PAGE]
                 pipe = self.client.pipeline(transaction=False)
-                for item in items[start : start + PAGE]:
+                replaced = [i.record.id for i in batch if i.old_digest is not None]
+                for token_id in replaced:  # a secret of theirs in rotation grace goes too
+                    pipe.hget(self.id_key(token_id), "previous")
+                in_grace = [d for d in (pipe.execute() if replaced else []) if d]
+                if in_grace:
+                    pipe.delete(*(self.store.token_key(d) for d in in_grace))
+                for item in batch:
                     if item.action == "create":
                         seq += 1
                     self._write_token(pipe, item.digest, item.record)
@@ -370,8 +378,8 @@ class TokenIndex:
         pipe.hset(key, mapping={"sha256": digest, **({"previous": previous} if previous else {})})
         if record.expires_at is not None:
             pipe.expireat(key, record.expires_at)
-        if seq is not None:
-            pipe.zadd(self.ids_key, {record.id: seq}, nx=True)
+        if seq is not None:  # a new token (its id may have been used before): last in order
+            pipe.zadd(self.ids_key, {record.id: seq})
 
     def _transaction(self, token_id: str, body: Callable[[Any], T]) -> T:
         """Run `body(pipe)` under WATCH of the id's entry (it reads, calls multi(), queues

@@ -76,6 +76,9 @@ def test_live_servers_come_from_the_set_and_leave_it_when_their_key_expires(stor
     store.client.delete(store.servers_prefix + "h:1")  # its key expired
     assert store.live_servers() == ["h:2"]
     assert store.client.smembers(store.servers_key) == {"h:2"}
+    store.heartbeat("h:1")  # back (a new key): joins the set again
+    assert store.live_servers() == ["h:1", "h:2"]
+    store.leave("h:1")
     store.leave("h:2")
     assert store.live_servers() == []
     assert store.client.exists(store.servers_key) == 0

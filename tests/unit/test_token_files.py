@@ -164,3 +164,13 @@ def test_bytes_that_are_not_utf8(store: Store, tmp_path: Path) -> None:
     path.write_bytes(json.dumps(GOOD).encode() + b'\n{"id": "\xff"}\n')
     with pytest.raises(BadImportLine, match=r"t.jsonl:2: not UTF-8 text"):
         read_import_file(str(path), NOW)
+
+
+def test_replace_also_ends_a_rotation_grace(store: Store, tmp_path: Path) -> None:
+    first = tokens.create(store, ["m"], token_id="k1", ttl_seconds=3600, now=NOW)
+    second = tokens.rotate(store, "k1", grace_seconds=600, now=NOW)
+    assert store.token_record(token_hash(first.token)) is not None  # in its grace
+    assert "1 replaced" in _import(store, _write(tmp_path / "t.jsonl", GOOD), replace=True)
+    assert store.token_record(token_hash(first.token)) is None
+    assert store.token_record(token_hash(second.token)) is None
+    assert store.token_record(token_hash(SECRET)) is not None
