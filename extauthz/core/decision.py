@@ -90,6 +90,8 @@ class Decision:
     body: str = ""
     subject: str | None = None
     reusable_until: float | None = field(default=FOREVER, compare=False)
+    # ALLOW: Envoy's dynamic metadata (subject, route, scopes, token_name) for access logs
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 def decide(
@@ -142,7 +144,7 @@ def _decide_protected(
             return denied
         return _allow(  # 3. response
             facts, route, result.subject, result.scopes, result.reason, result.headers,
-            until=result.valid_until,
+            until=result.valid_until, name=result.name,
         )  # fmt: skip
     match result:
         case Rejected(reason=reason, description=text, presented=shown, subject=who) as no:
@@ -218,18 +220,34 @@ def _allow(
     extra: Headers = (),
     *,
     until: float | None = FOREVER,
+    name: str = "",
 ) -> Decision:
+    scope_list = ",".join(sorted(scopes))
     headers = (
         (SUBJECT_HEADER, subject),
         (ROUTE_HEADER, route.name),
-        (SCOPES_HEADER, ",".join(sorted(scopes))),
+        (SCOPES_HEADER, scope_list),
         *extra,
     )
-    ours = IDENTITY_HEADERS + tuple(name for name, _ in extra)
+    ours = IDENTITY_HEADERS + tuple(header for header, _ in extra)
     spoofed = [h for h in facts.identity_headers_sent if h not in ours]
     remove = ("authorization", *spoofed)
+    metadata: tuple[tuple[str, str], ...] = (
+        ("subject", subject),
+        ("route", route.name),
+        ("scopes", scope_list),
+    )
+    if name:
+        metadata += (("token_name", name),)
     return Decision(
-        Outcome.ALLOW, 200, reason, headers, remove, subject=subject, reusable_until=until
+        Outcome.ALLOW,
+        200,
+        reason,
+        headers,
+        remove,
+        subject=subject,
+        reusable_until=until,
+        metadata=metadata,
     )
 
 

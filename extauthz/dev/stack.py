@@ -183,6 +183,7 @@ class Stack:
             [
                 envoy_bin, "-c", str(self.envoy_config),
                 "--use-dynamic-base-id", "--log-level", "warn", "--concurrency", "2",
+                "--file-flush-interval-msec", "500",  # access log lines within 0.5 s
             ],
             self.state_dir / "envoy.log",
         )  # fmt: skip

@@ -75,7 +75,8 @@ class Authorizer:
         self.reused = 0  # decisions answered from the memo
         self.log_sampler = LogSampler()
 
-    def decide(self, facts: RequestFacts) -> Decision:
+    def decide(self, facts: RequestFacts, request_id: str = "") -> Decision:
+        """Decide one request; `request_id` (Envoy's x-request-id) goes into its log line."""
         started = time.perf_counter()
         decision = auth_disabled(facts) if self.disable_auth else self._decide(facts)
         failures = self.failures
@@ -91,10 +92,10 @@ class Authorizer:
             )
             if decision.reason == "store_unavailable":
                 metrics.redis_errors.inc()
-        self._log(facts, decision)
+        self._log(facts, decision, request_id)
         return decision
 
-    def _log(self, facts: RequestFacts, decision: Decision) -> None:
+    def _log(self, facts: RequestFacts, decision: Decision, request_id: str) -> None:
         """One line per decision (allows at debug), sampled per outcome and reason."""
         level = logging.DEBUG
         if decision.outcome is not Outcome.ALLOW:
@@ -113,17 +114,19 @@ class Authorizer:
             "status": decision.status,
             "reason": decision.reason,
             "subject": decision.subject,
+            "request_id": request_id or None,
         }
         if suppressed:
             fields["suppressed_before"] = suppressed
         log.log(
             level,
-            "%s route=%s status=%d reason=%s subject=%s%s",
+            "%s route=%s status=%d reason=%s subject=%s request_id=%s%s",
             decision.outcome.value,
             route,
             decision.status,
             decision.reason,
             decision.subject or "-",
+            request_id or "-",
             f" (+{suppressed} like it suppressed)" if suppressed else "",
             extra={"fields": fields},
         )

@@ -6,11 +6,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import replace
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from extauthz.core.bounded import ENTRY_OVERHEAD, BoundedDict
@@ -74,8 +78,22 @@ _SERIALIZED: BoundedDict[Decision, bytes] = BoundedDict(4096, 8 << 20)
 _SERIALIZED_MAX_REMOVALS = 6  # authorization + up to 5 client-sent x-extauthz-* names
 
 
-def check_response_bytes(decision: Decision) -> bytes:
-    """The serialized CheckResponse (cached for the decisions that recur)."""
+_REQUEST_ID = re.compile(r"[!-~]{1,128}", re.ASCII)
+
+
+def request_id(request: Any) -> str:
+    """Envoy's x-request-id, for denial bodies and log lines: '' when absent or not 1-128
+    visible ASCII characters (it is echoed to the client and written in logs)."""
+    value: str = request.attributes.request.http.headers.get("x-request-id", "")
+    return value if _REQUEST_ID.fullmatch(value) else ""
+
+
+def check_response_bytes(decision: Decision, request_id: str = "") -> bytes:
+    """The serialized CheckResponse (cached for the decisions that recur). A denial's body
+    carries `request_id`, so that a user can quote it and an operator find the log line."""
+    if request_id and decision.outcome is not Outcome.ALLOW and decision.body.endswith("}"):
+        body = f"{decision.body[:-1]}, {json.dumps('request_id')}: {json.dumps(request_id)}}}"
+        return bytes(check_response(replace(decision, body=body)).SerializeToString())
     data = _SERIALIZED.get(decision)
     if data is None:
         data = check_response(decision).SerializeToString()
@@ -92,12 +110,15 @@ def check_response(decision: Decision) -> Any:
     `status_on_error` (503) instead of treating it as an ordinary deny.
     """
     if decision.outcome is Outcome.ALLOW:
+        metadata = struct_pb2.Struct()
+        metadata.update(dict(decision.metadata))
         return CheckResponse(
             status=_OK,
             ok_response=external_auth_pb2.OkHttpResponse(
                 headers=[_header(k, v) for k, v in decision.headers],
                 headers_to_remove=decision.remove_headers,
             ),
+            dynamic_metadata=metadata,
         )
     http_response = external_auth_pb2.DeniedHttpResponse(
         status=http_status_pb2.HttpStatus(code=decision.status),

@@ -28,6 +28,7 @@ from extauthz.runtime.envoy_check import (
     CheckRequest,
     check_response_bytes,
     facts_from_check_request,
+    request_id,
 )
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.metrics import Metrics
@@ -53,7 +54,8 @@ def check_handler(authorizer: Authorizer) -> CheckHandler:
     decide = authorizer.decide
 
     def check(request: Any, context: Any) -> bytes:
-        return check_response_bytes(decide(facts_from_check_request(request)))
+        rid = request_id(request)
+        return check_response_bytes(decide(facts_from_check_request(request), rid), rid)
 
     return check
 

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -436,3 +437,34 @@ def test_the_check_port_answers_only_envoys_certificate(stack: Stack, tmp_path: 
         check=False,
     )
     assert plain.returncode == 1
+
+
+def test_access_log_names_the_caller_and_denials_carry_the_request_id(stack: Stack) -> None:
+    issued = tokens.create(
+        stack.store(), ["densenet161"], ["inference"], name="notebook 7", now=time.time()
+    )
+    url = f"{stack.external_url}/predictions/densenet161"
+    assert http(url, "POST", bearer(issued.token))[0] == 200
+    status, _, body = http(url, "POST", bearer("eat_not-a-token"))
+    assert status == 401
+    request_id = json.loads(body)["request_id"]
+    assert request_id
+
+    def logged() -> list[dict[str, Any]]:
+        lines = stack.envoy.log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    wait_for(lambda: any(e["request_id"] == request_id for e in logged()), 5, "access log")
+    allowed = [e for e in logged() if e.get("token_name") == "notebook 7"]
+    assert allowed and allowed[-1]["subject"] == issued.record.id
+    assert allowed[-1]["route"] == "densenet161" and allowed[-1]["scopes"] == "inference"
+    assert allowed[-1]["status"] == 200
+    denied = next(e for e in logged() if e["request_id"] == request_id)
+    assert denied["status"] == 401 and denied["subject"] is None
+    assert issued.token not in stack.envoy.log.read_text(errors="replace")
+    # the server's log line for the denial carries the same id
+    wait_for(
+        lambda: f"request_id={request_id}" in stack.extauthz.log.read_text(errors="replace"),
+        5,
+        "decision log",
+    )

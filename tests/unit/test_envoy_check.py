@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from google.rpc import code_pb2
 
 from extauthz.core.decision import Decision, Outcome
-from extauthz.runtime.envoy_check import check_response, facts_from_check_request
+from extauthz.runtime.envoy_check import (
+    CheckResponse,
+    check_response,
+    check_response_bytes,
+    facts_from_check_request,
+    request_id,
+)
 
 
 def request(headers: dict[str, str], **extensions: str) -> Any:
@@ -75,3 +82,42 @@ def test_deny_and_error_responses() -> None:
     assert err.status.code == code_pb2.UNAVAILABLE
     assert err.WhichOneof("http_response") == "error_response"
     assert err.error_response.status.code == 503
+
+
+def test_allow_carries_dynamic_metadata() -> None:
+    d = Decision(
+        Outcome.ALLOW, 200, "granted", metadata=(("subject", "t1"), ("token_name", "ci bot"))
+    )
+    resp = CheckResponse.FromString(check_response_bytes(d, "rid-1"))
+    assert dict(resp.dynamic_metadata) == {"subject": "t1", "token_name": "ci bot"}
+
+
+def test_denials_carry_the_request_id_and_allows_do_not() -> None:
+    deny = Decision(Outcome.DENY, 403, "missing_scope", body='{"error": "forbidden"}')
+    for decision in (deny, Decision(Outcome.ERROR, 503, "x", body='{"error": "unavailable"}')):
+        resp = CheckResponse.FromString(check_response_bytes(decision, "5f1c-ab"))
+        http = getattr(resp, resp.WhichOneof("http_response"))
+        assert json.loads(http.body)["request_id"] == "5f1c-ab"
+        assert json.loads(http.body)["error"]
+    # the cached bytes of the same decision do not keep the id of an earlier request
+    again = CheckResponse.FromString(check_response_bytes(deny))
+    assert "request_id" not in json.loads(again.denied_response.body)
+
+
+def test_request_ids_that_are_not_plain_are_not_echoed() -> None:
+    for value, kept in [
+        ("0b4c1e2a-7f0e-4c4a-9b1e-3f6d2a1c9e77", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("has space", False),
+        ("new\nline", False),
+        ("caf\u00e9", False),
+        ('quote"brace}', True),  # visible ASCII: JSON-escaped in the body
+        ("", False),
+    ]:
+        rid = request_id(request({"x-request-id": value}))
+        assert rid == (value if kept else ""), value
+    rid = request_id(request({"x-request-id": 'quote"brace}'}))
+    deny = Decision(Outcome.DENY, 404, "x", body='{"error": "not_found"}')
+    resp = CheckResponse.FromString(check_response_bytes(deny, rid))
+    assert json.loads(resp.denied_response.body) == {"error": "not_found", "request_id": rid}

@@ -47,6 +47,7 @@ class Identity:
     reason: str
     headers: Headers = ()
     valid_until: float | None = FOREVER
+    name: str = ""  # a token's label (dynamic metadata `token_name`), never a secret
 
 
 @dataclass(frozen=True, slots=True)
