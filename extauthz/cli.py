@@ -151,6 +151,7 @@ def _record_json(record: Any) -> dict[str, Any]:
         "scopes": sorted(record.scopes),
         "created_at": record.created_at,
         "expires_at": record.expires_at,
+        "rate_limit": str(record.rate_limit) if record.rate_limit else None,
     }
 
 
@@ -184,6 +185,7 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
         name=args.name or "",
         now=time.time(),
         token_id=args.id,
+        rate_limit=tokens.parse_rate_limit(args.rate_limit) if args.rate_limit else None,
     )
     _warn(issued.warnings)
     _print_issued(issued, args.json)
@@ -248,6 +250,7 @@ def _cmd_token_update(args: argparse.Namespace, settings: Settings) -> int:
         name=args.name,
         ttl_seconds=tokens.parse_ttl(args.ttl) if args.ttl is not None else None,
         no_expiry=args.no_expiry,
+        rate_limit=tokens.parse_rate_limit(args.rate_limit) if args.rate_limit else "keep",
         now=time.time(),
         confirm=settings.ack_timeout,
     )
@@ -454,6 +457,7 @@ def _add_token_parsers(sub: Any) -> None:
     )
     create.add_argument("--name", help="a label for humans")
     create.add_argument("--id", help="token id (default: generated tok_...)")
+    create.add_argument("--rate-limit", help="requests per window: 600/m (s, m, h, d)")
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=_cmd_token_create)
 
@@ -480,6 +484,7 @@ def _add_token_parsers(sub: Any) -> None:
             p.add_argument("--name", help="new label")
             p.add_argument("--ttl", help="new lifetime from now: 30s, 15m, 1h, 7d")
             p.add_argument("--no-expiry", action="store_true", help="never expires")
+            p.add_argument("--rate-limit", help="600/m (s, m, h, d), or none to remove it")
         if name == "rotate":
             p.add_argument("--grace", help="the old secret keeps working this long (e.g. 10m)")
 

@@ -103,6 +103,11 @@ class Settings:
     auth_failure_burst: int = setting(
         50, "failed authentications a client address may make at once; 0: no limit", zero_ok=True
     )
+    rate_limit_on_error: str = setting(
+        "deny",
+        "when Redis cannot count a rate limit: deny (503) or allow (let it through uncounted)",
+        choices=("deny", "allow"),
+    )
     ack_timeout: float = setting(
         2.0,
         "seconds to wait for every live server to confirm; 0: do not wait",

@@ -1,7 +1,7 @@
 """Bulk tokens as JSON Lines: `token export` (never a secret) and `token import`.
 
 One object per line: `id`, `routes`, `scopes`, optional `name`, `created_at`, `expires_at`
-(unix seconds) and `rate_limit` (reserved: null only, for now), and either `token` (the
+(unix seconds) and `rate_limit` (`600/m`, or null), and either `token` (the
 secret, hashed on import) or `sha256` (its hash, as export writes it). An import reads and
 checks the whole file, then Redis (conflicts, caps), before it writes anything; what is
 already there as the file says is skipped, so importing a file twice changes nothing.
@@ -19,8 +19,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from extauthz.admin.tokens import Lifetime, check_id, check_name, check_routes, check_scopes
+from extauthz.admin.tokens import (
+    Lifetime,
+    check_id,
+    check_name,
+    check_routes,
+    check_scopes,
+    parse_rate_limit,
+)
 from extauthz.core.credentials import token_hash
+from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_record import MAX_UNIX_SECONDS, TokenRecord
 from extauthz.errors import BadImportLine, InvalidValue, MalformedRecord, TokenExists
 from extauthz.storage.store import Store
@@ -47,6 +55,8 @@ def export_lines(store: Store, route: str | None = None) -> Iterator[str]:
             line["name"] = record.name
         line["created_at"] = record.created_at
         line["expires_at"] = record.expires_at
+        if record.rate_limit is not None:
+            line["rate_limit"] = str(record.rate_limit)
         line["sha256"] = digest
         yield json.dumps(line, ensure_ascii=False)
 
@@ -194,8 +204,6 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
     unknown = sorted(set(data) - set(FIELDS) - {"token", "sha256"})
     if unknown:
         raise bad(unknown[0], f"unknown field (known: {', '.join(FIELDS)}, token, sha256)")
-    if data.get("rate_limit") is not None:
-        raise bad("rate_limit", "rate limits are not supported yet: leave it out or null")
     try:
         record = TokenRecord(
             id=check_id(_text(data, "id")),
@@ -204,9 +212,11 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
             name=_name(data),
             created_at=_time(data, "created_at", 0, None),  # None: kept, or the import's time
             expires_at=_time(data, "expires_at", math.floor(now) + 1, None),
+            rate_limit=_rate_limit(data),
         )
     except InvalidValue as e:
-        raise bad(e.field + ("s" if e.field in ("route", "scope") else ""), e.rule) from None
+        field = {"route": "routes", "scope": "scopes", "rate-limit": "rate_limit"}.get(e.field)
+        raise bad(field or e.field, e.rule) from None
     return Entry(number, _digest(data, bad), record)
 
 
@@ -236,6 +246,15 @@ def _names(data: dict[str, Any], key: str, required: bool = True) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidValue(key.rstrip("s"), None, "must be a list of strings")
     return value
+
+
+def _rate_limit(data: dict[str, Any]) -> RateLimit | None:
+    value = data.get("rate_limit")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidValue("rate-limit", None, "must be a string such as 600/m, or null")
+    return parse_rate_limit(value)
 
 
 def _name(data: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from extauthz.core.credentials import (
 )
 from extauthz.core.durations import MAX_SECONDS, format_duration, parse_duration
 from extauthz.core.policy import PolicySnapshot, RoutePolicy
+from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import InvalidValue, MalformedRecord
 from extauthz.storage.store import Store
@@ -69,6 +70,16 @@ def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
                 "scope", scope, "use letters, digits, '.', '_', ':', '/', '-' (at most 128)"
             )
     return scope_set
+
+
+def parse_rate_limit(text: str) -> RateLimit | None:
+    """`600/m` → RateLimit; `none` → None (no limit of its own)."""
+    if text == "none":
+        return None
+    try:
+        return RateLimit.parse(text)
+    except ValueError as e:
+        raise InvalidValue("rate-limit", text, f"{e}, or none") from None
 
 
 def check_id(token_id: str) -> str:
@@ -151,6 +162,7 @@ def create(
     name: str = "",
     now: float = 0,
     token_id: str | None = None,
+    rate_limit: RateLimit | None = None,
 ) -> IssuedToken:
     """Mint a token for `routes` (or `*`) with `scopes`, expiring after ttl (or the routes'
     max_token_ttl; else never)."""
@@ -167,6 +179,7 @@ def create(
         expires_at=_expiry(life, "ttl", ttl_seconds, life.default(now), now),
         name=name,
         created_at=int(now),
+        rate_limit=rate_limit,
     )
     token = new_token()
     TokenIndex(store).add(token_hash(token), record)
@@ -200,10 +213,12 @@ def update(
     name: str | None = None,
     ttl_seconds: int | None = None,
     no_expiry: bool = False,
+    rate_limit: RateLimit | str | None = "keep",
     now: float = 0,
     confirm: float = 0,
 ) -> Updated:
-    """Change a token's record (not its secret); every server drops its cached copy."""
+    """Change a token's record (not its secret); every server drops its cached copy.
+    `rate_limit`: a RateLimit, None (remove it) or "keep"."""
     route_set = check_routes(routes) if routes is not None else None
     scope_set = check_scopes(scopes) if scopes is not None else None
     if name is not None:
@@ -228,6 +243,7 @@ def update(
             scopes=scope_set if scope_set is not None else record.scopes,
             name=name if name is not None else record.name,
             expires_at=expires,
+            rate_limit=record.rate_limit if isinstance(rate_limit, str) else rate_limit,
         )
 
     new, unconfirmed = TokenIndex(store).update(token_id, change, confirm)

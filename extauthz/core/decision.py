@@ -39,6 +39,7 @@ from extauthz.core.identity.base import (
 )
 from extauthz.core.jwt_verify import JwtVerify
 from extauthz.core.policy import Access, PolicySnapshot, RoutePolicy
+from extauthz.core.rate_limit import Limited, client_key, limits_for
 
 SUBJECT_HEADER = "x-extauthz-subject"
 ROUTE_HEADER = "x-extauthz-route"
@@ -92,6 +93,9 @@ class Decision:
     reusable_until: float | None = field(default=FOREVER, compare=False)
     # ALLOW: Envoy's dynamic metadata (subject, route, scopes, token_name) for access logs
     metadata: tuple[tuple[str, str], ...] = ()
+    # ALLOW: the rate-limit counters it must take a permit from, each time it is given
+    # (also when remembered): the runtime turns it into a 429 when one is used up
+    limits: tuple[Limited, ...] = field(default=(), compare=False)
 
 
 def decide(
@@ -107,18 +111,22 @@ def decide(
     route's issuer settings (None: JWTs are refused).
     """
     if snapshot is None:
-        return _error("no_policy")
+        return unavailable("no_policy")
     route = snapshot.routes.get(facts.route) if facts.route else None
     if route is None:
         return _not_found("unknown_route")
     if route.access is Access.PUBLIC:
-        return _allow(facts, route, ANONYMOUS, frozenset(), "public")
+        return _allow(
+            facts, route, ANONYMOUS, frozenset(), "public", limits=_per_address(facts, route)
+        )
     if route.access is Access.PRIVATE:
         internal = facts.network == INTERNAL or snapshot.is_internal_address(facts.source_address)
         if not internal:
             return _not_found("private_external")
         if not route.credentials_listed:
-            return _allow(facts, route, INTERNAL, frozenset(), "internal")
+            return _allow(
+                facts, route, INTERNAL, frozenset(), "internal", limits=_per_address(facts, route)
+            )
     return _decide_protected(facts, route, snapshot, lookup, now, verify_jwt)
 
 
@@ -142,9 +150,12 @@ def _decide_protected(
         denied = authorize(result, route)  # 2. authorization
         if denied is not None:
             return denied
+        limits = limits_for(  # (counted by the runtime, see Decision.limits)
+            route.name, route.rate_limit, result.subject, result.rate_limit, f"sub:{result.subject}"
+        )
         return _allow(  # 3. response
             facts, route, result.subject, result.scopes, result.reason, result.headers,
-            until=result.valid_until, name=result.name,
+            until=result.valid_until, name=result.name, limits=limits,
         )  # fmt: skip
     match result:
         case Rejected(reason=reason, description=text, presented=shown, subject=who) as no:
@@ -152,7 +163,7 @@ def _decide_protected(
                 route, reason, text, presented=shown, subject=who, until=no.valid_until
             )
         case Unavailable(reason=reason):
-            return _error(reason)
+            return unavailable(reason)
         case Throttled(retry_after=wait):
             return too_many_failures(wait)
         case unreachable:
@@ -184,7 +195,9 @@ _NOT_ACCEPTED = {
 def authorize(identity: Identity, route: RoutePolicy) -> Decision | None:
     """Stage 2: may this identity call this route? None when it may; else the 403.
 
-    (The rate-limit step of the next issues belongs here, after the grant and scopes.)
+    Its rate limits (the token's, the route's per caller) ride on the allow as
+    `Decision.limits`: counting is state shared across processes, done by the runtime for
+    every request, also for a remembered decision (see `rate_limited`).
     """
     grants = identity.grants
     if grants is not None and route.name not in grants and "*" not in grants:
@@ -221,6 +234,7 @@ def _allow(
     *,
     until: float | None = FOREVER,
     name: str = "",
+    limits: tuple[Limited, ...] = (),
 ) -> Decision:
     scope_list = ",".join(sorted(scopes))
     headers = (
@@ -248,7 +262,15 @@ def _allow(
         subject=subject,
         reusable_until=until,
         metadata=metadata,
+        limits=limits,
     )
+
+
+def _per_address(facts: RequestFacts, route: RoutePolicy) -> tuple[Limited, ...]:
+    if route.rate_limit is None:
+        return ()
+    caller = f"addr:{client_key(facts.source_address)}"
+    return limits_for(route.name, route.rate_limit, None, None, caller)
 
 
 def _not_found(reason: str) -> Decision:
@@ -268,6 +290,24 @@ def _forbidden(reason: str, subject: str, *, until: float | None = FOREVER) -> D
     )
 
 
+def rate_limited(limited: Limited, retry_after: float, subject: str | None) -> Decision:
+    """429: a rate limit is used up for this window; `retry_after`: until the next one."""
+    message = f"rate limit {limited.limit} of {limited.what} reached; retry later"
+    return Decision(
+        Outcome.DENY,
+        429,
+        "rate_limited",
+        (
+            _JSON,
+            ("retry-after", str(max(1, math.ceil(retry_after)))),
+            ("ratelimit-policy", f"{limited.limit.count};w={limited.limit.seconds}"),
+        ),
+        body=_body("rate_limited", message),
+        subject=subject,
+        reusable_until=None,
+    )
+
+
 def too_many_failures(retry_after: float) -> Decision:
     """429: this client failed too often; its credentials are not looked up for a while."""
     return Decision(
@@ -280,7 +320,8 @@ def too_many_failures(retry_after: float) -> Decision:
     )
 
 
-def _error(reason: str) -> Decision:
+def unavailable(reason: str) -> Decision:
+    """503: something the decision needs cannot answer now (fail closed)."""
     return Decision(Outcome.ERROR, 503, reason, (_JSON,), body=_ERROR_BODY, reusable_until=None)
 
 

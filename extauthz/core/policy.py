@@ -20,6 +20,7 @@ import yaml
 
 from extauthz.core.credentials import ROUTE_NAME, SCOPE_NAME, TOKEN_ID
 from extauthz.core.durations import MAX_SECONDS, parse_duration
+from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, PolicyError, shown
 from extauthz.files import describe, read_regular_file
@@ -67,6 +68,7 @@ class RoutePolicy:
     scopes: frozenset[str] = frozenset()  # a token needs one of these; empty = any
     jwt: JwtSettings | None = None
     max_token_ttl: int | None = None  # seconds: the longest life a token for it may have
+    rate_limit: RateLimit | None = None  # per caller on this route
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"access": self.access.value, "credentials": list(self.credentials)}
@@ -78,6 +80,8 @@ class RoutePolicy:
             out["scopes"] = sorted(self.scopes)
         if self.max_token_ttl is not None:
             out["max_token_ttl"] = self.max_token_ttl
+        if self.rate_limit is not None:
+            out["rate_limit"] = str(self.rate_limit)
         if self.jwt is not None:
             jwt = self.jwt
             out["jwt"] = {
@@ -104,6 +108,7 @@ class RoutePolicy:
             basic_username=data.get("basic_username"),
             scopes=frozenset(data.get("scopes", ())),
             max_token_ttl=_seconds_or_none(data.get("max_token_ttl")),
+            rate_limit=RateLimit.parse(data["rate_limit"]) if data.get("rate_limit") else None,
             jwt=None
             if jwt is None
             else JwtSettings(
@@ -204,7 +209,15 @@ EMPTY_SNAPSHOT = PolicySnapshot(version=0, routes={})
 # --- parsing the YAML file -----------------------------------------------------------------
 
 _TOP_KEYS = ("version", "internal_networks", "routes", "secrets")
-_ROUTE_KEYS = ("access", "credentials", "basic_username", "scopes", "jwt", "max_token_ttl")
+_ROUTE_KEYS = (
+    "access",
+    "credentials",
+    "basic_username",
+    "scopes",
+    "jwt",
+    "max_token_ttl",
+    "rate_limit",
+)
 _JWT_KEYS = (
     "issuer",
     "audiences",
@@ -444,6 +457,16 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
     if jwt is not None and "jwt" not in credentials:
         raise r.error(fields["jwt"][0], f"{path}.jwt", "given, but credentials do not list jwt")
 
+    max_ttl, limit = _parse_token_limits(r, path, fields)
+    return RoutePolicy(
+        name, access, credentials, listed, basic_username, scopes, jwt, max_ttl, limit
+    )
+
+
+def _parse_token_limits(
+    r: _Reader, path: str, fields: dict[str, tuple[yaml.Node, yaml.Node]]
+) -> tuple[int | None, RateLimit | None]:
+    """`max_token_ttl` (seconds) and `rate_limit` of a route."""
     max_ttl = None
     if "max_token_ttl" in fields:
         ttl_node = fields["max_token_ttl"][1]
@@ -452,7 +475,15 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
         except ValueError as e:
             raise r.error(ttl_node, f"{path}.max_token_ttl", str(e)) from None
 
-    return RoutePolicy(name, access, credentials, listed, basic_username, scopes, jwt, max_ttl)
+    limit = None
+    if "rate_limit" in fields:
+        limit_node = fields["rate_limit"][1]
+        try:
+            limit = RateLimit.parse(r.string(limit_node, f"{path}.rate_limit"))
+        except ValueError as e:
+            raise r.error(limit_node, f"{path}.rate_limit", str(e)) from None
+
+    return max_ttl, limit
 
 
 def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> JwtSettings:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from extauthz.core.credentials import MAX_NAME_LENGTH
+from extauthz.core.rate_limit import RateLimit
 from extauthz.errors import MalformedRecord, shown
 
 # What a record edited by hand may hold: its values become header values (subject, scopes)
@@ -30,6 +31,7 @@ class TokenRecord:
     expires_at: int | None = None  # unix seconds
     name: str = ""
     created_at: int | None = None
+    rate_limit: RateLimit | None = None
     # unix seconds when Redis will expire the key (its TTL when it was read): a key given a
     # TTL by hand (EXPIRE) stops working then, even before Redis gets round to deleting it
     lapses_at: float | None = field(default=None, compare=False)
@@ -58,6 +60,8 @@ class TokenRecord:
             fields["created_at"] = str(self.created_at)
         if self.expires_at is not None:
             fields["expires_at"] = str(self.expires_at)
+        if self.rate_limit is not None:
+            fields["rate_limit"] = str(self.rate_limit)
         return fields
 
     @classmethod
@@ -91,6 +95,7 @@ class TokenRecord:
             expires_at=_int_field(fields, "expires_at", token_id),
             name=name,
             created_at=_int_field(fields, "created_at", token_id),
+            rate_limit=_rate_limit_field(fields, token_id),
         )
 
 
@@ -129,3 +134,15 @@ def _int_field(fields: Mapping[str, str], key: str, token_id: str) -> int | None
             f"{shown(raw, 64)}"
         )
     return value
+
+
+def _rate_limit_field(fields: Mapping[str, str], token_id: str) -> RateLimit | None:
+    raw = fields.get("rate_limit", "").strip(" ")
+    if not raw:
+        return None
+    try:
+        return RateLimit.parse(raw)
+    except ValueError:
+        raise MalformedRecord(
+            f"token record {token_id!r}: 'rate_limit' is not N/UNIT (e.g. 600/m): {shown(raw, 64)}"
+        ) from None

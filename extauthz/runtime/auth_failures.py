@@ -11,27 +11,15 @@ and each worker process keeps its own.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import threading
 import time
 from collections.abc import Callable
 
 from extauthz.core.bounded import BoundedDict, text_size
+from extauthz.core.rate_limit import client_key
 
 MAX_ADDRESSES = 100_000
-
-
-def client_key(address: str) -> str:
-    """The unit failures are counted in: the IPv4 address, or the IPv6 /64."""
-    if ":" not in address:
-        return address
-    try:
-        network = ipaddress.IPv6Network((address, 64), strict=False)
-    except ValueError:
-        return address
-    mapped = ipaddress.IPv6Address(address).ipv4_mapped if "." in address else None
-    return str(mapped) if mapped is not None else str(network)
 
 
 class FailureLimiter:

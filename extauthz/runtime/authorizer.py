@@ -29,6 +29,7 @@ from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.jwt_verifier import JwtVerifier
 from extauthz.runtime.logs import LogSampler
 from extauthz.runtime.metrics import Metrics
+from extauthz.runtime.rate_limiter import RateLimiter
 from extauthz.storage.store import PolicyVersion, Store
 from extauthz.storage.token_cache import TokenCache
 
@@ -56,10 +57,13 @@ class Authorizer:
         metrics: Metrics | None = None,
         disable_auth: bool = False,
         failures: FailureLimiter | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
-        """`failures`: failed authentications per client address (429 past its limit)."""
+        """`failures`: failed authentications per client address (429 past its limit);
+        `limiter`: counts the rate limits an allow carries (None: they are not enforced)."""
         self.store = store
         self.failures = failures
+        self.limiter = limiter
         self.metrics = metrics
         self.disable_auth = disable_auth
         self.cache = cache
@@ -79,6 +83,8 @@ class Authorizer:
         """Decide one request; `request_id` (Envoy's x-request-id) goes into its log line."""
         started = time.perf_counter()
         decision = auth_disabled(facts) if self.disable_auth else self._decide(facts)
+        if decision.limits and self.limiter is not None:  # every time, also when remembered
+            decision = self.limiter.admit(decision, self.clock())
         failures = self.failures
         if failures is not None and decision.status == 401 and decision.reason != "no_credential":
             failures.failed(facts.source_address)
@@ -92,6 +98,8 @@ class Authorizer:
             )
             if decision.reason == "store_unavailable":
                 metrics.redis_errors.inc()
+            elif decision.reason == "rate_limited":
+                metrics.rate_limited.labels(route).inc()
         self._log(facts, decision, request_id)
         return decision
 

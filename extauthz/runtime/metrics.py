@@ -33,6 +33,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "extauthz_rate_limited",
+            "Requests refused with 429 because a rate limit was used up, by route",
+            ["route"],
+            registry=self.registry,
+        )
         self.redis_errors = Counter(
             "extauthz_redis_errors",
             "Redis commands that failed or timed out",

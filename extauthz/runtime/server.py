@@ -33,6 +33,7 @@ from extauthz.runtime.envoy_check import (
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.policy_watcher import PolicyWatcher
+from extauthz.runtime.rate_limiter import RateLimiter
 from extauthz.storage.invalidation import InvalidationListener
 from extauthz.storage.redis_health import RedisHealth
 from extauthz.storage.store import open_store
@@ -131,6 +132,7 @@ class Server:
             failures=FailureLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
             if settings.auth_failure_burst > 0
             else None,
+            limiter=RateLimiter(self.store, settings.rate_limit_on_error),
         )
 
     def _grpc_server(self, reuse_port: bool, check: CheckHandler) -> grpc.Server:

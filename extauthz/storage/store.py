@@ -8,6 +8,7 @@ Data model (documented in the README, "Redis data model"):
                                                     expires_at   (key TTL = expires_at)
     {prefix}policy                            HASH  version, snapshot (JSON), digest
     {prefix}servers:<server id>               STRING "1", expiring 3 s after the last heartbeat
+    {prefix}rl:<counter>:<unit><window>       STRING permits taken in one rate-limit window
     {prefix}servers                           SET   server ids (the CLI drops those whose key
                                                     expired: it finds live servers without SCAN)
 
@@ -114,6 +115,19 @@ class Store:
         if isinstance(pttl, int) and pttl >= 0:
             record = replace(record, lapses_at=read_at + pttl / 1000)
         return record
+
+    # --- rate limits ----------------------------------------------------------------------
+
+    def take_permits(self, counter: str, count: int, expire_at: float) -> int:
+        """Add `count` to a rate-limit counter (`{prefix}rl:<counter>`), which expires at
+        `expire_at`; returns its new total (one round trip)."""
+        key = f"{self.prefix}rl:{counter}"
+        with self.redis_errors(), self._timed("incrby"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.incrby(key, count)
+            pipe.expireat(key, int(expire_at))
+            total, _ = pipe.execute()
+        return int(total)
 
     # --- policy ---------------------------------------------------------------------------
 

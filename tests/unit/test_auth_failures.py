@@ -11,7 +11,8 @@ from extauthz.admin import tokens
 from extauthz.admin.sync import sync
 from extauthz.core.decision import RequestFacts
 from extauthz.core.policy import parse_policy
-from extauthz.runtime.auth_failures import FailureLimiter, client_key
+from extauthz.core.rate_limit import client_key
+from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.runtime.authorizer import Authorizer
 from extauthz.storage.store import Store
 from extauthz.storage.token_cache import TokenCache

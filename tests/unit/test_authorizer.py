@@ -13,7 +13,9 @@ from extauthz.admin.sync import sync
 from extauthz.core.credentials import token_hash
 from extauthz.core.decision import FOREVER, RequestFacts, decide
 from extauthz.core.policy import parse_policy
+from extauthz.core.rate_limit import RateLimit
 from extauthz.runtime.authorizer import MEMO_TTL, Authorizer
+from extauthz.runtime.rate_limiter import RateLimiter
 from extauthz.storage.store import Store
 from extauthz.storage.token_cache import TokenCache
 
@@ -123,7 +125,19 @@ def test_no_reuse_unless_invalidations_keep_the_cache_honest(
 
 
 def test_what_may_be_reused() -> None:
-    from extauthz.core.decision import _error, _not_found
+    from extauthz.core.decision import _not_found
+    from extauthz.core.decision import unavailable as _error
 
     assert _error("store_unavailable").reusable_until is None
     assert _not_found("unknown_route").reusable_until == FOREVER
+
+
+def test_a_remembered_allow_still_takes_a_permit(world: Any, store: Store) -> None:
+    auth, _, clock, calls = world
+    auth.limiter = RateLimiter(store, clock=clock)
+    tok = tokens.create(store, ["m"], now=clock.now, rate_limit=RateLimit(3, "m")).token
+    answers = [auth.decide(facts(tok)).status for _ in range(6)]
+    assert answers == [200, 200, 200, 429, 429, 429]
+    assert calls[0] == 1  # decided once, remembered, and counted every time
+    clock.now += 60  # the next window
+    assert auth.decide(facts(tok)).status == 200

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from extauthz.core.credentials import Credential
+from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_record import TokenRecord
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class Identity:
     headers: Headers = ()
     valid_until: float | None = FOREVER
     name: str = ""  # a token's label (dynamic metadata `token_name`), never a secret
+    rate_limit: RateLimit | None = None  # the token's own limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,4 +31,13 @@ def identify_secret(secret: str, ctx: Context) -> IdentityResult:
     until = record.valid_until()
     if ctx.now >= until:
         return Rejected("expired_token", "token expired", subject=record.id)
-    return Identity(record.id, record.scopes, record.routes, "granted", (), until, record.name)
+    return Identity(
+        record.id,
+        record.scopes,
+        record.routes,
+        "granted",
+        (),
+        until,
+        record.name,
+        record.rate_limit,
+    )

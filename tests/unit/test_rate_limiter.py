@@ -1,0 +1,208 @@
+"""Rate limits: the notation, which counters an allow takes from, and the leased counting
+shared by several processes through one Redis (fakeredis here; the real one in
+tests/integration/test_rate_limits.py)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+from extauthz.core.credentials import token_hash
+from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
+from extauthz.core.policy import parse_policy
+from extauthz.core.rate_limit import Limited, RateLimit, client_key
+from extauthz.core.token_record import TokenRecord
+from extauthz.errors import MalformedRecord
+from extauthz.runtime.rate_limiter import RateLimiter
+from extauthz.storage.store import Store
+
+START = 1_800_000_000.0  # an aligned minute
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "seconds"),
+    [("600/m", 600, 60), ("1/s", 1, 1), ("5/h", 5, 3600), ("100000/d", 100000, 86400)],
+)
+def test_notation(text: str, count: int, seconds: int) -> None:
+    limit = RateLimit.parse(text)
+    assert (limit.count, limit.seconds, str(limit)) == (count, seconds, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "600", "0/m", "-1/m", "600/w", "600/min", "1.5/s", "600 / m", "٣/s", "9" * 13 + "/s"],
+)
+def test_notation_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="N/UNIT"):
+        RateLimit.parse(text)
+
+
+def test_windows_are_aligned_to_the_epoch() -> None:
+    limit = RateLimit(10, "m")
+    assert limit.window(START) == limit.window(START + 59.999) != limit.window(START + 60)
+    assert limit.window_end(START + 12.5) == START + 60
+
+
+def test_a_hand_made_record_may_carry_a_limit_and_a_bad_one_is_malformed() -> None:
+    record = TokenRecord.from_fields({"id": "t", "routes": "m", "rate_limit": "600/m"})
+    assert record.rate_limit == RateLimit(600, "m")
+    assert TokenRecord.from_fields(record.to_fields()) == record
+    with pytest.raises(MalformedRecord, match="rate_limit"):
+        TokenRecord.from_fields({"id": "t", "routes": "m", "rate_limit": "lots"})
+
+
+POLICY = parse_policy(
+    """
+version: 1
+routes:
+  open: {access: public, rate_limit: 100/m}
+  model: {access: protected, rate_limit: 50/s}
+  free: {access: protected}
+"""
+)
+
+
+def _snapshot() -> Any:
+    from extauthz.core.policy import PolicySnapshot
+
+    return PolicySnapshot(1, POLICY.routes)
+
+
+def test_which_counters_an_allow_takes_from() -> None:
+    records = {
+        token_hash("limited"): TokenRecord(
+            "t1", frozenset({"*"}), frozenset(), rate_limit=RateLimit(600, "m")
+        ),
+        token_hash("plain"): TokenRecord("t2", frozenset({"*"}), frozenset()),
+    }
+
+    def run(route: str, token: str | None, source: str = "203.0.113.7") -> Decision:
+        auth = None if token is None else f"Bearer {token}"
+        facts = RequestFacts(route, source_address=source, authorization=auth)
+        return decide(facts, _snapshot(), records.get, START)
+
+    keys = [(x.key, str(x.limit)) for x in run("model", "limited").limits]
+    assert keys == [("token:t1", "600/m"), ("route:model:sub:t1", "50/s")]
+    assert [x.key for x in run("free", "limited").limits] == ["token:t1"]
+    assert [x.key for x in run("model", "plain").limits] == ["route:model:sub:t2"]
+    assert run("free", "plain").limits == ()
+    assert [x.key for x in run("open", None).limits] == ["route:open:addr:203.0.113.7"]
+    v6 = run("open", None, "2001:db8::1").limits[0].key
+    assert (
+        v6 == run("open", None, "2001:db8::ffff").limits[0].key == "route:open:addr:2001:db8::/64"
+    )
+    assert client_key("::ffff:192.0.2.1") == "192.0.2.1"
+
+
+def _allow(limit: RateLimit, key: str = "token:t1") -> Decision:
+    return Decision(
+        Outcome.ALLOW, 200, "granted", subject="t1", limits=(Limited(key, limit, "this token"),)
+    )
+
+
+def _store(client: Any = None) -> Store:
+    return Store(client or fakeredis.FakeRedis(decode_responses=True), "extauthz:")
+
+
+@pytest.mark.parametrize("count", [1, 7, 100, 1000, 20_000])
+@pytest.mark.parametrize("processes", [1, 2, 4])
+def test_never_more_than_n_and_at_least_90_percent_when_offered_more(
+    count: int, processes: int
+) -> None:
+    store = _store()
+    limiters = [RateLimiter(store) for _ in range(processes)]
+    limit = RateLimit(count, "m")
+    decision = _allow(limit)
+    rng = random.Random(count * processes)  # noqa: S311 (a spread of requests)
+    for window in range(3):
+        offered = int(count * 1.5) + 20
+        allowed = 0
+        for i in range(offered):
+            now = START + window * 60 + 59.0 * i / offered  # spread over the window
+            answer = rng.choice(limiters).admit(decision, now)
+            if answer.outcome is Outcome.ALLOW:
+                allowed += 1
+            else:
+                assert answer.status == 429
+                retry = int(dict(answer.headers)["retry-after"])
+                assert 1 <= retry <= 60
+        assert allowed <= count, (window, allowed)
+        assert allowed >= 0.9 * count, (window, allowed)
+
+
+def test_an_unreached_limit_costs_few_redis_calls() -> None:
+    calls: list[str] = []
+    client = fakeredis.FakeRedis(decode_responses=True)
+    store = _store(client)
+    original = store.take_permits
+
+    def counted(*args: Any) -> int:
+        calls.append("lease")
+        return original(*args)
+
+    store.take_permits = counted  # type: ignore[method-assign,assignment]
+    limiter = RateLimiter(store)
+    decision = _allow(RateLimit(1_000_000, "m"))
+    requests = 20_000
+    for i in range(requests):  # 10 000 requests a second
+        assert limiter.admit(decision, START + i / 10_000).outcome is Outcome.ALLOW
+    commands = 2 * len(calls)  # INCRBY + EXPIREAT a lease
+    assert commands / requests <= 0.02, commands
+
+
+def test_the_429_says_when_to_come_back() -> None:
+    limiter = RateLimiter(_store())
+    decision = _allow(RateLimit(2, "m"))
+    assert limiter.admit(decision, START + 10).outcome is Outcome.ALLOW
+    assert limiter.admit(decision, START + 10).outcome is Outcome.ALLOW
+    denied = limiter.admit(decision, START + 10.5)
+    headers = dict(denied.headers)
+    assert (denied.status, denied.reason) == (429, "rate_limited")
+    assert headers["retry-after"] == "50" and headers["ratelimit-policy"] == "2;w=60"
+    assert '"error": "rate_limited"' in denied.body and "2/m" in denied.body
+    assert dict(limiter.admit(decision, START + 59.9).headers)["retry-after"] == "1"
+    assert limiter.admit(decision, START + 60).outcome is Outcome.ALLOW  # next window
+
+
+class Down:
+    def pipeline(self, **kw: Any) -> Down:
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any, **kw: Any) -> Any:
+            raise redis.ConnectionError("down")
+
+        return fail
+
+
+def test_redis_down_fails_closed_unless_told_otherwise() -> None:
+    decision = _allow(RateLimit(10, "m"))
+    closed = RateLimiter(Store(Down(), "extauthz:"))  # type: ignore[arg-type]
+    refused = closed.admit(decision, START)
+    assert (refused.outcome, refused.status, refused.reason) == (
+        Outcome.ERROR,
+        503,
+        "rate_limit_unavailable",
+    )
+    opened = RateLimiter(Store(Down(), "extauthz:"), on_error="allow")  # type: ignore[arg-type]
+    assert opened.admit(decision, START) is decision
+
+
+def test_both_limits_must_fit() -> None:
+    limiter = RateLimiter(_store())
+    both = Decision(
+        Outcome.ALLOW,
+        200,
+        "granted",
+        limits=(
+            Limited("token:t1", RateLimit(100, "m"), "this token"),
+            Limited("route:m:sub:t1", RateLimit(3, "s"), "route m"),
+        ),
+    )
+    answers = [limiter.admit(both, START + 0.1).status for _ in range(5)]
+    assert answers == [200, 200, 200, 429, 429]
+    assert "route m" in limiter.admit(both, START + 0.2).body
