@@ -20,6 +20,7 @@ import pytest
 
 from extauthz.admin import tokens
 from extauthz.config import Settings
+from extauthz.core.rate_limit import RateLimit
 from extauthz.dev import PORTS_USED, demo_model
 from extauthz.dev.envoy_config import COMPOSE, ClientTls, loopback_ports, render
 from extauthz.dev.local_pki import make_local_pki
@@ -468,3 +469,32 @@ def test_access_log_names_the_caller_and_denials_carry_the_request_id(stack: Sta
         5,
         "decision log",
     )
+
+
+def test_rate_limited_tokens_get_429_over_http_and_envoys_mapping_over_grpc(
+    stack: Stack,
+) -> None:
+    limited = tokens.create(
+        stack.store(),
+        ["densenet161"],
+        ["inference"],
+        now=time.time(),
+        rate_limit=RateLimit(2, "h"),
+    ).token
+    if time.time() % 3600 > 3590:  # counting windows are aligned hours: not across one
+        time.sleep(3600 - time.time() % 3600 + 0.1)
+    url = f"{stack.external_url}/predictions/densenet161"
+    assert [http(url, "POST", bearer(limited))[0] for _ in range(2)] == [200, 200]
+    status, headers, body = http(url, "POST", {**bearer(limited), "x-request-id": "rl-test-1"})
+    assert status == 429
+    assert 1 <= int(headers["retry-after"]) <= 3600
+    assert headers["ratelimit-policy"] == "2;w=3600"
+    assert json.loads(body)["error"] == "rate_limited"
+    target = f"127.0.0.1:{stack.ports.external.port}"
+    with pytest.raises(grpc.RpcError) as info:
+        demo_model.call(target, limited)
+    # Envoy maps HTTP 429 to gRPC UNAVAILABLE (the gRPC HTTP-to-status table), with the body
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "rate_limited" in (info.value.details() or "")
+    # another token is not affected
+    assert http(url, "POST", bearer(mint(stack, ["densenet161"], ["inference"])))[0] == 200
