@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from extauthz.admin import tokens  # noqa: E402
 from extauthz.admin.sync import sync  # noqa: E402
 from extauthz.core.policy import parse_policy  # noqa: E402
+from extauthz.core.rate_limit import RateLimit  # noqa: E402
 from extauthz.dev.envoy_config import EDGE_PROTECTIONS, ext_authz_filter  # noqa: E402
 from extauthz.dev.ports import free_port, wait_port  # noqa: E402
 from extauthz.runtime.supervisor import default_workers  # noqa: E402
@@ -211,6 +212,9 @@ class Bench:
         store = open_store(redis_url, DEFAULT_PREFIX, 5.0)
         sync(store, parse_policy("version: 1\nroutes:\n  bench: {access: protected}\n"))
         token = tokens.create(store, ["bench"], now=time.time()).token
+        # a rate limit that is never reached: what counting it costs
+        unreached = RateLimit(10**9, "m")
+        limited = tokens.create(store, ["bench"], now=time.time(), rate_limit=unreached).token
         serve = [
             py,
             "-m",
@@ -257,6 +261,8 @@ class Bench:
         self.token = token
         self.body = self.work / "check.bin"
         self.body.write_bytes(check_request_frame(token))
+        self.limited_body = self.work / "check-limited.bin"
+        self.limited_body.write_bytes(check_request_frame(limited))
         # warm up every path once and prove each answers as intended
         for variant in ENVOY_VARIANTS:
             headers = {} if variant == "noauth" else {"authorization": f"Bearer {token}"}
@@ -265,6 +271,8 @@ class Bench:
             )
             with urllib.request.urlopen(req, timeout=5) as resp:
                 assert resp.status == 200, variant
+        for body in (self.body, self.limited_body):  # what h2load sends gets an allow
+            assert direct_check(self.ports["extauthz_warm"], body) == 0, body.name
         return redis_url
 
     def envoy_bootstrap(self, token: str) -> dict[str, Any]:
@@ -344,6 +352,19 @@ class Bench:
         return Result(name, rps, p50, p99, cpu, per)
 
 
+def direct_check(port: int, frame_file: Path) -> int:
+    """The gRPC status code a CheckResponse carries for the request in `frame_file`."""
+    import grpc
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        check = channel.unary_unary(
+            CHECK_PATH, response_deserializer=external_auth_pb2.CheckResponse.FromString
+        )
+        resp = check(frame_file.read_bytes()[5:], timeout=5)
+    return int(resp.status.code)
+
+
 def check_request_frame(token: str) -> bytes:
     """A CheckRequest as Envoy sends it, in a gRPC length-prefixed frame (for h2load)."""
     from envoy.service.auth.v3 import external_auth_pb2
@@ -381,9 +402,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 headers = {} if variant == "noauth" else auth
                 return lambda: run_wrk(url, headers, d, connections)
 
-            def h2(port_name: str) -> Any:
+            def h2(port_name: str, body: Path | None = None) -> Any:
                 def load() -> tuple[float, float, float | None, int]:
-                    rps, mean, done = run_h2load(bench.ports[port_name], bench.body, d)
+                    rps, mean, done = run_h2load(bench.ports[port_name], body or bench.body, d)
                     return rps, mean, None, done
 
                 return load
@@ -392,6 +413,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 *((f"envoy_{v}", {"envoy": ["envoy"], **({"authz": [bench.backend(v)]} if v not in ("noauth", "api_key_auth") else {})}, wrk(v)) for v in ENVOY_VARIANTS),
                 ("direct_floor_1w", {"authz": ["floor"]}, h2("floor")),
                 ("direct_extauthz_1w", {"authz": ["extauthz_warm"]}, h2("extauthz_warm")),
+                ("direct_limited_1w", {"authz": ["extauthz_warm"]}, h2("extauthz_warm", bench.limited_body)),
                 (f"direct_floor_{n}w", {"authz": floor_n}, h2(f"floor_{n}w")),
                 (f"direct_extauthz_{n}w", {"authz": [f"extauthz_warm_{n}w"]}, h2(f"extauthz_warm_{n}w")),
                 ("latency_api_key_auth", {"envoy": ["envoy"]}, wrk("api_key_auth", 1)),
@@ -460,6 +482,16 @@ def report(results: dict[str, Result], args: argparse.Namespace) -> dict[str, An
             "Redis commands per warm decision",
             r["envoy_extauthz_warm"].redis_per_decision or 0.0,
             "< 0.01",
+        ),
+        (
+            "unreached rate limit / none, direct, 1 worker",
+            ratio("direct_limited_1w", "direct_extauthz_1w"),
+            ">= 0.90",
+        ),
+        (
+            "Redis commands per decision, unreached limit",
+            r["direct_limited_1w"].redis_per_decision or 0.0,
+            "<= 0.02",
         ),
         ("single connection p50 added (ms)", (lat[0].p50_ms or 0) - (lat[1].p50_ms or 0), "<= 0.7"),
         ("single connection p99 added (ms)", (lat[0].p99_ms or 0) - (lat[1].p99_ms or 0), "<= 1.2"),
