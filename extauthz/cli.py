@@ -128,12 +128,16 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _expires(record: Any) -> str:
-    if record.expires_at is None:
-        return "never"
+    return _when(record.expires_at, "never")
+
+
+def _when(seconds: int | None, none: str) -> str:
+    if seconds is None:
+        return none
     try:
-        when = dt.datetime.fromtimestamp(record.expires_at, dt.UTC)
+        when = dt.datetime.fromtimestamp(seconds, dt.UTC)
     except (ValueError, OverflowError, OSError):
-        return str(record.expires_at)  # records are range-checked; this is a last resort
+        return str(seconds)  # records are range-checked; this is a last resort
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -152,6 +156,7 @@ def _record_json(record: Any) -> dict[str, Any]:
         "created_at": record.created_at,
         "expires_at": record.expires_at,
         "rate_limit": str(record.rate_limit) if record.rate_limit else None,
+        "last_used": record.last_used,
     }
 
 
@@ -199,7 +204,7 @@ def _cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
         raise InvalidValue("limit", str(args.limit), "must be 0 or more")
     rows = tokens.listing(_store(settings), route=args.route, limit=args.limit)
     if not args.json:
-        print(f"{'ID':<20} {'ROUTES':<28} {'SCOPES':<22} {'EXPIRES':<20} NAME")
+        print(f"{'ID':<20} {'ROUTES':<28} {'SCOPES':<22} {'EXPIRES':<20} {'LAST USED':<20} NAME")
     for digest, record in rows:
         if args.json:
             fields = (
@@ -214,7 +219,7 @@ def _cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
             print(
                 f"{_shown(record.id):<20} {_shown(','.join(sorted(record.routes))):<28} "
                 f"{_shown(','.join(sorted(record.scopes))) or '-':<22} {_expires(record):<20} "
-                f"{_shown(record.name)}"
+                f"{_when(record.last_used, '-'):<20} {_shown(record.name)}"
             )
     return 0
 
@@ -225,6 +230,7 @@ def _print_record(record: Any, as_json: bool) -> None:
         print(json.dumps(data))
         return
     data["expires_at"] = _expires(record)
+    data["last_used"] = _when(record.last_used, "never")
     for key, value in data.items():
         shown = ",".join(value) if isinstance(value, list) else value
         print(f"{key + ':':<12} {_shown(str(shown)) if shown not in (None, '') else '-'}")
@@ -257,6 +263,23 @@ def _cmd_token_update(args: argparse.Namespace, settings: Settings) -> int:
     _warn(updated.warnings)
     _print_record(updated.record, args.json)
     return _unconfirmed("updated", updated.unconfirmed, settings)
+
+
+def _cmd_token_usage(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin import tokens
+
+    if not 1 <= args.days <= 366:
+        raise InvalidValue("days", str(args.days), "from 1 to 366")
+    report = tokens.usage(_store(settings), args.id, args.days, time.time())
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"id:        {_shown(report['id'])}")
+    print(f"last used: {_when(report['last_used'], 'never')}")
+    print(f"{'DATE':<12} {'ALLOWED':>10} {'RATE LIMITED':>13}")
+    for day in report["days"]:
+        print(f"{day['date']:<12} {day['allowed']:>10} {day['rate_limited']:>13}")
+    return 0
 
 
 def _cmd_token_reindex(args: argparse.Namespace, settings: Settings) -> int:
@@ -488,6 +511,11 @@ def _add_token_parsers(sub: Any) -> None:
         if name == "rotate":
             p.add_argument("--grace", help="the old secret keeps working this long (e.g. 10m)")
 
+    usage = _command(tsub, "usage", "a token's requests per UTC day and last use", "token")
+    usage.add_argument("id", metavar="ID")
+    usage.add_argument("--days", type=int, default=7, help="this many days up to today")
+    usage.add_argument("--json", action="store_true")
+    usage.set_defaults(func=_cmd_token_usage)
     _command(
         tsub, "reindex", "add tokens made with redis-cli to the id index", "token"
     ).set_defaults(func=_cmd_token_reindex)

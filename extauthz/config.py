@@ -108,6 +108,13 @@ class Settings:
         "when Redis cannot count a rate limit: deny (503) or allow (let it through uncounted)",
         choices=("deny", "allow"),
     )
+    usage_flush: float = setting(
+        10.0,
+        "seconds between writes of usage counts to Redis; 0: no usage metering",
+        zero_ok=True,
+        maximum=3600.0,
+    )
+    usage_retention_days: int = setting(90, "days usage counts are kept in Redis")
     ack_timeout: float = setting(
         2.0,
         "seconds to wait for every live server to confirm; 0: do not wait",

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from extauthz.core.credentials import (
     MAX_NAME_LENGTH,
@@ -296,6 +298,29 @@ def revoke(store: Store, token_id: str, confirm: float = 0) -> Revoked:
     """
     count, unconfirmed = TokenIndex(store).revoke(token_id, confirm)
     return Revoked(count, tuple(unconfirmed))
+
+
+def usage(store: Store, token_id: str, days: int, now: float) -> dict[str, Any]:
+    """A token's allowed and rate-limited requests for the last `days` UTC days (oldest
+    first, today last) and its last use. A token revoked since is still reported while its
+    counts are kept; an id nobody has used or holds is UnknownToken."""
+    today = int(now // 86400)
+    rows = store.usage(token_id, list(range(today - days + 1, today + 1)))
+    (last,) = store.last_used([token_id])
+    if last is None and not any(a or r for _, a, r in rows):
+        TokenIndex(store).get(token_id)  # unknown: says so (and names reindex)
+    return {
+        "id": token_id,
+        "last_used": last,
+        "days": [
+            {"date": _date(day), "allowed": allowed, "rate_limited": limited}
+            for day, allowed, limited in rows
+        ],
+    }
+
+
+def _date(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
 
 
 def reindex(store: Store) -> Reindexed:

@@ -96,6 +96,8 @@ class Decision:
     # ALLOW: the rate-limit counters it must take a permit from, each time it is given
     # (also when remembered): the runtime turns it into a 429 when one is used up
     limits: tuple[Limited, ...] = field(default=(), compare=False)
+    # the token (or route secret) it was decided for: its usage is metered
+    token_id: str | None = field(default=None, compare=False)
 
 
 def decide(
@@ -155,7 +157,7 @@ def _decide_protected(
         )
         return _allow(  # 3. response
             facts, route, result.subject, result.scopes, result.reason, result.headers,
-            until=result.valid_until, name=result.name, limits=limits,
+            until=result.valid_until, name=result.name, limits=limits, token_id=result.token_id,
         )  # fmt: skip
     match result:
         case Rejected(reason=reason, description=text, presented=shown, subject=who) as no:
@@ -235,6 +237,7 @@ def _allow(
     until: float | None = FOREVER,
     name: str = "",
     limits: tuple[Limited, ...] = (),
+    token_id: str | None = None,
 ) -> Decision:
     scope_list = ",".join(sorted(scopes))
     headers = (
@@ -263,6 +266,7 @@ def _allow(
         reusable_until=until,
         metadata=metadata,
         limits=limits,
+        token_id=token_id,
     )
 
 
@@ -290,8 +294,9 @@ def _forbidden(reason: str, subject: str, *, until: float | None = FOREVER) -> D
     )
 
 
-def rate_limited(limited: Limited, retry_after: float, subject: str | None) -> Decision:
-    """429: a rate limit is used up for this window; `retry_after`: until the next one."""
+def rate_limited(limited: Limited, retry_after: float, allow: Decision) -> Decision:
+    """429 instead of `allow`: a rate limit is used up for this window; `retry_after`:
+    seconds until the next one."""
     message = f"rate limit {limited.limit} of {limited.what} reached; retry later"
     return Decision(
         Outcome.DENY,
@@ -303,8 +308,9 @@ def rate_limited(limited: Limited, retry_after: float, subject: str | None) -> D
             ("ratelimit-policy", f"{limited.limit.count};w={limited.limit.seconds}"),
         ),
         body=_body("rate_limited", message),
-        subject=subject,
+        subject=allow.subject,
         reusable_until=None,
+        token_id=allow.token_id,
     )
 
 

@@ -35,6 +35,8 @@ class TokenRecord:
     # unix seconds when Redis will expire the key (its TTL when it was read): a key given a
     # TTL by hand (EXPIRE) stops working then, even before Redis gets round to deleting it
     lapses_at: float | None = field(default=None, compare=False)
+    # unix seconds of its last use, as the usage meter last wrote it (not a hash field)
+    last_used: int | None = field(default=None, compare=False)
 
     def grants_route(self, route: str) -> bool:
         return route in self.routes or "*" in self.routes

@@ -30,6 +30,7 @@ from extauthz.runtime.jwt_verifier import JwtVerifier
 from extauthz.runtime.logs import LogSampler
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.rate_limiter import RateLimiter
+from extauthz.runtime.usage import UsageMeter
 from extauthz.storage.store import PolicyVersion, Store
 from extauthz.storage.token_cache import TokenCache
 
@@ -58,12 +59,15 @@ class Authorizer:
         disable_auth: bool = False,
         failures: FailureLimiter | None = None,
         limiter: RateLimiter | None = None,
+        usage: UsageMeter | None = None,
     ) -> None:
         """`failures`: failed authentications per client address (429 past its limit);
-        `limiter`: counts the rate limits an allow carries (None: they are not enforced)."""
+        `limiter`: counts the rate limits an allow carries (None: they are not enforced);
+        `usage`: meters tokens' allowed and rate-limited requests (None: off)."""
         self.store = store
         self.failures = failures
         self.limiter = limiter
+        self.usage = usage
         self.metrics = metrics
         self.disable_auth = disable_auth
         self.cache = cache
@@ -85,6 +89,10 @@ class Authorizer:
         decision = auth_disabled(facts) if self.disable_auth else self._decide(facts)
         if decision.limits and self.limiter is not None:  # every time, also when remembered
             decision = self.limiter.admit(decision, self.clock())
+        if decision.token_id is not None and self.usage is not None:
+            allowed = decision.outcome is Outcome.ALLOW
+            if allowed or decision.reason == "rate_limited":
+                self.usage.count(decision.token_id, allowed, self.clock())
         failures = self.failures
         if failures is not None and decision.status == 401 and decision.reason != "no_credential":
             failures.failed(facts.source_address)

@@ -74,7 +74,7 @@ class RateLimiter:
                 if self.allow_on_error:
                     continue
                 return unavailable("rate_limit_unavailable")
-            return rate_limited(limited, wait, decision.subject)
+            return rate_limited(limited, wait, decision)
         return decision
 
     def _take(self, limited: Limited, now: float) -> float | None:

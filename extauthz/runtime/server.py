@@ -34,6 +34,7 @@ from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.policy_watcher import PolicyWatcher
 from extauthz.runtime.rate_limiter import RateLimiter
+from extauthz.runtime.usage import UsageMeter
 from extauthz.storage.invalidation import InvalidationListener
 from extauthz.storage.redis_health import RedisHealth
 from extauthz.storage.store import open_store
@@ -104,6 +105,11 @@ class Server:
         )
         self.metrics = Metrics()
         self.store.observe = self.metrics.redis_call
+        self.usage = (
+            UsageMeter(self.store, settings.usage_flush, settings.usage_retention_days)
+            if settings.usage_flush > 0
+            else None
+        )
         self.authorizer = self._authorizer()
         self.watcher = PolicyWatcher(
             self.authorizer, settings.policy_refresh, self.redis, self._on_poll
@@ -133,6 +139,7 @@ class Server:
             if settings.auth_failure_burst > 0
             else None,
             limiter=RateLimiter(self.store, settings.rate_limit_on_error),
+            usage=self.usage,
         )
 
     def _grpc_server(self, reuse_port: bool, check: CheckHandler) -> grpc.Server:
@@ -200,7 +207,10 @@ class Server:
         self.serving = serving
 
     def _on_poll(self) -> None:
-        """After every policy poll: health follows Redis, with `unhealthy_after` of patience."""
+        """After every policy poll: health follows Redis, with `unhealthy_after` of patience;
+        usage counted since the last flush goes to Redis every `usage_flush` seconds."""
+        if self.usage is not None:
+            self.usage.maybe_flush()
         now = time.monotonic()
         if self.redis.store_ok:
             if not self.serving and not self._stopping.is_set():
@@ -255,6 +265,8 @@ class Server:
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(self.settings.shutdown_grace).wait()
         self.watcher.stop()
+        if self.usage is not None:
+            self.usage.flush()  # nothing counted is lost on SIGTERM
         if self.listener is not None:
             self.listener.stop()
         self.jwks.stop()

@@ -9,6 +9,9 @@ Data model (documented in the README, "Redis data model"):
     {prefix}policy                            HASH  version, snapshot (JSON), digest
     {prefix}servers:<server id>               STRING "1", expiring 3 s after the last heartbeat
     {prefix}rl:<counter>:<unit><window>       STRING permits taken in one rate-limit window
+    {prefix}usage:<YYYY-MM-DD>                HASH  a:<token id>, r:<token id>: allowed and
+                                                    rate-limited requests that UTC day
+    {prefix}usage:last-used                   ZSET  token id → unix seconds of its last use
     {prefix}servers                           SET   server ids (the CLI drops those whose key
                                                     expired: it finds live servers without SCAN)
 
@@ -128,6 +131,55 @@ class Store:
             pipe.expireat(key, int(expire_at))
             total, _ = pipe.execute()
         return int(total)
+
+    # --- usage ----------------------------------------------------------------------------
+
+    def usage_key(self, day: int) -> str:
+        """The hash of one UTC day (days since the epoch): fields a:<id>, r:<id>."""
+        return f"{self.prefix}usage:{time.strftime('%Y-%m-%d', time.gmtime(day * 86400))}"
+
+    @property
+    def last_used_key(self) -> str:
+        return f"{self.prefix}usage:last-used"
+
+    def add_usage(
+        self,
+        counts: dict[tuple[str, int], list[int]],
+        last_used: dict[str, float],
+        retention_days: int,
+    ) -> None:
+        """Add per-token, per-day counts ([allowed, rate limited]) and raise last-used times
+        (ZADD GT: never back in time); day hashes expire `retention_days` after their day."""
+        with self.redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for (token_id, day), (allowed, limited) in counts.items():
+                key = self.usage_key(day)
+                if allowed:
+                    pipe.hincrby(key, f"a:{token_id}", allowed)
+                if limited:
+                    pipe.hincrby(key, f"r:{token_id}", limited)
+            if last_used:
+                pipe.zadd(self.last_used_key, {i: int(t) for i, t in last_used.items()}, gt=True)
+            for day in {day for _, day in counts}:
+                pipe.expireat(self.usage_key(day), (day + 1 + retention_days) * 86400)
+            pipe.execute()
+
+    def usage(self, token_id: str, days: list[int]) -> list[tuple[int, int, int]]:
+        """(day, allowed, rate limited) of one token for each day asked."""
+        with self.redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for day in days:
+                pipe.hmget(self.usage_key(day), [f"a:{token_id}", f"r:{token_id}"])
+            rows = pipe.execute()
+        return [(d, int(a or 0), int(r or 0)) for d, (a, r) in zip(days, rows, strict=True)]
+
+    def last_used(self, ids: list[str]) -> list[int | None]:
+        """When each token was last used (unix seconds; None: never, or not yet flushed)."""
+        if not ids:
+            return []
+        with self.redis_errors():
+            scores = self.client.zmscore(self.last_used_key, ids)
+        return [None if s is None else int(s) for s in scores]
 
     # --- policy ---------------------------------------------------------------------------
 

@@ -84,7 +84,8 @@ class TokenIndex:
         if found is None:
             self._forget_if_gone(token_id)
             raise UnknownToken(token_id)
-        return found
+        (last,) = self.store.last_used([token_id])
+        return replace(found, record=replace(found.record, last_used=last))
 
     def add(self, digest: str, record: TokenRecord) -> None:
         """A new token; TokenExists when another live secret has its id."""
@@ -198,9 +199,12 @@ class TokenIndex:
             digests = pipe.execute()
             for digest in digests:
                 pipe.hgetall(self.store.token_key(digest or ""))
-            records = pipe.execute(raise_on_error=False)
+            pipe.zmscore(self.store.last_used_key, ids)
+            *records, used = pipe.execute(raise_on_error=False)
+        if isinstance(used, Exception):  # (never fails a listing)
+            used = [None] * len(ids)
         gone: list[str] = []
-        for token_id, digest, fields in zip(ids, digests, records, strict=True):
+        for token_id, digest, fields, last in zip(ids, digests, records, used, strict=True):
             if isinstance(fields, Exception):
                 yield token_id, digest, MalformedRecord(f"token key {digest[:12]}…: {fields}")
                 continue
@@ -212,7 +216,11 @@ class TokenIndex:
             if record is None or record.id != token_id:
                 gone.append(token_id)
             else:
-                yield token_id, digest, record
+                yield (
+                    token_id,
+                    digest,
+                    replace(record, last_used=None if last is None else int(last)),
+                )
         for token_id in gone:
             self._forget_if_gone(token_id)
 

@@ -101,3 +101,46 @@ def test_when_redis_cannot_count(redis_server: RedisServer, tmp_path: Path) -> N
         assert opened.status("open", source="192.0.2.77") == 200
         closed.close()
         opened.close()
+
+
+def test_usage_is_metered_and_nothing_is_lost_on_sigterm(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url
+    _policy(url, tmp_path)
+    created = run_cli(url, "token", "create", "--route", "*", "--rate-limit", "10/h", "--json")
+    tok = json.loads(created.stdout)
+    digest_key = redis_server.cli("--scan", "--pattern", "extauthz:token:*")
+    record_before = redis_server.cli("HGETALL", digest_key)
+    _not_across_an_hour()
+    # a flush interval longer than the test: what is written comes from the SIGTERM flush
+    with extauthz_serve(
+        url, tmp_path / "s.log", *SERVE, "--workers", "2", "--usage-flush", "600"
+    ) as (port, _):
+        clients = [CheckClient(port) for _ in range(4)]
+        statuses = [clients[i % 4].status("model", f"Bearer {tok['token']}") for i in range(16)]
+        for client in clients:
+            client.close()
+        assert statuses.count(200) == 10 and statuses.count(429) == 6
+        assert redis_server.cli("KEYS", "extauthz:usage:*") == ""  # not flushed yet
+    report = json.loads(run_cli(url, "token", "usage", tok["id"], "--json").stdout)
+    today = report["days"][-1]
+    assert (today["allowed"], today["rate_limited"]) == (10, 6)
+    assert abs(report["last_used"] - time.time()) < 30
+    assert len(report["days"]) == 7
+    listed = json.loads(run_cli(url, "token", "show", tok["id"], "--json").stdout)
+    assert listed["last_used"] == report["last_used"]
+    assert redis_server.cli("HGETALL", digest_key) == record_before  # its key never written
+    # with a short interval, last_used shows up while the server runs
+    other = json.loads(run_cli(url, "token", "create", "--route", "*", "--json").stdout)
+    with extauthz_serve(url, tmp_path / "t.log", *SERVE, "--usage-flush", "1") as (port, _):
+        client = CheckClient(port)
+        assert client.status("model", f"Bearer {other['token']}") == 200
+
+        def shown() -> bool:
+            out = run_cli(url, "token", "list", "--json").stdout.splitlines()
+            rows = {row["id"]: row for row in map(json.loads, out)}
+            return rows[other["id"]]["last_used"] is not None
+
+        wait_for(shown, 10, "last_used in token list")
+        client.close()

@@ -16,6 +16,7 @@ from extauthz.core.policy import parse_policy
 from extauthz.core.rate_limit import RateLimit
 from extauthz.runtime.authorizer import MEMO_TTL, Authorizer
 from extauthz.runtime.rate_limiter import RateLimiter
+from extauthz.runtime.usage import UsageMeter
 from extauthz.storage.store import Store
 from extauthz.storage.token_cache import TokenCache
 
@@ -135,9 +136,13 @@ def test_what_may_be_reused() -> None:
 def test_a_remembered_allow_still_takes_a_permit(world: Any, store: Store) -> None:
     auth, _, clock, calls = world
     auth.limiter = RateLimiter(store, clock=clock)
-    tok = tokens.create(store, ["m"], now=clock.now, rate_limit=RateLimit(3, "m")).token
+    auth.usage = UsageMeter(store, clock=clock)
+    issued = tokens.create(store, ["m"], now=clock.now, rate_limit=RateLimit(3, "m"))
+    tok = issued.token
     answers = [auth.decide(facts(tok)).status for _ in range(6)]
     assert answers == [200, 200, 200, 429, 429, 429]
     assert calls[0] == 1  # decided once, remembered, and counted every time
+    assert auth.decide(facts("eat_unknown")).status == 401  # not a token's use
+    assert list(auth.usage._counts.values()) == [[3, 3]]  # metered: 3 allowed, 3 limited
     clock.now += 60  # the next window
     assert auth.decide(facts(tok)).status == 200

@@ -50,6 +50,7 @@ class Identity:
     valid_until: float | None = FOREVER
     name: str = ""  # a token's label (dynamic metadata `token_name`), never a secret
     rate_limit: RateLimit | None = None  # the token's own limit
+    token_id: str | None = None  # a token or route secret (its usage is metered)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,4 +40,5 @@ def identify_secret(secret: str, ctx: Context) -> IdentityResult:
         until,
         record.name,
         record.rate_limit,
+        token_id=record.id,
     )
