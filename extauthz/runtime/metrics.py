@@ -1,4 +1,5 @@
-"""Prometheus metrics, served on their own HTTP port (`--metrics-listen`).
+"""Prometheus metrics, served on their own HTTP port (`--metrics-listen`); with
+`--workers N` the supervisor serves there the total of its workers' endpoints.
 
 On the decision path only two cheap calls happen (a counter child, a histogram); everything
 else (cache, JWKS, policy, Redis state) is read at scrape time by a collector.
@@ -6,11 +7,22 @@ else (cache, JWKS, policy, Redis state) is read at scrape time by a collector.
 
 from __future__ import annotations
 
+import threading
+import urllib.request
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from extauthz.config import split_address
 
@@ -106,3 +118,83 @@ class StateCollector:
         for result, count in s["jwks"].items():
             jwks.add_metric([result], count)
         yield jwks
+
+
+# --- one endpoint for N workers ------------------------------------------------------------
+
+# How a gauge of several workers adds up (counters and histograms are summed).
+GAUGE_TOTALS: dict[str, Callable[[float, float], float]] = {
+    "extauthz_policy_version": max,
+    "extauthz_redis_up": min,
+    "extauthz_serving": min,
+    "extauthz_auth_disabled": max,
+}
+
+
+def merge_expositions(texts: list[str]) -> bytes:
+    """One Prometheus text exposition from several workers': counters, histograms and the
+    cache-entry gauge summed per label set, the state gauges by GAUGE_TOTALS."""
+    families: dict[str, Metric] = {}
+    totals: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name.endswith("_created"):
+                continue  # per-process creation times do not add up
+            families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            combine = GAUGE_TOTALS.get(family.name, _add) if family.type == "gauge" else _add
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
+                totals[key] = combine(totals[key], sample.value) if key in totals else sample.value
+    for (family_name, sample_name, labels), value in totals.items():
+        families[family_name].add_sample(sample_name, dict(labels), value)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(list(families.values())))
+    return bytes(generate_latest(registry))
+
+
+def _add(a: float, b: float) -> float:
+    return a + b
+
+
+class _Fixed:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def serve_merged(listen: str, worker_addresses: Callable[[], list[str]]) -> Any:
+    """Serve /metrics on `listen` as the total of the workers' endpoints (scraped at each
+    request, 1 s each; a worker that does not answer is left out and counted in
+    `extauthz_workers_unscraped`). Returns the HTTP server (shut it down to stop)."""
+    host, port = split_address(listen)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            texts, missing = [], 0
+            for address in worker_addresses():
+                try:
+                    with urllib.request.urlopen(f"http://{address}/metrics", timeout=1) as r:
+                        texts.append(r.read().decode())
+                except OSError:
+                    missing += 1
+            body = merge_expositions(texts) + (
+                b"# HELP extauthz_workers_unscraped Workers whose metrics did not answer\n"
+                b"# TYPE extauthz_workers_unscraped gauge\n"
+                b"extauthz_workers_unscraped %d\n" % missing
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host or "127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extauthz.config import Settings, join_address, split_address
+from extauthz.config import Settings
 from extauthz.errors import ConfigError
 from extauthz.runtime import tls
 from extauthz.runtime.auth_failures import FailureLimiter
@@ -86,8 +86,7 @@ class Server:
         check: CheckHandler | None = None,
         worker_index: int = 0,
     ) -> None:
-        """`check` replaces the Check handler (bench/ measures an empty one); worker i of
-        `--workers N` serves its metrics on the metrics port + i."""
+        """`check` replaces the Check handler (bench/ measures an empty one)."""
         self.settings = settings
         self.worker_index = worker_index
         self.store = open_store(settings.redis_url, settings.key_prefix, settings.redis_timeout)
@@ -172,7 +171,7 @@ class Server:
         if self.port == 0:
             raise ConfigError(f"cannot listen on {self.settings.listen} (in use or invalid)")
         if self.settings.metrics_listen:
-            listen = _offset_port(self.settings.metrics_listen, self.worker_index)
+            listen = self.settings.metrics_listen  # (a worker's own: see supervisor.py)
             try:
                 self.metrics.serve(listen)
             except OSError as e:
@@ -272,11 +271,6 @@ class Server:
         self.jwks.stop()
         self.store.close()
         log.info("stopped")
-
-
-def _offset_port(listen: str, offset: int) -> str:
-    host, port = split_address(listen)
-    return join_address(host, port + offset)
 
 
 def serve(settings: Settings, reuse_port: bool = False, worker_index: int = 0) -> None:

@@ -22,8 +22,9 @@ import sys
 import threading
 import time
 
-from extauthz.config import Settings, split_address
+from extauthz.config import Settings, join_address, split_address
 from extauthz.errors import ConfigError
+from extauthz.runtime.metrics import serve_merged
 
 log = logging.getLogger("extauthz.supervisor")
 
@@ -64,13 +65,20 @@ def supervise(settings: Settings, workers: int) -> int:
     listen, grace = settings.listen, settings.shutdown_grace
     check_port_free(listen)
     stop = stop_on_signals()
-    payload = json.dumps(dataclasses.asdict(settings)).encode()
+    worker_metrics = [worker_metrics_address(settings.metrics_listen, i) for i in range(workers)]
+    metrics = None
+    if settings.metrics_listen:  # one endpoint: the total of the workers' own
+        try:
+            metrics = serve_merged(settings.metrics_listen, lambda: worker_metrics)
+        except OSError as e:
+            raise ConfigError(f"cannot serve metrics on {settings.metrics_listen}: {e}") from e
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
+        own = dataclasses.replace(settings, metrics_listen=worker_metrics[index])
         command = [sys.executable, "-m", "extauthz.runtime.worker", str(index)]
         proc = subprocess.Popen(command, stdin=subprocess.PIPE)  # noqa: S603 (our own)
         assert proc.stdin is not None  # noqa: S101 (stdin=PIPE)
-        proc.stdin.write(payload)
+        proc.stdin.write(json.dumps(dataclasses.asdict(own)).encode())
         proc.stdin.close()
         return proc
 
@@ -106,5 +114,16 @@ def supervise(settings: Settings, workers: int) -> int:
             rc = proc.wait()
         if rc not in (0, -signal.SIGTERM) and code == 0:
             code = 1
+    if metrics is not None:
+        metrics.shutdown()
     log.info("all workers stopped")
     return code
+
+
+def worker_metrics_address(metrics_listen: str, index: int) -> str:
+    """Where worker `index` serves its own metrics: the port after the supervisor's + index
+    ('' when metrics are off)."""
+    if not metrics_listen:
+        return ""
+    host, port = split_address(metrics_listen)
+    return join_address(host or "127.0.0.1", port + 1 + index)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from extauthz.dev.ports import free_port
+from extauthz.dev.ports import free_port, free_ports_in_a_row
 from tests.support.check import CheckClient
 from tests.support.procs import (
     REPO,
@@ -103,10 +105,11 @@ def test_busy_port_is_reported_by_the_supervisor(redis_server: RedisServer, tmp_
 
 
 def test_workers_that_keep_dying_stop_the_supervisor(redis_server: RedisServer) -> None:
-    # worker 0 fails at every start (its metrics port is taken): a crash loop, exit code 1
-    busy = free_port()
+    # worker 0 fails at every start (its own metrics port, the one after the supervisor's,
+    # is taken): a crash loop, exit code 1
+    metrics = free_ports_in_a_row(3)
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", busy))
+        taken.bind(("127.0.0.1", metrics + 1))
         taken.listen()
         result = run_cli(
             redis_server.url,
@@ -116,7 +119,7 @@ def test_workers_that_keep_dying_stop_the_supervisor(redis_server: RedisServer) 
             "--workers",
             "2",
             "--metrics-listen",
-            f"127.0.0.1:{busy}",
+            f"127.0.0.1:{metrics}",
             check=False,
         )
     assert result.returncode == 1
@@ -216,3 +219,36 @@ def test_revoke_names_a_server_that_does_not_confirm(
             ).returncode == (2 if command == "revoke" else 0)
     # a server that stops leaves the registry
     assert live_servers(redis_server) == "0"
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def healthz_allowed(text: str) -> float:
+    m = re.search(
+        r'extauthz_decisions_total\{outcome="allow",reason="public",route="healthz"\} (\S+)', text
+    )
+    return float(m.group(1)) if m else 0.0
+
+
+def test_one_scrape_returns_the_totals_of_every_worker(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    run_cli(redis_server.url, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
+    metrics = free_ports_in_a_row(4)  # the supervisor's, then one per worker
+    args = ("--workers", "3", "--metrics-listen", f"127.0.0.1:{metrics}")
+    with extauthz_serve(redis_server.url, tmp_path / "s.log", *args) as (port, proc):
+        wait_for(lambda: len(worker_pids(proc.pid)) == 3, 10, "3 workers")
+        clients = [CheckClient(port) for _ in range(12)]  # the kernel spreads connections
+        wait_for(lambda: all(c.status("healthz") == 200 for c in clients), 10, "all ready")
+        for client in clients:
+            for _ in range(5):
+                assert client.status("healthz") == 200
+            client.close()
+        own = [healthz_allowed(scrape(metrics + 1 + worker)) for worker in range(3)]
+        total = scrape(metrics)
+    assert sum(1 for n in own if n > 0) >= 2  # the load reached several workers
+    assert healthz_allowed(total) == sum(own) >= 12 * 6
+    assert "extauthz_workers_unscraped 0" in total

@@ -10,7 +10,11 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 class CheckClient:
     def __init__(self, port: int) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        # a connection of its own (channels share one by default): several clients spread
+        # over the workers of --workers N as Envoy's connections do
+        self.channel = grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
         self.stub = external_auth_pb2_grpc.AuthorizationStub(self.channel)
 
     def check(

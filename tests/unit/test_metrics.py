@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import urllib.request
+from functools import partial
 from typing import Any
 
 from prometheus_client import generate_latest
 
 from extauthz.dev.ports import free_port, wait_port
-from extauthz.runtime.metrics import Metrics
+from extauthz.runtime.metrics import Metrics, merge_expositions
 
 STATE: dict[str, Any] = {
     "policy_version": 7,
@@ -58,3 +59,24 @@ def test_served_over_http() -> None:
     wait_port(port, timeout=5)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         assert "extauthz_serving 1.0" in resp.read().decode()
+
+
+def test_expositions_of_several_workers_add_up() -> None:
+    texts = []
+    for worker, (version, up, entries) in enumerate([(7, 1, 3), (8, 0, 4)]):
+        m = Metrics()
+        state = {**STATE, "policy_version": version, "redis_up": up, "cache_entries": entries}
+        m.watch(partial(dict, state))
+        for _ in range(worker + 1):
+            m.decision("a", "allow", "ok", 0.0002)
+        m.rate_limited.labels("a").inc(2)
+        texts.append(_text(m))
+    merged = merge_expositions(texts).decode()
+    assert 'extauthz_decisions_total{outcome="allow",reason="ok",route="a"} 3.0' in merged
+    assert "extauthz_decision_seconds_count 3.0" in merged
+    assert 'extauthz_rate_limited_total{route="a"} 4.0' in merged
+    assert 'extauthz_token_cache_events_total{event="hit"} 10.0' in merged
+    assert "extauthz_token_cache_entries 7.0" in merged  # summed
+    assert "extauthz_policy_version 8.0" in merged  # the newest
+    assert "extauthz_redis_up 0.0" in merged  # up only if every worker is
+    assert "_created" not in merged
