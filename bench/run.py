@@ -231,6 +231,7 @@ class Bench:
         for name, extra in (
             ("extauthz_warm", ["--workers", "1"]),
             ("extauthz_nocache", ["--workers", "1", "--cache-ttl", "0"]),
+            ("extauthz_nousage", ["--workers", "1", "--usage-flush", "0"]),
             (f"extauthz_warm_{n}w", ["--workers", str(n)]),
         ):
             self.ports[name] = free_port()
@@ -414,6 +415,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ("direct_floor_1w", {"authz": ["floor"]}, h2("floor")),
                 ("direct_extauthz_1w", {"authz": ["extauthz_warm"]}, h2("extauthz_warm")),
                 ("direct_limited_1w", {"authz": ["extauthz_warm"]}, h2("extauthz_warm", bench.limited_body)),
+                ("direct_nousage_1w", {"authz": ["extauthz_nousage"]}, h2("extauthz_nousage")),
                 (f"direct_floor_{n}w", {"authz": floor_n}, h2(f"floor_{n}w")),
                 (f"direct_extauthz_{n}w", {"authz": [f"extauthz_warm_{n}w"]}, h2(f"extauthz_warm_{n}w")),
                 ("latency_api_key_auth", {"envoy": ["envoy"]}, wrk("api_key_auth", 1)),
@@ -487,6 +489,11 @@ def report(results: dict[str, Result], args: argparse.Namespace) -> dict[str, An
             "unreached rate limit / none, direct, 1 worker",
             ratio("direct_limited_1w", "direct_extauthz_1w"),
             ">= 0.90",
+        ),
+        (
+            "usage metering on / off, direct, 1 worker",
+            ratio("direct_extauthz_1w", "direct_nousage_1w"),
+            ">= 0.95",
         ),
         (
             "Redis commands per decision, unreached limit",

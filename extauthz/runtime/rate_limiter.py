@@ -81,11 +81,14 @@ class RateLimiter:
         """None: a permit; else seconds until the next window, or _FAILED."""
         limit = limited.limit
         window = limit.window(now)
+        # a new limit (token update, sync) starts from a new lease at once; the count in
+        # Redis stays that of the window
+        held = f"{limited.key}|{limit}"
         with self._lock:
-            lease = self._leases.get(limited.key)
+            lease = self._leases.get(held)
             if lease is None or lease.window != window:
                 lease = _Lease(window, rate=lease.rate if lease is not None else 0.0)
-                self._leases.put(limited.key, lease, ENTRY_OVERHEAD + 2 * len(limited.key))
+                self._leases.put(held, lease, ENTRY_OVERHEAD + 2 * len(held))
             if lease.left > 0:
                 lease.left -= 1
                 lease.handed += 1

@@ -45,11 +45,12 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
         "envoy_extauthz_warm",
         "envoy_extauthz_nocache",
         "direct_limited_1w",
+        "direct_nousage_1w",
     } <= names
     assert all(r["rps"] > 0 for r in data["results"])
     nocache = next(r for r in data["results"] if r["name"] == "envoy_extauthz_nocache")
     assert nocache["redis_per_decision"] >= 0.9  # the cache really is off there: one HGETALL each
-    assert len(data["figures"]) == 12
+    assert len(data["figures"]) == 13
     assert "| figure" in result.stdout
 
 

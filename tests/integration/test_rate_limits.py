@@ -144,3 +144,44 @@ def test_usage_is_metered_and_nothing_is_lost_on_sigterm(
 
         wait_for(shown, 10, "last_used in token list")
         client.close()
+
+
+def test_retry_after_is_honest_and_changes_apply_within_a_second(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url
+    _policy(url, tmp_path)
+    tok = json.loads(
+        run_cli(url, "token", "create", "--route", "*", "--rate-limit", "3/s", "--json").stdout
+    )
+    bearer = f"Bearer {tok['token']}"
+    with extauthz_serve(url, tmp_path / "s.log", *SERVE) as (port, _):
+        client = CheckClient(port)
+        wait_for(lambda: client.status("open", source="10.1.1.1") == 200, 5, "ready")
+        while time.time() % 1 > 0.5:  # start early in a second
+            time.sleep(0.01)
+        statuses = [client.status("model", bearer) for _ in range(5)]
+        assert statuses == [200, 200, 200, 429, 429]
+        denied = client.check("model", bearer)
+        wait = int(reply_headers(denied)["retry-after"])
+        assert wait == 1
+        time.sleep(wait)
+        assert client.status("model", bearer) == 200  # after Retry-After: allowed again
+        # a limit changed by token update applies within 1 s (here: at once)
+        run_cli(url, "token", "update", tok["id"], "--rate-limit", "100/h")
+        _not_across_an_hour()
+        assert [client.status("model", bearer) for _ in range(10)] == [200] * 10
+        run_cli(url, "token", "update", tok["id"], "--rate-limit", "none")
+        assert [client.status("model", bearer) for _ in range(150)] == [200] * 150
+        # a route limit changed by sync applies within the policy refresh
+        (tmp_path / "policy.yaml").write_text(
+            POLICY.replace(
+                "model: {access: protected}", "model: {access: protected, rate_limit: 1/h}"
+            )
+        )
+        run_cli(url, "sync", str(tmp_path / "policy.yaml"))
+        wait_for(lambda: client.status("model", bearer) == 429, 1.5, "route limit synced")
+        # revocation still takes effect at once with limits on
+        run_cli(url, "token", "revoke", tok["id"])
+        assert client.status("model", bearer) == 401
+        client.close()

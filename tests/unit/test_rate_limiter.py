@@ -206,3 +206,15 @@ def test_both_limits_must_fit() -> None:
     answers = [limiter.admit(both, START + 0.1).status for _ in range(5)]
     assert answers == [200, 200, 200, 429, 429]
     assert "route m" in limiter.admit(both, START + 0.2).body
+
+
+def test_a_changed_limit_applies_at_once_and_keeps_the_windows_count() -> None:
+    limiter = RateLimiter(_store())
+    generous = _allow(RateLimit(1000, "m"))
+    for _ in range(200):  # leases grow with the rate: permits held in this process
+        assert limiter.admit(generous, START + 1).outcome is Outcome.ALLOW
+    strict = _allow(RateLimit(150, "m"))  # lowered by token update: 200 already counted
+    assert limiter.admit(strict, START + 2).status == 429
+    raised = _allow(RateLimit(250, "m"))
+    statuses = [limiter.admit(raised, START + 3).status for _ in range(60)]
+    assert 30 <= statuses.count(200) <= 50  # what the window has left (leases: up to 20 held)
