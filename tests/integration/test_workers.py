@@ -10,11 +10,12 @@ import socket
 import threading
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from extauthz.dev.ports import free_port, free_ports_in_a_row
+from extauthz.dev.ports import free_port, free_ports_in_a_row, port_open
 from tests.support.check import CheckClient
 from tests.support.procs import (
     REPO,
@@ -241,6 +242,8 @@ def test_one_scrape_returns_the_totals_of_every_worker(
     args = ("--workers", "3", "--metrics-listen", f"127.0.0.1:{metrics}")
     with extauthz_serve(redis_server.url, tmp_path / "s.log", *args) as (port, proc):
         wait_for(lambda: len(worker_pids(proc.pid)) == 3, 10, "3 workers")
+        for worker in range(3):  # every worker up (its own metrics come before its gRPC)
+            wait_for(partial(port_open, metrics + 1 + worker), 10, f"worker {worker}")
         clients = [CheckClient(port) for _ in range(12)]  # the kernel spreads connections
         wait_for(lambda: all(c.status("healthz") == 200 for c in clients), 10, "all ready")
         for client in clients:
