@@ -57,6 +57,11 @@ class Limited:
     key: str  # "token:<id>" or "route:<route>:<subject or address>"
     limit: RateLimit
     what: str  # for the 429 message: "this token", "this route"
+    lease: str = ""  # key and limit: a changed limit is a new lease (set by limits_for)
+
+    def __post_init__(self) -> None:
+        if not self.lease:
+            object.__setattr__(self, "lease", f"{self.key}|{self.limit}")
 
 
 def limits_for(

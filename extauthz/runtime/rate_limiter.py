@@ -83,7 +83,7 @@ class RateLimiter:
         window = limit.window(now)
         # a new limit (token update, sync) starts from a new lease at once; the count in
         # Redis stays that of the window
-        held = f"{limited.key}|{limit}"
+        held = limited.lease
         with self._lock:
             lease = self._leases.get(held)
             if lease is None or lease.window != window:
