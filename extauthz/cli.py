@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -53,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExtAuthzError as e:  # Redis refused or answered an error, a malformed record...
         _error(str(e))
         return 1
+    except BrokenPipeError:  # `extauthz token list | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 128 + signal.SIGPIPE  # as a command killed by SIGPIPE exits
 
 
 def _worded(error: ExtAuthzError) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from extauthz.dev.ports import free_port
-from tests.support.procs import RedisServer, run_cli
+from tests.support.procs import REPO, RedisServer, run_cli
 
 pytestmark = pytest.mark.redis
 
@@ -60,3 +63,25 @@ def test_token_lifecycle_plain_output(redis_server: RedisServer) -> None:
     assert "ci-1" in listed and token not in listed
     assert "revoked ci-1" in run_cli(redis_server.url, "token", "revoke", "ci-1").stdout
     assert redis_server.cli("KEYS", "*") == "extauthz:token-seq"  # the id counter only
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(redis_server: RedisServer) -> None:
+    # `extauthz token list | head -1`, and the same for export
+    pipe = redis.Redis.from_url(redis_server.url).pipeline()
+    for i in range(2000):  # more than a pipe's buffer of output
+        pipe.hset(f"extauthz:token-id:t{i}", "sha256", f"{i:064x}")
+        pipe.hset(f"extauthz:token:{i:064x}", mapping={"id": f"t{i}", "routes": "m"})
+        pipe.zadd("extauthz:token-ids", {f"t{i}": i + 1})
+    pipe.execute()
+    for command in (("token", "list"), ("token", "export")):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "extauthz", *command, "--redis-url", redis_server.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline()
+        proc.stdout.close()  # as head does
+        assert proc.wait(timeout=30) == 141  # 128 + SIGPIPE, as other commands exit
+        assert proc.stderr.read() == b""
