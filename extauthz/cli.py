@@ -311,6 +311,7 @@ def _cmd_token_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_token_import(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin import audit
     from extauthz.admin.token_files import plan_import, read_import_file
 
     store, now = _store(settings), time.time()
@@ -321,6 +322,9 @@ def _cmd_token_import(args: argparse.Namespace, settings: Settings) -> int:
         from extauthz.storage.token_index import TokenIndex
 
         TokenIndex(store).write_many(plan.items)
+        if plan.items:
+            counts = {a: plan.count(a) for a in ("create", "update", "replace")}
+            audit.record(store, None, "token.import", args.file, counts)
     print(plan.summary(args.dry_run))
     return 0
 
@@ -361,6 +365,28 @@ def _unconfirmed(done: str, servers: tuple[str, ...], settings: Settings) -> int
         "is down reads every token from Redis; check its logs)"
     )
     return EXIT_UNCONFIRMED
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+
+def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin import audit
+
+    if not 1 <= args.limit <= 10_000:
+        raise InvalidValue("limit", str(args.limit), "from 1 to 10000")
+    for event in audit.tail(_store(settings), args.limit):
+        if args.json:
+            print(json.dumps(event))
+            continue
+        detail = json.dumps(event["detail"], sort_keys=True)
+        print(
+            _shown(
+                f"{_when(event['time'], '-')} {event['actor']} {event['action']} "
+                f"{event['target'] or '-'} {detail}"
+            )
+        )
+    return 0
 
 
 # --- check ----------------------------------------------------------------------------------
@@ -550,6 +576,11 @@ def _parser() -> argparse.ArgumentParser:
     sync.set_defaults(func=_cmd_sync)
 
     _add_token_parsers(sub)
+
+    audit = _command(sub, "audit", "the latest changes: who changed what, when")
+    audit.add_argument("--limit", type=int, default=50, help="this many events (default 50)")
+    audit.add_argument("--json", action="store_true", help="JSON Lines")
+    audit.set_defaults(func=_cmd_audit)
 
     check = _command(sub, "check", "what-if: decide one request offline")
     check.add_argument("--route", required=True)

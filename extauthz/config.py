@@ -22,7 +22,7 @@ ENV_PREFIX = "EXTAUTHZ_"
 MAX_CONFIG_BYTES = 1 << 20
 
 
-REDIS = ("serve", "sync", "token", "check", "health")  # every command that reaches Redis
+REDIS = ("serve", "sync", "token", "check", "health", "audit")  # every command reaching Redis
 SERVE = ("serve", "up")  # `up` passes these to the stack's server...
 STACK_OWNED = ("serve",)  # ...but sets these itself (where it listens, its TLS files)
 TLS = ("serve", "health")

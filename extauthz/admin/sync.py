@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from extauthz.admin import audit
 from extauthz.core.credentials import token_hash
 from extauthz.core.policy import PolicyDocument, PolicySnapshot, RoutePolicy, SecretSpec
 from extauthz.core.token_record import TokenRecord
@@ -96,6 +97,7 @@ def sync(
     prune: bool = False,
     dry_run: bool = False,
     env: Mapping[str, str] | None = None,
+    actor: str | None = None,
 ) -> SyncResult:
     """Publish `doc` as the next policy version (unless nothing changed or dry_run)."""
     secrets = resolve_secrets(doc, env)
@@ -107,7 +109,21 @@ def sync(
         return snapshot if result.changed and not dry_run else None
 
     store.update_policy(plan)
-    return results[-1]
+    result = results[-1]
+    if result.changed and not dry_run:
+        routes = {
+            "added": result.added,
+            "changed": result.changed_routes,
+            "removed": result.removed,
+        }
+        secrets_detail = {
+            "added": result.secrets_added,
+            "changed": result.secrets_changed,
+            "removed": result.secrets_removed,
+        }
+        detail = {"file": doc.file, "routes": routes, "secrets": secrets_detail}
+        audit.record(store, actor, "policy.sync", f"version {result.version}", detail)
+    return result
 
 
 def _plan(

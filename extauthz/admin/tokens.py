@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from extauthz.admin import audit
 from extauthz.core.credentials import (
     MAX_NAME_LENGTH,
     ROUTE_NAME,
@@ -165,6 +166,7 @@ def create(
     now: float = 0,
     token_id: str | None = None,
     rate_limit: RateLimit | None = None,
+    actor: str | None = None,
 ) -> IssuedToken:
     """Mint a token for `routes` (or `*`) with `scopes`, expiring after ttl (or the routes'
     max_token_ttl; else never)."""
@@ -185,7 +187,19 @@ def create(
     )
     token = new_token()
     TokenIndex(store).add(token_hash(token), record)
+    audit.record(store, actor, "token.create", token_id, _described(record), now)
     return IssuedToken(token, record, warnings=life.warnings())
+
+
+def _described(record: TokenRecord) -> dict[str, Any]:
+    """A record for the audit log (names and times: never a secret or a hash)."""
+    return {
+        "routes": sorted(record.routes),
+        "scopes": sorted(record.scopes),
+        "name": record.name,
+        "expires_at": record.expires_at,
+        "rate_limit": str(record.rate_limit) if record.rate_limit else None,
+    }
 
 
 def show(store: Store, token_id: str) -> TokenRecord:
@@ -218,6 +232,7 @@ def update(
     rate_limit: RateLimit | str | None = "keep",
     now: float = 0,
     confirm: float = 0,
+    actor: str | None = None,
 ) -> Updated:
     """Change a token's record (not its secret); every server drops its cached copy.
     `rate_limit`: a RateLimit, None (remove it) or "keep"."""
@@ -249,6 +264,7 @@ def update(
         )
 
     new, unconfirmed = TokenIndex(store).update(token_id, change, confirm)
+    audit.record(store, actor, "token.update", token_id, _described(new), now)
     warnings = lives[-1].warnings() if route_set is not None and lives else ()
     return Updated(new, tuple(unconfirmed), warnings)
 
@@ -269,6 +285,7 @@ def rotate(
     confirm: float = 0,
     grace_seconds: int | None = None,
     now: float = 0,
+    actor: str | None = None,
 ) -> IssuedToken:
     """A new secret for the same id and record. The old secret stops at once, or after
     `grace_seconds` (confirmed by every live server within `confirm` s, as for `revoke`)."""
@@ -287,16 +304,18 @@ def rotate(
         grace_until = math.ceil(now + grace_seconds)
     token = new_token()
     record, unconfirmed = index.rotate(token_id, token_hash(token), grace_until, confirm)
+    audit.record(store, actor, "token.rotate", token_id, {"grace_until": grace_until}, now)
     return IssuedToken(token, record, tuple(unconfirmed))
 
 
-def revoke(store: Store, token_id: str, confirm: float = 0) -> Revoked:
+def revoke(store: Store, token_id: str, confirm: float = 0, actor: str | None = None) -> Revoked:
     """Delete the token (and a secret of it still in rotation grace).
 
     With `confirm` > 0, return only once every live server has confirmed that it dropped
     them from its cache, or after `confirm` seconds (those that did not are named).
     """
     count, unconfirmed = TokenIndex(store).revoke(token_id, confirm)
+    audit.record(store, actor, "token.revoke", token_id, {"secrets": count})
     return Revoked(count, tuple(unconfirmed))
 
 
@@ -323,6 +342,10 @@ def _date(day: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
 
 
-def reindex(store: Store) -> Reindexed:
+def reindex(store: Store, actor: str | None = None) -> Reindexed:
     """Index the tokens made by hand; drop entries whose token is gone."""
-    return TokenIndex(store).reindex()
+    result = TokenIndex(store).reindex()
+    if result.added or result.removed:
+        detail = {"added": result.added, "removed": result.removed}
+        audit.record(store, actor, "token.reindex", "", detail)
+    return result

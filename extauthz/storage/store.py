@@ -12,6 +12,8 @@ Data model (documented in the README, "Redis data model"):
     {prefix}usage:<YYYY-MM-DD>                HASH  a:<token id>, r:<token id>: allowed and
                                                     rate-limited requests that UTC day
     {prefix}usage:last-used                   ZSET  token id → unix seconds of its last use
+    {prefix}audit                             STREAM changes: time, actor, action, target,
+                                                    detail (capped, ~100 000 events)
     {prefix}servers                           SET   server ids (the CLI drops those whose key
                                                     expired: it finds live servers without SCAN)
 
@@ -131,6 +133,18 @@ class Store:
             pipe.expireat(key, int(expire_at))
             total, _ = pipe.execute()
         return int(total)
+
+    # --- audit ----------------------------------------------------------------------------
+
+    def append_audit(self, event: dict[str, str], max_events: int) -> None:
+        """XADD to `{prefix}audit`, trimmed to about `max_events`."""
+        with self.redis_errors():
+            self.client.xadd(f"{self.prefix}audit", event, maxlen=max_events, approximate=True)
+
+    def read_audit(self, limit: int) -> list[tuple[str, dict[str, str]]]:
+        """The newest `limit` events, newest first."""
+        with self.redis_errors():
+            return list(self.client.xrevrange(f"{self.prefix}audit", count=limit))
 
     # --- usage ----------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,19 @@ def test_token_lifecycle_plain_output(redis_server: RedisServer) -> None:
     listed = run_cli(redis_server.url, "token", "list").stdout
     assert "ci-1" in listed and token not in listed
     assert "revoked ci-1" in run_cli(redis_server.url, "token", "revoke", "ci-1").stdout
-    assert redis_server.cli("KEYS", "*") == "extauthz:token-seq"  # the id counter only
+    # the id counter and the audit log only
+    assert sorted(redis_server.cli("KEYS", "*").split()) == ["extauthz:audit", "extauthz:token-seq"]
+    events = [
+        json.loads(line)
+        for line in run_cli(redis_server.url, "audit", "--json").stdout.splitlines()
+    ]
+    assert [(e["action"], e["target"]) for e in events] == [
+        ("token.create", "ci-1"),
+        ("token.revoke", "ci-1"),
+    ]
+    assert events[0]["actor"].startswith("cli:") and token not in json.dumps(events)
+    plain = run_cli(redis_server.url, "audit").stdout
+    assert "token.revoke ci-1" in plain
 
 
 def test_a_reader_that_stops_early_gets_no_traceback(redis_server: RedisServer) -> None:

@@ -82,6 +82,7 @@ def test_the_cli_is_generated_from_the_settings(f: Any) -> None:
         argv = {
             "serve": ["serve"],
             "up": ["up"],
+            "audit": ["audit"],
             "sync": ["sync", "p.yaml"],
             "token": ["token", "list"],
             "check": ["check", "--route", "r"],
