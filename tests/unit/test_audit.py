@@ -18,10 +18,11 @@ NOW = time.time()
 
 
 def test_every_change_is_recorded_with_its_actor(store: Store, tmp_path: Path) -> None:
+    now = time.time()  # (the grace below is real time: fakeredis expires keys by the clock)
     sync(store, parse_policy("version: 1\nroutes:\n  m: {access: protected}\n"), actor="ci")
-    issued = tokens.create(store, ["m"], ["inference"], token_id="t1", name="bot", now=NOW)
-    tokens.update(store, "t1", scopes=["management"], now=NOW, actor="admin-token-7")
-    rotated = tokens.rotate(store, "t1", grace_seconds=60, now=NOW)
+    issued = tokens.create(store, ["m"], ["inference"], token_id="t1", name="bot", now=now)
+    tokens.update(store, "t1", scopes=["management"], now=now, actor="admin-token-7")
+    rotated = tokens.rotate(store, "t1", grace_seconds=60, now=now)
     tokens.revoke(store, "t1")
     sync(store, parse_policy("version: 1\nroutes:\n  m: {access: protected}\n"))  # no change
     events = audit.tail(store, 10)
