@@ -367,6 +367,28 @@ def _unconfirmed(done: str, servers: tuple[str, ...], settings: Settings) -> int
     return EXIT_UNCONFIRMED
 
 
+# --- admin ----------------------------------------------------------------------------------
+
+
+def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from extauthz.admin.api import create_app
+    from extauthz.config import split_address
+    from extauthz.runtime.auth_failures import FailureLimiter
+
+    _setup_logging(settings)
+    failures = (
+        FailureLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
+        if settings.auth_failure_burst > 0
+        else None
+    )
+    host, port = split_address(settings.admin_listen)
+    app = create_app(_store(settings), failures)
+    uvicorn.run(app, host=host or "127.0.0.1", port=port, log_level="warning")
+    return 0
+
+
 # --- audit ----------------------------------------------------------------------------------
 
 
@@ -576,6 +598,8 @@ def _parser() -> argparse.ArgumentParser:
     sync.set_defaults(func=_cmd_sync)
 
     _add_token_parsers(sub)
+
+    _command(sub, "admin", "run the management API (JSON under /v1/)").set_defaults(func=_cmd_admin)
 
     audit = _command(sub, "audit", "the latest changes: who changed what, when")
     audit.add_argument("--limit", type=int, default=50, help="this many events (default 50)")

@@ -22,7 +22,8 @@ ENV_PREFIX = "EXTAUTHZ_"
 MAX_CONFIG_BYTES = 1 << 20
 
 
-REDIS = ("serve", "sync", "token", "check", "health", "audit")  # every command reaching Redis
+# every command reaching Redis
+REDIS = ("serve", "sync", "token", "check", "health", "audit", "admin")
 SERVE = ("serve", "up")  # `up` passes these to the stack's server...
 STACK_OWNED = ("serve",)  # ...but sets these itself (where it listens, its TLS files)
 TLS = ("serve", "health")
@@ -98,10 +99,18 @@ class Settings:
         10.0, "at most one unknown-kid JWKS refetch per key source this often (seconds)"
     )
     auth_failure_rate: float = setting(
-        5.0, "failed authentications per second per client address, after the burst"
+        5.0,
+        "failed authentications per second per client address, after the burst",
+        (*SERVE, "admin"),
     )
     auth_failure_burst: int = setting(
-        50, "failed authentications a client address may make at once; 0: no limit", zero_ok=True
+        50,
+        "failed authentications a client address may make at once; 0: no limit",
+        (*SERVE, "admin"),
+        zero_ok=True,
+    )
+    admin_listen: str = setting(
+        "127.0.0.1:9080", "host:port of the management API", ("admin",), address=True
     )
     rate_limit_on_error: str = setting(
         "deny",

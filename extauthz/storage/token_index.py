@@ -191,6 +191,28 @@ class TokenIndex:
             if len(page) < PAGE:
                 return
 
+    def page(
+        self, after: float | None, count: int, route: str | None = None
+    ) -> tuple[list[TokenRecord | MalformedRecord], float | None]:
+        """One page for an API: up to `count` entries after creation position `after`
+        (`route`: only tokens that grant it, so a page may hold fewer), and the position
+        the next page starts after (None: this was the last)."""
+        with self.store.redis_errors():
+            entries = self.client.zrangebyscore(
+                self.ids_key,
+                "-inf" if after is None else f"({after!r}",
+                "+inf",
+                start=0,
+                num=count,
+                withscores=True,
+            )
+        records = [
+            record
+            for _, _, record in self._records([token_id for token_id, _ in entries])
+            if not (isinstance(record, TokenRecord) and route and not record.grants_route(route))
+        ]
+        return records, (entries[-1][1] if len(entries) == count else None)
+
     def _records(self, ids: list[str]) -> Iterator[tuple[str, str, TokenRecord | MalformedRecord]]:
         with self.store.redis_errors():
             pipe = self.client.pipeline(transaction=False)

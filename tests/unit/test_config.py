@@ -83,6 +83,7 @@ def test_the_cli_is_generated_from_the_settings(f: Any) -> None:
             "serve": ["serve"],
             "up": ["up"],
             "audit": ["audit"],
+            "admin": ["admin"],
             "sync": ["sync", "p.yaml"],
             "token": ["token", "list"],
             "check": ["check", "--route", "r"],

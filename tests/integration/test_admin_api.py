@@ -1,0 +1,197 @@
+"""The management API over real HTTP against a real redis-server (and a real extauthz
+server for what its changes do to requests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from extauthz.dev.ports import free_port, port_open
+from tests.support.check import CheckClient
+from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, stop, wait_for
+
+pytestmark = pytest.mark.redis
+
+POLICY = """
+version: 1
+routes:
+  a: {access: protected}
+  b: {access: protected}
+  c: {access: protected}
+  capped: {access: protected, max_token_ttl: 1h}
+"""
+
+
+class Api:
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: Any = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, Any]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        headers = {"content-type": "application/json"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                text = resp.read().decode()
+                return resp.status, json.loads(text) if text else None
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read().decode() or "null")
+
+
+def _token(url: str, *args: str) -> dict[str, Any]:
+    created: dict[str, Any] = json.loads(run_cli(url, "token", "create", *args, "--json").stdout)
+    return created
+
+
+@pytest.fixture
+def api(redis_server: RedisServer, tmp_path: Path) -> Iterator[Api]:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    run_cli(redis_server.url, "sync", str(policy))
+    port = free_port()
+    with open(tmp_path / "admin.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "extauthz", "admin", "--redis-url", redis_server.url,
+             "--admin-listen", f"127.0.0.1:{port}", "--auth-failure-burst", "0"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: port_open(port) or proc.poll() is not None, 20, "extauthz admin")
+        assert proc.poll() is None, (tmp_path / "admin.log").read_text()
+        yield Api(port)
+    finally:
+        stop(proc)
+
+
+def test_who_may_do_what(api: Api, redis_server: RedisServer) -> None:
+    url = redis_server.url
+    admin = _token(url, "--route", "*", "--scope", "admin")["token"]
+    manager = _token(url, "--route", "a", "--route", "b", "--scope", "tokens:manage")["token"]
+    plain = _token(url, "--route", "a", "--scope", "inference")["token"]
+    outside = _token(url, "--route", "c", "--id", "outside")
+    for token, status in (
+        (None, 401),
+        ("eat_nope", 401),
+        (plain, 403),
+        (admin, 200),
+        (manager, 200),
+    ):
+        code, body = api.call("GET", "/v1/tokens", token)
+        assert code == status, (token, body)
+        if status != 200:
+            assert set(body) == {"error", "message"}
+    # tokens:manage: inside its routes only, never granting admin
+    code, made = api.call("POST", "/v1/tokens", manager, {"routes": ["a"], "scopes": ["inference"]})
+    assert code == 201 and made["token"].startswith("eat_")
+    assert api.call("POST", "/v1/tokens", manager, {"routes": ["c"]})[0] == 403
+    assert api.call("POST", "/v1/tokens", manager, {"routes": ["*"]})[0] == 403
+    assert api.call("POST", "/v1/tokens", manager, {"routes": ["a"], "scopes": ["admin"]})[0] == 403
+    assert api.call("GET", f"/v1/tokens/{outside['id']}", manager)[0] == 404
+    assert api.call("DELETE", f"/v1/tokens/{outside['id']}", manager)[0] == 404
+    listed = [t["id"] for t in api.call("GET", "/v1/tokens", manager)[1]["tokens"]]
+    assert made["id"] in listed and outside["id"] not in listed
+    assert api.call("GET", "/v1/audit", manager)[0] == 403
+    # admin: everything
+    assert api.call("GET", f"/v1/tokens/{outside['id']}", admin)[0] == 200
+    events = api.call("GET", "/v1/audit", admin)[1]["events"]
+    created = [e for e in events if e["action"] == "token.create" and e["target"] == made["id"]]
+    assert created and created[0]["actor"].startswith("tok_")  # the manager token's id
+    assert made["token"] not in json.dumps(events)
+
+
+def test_a_token_made_by_the_api_works_at_once_and_stops_when_deleted(
+    api: Api, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url
+    admin = _token(url, "--route", "*", "--scope", "admin")["token"]
+    with extauthz_serve(url, tmp_path / "s.log", "--auth-failure-burst", "0") as (port, _):
+        client = CheckClient(port)
+        code, made = api.call("POST", "/v1/tokens", admin, {"routes": ["a"], "name": "nb"})
+        assert code == 201
+        bearer = f"Bearer {made['token']}"
+        assert client.status("a", bearer) == 200 and client.status("b", bearer) == 403
+        code, rotated = api.call("POST", f"/v1/tokens/{made['id']}/rotate", admin, {"grace": "1h"})
+        assert code == 200 and client.status("a", f"Bearer {rotated['token']}") == 200
+        code, changed = api.call("PATCH", f"/v1/tokens/{made['id']}", admin, {"routes": ["b"]})
+        assert code == 200 and changed["routes"] == ["b"]
+        assert client.status("b", bearer) == 200 and client.status("a", bearer) == 403
+        usage = api.call("GET", f"/v1/tokens/{made['id']}/usage?days=3", admin)
+        assert usage[0] == 200 and len(usage[1]["days"]) == 3
+        assert api.call("DELETE", f"/v1/tokens/{made['id']}", admin)[0] == 204
+        wait_for(lambda: client.status("b", bearer) == 401, 1.0, "deleted")
+        assert client.status("b", f"Bearer {rotated['token']}") == 401
+        assert api.call("GET", f"/v1/tokens/{made['id']}", admin)[0] == 404
+        client.close()
+
+
+def test_bad_input_is_400_with_the_field_and_writes_nothing(
+    api: Api, redis_server: RedisServer
+) -> None:
+    url = redis_server.url
+    admin = _token(url, "--route", "*", "--scope", "admin")["token"]
+    before = redis_server.cli("DEBUG", "DIGEST")
+    cases: list[tuple[Any, bytes | None, str]] = [
+        ({"routes": ["a"], "extra": 1}, None, "extra"),
+        ({"routes": "a"}, None, "routes"),
+        ({"routes": []}, None, "routes"),
+        ({"routes": ["a b"]}, None, "route"),
+        ({"routes": ["a"], "ttl": "soon"}, None, "ttl"),
+        ({"routes": ["capped"], "ttl": "2h"}, None, "ttl"),
+        ({"routes": ["capped"], "rate_limit": "lots"}, None, "rate_limit"),
+        ({"routes": ["a"], "name": "x" * 300}, None, "name"),
+        (None, b"{not json", ""),
+        (None, b"[" * 10_000, ""),
+        (None, b'{"routes": ["a"], "name": "' + b"x" * 70_000 + b'"}', "body larger"),
+    ]
+    for body, raw, field in cases:
+        code, reply = api.call("POST", "/v1/tokens", admin, body, raw)
+        assert code == 400, (body, raw and raw[:40], reply)
+        assert reply["error"] == "invalid_request" and field in reply["message"], reply
+    assert redis_server.cli("DEBUG", "DIGEST") == before
+    policy = api.call("GET", "/v1/policy", admin)[1]
+    assert sorted(policy["routes"]) == ["a", "b", "c", "capped"]
+    with urllib.request.urlopen(api.base + "/openapi.json", timeout=5) as resp:
+        spec = json.loads(resp.read())
+    assert "/v1/tokens/{token_id}/rotate" in spec["paths"]
+
+
+def test_failed_authentications_are_limited_per_address(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    run_cli(
+        redis_server.url,
+        "sync",
+        str(REPO / "examples/policy.yaml"),
+        env={"DENSENET161_SECRET": "x" * 16},
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "extauthz", "admin", "--redis-url", redis_server.url,
+         "--admin-listen", f"127.0.0.1:{port}", "--auth-failure-burst", "3",
+         "--auth-failure-rate", "0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: port_open(port), 20, "extauthz admin")
+        api = Api(port)
+        statuses = [api.call("GET", "/v1/tokens", "eat_guess")[0] for _ in range(6)]
+        assert statuses[:3] == [401, 401, 401] and statuses[-1] == 429
+    finally:
+        stop(proc)
