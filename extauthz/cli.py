@@ -152,22 +152,9 @@ def _shown(text: str) -> str:
     return text if text.isprintable() else ascii(text)[1:-1]
 
 
-def _record_json(record: Any) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "name": record.name,
-        "routes": sorted(record.routes),
-        "scopes": sorted(record.scopes),
-        "created_at": record.created_at,
-        "expires_at": record.expires_at,
-        "rate_limit": str(record.rate_limit) if record.rate_limit else None,
-        "last_used": record.last_used,
-    }
-
-
 def _print_issued(issued: Any, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({**_record_json(issued.record), "token": issued.token}))
+        print(json.dumps({**issued.record.to_json(), "token": issued.token}))
         return
     record = issued.record
     print(f"id:      {_shown(record.id)}")
@@ -213,9 +200,7 @@ def _cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
     for digest, record in rows:
         if args.json:
             fields = (
-                {"error": str(record)}
-                if isinstance(record, MalformedRecord)
-                else _record_json(record)
+                {"error": str(record)} if isinstance(record, MalformedRecord) else record.to_json()
             )
             print(json.dumps({"hash": digest, **fields}))
         elif isinstance(record, MalformedRecord):
@@ -230,7 +215,7 @@ def _cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_record(record: Any, as_json: bool) -> None:
-    data = _record_json(record)
+    data = record.to_json()
     if as_json:
         print(json.dumps(data))
         return

@@ -90,20 +90,6 @@ class Rotation(_Strict):
     grace: str | None = Field(default=None, max_length=16, description="e.g. 10m")
 
 
-def record_json(record: TokenRecord) -> dict[str, Any]:
-    """A token's record as the API shows it (never a secret, never a hash)."""
-    return {
-        "id": record.id,
-        "name": record.name,
-        "routes": sorted(record.routes),
-        "scopes": sorted(record.scopes),
-        "created_at": record.created_at,
-        "expires_at": record.expires_at,
-        "rate_limit": str(record.rate_limit) if record.rate_limit else None,
-        "last_used": record.last_used,
-    }
-
-
 def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
     """The API on `store`; `failures` limits failed authentications per client address."""
     app = FastAPI(
@@ -165,9 +151,7 @@ def _routes(app: FastAPI, store: Store) -> None:
     ) -> dict[str, Any]:
         records, next_cursor = TokenIndex(store).page(cursor, limit, route)
         shown = [
-            record_json(r)
-            for r in records
-            if isinstance(r, TokenRecord) and who.may_manage(r.routes)
+            r.to_json() for r in records if isinstance(r, TokenRecord) and who.may_manage(r.routes)
         ]
         return {"tokens": shown, "next_cursor": next_cursor}
 
@@ -185,11 +169,11 @@ def _routes(app: FastAPI, store: Store) -> None:
             rate_limit=tokens.parse_rate_limit(body.rate_limit) if body.rate_limit else None,
             actor=who.id,
         )
-        return {**record_json(issued.record), "token": issued.token, "warnings": issued.warnings}
+        return {**issued.record.to_json(), "token": issued.token, "warnings": issued.warnings}
 
     @app.get("/v1/tokens/{token_id}")
     def get_token(who: Who, token_id: str) -> dict[str, Any]:
-        return record_json(owned(who, token_id))
+        return owned(who, token_id).to_json()
 
     @app.patch("/v1/tokens/{token_id}")
     def update_token(who: Who, token_id: str, body: TokenChange) -> dict[str, Any]:
@@ -210,7 +194,7 @@ def _routes(app: FastAPI, store: Store) -> None:
             confirm=2.0,
             actor=who.id,
         )
-        return record_json(updated.record)
+        return updated.record.to_json()
 
     @app.delete("/v1/tokens/{token_id}", status_code=204)
     def revoke_token(who: Who, token_id: str) -> Response:
@@ -223,7 +207,7 @@ def _routes(app: FastAPI, store: Store) -> None:
         owned(who, token_id)
         grace = tokens.parse_ttl(body.grace, "grace") if body and body.grace else None
         issued = tokens.rotate(store, token_id, 2.0, grace, time.time(), actor=who.id)
-        return {**record_json(issued.record), "token": issued.token}
+        return {**issued.record.to_json(), "token": issued.token}
 
     @app.get("/v1/tokens/{token_id}/usage")
     def token_usage(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from extauthz.core.credentials import MAX_NAME_LENGTH
 from extauthz.core.rate_limit import RateLimit
@@ -48,6 +49,20 @@ class TokenRecord:
         """The first moment the token no longer works (inf: never)."""
         until = float("inf") if self.expires_at is None else float(self.expires_at)
         return until if self.lapses_at is None else min(until, self.lapses_at)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the CLI and the management API show it (never the secret, never
+        its hash)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "routes": sorted(self.routes),
+            "scopes": sorted(self.scopes),
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "rate_limit": str(self.rate_limit) if self.rate_limit else None,
+            "last_used": self.last_used,
+        }
 
     def to_fields(self) -> dict[str, str]:
         """The Redis hash fields, as documented in the README."""
