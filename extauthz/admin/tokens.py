@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import secrets
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,7 +28,7 @@ from extauthz.core.policy import PolicySnapshot, RoutePolicy
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import InvalidValue, MalformedRecord
-from extauthz.storage.store import Store
+from extauthz.storage.store import Store, utc_date
 from extauthz.storage.token_index import Reindexed, TokenIndex
 
 MAX_TTL_SECONDS = MAX_SECONDS
@@ -243,12 +242,10 @@ def update(
     if ttl_seconds is not None and no_expiry:
         raise InvalidValue("no-expiry", "", "give --ttl or --no-expiry, not both")
     policy = store.load_policy()
-    lives: list[Lifetime] = []
 
     def change(record: TokenRecord) -> TokenRecord:
         new_routes = route_set if route_set is not None else record.routes
         life = Lifetime.of(new_routes, policy)
-        lives.append(life)
         if no_expiry:
             life.check("no-expiry", "", None, now)
             expires = None
@@ -265,7 +262,7 @@ def update(
 
     new, unconfirmed = TokenIndex(store).update(token_id, change, confirm)
     audit.record(store, actor, "token.update", token_id, _described(new), now)
-    warnings = lives[-1].warnings() if route_set is not None and lives else ()
+    warnings = Lifetime.of(route_set, policy).warnings() if route_set is not None else ()
     return Updated(new, tuple(unconfirmed), warnings)
 
 
@@ -332,14 +329,10 @@ def usage(store: Store, token_id: str, days: int, now: float) -> dict[str, Any]:
         "id": token_id,
         "last_used": last,
         "days": [
-            {"date": _date(day), "allowed": allowed, "rate_limited": limited}
+            {"date": utc_date(day), "allowed": allowed, "rate_limited": limited}
             for day, allowed, limited in rows
         ],
     }
-
-
-def _date(day: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
 
 
 def reindex(store: Store, actor: str | None = None) -> Reindexed:

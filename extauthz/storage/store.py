@@ -72,6 +72,11 @@ def open_store(url: str, prefix: str, timeout: float) -> Store:
     return Store(connect(url, timeout), key_prefix(url, prefix, DEFAULT_PREFIX))
 
 
+def utc_date(day: int) -> str:
+    """`YYYY-MM-DD` of a UTC day given as days since the epoch (usage keys and reports)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyVersion:
     version: int
@@ -150,7 +155,7 @@ class Store:
 
     def usage_key(self, day: int) -> str:
         """The hash of one UTC day (days since the epoch): fields a:<id>, r:<id>."""
-        return f"{self.prefix}usage:{time.strftime('%Y-%m-%d', time.gmtime(day * 86400))}"
+        return f"{self.prefix}usage:{utc_date(day)}"
 
     @property
     def last_used_key(self) -> str:
