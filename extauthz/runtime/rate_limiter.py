@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from extauthz.core.bounded import ENTRY_OVERHEAD, BoundedDict
@@ -50,18 +48,11 @@ class _Lease:
 class RateLimiter:
     """Admits allows that carry rate limits, or turns them into 429s (or 503s)."""
 
-    def __init__(
-        self,
-        store: Store,
-        on_error: str = "deny",
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, store: Store, on_error: str = "deny") -> None:
         self.store = store
         self.allow_on_error = on_error == "allow"
-        self.clock = clock
         self._leases: BoundedDict[str, _Lease] = BoundedDict(MAX_COUNTERS, MAX_COUNTER_BYTES)
         self._lock = threading.Lock()
-        self.leases_taken = 0  # Redis calls made (for tests and bench)
 
     def admit(self, decision: Decision, now: float) -> Decision:
         """`decision` (an allow with limits) if every counter gives a permit; else the 429
@@ -110,7 +101,6 @@ class RateLimiter:
             return _FAILED
         granted = max(0, min(wanted, limit.count - (total - wanted)))
         with self._lock:
-            self.leases_taken += 1
             lease.left += granted
             lease.exhausted = total >= limit.count
             if lease.refilled_at:

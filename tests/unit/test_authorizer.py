@@ -135,7 +135,7 @@ def test_what_may_be_reused() -> None:
 
 def test_a_remembered_allow_still_takes_a_permit(world: Any, store: Store) -> None:
     auth, _, clock, calls = world
-    auth.limiter = RateLimiter(store, clock=clock)
+    auth.limiter = RateLimiter(store)
     auth.usage = UsageMeter(store, clock=clock)
     issued = tokens.create(store, ["m"], now=clock.now, rate_limit=RateLimit(3, "m"))
     tok = issued.token
