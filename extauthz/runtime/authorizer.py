@@ -86,13 +86,14 @@ class Authorizer:
     def decide(self, facts: RequestFacts, request_id: str = "") -> Decision:
         """Decide one request; `request_id` (Envoy's x-request-id) goes into its log line."""
         started = time.perf_counter()
-        decision = auth_disabled(facts) if self.disable_auth else self._decide(facts)
+        now = self.clock()
+        decision = auth_disabled(facts) if self.disable_auth else self._decide(facts, now)
         if decision.limits and self.limiter is not None:  # every time, also when remembered
-            decision = self.limiter.admit(decision, self.clock())
+            decision = self.limiter.admit(decision, now)
         if decision.token_id is not None and self.usage is not None:
             allowed = decision.outcome is Outcome.ALLOW
             if allowed or decision.reason == "rate_limited":
-                self.usage.count(decision.token_id, allowed, self.clock())
+                self.usage.count(decision.token_id, allowed, now)
         failures = self.failures
         if failures is not None and decision.status == 401 and decision.reason != "no_credential":
             failures.failed(facts.source_address)
@@ -158,13 +159,12 @@ class Authorizer:
                 extra={"fields": {"suppressed": dropped}},
             )
 
-    def _decide(self, facts: RequestFacts) -> Decision:
+    def _decide(self, facts: RequestFacts, now: float) -> Decision:
         """decide(), remembered: a repeated request (same token, route and headers) reuses
         the decision while the policy snapshot is the same object, the token cache's epoch
         has not moved (no invalidation, still trusted) and the decision's own time is not up.
         """
         snapshot = self.snapshot
-        now = self.clock()
         lookup = self.lookup
         if self.failures is not None:
             wait = self.failures.retry_after(facts.source_address)
