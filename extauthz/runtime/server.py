@@ -84,11 +84,9 @@ class Server:
         settings: Settings,
         reuse_port: bool = False,
         check: CheckHandler | None = None,
-        worker_index: int = 0,
     ) -> None:
         """`check` replaces the Check handler (bench/ measures an empty one)."""
         self.settings = settings
-        self.worker_index = worker_index
         self.store = open_store(settings.redis_url, settings.key_prefix, settings.redis_timeout)
         self.redis = RedisHealth()  # one view of Redis: cache trust, health, metrics
         self.jwks = JwksCache(refresh=settings.jwks_refresh, min_refetch=settings.jwks_min_refetch)
@@ -273,9 +271,9 @@ class Server:
         log.info("stopped")
 
 
-def serve(settings: Settings, reuse_port: bool = False, worker_index: int = 0) -> None:
+def serve(settings: Settings, reuse_port: bool = False) -> None:
     """Run a server in the foreground until SIGTERM or SIGINT."""
-    server = Server(settings, reuse_port, worker_index=worker_index)
+    server = Server(settings, reuse_port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signo, _frame: server.request_stop())
     server.start()

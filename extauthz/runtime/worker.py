@@ -1,5 +1,6 @@
 """One worker of `extauthz serve --workers N`, started by the supervisor:
-`python -m extauthz.runtime.worker INDEX`, with the Settings as JSON on standard input."""
+`python -m extauthz.runtime.worker INDEX` (the index names it in `ps`), with its Settings,
+its own metrics address included, as JSON on standard input."""
 
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ from extauthz.runtime.server import serve
 
 
 def main() -> int:
-    index = int(sys.argv[1])
-    settings = Settings(**json.load(sys.stdin))
+    settings = Settings(**json.load(sys.stdin))  # (its own metrics address included)
     logs.setup(settings.log_format, settings.log_level)
-    serve(settings, reuse_port=True, worker_index=index)
+    serve(settings, reuse_port=True)
     return 0
 
 
