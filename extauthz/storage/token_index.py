@@ -216,9 +216,7 @@ class TokenIndex:
     def _records(self, ids: list[str]) -> Iterator[tuple[str, str, TokenRecord | MalformedRecord]]:
         with self.store.redis_errors():
             pipe = self.client.pipeline(transaction=False)
-            for token_id in ids:
-                pipe.hget(self.id_key(token_id), "sha256")
-            digests = pipe.execute()
+            digests = self._current(pipe, ids)
             for digest in digests:
                 pipe.hgetall(self.store.token_key(digest or ""))
             pipe.zmscore(self.store.last_used_key, ids)
@@ -227,11 +225,14 @@ class TokenIndex:
             used = [None] * len(ids)
         gone: list[str] = []
         for token_id, digest, fields, last in zip(ids, digests, records, used, strict=True):
+            if not digest:  # no entry (any more)
+                gone.append(token_id)
+                continue
             if isinstance(fields, Exception):
                 yield token_id, digest, MalformedRecord(f"token key {digest[:12]}…: {fields}")
                 continue
             try:
-                record = TokenRecord.from_fields(fields) if digest and fields else None
+                record = TokenRecord.from_fields(fields) if fields else None
             except MalformedRecord as e:
                 yield token_id, digest, e
                 continue
@@ -251,9 +252,7 @@ class TokenIndex:
         ids = list(ids)
         with self.store.redis_errors():
             pipe = self.client.pipeline(transaction=False)
-            for token_id in ids:
-                pipe.hget(self.id_key(token_id), "sha256")
-            digests = pipe.execute()
+            digests = self._current(pipe, ids)
             for digest in digests:
                 pipe.exists(self.store.token_key(digest or ""))
             alive = pipe.execute()
@@ -365,6 +364,13 @@ class TokenIndex:
         result.added += len(todo)
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _current(self, pipe: Any, ids: list[str]) -> list[str | None]:
+        """The current hash the index holds for each id (one round trip on `pipe`)."""
+        for token_id in ids:
+            pipe.hget(self.id_key(token_id), "sha256")
+        digests: list[str | None] = pipe.execute()
+        return digests
 
     def _read(self, conn: Any, token_id: str) -> IndexedToken | None:
         """The entry and its records, read on `conn` (a client, or a pipeline that WATCHes
