@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,65 +33,66 @@ def _create(url: str, *args: str) -> dict[str, str]:
     return created
 
 
+@pytest.fixture
+def client(redis_server: RedisServer, tmp_path: Path) -> Iterator[CheckClient]:
+    """A running server on the example policy, ready, and a Check client for it."""
+    _sync(redis_server.url)
+    with extauthz_serve(redis_server.url, tmp_path / "s.log") as (port, _):
+        check = CheckClient(port)
+        wait_for(lambda: check.status("healthz") == 200, 5, "server ready")
+        yield check
+        check.close()
+
+
 def test_rotate_with_grace_both_sides_of_the_boundary(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, client: CheckClient
 ) -> None:
     url = redis_server.url
-    _sync(url)
-    with extauthz_serve(url, tmp_path / "s.log") as (port, _):
-        client = CheckClient(port)
-        wait_for(lambda: client.status("healthz") == 200, 5, "server ready")
-        tok = _create(url, "--route", "deployment-a", "--ttl", "1h", "--id", "graced")
-        old = f"Bearer {tok['token']}"
-        wait_for(lambda: client.status("deployment-a", old) == 200, 2, "token allowed")
-        started = time.time()
-        rotated = json.loads(
-            run_cli(url, "token", "rotate", "graced", "--grace", "3s", "--json").stdout
-        )
-        # the grace ends where the command set it: 3 s after it ran, rounded up
-        grace_end = int(
-            redis_server.cli("HGET", f"extauthz:token:{token_hash(tok['token'])}", "expires_at")
-        )
-        assert math.ceil(started + 3) <= grace_end <= math.ceil(time.time() + 3)
-        new = f"Bearer {rotated['token']}"
-        assert client.status("deployment-a", new) == 200  # at once
-        # the old secret: allowed until the grace ends (cached and read afresh alike)...
-        while time.time() < grace_end - 0.3:
-            assert client.status("deployment-a", old) == 200
-            time.sleep(0.05)
-        # ...refused from the end on (within the 1 s bound), while the new one still works
-        wait_for(lambda: client.status("deployment-a", old) == 401, 1.3, "grace over")
-        assert time.time() >= grace_end - 0.3
-        assert client.status("deployment-a", new) == 200
-        shown = json.loads(run_cli(url, "token", "show", "graced", "--json").stdout)
-        assert shown["expires_at"] == tok["expires_at"]  # the record lives on, with the new secret
-        client.close()
+    tok = _create(url, "--route", "deployment-a", "--ttl", "1h", "--id", "graced")
+    old = f"Bearer {tok['token']}"
+    wait_for(lambda: client.status("deployment-a", old) == 200, 2, "token allowed")
+    started = time.time()
+    rotated = json.loads(
+        run_cli(url, "token", "rotate", "graced", "--grace", "3s", "--json").stdout
+    )
+    # the grace ends where the command set it: 3 s after it ran, rounded up
+    grace_end = int(
+        redis_server.cli("HGET", f"extauthz:token:{token_hash(tok['token'])}", "expires_at")
+    )
+    assert math.ceil(started + 3) <= grace_end <= math.ceil(time.time() + 3)
+    new = f"Bearer {rotated['token']}"
+    assert client.status("deployment-a", new) == 200  # at once
+    # the old secret: allowed until the grace ends (cached and read afresh alike)...
+    while time.time() < grace_end - 0.3:
+        assert client.status("deployment-a", old) == 200
+        time.sleep(0.05)
+    # ...refused from the end on (within the 1 s bound), while the new one still works
+    wait_for(lambda: client.status("deployment-a", old) == 401, 1.3, "grace over")
+    assert time.time() >= grace_end - 0.3
+    assert client.status("deployment-a", new) == 200
+    shown = json.loads(run_cli(url, "token", "show", "graced", "--json").stdout)
+    assert shown["expires_at"] == tok["expires_at"]  # the record lives on, with the new secret
 
 
 def test_rotate_without_grace_and_update_are_live_when_the_command_returns(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, client: CheckClient
 ) -> None:
     url = redis_server.url
-    _sync(url)
-    with extauthz_serve(url, tmp_path / "s.log") as (port, _):
-        client = CheckClient(port)
-        wait_for(lambda: client.status("healthz") == 200, 5, "server ready")
-        wait_for(lambda: redis_server.cli("SCARD", "extauthz:servers") == "1", 5, "registered")
-        tok = _create(url, "--route", "deployment-a", "--id", "moving")
-        bearer = f"Bearer {tok['token']}"
-        wait_for(lambda: client.status("deployment-a", bearer) == 200, 2, "token allowed")
-        assert client.status("deployment-b", bearer) == 403
-        updated = run_cli(url, "token", "update", "moving", "--route", "deployment-b", "--json")
-        assert json.loads(updated.stdout)["routes"] == ["deployment-b"]
-        # the command returned after every live server confirmed: no wait needed
-        assert client.status("deployment-a", bearer) == 403
-        assert client.status("deployment-b", bearer) == 200
-        new = json.loads(run_cli(url, "token", "rotate", "moving", "--json").stdout)["token"]
-        assert client.status("deployment-b", bearer) == 401
-        assert client.status("deployment-b", f"Bearer {new}") == 200
-        run_cli(url, "token", "revoke", "moving")
-        assert client.status("deployment-b", f"Bearer {new}") == 401
-        client.close()
+    wait_for(lambda: redis_server.cli("SCARD", "extauthz:servers") == "1", 5, "registered")
+    tok = _create(url, "--route", "deployment-a", "--id", "moving")
+    bearer = f"Bearer {tok['token']}"
+    wait_for(lambda: client.status("deployment-a", bearer) == 200, 2, "token allowed")
+    assert client.status("deployment-b", bearer) == 403
+    updated = run_cli(url, "token", "update", "moving", "--route", "deployment-b", "--json")
+    assert json.loads(updated.stdout)["routes"] == ["deployment-b"]
+    # the command returned after every live server confirmed: no wait needed
+    assert client.status("deployment-a", bearer) == 403
+    assert client.status("deployment-b", bearer) == 200
+    new = json.loads(run_cli(url, "token", "rotate", "moving", "--json").stdout)["token"]
+    assert client.status("deployment-b", bearer) == 401
+    assert client.status("deployment-b", f"Bearer {new}") == 200
+    run_cli(url, "token", "revoke", "moving")
+    assert client.status("deployment-b", f"Bearer {new}") == 401
 
 
 def test_torchserve_keys_migrate_with_the_readme_commands(
