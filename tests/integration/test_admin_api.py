@@ -157,6 +157,9 @@ def test_bad_input_is_400_with_the_field_and_writes_nothing(
         ({"routes": ["capped"], "rate_limit": "lots"}, None, "rate_limit"),
         ({"routes": ["a"], "name": "x" * 300}, None, "name"),
         (None, b"{not json", ""),
+        (None, b'{"routes": ["a\xff"]}', ""),  # not UTF-8
+        ({"routes": ["a"], "name": "bad\x1b[2J"}, None, "name"),
+        ({"routes": ["a"], "ttl": "9" * 15 + "d"}, None, "ttl"),
         (None, b"[" * 10_000, ""),
         (None, b'{"routes": ["a"], "name": "' + b"x" * 70_000 + b'"}', "body larger"),
     ]

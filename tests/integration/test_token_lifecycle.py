@@ -159,6 +159,10 @@ def test_bad_input_is_one_line_and_changes_nothing(
         (("token", "update", "nobody", "--name", "x"), "extauthz token reindex"),
         (("token", "list", "--limit", "-1"), "invalid --limit '-1'"),
         (("token", "create", "--route", "deployment-a", "--id", "short"), "already exists"),
+        (("token", "create", "--route", "deployment-a", "--rate-limit", "9" * 20 + "/s"), "N/UNIT"),
+        (("token", "usage", "short", "--days", "0"), "invalid --days '0'"),
+        (("token", "usage", "short", "--days", "99999999999"), "invalid --days"),
+        (("audit", "--limit", "0"), "invalid --limit '0'"),
     ]
     for args, fragment in cases:
         result = run_cli(url, *args, check=False)
