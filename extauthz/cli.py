@@ -359,7 +359,7 @@ def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from extauthz.admin.api import create_app
-    from extauthz.config import split_address
+    from extauthz.config import split_address, split_networks
     from extauthz.runtime.auth_failures import FailureLimiter
 
     _setup_logging(settings)
@@ -370,7 +370,17 @@ def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
     )
     host, port = split_address(settings.admin_listen)
     app = create_app(_store(settings), failures)
-    uvicorn.run(app, host=host or "127.0.0.1", port=port, log_level="warning")
+    proxies = split_networks(settings.admin_trusted_proxies)
+    uvicorn.run(
+        app,
+        host=host or "127.0.0.1",
+        port=port,
+        log_level="warning",
+        # X-Forwarded-For is read only from the proxies named (uvicorn would trust 127.0.0.1)
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or [],
+        server_header=False,
+    )
     return 0
 
 

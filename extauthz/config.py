@@ -5,6 +5,7 @@ The config file is YAML whose keys are the settings' names (`redis_url:`, `liste
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -39,10 +40,12 @@ def setting(
     maximum: float | None = None,
     secret: bool = False,
     address: bool = False,
+    networks: bool = False,
 ) -> Any:
     """A Settings field: its default, its help text, the commands that take it as a flag
     (`--name-with-dashes`), and what values are allowed (`address`: host:port, empty only
-    when `zero_ok`). The CLI is generated from these."""
+    when `zero_ok`; `networks`: comma-separated IP addresses or CIDR networks). The CLI is
+    generated from these."""
     metadata = {
         "help": help,
         "commands": commands,
@@ -50,6 +53,7 @@ def setting(
         "zero_ok": zero_ok,
         "maximum": maximum,
         "address": address,
+        "networks": networks,
     }
     return field(default=default, repr=not secret, metadata=metadata)
 
@@ -111,6 +115,13 @@ class Settings:
     )
     admin_listen: str = setting(
         "127.0.0.1:9080", "host:port of the management API", ("admin",), address=True
+    )
+    admin_trusted_proxies: str = setting(
+        "",
+        "proxies (Envoy) whose X-Forwarded-For names the client of the management API: "
+        "comma-separated addresses or networks; empty: none",
+        ("admin",),
+        networks=True,
     )
     rate_limit_on_error: str = setting(
         "deny",
@@ -233,7 +244,23 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             split_address(value)
         except ValueError as e:
             raise ConfigError(f"{source}: {e}") from None
+    if meta["networks"]:
+        try:
+            split_networks(value)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
     return value
+
+
+def split_networks(text: str) -> list[str]:
+    """`10.0.0.5, 172.30.0.0/16, ::1` as a list; ValueError names the first bad item."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"expected IP addresses or networks, got {item!r}") from None
+    return items
 
 
 def split_address(text: str) -> tuple[str, int]:

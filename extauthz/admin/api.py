@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -40,6 +41,26 @@ from extauthz.storage.token_index import TokenIndex
 ADMIN = "admin"
 MANAGER = "tokens:manage"
 MAX_BODY_BYTES = 64 << 10
+
+# The console is three files served from this package; the page may load only those, talk
+# only to this origin, and be framed by nobody.
+CONSOLE_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/console.js": ("console.js", "text/javascript; charset=utf-8"),
+    "/console.css": ("console.css", "text/css; charset=utf-8"),
+}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
 
 
 class ApiError(Exception):
@@ -121,7 +142,20 @@ def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
 
     app.state.authenticate = caller
     _routes(app, store)
+    _console(app)
     return app
+
+
+def _console(app: FastAPI) -> None:
+    """The web console at `/`: static files, no build step, nothing from other hosts."""
+    folder = resources.files("extauthz.admin") / "console"
+    for path, (name, media_type) in CONSOLE_FILES.items():
+        body = (folder / name).read_bytes()
+
+        def serve(body: bytes = body, media_type: str = media_type) -> Response:
+            return Response(body, media_type=media_type)
+
+        app.add_api_route(path, serve, methods=["GET"], include_in_schema=False)
 
 
 def _authenticated(request: Request) -> Caller:
@@ -252,8 +286,13 @@ def _errors(app: FastAPI) -> None:
     ) -> Response:
         length = request.headers.get("content-length", "0")
         if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            return reply(400, "invalid_request", f"body larger than {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
+            response: Response = reply(
+                400, "invalid_request", f"body larger than {MAX_BODY_BYTES} bytes"
+            )
+        else:
+            response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:

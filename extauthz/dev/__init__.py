@@ -2,4 +2,4 @@
 the Envoy configuration generator."""
 
 DEFAULT_BASE_PORT = 10000  # `extauthz up` listens on loopback ports from here...
-PORTS_USED = 8  # ...to DEFAULT_BASE_PORT + 7 (see stack.py)
+PORTS_USED = 10  # ...to DEFAULT_BASE_PORT + 9 (see stack.py)

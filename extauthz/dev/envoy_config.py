@@ -1,7 +1,8 @@
 """Envoy bootstrap configuration: one generator for docker-compose, the local stack and tests.
 
 Two listeners share one route table: the external one, and an internal one whose routes
-add the context extension `network: internal` (private routes answer there). Every route
+add the context extension `network: internal` (private routes answer there). A third one
+serves the management console and API (`extauthz admin`). Every route
 names its policy through `context_extensions: {route: NAME}`; the catch-all route names
 none, so extauthz answers 404 for it (fail closed).
 
@@ -41,6 +42,8 @@ class EnvoyPorts:
     extauthz: Endpoint
     model_http: Endpoint
     model_grpc: Endpoint
+    console: Endpoint  # the management console and API (`extauthz admin`), own listener
+    admin_api: Endpoint  # where `extauthz admin` listens
 
 
 # (match, route policy name or None, cluster). Order matters: first match wins.
@@ -64,6 +67,9 @@ COMPOSE = EnvoyPorts(
     extauthz=Endpoint("extauthz", 9001),
     model_http=Endpoint("model", 8000),
     model_grpc=Endpoint("model", 8001),
+    # published on 127.0.0.1 only by docker-compose.yml
+    console=Endpoint("0.0.0.0", 8082),  # noqa: S104
+    admin_api=Endpoint("admin", 9080),
 )
 
 
@@ -240,10 +246,6 @@ ACCESS_LOG_METADATA = ("subject", "route", "scopes", "token_name")
 
 
 def _listener(name: str, ep: Endpoint, network: str | None) -> dict[str, Any]:
-    router = {
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": T + "extensions.filters.http.router.v3.Router"},
-    }
     manager = {
         "@type": T + HCM,
         "stat_prefix": name,
@@ -253,9 +255,53 @@ def _listener(name: str, ep: Endpoint, network: str | None) -> dict[str, Any]:
             "name": name,
             "virtual_hosts": [{"name": "models", "domains": ["*"], "routes": _routes(network)}],
         },
-        "http_filters": [ext_authz_filter(), router],
+        "http_filters": [ext_authz_filter(), _router()],
         "access_log": access_log(),
     }
+    return _with_manager(name, ep, manager)
+
+
+def _console_listener(ep: Endpoint) -> dict[str, Any]:
+    """The management console and API on a listener of their own, without ext_authz: the
+    API checks the Bearer token of every /v1/ call itself (ext_authz would remove that
+    header, and a browser cannot send one for the page itself). Envoy appends the client's
+    address to X-Forwarded-For, which `extauthz admin --admin-trusted-proxies` reads for
+    its per-client limit on failed authentications."""
+    manager = {
+        "@type": T + HCM,
+        "stat_prefix": "console",
+        "codec_type": "AUTO",
+        **copy.deepcopy(EDGE_PROTECTIONS),
+        "use_remote_address": True,  # X-Forwarded-For ends with the real client address
+        "route_config": {
+            "name": "console",
+            "virtual_hosts": [
+                {
+                    "name": "console",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {"cluster": "admin_api", "timeout": "10s"},
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [_router()],
+        "access_log": access_log(),
+    }
+    return _with_manager("console", ep, manager)
+
+
+def _router() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": T + "extensions.filters.http.router.v3.Router"},
+    }
+
+
+def _with_manager(name: str, ep: Endpoint, manager: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
         "address": _address(ep),
@@ -280,6 +326,7 @@ def bootstrap(ports: EnvoyPorts, authz_tls: ClientTls | None = None) -> dict[str
             "listeners": [
                 _listener("external", ports.external, None),
                 _listener("internal", ports.internal, "internal"),
+                _console_listener(ports.console),
             ],
             "clusters": [
                 _cluster(
@@ -294,6 +341,7 @@ def bootstrap(ports: EnvoyPorts, authz_tls: ClientTls | None = None) -> dict[str
                 ),
                 _cluster("model_http", ports.model_http, http2=False),
                 _cluster("model_grpc", ports.model_grpc, http2=True),
+                _cluster("admin_api", ports.admin_api, http2=False),
             ],
         },
     }
@@ -320,6 +368,8 @@ def loopback_ports(base: int) -> EnvoyPorts:
         extauthz=at(3),
         model_http=at(5),
         model_grpc=at(6),
+        console=at(8),
+        admin_api=at(9),
     )
 
 

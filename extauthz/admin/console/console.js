@@ -1,0 +1,461 @@
+// extauthz console: plain JavaScript over the management API (/v1/), no build step and
+// nothing from other hosts. The pasted token lives in sessionStorage and travels as an
+// Authorization header; there are no cookies, so there is nothing for CSRF to ride on.
+// Every value from the API reaches the page through textContent, never as HTML.
+"use strict";
+
+const KEY = "extauthz.token";
+const $ = (id) => document.getElementById(id);
+const state = { cursor: null, tokens: [], usageId: null };
+
+// --- the API ---------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.message) || `HTTP ${status}`);
+    this.status = status;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${sessionStorage.getItem(KEY) || ""}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: "omit",
+    cache: "no-store",
+  });
+  const data = response.status === 204 ? null : await response.json().catch(() => null);
+  if (!response.ok) {
+    if (response.status === 401 && sessionStorage.getItem(KEY)) {
+      signOut("Your token was refused (expired or revoked?). Sign in again.");
+    }
+    throw new ApiError(response.status, data);
+  }
+  return data;
+}
+
+// --- small helpers ---------------------------------------------------------------------
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function svg(tag, attrs = {}, text) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+const splitList = (text) => text.split(/[\s,]+/).filter(Boolean);
+const utc = (seconds) => new Date(seconds * 1000).toISOString().slice(0, 16).replace("T", " ");
+
+function ago(seconds) {
+  const delta = Date.now() / 1000 - seconds;
+  if (delta < 60) return "just now";
+  if (delta < 3600) return `${Math.floor(delta / 60)} min ago`;
+  if (delta < 86400) return `${Math.floor(delta / 3600)} h ago`;
+  return `${Math.floor(delta / 86400)} d ago`;
+}
+
+function until(seconds) {
+  const delta = seconds - Date.now() / 1000;
+  if (delta <= 0) return "expired";
+  if (delta < 3600) return `in ${Math.ceil(delta / 60)} min`;
+  if (delta < 86400 * 2) return `in ${Math.round(delta / 3600)} h`;
+  return `in ${Math.round(delta / 86400)} d`;
+}
+
+function tags(values, strong) {
+  const cell = el("td");
+  for (const value of values) {
+    cell.append(el("span", { class: strong.has(value) ? "tag strong" : "tag", text: value }));
+  }
+  return cell;
+}
+
+function openDialog(id) {
+  const dialog = $(id);
+  for (const error of dialog.querySelectorAll(".error")) error.textContent = "";
+  dialog.showModal();
+}
+
+// --- signing in and out ------------------------------------------------------------------
+
+async function signIn(token) {
+  sessionStorage.setItem(KEY, token);
+  try {
+    await api("GET", "/v1/tokens?limit=1");
+  } catch (e) {
+    sessionStorage.removeItem(KEY);
+    const why = e.status === 401 ? "This token is not valid." : e.message;
+    $("login-error").textContent = why;
+    return;
+  }
+  showApp();
+}
+
+function showApp() {
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("session").hidden = false;
+  $("session-label").textContent = "Signed in";
+  $("login-token").value = "";
+  $("main").focus();
+  loadTokens(true);
+  loadAudit();
+}
+
+function signOut(message = "") {
+  sessionStorage.removeItem(KEY);
+  for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
+  $("app").hidden = true;
+  $("session").hidden = true;
+  $("usage").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message;
+  $("tokens-body").replaceChildren();
+  $("audit-body").replaceChildren();
+  $("notice").textContent = "";
+  $("login-token").focus();
+}
+
+// --- tokens --------------------------------------------------------------------------------
+
+async function loadTokens(fresh) {
+  if (fresh) {
+    state.cursor = null;
+    state.tokens = [];
+  }
+  const params = new URLSearchParams({ limit: "100" });
+  const route = $("filter-route").value.trim();
+  if (route) params.set("route", route);
+  if (state.cursor !== null) params.set("cursor", String(state.cursor));
+  $("tokens-status").textContent = "Loading…";
+  try {
+    const page = await api("GET", `/v1/tokens?${params}`);
+    state.tokens.push(...page.tokens);
+    state.cursor = page.next_cursor;
+  } catch (e) {
+    $("tokens-status").textContent = e.message;
+    return;
+  }
+  renderTokens();
+}
+
+function renderTokens() {
+  const needle = $("filter-text").value.trim().toLowerCase();
+  const shown = state.tokens.filter((t) =>
+    !needle ||
+    [t.id, t.name, ...t.routes, ...t.scopes].some((v) => v.toLowerCase().includes(needle)),
+  );
+  const rows = shown.map(tokenRow);
+  if (rows.length === 0) {
+    rows.push(el("tr", {}, el("td", { colspan: "7", class: "empty", text: "No tokens here." })));
+  }
+  $("tokens-body").replaceChildren(...rows);
+  const more = state.cursor !== null;
+  $("more").hidden = !more;
+  const count = `${shown.length} token${shown.length === 1 ? "" : "s"}`;
+  $("tokens-status").textContent = more ? `${count} shown; more to load.` : `${count}.`;
+}
+
+function tokenRow(t) {
+  const expires = t.expires_at === null ? el("td", { text: "never" })
+    : el("td", { title: `${utc(t.expires_at)} UTC`, text: until(t.expires_at) });
+  if (t.expires_at !== null && t.expires_at <= Date.now() / 1000) expires.className = "expired";
+  const used = t.last_used === null ? el("td", { class: "muted", text: "never" })
+    : el("td", { title: `${utc(t.last_used)} UTC`, text: ago(t.last_used) });
+  const row = el(
+    "tr",
+    { "data-id": t.id },
+    el("td", { text: t.name || "—" }),
+    el("td", { class: "id", text: t.id }),
+    tags(t.routes, new Set(["*"])),
+    tags(t.scopes, new Set(["admin", "tokens:manage"])),
+    expires,
+    used,
+    el(
+      "td",
+      { class: "actions" },
+      el("button", {
+        type: "button", class: "small", text: "Usage", "aria-label": `Usage of ${t.id}`,
+        onclick: () => showUsage(t.id),
+      }),
+      el("button", {
+        type: "button", class: "small", text: "Rotate", "aria-label": `Rotate ${t.id}`,
+        onclick: () => startRotate(t.id),
+      }),
+      el("button", {
+        type: "button", class: "small", text: "Revoke", "aria-label": `Revoke ${t.id}`,
+        onclick: () => startRevoke(t.id),
+      }),
+    ),
+  );
+  if (t.id === state.usageId) row.classList.add("selected");
+  return row;
+}
+
+async function createToken(event) {
+  event.preventDefault();
+  const body = {
+    name: $("create-name").value.trim(),
+    routes: splitList($("create-routes").value),
+    scopes: splitList($("create-scopes").value),
+  };
+  const ttl = $("create-ttl").value.trim();
+  const rate = $("create-rate").value.trim();
+  if (ttl) body.ttl = ttl;
+  if (rate) body.rate_limit = rate;
+  try {
+    const made = await api("POST", "/v1/tokens", body);
+    $("create-dialog").close();
+    $("create-form").reset();
+    $("notice").textContent = `Created ${made.id}.`;
+    showSecret("Token created", made.id, made.token);
+  } catch (e) {
+    $("create-error").textContent = e.message;
+    return;
+  }
+  refresh();
+}
+
+function startRotate(id) {
+  $("rotate-id").textContent = id;
+  $("rotate-form").dataset.id = id;
+  openDialog("rotate-dialog");
+}
+
+async function rotateToken(event) {
+  event.preventDefault();
+  const id = $("rotate-form").dataset.id;
+  const grace = $("rotate-grace").value.trim();
+  try {
+    const made = await api("POST", `/v1/tokens/${encodeURIComponent(id)}/rotate`,
+      grace ? { grace } : {});
+    $("rotate-dialog").close();
+    $("notice").textContent = `Rotated ${made.id}.`;
+    showSecret("Token rotated", made.id, made.token);
+  } catch (e) {
+    $("rotate-error").textContent = e.message;
+    return;
+  }
+  refresh();
+}
+
+function startRevoke(id) {
+  $("revoke-id").textContent = id;
+  $("revoke-form").dataset.id = id;
+  openDialog("revoke-dialog");
+}
+
+async function revokeToken(event) {
+  event.preventDefault();
+  const id = $("revoke-form").dataset.id;
+  try {
+    await api("DELETE", `/v1/tokens/${encodeURIComponent(id)}`);
+  } catch (e) {
+    $("revoke-error").textContent = e.message;
+    return;
+  }
+  $("revoke-dialog").close();
+  if (state.usageId === id) $("usage").hidden = true;
+  $("notice").textContent = `Revoked ${id}.`;
+  refresh();
+}
+
+function refresh() {
+  loadTokens(true);
+  loadAudit();
+}
+
+// --- the secret, shown once ----------------------------------------------------------------
+
+function showSecret(title, id, secret) {
+  $("secret-title").textContent = title;
+  $("secret-id").textContent = id;
+  $("secret-value").value = secret;
+  $("secret-copied").textContent = "";
+  $("secret-dialog").showModal();
+  $("secret-copy").focus();
+}
+
+async function copySecret() {
+  const input = $("secret-value");
+  let copied = false;
+  try {
+    const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error("timeout")), 1000));
+    await Promise.race([navigator.clipboard.writeText(input.value), timeout]);
+    copied = true;
+  } catch {
+    input.focus();
+    input.select();
+    try {
+      copied = document.execCommand("copy");
+    } catch {
+      copied = false;
+    }
+  }
+  $("secret-copied").textContent = copied
+    ? "Copied to the clipboard."
+    : "The browser refused the clipboard: the secret is selected, press Ctrl+C.";
+}
+
+// --- usage ---------------------------------------------------------------------------------
+
+async function showUsage(id) {
+  state.usageId = id;
+  const days = $("usage-days").value;
+  $("usage").hidden = false;
+  $("usage-title").textContent = `Usage of ${id}`;
+  $("usage-summary").textContent = "Loading…";
+  for (const row of $("tokens-body").rows) {
+    row.classList.toggle("selected", row.dataset.id === id);
+  }
+  let usage;
+  try {
+    usage = await api("GET", `/v1/tokens/${encodeURIComponent(id)}/usage?days=${days}`);
+  } catch (e) {
+    $("usage-summary").textContent = e.message;
+    $("usage-chart").replaceChildren();
+    return;
+  }
+  const allowed = usage.days.reduce((n, d) => n + d.allowed, 0);
+  const limited = usage.days.reduce((n, d) => n + d.rate_limited, 0);
+  const last = usage.last_used === null ? "never used" : `last used ${ago(usage.last_used)}`;
+  $("usage-summary").textContent =
+    `${allowed} allowed, ${limited} rate-limited in the last ${usage.days.length} days; ${last}.`;
+  $("usage-chart").replaceChildren(chart(usage.days), legend());
+  $("usage").scrollIntoView({ block: "nearest" });
+}
+
+function chart(days) {
+  const width = 720, height = 190, left = 44, bottom = 22, top = 10;
+  const plot = height - bottom - top;
+  const peak = Math.max(1, ...days.map((d) => d.allowed + d.rate_limited));
+  const step = (width - left) / days.length;
+  const bar = Math.max(4, step * 0.65);
+  const root = svg("svg", {
+    viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": `Requests per day, the highest ${peak}`,
+  });
+  root.append(svg("line", { class: "axis", x1: left, x2: width, y1: top + plot, y2: top + plot }));
+  root.append(svg("text", { x: left - 6, y: top + 8, "text-anchor": "end" }, String(peak)));
+  root.append(svg("text", { x: left - 6, y: top + plot, "text-anchor": "end" }, "0"));
+  const every = days.length > 14 ? 5 : 1;
+  days.forEach((d, i) => {
+    const x = left + i * step + (step - bar) / 2;
+    const hAllowed = (d.allowed / peak) * plot;
+    const hLimited = (d.rate_limited / peak) * plot;
+    const group = svg("g", { class: "day" });
+    group.append(svg("title", {}, `${d.date}: ${d.allowed} allowed, ${d.rate_limited} rate-limited`));
+    group.append(svg("rect", {
+      class: "bar-allowed", x, width: bar, y: top + plot - hAllowed, height: hAllowed,
+    }));
+    group.append(svg("rect", {
+      class: "bar-limited", x, width: bar, y: top + plot - hAllowed - hLimited, height: hLimited,
+    }));
+    root.append(group);
+    if (i % every === 0 || i === days.length - 1) {
+      root.append(svg("text", {
+        x: x + bar / 2, y: height - 6, "text-anchor": "middle",
+      }, d.date.slice(5)));
+    }
+  });
+  return root;
+}
+
+function legend() {
+  return el(
+    "div",
+    { class: "legend" },
+    el("span", {}, el("span", { class: "swatch allowed" }), "allowed"),
+    el("span", {}, el("span", { class: "swatch limited" }), "rate-limited"),
+  );
+}
+
+// --- audit ---------------------------------------------------------------------------------
+
+async function loadAudit() {
+  let events;
+  try {
+    events = (await api("GET", "/v1/audit?limit=50")).events;
+  } catch (e) {
+    $("audit-status").textContent = e.status === 403
+      ? "The audit log is shown to admin tokens only." : e.message;
+    $("audit-body").replaceChildren();
+    return;
+  }
+  $("audit-status").textContent = events.length ? `The newest ${events.length} events.` : "";
+  const rows = events.reverse().map((e) => el(
+    "tr",
+    {},
+    el("td", { text: utc(e.time) }),
+    el("td", { class: "id", text: e.actor }),
+    el("td", { text: e.action }),
+    el("td", { class: "id", text: e.target }),
+    el("td", { class: "mono", text: JSON.stringify(e.detail) }),
+  ));
+  if (rows.length === 0) {
+    rows.push(el("tr", {}, el("td", { colspan: "5", class: "empty", text: "No events yet." })));
+  }
+  $("audit-body").replaceChildren(...rows);
+}
+
+// --- wiring ----------------------------------------------------------------------------------
+
+function typing(target) {
+  return target instanceof HTMLInputElement || target instanceof HTMLSelectElement ||
+    target instanceof HTMLTextAreaElement;
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    $("login-error").textContent = "";
+    const token = $("login-token").value.trim();
+    if (token) signIn(token);
+  });
+  $("sign-out").addEventListener("click", () => signOut());
+  $("new-token").addEventListener("click", () => openDialog("create-dialog"));
+  $("filter-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadTokens(true);
+  });
+  $("filter-text").addEventListener("input", renderTokens);
+  $("more").addEventListener("click", () => loadTokens(false));
+  $("audit-refresh").addEventListener("click", loadAudit);
+  $("usage-days").addEventListener("change", () => state.usageId && showUsage(state.usageId));
+  $("create-form").addEventListener("submit", createToken);
+  $("rotate-form").addEventListener("submit", rotateToken);
+  $("revoke-form").addEventListener("submit", revokeToken);
+  $("secret-copy").addEventListener("click", copySecret);
+  $("secret-dialog").addEventListener("close", () => { $("secret-value").value = ""; });
+  for (const button of document.querySelectorAll("[data-close]")) {
+    button.addEventListener("click", () => button.closest("dialog").close());
+  }
+  document.addEventListener("keydown", (event) => {
+    if ($("app").hidden || document.querySelector("dialog[open]") || typing(event.target)) return;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.key === "/") {
+      event.preventDefault();
+      $("filter-text").focus();
+    } else if (event.key === "n") {
+      event.preventDefault();
+      openDialog("create-dialog");
+    }
+  });
+  if (sessionStorage.getItem(KEY)) showApp();
+  else $("login-token").focus();
+});

@@ -1,0 +1,337 @@
+"""The management console and API behind the real Envoy of the local stack, and the console
+driven in a real headless browser (Debian's chromium and chromedriver, through Selenium;
+nothing is downloaded at run time)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from extauthz.admin import tokens
+from extauthz.config import Settings
+from extauthz.core.credentials import token_hash
+from extauthz.dev.stack import Stack, free_base_port
+from tests.support.procs import REPO, require_binary
+
+pytestmark = [pytest.mark.redis, pytest.mark.envoy]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+FAILURE_BURST = 12
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_binary("redis-server")
+    require_binary("envoy")
+    s = Stack(
+        free_base_port(),
+        tmp_path_factory.mktemp("stack"),
+        REPO / "examples/policy.yaml",
+        # usage reaches Redis twice a second, so the console's chart shows it at once
+        settings=Settings(usage_flush=0.5, auth_failure_burst=FAILURE_BURST, auth_failure_rate=0.1),
+    )
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def request(
+    port: int,
+    path: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    source: str = "127.0.0.1",
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request from the loopback address `source` (127.0.0.0/8 is all ours)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def admin_token(stack: Stack) -> str:
+    return tokens.create(stack.store(), ["*"], ["admin"], name="test admin", now=time.time()).token
+
+
+def model_status(stack: Stack, token: str) -> int:
+    return request(stack.ports.external.port, "/predictions/densenet161", "POST", bearer(token))[0]
+
+
+def test_console_and_api_behind_envoy(stack: Stack) -> None:
+    port = stack.ports.console.port
+    status, headers, page = request(port, "/")
+    assert status == 200 and b"extauthz console" in page
+    csp = headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp and "unsafe" not in csp
+    assert headers["x-content-type-options"] == "nosniff"
+    assert "set-cookie" not in headers
+    for asset, kind in (("/console.js", "text/javascript"), ("/console.css", "text/css")):
+        status, headers, _ = request(port, asset)
+        assert status == 200 and headers["content-type"].startswith(kind)
+    # nothing in the page comes from another host, and nothing runs inline
+    html = page.decode()
+    assert "http://" not in html and "https://" not in html and "<style" not in html
+    assert "<script>" not in html and " style=" not in html and "onclick" not in html
+    # the API through Envoy: 401 anonymous, a token made there works through Envoy at once
+    assert request(port, "/v1/tokens")[0] == 401
+    admin = admin_token(stack)
+    body = json.dumps({"routes": ["densenet161"], "scopes": ["inference"]}).encode()
+    status, _, made = request(
+        port, "/v1/tokens", "POST", {**bearer(admin), "Content-Type": "application/json"}, body
+    )
+    assert status == 201
+    secret = json.loads(made)["token"]
+    assert model_status(stack, secret) == 200
+    token_id = json.loads(made)["id"]
+    assert request(port, f"/v1/tokens/{token_id}", "DELETE", bearer(admin))[0] == 204
+    assert model_status(stack, secret) == 401
+
+
+def test_failed_logins_are_limited_per_client_behind_envoy(stack: Stack) -> None:
+    """Envoy names the client in X-Forwarded-For and the admin trusts only Envoy for it: one
+    client's failures do not lock out another, and a client cannot name somebody else."""
+    port = stack.ports.console.port
+
+    def attempt(source: str, spoof: str | None = None) -> int:
+        headers = bearer("eat_wrong")
+        if spoof is not None:
+            headers["X-Forwarded-For"] = spoof
+        return request(port, "/v1/tokens", headers=headers, source=source)[0]
+
+    codes = [attempt("127.0.0.2") for _ in range(FAILURE_BURST + 3)]
+    assert codes[:FAILURE_BURST] == [401] * FAILURE_BURST and codes[-1] == 429
+    assert attempt("127.0.0.2", spoof="203.0.113.9") == 429  # naming another client: no
+    assert attempt("127.0.0.3") == 401  # another client: unaffected
+    admin = admin_token(stack)
+    assert request(port, "/v1/tokens", headers=bearer(admin), source="127.0.0.4")[0] == 200
+
+
+# --- the console in a real browser --------------------------------------------------------
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    for binary in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(binary, os.X_OK):
+            message = f"{binary} missing (apt-get install chromium chromium-driver; CI does)"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--window-size=1360,1000", f"--user-data-dir={tmp_path / 'c'}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(tmp_path / "c", ignore_errors=True)
+
+
+class Page:
+    """The console as a user sees it: find, type, click, wait."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+
+    def __call__(self, css: str) -> Any:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.CSS_SELECTOR, css)
+
+    def wait(self, check: Any, what: str, timeout: float = 10) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                value = check()
+            except Exception:
+                value = None
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; page: {self('body').text[:2000]}")
+
+    def text(self, css: str) -> str:
+        return str(self(css).text)
+
+    def row(self, token_id: str) -> Any:
+        return self(f'#tokens-body tr[data-id="{token_id}"]')
+
+    def type(self, css: str, text: str) -> None:
+        field = self(css)
+        field.clear()
+        field.send_keys(text)
+
+
+def test_console_login_create_copy_rotate_revoke(
+    stack: Stack, browser: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    page = Page(browser)
+    console = stack.console_url
+    browser.execute_cdp_cmd(
+        "Browser.grantPermissions",
+        {
+            "origin": console.rstrip("/"),
+            "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"],
+        },
+    )
+    browser.get(console)
+    # a bad token: told so, still signed out, nothing kept
+    page.type("#login-token", "eat_not_a_real_token" + Keys.ENTER)
+    page.wait(lambda: "not valid" in page.text("#login-error"), "the login error")
+    assert browser.execute_script("return sessionStorage.length") == 0
+    # the admin token: signed in, kept in sessionStorage only, no cookie
+    admin = admin_token(stack)
+    page.type("#login-token", admin + Keys.ENTER)
+    page.wait(lambda: page("#app").is_displayed(), "the signed-in console")
+    assert browser.execute_script("return sessionStorage.getItem('extauthz.token')") == admin
+    assert browser.get_cookies() == [] and browser.execute_script("return document.cookie") == ""
+    page.wait(lambda: "token" in page.text("#tokens-status"), "the token list")
+
+    # create, from the keyboard: n opens the dialog, Tab moves, Enter submits
+    page("body").send_keys("n")
+    page.wait(lambda: page("#create-dialog").is_displayed(), "the create dialog")
+    assert browser.switch_to.active_element == page("#create-name")
+    page("#create-name").send_keys(
+        "iris classifier", Keys.TAB, "densenet161", Keys.TAB, "inference"
+    )
+    page.type("#create-ttl", "7d")
+    page("#create-rate").send_keys("600/m", Keys.ENTER)
+    page.wait(lambda: page("#secret-dialog").is_displayed(), "the secret")
+    assert "you will not see it again" in page.text("#secret-warning")
+    secret = page("#secret-value").get_attribute("value")
+    token_id = page.text("#secret-id")
+    assert secret.startswith("eat_") and token_id
+    page("#secret-copy").click()
+    page.wait(lambda: "Copied" in page.text("#secret-copied"), "the copy confirmation")
+    copied = browser.execute_async_script(
+        "navigator.clipboard.readText().then(arguments[0], e => arguments[0]('error: ' + e))"
+    )
+    assert copied == secret
+    assert model_status(stack, secret) == 200  # through the real Envoy, at once
+    page("#secret-dialog [data-close]").click()
+    assert page("#secret-value").get_attribute("value") == ""  # not left in the page
+    page.wait(lambda: page.row(token_id), "the new row")
+    assert "iris classifier" in page.row(token_id).text and "600/m" not in secret
+
+    # usage: a few requests, then the chart
+    for _ in range(3):
+        assert model_status(stack, secret) == 200
+    time.sleep(1.2)  # usage reaches Redis every 0.5 s
+    page.row(token_id).find_element("css selector", "button[aria-label^='Usage']").click()
+    page.wait(lambda: "4 allowed" in page.text("#usage-summary"), "the usage summary")
+    bars = browser.find_elements("css selector", "#usage-chart svg g.day")
+    assert len(bars) == 14
+    assert "4 allowed" in bars[-1].find_element("css selector", "title").get_attribute(
+        "textContent"
+    )
+    screenshot = tmp_path / "console.png"
+    browser.save_screenshot(str(screenshot))
+    if os.environ.get("EXTAUTHZ_SCREENSHOT"):
+        shutil.copy(screenshot, os.environ["EXTAUTHZ_SCREENSHOT"])
+
+    # rotate with no grace: the old secret stops, the new one works
+    page.row(token_id).find_element("css selector", "button[aria-label^='Rotate']").click()
+    page.wait(lambda: page("#rotate-dialog").is_displayed(), "the rotate dialog")
+    page("#rotate-grace").clear()
+    page("#rotate-grace").send_keys(Keys.ENTER)
+    page.wait(lambda: page("#secret-dialog").is_displayed(), "the rotated secret")
+    rotated = page("#secret-value").get_attribute("value")
+    assert rotated.startswith("eat_") and rotated != secret
+    page("#secret-dialog").send_keys(Keys.ESCAPE)
+    assert model_status(stack, rotated) == 200
+    assert model_status(stack, secret) == 401
+
+    # revoke: asks first; Cancel keeps it, Revoke ends it
+    revoke = page.row(token_id).find_element("css selector", "button[aria-label^='Revoke']")
+    revoke.click()
+    page.wait(lambda: page("#revoke-dialog").is_displayed(), "the confirmation")
+    page("#revoke-dialog [data-close]").click()
+    assert model_status(stack, rotated) == 200
+    page.row(token_id).find_element("css selector", "button[aria-label^='Revoke']").click()
+    page.wait(lambda: page("#revoke-dialog").is_displayed(), "the confirmation")
+    page("#revoke-form button.danger").click()
+    page.wait(lambda: f"Revoked {token_id}" in page.text("#notice"), "the revocation")
+    assert model_status(stack, rotated) == 401
+    page.wait(lambda: not browser.find_elements("css selector", f'tr[data-id="{token_id}"]'), "row")
+
+    # the audit tail shows each action, by the admin token's id
+    page("#audit-refresh").click()
+    admin_id = stack.store().token_record(token_hash(admin)).id  # type: ignore[union-attr]
+
+    def audited() -> bool:
+        rows = [r.text for r in browser.find_elements("css selector", "#audit-body tr")]
+        actions = {a for a in ("token.create", "token.rotate", "token.revoke")
+                   if any(a in r and token_id in r and admin_id in r for r in rows)}  # fmt: skip
+        return len(actions) == 3
+
+    page.wait(audited, "the audit rows")
+    assert secret not in page.text("#audit-body") and rotated not in page.text("#audit-body")
+    # no script errors and no CSP violation (the bad login's 401 is the one network error)
+    log = browser.get_log("browser")
+    errors = [e for e in log if e["level"] == "SEVERE" and e["source"] != "network"]
+    assert [e for e in log if e["source"] == "network"] != []  # the log is read at all
+    assert errors == [], errors
+    # signing out forgets the token
+    page("#sign-out").click()
+    assert browser.execute_script("return sessionStorage.length") == 0
+    assert page("#login").is_displayed()
+
+
+def test_console_shows_names_as_text_never_markup(stack: Stack, browser: Any) -> None:
+    """A token name is user input: it reaches the page as text."""
+    store = stack.store()
+    hostile = '<img src=x onerror="window.pwned=1">'
+    tokens.create(store, ["deployment-a"], name=hostile, now=time.time())
+    page = Page(browser)
+    browser.get(stack.console_url)
+    page.type("#login-token", admin_token(stack) + "\n")
+    page.wait(lambda: hostile in page.text("#tokens-body"), "the hostile name, as text")
+    assert browser.execute_script("return window.pwned === undefined")
+    assert browser.find_elements("css selector", "#tokens-body img") == []
+
+
+def test_console_signs_out_when_its_token_is_revoked(stack: Stack, browser: Any) -> None:
+    admin = admin_token(stack)
+    page = Page(browser)
+    browser.get(stack.console_url)
+    page.type("#login-token", admin + "\n")
+    page.wait(lambda: page("#app").is_displayed(), "the signed-in console")
+    token_id = stack.store().token_record(token_hash(admin)).id  # type: ignore[union-attr]
+    tokens.revoke(stack.store(), token_id)
+    page("#audit-refresh").click()
+    page.wait(lambda: page("#login").is_displayed(), "the sign-in form")
+    assert "refused" in page.text("#login-error")
+    assert browser.execute_script("return sessionStorage.length") == 0
