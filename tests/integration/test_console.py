@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -86,8 +87,12 @@ def test_console_and_api_behind_envoy(stack: Stack) -> None:
     assert headers["x-content-type-options"] == "nosniff"
     assert "set-cookie" not in headers
     for asset, kind in (("/console.js", "text/javascript"), ("/console.css", "text/css")):
-        status, headers, _ = request(port, asset)
+        status, headers, text = request(port, asset)
         assert status == 200 and headers["content-type"].startswith(kind)
+        # no other host: the only URL in them is the SVG namespace, a name, not a fetch
+        urls = re.findall(rb"[a-z]+://[^\s\"')]+", text)
+        assert set(urls) <= {b"http://www.w3.org/2000/svg"}, urls
+        assert b"innerHTML" not in text and b"eval(" not in text
     # nothing in the page comes from another host, and nothing runs inline
     html = page.decode()
     assert "http://" not in html and "https://" not in html and "<style" not in html

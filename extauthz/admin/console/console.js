@@ -318,7 +318,8 @@ async function showUsage(id) {
   state.usageId = id;
   const days = $("usage-days").value;
   $("usage").hidden = false;
-  $("usage-title").textContent = `Usage of ${id}`;
+  const token = state.tokens.find((t) => t.id === id);
+  $("usage-title").textContent = token && token.name ? `Usage of ${token.name} · ${id}` : `Usage of ${id}`;
   $("usage-summary").textContent = "Loading…";
   for (const row of $("tokens-body").rows) {
     row.classList.toggle("selected", row.dataset.id === id);
@@ -331,8 +332,8 @@ async function showUsage(id) {
     $("usage-chart").replaceChildren();
     return;
   }
-  const allowed = usage.days.reduce((n, d) => n + d.allowed, 0);
-  const limited = usage.days.reduce((n, d) => n + d.rate_limited, 0);
+  const allowed = usage.days.reduce((n, d) => n + d.allowed, 0).toLocaleString("en");
+  const limited = usage.days.reduce((n, d) => n + d.rate_limited, 0).toLocaleString("en");
   const last = usage.last_used === null ? "never used" : `last used ${ago(usage.last_used)}`;
   $("usage-summary").textContent =
     `${allowed} allowed, ${limited} rate-limited in the last ${usage.days.length} days; ${last}.`;
@@ -401,16 +402,32 @@ async function loadAudit() {
   const rows = events.reverse().map((e) => el(
     "tr",
     {},
-    el("td", { text: utc(e.time) }),
+    el("td", { class: "time", text: utc(e.time) }),
     el("td", { class: "id", text: e.actor }),
     el("td", { text: e.action }),
     el("td", { class: "id", text: e.target }),
-    el("td", { class: "mono", text: JSON.stringify(e.detail) }),
+    el("td", { class: "detail", text: describe(e.detail) }),
   ));
   if (rows.length === 0) {
     rows.push(el("tr", {}, el("td", { colspan: "5", class: "empty", text: "No events yet." })));
   }
   $("audit-body").replaceChildren(...rows);
+}
+
+// An event's detail as "key: value · key: value": times as UTC dates, lists joined.
+function describe(detail) {
+  if (detail === null || typeof detail !== "object") return String(detail);
+  const parts = [];
+  for (const [key, value] of Object.entries(detail)) {
+    if (value === null || (Array.isArray(value) && value.length === 0)) continue;
+    let shown;
+    if (Array.isArray(value)) shown = value.join(", ");
+    else if (typeof value === "number" && key.endsWith("_at")) shown = `${utc(value)} UTC`;
+    else if (typeof value === "object") shown = JSON.stringify(value);
+    else shown = String(value);
+    parts.push(`${key.replace(/_/g, " ")}: ${shown}`);
+  }
+  return parts.join(" · ") || "—";
 }
 
 // --- wiring ----------------------------------------------------------------------------------
