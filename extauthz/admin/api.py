@@ -285,10 +285,12 @@ def _errors(app: FastAPI) -> None:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        if "transfer-encoding" in request.headers:  # a body of unknown size: refused unread
             response: Response = reply(
-                400, "invalid_request", f"body larger than {MAX_BODY_BYTES} bytes"
+                400, "invalid_request", "send the body with a Content-Length, not chunked"
             )
+        elif not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            response = reply(400, "invalid_request", f"body larger than {MAX_BODY_BYTES} bytes")
         else:
             response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)

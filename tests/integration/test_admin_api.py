@@ -3,6 +3,7 @@ server for what its changes do to requests)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -32,6 +33,7 @@ routes:
 
 class Api:
     def __init__(self, port: int) -> None:
+        self.port = port
         self.base = f"http://127.0.0.1:{port}"
 
     def call(
@@ -167,6 +169,19 @@ def test_bad_input_is_400_with_the_field_and_writes_nothing(
         code, reply = api.call("POST", "/v1/tokens", admin, body, raw)
         assert code == 400, (body, raw and raw[:40], reply)
         assert reply["error"] == "invalid_request" and field in reply["message"], reply
+    # a chunked body has no size up front: refused before it is read, whatever follows
+    for chunks in ([b'{"routes": ["a"]}'], [b"x" * 6_000] * 40):
+        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+        conn.request(
+            "POST",
+            "/v1/tokens",
+            body=iter(chunks),
+            headers={"authorization": f"Bearer {admin}", "content-type": "application/json"},
+            encode_chunked=True,
+        )
+        resp = conn.getresponse()
+        assert resp.status == 400 and b"chunked" in resp.read()
+        conn.close()
     assert redis_server.cli("DEBUG", "DIGEST") == before
     policy = api.call("GET", "/v1/policy", admin)[1]
     assert sorted(policy["routes"]) == ["a", "b", "c", "capped"]
