@@ -98,6 +98,13 @@ class Settings:
         10.0, "seconds of Redis outage before health says NOT_SERVING", zero_ok=True
     )
     disable_auth: bool = setting(False, "allow every request (local use only; warns loudly)")
+    route_identity: str = setting(
+        "context",
+        "where the route's name comes from: context (context_extensions route), metadata "
+        "(route metadata extauthz.route), envoy-gateway (HTTPRoute annotation) or match "
+        "(the policy's host/path rules)",
+        choices=("context", "metadata", "envoy-gateway", "match"),
+    )
     jwks_refresh: float = setting(300.0, "seconds between JWKS refreshes")
     jwks_min_refetch: float = setting(
         10.0, "at most one unknown-kid JWKS refetch per key source this often (seconds)"

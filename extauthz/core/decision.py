@@ -68,6 +68,9 @@ class RequestFacts:
     authorization: str | None = None
     # names of client-sent headers starting with "x-extauthz-": removed unless we set them
     identity_headers_sent: tuple[str, ...] = ()
+    # `--route-identity match`: (host, path) to resolve against the policy's match rules;
+    # the route is named from them before deciding (and this is then cleared)
+    target: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

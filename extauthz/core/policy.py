@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import yaml
@@ -21,6 +22,7 @@ import yaml
 from extauthz.core.credentials import ROUTE_NAME, SCOPE_NAME, TOKEN_ID
 from extauthz.core.durations import MAX_SECONDS, parse_duration
 from extauthz.core.rate_limit import RateLimit
+from extauthz.core.route_match import MatchRule, RouteMatcher, canonical_path, normal_host
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, PolicyError, shown
 from extauthz.files import describe, read_regular_file
@@ -69,6 +71,7 @@ class RoutePolicy:
     jwt: JwtSettings | None = None
     max_token_ttl: int | None = None  # seconds: the longest life a token for it may have
     rate_limit: RateLimit | None = None  # per caller on this route
+    match: tuple[MatchRule, ...] = ()  # host/path rules for `--route-identity match`
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"access": self.access.value, "credentials": list(self.credentials)}
@@ -82,6 +85,8 @@ class RoutePolicy:
             out["max_token_ttl"] = self.max_token_ttl
         if self.rate_limit is not None:
             out["rate_limit"] = str(self.rate_limit)
+        if self.match:
+            out["match"] = [rule.to_json() for rule in self.match]
         if self.jwt is not None:
             jwt = self.jwt
             out["jwt"] = {
@@ -109,6 +114,7 @@ class RoutePolicy:
             scopes=frozenset(data.get("scopes", ())),
             max_token_ttl=_seconds_or_none(data.get("max_token_ttl")),
             rate_limit=RateLimit.parse(data["rate_limit"]) if data.get("rate_limit") else None,
+            match=tuple(MatchRule.from_json(m) for m in data.get("match", ())),
             jwt=None
             if jwt is None
             else JwtSettings(
@@ -173,6 +179,11 @@ class PolicySnapshot:
             return False
         return any(ip in net for net in self.internal_networks)
 
+    @cached_property
+    def matcher(self) -> RouteMatcher:
+        """The routes' `match:` rules, compiled (for `--route-identity match`)."""
+        return RouteMatcher((rule, r.name) for r in self.routes.values() for rule in r.match)
+
     def digest(self) -> str:
         """SHA-256 of the content, independent of the version number."""
         return hashlib.sha256(replace(self, version=0).to_json().encode()).hexdigest()
@@ -217,6 +228,7 @@ _ROUTE_KEYS = (
     "jwt",
     "max_token_ttl",
     "rate_limit",
+    "match",
 )
 _JWT_KEYS = (
     "issuer",
@@ -232,6 +244,11 @@ _JWT_KEYS = (
 FORWARD_HEADER = re.compile(r"x-extauthz-[a-z0-9][a-z0-9-]*")
 CLAIM_PATH = re.compile(r"[A-Za-z0-9_:/\-]+(\.[A-Za-z0-9_:/\-]+)*")
 _SECRET_KEYS = ("id", "routes", "scopes", "from_env", "from_file")
+_MATCH_KEYS = ("host", "path_prefix")
+_HOST = re.compile(
+    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+)
+MAX_MATCH_RULES = 1024  # per route
 
 
 class _Reader:
@@ -374,6 +391,7 @@ def parse_policy(text: str, file: str = "<policy>") -> PolicyDocument:
                 key_node, f"routes.{name}", "route names use letters, digits, '.', '_', '-'"
             )
         routes[name] = _parse_route(r, name, key_node, value_node)
+    _check_rules_are_distinct(r, top["routes"][1])
 
     secrets = _parse_secrets(r, top["secrets"][1], routes) if "secrets" in top else ()
     return PolicyDocument(file, routes, networks, secrets)
@@ -458,9 +476,73 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
         raise r.error(fields["jwt"][0], f"{path}.jwt", "given, but credentials do not list jwt")
 
     max_ttl, limit = _parse_token_limits(r, path, fields)
+    match = _parse_match(r, f"{path}.match", fields["match"][1]) if "match" in fields else ()
     return RoutePolicy(
-        name, access, credentials, listed, basic_username, scopes, jwt, max_ttl, limit
+        name, access, credentials, listed, basic_username, scopes, jwt, max_ttl, limit, match
     )
+
+
+def _parse_match(r: _Reader, path: str, node: yaml.Node) -> tuple[MatchRule, ...]:
+    """`match: [{host: models.example.com, path_prefix: /v2/models/iris}, ...]`."""
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise r.error(node, path, "must be a list of {host, path_prefix} rules")
+    if len(node.value) > MAX_MATCH_RULES:
+        raise r.error(node, path, f"more than {MAX_MATCH_RULES} rules")
+    rules: list[MatchRule] = []
+    for i, item in enumerate(node.value):
+        where = f"{path}[{i}]"
+        fields = r.mapping(item, where, _MATCH_KEYS)
+        if "path_prefix" not in fields:
+            raise r.error(item, f"{where}.path_prefix", "missing (e.g. /v2/models/iris)")
+        prefix_node = fields["path_prefix"][1]
+        prefix = r.string(prefix_node, f"{where}.path_prefix")
+        if not prefix.startswith("/"):
+            raise r.error(prefix_node, f"{where}.path_prefix", f"{prefix!r} must start with /")
+        normal = canonical_path(prefix)
+        if normal is None or "?" in prefix:
+            raise r.error(
+                prefix_node,
+                f"{where}.path_prefix",
+                f"{prefix!r} is not a canonical path (no ., .., //, %2F, %5C, ;, ? or \\)",
+            )
+        host = None
+        if "host" in fields:
+            host_node = fields["host"][1]
+            text = r.string(host_node, f"{where}.host")
+            if "://" in text or "/" in text:
+                raise r.error(
+                    host_node,
+                    f"{where}.host",
+                    f"{text!r}: a host name only, without scheme or path",
+                )
+            host = normal_host(text)
+            if host != text.lower() or not _HOST.fullmatch(host) or len(host) > 253:
+                raise r.error(
+                    host_node,
+                    f"{where}.host",
+                    f"{text!r} is not a host name (no port: hosts match whatever the port)",
+                )
+        rules.append(MatchRule(host, normal))
+    return tuple(rules)
+
+
+def _check_rules_are_distinct(r: _Reader, routes_node: yaml.Node) -> None:
+    """Two identical rules (same host and prefix) would leave the route to chance."""
+    seen: dict[tuple[str | None, str], tuple[str, int]] = {}
+    for key_node, value_node in routes_node.value:
+        fields = {k.value: v for k, v in value_node.value}
+        match_node = fields.get("match")
+        if match_node is None:
+            continue
+        for i, item in enumerate(match_node.value):
+            rule = {k.value: v.value for k, v in item.value}
+            host = normal_host(rule["host"]) if "host" in rule else None
+            key = (host, canonical_path(rule["path_prefix"]) or "")
+            here = f"routes.{key_node.value}.match[{i}]"
+            if key in seen:
+                other, line = seen[key]
+                raise r.error(item, here, f"the same host and path_prefix as {other} (line {line})")
+            seen[key] = (here, item.start_mark.line + 1)
 
 
 def _parse_token_limits(

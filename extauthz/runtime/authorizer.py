@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from extauthz.core.bounded import BoundedDict, text_size
 from extauthz.core.decision import (
@@ -87,6 +88,8 @@ class Authorizer:
         """Decide one request; `request_id` (Envoy's x-request-id) goes into its log line."""
         started = time.perf_counter()
         now = self.clock()
+        if facts.target is not None:  # --route-identity match: the policy names the route
+            facts = self._matched(facts)
         decision = auth_disabled(facts) if self.disable_auth else self._decide(facts, now)
         if decision.limits and self.limiter is not None:  # every time, also when remembered
             decision = self.limiter.admit(decision, now)
@@ -111,6 +114,14 @@ class Authorizer:
                 metrics.rate_limited.labels(route).inc()
         self._log(facts, decision, request_id)
         return decision
+
+    def _matched(self, facts: RequestFacts) -> RequestFacts:
+        """The facts with the route the policy's match rules name for their host and path
+        (None: nothing matched, or the path is not canonical → 404)."""
+        snapshot = self.snapshot
+        host, path = facts.target or ("", "")
+        route = snapshot.matcher.resolve(host, path) if snapshot is not None else None
+        return replace(facts, route=route, target=None)
 
     def _log(self, facts: RequestFacts, decision: Decision, request_id: str) -> None:
         """One line per decision (allows at debug), sampled per outcome and reason."""

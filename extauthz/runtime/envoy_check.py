@@ -34,11 +34,25 @@ _DENIED_STATUS = {
 _UNAVAILABLE = status_pb2.Status(code=code_pb2.UNAVAILABLE)
 
 
-def facts_from_check_request(request: Any) -> RequestFacts:
-    """Extract what the decision needs from an Envoy CheckRequest."""
+ROUTE_IDENTITIES = ("context", "metadata", "envoy-gateway", "match")
+METADATA_NAMESPACE = "extauthz"  # route metadata: filter_metadata.extauthz.route
+GATEWAY_NAMESPACE = "envoy-gateway"  # Envoy Gateway's includeRouteMetadata
+GATEWAY_ANNOTATION = "extauthz-route"  # HTTPRoute gateway.envoyproxy.io/extauthz-route
+
+
+def facts_from_check_request(request: Any, route_identity: str = "context") -> RequestFacts:
+    """Extract what the decision needs from an Envoy CheckRequest; the route's name from
+    the one source `route_identity` names (design.md §14), never from another."""
     attributes = request.attributes
     http = attributes.request.http
     extensions = attributes.context_extensions
+    target = None
+    if route_identity == "context":
+        route = extensions.get("route")
+    elif route_identity == "match":
+        route, target = None, (http.host, http.path)
+    else:
+        route = _route_from_metadata(attributes.route_metadata_context, route_identity)
     headers = http.headers
     if headers:
         authorization = headers.get("authorization")
@@ -56,12 +70,44 @@ def facts_from_check_request(request: Any) -> RequestFacts:
                 names.append(h.key)
         sent = tuple(names)
     return RequestFacts(
-        route=extensions.get("route"),
+        route=route,
         network=extensions.get("network"),
         source_address=attributes.source.address.socket_address.address,
         authorization=authorization,
         identity_headers_sent=sent,
+        target=target,
     )
+
+
+def _route_from_metadata(metadata: Any, route_identity: str) -> str | None:
+    """`metadata`: filter_metadata["extauthz"]["route"]; `envoy-gateway`:
+    filter_metadata["envoy-gateway"]["resources"][0]["annotations"]["extauthz-route"].
+    Anything missing or of another type: None (404)."""
+    namespaces = metadata.filter_metadata
+    if route_identity == "metadata":
+        found = namespaces.get(METADATA_NAMESPACE)
+        name = found.fields.get("route") if found is not None else None
+    else:
+        found = namespaces.get(GATEWAY_NAMESPACE)
+        resources = _of_kind(
+            found.fields.get("resources") if found is not None else None, "list_value"
+        )
+        items: Any = resources.values if resources is not None else []
+        first = _of_kind(items[0], "struct_value") if len(items) else None
+        notes = (
+            _of_kind(first.fields.get("annotations"), "struct_value") if first is not None else None
+        )
+        name = notes.fields.get(GATEWAY_ANNOTATION) if notes is not None else None
+    text = _of_kind(name, "string_value")
+    return str(text) if text else None
+
+
+def _of_kind(value: Any, kind: str) -> Any:
+    """A protobuf Value's content when it is of `kind` (list_value, struct_value,
+    string_value), else None."""
+    if value is None or value.WhichOneof("kind") != kind:
+        return None
+    return getattr(value, kind)
 
 
 def _header(key: str, value: str) -> Any:

@@ -51,13 +51,15 @@ MAX_CHECK_REQUEST_BYTES = 1 << 20
 CheckHandler = Callable[[Any, Any], bytes]
 
 
-def check_handler(authorizer: Authorizer) -> CheckHandler:
-    """envoy.service.auth.v3.Authorization/Check: a parsed CheckRequest in, response bytes out."""
+def check_handler(authorizer: Authorizer, route_identity: str = "context") -> CheckHandler:
+    """envoy.service.auth.v3.Authorization/Check: a parsed CheckRequest in, response bytes out;
+    the route named as `route_identity` says (design.md §14)."""
     decide = authorizer.decide
 
     def check(request: Any, context: Any) -> bytes:
         rid = request_id(request)
-        return check_response_bytes(decide(facts_from_check_request(request), rid), rid)
+        facts = facts_from_check_request(request, route_identity)
+        return check_response_bytes(decide(facts, rid), rid)
 
     return check
 
@@ -120,7 +122,9 @@ class Server:
             else None
         )
         self.health = health.HealthServicer()
-        self.grpc_server = self._grpc_server(reuse_port, check or check_handler(self.authorizer))
+        self.grpc_server = self._grpc_server(
+            reuse_port, check or check_handler(self.authorizer, settings.route_identity)
+        )
         self.port = 0
         self._stopping = threading.Event()
 

@@ -1,0 +1,99 @@
+"""Route identity by match rules (`serve --route-identity match`, design.md §14): for
+gateways that cannot name the route in the CheckRequest (Istio CUSTOM, the Gateway API
+ExternalAuth filter), the policy file's `routes.NAME.match: [{host, path_prefix}]` rules
+name it from the request's host and path.
+
+- Hosts are compared lower-cased, without a port or a trailing dot; a rule without a host
+  matches any host.
+- The query string is ignored; prefixes match on segment boundaries (`/v2/models/iris`
+  matches `/v2/models/iris` and `/v2/models/iris/infer`, never `/v2/models/iris2`); the
+  longest prefix wins, and at equal length the rule naming the host.
+- A path that is not canonical (a `.` or `..` segment, plain or escaped, `//`, an escaped
+  slash or backslash, a backslash, `;`, a NUL or control character, no leading `/`) matches
+  nothing: it is never normalized differently from the gateway, so it is denied.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+_FORBIDDEN = re.compile(r"//|%2[fF]|%5[cC]|%00|[\\;\x00-\x1f\x7f#]")
+_DOT_SEGMENT = re.compile(r"/(?:\.|%2[eE]){1,2}(?=/|$)")
+
+
+@dataclass(frozen=True, slots=True)
+class MatchRule:
+    """One `match:` item: a host (None: any) and a canonical path prefix."""
+
+    host: str | None
+    path_prefix: str
+
+    def to_json(self) -> dict[str, str]:
+        out = {"path_prefix": self.path_prefix}
+        if self.host is not None:
+            out["host"] = self.host
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, str]) -> MatchRule:
+        host = data.get("host")
+        prefix = data["path_prefix"]
+        if (host is not None and normal_host(host) != host) or canonical_path(prefix) != prefix:
+            raise ValueError(f"match rule {dict(data)!r} is not in normal form")
+        return cls(host, prefix)
+
+
+def canonical_path(path: str) -> str | None:
+    """The path without its query, its trailing slash removed (except for `/`); None when
+    it is not canonical."""
+    path = path.split("?", 1)[0]
+    if not path.startswith("/") or _FORBIDDEN.search(path) or _DOT_SEGMENT.search(path):
+        return None
+    return path.rstrip("/") or "/"
+
+
+def normal_host(host: str) -> str:
+    """`Models.Example.com:8443` → `models.example.com`; `[::1]:80` → `[::1]`."""
+    host = host.lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end > 0 else host
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit():
+        host = name
+    return host.rstrip(".")
+
+
+class RouteMatcher:
+    """Rules compiled for lookups: one dict probe per path segment, longest first."""
+
+    __slots__ = ("_any_host", "_by_host")
+
+    def __init__(self, rules: Iterable[tuple[MatchRule, str]]) -> None:
+        self._by_host: dict[str, dict[str, str]] = {}
+        self._any_host: dict[str, str] = {}
+        for rule, route in rules:
+            table = self._any_host if rule.host is None else self._by_host.setdefault(rule.host, {})
+            table[rule.path_prefix] = route
+
+    def __bool__(self) -> bool:
+        return bool(self._by_host or self._any_host)
+
+    def resolve(self, host: str, path: str) -> str | None:
+        """The route named by the longest matching prefix; None when nothing matches or the
+        path is not canonical."""
+        prefix = canonical_path(path)
+        if prefix is None:
+            return None
+        named = self._by_host.get(normal_host(host)) if self._by_host else None
+        anyhost = self._any_host
+        while True:
+            if named is not None and prefix in named:
+                return named[prefix]
+            if prefix in anyhost:
+                return anyhost[prefix]
+            if prefix == "/":
+                return None
+            prefix = prefix[: prefix.rfind("/")] or "/"
