@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from extauthz.core.route_match import ROUTE_IDENTITIES
 from extauthz.errors import ConfigError
 from extauthz.files import describe, read_regular_file
 from extauthz.storage.client import redact_url
@@ -103,7 +104,7 @@ class Settings:
         "where the route's name comes from: context (context_extensions route), metadata "
         "(route metadata extauthz.route), envoy-gateway (HTTPRoute annotation) or match "
         "(the policy's host/path rules)",
-        choices=("context", "metadata", "envoy-gateway", "match"),
+        choices=ROUTE_IDENTITIES,
     )
     jwks_refresh: float = setting(300.0, "seconds between JWKS refreshes")
     jwks_min_refetch: float = setting(

@@ -19,6 +19,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+# where `serve --route-identity` reads the route's name: context_extensions["route"], route
+# metadata extauthz.route, Envoy Gateway's HTTPRoute annotation, or these match rules
+ROUTE_IDENTITIES = ("context", "metadata", "envoy-gateway", "match")
+
 _FORBIDDEN = re.compile(r"//|%2[fF]|%5[cC]|%00|[\\;\x00-\x1f\x7f#]")
 _DOT_SEGMENT = re.compile(r"/(?:\.|%2[eE]){1,2}(?=/|$)")
 

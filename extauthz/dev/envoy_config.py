@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from extauthz.core.identity import request_headers
+from extauthz.core.route_match import ROUTE_IDENTITIES
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 T = "type.googleapis.com/envoy."  # @type prefix
@@ -55,6 +56,8 @@ ROUTES: tuple[tuple[dict[str, Any], str | None, str], ...] = (
     ({"prefix": "/deployments/a/"}, "deployment-a", "model_http"),
     ({"prefix": "/deployments/b/"}, "deployment-b", "model_http"),
     ({"prefix": "/embedder/"}, "embedder", "model_http"),
+    # named, but not in the policy: 404, as for a route retired from the policy file
+    ({"prefix": "/retired/"}, "retired-model", "model_http"),
     ({"prefix": "/"}, None, "model_http"),
 )
 
@@ -154,16 +157,19 @@ def _tls_socket(tls: ClientTls) -> dict[str, Any]:
     }
 
 
-def _routes(network: str | None) -> list[dict[str, Any]]:
+def _routes(network: str | None, route_identity: str = "context") -> list[dict[str, Any]]:
+    """The route table; each route names its policy the way `route_identity` reads it."""
     routes = []
     for match, name, cluster in ROUTES:
-        extensions = {} if name is None else {"route": name}
+        extensions = {"route": name} if name is not None and route_identity == "context" else {}
         if network is not None:
             extensions["network"] = network
         route: dict[str, Any] = {
             "match": copy.deepcopy(match),  # no YAML anchors between the two listeners
             "route": {"cluster": cluster, "timeout": "30s"},
         }
+        if name is not None and route_identity in ("metadata", "envoy-gateway"):
+            route["metadata"] = {"filter_metadata": route_metadata(name, route_identity)}
         if extensions:
             route["typed_per_filter_config"] = {
                 EXT_AUTHZ_FILTER: {
@@ -173,6 +179,21 @@ def _routes(network: str | None) -> list[dict[str, Any]]:
             }
         routes.append(route)
     return routes
+
+
+def route_metadata(name: str, route_identity: str) -> dict[str, Any]:
+    """A route's metadata naming its policy: `metadata` mode as we document it, and
+    `envoy-gateway` mode as Envoy Gateway's includeRouteMetadata generates it from the
+    HTTPRoute annotation `gateway.envoyproxy.io/extauthz-route: NAME`."""
+    if route_identity == "metadata":
+        return {"extauthz": {"route": name}}
+    resource = {
+        "kind": "HTTPRoute",
+        "name": name,
+        "namespace": "models",
+        "annotations": {"extauthz-route": name},
+    }
+    return {"envoy-gateway": {"resources": [resource]}}
 
 
 HCM = "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -192,8 +213,17 @@ EDGE_PROTECTIONS: dict[str, Any] = {
 }
 
 
-def ext_authz_filter(cluster: str = "extauthz", timeout: str = EXT_AUTHZ_TIMEOUT) -> dict[str, Any]:
-    """The ext_authz HTTP filter calling `cluster` over gRPC (fail closed, 503 on error)."""
+def ext_authz_filter(
+    cluster: str = "extauthz", timeout: str = EXT_AUTHZ_TIMEOUT, route_identity: str = "context"
+) -> dict[str, Any]:
+    """The ext_authz HTTP filter calling `cluster` over gRPC (fail closed, 503 on error);
+    with route metadata sent along in the `metadata` and `envoy-gateway` modes."""
+    namespaces = {"metadata": ["extauthz"], "envoy-gateway": ["envoy-gateway"]}
+    extra = (
+        {"route_metadata_context_namespaces": namespaces[route_identity]}
+        if route_identity in namespaces
+        else {}
+    )
     return {
         "name": EXT_AUTHZ_FILTER,
         "typed_config": {
@@ -213,6 +243,7 @@ def ext_authz_filter(cluster: str = "extauthz", timeout: str = EXT_AUTHZ_TIMEOUT
                     {"prefix": "x-extauthz-"},
                 ]
             },
+            **extra,
         },
     }
 
@@ -245,17 +276,27 @@ def access_log() -> list[dict[str, Any]]:
 ACCESS_LOG_METADATA = ("subject", "route", "scopes", "token_name")
 
 
-def _listener(name: str, ep: Endpoint, network: str | None) -> dict[str, Any]:
+def _listener(
+    name: str, ep: Endpoint, network: str | None, route_identity: str = "context"
+) -> dict[str, Any]:
+    protections = copy.deepcopy(EDGE_PROTECTIONS)  # no YAML anchors between listeners
+    if route_identity == "match":
+        # as a mesh gateway may: paths reach extauthz as sent, and it refuses what is
+        # not canonical rather than resolve it differently from the upstream
+        for key in ("normalize_path", "merge_slashes", "path_with_escaped_slashes_action"):
+            del protections[key]
     manager = {
         "@type": T + HCM,
         "stat_prefix": name,
         "codec_type": "AUTO",  # HTTP/1.1 and h2c (gRPC clients)
-        **copy.deepcopy(EDGE_PROTECTIONS),  # no YAML anchors between listeners
+        **protections,
         "route_config": {
             "name": name,
-            "virtual_hosts": [{"name": "models", "domains": ["*"], "routes": _routes(network)}],
+            "virtual_hosts": [
+                {"name": "models", "domains": ["*"], "routes": _routes(network, route_identity)}
+            ],
         },
-        "http_filters": [ext_authz_filter(), _router()],
+        "http_filters": [ext_authz_filter(route_identity=route_identity), _router()],
         "access_log": access_log(),
     }
     return _with_manager(name, ep, manager)
@@ -318,14 +359,17 @@ def _with_manager(name: str, ep: Endpoint, manager: dict[str, Any]) -> dict[str,
     }
 
 
-def bootstrap(ports: EnvoyPorts, authz_tls: ClientTls | None = None) -> dict[str, Any]:
-    """The Envoy bootstrap configuration as a dict; `authz_tls`: mutual TLS to extauthz."""
+def bootstrap(
+    ports: EnvoyPorts, authz_tls: ClientTls | None = None, route_identity: str = "context"
+) -> dict[str, Any]:
+    """The Envoy bootstrap configuration as a dict; `authz_tls`: mutual TLS to extauthz;
+    routes name their policy as `extauthz serve --route-identity` will read it."""
     return {
         "admin": {"address": _address(ports.admin)},
         "static_resources": {
             "listeners": [
-                _listener("external", ports.external, None),
-                _listener("internal", ports.internal, "internal"),
+                _listener("external", ports.external, None, route_identity),
+                _listener("internal", ports.internal, "internal", route_identity),
                 _console_listener(ports.console),
             ],
             "clusters": [
@@ -347,12 +391,15 @@ def bootstrap(ports: EnvoyPorts, authz_tls: ClientTls | None = None) -> dict[str
     }
 
 
-def render(ports: EnvoyPorts, authz_tls: ClientTls | None = None) -> str:
+def render(
+    ports: EnvoyPorts, authz_tls: ClientTls | None = None, route_identity: str = "context"
+) -> str:
     header = (
         "# Generated by `python -m extauthz.dev.envoy_config --compose`: edit\n"
         "# extauthz/dev/envoy_config.py and regenerate (a test checks that this file matches).\n"
     )
-    return header + yaml.safe_dump(bootstrap(ports, authz_tls), sort_keys=False, width=120)
+    config = bootstrap(ports, authz_tls, route_identity)
+    return header + yaml.safe_dump(config, sort_keys=False, width=120)
 
 
 def loopback_ports(base: int) -> EnvoyPorts:
@@ -377,5 +424,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--compose", action="store_true", help="the docker-compose layout")
     parser.add_argument("--base-port", type=int, default=10000, help="loopback layout base")
+    parser.add_argument(
+        "--route-identity",
+        choices=ROUTE_IDENTITIES,
+        default="context",
+        help="how routes name their policy (as `extauthz serve --route-identity`)",
+    )
     args = parser.parse_args()
-    print(render(COMPOSE if args.compose else loopback_ports(args.base_port)), end="")
+    ports = COMPOSE if args.compose else loopback_ports(args.base_port)
+    print(render(ports, route_identity=args.route_identity), end="")

@@ -268,7 +268,9 @@ class Stack:
         """Start every part and wait until a request through Envoy reaches the model."""
         for child in self.children:
             child.log.write_bytes(b"")
-        self.envoy_config.write_text(render(self.ports, self.client_tls))
+        self.envoy_config.write_text(
+            render(self.ports, self.client_tls, self.settings.route_identity)
+        )
         self.start_redis()
         self.sync_policy()
         for child in (self.extauthz, self.model, self.admin, self.envoy):

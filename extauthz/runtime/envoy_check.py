@@ -34,7 +34,6 @@ _DENIED_STATUS = {
 _UNAVAILABLE = status_pb2.Status(code=code_pb2.UNAVAILABLE)
 
 
-ROUTE_IDENTITIES = ("context", "metadata", "envoy-gateway", "match")
 METADATA_NAMESPACE = "extauthz"  # route metadata: filter_metadata.extauthz.route
 GATEWAY_NAMESPACE = "envoy-gateway"  # Envoy Gateway's includeRouteMetadata
 GATEWAY_ANNOTATION = "extauthz-route"  # HTTPRoute gateway.envoyproxy.io/extauthz-route
