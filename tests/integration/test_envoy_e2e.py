@@ -279,6 +279,16 @@ def test_envoy_configs_validate(tmp_path: Path) -> None:
     assert committed == render(COMPOSE), (
         "regenerate: python -m extauthz.dev.envoy_config --compose > envoy/envoy.yaml"
     )
+    # a template people copy: no YAML anchors or aliases, a comment on what matters
+    assert not re.search(r"[&*]id\d+", committed)
+    for setting in (
+        "failure_mode_allow",
+        "status_on_error",
+        "allowed_headers",
+        "context_extensions",
+    ):
+        before = committed.split(f"{setting}:")[0].rstrip().splitlines()[-1].strip()
+        assert before.startswith("#"), setting
     local = tmp_path / "local.yaml"
     local.write_text(render(loopback_ports(20000)))
     pki = make_local_pki(tmp_path / "tls")
