@@ -45,6 +45,9 @@ log = logging.getLogger("extauthz.server")
 DISABLED_WARNING_INTERVAL = 60.0  # seconds between --disable-auth warnings
 
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
+# SERVING from start to shutdown, whatever Redis does: for liveness probes (a Redis outage
+# must make pods unready, not restart them); "" and AUTHORIZATION_SERVICE follow Redis
+LIVENESS_SERVICE = "extauthz.liveness"
 MAX_CHECK_REQUEST_BYTES = 1 << 20
 
 
@@ -184,6 +187,7 @@ class Server:
         if self.listener is not None:
             self.listener.start()
         self.grpc_server.start()
+        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._set_serving(True)
         mode = "plaintext"
         if self.settings.tls_cert:

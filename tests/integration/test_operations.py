@@ -35,9 +35,10 @@ def metric(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"{name} {labels} not in metrics")
 
 
-def health(port: int) -> int:
+def health(port: int, service: str = "") -> int:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        request = health_pb2.HealthCheckRequest(service=service)
+        resp = health_pb2_grpc.HealthStub(channel).Check(request, timeout=2)
         return int(resp.status)
 
 
@@ -110,6 +111,8 @@ def test_health_follows_a_redis_outage(redis_server: RedisServer, tmp_path: Path
         client = CheckClient(port)
         assert client.status("deployment-a", "Bearer eat_whatever") == 503
         wait_for(lambda: health(port) == not_serving, 4, "NOT_SERVING")
+        assert health(port, "envoy.service.auth.v3.Authorization") == not_serving
+        assert health(port, "extauthz.liveness") == serving  # unready, never restarted
         text = scrape(mport)
         assert metric(text, "extauthz_redis_up") == 0 and metric(text, "extauthz_serving") == 0
         assert metric(text, "extauthz_redis_errors_total") >= 1
