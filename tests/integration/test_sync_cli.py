@@ -28,7 +28,9 @@ BAD_FILES = {
     ),
     "missing secret": (
         EXAMPLE.read_text(),
-        ":25: secrets[0].from_env: environment variable DENSENET161_SECRET is not set",
+        # the line of `from_env:` in the example file
+        f":{EXAMPLE.read_text().splitlines().index('    from_env: DENSENET161_SECRET') + 1}: "
+        "secrets[0].from_env: environment variable DENSENET161_SECRET is not set",
     ),
     "yaml syntax": ("version: 1\nroutes: [\n", ":3: YAML syntax error"),
     "empty": ("", ": the file is empty"),
