@@ -1,13 +1,14 @@
-"""The warm decision path in process: what rate limits and usage metering add per request.
+"""The warm decision path in process, stage by stage, and what rate limits and usage
+metering add.
 
-Times `Authorizer.decide` (plus the response bytes, as the gRPC handler does) for a repeated
-request with a valid token, in four setups measured alternately in the same run: no limit
-and no metering, an unreached rate limit (10^9/m), usage metering, both. A machine's noise
-moves whole-server benchmarks by ±20 % here; this one compares microseconds on one thread.
-The cost per call is then set against the whole-server CPU per call measured by bench/run.py
-(`--call-us`, default 350 µs: direct, 1 worker) to give the throughput ratio it implies.
+Times the real gRPC handler (`runtime/server.check_handler`: request id, facts, decision,
+response bytes) on a freshly parsed CheckRequest per call, for a repeated request with a
+valid token, in four setups measured alternately: no limit and no metering, an unreached
+rate limit (10^9/m), usage metering, both; metrics and the failure limiter are on in all.
+Then each stage alone, so that the README can say where each microsecond goes. A machine's
+noise moves whole-server benchmarks by ±20 % here; this compares microseconds on one thread.
 
-    python bench/decision_path.py [--calls 200000] [--rounds 5] [--call-us 350]
+    python bench/decision_path.py [--calls 100000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -16,21 +17,31 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import fakeredis  # noqa: E402
 
+from bench.run import check_request_frame  # noqa: E402
 from extauthz.admin import tokens  # noqa: E402
 from extauthz.admin.sync import sync  # noqa: E402
-from extauthz.core.decision import RequestFacts  # noqa: E402
 from extauthz.core.policy import parse_policy  # noqa: E402
 from extauthz.core.rate_limit import RateLimit  # noqa: E402
+from extauthz.runtime.auth_failures import FailureLimiter  # noqa: E402
 from extauthz.runtime.authorizer import Authorizer  # noqa: E402
-from extauthz.runtime.envoy_check import check_response_bytes  # noqa: E402
+from extauthz.runtime.envoy_check import (  # noqa: E402
+    CheckRequest,
+    check_response_bytes,
+    facts_from_check_request,
+    request_id,
+)
+from extauthz.runtime.metrics import Metrics  # noqa: E402
 from extauthz.runtime.rate_limiter import RateLimiter  # noqa: E402
+from extauthz.runtime.server import check_handler  # noqa: E402
 from extauthz.runtime.usage import UsageMeter  # noqa: E402
 from extauthz.storage.store import Store  # noqa: E402
 from extauthz.storage.token_cache import TokenCache  # noqa: E402
@@ -38,56 +49,93 @@ from extauthz.storage.token_cache import TokenCache  # noqa: E402
 SETUPS = ("plain", "limited", "usage", "limited+usage")
 
 
-def authorizer(setup: str) -> tuple[Authorizer, RequestFacts]:
-    store = Store(fakeredis.FakeRedis(decode_responses=True), "extauthz:")
-    sync(store, parse_policy("version: 1\nroutes:\n  bench: {access: protected}\n"))
-    cache = TokenCache(store.token_record)
-    cache.set_channel_ok(True)
-    limit = RateLimit(10**9, "m") if "limited" in setup else None
-    token = tokens.create(store, ["bench"], now=time.time(), rate_limit=limit).token
-    auth = Authorizer(
-        store,
-        None,
-        cache,
-        limiter=RateLimiter(store),
-        usage=UsageMeter(store, flush_every=10**9) if "usage" in setup else None,
-    )
-    auth.refresh_policy()
-    return auth, RequestFacts("bench", source_address="10.0.0.1", authorization=f"Bearer {token}")
+class World:
+    """An authorizer on fakeredis as the server builds it, and a request's bytes."""
+
+    def __init__(self, setup: str) -> None:
+        store = Store(fakeredis.FakeRedis(decode_responses=True), "extauthz:")
+        sync(store, parse_policy("version: 1\nroutes:\n  bench: {access: protected}\n"))
+        cache = TokenCache(store.token_record)
+        cache.set_channel_ok(True)
+        limit = RateLimit(10**9, "m") if "limited" in setup else None
+        token = tokens.create(store, ["bench"], now=time.time(), rate_limit=limit).token
+        self.auth = Authorizer(
+            store,
+            None,
+            cache,
+            metrics=Metrics(),
+            failures=FailureLimiter(5.0, 50),
+            limiter=RateLimiter(store),
+            usage=UsageMeter(store, flush_every=10**9) if "usage" in setup else None,
+        )
+        self.auth.refresh_policy()
+        self.body = check_request_frame(token)[5:]
+        self.handler = check_handler(self.auth)
+        for _ in range(20_000):  # warm: memo, cache, a lease, the response bytes
+            self.handler(CheckRequest.FromString(self.body), None)
 
 
-def per_call_us(auth: Authorizer, facts: RequestFacts, calls: int) -> float:
-    decide = auth.decide
+def timed(fn: Callable[[], Any], calls: int) -> float:
+    """µs per call of `fn`."""
     started = time.perf_counter()
     for _ in range(calls):
-        check_response_bytes(decide(facts, ""))
+        fn()
     return (time.perf_counter() - started) / calls * 1e6
+
+
+def handler_us(world: World, calls: int) -> float:
+    """The handler on a fresh request per call, the parse (grpcio's part) subtracted."""
+    body, handler, parse = world.body, world.handler, CheckRequest.FromString
+    return timed(lambda: handler(parse(body), None), calls) - timed(lambda: parse(body), calls)
+
+
+def stages(world: World, calls: int) -> dict[str, float]:
+    """Each stage of the handler alone (µs per call)."""
+    auth, body, parse = world.auth, world.body, CheckRequest.FromString
+    request = parse(body)
+    facts = facts_from_check_request(request)
+    decision = auth.decide(facts, "")
+    now = time.time()
+    parse_us = timed(lambda: parse(body), calls)
+    out = {
+        "parse (grpcio's deserializer, in both servers)": parse_us,
+        "request id": timed(lambda: request_id(parse(body)), calls) - parse_us,
+        "facts": timed(lambda: facts_from_check_request(parse(body)), calls) - parse_us,
+        "decide: memo hit, policy, cache epoch": timed(lambda: auth._decide(facts, now), calls),
+        "decide: metrics": timed(
+            lambda: auth.metrics.decision("bench", "allow", "granted", 1e-5),  # type: ignore[union-attr]
+            calls,
+        ),
+        "decide: all of it": timed(lambda: auth.decide(facts, ""), calls),
+        "response bytes": timed(lambda: check_response_bytes(decision, ""), calls),
+    }
+    if auth.limiter is not None and decision.limits:
+        out["decide: rate limit (lease)"] = timed(lambda: auth.limiter.admit(decision, now), calls)  # type: ignore[union-attr]
+    if auth.usage is not None:
+        out["decide: usage count"] = timed(lambda: auth.usage.count("tok_x", True, now), calls)  # type: ignore[union-attr]
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=200_000)
+    parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--call-us", type=float, default=350.0)
     args = parser.parse_args()
-    worlds = {setup: authorizer(setup) for setup in SETUPS}
-    for auth, facts in worlds.values():  # warm: memo, cache, a lease
-        per_call_us(auth, facts, 20_000)
+    worlds = {setup: World(setup) for setup in SETUPS}
     times: dict[str, list[float]] = {setup: [] for setup in SETUPS}
     for _ in range(args.rounds):
-        for setup, (auth, facts) in worlds.items():
-            times[setup].append(per_call_us(auth, facts, args.calls))
+        for setup, world in worlds.items():
+            times[setup].append(handler_us(world, args.calls))
     plain = statistics.median(times["plain"])
-    print(f"{'setup':<16} {'µs/call':>8} {'added µs':>9} {'implied throughput':>19}")
+    print(f"{'handler (fresh request per call)':<34} {'µs/call':>8} {'added µs':>9}")
     for setup in SETUPS:
         us = statistics.median(times[setup])
-        added = us - plain
-        implied = args.call_us / (args.call_us + added)
-        print(f"{setup:<16} {us:>8.2f} {added:>+9.2f} {implied:>19.3f}")
-    print(
-        f"(median of {args.rounds} alternating rounds of {args.calls:,} calls; implied: "
-        f"throughput ratio to 'plain' for a {args.call_us:g} µs gRPC call)"
-    )
+        print(f"{setup:<34} {us:>8.2f} {us - plain:>+9.2f}")
+    print(f"\n{'stage (limited+usage)':<48} {'µs/call':>8}")
+    rounds = [stages(worlds["limited+usage"], args.calls) for _ in range(args.rounds)]
+    for stage in rounds[0]:
+        print(f"{stage:<48} {statistics.median(r[stage] for r in rounds):>8.2f}")
+    print(f"(medians of {args.rounds} alternating rounds of {args.calls:,} calls)")
 
 
 if __name__ == "__main__":
