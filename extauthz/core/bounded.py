@@ -8,7 +8,7 @@ cannot grow a cache past its byte budget, whatever the entry count.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -25,23 +25,30 @@ def text_size(parts: Iterable[str | None]) -> int:
 class BoundedDict(Generic[K, V]):
     """Oldest-first eviction once either `max_entries` or `max_bytes` would be exceeded.
 
-    `get` takes no lock (a dict read is atomic); writes are serialized. An entry larger than
-    the whole byte budget is not kept at all.
+    `get` takes no lock and is the dict's own (a C call: it is on the hot path); writes are
+    serialized. An entry larger than the whole byte budget is not kept at all.
     """
 
-    __slots__ = ("_bytes", "_data", "_lock", "evictions", "max_bytes", "max_entries")
+    __slots__ = (
+        "_bytes",
+        "_data",
+        "_lock",
+        "_sizes",
+        "evictions",
+        "get",
+        "max_bytes",
+        "max_entries",
+    )
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.evictions = 0
-        self._data: dict[K, tuple[V, int]] = {}
+        self._data: dict[K, V] = {}
+        self._sizes: dict[K, int] = {}
         self._bytes = 0
         self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        entry = self._data.get(key)
-        return None if entry is None else entry[0]
+        self.get: Callable[[K], V | None] = self._data.get
 
     def put(self, key: K, value: V, size: int) -> None:
         if size > self.max_bytes or self.max_entries <= 0:
@@ -52,7 +59,9 @@ class BoundedDict(Generic[K, V]):
             while data and (len(data) >= self.max_entries or self._bytes + size > self.max_bytes):
                 self._remove(next(iter(data)))
                 self.evictions += 1
-            data[key] = (value, size)
+            # the size first: a reader may find the value as soon as it is in _data
+            self._sizes[key] = size
+            data[key] = value
             self._bytes += size
 
     def pop(self, key: K) -> None:
@@ -62,12 +71,12 @@ class BoundedDict(Generic[K, V]):
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._sizes.clear()
             self._bytes = 0
 
     def _remove(self, key: K) -> None:
-        entry = self._data.pop(key, None)
-        if entry is not None:
-            self._bytes -= entry[1]
+        if self._data.pop(key, _MISSING) is not _MISSING:
+            self._bytes -= self._sizes.pop(key)
 
     @property
     def bytes(self) -> int:
@@ -78,3 +87,6 @@ class BoundedDict(Generic[K, V]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._data
+
+
+_MISSING = object()

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import assert_never
+from typing import NamedTuple, assert_never
 
 from extauthz.core.credentials import (
     BasicCredential,
@@ -58,9 +59,19 @@ class Outcome(StrEnum):
     ERROR = "error"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
-    """What the decision needs to know about one request (already extracted from Envoy's)."""
+_REQUEST_ID = re.compile(r"[!-~]{1,128}", re.ASCII)
+
+
+def shown_request_id(value: str) -> str:
+    """Envoy's x-request-id as it may be echoed in a denial body or written in a log line:
+    `value` if 1-128 visible ASCII characters, else ''."""
+    return value if value and _REQUEST_ID.fullmatch(value) else ""
+
+
+class RequestFacts(NamedTuple):
+    """What the decision needs to know about one request (already extracted from Envoy's).
+
+    A named tuple: made, hashed and compared (it keys the decision memo) in C."""
 
     route: str | None
     network: str | None = None

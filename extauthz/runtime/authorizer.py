@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from extauthz.core.bounded import BoundedDict, text_size
 from extauthz.core.decision import (
@@ -21,6 +20,7 @@ from extauthz.core.decision import (
     TokenLookup,
     auth_disabled,
     decide,
+    shown_request_id,
 )
 from extauthz.core.policy import EMPTY_SNAPSHOT, PolicySnapshot
 from extauthz.core.token_record import TokenRecord
@@ -121,7 +121,7 @@ class Authorizer:
         snapshot = self.snapshot
         host, path = facts.target or ("", "")
         route = snapshot.matcher.resolve(host, path) if snapshot is not None else None
-        return replace(facts, route=route, target=None)
+        return facts._replace(route=route, target=None)
 
     def _log(self, facts: RequestFacts, decision: Decision, request_id: str) -> None:
         """One line per decision (allows at debug), sampled per outcome and reason."""
@@ -133,6 +133,7 @@ class Authorizer:
         suppressed = self.log_sampler.admit(f"{decision.outcome.value}/{decision.reason}")
         if suppressed is None:
             return
+        request_id = shown_request_id(request_id)
         route = facts.route
         if route is not None and (len(route) > 128 or not route.isprintable()):
             route = shown(route, 128)  # a route name sent straight to the Check port

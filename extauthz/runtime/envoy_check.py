@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 from typing import Any
 
@@ -18,7 +17,13 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from extauthz.core.bounded import ENTRY_OVERHEAD, BoundedDict
-from extauthz.core.decision import IDENTITY_PREFIX, Decision, Outcome, RequestFacts
+from extauthz.core.decision import (
+    IDENTITY_PREFIX,
+    Decision,
+    Outcome,
+    RequestFacts,
+    shown_request_id,
+)
 
 CheckRequest = external_auth_pb2.CheckRequest
 CheckResponse = external_auth_pb2.CheckResponse
@@ -42,6 +47,13 @@ GATEWAY_ANNOTATION = "extauthz-route"  # HTTPRoute gateway.envoyproxy.io/extauth
 def facts_from_check_request(request: Any, route_identity: str = "context") -> RequestFacts:
     """Extract what the decision needs from an Envoy CheckRequest; the route's name from
     the one source `route_identity` names (design.md §14), never from another."""
+    return read_check_request(request, route_identity)[0]
+
+
+def read_check_request(request: Any, route_identity: str = "context") -> tuple[RequestFacts, str]:
+    """The facts and Envoy's x-request-id, as sent (`shown_request_id` checks it where it is
+    shown: denial bodies, log lines), in one pass: the hot path's only reading of the
+    request (every field read makes a Python object)."""
     attributes = request.attributes
     http = attributes.request.http
     extensions = attributes.context_extensions
@@ -53,9 +65,16 @@ def facts_from_check_request(request: Any, route_identity: str = "context") -> R
     else:
         route = _route_from_metadata(attributes.route_metadata_context, route_identity)
     headers = http.headers
+    rid = ""
     if headers:
         authorization = headers.get("authorization")
-        sent = tuple(k for k in headers if k.startswith(IDENTITY_PREFIX))
+        rid = headers.get("x-request-id", "")
+        # one pass in C finds the rare request that carries x-extauthz-* names
+        sent = (
+            tuple(k for k in headers if k.startswith(IDENTITY_PREFIX))
+            if IDENTITY_PREFIX in "\n".join(headers)
+            else ()
+        )
     else:
         # Envoy fills header_map instead of headers when `encode_raw_headers` is set.
         authorization = None
@@ -68,14 +87,17 @@ def facts_from_check_request(request: Any, route_identity: str = "context") -> R
             elif h.key.startswith(IDENTITY_PREFIX):
                 names.append(h.key)
         sent = tuple(names)
-    return RequestFacts(
-        route=route,
-        network=extensions.get("network"),
-        source_address=attributes.source.address.socket_address.address,
-        authorization=authorization,
-        identity_headers_sent=sent,
-        target=target,
+    # context mode: a route and nothing else in the context is the common case
+    single = route is not None and target is None and len(extensions) == 1
+    facts = RequestFacts(
+        route,
+        None if single else extensions.get("network"),
+        attributes.source.address.socket_address.address,
+        authorization,
+        sent,
+        target,
     )
+    return facts, rid
 
 
 def _route_from_metadata(metadata: Any, route_identity: str) -> str | None:
@@ -120,31 +142,37 @@ def _header(key: str, value: str) -> Any:
 # Decisions repeat (same token, same route): their bytes are kept, bounded by entries and
 # bytes; a decision removing many client-named headers is serialized every time instead.
 _SERIALIZED: BoundedDict[Decision, bytes] = BoundedDict(4096, 8 << 20)
+_BY_IDENTITY: BoundedDict[int, tuple[Decision, bytes]] = BoundedDict(4096, 8 << 20)
 _SERIALIZED_MAX_REMOVALS = 6  # authorization + up to 5 client-sent x-extauthz-* names
-
-
-_REQUEST_ID = re.compile(r"[!-~]{1,128}", re.ASCII)
 
 
 def request_id(request: Any) -> str:
     """Envoy's x-request-id, for denial bodies and log lines: '' when absent or not 1-128
     visible ASCII characters (it is echoed to the client and written in logs)."""
-    value: str = request.attributes.request.http.headers.get("x-request-id", "")
-    return value if _REQUEST_ID.fullmatch(value) else ""
+    return shown_request_id(request.attributes.request.http.headers.get("x-request-id", ""))
 
 
 def check_response_bytes(decision: Decision, request_id: str = "") -> bytes:
     """The serialized CheckResponse (cached for the decisions that recur). A denial's body
     carries `request_id`, so that a user can quote it and an operator find the log line."""
-    if request_id and decision.outcome is not Outcome.ALLOW and decision.body.endswith("}"):
-        body = f"{decision.body[:-1]}, {json.dumps('request_id')}: {json.dumps(request_id)}}}"
-        return bytes(check_response(replace(decision, body=body)).SerializeToString())
+    if decision.outcome is not Outcome.ALLOW and decision.body.endswith("}"):
+        request_id = shown_request_id(request_id)
+        if request_id:
+            body = f"{decision.body[:-1]}, {json.dumps('request_id')}: {json.dumps(request_id)}}}"
+            return bytes(check_response(replace(decision, body=body)).SerializeToString())
+    # the decision memo hands out the same object for a repeated request: found by identity
+    # (hashing a Decision walks all its fields); the object is kept, so its id stays its own
+    known = _BY_IDENTITY.get(id(decision))
+    if known is not None and known[0] is decision:
+        return known[1]
     data = _SERIALIZED.get(decision)
     if data is None:
         data = check_response(decision).SerializeToString()
         if len(decision.remove_headers) <= _SERIALIZED_MAX_REMOVALS:
             # the Decision key holds about the same strings as the bytes
             _SERIALIZED.put(decision, data, ENTRY_OVERHEAD + 2 * len(data))
+    if len(decision.remove_headers) <= _SERIALIZED_MAX_REMOVALS:
+        _BY_IDENTITY.put(id(decision), (decision, data), ENTRY_OVERHEAD + 2 * len(data))
     return data
 
 

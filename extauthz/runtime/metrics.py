@@ -1,14 +1,16 @@
 """Prometheus metrics, served on their own HTTP port (`--metrics-listen`); with
 `--workers N` the supervisor serves there the total of its workers' endpoints.
 
-On the decision path only two cheap calls happen (a counter child, a histogram); everything
-else (cache, JWKS, policy, Redis state) is read at scrape time by a collector.
+On the decision path one call happens: `DecisionTally.add`, which counts in the calling
+thread's own dict and bucket list (no lock, no prometheus code); the tallies are summed at
+scrape time, as is everything else (cache, JWKS, policy, Redis state).
 """
 
 from __future__ import annotations
 
 import threading
 import urllib.request
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,7 +23,12 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from extauthz.config import split_address
@@ -33,18 +40,8 @@ LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.decisions = Counter(
-            "extauthz_decisions",
-            "Check decisions by route, outcome (allow/deny/error) and reason",
-            ["route", "outcome", "reason"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "extauthz_decision_seconds",
-            "Time to decide one Check, excluding gRPC transport",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.tally = DecisionTally()
+        self.registry.register(self.tally)
         self.rate_limited = Counter(
             "extauthz_rate_limited",
             "Requests refused with 429 because a rate limit was used up, by route",
@@ -63,15 +60,7 @@ class Metrics:
             buckets=REDIS_BUCKETS,
             registry=self.registry,
         )
-        self._children: dict[tuple[str, str, str], Any] = {}
-
-    def decision(self, route: str, outcome: str, reason: str, seconds: float) -> None:
-        key = (route, outcome, reason)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.decisions.labels(route, outcome, reason)
-        child.inc()
-        self.latency.observe(seconds)
+        self.decision = self.tally.add  # (route, outcome, reason, seconds): once per Check
 
     def redis_call(self, command: str, seconds: float) -> None:
         self.redis_latency.labels(command).observe(seconds)
@@ -83,6 +72,77 @@ class Metrics:
     def serve(self, listen: str) -> None:
         host, port = split_address(listen)
         start_http_server(port, addr=host or "127.0.0.1", registry=self.registry)
+
+
+class _Tally:
+    """One thread's counts: written by that thread only, copied whole by the scraper."""
+
+    __slots__ = ("buckets", "counts", "total")
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last: above every bound
+        self.total = 0.0
+
+
+class DecisionTally:
+    """`extauthz_decisions_total{route,outcome,reason}` and `extauthz_decision_seconds`,
+    counted per thread without a lock and summed when scraped (a dict or list copy is
+    atomic under the GIL, so a scrape never sees half an update of another thread)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._tallies: list[_Tally] = []
+        self._lock = threading.Lock()  # taken once per thread, for its first decision
+
+    def add(self, route: str, outcome: str, reason: str, seconds: float) -> None:
+        """Count one decision and its time."""
+        try:
+            tally: _Tally = self._local.tally
+        except AttributeError:
+            tally = self._local.tally = _Tally()
+            with self._lock:
+                self._tallies.append(tally)
+        counts = tally.counts
+        key = (route, outcome, reason)
+        counts[key] = counts.get(key, 0) + 1
+        tally.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        tally.total += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        counts: dict[tuple[str, str, str], int] = {}
+        buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        total = 0.0
+        with self._lock:
+            tallies = list(self._tallies)
+        for tally in tallies:
+            for key, n in tally.counts.copy().items():
+                counts[key] = counts.get(key, 0) + n
+            for i, n in enumerate(list(tally.buckets)):
+                buckets[i] += n
+            total += tally.total
+        decisions = CounterMetricFamily(
+            "extauthz_decisions",
+            "Check decisions by route, outcome (allow/deny/error) and reason",
+            labels=["route", "outcome", "reason"],
+        )
+        for key, n in sorted(counts.items()):
+            decisions.add_metric(list(key), n)
+        yield decisions
+        cumulative, running = [], 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):
+            running += n
+            cumulative.append((_le(bound), running))
+        yield HistogramMetricFamily(
+            "extauthz_decision_seconds",
+            "Time to decide one Check, excluding gRPC transport",
+            buckets=cumulative,
+            sum_value=total,
+        )
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class StateCollector:

@@ -24,12 +24,7 @@ from extauthz.errors import ConfigError
 from extauthz.runtime import tls
 from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.runtime.authorizer import Authorizer
-from extauthz.runtime.envoy_check import (
-    CheckRequest,
-    check_response_bytes,
-    facts_from_check_request,
-    request_id,
-)
+from extauthz.runtime.envoy_check import CheckRequest, check_response_bytes, read_check_request
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.policy_watcher import PolicyWatcher
@@ -60,8 +55,7 @@ def check_handler(authorizer: Authorizer, route_identity: str = "context") -> Ch
     decide = authorizer.decide
 
     def check(request: Any, context: Any) -> bytes:
-        rid = request_id(request)
-        facts = facts_from_check_request(request, route_identity)
+        facts, rid = read_check_request(request, route_identity)
         return check_response_bytes(decide(facts, rid), rid)
 
     return check

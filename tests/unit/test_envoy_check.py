@@ -117,7 +117,52 @@ def test_request_ids_that_are_not_plain_are_not_echoed() -> None:
     ]:
         rid = request_id(request({"x-request-id": value}))
         assert rid == (value if kept else ""), value
+        # the raw value handed to the response is checked there too
+        deny = Decision(Outcome.DENY, 401, "bad", body='{"error": "unauthorized"}')
+        body = json.loads(
+            CheckResponse.FromString(check_response_bytes(deny, value)).denied_response.body
+        )
+        assert body.get("request_id") == (value if kept else None), value
     rid = request_id(request({"x-request-id": 'quote"brace}'}))
     deny = Decision(Outcome.DENY, 404, "x", body='{"error": "not_found"}')
     resp = CheckResponse.FromString(check_response_bytes(deny, rid))
     assert json.loads(resp.denied_response.body) == {"error": "not_found", "request_id": rid}
+
+
+def test_one_pass_reads_facts_and_request_id_like_the_separate_readers() -> None:
+    from extauthz.core.decision import shown_request_id
+    from extauthz.runtime.envoy_check import read_check_request
+
+    cases = [
+        {"authorization": "Bearer x", "x-request-id": "abc-123"},
+        {"x-request-id": "has space"},  # not echoed: refused like request_id() does
+        {"x-request-id": "é"},
+        {"x-request-id": "x" * 129},
+        {":path": "/", "x-extauthz-subject": "admin", "x-extauthz-Other": "1"},
+        {"my-x-extauthz-thing": "1", "x-extauthzz": "2"},  # not identity headers
+        {"a": "1", "x-extauthz-route": "r", "z": "2", "x-extauthz-scopes": ""},
+        {},
+    ]
+    for headers in cases:
+        req = request(headers, route="r")
+        facts, rid = read_check_request(req)
+        assert facts == facts_from_check_request(req)
+        assert shown_request_id(rid) == request_id(req)  # checked where it is shown
+        expected = sorted(k for k in headers if k.startswith("x-extauthz-"))
+        assert sorted(facts.identity_headers_sent) == expected, headers
+
+
+def test_response_bytes_found_by_identity_are_always_the_decisions_own() -> None:
+    # many short-lived decisions: an id reused by a later object never returns old bytes
+    for i in range(20_000):
+        decision = Decision(
+            Outcome.ALLOW, 200, "granted", (("x-extauthz-subject", f"token:tok_{i}"),)
+        )
+        data = check_response_bytes(decision)
+        assert data == check_response(decision).SerializeToString()
+        assert check_response_bytes(decision) is data  # the same object: the same bytes
+    # equal decisions made apart share bytes; different ones do not
+    a = Decision(Outcome.ALLOW, 200, "granted", (("x-extauthz-route", "a"),))
+    b = Decision(Outcome.ALLOW, 200, "granted", (("x-extauthz-route", "a"),))
+    c = Decision(Outcome.ALLOW, 200, "granted", (("x-extauthz-route", "c"),))
+    assert check_response_bytes(a) == check_response_bytes(b) != check_response_bytes(c)

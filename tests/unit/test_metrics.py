@@ -80,3 +80,44 @@ def test_expositions_of_several_workers_add_up() -> None:
     assert "extauthz_policy_version 8.0" in merged  # the newest
     assert "extauthz_redis_up 0.0" in merged  # up only if every worker is
     assert "_created" not in merged
+
+
+def test_decisions_counted_from_many_threads_add_up_exactly() -> None:
+    import threading
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = Metrics()
+    times = (0.00004, 0.00005, 0.00007, 0.003, 1.0)  # on a bound, between bounds, above all
+
+    def work(route: str) -> None:
+        for i in range(5000):
+            m.decision(route, "allow", "granted", times[i % len(times)])
+
+    threads = [threading.Thread(target=work, args=(f"r{i % 2}",)) for i in range(4)]
+    scrapes = []
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        scrapes.append(_text(m))  # scraping while counting never fails
+    for t in threads:
+        t.join()
+    families = {f.name: f for f in text_string_to_metric_families(_text(m))}
+    decided = {s.labels["route"]: s.value for s in families["extauthz_decisions"].samples}
+    assert decided == {"r0": 10000, "r1": 10000}
+    buckets = {
+        s.labels["le"]: s.value
+        for s in families["extauthz_decision_seconds"].samples
+        if s.name.endswith("_bucket")
+    }
+    assert buckets["5e-05"] == 8000  # 0.00004 and 0.00005 (le: at or below)
+    assert buckets["0.0001"] == 12000
+    assert buckets["0.005"] == 16000 and buckets["0.05"] == 16000
+    assert buckets["+Inf"] == 20000
+    count = next(
+        s for s in families["extauthz_decision_seconds"].samples if s.name.endswith("_count")
+    )
+    assert count.value == 20000
+    # two workers' endpoints add up
+    merged = merge_expositions([_text(m), _text(m)]).decode()
+    assert 'extauthz_decisions_total{outcome="allow",reason="granted",route="r0"} 20000.0' in merged
