@@ -37,7 +37,6 @@ from extauthz.runtime.envoy_check import (  # noqa: E402
     CheckRequest,
     check_response_bytes,
     facts_from_check_request,
-    request_id,
 )
 from extauthz.runtime.metrics import Metrics  # noqa: E402
 from extauthz.runtime.rate_limiter import RateLimiter  # noqa: E402
@@ -94,19 +93,18 @@ def stages(world: World, calls: int) -> dict[str, float]:
     auth, body, parse = world.auth, world.body, CheckRequest.FromString
     request = parse(body)
     facts = facts_from_check_request(request)
-    decision = auth.decide(facts, "")
+    decision = auth.decide(facts)
     now = time.time()
     parse_us = timed(lambda: parse(body), calls)
     out = {
         "parse (grpcio's deserializer, in both servers)": parse_us,
-        "request id": timed(lambda: request_id(parse(body)), calls) - parse_us,
         "facts": timed(lambda: facts_from_check_request(parse(body)), calls) - parse_us,
         "decide: memo hit, policy, cache epoch": timed(lambda: auth._decide(facts, now), calls),
         "decide: metrics": timed(
             lambda: auth.metrics.decision("bench", "allow", "granted", 1e-5),  # type: ignore[union-attr]
             calls,
         ),
-        "decide: all of it": timed(lambda: auth.decide(facts, ""), calls),
+        "decide: all of it": timed(lambda: auth.decide(facts), calls),
         "response bytes": timed(lambda: check_response_bytes(decision, ""), calls),
     }
     if auth.limiter is not None and decision.limits:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from extauthz.core.bounded import BoundedDict, text_size
 from extauthz.core.decision import (
@@ -36,6 +36,11 @@ from extauthz.storage.store import PolicyVersion, Store
 from extauthz.storage.token_cache import TokenCache
 
 log = logging.getLogger("extauthz.decision")
+NO_HEADERS: Mapping[str, str] = {}
+# the hot path's constants, bound once (an enum member's `.value` is a Python-level lookup)
+_ALLOW = Outcome.ALLOW
+_LABELS = {outcome: outcome.value for outcome in Outcome}
+_perf_counter = time.perf_counter
 watch_log = logging.getLogger("extauthz.policy")
 
 MEMO_TTL = 1.0  # seconds a remembered decision lives at most (beyond that: decided afresh)
@@ -84,17 +89,19 @@ class Authorizer:
         self.reused = 0  # decisions answered from the memo
         self.log_sampler = LogSampler()
 
-    def decide(self, facts: RequestFacts, request_id: str = "") -> Decision:
-        """Decide one request; `request_id` (Envoy's x-request-id) goes into its log line."""
-        started = time.perf_counter()
+    def decide(self, facts: RequestFacts, headers: Mapping[str, str] = NO_HEADERS) -> Decision:
+        """Decide one request; `headers` are the request's, whose x-request-id (Envoy's)
+        goes into its log line when one is written."""
+        started = _perf_counter()
         now = self.clock()
         if facts.target is not None:  # --route-identity match: the policy names the route
             facts = self._matched(facts)
         decision = auth_disabled(facts) if self.disable_auth else self._decide(facts, now)
         if decision.limits and self.limiter is not None:  # every time, also when remembered
             decision = self.limiter.admit(decision, now)
+        outcome = decision.outcome
         if decision.token_id is not None and self.usage is not None:
-            allowed = decision.outcome is Outcome.ALLOW
+            allowed = outcome is _ALLOW
             if allowed or decision.reason == "rate_limited":
                 self.usage.count(decision.token_id, allowed, now)
         failures = self.failures
@@ -103,16 +110,16 @@ class Authorizer:
         metrics = self.metrics
         if metrics is not None:
             snapshot = self.snapshot
-            known = snapshot is not None and facts.route in snapshot.routes
-            route = facts.route if known and facts.route else "-"
-            metrics.decision(
-                route, decision.outcome.value, decision.reason, time.perf_counter() - started
-            )
+            route = facts.route
+            if not route or snapshot is None or route not in snapshot.routes:
+                route = "-"
+            metrics.decision(route, _LABELS[outcome], decision.reason, _perf_counter() - started)
             if decision.reason == "store_unavailable":
                 metrics.redis_errors.inc()
             elif decision.reason == "rate_limited":
                 metrics.rate_limited.labels(route).inc()
-        self._log(facts, decision, request_id)
+        if outcome is not _ALLOW or log.isEnabledFor(logging.DEBUG):
+            self._log(facts, decision, headers.get("x-request-id", ""))
         return decision
 
     def _matched(self, facts: RequestFacts) -> RequestFacts:

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauthz.config import Settings
+from extauthz.core.decision import Outcome
 from extauthz.errors import ConfigError
 from extauthz.runtime import tls
 from extauthz.runtime.auth_failures import FailureLimiter
@@ -55,8 +56,11 @@ def check_handler(authorizer: Authorizer, route_identity: str = "context") -> Ch
     decide = authorizer.decide
 
     def check(request: Any, context: Any) -> bytes:
-        facts, rid = read_check_request(request, route_identity)
-        return check_response_bytes(decide(facts, rid), rid)
+        facts, headers = read_check_request(request, route_identity)
+        decision = decide(facts, headers)
+        if decision.outcome is Outcome.ALLOW:
+            return check_response_bytes(decision)
+        return check_response_bytes(decision, headers.get("x-request-id", ""))
 
     return check
 

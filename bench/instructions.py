@@ -1,0 +1,157 @@
+"""Instructions per Check, counted by valgrind's callgrind: the same on a busy machine as on
+a quiet one, so the servers' per-call work can be compared where req/s cannot.
+
+    python bench/instructions.py [--calls 500] [--json FILE]
+
+Each server runs under callgrind with instrumentation off; after 200 warm-up calls it is
+switched on for `--calls` sequential Check calls (a valid token, a protected route), and
+then for as long again with no call: every thread counts (gRPC's poller and handler
+threads, our background threads), and the idle window's count is taken off, since the
+background threads' polls (once a second) would weigh ~50 times their real share under
+valgrind's slowdown. Servers: the bare
+grpcio server (bench/bare_check.py), our stack with an empty handler (bench/empty_check.py),
+extauthz with an unreached rate limit and usage metering on, and with both off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.run import CHECK_PATH, check_request_frame  # noqa: E402
+from extauthz.admin import tokens  # noqa: E402
+from extauthz.admin.sync import sync  # noqa: E402
+from extauthz.core.policy import parse_policy  # noqa: E402
+from extauthz.core.rate_limit import RateLimit  # noqa: E402
+from extauthz.dev.ports import free_port, wait_port  # noqa: E402
+from extauthz.storage.store import DEFAULT_PREFIX, open_store  # noqa: E402
+
+WARM_UP = 200
+
+
+def ensure_valgrind() -> None:
+    if shutil.which("valgrind"):
+        return
+    if os.geteuid() != 0:
+        raise SystemExit("bench: needs valgrind: apt-get install valgrind")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "valgrind"], check=True, stdout=subprocess.DEVNULL
+    )
+
+
+def per_call(argv: list[str], body: bytes, calls: int, out: Path) -> float:
+    """Instructions per call of the server started by `argv` + its listen address."""
+    import grpc
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    port = free_port()
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--instr-atstart=no",
+         *argv, f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+    )  # fmt: skip
+    try:
+        wait_port(port, 300)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            check = channel.unary_unary(
+                CHECK_PATH, response_deserializer=external_auth_pb2.CheckResponse.FromString
+            )
+            for _ in range(WARM_UP):
+                assert check(body, timeout=60).status.code == 0
+            control = ["callgrind_control"]
+            subprocess.run([*control, "-i", "on", str(proc.pid)], check=True, capture_output=True)
+            started = time.monotonic()
+            for _ in range(calls):
+                check(body, timeout=60)
+            busy = time.monotonic() - started
+        subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
+        time.sleep(busy)  # the same time with no call: what the background threads cost
+        subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
+        time.sleep(1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    totals = {}
+    for dump in out.parent.glob(out.name + ".*"):
+        found = re.search(r"^totals: (\d+)", dump.read_text(), re.M)
+        totals[int(dump.name.rsplit(".", 1)[1])] = int(found.group(1)) if found else 0
+    busy_total, idle_total = totals[1], totals[2]
+    return (busy_total - idle_total) / calls
+
+
+def run(calls: int) -> dict[str, Any]:
+    ensure_valgrind()
+    py = sys.executable
+    with tempfile.TemporaryDirectory(prefix="extauthz-instr-") as tmp:
+        work = Path(tmp)
+        redis_port = free_port()
+        redis = subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--save", "", "--notify-keyspace-events",
+             "Kghxe"], stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_port(redis_port)
+            url = f"redis://127.0.0.1:{redis_port}/0"
+            store = open_store(url, DEFAULT_PREFIX, 5.0)
+            sync(store, parse_policy("version: 1\nroutes:\n  bench: {access: protected}\n"))
+            plain = tokens.create(store, ["bench"], now=time.time()).token
+            limited = tokens.create(
+                store, ["bench"], now=time.time(), rate_limit=RateLimit(10**9, "m")
+            ).token
+            serve = [py, "-m", "extauthz", "serve", "--workers", "1", "--redis-url", url,
+                     "--log-level", "warning", "--metrics-listen", ""]  # fmt: skip
+            servers = {
+                "bare": ([py, "bench/bare_check.py", "--listen"], plain),
+                "floor": ([py, "bench/empty_check.py", "--redis-url", url, "--listen"], plain),
+                "extauthz_on": ([*serve, "--listen"], limited),
+                "extauthz_off": ([*serve, "--usage-flush", "0", "--listen"], plain),
+            }
+            counts = {
+                name: per_call(argv, check_request_frame(token)[5:], calls, work / name)
+                for name, (argv, token) in servers.items()
+            }
+        finally:
+            redis.send_signal(signal.SIGTERM)
+            redis.wait()
+    bare = counts["bare"]
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "calls": calls,
+        "instructions_per_call": {k: round(v) for k, v in counts.items()},
+        "bare_over": {k: round(bare / v, 4) for k, v in counts.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args()
+    data = run(args.calls)
+    print(f"| {'server':<14} | {'instructions/call':>17} | {'bare / it':>9} |")
+    print(f"|{'-' * 16}|{'-' * 18}:|{'-' * 10}:|")
+    for name, count in data["instructions_per_call"].items():
+        print(f"| {name:<14} | {count:>17,} | {data['bare_over'][name]:>9.3f} |")
+    print(f"({args.calls} sequential calls each, after {WARM_UP} to warm up)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=2))
+
+
+if __name__ == "__main__":
+    main()
