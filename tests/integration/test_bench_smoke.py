@@ -46,11 +46,15 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
         "envoy_extauthz_nocache",
         "direct_limited_1w",
         "direct_nousage_1w",
+        "direct_bare_1w",
+        "envoy_bare_workers",
+        "envoy_limited_workers",
+        "envoy_extauthz_nousage_workers",
     } <= names
     assert all(r["rps"] > 0 for r in data["results"])
     nocache = next(r for r in data["results"] if r["name"] == "envoy_extauthz_nocache")
     assert nocache["redis_per_decision"] >= 0.9  # the cache really is off there: one HGETALL each
-    assert len(data["figures"]) == 13
+    assert len(data["figures"]) == 19
     assert "| figure" in result.stdout
 
 
@@ -82,3 +86,22 @@ def test_token_bench_quick_smoke(tmp_path: Path) -> None:
     assert all(row[key] > 0 for row in data["sizes"] for key in ("show", "list_json_peak_mb"))
     assert data["import"]["count"] == 200
     assert "| show |" in result.stdout
+
+
+def test_instruction_count_bench_smoke(tmp_path: Path) -> None:
+    require_binary("redis-server")
+    require_binary("valgrind")
+    out = tmp_path / "instructions.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench/instructions.py"), "--calls", "30", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    counts = data["instructions_per_call"]
+    assert set(counts) == {"bare", "floor", "extauthz_on", "extauthz_off"}
+    # a gRPC call is hundreds of thousands of instructions: the count is real, not 0
+    assert all(count > 100_000 for count in counts.values()), counts
