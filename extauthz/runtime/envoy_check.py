@@ -51,8 +51,8 @@ def facts_from_check_request(request: Any, route_identity: str = "context") -> R
     return read_check_request(request, route_identity)[0]
 
 
-_NEW_FACTS = tuple.__new__
-_NO_HEADERS: Mapping[str, str] = {}  # RequestFacts without its Python-level __new__
+_NEW_FACTS = tuple.__new__  # makes RequestFacts without its Python-level __new__
+_NO_HEADERS: Mapping[str, str] = {}
 
 
 def read_check_request(
@@ -93,8 +93,8 @@ def read_check_request(
             elif h.key.startswith(IDENTITY_PREFIX):
                 names.append(h.key)
         sent = tuple(names)
-    # context mode: a route and nothing else in the context is the common case
-    single = route is not None and target is None and len(extensions) == 1
+    # context mode: a route named there and nothing else is the common case
+    single = route_identity == "context" and route is not None and len(extensions) == 1
     facts: RequestFacts = _NEW_FACTS(
         RequestFacts,
         (

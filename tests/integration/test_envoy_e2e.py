@@ -140,6 +140,9 @@ def test_deployment_platform(stack: Stack) -> None:
     assert (status, private) == (unknown[0], missing) == (404, private)
     assert http(f"{internal}/embedder/embed", "POST")[0] == 200
     assert http(f"{ext}/ping")[0] == 200
+    # Envoy names a route the policy does not have (retired-model): 404, whatever the token
+    everything = mint(stack, ["*"], ["inference", "management"])
+    assert http(f"{ext}/retired/predict", "POST", bearer(everything))[0] == 404
 
 
 def test_identity_headers_spelled_with_underscores_never_reach_the_model(stack: Stack) -> None:

@@ -107,9 +107,8 @@ def test_fail_closed(stack: Stack) -> None:
         conn.close()
 
 
+@pytest.mark.parametrize("stack", ["match"], indirect=True)
 def test_match_rules_behind_a_gateway_that_leaves_paths_alone(stack: Stack) -> None:
-    if stack.settings.route_identity != "match":
-        pytest.skip("match mode only")
     external = stack.ports.external.port
     iris = mint(stack, ["iris"])
     host = "models.example.com"

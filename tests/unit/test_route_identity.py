@@ -265,3 +265,12 @@ def test_the_authorizer_names_the_route_by_match_before_deciding(store: Store) -
     # the context is not read in match mode, however it names the route
     req = check_request({"route": "models"}, path="/elsewhere")
     assert decide(facts_from_check_request(req, "match")).status == 404
+
+
+@pytest.mark.parametrize("mode", ["context", "metadata", "envoy-gateway", "match"])
+def test_network_internal_alone_in_the_context_is_read_in_every_mode(mode: str) -> None:
+    # a gateway that names routes some other way may still set network: internal alone
+    req = check_request({"network": "internal"}, EVERYTHING["metadata"])
+    assert facts_from_check_request(req, mode).network == "internal"
+    req = check_request({"route": "r"}, EVERYTHING["metadata"])
+    assert facts_from_check_request(req, mode).network is None
