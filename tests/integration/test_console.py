@@ -19,8 +19,8 @@ import pytest
 from extauthz.admin import tokens
 from extauthz.config import Settings
 from extauthz.core.credentials import token_hash
-from extauthz.dev.stack import Stack, free_base_port
-from tests.support.procs import REPO, require_binary
+from extauthz.dev.stack import Stack
+from tests.support.procs import local_stack, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
@@ -31,20 +31,10 @@ FAILURE_BURST = 12
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_binary("redis-server")
-    require_binary("envoy")
-    s = Stack(
-        free_base_port(),
-        tmp_path_factory.mktemp("stack"),
-        REPO / "examples/policy.yaml",
-        # usage reaches Redis twice a second, so the console's chart shows it at once
-        settings=Settings(usage_flush=0.5, auth_failure_burst=FAILURE_BURST, auth_failure_rate=0.1),
-    )
-    s.start()
-    try:
+    # usage reaches Redis twice a second, so the console's chart shows it at once
+    settings = Settings(usage_flush=0.5, auth_failure_burst=FAILURE_BURST, auth_failure_rate=0.1)
+    with local_stack(tmp_path_factory.mktemp("stack"), settings) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def request(
@@ -254,7 +244,12 @@ def test_console_login_create_copy_rotate_revoke(
     # usage: a few requests, then the chart
     for _ in range(3):
         assert model_status(stack, secret) == 200
-    time.sleep(1.2)  # usage reaches Redis every 0.5 s
+    # usage reaches Redis at the server's next flush (its policy poll, each second)
+    wait_for(
+        lambda: tokens.usage(stack.store(), token_id, 1, time.time())["days"][0]["allowed"] == 4,
+        10,
+        "the usage flush",
+    )
     page.row(token_id).find_element("css selector", "button[aria-label^='Usage']").click()
     page.wait(lambda: "4 allowed" in page.text("#usage-summary"), "the usage summary")
     bars = browser.find_elements("css selector", "#usage-chart svg g.day")

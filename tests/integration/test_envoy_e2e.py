@@ -26,7 +26,7 @@ from extauthz.dev.envoy_config import COMPOSE, ClientTls, loopback_ports, render
 from extauthz.dev.local_pki import make_local_pki
 from extauthz.dev.ports import port_open
 from extauthz.dev.stack import Stack, free_base_port
-from tests.support.procs import REPO, require_binary, wait_for
+from tests.support.procs import REPO, local_stack, require_binary, wait_for
 from tests.support.readme import readme_block
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
@@ -34,20 +34,9 @@ pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_binary("redis-server")
-    require_binary("envoy")
     # the tests of this module send many 401s from 127.0.0.1: a burst that they cannot exhaust
-    s = Stack(
-        free_base_port(),
-        tmp_path_factory.mktemp("stack"),
-        REPO / "examples/policy.yaml",
-        settings=Settings(auth_failure_burst=100000),
-    )
-    s.start()
-    try:
+    with local_stack(tmp_path_factory.mktemp("stack"), Settings(auth_failure_burst=100000)) as s:
         yield s
-    finally:
-        s.stop()
 
 
 Response = tuple[int, dict[str, str], str]

@@ -14,8 +14,8 @@ import pytest
 from extauthz.admin import tokens
 from extauthz.config import Settings
 from extauthz.dev import demo_model
-from extauthz.dev.stack import Stack, free_base_port
-from tests.support.procs import REPO, require_binary
+from extauthz.dev.stack import Stack
+from tests.support.procs import REPO, local_stack
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
@@ -31,23 +31,13 @@ IRIS = """
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    require_binary("redis-server")
-    require_binary("envoy")
     state = tmp_path_factory.mktemp(f"stack-{request.param}")
     policy = state / "policy.yaml"
     example = (REPO / "examples/policy.yaml").read_text()
     policy.write_text(example.replace("\nsecrets:", IRIS.rstrip() + "\nsecrets:"))
-    s = Stack(
-        free_base_port(),
-        state,
-        policy,
-        settings=Settings(route_identity=request.param, auth_failure_burst=100000),
-    )
-    s.start()
-    try:
+    settings = Settings(route_identity=request.param, auth_failure_burst=100000)
+    with local_stack(state, settings, policy) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def status(port: int, path: str, token: str | None = None, host: str = "127.0.0.1") -> int:

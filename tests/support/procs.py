@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,3 +172,19 @@ def run_cli(
     if check and result.returncode != 0:
         raise AssertionError(f"extauthz {' '.join(args)} failed: {result.stderr}")
     return result
+
+
+@contextmanager
+def local_stack(state: Path, settings: Any, policy: Path | None = None) -> Iterator[Any]:
+    """The local stack (`extauthz up`'s: Redis, extauthz, the demo model, the console and the
+    real Envoy) started in `state` with the server `settings`; stopped on exit."""
+    from extauthz.dev.stack import Stack, free_base_port
+
+    require_binary("redis-server")
+    require_binary("envoy")
+    stack = Stack(free_base_port(), state, policy or REPO / "examples/policy.yaml", settings)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
