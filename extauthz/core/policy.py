@@ -256,6 +256,8 @@ class _Reader:
 
     def __init__(self, file: str) -> None:
         self.file = file
+        # every `match:` rule read so far, with where it was: two identical rules are refused
+        self.match_rules: dict[MatchRule, tuple[str, int]] = {}
 
     def error(self, node: yaml.Node | None, key: str, message: str) -> PolicyError:
         line = node.start_mark.line + 1 if node is not None else None
@@ -391,7 +393,6 @@ def parse_policy(text: str, file: str = "<policy>") -> PolicyDocument:
                 key_node, f"routes.{name}", "route names use letters, digits, '.', '_', '-'"
             )
         routes[name] = _parse_route(r, name, key_node, value_node)
-    _check_rules_are_distinct(r, top["routes"][1])
 
     secrets = _parse_secrets(r, top["secrets"][1], routes) if "secrets" in top else ()
     return PolicyDocument(file, routes, networks, secrets)
@@ -522,27 +523,16 @@ def _parse_match(r: _Reader, path: str, node: yaml.Node) -> tuple[MatchRule, ...
                     f"{where}.host",
                     f"{text!r} is not a host name (no port: hosts match whatever the port)",
                 )
-        rules.append(MatchRule(host, normal))
+        rule = MatchRule(host, normal)
+        line = item.start_mark.line + 1
+        if rule in r.match_rules:
+            other, other_line = r.match_rules[rule]
+            raise r.error(
+                item, where, f"the same host and path_prefix as {other} (line {other_line})"
+            )
+        r.match_rules[rule] = (where, line)
+        rules.append(rule)
     return tuple(rules)
-
-
-def _check_rules_are_distinct(r: _Reader, routes_node: yaml.Node) -> None:
-    """Two identical rules (same host and prefix) would leave the route to chance."""
-    seen: dict[tuple[str | None, str], tuple[str, int]] = {}
-    for key_node, value_node in routes_node.value:
-        fields = {k.value: v for k, v in value_node.value}
-        match_node = fields.get("match")
-        if match_node is None:
-            continue
-        for i, item in enumerate(match_node.value):
-            rule = {k.value: v.value for k, v in item.value}
-            host = normal_host(rule["host"]) if "host" in rule else None
-            key = (host, canonical_path(rule["path_prefix"]) or "")
-            here = f"routes.{key_node.value}.match[{i}]"
-            if key in seen:
-                other, line = seen[key]
-                raise r.error(item, here, f"the same host and path_prefix as {other} (line {line})")
-            seen[key] = (here, item.start_mark.line + 1)
 
 
 def _parse_token_limits(
