@@ -281,7 +281,7 @@ def _errors(app: FastAPI) -> None:
         return JSONResponse({"error": error, "message": message}, status_code=status)
 
     @app.middleware("http")
-    async def body_limit(
+    async def limit_body_and_add_security_headers(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         length = request.headers.get("content-length", "0")

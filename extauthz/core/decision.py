@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, assert_never
@@ -59,6 +60,7 @@ class Outcome(StrEnum):
     ERROR = "error"
 
 
+NO_HEADERS: Mapping[str, str] = {}  # a request without headers (none read, none sent)
 _REQUEST_ID = re.compile(r"[!-~]{1,128}", re.ASCII)
 
 

@@ -82,9 +82,6 @@ class RouteMatcher:
             table = self._any_host if rule.host is None else self._by_host.setdefault(rule.host, {})
             table[rule.path_prefix] = route
 
-    def __bool__(self) -> bool:
-        return bool(self._by_host or self._any_host)
-
     def resolve(self, host: str, path: str) -> str | None:
         """The route named by the longest matching prefix; None when nothing matches or the
         path is not canonical."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 from extauthz.core.bounded import BoundedDict, text_size
 from extauthz.core.decision import (
+    NO_HEADERS,
     Decision,
     Outcome,
     RequestFacts,
@@ -36,7 +37,6 @@ from extauthz.storage.store import PolicyVersion, Store
 from extauthz.storage.token_cache import TokenCache
 
 log = logging.getLogger("extauthz.decision")
-NO_HEADERS: Mapping[str, str] = {}
 # the hot path's constants, bound once (an enum member's `.value` is a Python-level lookup)
 _ALLOW = Outcome.ALLOW
 _LABELS = {outcome: outcome.value for outcome in Outcome}

