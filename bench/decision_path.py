@@ -1,8 +1,8 @@
 """The warm decision path in process, stage by stage, and what rate limits and usage
 metering add.
 
-Times the real gRPC handler (`runtime/server.check_handler`: request id, facts, decision,
-response bytes) on a freshly parsed CheckRequest per call, for a repeated request with a
+Times the real gRPC request reader and handler (`envoy_check.check_input_reader`: parse,
+facts; `server.check_handler`: decision, response bytes) on the request's bytes per call, for a repeated request with a
 valid token, in four setups measured alternately: no limit and no metering, an unreached
 rate limit (10^9/m), usage metering, both; metrics and the failure limiter are on in all.
 Then each stage alone, so that the README can say where each microsecond goes. A machine's
@@ -35,8 +35,8 @@ from extauthz.runtime.auth_failures import FailureLimiter  # noqa: E402
 from extauthz.runtime.authorizer import Authorizer  # noqa: E402
 from extauthz.runtime.envoy_check import (  # noqa: E402
     CheckRequest,
+    check_input_reader,
     check_response_bytes,
-    facts_from_check_request,
 )
 from extauthz.runtime.metrics import Metrics  # noqa: E402
 from extauthz.runtime.rate_limiter import RateLimiter  # noqa: E402
@@ -69,9 +69,10 @@ class World:
         )
         self.auth.refresh_policy()
         self.body = check_request_frame(token)[5:]
+        self.read = check_input_reader()
         self.handler = check_handler(self.auth)
         for _ in range(20_000):  # warm: memo, cache, a lease, the response bytes
-            self.handler(CheckRequest.FromString(self.body), None)
+            self.handler(self.read(self.body), None)
 
 
 def timed(fn: Callable[[], Any], calls: int) -> float:
@@ -83,28 +84,31 @@ def timed(fn: Callable[[], Any], calls: int) -> float:
 
 
 def handler_us(world: World, calls: int) -> float:
-    """The handler on a fresh request per call, the parse (grpcio's part) subtracted."""
-    body, handler, parse = world.body, world.handler, CheckRequest.FromString
-    return timed(lambda: handler(parse(body), None), calls) - timed(lambda: parse(body), calls)
+    """Reader and handler on the request's bytes, the parse (grpcio's part in a plain
+    server too) subtracted."""
+    body, handler, read, parse = world.body, world.handler, world.read, CheckRequest.FromString
+    return timed(lambda: handler(read(body), None), calls) - timed(lambda: parse(body), calls)
 
 
 def stages(world: World, calls: int) -> dict[str, float]:
     """Each stage of the handler alone (µs per call)."""
-    auth, body, parse = world.auth, world.body, CheckRequest.FromString
-    request = parse(body)
-    facts = facts_from_check_request(request)
-    decision = auth.decide(facts)
+    auth, body, parse, read = world.auth, world.body, CheckRequest.FromString, world.read
+    facts, headers, attributes = read(body)
+    decision = auth.decide(facts, headers, attributes)
     now = time.time()
+    snapshot = auth.snapshot
     parse_us = timed(lambda: parse(body), calls)
     out = {
         "parse (grpcio's deserializer, in both servers)": parse_us,
-        "facts": timed(lambda: facts_from_check_request(parse(body)), calls) - parse_us,
-        "decide: memo hit, policy, cache epoch": timed(lambda: auth._decide(facts, now), calls),
+        "facts": timed(lambda: read(body), calls) - parse_us,
+        "decide: memo hit, policy, cache epoch": timed(
+            lambda: auth._decide(facts, now, snapshot, attributes), calls
+        ),
         "decide: metrics": timed(
             lambda: auth.metrics.decision("bench", "allow", "granted", 1e-5),  # type: ignore[union-attr]
             calls,
         ),
-        "decide: all of it": timed(lambda: auth.decide(facts), calls),
+        "decide: all of it": timed(lambda: auth.decide(facts, headers, attributes), calls),
         "response bytes": timed(lambda: check_response_bytes(decision, ""), calls),
     }
     if auth.limiter is not None and decision.limits:

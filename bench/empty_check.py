@@ -11,14 +11,15 @@ from typing import Any
 
 from extauthz.config import load_settings
 from extauthz.core.decision import Decision, Outcome
-from extauthz.runtime.envoy_check import check_response_bytes
+from extauthz.runtime.envoy_check import CheckRequest, check_response_bytes
 from extauthz.runtime.server import Server
 
 OK = check_response_bytes(Decision(Outcome.ALLOW, 200, "bench"))
 
 
 def empty_check(request: Any, context: Any) -> bytes:
-    """Same registration as the real handler (request parsed, bytes out), no decision."""
+    """Registered as the real handler is (request parsed, bytes out); no reading, no
+    decision."""
     return OK
 
 
@@ -31,7 +32,7 @@ def main() -> None:
     settings = load_settings(
         {"listen": args.listen, "redis_url": args.redis_url, "metrics_listen": ""}, env={}
     )
-    server = Server(settings, args.reuse_port, check=empty_check)
+    server = Server(settings, args.reuse_port, check=empty_check, read=CheckRequest.FromString)
     import signal
 
     for sig in (signal.SIGTERM, signal.SIGINT):

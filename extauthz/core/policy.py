@@ -73,6 +73,15 @@ class RoutePolicy:
     rate_limit: RateLimit | None = None  # per caller on this route
     match: tuple[MatchRule, ...] = ()  # host/path rules for `--route-identity match`
 
+    @property
+    def reads_source_address(self) -> bool:
+        """Whether its decision depends on the client's address: private routes (internal
+        networks) and per-address rate limits (public routes; private ones answer internal
+        callers without credentials). Elsewhere the address plays no part (design.md §3)."""
+        return self.access is Access.PRIVATE or (
+            self.access is Access.PUBLIC and self.rate_limit is not None
+        )
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"access": self.access.value, "credentials": list(self.credentials)}
         if self.credentials_listed:
@@ -178,6 +187,12 @@ class PolicySnapshot:
         except ValueError:
             return False
         return any(ip in net for net in self.internal_networks)
+
+    @cached_property
+    def address_routes(self) -> frozenset[str]:
+        """The routes whose decisions depend on the client's address (the runtime reads it
+        from Envoy's request only for these)."""
+        return frozenset(name for name, r in self.routes.items() if r.reads_source_address)
 
     @cached_property
     def matcher(self) -> RouteMatcher:

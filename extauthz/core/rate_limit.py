@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _NOTATION = re.compile(r"([1-9][0-9]{0,11})/([smhd])", re.ASCII)
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -26,6 +26,10 @@ class RateLimit:
 
     count: int
     unit: str
+    seconds: int = field(init=False, compare=False, repr=False)  # of a window
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seconds", UNIT_SECONDS[self.unit])
 
     @classmethod
     def parse(cls, text: str) -> RateLimit:
@@ -34,10 +38,6 @@ class RateLimit:
         if m is None:
             raise ValueError(RULE)
         return cls(int(m.group(1)), m.group(2))
-
-    @property
-    def seconds(self) -> int:
-        return UNIT_SECONDS[self.unit]
 
     def window(self, now: float) -> int:
         """The index of the aligned window `now` falls in."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from extauthz.core.bounded import BoundedDict, text_size
 from extauthz.core.decision import (
@@ -27,6 +28,7 @@ from extauthz.core.policy import EMPTY_SNAPSHOT, PolicySnapshot
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import TooManyFailures, shown
 from extauthz.runtime.auth_failures import FailureLimiter
+from extauthz.runtime.envoy_check import peer_address
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.jwt_verifier import JwtVerifier
 from extauthz.runtime.logs import LogSampler
@@ -89,38 +91,63 @@ class Authorizer:
         self.reused = 0  # decisions answered from the memo
         self.log_sampler = LogSampler()
 
-    def decide(self, facts: RequestFacts, headers: Mapping[str, str] = NO_HEADERS) -> Decision:
+    def decide(
+        self, facts: RequestFacts, headers: Mapping[str, str] = NO_HEADERS, peer: Any = None
+    ) -> Decision:
         """Decide one request; `headers` are the request's, whose x-request-id (Envoy's)
-        goes into its log line when one is written."""
+        goes into its log line when one is written. `peer`: Envoy's attributes, where the
+        client's address is read when something needs it (the server's facts leave it out,
+        see envoy_check.check_input_reader); None: the facts hold it."""
         started = _perf_counter()
         now = self.clock()
         if facts.target is not None:  # --route-identity match: the policy names the route
             facts = self._matched(facts)
-        decision = auth_disabled(facts) if self.disable_auth else self._decide(facts, now)
+        if self.disable_auth:
+            decision = auth_disabled(facts)
+        else:
+            snapshot = self.snapshot
+            if peer is not None and snapshot is not None and facts.route in snapshot.address_routes:
+                facts = facts._replace(source_address=peer_address(peer))
+                peer = None
+            decision = self._decide(facts, now, snapshot, peer)
         if decision.limits and self.limiter is not None:  # every time, also when remembered
             decision = self.limiter.admit(decision, now)
         outcome = decision.outcome
         if decision.token_id is not None and self.usage is not None:
-            allowed = outcome is _ALLOW
-            if allowed or decision.reason == "rate_limited":
-                self.usage.count(decision.token_id, allowed, now)
+            if outcome is _ALLOW:
+                self.usage.count(decision.token_id, True, now)
+            elif decision.reason == "rate_limited":
+                self.usage.count(decision.token_id, False, now)
         failures = self.failures
         if failures is not None and decision.status == 401 and decision.reason != "no_credential":
-            failures.failed(facts.source_address)
+            failures.failed(self._address(facts, peer))
         metrics = self.metrics
         if metrics is not None:
-            snapshot = self.snapshot
-            route = facts.route
-            if not route or snapshot is None or route not in snapshot.routes:
-                route = "-"
-            metrics.decision(route, _LABELS[outcome], decision.reason, _perf_counter() - started)
-            if decision.reason == "store_unavailable":
-                metrics.redis_errors.inc()
-            elif decision.reason == "rate_limited":
-                metrics.rate_limited.labels(route).inc()
+            metrics.decision(
+                self._route_label(facts.route),
+                _LABELS[outcome],
+                decision.reason,
+                _perf_counter() - started,
+            )
+            if outcome is not _ALLOW:
+                if decision.reason == "store_unavailable":
+                    metrics.redis_errors.inc()
+                elif decision.reason == "rate_limited":
+                    metrics.rate_limited.labels(self._route_label(facts.route)).inc()
         if outcome is not _ALLOW or log.isEnabledFor(logging.DEBUG):
             self._log(facts, decision, headers.get("x-request-id", ""))
         return decision
+
+    def _route_label(self, route: str | None) -> str:
+        """The route as metrics name it: "-" for a name the policy does not know (a label
+        per name sent would let clients grow the metrics without bound)."""
+        snapshot = self.snapshot
+        if route and snapshot is not None and route in snapshot.routes:
+            return route
+        return "-"
+
+    def _address(self, facts: RequestFacts, peer: Any) -> str:
+        return peer_address(peer) if peer is not None else facts.source_address
 
     def _matched(self, facts: RequestFacts) -> RequestFacts:
         """The facts with the route the policy's match rules name for their host and path
@@ -178,34 +205,37 @@ class Authorizer:
                 extra={"fields": {"suppressed": dropped}},
             )
 
-    def _decide(self, facts: RequestFacts, now: float) -> Decision:
-        """decide(), remembered: a repeated request (same token, route and headers) reuses
-        the decision while the policy snapshot is the same object, the token cache's epoch
-        has not moved (no invalidation, still trusted) and the decision's own time is not up.
+    def _decide(
+        self, facts: RequestFacts, now: float, snapshot: PolicySnapshot | None, peer: Any
+    ) -> Decision:
+        """decide(), remembered: a repeated request (same token, route and headers; same
+        address where the route's decision depends on it) reuses the decision while the
+        policy snapshot is the same object, the token cache's epoch has not moved (no
+        invalidation, still trusted) and the decision's own time is not up. A client over
+        its failure limit is answered from the cache only, when it is not remembered.
         """
-        snapshot = self.snapshot
-        lookup = self.lookup
-        if self.failures is not None:
-            wait = self.failures.retry_after(facts.source_address)
-            if wait is not None:
-                lookup = self._cache_only(wait)
+        # None: not remembered (lookups would go to Redis and nothing may be skipped)
         epoch = self.cache.epoch() if self.cache is not None else None
         sent = facts.identity_headers_sent
-        if epoch is None or (
-            sent
-            and (len(sent) > MEMO_MAX_SENT_HEADERS or sum(map(len, sent)) > MEMO_MAX_SENT_LENGTH)
-        ):  # lookups would go to Redis (nothing may be skipped), or a key too large to keep
-            return decide(facts, snapshot, lookup, now, self.verify_jwt)
-        memo = self._memo
-        hit = memo.get(facts)
-        if hit is not None and hit[1] == epoch and hit[2] is snapshot and now < hit[3]:
-            self.reused += 1
-            return hit[0]
+        if sent and (
+            len(sent) > MEMO_MAX_SENT_HEADERS or sum(map(len, sent)) > MEMO_MAX_SENT_LENGTH
+        ):
+            epoch = None  # too large a key to keep
+        if epoch is not None:
+            hit = self._memo.get(facts)
+            if hit is not None and hit[1] == epoch and hit[2] is snapshot and now < hit[3]:
+                self.reused += 1
+                return hit[0]
+        lookup = self.lookup
+        if self.failures is not None:
+            wait = self.failures.retry_after(self._address(facts, peer))
+            if wait is not None:
+                lookup = self._cache_only(wait)
         decision = decide(facts, snapshot, lookup, now, self.verify_jwt)
-        if decision.reusable_until is not None:
+        if epoch is not None and decision.reusable_until is not None:
             until = min(decision.reusable_until, now + MEMO_TTL)
             size = text_size((facts.route, facts.authorization, facts.source_address, *sent))
-            memo.put(facts, (decision, epoch, snapshot, until), size)
+            self._memo.put(facts, (decision, epoch, snapshot, until), size)
         return decision
 
     def _cache_only(self, retry_after: float) -> TokenLookup:

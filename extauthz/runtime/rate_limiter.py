@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import chain
 
 from extauthz.core.bounded import ENTRY_OVERHEAD, BoundedDict
 from extauthz.core.decision import Decision, rate_limited, unavailable
@@ -34,14 +36,20 @@ MAX_COUNTER_BYTES = 32 << 20
 _FAILED = -1.0  # _take: Redis could not count
 
 
+def _no_permits() -> Iterator[int]:
+    return iter(())
+
+
 @dataclass
 class _Lease:
     window: int
-    left: int = 0  # permits held, not yet handed out
+    # the permits held: each next() that yields hands one out. next() on a C iterator is
+    # atomic under the GIL, so the common case takes no lock (see RateLimiter.admit)
+    permits: Iterator[int] = field(default_factory=_no_permits)
+    granted: int = 0  # permits of the last refill
     exhausted: bool = False  # the counter reached the limit: none left this window
     rate: float = 0.0  # permits a second this process hands out (moving average)
     refilled_at: float = 0.0
-    handed: int = 0  # permits handed out since the last refill
     failed_until: float = 0.0
 
 
@@ -52,12 +60,20 @@ class RateLimiter:
         self.store = store
         self.allow_on_error = on_error == "allow"
         self._leases: BoundedDict[str, _Lease] = BoundedDict(MAX_COUNTERS, MAX_COUNTER_BYTES)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # refills, new leases, failures: not the common case
 
     def admit(self, decision: Decision, now: float) -> Decision:
         """`decision` (an allow with limits) if every counter gives a permit; else the 429
         of the first that does not, or a 503 when Redis cannot count (fail closed)."""
+        leases = self._leases
         for limited in decision.limits:
+            lease = leases.get(limited.lease)
+            if (
+                lease is not None
+                and lease.window == int(now // limited.limit.seconds)
+                and next(lease.permits, None) is not None
+            ):
+                continue  # a permit held in memory: no lock, no Redis
             wait = self._take(limited, now)
             if wait is None:
                 continue
@@ -80,9 +96,7 @@ class RateLimiter:
             if lease is None or lease.window != window:
                 lease = _Lease(window, rate=lease.rate if lease is not None else 0.0)
                 self._leases.put(held, lease, ENTRY_OVERHEAD + 2 * len(held))
-            if lease.left > 0:
-                lease.left -= 1
-                lease.handed += 1
+            if next(lease.permits, None) is not None:  # another thread refilled it
                 return None
             if lease.exhausted:
                 return limit.window_end(now) - now
@@ -101,14 +115,14 @@ class RateLimiter:
             return _FAILED
         granted = max(0, min(wanted, limit.count - (total - wanted)))
         with self._lock:
-            lease.left += granted
             lease.exhausted = total >= limit.count
             if lease.refilled_at:
                 elapsed = max(now - lease.refilled_at, 1e-3)
-                lease.rate = 0.5 * lease.rate + 0.5 * (lease.handed + 1) / elapsed
-            lease.refilled_at, lease.handed = now, 0
-            if lease.left > 0:
-                lease.left -= 1
-                lease.handed += 1
-                return None
-            return limit.window_end(now) - now
+                lease.rate = 0.5 * lease.rate + 0.5 * (lease.granted + 1) / elapsed
+            lease.refilled_at, lease.granted = now, granted
+            if granted == 0:
+                return limit.window_end(now) - now
+            # one permit is this request's; the rest join what is held (another thread may be
+            # taking from those right now: chained, never counted again)
+            lease.permits = chain(lease.permits, range(granted - 1))
+            return None

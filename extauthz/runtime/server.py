@@ -25,7 +25,7 @@ from extauthz.errors import ConfigError
 from extauthz.runtime import tls
 from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.runtime.authorizer import Authorizer
-from extauthz.runtime.envoy_check import CheckRequest, check_response_bytes, read_check_request
+from extauthz.runtime.envoy_check import CheckInput, check_input_reader, check_response_bytes
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.policy_watcher import PolicyWatcher
@@ -45,34 +45,38 @@ AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 # must make pods unready, not restart them); "" and AUTHORIZATION_SERVICE follow Redis
 LIVENESS_SERVICE = "extauthz.liveness"
 MAX_CHECK_REQUEST_BYTES = 1 << 20
+_ALLOW = Outcome.ALLOW
 
 
 CheckHandler = Callable[[Any, Any], bytes]
 
 
-def check_handler(authorizer: Authorizer, route_identity: str = "context") -> CheckHandler:
-    """envoy.service.auth.v3.Authorization/Check: a parsed CheckRequest in, response bytes out;
-    the route named as `route_identity` says (design.md §14)."""
+def check_handler(authorizer: Authorizer) -> CheckHandler:
+    """envoy.service.auth.v3.Authorization/Check: a CheckInput (see `check_input_reader`)
+    in, response bytes out."""
     decide = authorizer.decide
 
-    def check(request: Any, context: Any) -> bytes:
-        facts, headers = read_check_request(request, route_identity)
-        decision = decide(facts, headers)
-        if decision.outcome is Outcome.ALLOW:
+    def check(read: CheckInput, context: Any) -> bytes:
+        facts, headers, attributes = read
+        decision = decide(facts, headers, attributes)
+        if decision.outcome is _ALLOW:
             return check_response_bytes(decision)
         return check_response_bytes(decision, headers.get("x-request-id", ""))
 
     return check
 
 
-def authorization_service(check: CheckHandler) -> grpc.GenericRpcHandler:
-    """The Check method, registered so that responses go out as the bytes we return."""
+def authorization_service(
+    check: CheckHandler, read: Callable[[bytes], Any]
+) -> grpc.GenericRpcHandler:
+    """The Check method: requests read by `read` (the server's: `check_input_reader`),
+    responses sent as the bytes returned."""
     return grpc.method_handlers_generic_handler(
         AUTHORIZATION_SERVICE,
         {
             "Check": grpc.unary_unary_rpc_method_handler(
                 check,
-                request_deserializer=CheckRequest.FromString,
+                request_deserializer=read,
                 response_serializer=bytes,
             )
         },
@@ -87,8 +91,10 @@ class Server:
         settings: Settings,
         reuse_port: bool = False,
         check: CheckHandler | None = None,
+        read: Callable[[bytes], Any] | None = None,
     ) -> None:
-        """`check` replaces the Check handler (bench/ measures an empty one)."""
+        """`check` and `read` replace the Check handler and its request reader (bench/
+        measures an empty handler on a plain parse)."""
         self.settings = settings
         self.store = open_store(settings.redis_url, settings.key_prefix, settings.redis_timeout)
         self.redis = RedisHealth()  # one view of Redis: cache trust, health, metrics
@@ -124,7 +130,9 @@ class Server:
         )
         self.health = health.HealthServicer()
         self.grpc_server = self._grpc_server(
-            reuse_port, check or check_handler(self.authorizer, settings.route_identity)
+            reuse_port,
+            check or check_handler(self.authorizer),
+            read or check_input_reader(settings.route_identity),
         )
         self.port = 0
         self._stopping = threading.Event()
@@ -144,7 +152,9 @@ class Server:
             usage=self.usage,
         )
 
-    def _grpc_server(self, reuse_port: bool, check: CheckHandler) -> grpc.Server:
+    def _grpc_server(
+        self, reuse_port: bool, check: CheckHandler, read: Callable[[bytes], Any]
+    ) -> grpc.Server:
         server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=self.settings.threads, thread_name_prefix="check"
@@ -157,7 +167,7 @@ class Server:
                 ("grpc.max_receive_message_length", MAX_CHECK_REQUEST_BYTES),
             ],
         )
-        server.add_generic_rpc_handlers((authorization_service(check),))
+        server.add_generic_rpc_handlers((authorization_service(check, read),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return server
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from extauthz.core.credentials import token_hash
 from extauthz.core.decision import FOREVER, RequestFacts, decide
 from extauthz.core.policy import parse_policy
 from extauthz.core.rate_limit import RateLimit
+from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.runtime.authorizer import MEMO_TTL, Authorizer
 from extauthz.runtime.rate_limiter import RateLimiter
 from extauthz.runtime.usage import UsageMeter
@@ -146,3 +148,64 @@ def test_a_remembered_allow_still_takes_a_permit(world: Any, store: Store) -> No
     assert list(auth.usage._counts.values()) == [[3, 3]]  # metered: 3 allowed, 3 limited
     clock.now += 60  # the next window
     assert auth.decide(facts(tok)).status == 200
+
+
+class Peer:
+    """Envoy's attributes as `peer_address` reads them, counting the reads."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.reads = 0
+
+    @property
+    def source(self) -> Any:
+        self.reads += 1
+        return SimpleNamespace(address=SimpleNamespace(socket_address=self))
+
+
+ADDRESSED = """version: 1
+internal_networks: [10.0.0.0/8]
+routes:
+  m: {access: protected}
+  open: {access: public}
+  capped: {access: public, rate_limit: 2/m}
+  inner: {access: private}
+  inner_keys: {access: private, credentials: [bearer]}
+"""
+
+
+def test_the_address_is_read_only_where_the_decision_depends_on_it(
+    world: Any, store: Store
+) -> None:
+    auth, _, clock, calls = world
+    sync(store, parse_policy(ADDRESSED))
+    auth.refresh_policy()
+    auth.limiter = RateLimiter(store)
+    tok = tokens.create(store, ["m", "inner_keys"], now=clock.now).token
+    inside, outside, other = Peer("10.1.2.3"), Peer("192.0.2.1"), Peer("192.0.2.2")
+    # protected and plain public routes: one decision for every client, no address read
+    for peer in (inside, outside, other) * 3:
+        assert auth.decide(facts(tok), peer=peer).status == 200
+        assert auth.decide(RequestFacts("open"), peer=peer).status == 200
+    assert calls[0] == 2 and inside.reads == outside.reads == other.reads == 0
+    # private routes: each client its own answer, remembered per address, never crossed
+    for _ in range(3):
+        assert auth.decide(RequestFacts("inner"), peer=inside).status == 200
+        assert auth.decide(RequestFacts("inner"), peer=outside).status == 404
+        assert auth.decide(facts(tok, "inner_keys"), peer=inside).status == 200
+        assert auth.decide(facts(tok, "inner_keys"), peer=outside).status == 404
+    assert calls[0] == 6 and inside.reads == outside.reads == 6
+    # a per-address rate limit counts each client apart
+    answers = [auth.decide(RequestFacts("capped"), peer=outside).status for _ in range(3)]
+    assert answers == [200, 200, 429]
+    assert auth.decide(RequestFacts("capped"), peer=other).status == 200
+
+
+def test_failed_authentications_count_the_peers_address(world: Any, store: Store) -> None:
+    auth, _, _, _ = world
+    auth.failures = FailureLimiter(rate=0.001, burst=2)
+    guesser, bystander = Peer("192.0.2.7"), Peer("192.0.2.8")
+    answers = [auth.decide(facts(f"eat_guess{i}"), peer=guesser).status for i in range(4)]
+    assert answers == [401, 401, 429, 429]
+    assert auth.decide(facts("eat_guess9"), peer=bystander).status == 401
+    assert auth.decide(facts("eat_guess0"), peer=guesser).status == 401  # remembered: no lookup

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from google.rpc import code_pb2
 
 from extauthz.core.decision import Decision, Outcome, shown_request_id
 from extauthz.runtime.envoy_check import (
     CheckResponse,
+    check_input_reader,
     check_response,
     check_response_bytes,
     facts_from_check_request,
+    peer_address,
     read_check_request,
 )
 
@@ -145,14 +148,52 @@ def test_one_pass_reads_facts_and_request_id_like_the_separate_readers() -> None
         {"a": "1", "x-extauthz-route": "r", "z": "2", "x-extauthz-scopes": ""},
         {},
     ]
+    read_bytes = check_input_reader()
     for headers in cases:
         req = request(headers, route="r")
-        facts, headers_read = read_check_request(req)
-        assert facts == facts_from_check_request(req)
-        # the request's own headers: a denial or a log line reads (and checks) the id there
-        assert headers_read.get("x-request-id", "") == headers.get("x-request-id", "")
-        expected = sorted(k for k in headers if k.startswith("x-extauthz-"))
-        assert sorted(facts.identity_headers_sent) == expected, headers
+        for facts, headers_read, attributes in (
+            read_check_request(req),
+            read_bytes(req.SerializeToString()),
+        ):
+            # the address is left out (read from the attributes when needed)
+            assert facts.source_address == "" and peer_address(attributes) == "10.0.0.7"
+            full = facts_from_check_request(req)  # (a map's order may change on the wire)
+            assert facts._replace(source_address="10.0.0.7", identity_headers_sent=()) == (
+                full._replace(identity_headers_sent=())
+            )
+            # the request's own headers: a denial or a log line reads (and checks) the id there
+            assert headers_read.get("x-request-id", "") == headers.get("x-request-id", "")
+            expected = sorted(k for k in headers if k.startswith("x-extauthz-"))
+            assert sorted(facts.identity_headers_sent) == expected, headers
+
+
+def test_identity_header_names_found_wherever_the_prefix_is_in_the_bytes() -> None:
+    # the bytes scan only says "look at the names": the prefix in a value, the route, the
+    # path or the address must not make a name out of it, and every name is still found
+    read = check_input_reader()
+    prefix = "x-extauthz-"
+    placements: list[tuple[dict[str, str], dict[str, str], tuple[str, ...]]] = [
+        ({"a": prefix + "subject"}, {}, ()),  # in a value
+        ({}, {"route": prefix + "r"}, ()),  # in the route's name
+        ({"x-extauthz-subject": "v"}, {}, ("x-extauthz-subject",)),
+        ({"X-Extauthz-Subject": "v"}, {}, ()),  # Envoy sends names in lower case
+        ({"x-extauthz-": ""}, {}, ("x-extauthz-",)),
+        ({"x-extauthz-a": prefix, "x-extauthz-b": prefix}, {}, ("x-extauthz-a", "x-extauthz-b")),
+    ]
+    for headers, extensions, expected in placements:
+        req = request(headers, **extensions)
+        req.attributes.request.http.path = "/" + prefix
+        facts = read(req.SerializeToString())[0]
+        assert sorted(facts.identity_headers_sent) == list(expected), headers
+
+
+def test_reading_bytes_refuses_what_is_not_a_check_request() -> None:
+    from google.protobuf.message import DecodeError
+
+    read = check_input_reader()
+    for data in (b"\xff", b"\x0a\x05ab", b"\x0a" + b"\xff" * 11):
+        with pytest.raises(DecodeError):
+            read(data)
 
 
 def test_response_bytes_found_by_identity_are_always_the_decisions_own() -> None:

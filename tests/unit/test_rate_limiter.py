@@ -5,6 +5,8 @@ tests/integration/test_rate_limits.py)."""
 from __future__ import annotations
 
 import random
+import sys
+import threading
 from typing import Any
 
 import fakeredis
@@ -132,6 +134,38 @@ def test_never_more_than_n_and_at_least_90_percent_when_offered_more(
                 assert 1 <= retry <= 60
         assert allowed <= count, (window, allowed)
         assert allowed >= 0.9 * count, (window, allowed)
+
+
+@pytest.mark.parametrize("count", [1, 50, 3000])
+def test_threads_taking_permits_at_once_never_exceed_n(count: int) -> None:
+    # the permits in memory are handed out without a lock: switch threads as often as the
+    # interpreter can, from several limiters on one store (processes) with 6 threads each
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        store = _store()
+        limiters = [RateLimiter(store) for _ in range(2)]
+        decision = _allow(RateLimit(count, "m"))
+        allowed = [0] * 12
+        start = threading.Barrier(12)
+
+        def offer(i: int) -> None:
+            limiter = limiters[i % 2]
+            start.wait()
+            for j in range(count // 4 + 20):
+                now = START + 30 + j * 1e-4  # a high rate: big leases, taken at once
+                if limiter.admit(decision, now).outcome is Outcome.ALLOW:
+                    allowed[i] += 1
+
+        threads = [threading.Thread(target=offer, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert sum(allowed) <= count
+    assert sum(allowed) >= 0.9 * count, allowed
 
 
 def test_an_unreached_limit_costs_few_redis_calls() -> None:
