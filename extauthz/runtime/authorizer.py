@@ -8,6 +8,7 @@ and logs decisions (sampled).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -28,11 +29,11 @@ from extauthz.core.policy import EMPTY_SNAPSHOT, PolicySnapshot
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import TooManyFailures, shown
 from extauthz.runtime.auth_failures import FailureLimiter
-from extauthz.runtime.envoy_check import peer_address
+from extauthz.runtime.envoy_check import client_of
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.jwt_verifier import JwtVerifier
 from extauthz.runtime.logs import LogSampler
-from extauthz.runtime.metrics import Metrics
+from extauthz.runtime.metrics import Metrics, count_value
 from extauthz.runtime.rate_limiter import RateLimiter
 from extauthz.runtime.usage import UsageMeter
 from extauthz.storage.store import PolicyVersion, Store
@@ -41,8 +42,10 @@ from extauthz.storage.token_cache import TokenCache
 log = logging.getLogger("extauthz.decision")
 # the hot path's constants, bound once (an enum member's `.value` is a Python-level lookup)
 _ALLOW = Outcome.ALLOW
-_LABELS = {outcome: outcome.value for outcome in Outcome}
+_LABELS = {outcome: outcome.value for outcome in Outcome}  # (hashing a member: Python code)
 _perf_counter = time.perf_counter
+_debug_enabled = log.isEnabledFor
+_DEBUG = logging.DEBUG
 watch_log = logging.getLogger("extauthz.policy")
 
 MEMO_TTL = 1.0  # seconds a remembered decision lives at most (beyond that: decided afresh)
@@ -88,7 +91,8 @@ class Authorizer:
         # facts → (decision, cache epoch, snapshot, valid until): see _decide
         self._memo: BoundedDict[RequestFacts, tuple[Decision, int, PolicySnapshot | None, float]]
         self._memo = BoundedDict(MEMO_MAX_ENTRIES, MEMO_MAX_BYTES)
-        self.reused = 0  # decisions answered from the memo
+        # decisions answered from the memo: next() on a C counter, atomic under the GIL
+        self._reused = itertools.count()
         self.log_sampler = LogSampler()
 
     def decide(
@@ -96,18 +100,21 @@ class Authorizer:
     ) -> Decision:
         """Decide one request; `headers` are the request's, whose x-request-id (Envoy's)
         goes into its log line when one is written. `peer`: Envoy's attributes, where the
-        client's address is read when something needs it (the server's facts leave it out,
-        see envoy_check.check_input_reader); None: the facts hold it."""
+        client's address and network are read when something needs them (the server's
+        facts leave them out, see envoy_check.check_input_reader); None: the facts hold
+        them."""
         started = _perf_counter()
         now = self.clock()
         if facts.target is not None:  # --route-identity match: the policy names the route
             facts = self._matched(facts)
+        snapshot = self.snapshot
+        route = facts.route
         if self.disable_auth:
             decision = auth_disabled(facts)
         else:
-            snapshot = self.snapshot
-            if peer is not None and snapshot is not None and facts.route in snapshot.address_routes:
-                facts = facts._replace(source_address=peer_address(peer))
+            if peer is not None and snapshot is not None and route in snapshot.address_routes:
+                address, network = client_of(peer)
+                facts = facts._replace(source_address=address, network=network)
                 peer = None
             decision = self._decide(facts, now, snapshot, peer)
         if decision.limits and self.limiter is not None:  # every time, also when remembered
@@ -120,34 +127,28 @@ class Authorizer:
                 self.usage.count(decision.token_id, False, now)
         failures = self.failures
         if failures is not None and decision.status == 401 and decision.reason != "no_credential":
-            failures.failed(self._address(facts, peer))
+            failures.failed(client_of(peer)[0] if peer is not None else facts.source_address)
         metrics = self.metrics
         if metrics is not None:
-            metrics.decision(
-                self._route_label(facts.route),
-                _LABELS[outcome],
-                decision.reason,
-                _perf_counter() - started,
-            )
+            # a name the policy does not know is "-": a label per name sent would let
+            # clients grow the metrics without bound
+            if not route or snapshot is None or route not in snapshot.routes:
+                route = "-"
+            label = "allow" if outcome is _ALLOW else _LABELS[outcome]
+            metrics.decision(route, label, decision.reason, _perf_counter() - started)
             if outcome is not _ALLOW:
                 if decision.reason == "store_unavailable":
                     metrics.redis_errors.inc()
                 elif decision.reason == "rate_limited":
-                    metrics.rate_limited.labels(self._route_label(facts.route)).inc()
-        if outcome is not _ALLOW or log.isEnabledFor(logging.DEBUG):
+                    metrics.rate_limited.labels(route).inc()
+        if outcome is not _ALLOW or _debug_enabled(_DEBUG):
             self._log(facts, decision, headers.get("x-request-id", ""))
         return decision
 
-    def _route_label(self, route: str | None) -> str:
-        """The route as metrics name it: "-" for a name the policy does not know (a label
-        per name sent would let clients grow the metrics without bound)."""
-        snapshot = self.snapshot
-        if route and snapshot is not None and route in snapshot.routes:
-            return route
-        return "-"
-
-    def _address(self, facts: RequestFacts, peer: Any) -> str:
-        return peer_address(peer) if peer is not None else facts.source_address
+    @property
+    def reused(self) -> int:
+        """Decisions answered from the memo so far."""
+        return count_value(self._reused)
 
     def _matched(self, facts: RequestFacts) -> RequestFacts:
         """The facts with the route the policy's match rules name for their host and path
@@ -224,11 +225,12 @@ class Authorizer:
         if epoch is not None:
             hit = self._memo.get(facts)
             if hit is not None and hit[1] == epoch and hit[2] is snapshot and now < hit[3]:
-                self.reused += 1
+                next(self._reused)
                 return hit[0]
         lookup = self.lookup
         if self.failures is not None:
-            wait = self.failures.retry_after(self._address(facts, peer))
+            address = client_of(peer)[0] if peer is not None else facts.source_address
+            wait = self.failures.retry_after(address)
             if wait is not None:
                 lookup = self._cache_only(wait)
         decision = decide(facts, snapshot, lookup, now, self.verify_jwt)

@@ -48,19 +48,20 @@ GATEWAY_ANNOTATION = "extauthz-route"  # HTTPRoute gateway.envoyproxy.io/extauth
 
 
 def facts_from_check_request(request: Any, route_identity: str = "context") -> RequestFacts:
-    """Extract what the decision needs from a parsed Envoy CheckRequest (the source address
-    included); the route's name from the one source `route_identity` names (design.md §14),
-    never from another."""
-    facts = _read(request, route_identity, None)[0]
-    return facts._replace(source_address=peer_address(request.attributes))
+    """Extract what the decision needs from a parsed Envoy CheckRequest (where the client
+    is included); the route's name from the one source `route_identity` names (design.md
+    §14), never from another."""
+    facts = _read(request.attributes, route_identity, None)[0]
+    address, network = client_of(request.attributes)
+    return facts._replace(source_address=address, network=network)
 
 
 _NEW_FACTS = tuple.__new__  # makes RequestFacts without its Python-level __new__
 _PREFIX_BYTES = IDENTITY_PREFIX.encode()
 _parse = CheckRequest.FromString
 
-# What the Check handler gets for each call: the facts without the source address (it is
-# read only when needed, see `peer_address`), the request's headers and its attributes.
+# What the Check handler gets for each call: the facts without where the client is (read
+# only when needed, see `client_of`), the request's headers and its attributes.
 CheckInput = tuple[RequestFacts, Mapping[str, str], Any]
 
 
@@ -68,14 +69,26 @@ def check_input_reader(route_identity: str = "context") -> Callable[[bytes], Che
     """The gRPC request deserializer: a CheckRequest's bytes → CheckInput, in one pass.
 
     The hot path's only reading of the request: every field read makes a Python object, a
-    few hundred instructions, so what is rarely needed is not read (the source address), and
-    the rare request that carries x-extauthz-* header names is found by one scan of its
-    bytes in C (a header name is in the serialized request as sent) rather than by walking
-    the header map.
+    few hundred instructions, so what is rarely needed is not read (the client's address
+    and network), and the rare request that carries x-extauthz-* header names is found by
+    one scan of its bytes in C (a header name is in the serialized request as sent) rather
+    than by walking the header map. (bytes.find: `in` first tries the needle as an int.)
     """
+    if route_identity != "context":
+        return lambda data: _read(
+            _parse(data).attributes, route_identity, data.find(_PREFIX_BYTES) >= 0
+        )
 
     def read(data: bytes) -> CheckInput:
-        return _read(_parse(data), route_identity, _PREFIX_BYTES in data)
+        attributes = _parse(data).attributes
+        headers = attributes.request.http.headers
+        if headers and data.find(_PREFIX_BYTES) < 0:
+            # the common case: a route named in the context, headers, none of ours sent
+            # (a protobuf map's [] would insert "" for a missing key: .get it is)
+            route = attributes.context_extensions.get("route")
+            facts = (route, None, "", headers.get("authorization"), (), None)
+            return _NEW_FACTS(RequestFacts, facts), headers, attributes
+        return _read(attributes, "context", None)
 
     return read
 
@@ -83,23 +96,24 @@ def check_input_reader(route_identity: str = "context") -> Callable[[bytes], Che
 def read_check_request(request: Any, route_identity: str = "context") -> CheckInput:
     """CheckInput of a parsed CheckRequest (tests, tools); the server reads bytes through
     `check_input_reader`."""
-    return _read(request, route_identity, None)
+    return _read(request.attributes, route_identity, None)
 
 
-def peer_address(attributes: Any) -> str:
-    """The downstream client's address (Envoy's `source`) in a CheckInput's attributes."""
-    return str(attributes.source.address.socket_address.address)
+def client_of(attributes: Any) -> tuple[str, str | None]:
+    """Where the client is, from a CheckInput's attributes: its address (Envoy's `source`)
+    and the `network` its route's context names ("internal" or None)."""
+    address: str = attributes.source.address.socket_address.address
+    network: str | None = attributes.context_extensions.get("network")
+    return address, network
 
 
-def _read(request: Any, route_identity: str, prefix_seen: bool | None) -> CheckInput:
+def _read(attributes: Any, route_identity: str, prefix_seen: bool | None) -> CheckInput:
     """`prefix_seen`: whether the request's bytes hold "x-extauthz-" at all (False: no
     header name can start with it); None: unknown, look at every name."""
-    attributes = request.attributes
     http = attributes.request.http
-    extensions = attributes.context_extensions
     target = None
     if route_identity == "context":
-        route = extensions.get("route")
+        route = attributes.context_extensions.get("route")
     elif route_identity == "match":
         route, target = None, (http.host, http.path)
     else:
@@ -125,13 +139,8 @@ def _read(request: Any, route_identity: str, prefix_seen: bool | None) -> CheckI
             elif h.key.startswith(IDENTITY_PREFIX):
                 names.append(h.key)
         sent = tuple(names)
-    # context mode: a route named there and nothing else is the common case
-    single = route_identity == "context" and route is not None and len(extensions) == 1
-    facts: RequestFacts = _NEW_FACTS(
-        RequestFacts,
-        (route, None if single else extensions.get("network"), "", authorization, sent, target),
-    )
-    return facts, headers, attributes
+    facts = (route, None, "", authorization, sent, target)
+    return _NEW_FACTS(RequestFacts, facts), headers, attributes
 
 
 def _route_from_metadata(metadata: Any, route_identity: str) -> str | None:
@@ -178,6 +187,9 @@ def _header(key: str, value: str) -> Any:
 _SERIALIZED: BoundedDict[Decision, bytes] = BoundedDict(4096, 8 << 20)
 _BY_IDENTITY: BoundedDict[int, tuple[Decision, bytes]] = BoundedDict(4096, 8 << 20)
 _SERIALIZED_MAX_REMOVALS = 6  # authorization + up to 5 client-sent x-extauthz-* names
+# id(decision) → (decision, its bytes): what check_response_bytes found first, for a
+# handler that has a remembered decision (check that [0] is the decision: ids are reused)
+known_response_bytes = _BY_IDENTITY.get
 
 
 def check_response_bytes(decision: Decision, request_id: str = "") -> bytes:

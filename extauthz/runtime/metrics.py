@@ -8,6 +8,7 @@ scrape time, as is everything else (cache, JWKS, policy, Redis state).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import urllib.request
 from bisect import bisect_left
@@ -35,6 +36,7 @@ from extauthz.config import split_address
 
 REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
+_FIRST_BOUND = LATENCY_BUCKETS[0]
 
 
 class Metrics:
@@ -74,6 +76,12 @@ class Metrics:
         start_http_server(port, addr=host or "127.0.0.1", registry=self.registry)
 
 
+def count_value(counter: itertools.count[int]) -> int:
+    """How far an itertools.count has counted (its next value): read from its repr, the one
+    public view of it. Threads count with next(), which is atomic under the GIL."""
+    return int(repr(counter)[6:-1])
+
+
 class _Tally:
     """One thread's counts: written by that thread only, copied whole by the scraper."""
 
@@ -106,7 +114,8 @@ class DecisionTally:
         counts = tally.counts
         key = (route, outcome, reason)
         counts[key] = counts.get(key, 0) + 1
-        tally.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        # most decisions fall in the first bucket: no search for them
+        tally.buckets[0 if seconds <= _FIRST_BOUND else bisect_left(LATENCY_BUCKETS, seconds)] += 1
         tally.total += seconds
 
     def collect(self) -> Iterator[Metric]:

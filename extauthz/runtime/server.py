@@ -25,7 +25,12 @@ from extauthz.errors import ConfigError
 from extauthz.runtime import tls
 from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.runtime.authorizer import Authorizer
-from extauthz.runtime.envoy_check import CheckInput, check_input_reader, check_response_bytes
+from extauthz.runtime.envoy_check import (
+    CheckInput,
+    check_input_reader,
+    check_response_bytes,
+    known_response_bytes,
+)
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.policy_watcher import PolicyWatcher
@@ -55,11 +60,15 @@ def check_handler(authorizer: Authorizer) -> CheckHandler:
     """envoy.service.auth.v3.Authorization/Check: a CheckInput (see `check_input_reader`)
     in, response bytes out."""
     decide = authorizer.decide
+    known = known_response_bytes
 
     def check(read: CheckInput, context: Any) -> bytes:
         facts, headers, attributes = read
         decision = decide(facts, headers, attributes)
         if decision.outcome is _ALLOW:
+            found = known(id(decision))  # a remembered decision: its bytes as they were sent
+            if found is not None and found[0] is decision:
+                return found[1]
             return check_response_bytes(decision)
         return check_response_bytes(decision, headers.get("x-request-id", ""))
 

@@ -48,7 +48,9 @@ class UsageMeter:
     def count(self, token_id: str, allowed: bool, now: float) -> None:
         """One request of this token: allowed, or refused by a rate limit."""
         key = (token_id, int(now // DAY))
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (not `with`: its __enter__/__exit__ lookups double the cost)
+        try:
             counts = self._counts.get(key)
             if counts is None:
                 if len(self._counts) >= MAX_PENDING:
@@ -57,6 +59,8 @@ class UsageMeter:
                 counts = self._counts[key] = [0, 0]
             counts[0 if allowed else 1] += 1
             self._last[token_id] = now
+        finally:
+            lock.release()
 
     def maybe_flush(self) -> None:
         """Flush if `flush_every` seconds have passed since the last one."""

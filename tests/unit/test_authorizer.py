@@ -151,16 +151,21 @@ def test_a_remembered_allow_still_takes_a_permit(world: Any, store: Store) -> No
 
 
 class Peer:
-    """Envoy's attributes as `peer_address` reads them, counting the reads."""
+    """Envoy's attributes as `client_of` reads them, counting the reads."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, network: str | None = None) -> None:
         self.address = address
+        self.network = network
         self.reads = 0
 
     @property
     def source(self) -> Any:
         self.reads += 1
         return SimpleNamespace(address=SimpleNamespace(socket_address=self))
+
+    @property
+    def context_extensions(self) -> dict[str, str]:
+        return {"network": self.network} if self.network else {}
 
 
 ADDRESSED = """version: 1
@@ -183,6 +188,7 @@ def test_the_address_is_read_only_where_the_decision_depends_on_it(
     auth.limiter = RateLimiter(store)
     tok = tokens.create(store, ["m", "inner_keys"], now=clock.now).token
     inside, outside, other = Peer("10.1.2.3"), Peer("192.0.2.1"), Peer("192.0.2.2")
+    declared = Peer("192.0.2.3", network="internal")  # Envoy's route says: internal
     # protected and plain public routes: one decision for every client, no address read
     for peer in (inside, outside, other) * 3:
         assert auth.decide(facts(tok), peer=peer).status == 200
@@ -194,7 +200,8 @@ def test_the_address_is_read_only_where_the_decision_depends_on_it(
         assert auth.decide(RequestFacts("inner"), peer=outside).status == 404
         assert auth.decide(facts(tok, "inner_keys"), peer=inside).status == 200
         assert auth.decide(facts(tok, "inner_keys"), peer=outside).status == 404
-    assert calls[0] == 6 and inside.reads == outside.reads == 6
+        assert auth.decide(RequestFacts("inner"), peer=declared).status == 200
+    assert calls[0] == 7 and inside.reads == outside.reads == 6
     # a per-address rate limit counts each client apart
     answers = [auth.decide(RequestFacts("capped"), peer=outside).status for _ in range(3)]
     assert answers == [200, 200, 429]
