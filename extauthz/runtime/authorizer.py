@@ -216,7 +216,7 @@ class Authorizer:
         its failure limit is answered from the cache only, when it is not remembered.
         """
         # None: not remembered (lookups would go to Redis and nothing may be skipped)
-        epoch = self.cache.epoch() if self.cache is not None else None
+        epoch = self.cache.current_epoch if self.cache is not None else None
         sent = facts.identity_headers_sent
         if sent and (
             len(sent) > MEMO_MAX_SENT_HEADERS or sum(map(len, sent)) > MEMO_MAX_SENT_LENGTH

@@ -88,7 +88,9 @@ class _Tally:
     __slots__ = ("buckets", "counts", "total")
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, str], int] = {}
+        # outcome → route → reason → decisions: keys whose hashes the strings keep (a tuple
+        # key is hashed anew on every call)
+        self.counts: dict[str, dict[str, dict[str, int]]] = {}
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last: above every bound
         self.total = 0.0
 
@@ -111,9 +113,13 @@ class DecisionTally:
             tally = self._local.tally = _Tally()
             with self._lock:
                 self._tallies.append(tally)
-        counts = tally.counts
-        key = (route, outcome, reason)
-        counts[key] = counts.get(key, 0) + 1
+        routes = tally.counts.get(outcome)
+        if routes is None:
+            routes = tally.counts[outcome] = {}
+        reasons = routes.get(route)
+        if reasons is None:
+            reasons = routes[route] = {}
+        reasons[reason] = reasons.get(reason, 0) + 1
         # most decisions fall in the first bucket: no search for them
         tally.buckets[0 if seconds <= _FIRST_BOUND else bisect_left(LATENCY_BUCKETS, seconds)] += 1
         tally.total += seconds
@@ -125,8 +131,11 @@ class DecisionTally:
         with self._lock:
             tallies = list(self._tallies)
         for tally in tallies:
-            for key, n in tally.counts.copy().items():
-                counts[key] = counts.get(key, 0) + n
+            for outcome, routes in tally.counts.copy().items():
+                for route, reasons in routes.copy().items():
+                    for reason, n in reasons.copy().items():
+                        key = (route, outcome, reason)
+                        counts[key] = counts.get(key, 0) + n
             for i, n in enumerate(list(tally.buckets)):
                 buckets[i] += n
             total += tally.total

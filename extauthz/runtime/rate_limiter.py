@@ -43,6 +43,8 @@ def _no_permits() -> Iterator[int]:
 @dataclass
 class _Lease:
     window: int
+    starts: float  # the window's first second
+    ends: float  # and the first after it
     # the permits held: each next() that yields hands one out. next() on a C iterator is
     # atomic under the GIL, so the common case takes no lock (see RateLimiter.admit)
     permits: Iterator[int] = field(default_factory=_no_permits)
@@ -70,7 +72,7 @@ class RateLimiter:
             lease = leases.get(limited.lease)
             if (
                 lease is not None
-                and lease.window == int(now // limited.limit.seconds)
+                and lease.starts <= now < lease.ends
                 and next(lease.permits, None) is not None
             ):
                 continue  # a permit held in memory: no lock, no Redis
@@ -94,7 +96,9 @@ class RateLimiter:
         with self._lock:
             lease = self._leases.get(held)
             if lease is None or lease.window != window:
-                lease = _Lease(window, rate=lease.rate if lease is not None else 0.0)
+                starts = float(window * limit.seconds)
+                rate = lease.rate if lease is not None else 0.0
+                lease = _Lease(window, starts, starts + limit.seconds, rate=rate)
                 self._leases.put(held, lease, ENTRY_OVERHEAD + 2 * len(held))
             if next(lease.permits, None) is not None:  # another thread refilled it
                 return None

@@ -79,6 +79,7 @@ class TokenCache:
         self._trusted = False  # follows self.health (see _on_trust)
         self._untrusted_since = -float("inf")
         self._events = True  # every change arrives as an invalidation (not just the ttl)
+        self.current_epoch: int | None = None  # see epoch()
         self.health = health if health is not None else RedisHealth()
         self.health.observe(self._on_trust)
         self._on_trust(self.health.trusted)
@@ -101,6 +102,7 @@ class TokenCache:
                 self._untrusted_since = self.clock()
                 self._generation += 1
             self._trusted = trusted
+            self._publish_epoch()
 
     def use_fallback_ttl(self, ttl: float) -> None:
         """Hand edits arrive as no invalidation (no keyspace notifications): `ttl` bounds them."""
@@ -108,20 +110,26 @@ class TokenCache:
             self.ttl = min(self.ttl, ttl)
             self._events = False
             self._generation += 1
+            self._publish_epoch()
 
     def epoch(self) -> int | None:
         """A number that changes whenever any cached answer may have changed; None when
         answers are not kept honest by invalidations alone (untrusted, or ttl fallback).
 
         What was derived from lookups made at one epoch holds while epoch() returns it.
+        (`current_epoch` is the same, read as an attribute: the decision path's way.)
         """
-        if self._trusted and self._events:
-            return self._generation
-        return None
+        return self.current_epoch
+
+    def _publish_epoch(self) -> None:
+        """Set current_epoch after any change of generation, trust or events (under the
+        lock): a reader never sees an epoch older than the last change made."""
+        self.current_epoch = self._generation if self._trusted and self._events else None
 
     def invalidate(self, digest: str) -> None:
         with self._lock:
             self._generation += 1
+            self._publish_epoch()
             self.stats.invalidations += 1
             self._records.pop(digest)
             self._unknown.pop(digest)
@@ -132,6 +140,7 @@ class TokenCache:
 
     def _clear_locked(self) -> None:
         self._generation += 1
+        self._publish_epoch()
         self._records.clear()
         self._unknown.clear()
 
