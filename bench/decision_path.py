@@ -2,22 +2,29 @@
 metering add.
 
 Times the real gRPC request reader and handler (`envoy_check.check_input_reader`: parse,
-facts; `server.check_handler`: decision, response bytes) on the request's bytes per call, for a repeated request with a
-valid token, in four setups measured alternately: no limit and no metering, an unreached
-rate limit (10^9/m), usage metering, both; metrics and the failure limiter are on in all.
-Then each stage alone, so that the README can say where each microsecond goes. A machine's
-noise moves whole-server benchmarks by ±20 % here; this compares microseconds on one thread.
+facts; `server.check_handler`: decision, response bytes) on the request's bytes, for a
+repeated request with a valid token, in four setups measured alternately: no limit and no
+metering, an unreached rate limit (10^9/m), usage metering, both; metrics and the failure
+limiter are on in all. Then each stage alone, so that the README can say where each
+microsecond goes; with --instructions also in instructions (valgrind's callgrind, which the
+machine's load cannot move). A machine's noise moves whole-server benchmarks by ±20 % here;
+this compares microseconds on one thread.
 
-    python bench/decision_path.py [--calls 100000] [--rounds 5]
+    python bench/decision_path.py [--calls 100000] [--rounds 5] [--instructions]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +82,55 @@ class World:
             self.handler(self.read(self.body), None)
 
 
+def handler_us(world: World, calls: int) -> float:
+    """Reader and handler on the request's bytes, the parse (grpcio's part in a plain
+    server too) subtracted."""
+    body, handler, read, parse = world.body, world.handler, world.read, CheckRequest.FromString
+    return timed(lambda: handler(read(body), None), calls) - timed(lambda: parse(body), calls)
+
+
+def stage_calls(world: World) -> dict[str, Callable[[], Any]]:
+    """Each stage of the handler as a call (read and handler include the parse)."""
+    auth, body, parse, read, handler = (
+        world.auth, world.body, CheckRequest.FromString, world.read, world.handler
+    )  # fmt: skip
+    facts, headers, attributes = read(body)
+    decision = auth.decide(facts, headers, attributes)
+    now = time.time()
+    snapshot = auth.snapshot
+    metrics, limiter, usage = auth.metrics, auth.limiter, auth.usage
+    assert metrics is not None and limiter is not None
+    calls: dict[str, Callable[[], Any]] = {
+        "noop": lambda: None,
+        "parse": lambda: parse(body),
+        "read": lambda: read(body),
+        "memo": lambda: auth._decide(facts, now, snapshot, attributes),
+        "metrics": lambda: metrics.decision("bench", "allow", "granted", 1e-5),
+        "decide": lambda: auth.decide(facts, headers, attributes),
+        "bytes": lambda: check_response_bytes(decision, ""),
+        "handler": lambda: handler(read(body), None),
+    }
+    if decision.limits:
+        calls["limit"] = lambda: limiter.admit(decision, now)
+    if usage is not None:
+        calls["usage"] = lambda: usage.count("tok_x", True, now)
+    return calls
+
+
+ROWS = {  # README row → (setup, stages added, stages taken off)
+    "parse (grpcio's deserializer, in both servers)": ("plain", ["parse"], []),
+    "read the request": ("plain", ["read"], ["parse"]),
+    "memo hit (policy, cache epoch)": ("plain", ["memo"], []),
+    "metrics": ("plain", ["metrics"], []),
+    "rate limit (unreached, leased)": ("limited+usage", ["limit"], []),
+    "usage count": ("limited+usage", ["usage"], []),
+    "the rest of decide": ("plain", ["decide"], ["memo", "metrics"]),
+    "response bytes": ("plain", ["bytes"], []),
+    "whole handler, neither": ("plain", ["handler"], ["parse"]),
+    "whole handler, limit + usage": ("limited+usage", ["handler"], ["parse"]),
+}
+
+
 def timed(fn: Callable[[], Any], calls: int) -> float:
     """µs per call of `fn`."""
     started = time.perf_counter()
@@ -83,46 +139,70 @@ def timed(fn: Callable[[], Any], calls: int) -> float:
     return (time.perf_counter() - started) / calls * 1e6
 
 
-def handler_us(world: World, calls: int) -> float:
-    """Reader and handler on the request's bytes, the parse (grpcio's part in a plain
-    server too) subtracted."""
-    body, handler, read, parse = world.body, world.handler, world.read, CheckRequest.FromString
-    return timed(lambda: handler(read(body), None), calls) - timed(lambda: parse(body), calls)
+def instructions(setup: str, stage: str, calls: int) -> float:
+    """Instructions per call of one stage, counted by callgrind in a child process: only
+    inside functools.reduce, which runs the stage `calls` times (minus the loop's own)."""
+    with tempfile.TemporaryDirectory(prefix="extauthz-stage-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", "--toggle-collect=functools_reduce",
+             f"--callgrind-out-file={out}", sys.executable, __file__, "--stage",
+             f"{setup}:{stage}", "--calls", str(calls)],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
+        assert found is not None, "callgrind wrote no total"
+        return int(found.group(1)) / calls
 
 
-def stages(world: World, calls: int) -> dict[str, float]:
-    """Each stage of the handler alone (µs per call)."""
-    auth, body, parse, read = world.auth, world.body, CheckRequest.FromString, world.read
-    facts, headers, attributes = read(body)
-    decision = auth.decide(facts, headers, attributes)
-    now = time.time()
-    snapshot = auth.snapshot
-    parse_us = timed(lambda: parse(body), calls)
-    out = {
-        "parse (grpcio's deserializer, in both servers)": parse_us,
-        "facts": timed(lambda: read(body), calls) - parse_us,
-        "decide: memo hit, policy, cache epoch": timed(
-            lambda: auth._decide(facts, now, snapshot, attributes), calls
-        ),
-        "decide: metrics": timed(
-            lambda: auth.metrics.decision("bench", "allow", "granted", 1e-5),  # type: ignore[union-attr]
-            calls,
-        ),
-        "decide: all of it": timed(lambda: auth.decide(facts, headers, attributes), calls),
-        "response bytes": timed(lambda: check_response_bytes(decision, ""), calls),
+def run_stage(name: str, calls: int) -> None:
+    """--stage SETUP:STAGE (under callgrind, see `instructions`)."""
+    setup, stage = name.split(":")
+    fn = stage_calls(World(setup))[stage]
+    functools.reduce(lambda _, __: fn(), range(calls), None)
+
+
+def count_rows(calls: int) -> dict[str, float]:
+    """Instructions per call of each README row (two stages counted at a time)."""
+    needed = sorted({(setup, st) for setup, add, sub in ROWS.values() for st in add + sub})
+    needed += [(setup, "noop") for setup in SETUPS if setup in ("plain", "limited+usage")]
+    with ThreadPoolExecutor(2) as pool:
+        per_stage = pool.map(lambda key: instructions(key[0], key[1], calls), needed)
+        counted = dict(zip(needed, per_stage, strict=True))
+    rows = {}
+    for row, (setup, add, sub) in ROWS.items():
+        loop = counted[(setup, "noop")]
+        rows[row] = sum(counted[(setup, st)] - loop for st in add) - sum(
+            counted[(setup, st)] - loop for st in sub
+        )
+    return rows
+
+
+def time_rows(worlds: dict[str, World], calls: int) -> dict[str, float]:
+    """µs per call of each README row."""
+    timings = {
+        setup: {stage: timed(fn, calls) for stage, fn in stage_calls(worlds[setup]).items()}
+        for setup in ("plain", "limited+usage")
     }
-    if auth.limiter is not None and decision.limits:
-        out["decide: rate limit (lease)"] = timed(lambda: auth.limiter.admit(decision, now), calls)  # type: ignore[union-attr]
-    if auth.usage is not None:
-        out["decide: usage count"] = timed(lambda: auth.usage.count("tok_x", True, now), calls)  # type: ignore[union-attr]
-    return out
+    rows = {}
+    for row, (setup, add, sub) in ROWS.items():
+        t = timings[setup]
+        rows[row] = sum(t[st] - t["noop"] for st in add) - sum(t[st] - t["noop"] for st in sub)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--instructions", action="store_true", help="also count instructions (callgrind, ~3 min)"
+    )
+    parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stage:
+        run_stage(args.stage, args.calls)
+        return
     worlds = {setup: World(setup) for setup in SETUPS}
     times: dict[str, list[float]] = {setup: [] for setup in SETUPS}
     for _ in range(args.rounds):
@@ -133,11 +213,15 @@ def main() -> None:
     for setup in SETUPS:
         us = statistics.median(times[setup])
         print(f"{setup:<34} {us:>8.2f} {us - plain:>+9.2f}")
-    print(f"\n{'stage (limited+usage)':<48} {'µs/call':>8}")
-    rounds = [stages(worlds["limited+usage"], args.calls) for _ in range(args.rounds)]
-    for stage in rounds[0]:
-        print(f"{stage:<48} {statistics.median(r[stage] for r in rounds):>8.2f}")
-    print(f"(medians of {args.rounds} alternating rounds of {args.calls:,} calls)")
+    rounds = [time_rows(worlds, args.calls) for _ in range(args.rounds)]
+    counts = count_rows(2000) if args.instructions else {}
+    print("\n| stage | µs/call | instructions |\n|---|---:|---:|")
+    for row in ROWS:
+        us = statistics.median(r[row] for r in rounds)
+        n = f"{counts[row]:,.0f}" if row in counts else "-"
+        print(f"| {row} | {us:.2f} | {n} |")
+    print(f"(µs: medians of {args.rounds} alternating rounds of {args.calls:,} calls", end="")
+    print("; instructions: callgrind, 2,000 calls a stage)" if counts else ")")
 
 
 if __name__ == "__main__":

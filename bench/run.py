@@ -316,6 +316,10 @@ class Bench:
                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                             "@type": T + "extensions.upstreams.http.v3.HttpProtocolOptions",
                             "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 8}},
+                            # a connection lands on one of N SO_REUSEPORT processes for good:
+                            # with a few long-lived ones a run could load one process with 3
+                            # of 4 (rows flapped 3.5k/6k req/s); renewed, they even out
+                            "common_http_protocol_options": {"max_requests_per_connection": 1000},
                         }
                     },
                     "load_assignment": {"cluster_name": variant, "endpoints": [{"lb_endpoints": [{"endpoint": {

@@ -105,3 +105,21 @@ def test_instruction_count_bench_smoke(tmp_path: Path) -> None:
     assert set(counts) == {"bare", "floor", "extauthz_on", "extauthz_off"}
     # a gRPC call is hundreds of thousands of instructions: the count is real, not 0
     assert all(count > 100_000 for count in counts.values()), counts
+
+
+def test_decision_path_bench_smoke() -> None:
+    require_binary("valgrind")
+    bench = str(REPO / "bench/decision_path.py")
+    result = subprocess.run(
+        [sys.executable, bench, "--calls", "300", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| whole handler, limit + usage |" in result.stdout
+    # one stage counted under callgrind, as --instructions counts each
+    from bench.decision_path import instructions
+
+    assert instructions("plain", "parse", 50) > instructions("plain", "noop", 50) + 1_000
