@@ -42,7 +42,7 @@ from extauthz.storage.token_cache import TokenCache
 log = logging.getLogger("extauthz.decision")
 # the hot path's constants, bound once (an enum member's `.value` is a Python-level lookup)
 _ALLOW = Outcome.ALLOW
-_LABELS = {outcome: outcome.value for outcome in Outcome}  # (hashing a member: Python code)
+_LABELS = {outcome: outcome.value for outcome in Outcome}  # denials only: a member hashes in Python
 _perf_counter = time.perf_counter
 _debug_enabled = log.isEnabledFor
 _DEBUG = logging.DEBUG
