@@ -25,6 +25,7 @@ from extauthz.core.route_match import ROUTE_IDENTITIES
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 T = "type.googleapis.com/envoy."  # @type prefix
 EXT_AUTHZ_TIMEOUT = "0.25s"  # Redis commands time out at 0.1 s, well inside this
+EXTAUTHZ_RENEW_AFTER = 1000  # requests per connection to extauthz before Envoy opens a new one
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def _cluster(
     health: str | None = None,
     streams: int | None = None,
     tls: ClientTls | None = None,
+    renew_after: int | None = None,
 ) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": name,
@@ -109,13 +111,16 @@ def _cluster(
         },
     }
     if http2:
+        options: dict[str, Any] = {
+            "@type": T + "extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {
+                "http2_protocol_options": {"max_concurrent_streams": streams} if streams else {}
+            },
+        }
+        if renew_after is not None:
+            options["common_http_protocol_options"] = {"max_requests_per_connection": renew_after}
         cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": T + "extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {
-                    "http2_protocol_options": {"max_concurrent_streams": streams} if streams else {}
-                },
-            }
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options
         }
     if tls is not None:
         cluster["transport_socket"] = _tls_socket(tls)
@@ -379,9 +384,13 @@ def bootstrap(
                     http2=True,
                     health="envoy.service.auth.v3.Authorization",
                     # few streams per connection: under load Envoy opens more connections,
-                    # which SO_REUSEPORT spreads over the extauthz worker processes
+                    # which SO_REUSEPORT spreads over the extauthz worker processes; and
+                    # renewed now and then, since SO_REUSEPORT (or a Kubernetes Service)
+                    # places a connection for good: a few long-lived ones can load one
+                    # process with most of the work
                     streams=8,
                     tls=authz_tls,
+                    renew_after=EXTAUTHZ_RENEW_AFTER,
                 ),
                 _cluster("model_http", ports.model_http, http2=False),
                 _cluster("model_grpc", ports.model_grpc, http2=True),
@@ -440,7 +449,8 @@ COMMENTS: tuple[tuple[str, str], ...] = (
     (
         "- name: extauthz",
         "extauthz over HTTP/2 (gRPC), health-checked with the gRPC health\n"
-        "service; few streams per connection, so that load spreads over its workers.",
+        "service; few streams per connection, each renewed after 1,000 requests,\n"
+        "so that load spreads over its workers (and pods).",
     ),
 )
 

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,13 @@ from extauthz.admin import tokens
 from extauthz.config import Settings
 from extauthz.core.rate_limit import RateLimit
 from extauthz.dev import PORTS_USED, demo_model
-from extauthz.dev.envoy_config import COMPOSE, ClientTls, loopback_ports, render
+from extauthz.dev.envoy_config import (
+    COMPOSE,
+    EXTAUTHZ_RENEW_AFTER,
+    ClientTls,
+    loopback_ports,
+    render,
+)
 from extauthz.dev.local_pki import make_local_pki
 from extauthz.dev.ports import port_open
 from extauthz.dev.stack import Stack, free_base_port
@@ -505,3 +512,26 @@ def test_rate_limited_tokens_get_429_over_http_and_envoys_mapping_over_grpc(
     assert "rate_limited" in (info.value.details() or "")
     # another token is not affected
     assert http(url, "POST", bearer(mint(stack, ["densenet161"], ["inference"])))[0] == 200
+
+
+def test_envoy_renews_its_connections_to_extauthz(stack: Stack) -> None:
+    # SO_REUSEPORT (or a Kubernetes Service) places a connection on one worker for good:
+    # Envoy's few long-lived connections are renewed so that load keeps spreading
+    def renewed() -> int:
+        url = f"http://127.0.0.1:{stack.ports.admin.port}/stats?filter=^cluster.extauthz."
+        _, _, text = http(url)
+        found = re.search(r"^cluster\.extauthz\.upstream_cx_max_requests: (\d+)$", text, re.M)
+        assert found is not None, text[:2000]
+        return int(found.group(1))
+
+    before = renewed()
+    conn = HTTPConnection("127.0.0.1", stack.ports.external.port, timeout=10)
+    try:
+        for _ in range(EXTAUTHZ_RENEW_AFTER + 50):  # one client connection: one upstream
+            conn.request("GET", "/ping")
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+    finally:
+        conn.close()
+    assert renewed() > before
