@@ -79,7 +79,11 @@ class TokenCache:
         self._trusted = False  # follows self.health (see _on_trust)
         self._untrusted_since = -float("inf")
         self._events = True  # every change arrives as an invalidation (not just the ttl)
-        self.current_epoch: int | None = None  # see epoch()
+        # A number that changes whenever any cached answer may have changed; None when
+        # answers are not kept honest by invalidations alone (untrusted, or ttl fallback).
+        # What was derived from lookups made at one epoch holds while it stays the same.
+        # An attribute (set by _publish_epoch), read on the decision path without a call.
+        self.current_epoch: int | None = None
         self.health = health if health is not None else RedisHealth()
         self.health.observe(self._on_trust)
         self._on_trust(self.health.trusted)
@@ -111,15 +115,6 @@ class TokenCache:
             self._events = False
             self._generation += 1
             self._publish_epoch()
-
-    def epoch(self) -> int | None:
-        """A number that changes whenever any cached answer may have changed; None when
-        answers are not kept honest by invalidations alone (untrusted, or ttl fallback).
-
-        What was derived from lookups made at one epoch holds while epoch() returns it.
-        (`current_epoch` is the same, read as an attribute: the decision path's way.)
-        """
-        return self.current_epoch
 
     def _publish_epoch(self) -> None:
         """Set current_epoch after any change of generation, trust or events (under the

@@ -15,27 +15,24 @@ from tests.support.procs import REPO, require_binary
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
 
-def test_bench_quick_smoke(tmp_path: Path) -> None:
-    require_binary("redis-server")
-    require_binary("envoy")
-    out = tmp_path / "bench.json"
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`bench/<script>` with `args`, which must exit 0 (its stderr's end shown if not)."""
     result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench/run.py"),
-            "--duration",
-            "1",
-            "--rounds",
-            "1",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, str(REPO / "bench" / script), *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_bench_quick_smoke(tmp_path: Path) -> None:
+    require_binary("redis-server")
+    require_binary("envoy")
+    out = tmp_path / "bench.json"
+    result = run_bench("run.py", "--duration", "1", "--rounds", "1", "--json", str(out))
     data = json.loads(out.read_text())
     names = {r["name"] for r in data["results"]}
     assert {
@@ -61,26 +58,18 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
 def test_token_bench_quick_smoke(tmp_path: Path) -> None:
     require_binary("redis-server")
     out = tmp_path / "tokens.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench/tokens.py"),
-            "--sizes",
-            "50",
-            "500",
-            "--import-size",
-            "200",
-            "--repeat",
-            "1",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = run_bench(
+        "tokens.py",
+        "--sizes",
+        "50",
+        "500",
+        "--import-size",
+        "200",
+        "--repeat",
+        "1",
+        "--json",
+        str(out),
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert [row["size"] for row in data["sizes"]] == [50, 500]
     assert all(row[key] > 0 for row in data["sizes"] for key in ("show", "list_json_peak_mb"))
@@ -92,14 +81,7 @@ def test_instruction_count_bench_smoke(tmp_path: Path) -> None:
     require_binary("redis-server")
     require_binary("valgrind")
     out = tmp_path / "instructions.json"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench/instructions.py"), "--calls", "30", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_bench("instructions.py", "--calls", "30", "--json", str(out))
     data = json.loads(out.read_text())
     counts = data["instructions_per_call"]
     assert set(counts) == {"bare", "floor", "extauthz_on", "extauthz_off"}
@@ -109,15 +91,7 @@ def test_instruction_count_bench_smoke(tmp_path: Path) -> None:
 
 def test_decision_path_bench_smoke() -> None:
     require_binary("valgrind")
-    bench = str(REPO / "bench/decision_path.py")
-    result = subprocess.run(
-        [sys.executable, bench, "--calls", "300", "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_bench("decision_path.py", "--calls", "300", "--rounds", "1")
     assert "| whole handler, limit + usage |" in result.stdout
     # one stage counted under callgrind, as --instructions counts each
     from bench.decision_path import instructions

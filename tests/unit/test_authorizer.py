@@ -119,7 +119,7 @@ def test_no_reuse_unless_invalidations_keep_the_cache_honest(
         cache.set_store_ok(False)
     else:
         cache.use_fallback_ttl(0.5)
-    assert cache.epoch() is None
+    assert cache.current_epoch is None
     before = calls[0]
     store.client.delete(store.token_key(token_hash(tok)))  # unseen by the cache
     expected = 200 if how == "ttl fallback" else 401  # fallback: the cached record, ≤ 0.5 s

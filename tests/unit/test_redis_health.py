@@ -39,6 +39,8 @@ def test_the_cache_and_the_server_read_one_state() -> None:
     a = TokenCache(lambda digest: None, health=health)
     b = TokenCache(lambda digest: None, health=health)
     health.channel_subscribed(True)
-    assert a.epoch() is not None and b.epoch() is not None
+    assert a.current_epoch is not None and b.current_epoch is not None
     a.set_store_ok(False)  # a failed lookup in one cache...
-    assert not health.store_ok and a.epoch() is None and b.epoch() is None  # ...is seen by all
+    assert (
+        not health.store_ok and a.current_epoch is None and b.current_epoch is None
+    )  # ...is seen by all
