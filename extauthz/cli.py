@@ -280,8 +280,13 @@ def _cmd_token_reindex(args: argparse.Namespace, settings: Settings) -> int:
         f"scanned {result.scanned} token keys: {result.added} added to the index, "
         f"{result.removed} entries of deleted or expired tokens removed"
     )
+    if result.marked_management:
+        print(
+            f"{result.marked_management} tokens with scope admin or tokens:manage marked "
+            "kind=management: valid at the management API only, no longer at model routes"
+        )
     for conflict in result.conflicts:
-        _warn([f"token key {conflict}: another token has this id; give it another id"])
+        _warn([f"token key {conflict}: another token has this id, or its entry is broken"])
     for digest in result.no_id:
         _warn([f"token key {digest} has no usable id (or is not a hash): fix or delete it"])
     return 0

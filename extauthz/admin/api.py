@@ -1,18 +1,18 @@
 """`extauthz admin`: the management API, JSON under `/v1/`, OpenAPI at `/openapi.json`
-(contract: design.md §12). A thin HTTP shell over admin/tokens.py, admin/audit.py and the
-store; it runs as its own process (uvicorn), never inside the gRPC workers.
+(contract: design.md §12, §16). A thin HTTP shell over admin/tokens.py, admin/audit.py and
+the store; it runs as its own process (uvicorn), never inside the gRPC workers.
 
-Who may do what: a Bearer token with scope `admin` manages everything; one with scope
-`tokens:manage` manages only tokens whose routes are all among its own routes (never `*`
-unless it has `*`) and cannot grant `admin` or `tokens:manage`. No or a bad token: 401;
-valid but not allowed: 403. Errors are `{"error": ..., "message": ...}`.
+Who may do what is asked of one function, admin/access.py `decide`, by every endpoint: only
+management tokens call this API; `admin` manages everything, a `tokens:manage` manager only
+the tokens it could have created (others are 404 to it). No or a bad token: 401; valid but
+not allowed: 403. Errors are `{"error": ..., "message": ...}`, always JSON.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
 
@@ -24,11 +24,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from extauthz import __version__
 from extauthz.admin import audit, tokens
+from extauthz.admin.access import Action, Manager, Target, Verdict, decide
 from extauthz.core.credentials import BearerCredential, parse_authorization, token_hash
-from extauthz.core.token_record import TokenRecord
+from extauthz.core.token_record import MANAGEMENT_SCOPES, TokenRecord
 from extauthz.errors import (
     InvalidValue,
     MalformedRecord,
+    StoreError,
     StoreUnavailable,
     TokenExists,
     UnknownToken,
@@ -38,8 +40,6 @@ from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.storage.store import Store
 from extauthz.storage.token_index import TokenIndex
 
-ADMIN = "admin"
-MANAGER = "tokens:manage"
 MAX_BODY_BYTES = 64 << 10
 
 # The console is three files served from this package; the page may load only those, talk
@@ -67,23 +67,6 @@ class ApiError(Exception):
     def __init__(self, status: int, error: str, message: str) -> None:
         super().__init__(message)
         self.status, self.error, self.message = status, error, message
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who called: the token's id, and what it may manage."""
-
-    id: str
-    admin: bool
-    routes: frozenset[str]
-
-    def may_manage(self, routes: frozenset[str]) -> bool:
-        if self.admin or "*" in self.routes:
-            return True
-        return "*" not in routes and routes <= self.routes
-
-    def may_grant(self, scopes: frozenset[str]) -> bool:
-        return self.admin or not scopes & {ADMIN, MANAGER}
 
 
 class _Strict(BaseModel):
@@ -121,7 +104,7 @@ def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
     )
     _errors(app)
 
-    def caller(request: Request) -> Caller:
+    def caller(request: Request) -> Manager:
         address = request.client.host if request.client else ""
         if failures is not None and failures.retry_after(address) is not None:
             raise ApiError(429, "rate_limited", "too many failed authentications; retry later")
@@ -136,9 +119,15 @@ def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
             if failures is not None:
                 failures.failed(address)
             raise ApiError(401, "unauthorized", "a valid admin or tokens:manage token is required")
-        if ADMIN not in record.scopes and MANAGER not in record.scopes:
-            raise ApiError(403, "forbidden", "this token may not manage tokens")
-        return Caller(record.id, ADMIN in record.scopes, record.routes)
+        who = Manager.of(record)
+        if who is None:
+            hint = (
+                " (made before token kinds: run `extauthz token reindex` to mark it)"
+                if not record.management and record.scopes & MANAGEMENT_SCOPES
+                else ""
+            )
+            raise ApiError(403, "forbidden", f"a model token cannot manage tokens{hint}")
+        return who
 
     app.state.authenticate = caller
     _routes(app, store)
@@ -158,63 +147,100 @@ def _console(app: FastAPI) -> None:
         app.add_api_route(path, serve, methods=["GET"], include_in_schema=False)
 
 
-def _authenticated(request: Request) -> Caller:
+def _authenticated(request: Request) -> Manager:
     """The dependency every /v1/ endpoint takes: the app's authentication (create_app)."""
-    authenticate: Callable[[Request], Caller] = request.app.state.authenticate
+    authenticate: Callable[[Request], Manager] = request.app.state.authenticate
     return authenticate(request)
 
 
-Who = Annotated[Caller, Depends(_authenticated)]
+Who = Annotated[Manager, Depends(_authenticated)]
+
+
+def _require(who: Manager, action: Action, target: TokenRecord | None = None) -> None:
+    """Ask `access.decide`; raise the API's answer when it is not an allow."""
+    verdict = decide(who, action, Target.of(target) if target is not None else None)
+    if verdict is Verdict.NOT_FOUND:
+        token_id = target.id if target is not None else ""
+        raise ApiError(404, "not_found", f"no token with id {token_id!r}")
+    if verdict is Verdict.FORBIDDEN:
+        raise ApiError(403, "forbidden", _FORBIDDEN[action])
+
+
+_FORBIDDEN = {
+    Action.CREATE: "a manager may give only model tokens for its own routes, expiring no later "
+    "than itself",
+    Action.AUDIT: "the audit log is for admin tokens",
+}
 
 
 def _routes(app: FastAPI, store: Store) -> None:
     """The /v1/ endpoints."""
 
-    def owned(who: Caller, token_id: str) -> TokenRecord:
-        record = tokens.show(store, token_id)
-        if not who.may_manage(record.routes):
-            raise ApiError(404, "not_found", f"no token with id {token_id!r}")
+    def owned(who: Manager, token_id: str, action: Action) -> TokenRecord | None:
+        """The token, if `who` may do `action` to it; None for a record that cannot be read
+        (edited by hand) when an admin revokes it: revoke removes what it can name."""
+        try:
+            record = tokens.show(store, token_id)
+        except UnknownToken:
+            raise ApiError(404, "not_found", f"no token with id {token_id!r}") from None
+        except MalformedRecord as e:
+            if not who.admin:  # nothing to judge it by: not the manager's to know about
+                raise ApiError(404, "not_found", f"no token with id {token_id!r}") from None
+            if action is Action.REVOKE:
+                return None
+            raise ApiError(409, "malformed_record", f"{e}; fix it by hand, or revoke it") from e
+        _require(who, action, record)
         return record
+
+    def creatable(who: Manager) -> tokens.Check:
+        return lambda record: _require(who, Action.CREATE, record)
 
     @app.get("/v1/tokens")
     def list_tokens(
         who: Who,
         route: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        cursor: Annotated[float | None, Query(description="next_cursor of the page before")] = None,
+        cursor: Annotated[str | None, Query(description="next_cursor of the page before")] = None,
     ) -> dict[str, Any]:
-        records, next_cursor = TokenIndex(store).page(cursor, limit, route)
+        records, next_cursor = TokenIndex(store).page(_cursor(cursor), limit, route)
         shown = [
-            r.to_json() for r in records if isinstance(r, TokenRecord) and who.may_manage(r.routes)
+            r.to_json()
+            for r in records
+            if isinstance(r, TokenRecord) and decide(who, Action.READ, Target.of(r)) == "allow"
         ]
         return {"tokens": shown, "next_cursor": next_cursor}
 
     @app.post("/v1/tokens", status_code=201)
     def create_token(who: Who, body: NewToken) -> dict[str, Any]:
-        routes, scopes = frozenset(body.routes), frozenset(body.scopes)
-        _allowed(who, routes, scopes)
         issued = tokens.create(
             store,
-            routes,
-            scopes,
+            body.routes,
+            body.scopes,
             ttl_seconds=tokens.parse_ttl(body.ttl) if body.ttl else None,
             name=body.name,
             now=time.time(),
             rate_limit=tokens.parse_rate_limit(body.rate_limit) if body.rate_limit else None,
             actor=who.id,
+            not_after=None if who.admin else who.expires_at,
+            check=creatable(who),
         )
         return {**issued.record.to_json(), "token": issued.token, "warnings": issued.warnings}
 
     @app.get("/v1/tokens/{token_id}")
     def get_token(who: Who, token_id: str) -> dict[str, Any]:
-        return owned(who, token_id).to_json()
+        record = owned(who, token_id, Action.READ)
+        if record is None:  # pragma: no cover (None only for REVOKE)
+            raise ApiError(404, "not_found", f"no token with id {token_id!r}")
+        return record.to_json()
 
     @app.patch("/v1/tokens/{token_id}")
     def update_token(who: Who, token_id: str, body: TokenChange) -> dict[str, Any]:
-        current = owned(who, token_id)
-        routes = frozenset(body.routes) if body.routes is not None else current.routes
-        scopes = frozenset(body.scopes) if body.scopes is not None else current.scopes
-        _allowed(who, routes, scopes)
+        owned(who, token_id, Action.UPDATE)
+
+        def check(current: TokenRecord, new: TokenRecord) -> None:
+            _require(who, Action.UPDATE, current)  # (as it is inside the transaction)
+            _require(who, Action.CREATE, new)
+
         updated = tokens.update(
             store,
             token_id,
@@ -227,18 +253,19 @@ def _routes(app: FastAPI, store: Store) -> None:
             now=time.time(),
             confirm=2.0,
             actor=who.id,
+            check=check,
         )
         return updated.record.to_json()
 
     @app.delete("/v1/tokens/{token_id}", status_code=204)
     def revoke_token(who: Who, token_id: str) -> Response:
-        owned(who, token_id)
+        owned(who, token_id, Action.REVOKE)
         tokens.revoke(store, token_id, confirm=2.0, actor=who.id)
         return Response(status_code=204)
 
     @app.post("/v1/tokens/{token_id}/rotate")
     def rotate_token(who: Who, token_id: str, body: Rotation | None = None) -> dict[str, Any]:
-        owned(who, token_id)
+        owned(who, token_id, Action.ROTATE)
         grace = tokens.parse_ttl(body.grace, "grace") if body and body.grace else None
         issued = tokens.rotate(store, token_id, 2.0, grace, time.time(), actor=who.id)
         return {**issued.record.to_json(), "token": issued.token}
@@ -247,11 +274,12 @@ def _routes(app: FastAPI, store: Store) -> None:
     def token_usage(
         who: Who, token_id: str, days: Annotated[int, Query(ge=1, le=366)] = 7
     ) -> dict[str, Any]:
-        owned(who, token_id)
+        owned(who, token_id, Action.USAGE)
         return tokens.usage(store, token_id, days, time.time())
 
     @app.get("/v1/policy")
     def policy(who: Who) -> dict[str, Any]:
+        _require(who, Action.POLICY)
         snapshot = store.load_policy()
         if snapshot is None:
             return {"version": 0, "routes": {}}
@@ -262,16 +290,21 @@ def _routes(app: FastAPI, store: Store) -> None:
 
     @app.get("/v1/audit")
     def audit_tail(who: Who, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
-        if not who.admin:
-            raise ApiError(403, "forbidden", "the audit log is for admin tokens")
+        _require(who, Action.AUDIT)
         return {"events": audit.tail(store, limit)}
 
 
-def _allowed(who: Caller, routes: frozenset[str], scopes: frozenset[str]) -> None:
-    if not who.may_manage(routes):
-        raise ApiError(403, "forbidden", "a token for routes outside yours")
-    if not who.may_grant(scopes):
-        raise ApiError(403, "forbidden", "only an admin token may grant admin or tokens:manage")
+def _cursor(text: str | None) -> float | None:
+    """A page cursor (a creation position, as `next_cursor` gave it); 400 when it is not one."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ApiError(400, "invalid_request", "cursor: give the next_cursor of the page before")
+    return value
 
 
 def _errors(app: FastAPI) -> None:
@@ -327,6 +360,17 @@ def _errors(app: FastAPI) -> None:
     async def usage(request: Request, e: UsageError) -> JSONResponse:
         return reply(400, "invalid_request", str(e))
 
-    @app.exception_handler(StoreUnavailable)
-    async def unavailable(request: Request, e: StoreUnavailable) -> JSONResponse:
-        return reply(503, "unavailable", "Redis cannot be reached; retry later")
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, e: StoreError) -> JSONResponse:
+        if isinstance(e, MalformedRecord):  # a key edited by hand
+            return reply(409, "malformed_record", f"{e}; fix it by hand (README, Redis data model)")
+        if isinstance(e, StoreUnavailable):
+            return reply(503, "unavailable", "Redis cannot be reached; retry later")
+        return reply(503, "unavailable", f"Redis did not do it: {e}")
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, e: Exception) -> JSONResponse:
+        # (runs outside the middleware: the security headers are added here)
+        response = reply(500, "internal_error", "the server failed; see its log")
+        response.headers.update(SECURITY_HEADERS)
+        return response

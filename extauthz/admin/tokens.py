@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,7 +26,7 @@ from extauthz.core.credentials import (
 from extauthz.core.durations import MAX_SECONDS, format_duration, parse_duration
 from extauthz.core.policy import PolicySnapshot, RoutePolicy
 from extauthz.core.rate_limit import RateLimit
-from extauthz.core.token_record import TokenRecord
+from extauthz.core.token_record import MANAGEMENT, MANAGEMENT_SCOPES, TokenRecord, kind_of
 from extauthz.errors import InvalidValue, MalformedRecord
 from extauthz.storage.store import Store, utc_date
 from extauthz.storage.token_index import Reindexed, TokenIndex
@@ -72,6 +72,23 @@ def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
                 "scope", scope, "use letters, digits, '.', '_', ':', '/', '-' (at most 128)"
             )
     return scope_set
+
+
+def check_kind(scopes: frozenset[str]) -> str:
+    """The kind of a token with `scopes` (token_record.kind_of): a management token carries
+    only management scopes (`admin`, `tokens:manage`), a model token none of them."""
+    kind = kind_of(scopes)
+    if kind == MANAGEMENT and scopes - MANAGEMENT_SCOPES:
+        raise InvalidValue(
+            "scope",
+            " ".join(sorted(scopes)),
+            "a management token (admin, tokens:manage) works only at the management API and "
+            "carries no model scopes: make two tokens",
+        )
+    return kind
+
+
+Check = Callable[[TokenRecord], None]  # raises when the caller may not make this record
 
 
 def parse_rate_limit(text: str) -> RateLimit | None:
@@ -166,24 +183,34 @@ def create(
     token_id: str | None = None,
     rate_limit: RateLimit | None = None,
     actor: str | None = None,
+    not_after: int | None = None,
+    check: Check | None = None,
 ) -> IssuedToken:
     """Mint a token for `routes` (or `*`) with `scopes`, expiring after ttl (or the routes'
-    max_token_ttl; else never)."""
+    max_token_ttl; else never). `not_after`: without a ttl it expires then at the latest
+    (a manager's own expiry); `check(record)` may refuse the record before it is written."""
     route_set, scope_set = check_routes(routes), check_scopes(scopes)
+    kind = check_kind(scope_set)
     check_name(name)
     token_id = check_id(token_id) if token_id is not None else "tok_" + secrets.token_hex(6)
     if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_SECONDS:
         raise InvalidValue("ttl", f"{ttl_seconds}s", "from 1s to 36500d")
     life = Lifetime.of(route_set, store.load_policy())
+    default = life.default(now)
+    if not_after is not None:
+        default = not_after if default is None else min(default, not_after)
     record = TokenRecord(
         id=token_id,
         routes=route_set,
         scopes=scope_set,
-        expires_at=_expiry(life, "ttl", ttl_seconds, life.default(now), now),
+        expires_at=_expiry(life, "ttl", ttl_seconds, default, now),
         name=name,
         created_at=int(now),
         rate_limit=rate_limit,
+        kind=kind,
     )
+    if check is not None:
+        check(record)
     token = new_token()
     TokenIndex(store).add(token_hash(token), record)
     audit.record(store, actor, "token.create", token_id, _described(record), now)
@@ -198,6 +225,7 @@ def _described(record: TokenRecord) -> dict[str, Any]:
         "name": record.name,
         "expires_at": record.expires_at,
         "rate_limit": str(record.rate_limit) if record.rate_limit else None,
+        "kind": record.kind,
     }
 
 
@@ -232,9 +260,12 @@ def update(
     now: float = 0,
     confirm: float = 0,
     actor: str | None = None,
+    check: Callable[[TokenRecord, TokenRecord], None] | None = None,
 ) -> Updated:
     """Change a token's record (not its secret); every server drops its cached copy.
-    `rate_limit`: a RateLimit, None (remove it) or "keep"."""
+    `rate_limit`: a RateLimit, None (remove it) or "keep". `check(current, new)` may refuse
+    the change; it runs inside the transaction, on the record as it is then. A token's kind
+    (model or management) never changes."""
     route_set = check_routes(routes) if routes is not None else None
     scope_set = check_scopes(scopes) if scopes is not None else None
     if name is not None:
@@ -251,7 +282,7 @@ def update(
             expires = None
         else:
             expires = _expiry(life, "ttl", ttl_seconds, record.expires_at, now)
-        return replace(
+        new = replace(
             record,
             routes=new_routes,
             scopes=scope_set if scope_set is not None else record.scopes,
@@ -259,6 +290,16 @@ def update(
             expires_at=expires,
             rate_limit=record.rate_limit if isinstance(rate_limit, str) else rate_limit,
         )
+        if scope_set is not None and check_kind(scope_set) != record.kind:
+            raise InvalidValue(
+                "scope",
+                " ".join(sorted(scope_set)),
+                f"{record.id} is a {record.kind} token and stays one: make a new token for "
+                "the other kind (a token made before kinds existed: run `extauthz token reindex`)",
+            )
+        if check is not None:
+            check(record, new)
+        return new
 
     new, unconfirmed = TokenIndex(store).update(token_id, change, confirm)
     audit.record(store, actor, "token.update", token_id, _described(new), now)
@@ -338,7 +379,11 @@ def usage(store: Store, token_id: str, days: int, now: float) -> dict[str, Any]:
 def reindex(store: Store, actor: str | None = None) -> Reindexed:
     """Index the tokens made by hand; drop entries whose token is gone."""
     result = TokenIndex(store).reindex()
-    if result.added or result.removed:
-        detail = {"added": result.added, "removed": result.removed}
+    if result.added or result.removed or result.marked_management:
+        detail = {
+            "added": result.added,
+            "removed": result.removed,
+            "marked_management": result.marked_management,
+        }
         audit.record(store, actor, "token.reindex", "", detail)
     return result

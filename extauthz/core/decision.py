@@ -168,8 +168,11 @@ def _decide_protected(
         denied = authorize(result, route)  # 2. authorization
         if denied is not None:
             return denied
+        # a route's limit counts per caller: tokens by id, JWTs by issuer and subject (their
+        # subjects are `jwt:<issuer>:<sub>`), never one in the other's counter
+        caller = f"tok:{result.token_id}" if result.token_id else f"sub:{result.subject}"
         limits = limits_for(  # (counted by the runtime, see Decision.limits)
-            route.name, route.rate_limit, result.subject, result.rate_limit, f"sub:{result.subject}"
+            route.name, route.rate_limit, result.token_id, result.rate_limit, caller
         )
         return _allow(  # 3. response
             facts, route, result.subject, result.scopes, result.reason, result.headers,

@@ -613,8 +613,13 @@ def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> J
             raise r.error(
                 fields[key][1], f"{path}.{key}", "not a claim path (e.g. scope, realm_access.roles)"
             )
-    if not text["issuer"].startswith(("https://", "http://")):
-        raise r.error(fields["issuer"][1], f"{path}.issuer", "must be an http(s) URL")
+    # (visible ASCII: it names the caller in x-extauthz-subject, `jwt:<issuer>:<sub>`)
+    if not re.fullmatch(r"https?://[!-~]{1,512}", text["issuer"], re.ASCII):
+        raise r.error(
+            fields["issuer"][1],
+            f"{path}.issuer",
+            "must be an http(s) URL of visible ASCII characters (no spaces), at most 512",
+        )
     return JwtSettings(
         forward_claims=forward,
         issuer=text["issuer"],

@@ -21,6 +21,20 @@ _VISIBLE = re.compile(r"[!-~]{1,128}", re.ASCII)
 _LIST_FIELD = re.compile(r"[ !-~]{0,4096}", re.ASCII)
 MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second a date can show
 
+# A token is a model token (field `kind` absent or `model`: valid at model routes only) or a
+# management token (`kind: management`: valid at the management API only). The management
+# scopes are what a management token carries; a model token never holds them.
+MODEL = "model"
+MANAGEMENT = "management"
+ADMIN_SCOPE = "admin"
+MANAGER_SCOPE = "tokens:manage"
+MANAGEMENT_SCOPES = frozenset({ADMIN_SCOPE, MANAGER_SCOPE})
+
+
+def kind_of(scopes: frozenset[str]) -> str:
+    """The kind a token with these scopes has: management when it holds a management scope."""
+    return MANAGEMENT if scopes & MANAGEMENT_SCOPES else MODEL
+
 
 @dataclass(frozen=True, slots=True)
 class TokenRecord:
@@ -38,6 +52,11 @@ class TokenRecord:
     lapses_at: float | None = field(default=None, compare=False)
     # unix seconds of its last use, as the usage meter last wrote it (not a hash field)
     last_used: int | None = field(default=None, compare=False)
+    kind: str = MODEL  # MODEL or MANAGEMENT (see above)
+
+    @property
+    def management(self) -> bool:
+        return self.kind == MANAGEMENT
 
     def grants_route(self, route: str) -> bool:
         return route in self.routes or "*" in self.routes
@@ -62,6 +81,7 @@ class TokenRecord:
             "expires_at": self.expires_at,
             "rate_limit": str(self.rate_limit) if self.rate_limit else None,
             "last_used": self.last_used,
+            "kind": self.kind,
         }
 
     def to_fields(self) -> dict[str, str]:
@@ -79,6 +99,8 @@ class TokenRecord:
             fields["expires_at"] = str(self.expires_at)
         if self.rate_limit is not None:
             fields["rate_limit"] = str(self.rate_limit)
+        if self.kind != MODEL:  # (a model token's record stays as it always was)
+            fields["kind"] = self.kind
         return fields
 
     @classmethod
@@ -105,8 +127,15 @@ class TokenRecord:
                 f"token record {token_id!r}: 'name' is not printable text of at most "
                 f"{MAX_NAME_LENGTH} characters"
             )
+        kind = fields.get("kind", "").strip(" ") or MODEL
+        if kind not in (MODEL, MANAGEMENT):
+            raise MalformedRecord(
+                f"token record {token_id!r}: 'kind' is not {MODEL} or {MANAGEMENT}: "
+                f"{shown(kind, 64)}"
+            )
         return cls(
             id=token_id,
+            kind=kind,
             routes=_list_field(fields, "routes", token_id),
             scopes=_list_field(fields, "scopes", token_id),
             expires_at=_int_field(fields, "expires_at", token_id),

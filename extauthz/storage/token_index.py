@@ -22,7 +22,13 @@ from typing import Any, TypeVar
 
 import redis
 
-from extauthz.core.token_record import TokenRecord, usable_id
+from extauthz.core.token_record import (
+    MANAGEMENT,
+    MANAGEMENT_SCOPES,
+    TokenRecord,
+    split_list,
+    usable_id,
+)
 from extauthz.errors import MalformedRecord, StoreRefused, TokenExists, UnknownToken
 from extauthz.storage.store import Store
 
@@ -49,6 +55,8 @@ class Reindexed:
     removed: int = 0  # entries whose token was gone
     conflicts: list[str] = field(default_factory=list)  # "hash (id X)": X is taken
     no_id: list[str] = field(default_factory=list)  # hashes of keys without a usable id
+    # records with a management scope made before kinds existed, now `kind: management`
+    marked_management: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,12 +168,18 @@ class TokenIndex:
         Returns (secrets deleted, servers that did not confirm)."""
 
         def write(pipe: Any) -> list[str]:
-            found = self._read(pipe, token_id)
-            if found is None:
+            # The record is not parsed: one edited by hand into any shape can still be
+            # revoked by the id its entry names (its key's own `id` field must agree).
+            try:
+                entry = pipe.hmget(self.id_key(token_id), ["sha256", "previous"])
+            except redis.ResponseError:  # the entry itself is not a hash (edited by hand)
+                entry = [None, None]
+            digests = [d for d in entry if d and self._names(pipe, d, token_id)]
+            if not digests and not pipe.exists(self.id_key(token_id)):
                 raise UnknownToken(token_id)
-            digests = [found.digest] + ([found.previous] if found.previous else [])
             pipe.multi()
-            pipe.delete(*(self.store.token_key(d) for d in digests))
+            if digests:
+                pipe.delete(*(self.store.token_key(d) for d in digests))
             pipe.delete(self.id_key(token_id))
             pipe.zrem(self.ids_key, token_id)
             return digests
@@ -203,20 +217,27 @@ class TokenIndex:
                 "-inf" if after is None else f"({after!r}",
                 "+inf",
                 start=0,
-                num=count,
+                num=count + 1,  # one more: is there a next page at all?
                 withscores=True,
             )
+        more = len(entries) > count
+        entries = entries[:count]
         records = [
             record
             for _, _, record in self._records([token_id for token_id, _ in entries])
             if not (isinstance(record, TokenRecord) and route and not record.grants_route(route))
         ]
-        return records, (entries[-1][1] if len(entries) == count else None)
+        return records, (entries[-1][1] if more else None)
 
     def _records(self, ids: list[str]) -> Iterator[tuple[str, str, TokenRecord | MalformedRecord]]:
+        if not ids:  # (ZMSCORE with no member is an error)
+            return
         with self.store.redis_errors():
             pipe = self.client.pipeline(transaction=False)
-            digests = self._current(pipe, ids)
+            for token_id in ids:
+                pipe.hget(self.id_key(token_id), "sha256")
+            entries = pipe.execute(raise_on_error=False)
+            digests = [d if isinstance(d, str) else None for d in entries]
             for digest in digests:
                 pipe.hgetall(self.store.token_key(digest or ""))
             pipe.zmscore(self.store.last_used_key, ids)
@@ -224,7 +245,19 @@ class TokenIndex:
         if isinstance(used, Exception):  # (never fails a listing)
             used = [None] * len(ids)
         gone: list[str] = []
-        for token_id, digest, fields, last in zip(ids, digests, records, used, strict=True):
+        for token_id, entry, digest, fields, last in zip(
+            ids, entries, digests, records, used, strict=True
+        ):
+            if isinstance(entry, Exception):  # the entry was edited by hand into another type
+                yield (
+                    token_id,
+                    "",
+                    MalformedRecord(
+                        f"index entry {self.id_key(token_id)} is not a hash: "
+                        f"`extauthz token revoke {token_id}` removes it"
+                    ),
+                )
+                continue
             if not digest:  # no entry (any more)
                 gone.append(token_id)
                 continue
@@ -321,26 +354,36 @@ class TokenIndex:
         result.scanned += len(digests)
         pipe = self.client.pipeline(transaction=False)
         for digest in digests:
-            pipe.hget(self.store.token_key(digest), "id")
+            pipe.hmget(self.store.token_key(digest), ["id", "scopes", "kind"])
             pipe.pttl(self.store.token_key(digest))
         replies = pipe.execute(raise_on_error=False)
         found: dict[str, tuple[str, int]] = {}
-        for d, token_id, pttl in zip(digests, replies[::2], replies[1::2], strict=True):
+        for d, fields, pttl in zip(digests, replies[::2], replies[1::2], strict=True):
             if not isinstance(pttl, int) or pttl == -2:
                 continue  # gone since the scan
+            token_id = fields[0] if isinstance(fields, list) else None
             if isinstance(token_id, str) and usable_id(token_id):
                 found[d] = (token_id.strip(" "), pttl)
             else:
                 result.no_id.append(d)  # no usable id, or not a hash: fix or delete by hand
+        self._mark_management(pipe, digests, replies[::2], result)
         for token_id, _ in found.values():
             pipe.hmget(self.id_key(token_id), ["sha256", "previous"])
-        entries = dict(zip(found, pipe.execute(), strict=True))
+        entries: dict[str, Any] = {}
+        for digest, entry in zip(found, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(entry, Exception):  # an entry edited by hand into another type
+                token_id = found[digest][0]
+                result.conflicts.append(f"{digest} (id {token_id}: its index entry is not a hash)")
+            else:
+                entries[digest] = entry
         for current, _ in entries.values():
             pipe.exists(self.store.token_key(current or ""))
         alive = dict(zip(entries, pipe.execute(), strict=True))
         todo: list[tuple[str, str, int]] = []
         claimed: set[str] = set()
         for digest, (token_id, pttl) in found.items():
+            if digest not in entries:
+                continue
             current, previous = entries[digest]
             if digest in (current, previous):
                 continue
@@ -366,11 +409,11 @@ class TokenIndex:
     # --- helpers --------------------------------------------------------------------------
 
     def _current(self, pipe: Any, ids: list[str]) -> list[str | None]:
-        """The current hash the index holds for each id (one round trip on `pipe`)."""
+        """The current hash the index holds for each id (one round trip on `pipe`); an
+        entry that is not a hash (edited by hand) holds none."""
         for token_id in ids:
             pipe.hget(self.id_key(token_id), "sha256")
-        digests: list[str | None] = pipe.execute()
-        return digests
+        return [d if isinstance(d, str) else None for d in pipe.execute(raise_on_error=False)]
 
     def _read(self, conn: Any, token_id: str) -> IndexedToken | None:
         """The entry and its records, read on `conn` (a client, or a pipeline that WATCHes
@@ -392,6 +435,33 @@ class TokenIndex:
             elif raw.isdigit():
                 previous_expires = int(raw)
         return IndexedToken(digest, record, previous or None, previous_expires)
+
+    def _mark_management(
+        self, pipe: Any, digests: list[str], fields: list[Any], result: Reindexed
+    ) -> None:
+        """Records made before kinds that hold a management scope become `kind: management`
+        (`fields`: each digest's [id, scopes, kind], or the error reading it)."""
+        marked = [
+            d
+            for d, f in zip(digests, fields, strict=True)
+            if isinstance(f, list)
+            and not f[2]
+            and isinstance(f[1], str)
+            and split_list(f[1]) & MANAGEMENT_SCOPES
+        ]
+        for d in marked:
+            pipe.hset(self.store.token_key(d), "kind", MANAGEMENT)
+        if marked:
+            pipe.execute()
+        result.marked_management += len(marked)
+
+    def _names(self, conn: Any, digest: str, token_id: str) -> bool:
+        """Whether the token key of `digest` exists with the id `token_id` (read raw)."""
+        try:
+            found = conn.hget(self.store.token_key(digest), "id")
+        except redis.ResponseError:  # not a hash: nobody's record
+            return False
+        return isinstance(found, str) and found.strip(" ") == token_id
 
     def _write_token(self, pipe: Any, digest: str, record: TokenRecord) -> None:
         key = self.store.token_key(digest)

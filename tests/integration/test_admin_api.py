@@ -7,6 +7,7 @@ import http.client
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +16,10 @@ from typing import Any
 
 import pytest
 
+from extauthz.admin import tokens
+from extauthz.core.credentials import token_hash
 from extauthz.dev.ports import free_port, port_open
+from extauthz.storage.store import open_store
 from tests.support.check import CheckClient
 from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, stop, wait_for
 
@@ -213,3 +217,100 @@ def test_failed_authentications_are_limited_per_address(
         assert statuses[:3] == [401, 401, 401] and statuses[-1] == 429
     finally:
         stop(proc)
+
+
+def test_a_manager_sees_and_acts_on_only_what_it_could_have_created(
+    api: Api, redis_server: RedisServer
+) -> None:
+    """Issue #22, 1-3: a delegated manager never reaches an admin, a peer manager, a token
+    outside its routes or one that outlives it (404: not even its existence); a model token
+    never manages, whatever its scopes; a manager's tokens never outlive it."""
+    store = open_store(redis_server.url, "extauthz:", 2.0)
+
+    def made(routes: str, scopes: str = "", ttl: int | None = None, **kw: Any) -> Any:
+        return tokens.create(store, routes.split(), scopes.split(), ttl, now=time.time(), **kw)
+
+    manager = made("a", "tokens:manage", 3600)
+    star = made("*", "tokens:manage")
+    admin_a = made("a", "admin", token_id="admin-a")
+    admin_star = made("*", "admin", token_id="admin-star")
+    peer = made("a", "tokens:manage", token_id="peer")
+    forever_a = made("a", token_id="forever-a")  # outlives the 1 h manager
+    mine = made("a", "inference", 600, token_id="mine")
+    forbidden = [admin_a, admin_star, peer]
+    for who, theirs in ((manager, [*forbidden, forever_a]), (star, forbidden)):
+        for target in theirs:
+            tid = target.record.id
+            for method, path, body in (
+                ("GET", f"/v1/tokens/{tid}", None),
+                ("PATCH", f"/v1/tokens/{tid}", {"name": "x"}),
+                ("POST", f"/v1/tokens/{tid}/rotate", {}),
+                ("GET", f"/v1/tokens/{tid}/usage", None),
+                ("DELETE", f"/v1/tokens/{tid}", None),
+            ):
+                code, reply = api.call(method, path, who.token, body)
+                assert (code, reply["error"]) == (404, "not_found"), (who.record.id, method, path)
+            listed = {t["id"] for t in api.call("GET", "/v1/tokens", who.token)[1]["tokens"]}
+            assert tid not in listed
+        assert api.call("GET", f"/v1/tokens/{mine.record.id}", who.token)[0] == 200
+    # the targets are untouched: their secrets still sign in
+    assert api.call("GET", "/v1/audit", admin_star.token)[0] == 200
+    # what it makes never outlives it, and it cannot stretch what it has
+    code, child = api.call("POST", "/v1/tokens", manager.token, {"routes": ["a"]})
+    assert code == 201 and child["expires_at"] <= manager.record.expires_at
+    assert api.call("POST", "/v1/tokens", manager.token, {"routes": ["a"], "ttl": "2h"})[0] == 403
+    for change in ({"no_expiry": True}, {"ttl": "2h"}, {"scopes": ["admin"]}):
+        assert api.call("PATCH", f"/v1/tokens/{mine.record.id}", manager.token, change)[0] in (
+            400,
+            403,
+        ), change
+    assert api.call("PATCH", f"/v1/tokens/{mine.record.id}", manager.token, {"ttl": "5m"})[0] == 200
+    # a model token given `admin` by hand is not an admin; `token reindex` makes it a
+    # management token (and then it is one)
+    legacy = "eat_" + "l" * 43
+    key = f"extauthz:token:{token_hash(legacy)}"
+    redis_server.cli("HSET", key, "id", "legacy", "routes", "*", "scopes", "admin")
+    code, reply = api.call("GET", "/v1/tokens", legacy)
+    assert code == 403 and "reindex" in reply["message"]
+    assert "1 tokens with scope admin" in run_cli(redis_server.url, "token", "reindex").stdout
+    assert redis_server.cli("HGET", key, "kind") == "management"
+    assert api.call("GET", "/v1/tokens", legacy)[0] == 200
+    store.close()
+
+
+def test_pages_end_with_a_null_cursor_and_errors_are_json(
+    api: Api, redis_server: RedisServer
+) -> None:
+    """Issue #22, 8: the page after the last is never reached through a cursor; a bad cursor
+    is 400; every error is JSON with the security headers."""
+    store = open_store(redis_server.url, "extauthz:", 2.0)
+    admin = tokens.create(store, ["*"], ["admin"], now=time.time()).token
+    for _ in range(13):
+        tokens.create(store, ["a"], now=time.time())
+    seen: list[str] = []
+    cursor: float | None = None
+    for _ in range(3):
+        query = f"?limit=7{'' if cursor is None else f'&cursor={cursor}'}"
+        code, page = api.call("GET", "/v1/tokens" + query, admin)
+        assert code == 200, page
+        seen += [t["id"] for t in page["tokens"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 14 and cursor is None
+    for bad in ("nan", "inf", "-inf", "1e309", "-1", "x", ""):
+        code, reply = api.call("GET", f"/v1/tokens?cursor={bad}", admin)
+        assert (code, reply["error"]) == (400, "invalid_request"), bad
+    # an unknown store error (a key of the wrong type under the ids index) is JSON, not a 500
+    redis_server.cli("DEL", "extauthz:token-ids")
+    redis_server.cli("SET", "extauthz:token-ids", "x")
+    req = urllib.request.Request(
+        api.base + "/v1/tokens", headers={"authorization": f"Bearer {admin}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(req, timeout=10)
+    assert failed.value.code in (409, 503)
+    assert failed.value.headers["content-type"] == "application/json"
+    assert "default-src 'none'" in failed.value.headers["content-security-policy"]
+    assert set(json.loads(failed.value.read())) == {"error", "message"}
+    store.close()

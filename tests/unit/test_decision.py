@@ -12,6 +12,7 @@ from extauthz.core.credentials import token_hash
 from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
 from extauthz.core.jwt_verify import JwtIdentity, JwtRejected, JwtResult, JwtUnavailable
 from extauthz.core.policy import Access, JwtSettings, PolicySnapshot, RoutePolicy
+from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, StoreUnavailable
 
@@ -23,6 +24,8 @@ EXPIRED = "eat_expired-cccccccccccccccccccccccccccccccccccccc"
 MGMT = "eat_management-dddddddddddddddddddddddddddddddddd"
 WILDCARD = "eat_wildcard-eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"
 BROKEN = "eat_broken-record-ffffffffffffffffffffffffffffffff"
+ADMIN = "eat_admin-gggggggggggggggggggggggggggggggggggggggggg"
+MANAGER = "eat_manager-hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh"
 ROUTE_SECRET = "paperspace-route-secret-1234"
 
 TOKENS = {
@@ -33,6 +36,16 @@ TOKENS = {
     ),
     token_hash(MGMT): TokenRecord("t-mgmt", frozenset({"model"}), frozenset({"management"})),
     token_hash(WILDCARD): TokenRecord("t-any", frozenset({"*"}), frozenset({"inference"})),
+    # management tokens: valid at the management API only, whatever their routes
+    token_hash(ADMIN): TokenRecord(
+        "t-admin", frozenset({"*"}), frozenset({"admin"}), kind="management"
+    ),
+    token_hash(MANAGER): TokenRecord(
+        "t-manager",
+        frozenset({"model", "hidden-auth"}),
+        frozenset({"tokens:manage"}),
+        kind="management",
+    ),
 }
 
 ROUTES = {
@@ -97,6 +110,8 @@ TABLE = [
     ("hidden-auth", None, {"network": "internal"}, 401, "no_credential"),
     ("hidden-auth", f"Bearer {WILDCARD}", {"network": "internal"}, 200, "granted"),
     ("hidden-auth", f"Bearer {WILDCARD}", {}, 404, "private_external"),
+    ("hidden-auth", f"Bearer {ADMIN}", {"network": "internal"}, 401, "management_token"),
+    ("hidden-auth", f"Bearer {MANAGER}", {"network": "internal"}, 401, "management_token"),
     # protected, bearer
     ("model", None, {}, 401, "no_credential"),
     ("model", f"Bearer {GOOD}", {}, 200, "granted"),
@@ -108,6 +123,9 @@ TABLE = [
     ("model", f"Bearer {MGMT}", {}, 403, "missing_scope"),
     ("model", f"Bearer {WILDCARD}", {}, 200, "granted"),
     ("model", f"Bearer {BROKEN}", {}, 401, "malformed_record"),
+    ("model", f"Bearer {ADMIN}", {}, 401, "management_token"),
+    ("model", f"Bearer {MANAGER}", {}, 401, "management_token"),
+    ("both", basic("paperspace", ADMIN), {}, 401, "management_token"),
     ("model", basic("paperspace", GOOD), {}, 401, "unsupported_scheme"),
     ("model", "Digest username=x", {}, 401, "unsupported_scheme"),
     # malformed headers
@@ -250,7 +268,11 @@ def test_jwt_allow_forwards_claims_and_overwrites_spoofs() -> None:
     d = jwt_decide(
         "iris", f"Bearer {GOOD_JWT}", identity_headers_sent=("x-extauthz-email", "x-extauthz-other")
     )
-    assert (d.status, d.reason, d.subject) == (200, "granted_jwt", "alice")
+    # namespaced by issuer: never a token id's header value or counter
+    subject = "jwt:https://idp.example.com/realms/r:alice"
+    assert (d.status, d.reason, d.subject) == (200, "granted_jwt", subject)
+    assert dict(d.headers)["x-extauthz-subject"] == subject
+    assert dict(d.metadata)["subject"] == subject
     assert dict(d.headers)["x-extauthz-email"] == "a@x"
     assert dict(d.headers)["x-extauthz-scopes"] == "predict"
     assert d.remove_headers == ("authorization", "x-extauthz-other")
@@ -282,3 +304,32 @@ def test_route_with_bearer_and_jwt_routes_by_shape() -> None:
     # an opaque token is looked up as one (t-good is not granted 'mixed')
     assert jwt_decide("mixed", f"Bearer {GOOD}").reason == "route_not_granted"
     assert jwt_decide("mixed", f"Bearer {WILDCARD}").reason == "granted"
+
+
+def test_a_jwt_subject_never_shares_a_token_ids_counter_or_header() -> None:
+    """A JWT whose `sub` equals a token id is another caller: its own route counter and
+    subject (issue #22, 4)."""
+    limited = RoutePolicy(
+        "limited",
+        Access.PROTECTED,
+        ("bearer", "jwt"),
+        True,
+        jwt=JWT_SETTINGS,
+        rate_limit=RateLimit(5, "s"),
+    )
+    snapshot = PolicySnapshot(3, {"limited": limited})
+    token = TokenRecord("alice", frozenset({"limited"}), frozenset())
+
+    def verify(token: str, settings: JwtSettings, now: float) -> JwtResult:
+        return JwtIdentity("alice", frozenset(), (), NOW + 60)
+
+    def limits(auth: str) -> Decision:
+        facts = RequestFacts("limited", authorization=auth)
+        return decide(facts, snapshot, {token_hash(GOOD): token}.get, NOW, verify)
+
+    by_token, by_jwt = limits(f"Bearer {GOOD}"), limits(f"Bearer {GOOD_JWT}")
+    assert by_token.subject == "alice"
+    assert by_jwt.subject == "jwt:https://idp.example.com/realms/r:alice"
+    token_keys = {x.key for x in by_token.limits}
+    jwt_keys = {x.key for x in by_jwt.limits}
+    assert token_keys and jwt_keys and not token_keys & jwt_keys

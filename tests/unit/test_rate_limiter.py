@@ -88,9 +88,9 @@ def test_which_counters_an_allow_takes_from() -> None:
         return decide(facts, _snapshot(), records.get, START)
 
     keys = [(x.key, str(x.limit)) for x in run("model", "limited").limits]
-    assert keys == [("token:t1", "600/m"), ("route:model:sub:t1", "50/s")]
+    assert keys == [("token:t1", "600/m"), ("route:model:tok:t1", "50/s")]
     assert [x.key for x in run("free", "limited").limits] == ["token:t1"]
-    assert [x.key for x in run("model", "plain").limits] == ["route:model:sub:t2"]
+    assert [x.key for x in run("model", "plain").limits] == ["route:model:tok:t2"]
     assert run("free", "plain").limits == ()
     assert [x.key for x in run("open", None).limits] == ["route:open:addr:203.0.113.7"]
     v6 = run("open", None, "2001:db8::1").limits[0].key

@@ -33,8 +33,10 @@ class JwtBearer:
             case JwtRejected(reason=why):
                 return Rejected("invalid_jwt", why, valid_until=None)
             case JwtIdentity() as jwt:
+                # namespaced: a JWT subject never shares a token id's counters or header value
+                subject = f"jwt:{settings.issuer}:{jwt.subject}"
                 return Identity(
-                    jwt.subject, jwt.scopes, None, "granted_jwt", jwt.headers, valid_until=None
+                    subject, jwt.scopes, None, "granted_jwt", jwt.headers, valid_until=None
                 )
         return None  # pragma: no cover (the match is exhaustive)
 

@@ -28,6 +28,8 @@ def identify_secret(secret: str, ctx: Context) -> IdentityResult:
         return Throttled(e.retry_after)
     if record is None:
         return Rejected("unknown_token", "invalid token")
+    if record.management:  # valid at the management API only, never at a model
+        return Rejected("management_token", "invalid token", subject=record.id)
     until = record.valid_until()
     if ctx.now >= until:
         return Rejected("expired_token", "token expired", subject=record.id)

@@ -1,0 +1,103 @@
+"""Who may do what in the management plane, pure: one function every endpoint asks
+(contract: design.md §16).
+
+- Only a management token (record `kind: management`) calls the management API; a model
+  token never does, whatever scopes it holds.
+- A management token with scope `admin` may do everything.
+- Any other management token (scope `tokens:manage`) is a *manager*: it may create, and see
+  and act on (read, update, rotate, revoke, usage), exactly the tokens it could have created:
+  model tokens whose routes are within its own (`*` only if it has `*`) and whose expiry is
+  no later than its own. A token it could not have created does not exist for it (404), so
+  no id is confirmed; asking to create or change into one it may not is 403.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from extauthz.core.token_record import ADMIN_SCOPE, MANAGER_SCOPE, MODEL, TokenRecord, kind_of
+
+
+class Action(StrEnum):
+    READ = "read"  # GET a token, or see it in a listing
+    UPDATE = "update"
+    ROTATE = "rotate"
+    REVOKE = "revoke"
+    USAGE = "usage"
+    CREATE = "create"  # the target is the token as it would be made (or changed into)
+    AUDIT = "audit"  # the audit log (no target)
+    POLICY = "policy"  # the published routes (no target; never secrets)
+
+
+class Verdict(StrEnum):
+    ALLOW = "allow"
+    NOT_FOUND = "not_found"  # 404: the target is not the caller's to know about
+    FORBIDDEN = "forbidden"  # 403: the caller may not do this (it is not hiding anything)
+
+
+@dataclass(frozen=True, slots=True)
+class Manager:
+    """An authenticated caller of the management API."""
+
+    id: str
+    admin: bool
+    routes: frozenset[str]
+    expires_at: int | None  # unix seconds; None: never
+
+    @classmethod
+    def of(cls, record: TokenRecord) -> Manager | None:
+        """The manager a token stands for; None when it may not call the API at all."""
+        if not record.management or not record.scopes & {ADMIN_SCOPE, MANAGER_SCOPE}:
+            return None
+        expires = record.expires_at
+        if record.lapses_at is not None:  # a key given a TTL by hand ends then
+            lapse = int(record.lapses_at)
+            expires = lapse if expires is None else min(expires, lapse)
+        return cls(record.id, ADMIN_SCOPE in record.scopes, record.routes, expires)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a decision looks at in a token: its routes, scopes and expiry."""
+
+    routes: frozenset[str]
+    scopes: frozenset[str]
+    expires_at: int | None
+
+    @classmethod
+    def of(cls, record: TokenRecord) -> Target:
+        # a record's kind, or its scopes, make it a management token: either is enough
+        scopes = record.scopes | ({ADMIN_SCOPE} if record.management else frozenset())
+        return cls(record.routes, scopes, record.expires_at)
+
+
+def could_create(who: Manager, target: Target) -> bool:
+    """Whether `who` could have made a token like `target`."""
+    if who.admin:
+        return True
+    if kind_of(target.scopes) != MODEL:
+        return False
+    if "*" not in who.routes and ("*" in target.routes or not target.routes <= who.routes):
+        return False
+    if who.expires_at is None:
+        return True
+    return target.expires_at is not None and target.expires_at <= who.expires_at
+
+
+def decide(who: Manager, action: Action, target: Target | None = None) -> Verdict:
+    """The one authorization question of the management plane.
+
+    CREATE: `target` is the token to be made, or what an update would make of one (check
+    the current token with UPDATE first). Other token actions: `target` is the token as
+    stored. AUDIT and POLICY take no target.
+    """
+    if action is Action.AUDIT:
+        return Verdict.ALLOW if who.admin else Verdict.FORBIDDEN
+    if action is Action.POLICY:
+        return Verdict.ALLOW
+    if target is None:  # pragma: no cover (a programming error: fail closed)
+        return Verdict.FORBIDDEN
+    if could_create(who, target):
+        return Verdict.ALLOW
+    return Verdict.FORBIDDEN if action is Action.CREATE else Verdict.NOT_FOUND

@@ -1,0 +1,112 @@
+"""The management plane's one authorization function, table-tested: caller × target × action
+(design.md §16, issue #22: 1-3)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from extauthz.admin.access import Action, Manager, Target, Verdict, decide
+from extauthz.core.token_record import TokenRecord
+
+HOUR = 3600
+NOW = 1_800_000_000
+
+
+def record(
+    routes: str, scopes: str = "", expires: int | None = None, kind: str = "model"
+) -> TokenRecord:
+    return TokenRecord(
+        "t", frozenset(routes.split()), frozenset(scopes.split()), expires_at=expires, kind=kind
+    )
+
+
+CALLERS = {
+    "admin": record("*", "admin", kind="management"),
+    "manager-ab": record("a b", "tokens:manage", kind="management"),
+    "manager-star": record("*", "tokens:manage", kind="management"),
+    "manager-ab-1h": record("a b", "tokens:manage", NOW + HOUR, kind="management"),
+}
+TARGETS = {
+    "model-a": record("a", "inference"),
+    "model-ab": record("a b"),
+    "model-abc": record("a b c"),
+    "model-c": record("c"),
+    "model-star": record("*", "inference"),
+    "model-a-30m": record("a", "", NOW + HOUR // 2),
+    "model-a-2h": record("a", "", NOW + 2 * HOUR),
+    "admin-a": record("a", "admin", kind="management"),
+    "admin-star": record("*", "admin", kind="management"),
+    "peer-manager-a": record("a", "tokens:manage", kind="management"),
+    # made before kinds: its scopes alone make it a management target
+    "legacy-admin-a": record("a", "admin"),
+    # hand-edited: kind management with model scopes only is still not a manager's
+    "management-kind-a": record("a", "inference", kind="management"),
+}
+# (caller, target) pairs a manager may act on; an admin may act on every target
+MANAGES = {
+    ("manager-ab", "model-a"),
+    ("manager-ab", "model-ab"),
+    ("manager-ab", "model-a-30m"),
+    ("manager-ab", "model-a-2h"),
+    ("manager-star", "model-a"),
+    ("manager-star", "model-ab"),
+    ("manager-star", "model-abc"),
+    ("manager-star", "model-c"),
+    ("manager-star", "model-star"),
+    ("manager-star", "model-a-30m"),
+    ("manager-star", "model-a-2h"),
+    ("manager-ab-1h", "model-a-30m"),  # expires before the manager
+}
+TOKEN_ACTIONS = (Action.READ, Action.UPDATE, Action.ROTATE, Action.REVOKE, Action.USAGE)
+
+
+@pytest.mark.parametrize(
+    ("caller", "target", "action"),
+    list(itertools.product(CALLERS, TARGETS, (*TOKEN_ACTIONS, Action.CREATE))),
+)
+def test_caller_target_action(caller: str, target: str, action: Action) -> None:
+    who = Manager.of(CALLERS[caller])
+    assert who is not None
+    verdict = decide(who, action, Target.of(TARGETS[target]))
+    if caller == "admin" or (caller, target) in MANAGES:
+        assert verdict is Verdict.ALLOW
+    elif action is Action.CREATE:
+        assert verdict is Verdict.FORBIDDEN  # asking for it: told no, nothing hidden
+    else:
+        assert verdict is Verdict.NOT_FOUND  # somebody else's: not confirmed to exist
+
+
+@pytest.mark.parametrize("caller", list(CALLERS))
+def test_audit_is_for_admins_and_policy_for_every_manager(caller: str) -> None:
+    who = Manager.of(CALLERS[caller])
+    assert who is not None
+    assert decide(who, Action.AUDIT) is (Verdict.ALLOW if who.admin else Verdict.FORBIDDEN)
+    assert decide(who, Action.POLICY) is Verdict.ALLOW
+
+
+@pytest.mark.parametrize(
+    "rec",
+    [
+        record("*", "admin"),  # a model token given `admin` (by hand, or before kinds)
+        record("*", "tokens:manage"),
+        record("*", "inference"),
+        record("*", "inference", kind="management"),  # management kind, no management scope
+    ],
+)
+def test_only_management_tokens_with_a_management_scope_call_the_api(rec: TokenRecord) -> None:
+    assert Manager.of(rec) is None
+
+
+def test_a_managers_expiry_is_the_earlier_of_its_field_and_its_keys_ttl() -> None:
+    rec = record("a", "tokens:manage", NOW + 2 * HOUR, kind="management")
+    lapsing = TokenRecord(
+        rec.id, rec.routes, rec.scopes, rec.expires_at, kind=rec.kind, lapses_at=NOW + HOUR + 0.5
+    )
+    who = Manager.of(lapsing)
+    assert who is not None and who.expires_at == NOW + HOUR
+    assert decide(who, Action.CREATE, Target.of(record("a", "", NOW + HOUR))) is Verdict.ALLOW
+    late = Target.of(record("a", "", NOW + HOUR + 1))
+    assert decide(who, Action.CREATE, late) is Verdict.FORBIDDEN
+    assert decide(who, Action.CREATE, Target.of(record("a"))) is Verdict.FORBIDDEN  # never
