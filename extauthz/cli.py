@@ -126,6 +126,7 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
         print(f"dry run: would publish policy version {result.version}")
     else:
         print(f"published policy version {result.version}")
+    _warn(result.warnings)
     return 0
 
 
@@ -146,6 +147,12 @@ def _when(seconds: int | None, none: str) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _one_field(text: str) -> str:
+    """A value printed among others on one line: quoted (JSON) when it holds a space, a
+    quote or anything but visible ASCII, so that it always reads as one field."""
+    return text if text and all("!" <= c <= "~" and c != '"' for c in text) else json.dumps(text)
+
+
 def _shown(text: str) -> str:
     """A value for the terminal: printable as it is, else with its control characters and
     undecodable bytes escaped (a forged row or an escape sequence never reaches the screen)."""
@@ -163,6 +170,10 @@ def _print_issued(issued: Any, as_json: bool) -> None:
     print(f"expires: {_expires(record)}")
     print("token (shown once, store it now):")
     print(issued.token)
+
+
+def _also(warning: str | None) -> list[str]:
+    return [] if warning is None else [warning]
 
 
 def _warn(lines: Sequence[str]) -> None:
@@ -285,6 +296,7 @@ def _cmd_token_reindex(args: argparse.Namespace, settings: Settings) -> int:
             f"{result.marked_management} tokens with scope admin or tokens:manage marked "
             "kind=management: valid at the management API only, no longer at model routes"
         )
+    _warn(result.warnings)
     for conflict in result.conflicts:
         _warn([f"token key {conflict}: another token has this id, or its entry is broken"])
     for digest in result.no_id:
@@ -309,12 +321,28 @@ def _cmd_token_import(args: argparse.Namespace, settings: Settings) -> int:
     plan = plan_import(store, entries, args.file, now, replace=args.replace)
     _warn(plan.warnings)
     if not args.dry_run:
-        from extauthz.storage.token_index import TokenIndex
+        from extauthz.admin.tokens import described
+        from extauthz.storage.token_index import ImportItem, TokenIndex
 
-        TokenIndex(store).write_many(plan.items)
+        actor, source = audit.cli_actor(), audit.readable(args.file)
+
+        def events(batch: list[ImportItem]) -> list[dict[str, str]]:
+            # one event per token written, in the same transaction as the write
+            return [
+                audit.event(
+                    actor,
+                    f"token.{item.action}",
+                    item.record.id,
+                    {**described(item.record), "import": source},
+                    now,
+                )
+                for item in batch
+            ]
+
+        TokenIndex(store).write_many(plan.items, events, audit.MAX_EVENTS)
         if plan.items:
             counts = {a: plan.count(a) for a in ("create", "update", "replace")}
-            audit.record(store, None, "token.import", args.file, counts)
+            _warn(_also(audit.record(store, actor, "token.import", args.file, counts)))
     print(plan.summary(args.dry_run))
     return 0
 
@@ -333,6 +361,7 @@ def _cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
         )
     else:
         print(f"revoked {_shown(args.id)}" + (f" ({count} tokens)" if count > 1 else ""))
+    _warn(revoked.warnings)
     return _unconfirmed("revoked", revoked.unconfirmed, settings)
 
 
@@ -341,6 +370,7 @@ def _cmd_token_rotate(args: argparse.Namespace, settings: Settings) -> int:
 
     grace = tokens.parse_ttl(args.grace, "grace") if args.grace is not None else None
     issued = tokens.rotate(_store(settings), args.id, settings.ack_timeout, grace, time.time())
+    _warn(issued.warnings)
     _print_issued(issued, args.json)
     return _unconfirmed("rotated", issued.unconfirmed, settings)
 
@@ -402,12 +432,8 @@ def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps(event))
             continue
         detail = json.dumps(event["detail"], sort_keys=True)
-        print(
-            _shown(
-                f"{_when(event['time'], '-')} {event['actor']} {event['action']} "
-                f"{event['target'] or '-'} {detail}"
-            )
-        )
+        fields = (event["actor"], event["action"], event["target"] or "-")
+        print(_shown(f"{_when(event['time'], '-')} {' '.join(map(_one_field, fields))} {detail}"))
     return 0
 
 

@@ -255,20 +255,25 @@ def _routes(app: FastAPI, store: Store) -> None:
             actor=who.id,
             check=check,
         )
-        return updated.record.to_json()
+        return {**updated.record.to_json(), **_reported(updated.unconfirmed, updated.warnings)}
 
-    @app.delete("/v1/tokens/{token_id}", status_code=204)
+    @app.delete("/v1/tokens/{token_id}", status_code=204, response_model=None)
     def revoke_token(who: Who, token_id: str) -> Response:
         owned(who, token_id, Action.REVOKE)
-        tokens.revoke(store, token_id, confirm=2.0, actor=who.id)
-        return Response(status_code=204)
+        revoked = tokens.revoke(store, token_id, confirm=2.0, actor=who.id)
+        if not revoked.unconfirmed and not revoked.warnings:
+            return Response(status_code=204)
+        # done, with something the caller must know: which servers may still accept it
+        reported = _reported(revoked.unconfirmed, revoked.warnings)
+        return JSONResponse({"id": token_id, "revoked": revoked.count, **reported})
 
     @app.post("/v1/tokens/{token_id}/rotate")
     def rotate_token(who: Who, token_id: str, body: Rotation | None = None) -> dict[str, Any]:
         owned(who, token_id, Action.ROTATE)
         grace = tokens.parse_ttl(body.grace, "grace") if body and body.grace else None
         issued = tokens.rotate(store, token_id, 2.0, grace, time.time(), actor=who.id)
-        return {**issued.record.to_json(), "token": issued.token}
+        reported = _reported(issued.unconfirmed, issued.warnings)
+        return {**issued.record.to_json(), "token": issued.token, **reported}
 
     @app.get("/v1/tokens/{token_id}/usage")
     def token_usage(
@@ -292,6 +297,13 @@ def _routes(app: FastAPI, store: Store) -> None:
     def audit_tail(who: Who, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
         _require(who, Action.AUDIT)
         return {"events": audit.tail(store, limit)}
+
+
+def _reported(unconfirmed: tuple[str, ...], warnings: tuple[str, ...]) -> dict[str, Any]:
+    """What a change reports besides its result: the live servers that did not confirm it
+    within 2 s (they may still accept an old secret or record for a moment), and warnings
+    (e.g. its audit event was not written)."""
+    return {"unconfirmed": list(unconfirmed), "warnings": list(warnings)}
 
 
 def _cursor(text: str | None) -> float | None:

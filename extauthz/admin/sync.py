@@ -35,6 +35,7 @@ class SyncResult:
     secrets_added: list[str] = field(default_factory=list)
     secrets_changed: list[str] = field(default_factory=list)
     secrets_removed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. the audit event not written
 
     def lines(self) -> list[str]:
         out: list[str] = []
@@ -122,7 +123,9 @@ def sync(
             "removed": result.secrets_removed,
         }
         detail = {"file": doc.file, "routes": routes, "secrets": secrets_detail}
-        audit.record(store, actor, "policy.sync", f"version {result.version}", detail)
+        warning = audit.record(store, actor, "policy.sync", f"version {result.version}", detail)
+        if warning is not None:
+            result.warnings.append(warning)
     return result
 
 

@@ -2,7 +2,8 @@
 
 One object per line: `id`, `routes`, `scopes`, optional `name`, `created_at`, `expires_at`
 (unix seconds) and `rate_limit` (`600/m`, or null), and either `token` (the
-secret, hashed on import) or `sha256` (its hash, as export writes it). An import reads and
+secret, hashed on import) or `sha256` (its hash, as export writes it). A token with scope
+`admin` or `tokens:manage` is a management token (kind follows from the scopes). An import reads and
 checks the whole file, then Redis (conflicts, caps), before it writes anything; what is
 already there as the file says is skipped, so importing a file twice changes nothing.
 """
@@ -22,6 +23,7 @@ from typing import Any, BinaryIO
 from extauthz.admin.tokens import (
     Lifetime,
     check_id,
+    check_kind,
     check_name,
     check_routes,
     check_scopes,
@@ -136,6 +138,14 @@ def plan_import(
                 raise BadImportLine(path, entry.line, "expires_at", e.rule) from None
             for route in life.unknown_routes:
                 unknown[route] = unknown.get(route, 0) + 1
+            route_secret = policy.secrets.get(entry.digest) if policy is not None else None
+            if route_secret is not None:  # (it would never be looked up as this token)
+                raise BadImportLine(
+                    path,
+                    entry.line,
+                    "token",
+                    f"this secret is the route secret {route_secret.id!r} of the policy",
+                )
             plan_one(plan, entry, current.get(record.id), stored, path, replace, now)
     if policy is None:
         plan.warnings.append("no policy published yet: routes not checked")
@@ -208,7 +218,8 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
         record = TokenRecord(
             id=check_id(_text(data, "id")),
             routes=check_routes(_names(data, "routes")),
-            scopes=check_scopes(_names(data, "scopes", required=False)),
+            scopes=(scopes := check_scopes(_names(data, "scopes", required=False))),
+            kind=check_kind(scopes),
             name=_name(data),
             created_at=_time(data, "created_at", 0, None),  # None: kept, or the import's time
             expires_at=_time(data, "expires_at", math.floor(now) + 1, None),

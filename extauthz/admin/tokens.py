@@ -164,6 +164,11 @@ class IssuedToken:
 class Revoked:
     count: int  # secrets deleted (the token's, and one in rotation grace)
     unconfirmed: tuple[str, ...]  # live servers that did not confirm dropping them in time
+    warnings: tuple[str, ...] = ()
+
+
+def _also(warning: str | None) -> tuple[str, ...]:
+    return () if warning is None else (warning,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +218,11 @@ def create(
         check(record)
     token = new_token()
     TokenIndex(store).add(token_hash(token), record)
-    audit.record(store, actor, "token.create", token_id, _described(record), now)
-    return IssuedToken(token, record, warnings=life.warnings())
+    audited = audit.record(store, actor, "token.create", token_id, described(record), now)
+    return IssuedToken(token, record, warnings=life.warnings() + _also(audited))
 
 
-def _described(record: TokenRecord) -> dict[str, Any]:
+def described(record: TokenRecord) -> dict[str, Any]:
     """A record for the audit log (names and times: never a secret or a hash)."""
     return {
         "routes": sorted(record.routes),
@@ -302,9 +307,9 @@ def update(
         return new
 
     new, unconfirmed = TokenIndex(store).update(token_id, change, confirm)
-    audit.record(store, actor, "token.update", token_id, _described(new), now)
+    audited = audit.record(store, actor, "token.update", token_id, described(new), now)
     warnings = Lifetime.of(route_set, policy).warnings() if route_set is not None else ()
-    return Updated(new, tuple(unconfirmed), warnings)
+    return Updated(new, tuple(unconfirmed), warnings + _also(audited))
 
 
 def _expiry(
@@ -342,8 +347,9 @@ def rotate(
         grace_until = math.ceil(now + grace_seconds)
     token = new_token()
     record, unconfirmed = index.rotate(token_id, token_hash(token), grace_until, confirm)
-    audit.record(store, actor, "token.rotate", token_id, {"grace_until": grace_until}, now)
-    return IssuedToken(token, record, tuple(unconfirmed))
+    detail = {"grace_until": grace_until}
+    audited = audit.record(store, actor, "token.rotate", token_id, detail, now)
+    return IssuedToken(token, record, tuple(unconfirmed), _also(audited))
 
 
 def revoke(store: Store, token_id: str, confirm: float = 0, actor: str | None = None) -> Revoked:
@@ -353,8 +359,8 @@ def revoke(store: Store, token_id: str, confirm: float = 0, actor: str | None = 
     them from its cache, or after `confirm` seconds (those that did not are named).
     """
     count, unconfirmed = TokenIndex(store).revoke(token_id, confirm)
-    audit.record(store, actor, "token.revoke", token_id, {"secrets": count})
-    return Revoked(count, tuple(unconfirmed))
+    audited = audit.record(store, actor, "token.revoke", token_id, {"secrets": count})
+    return Revoked(count, tuple(unconfirmed), _also(audited))
 
 
 def usage(store: Store, token_id: str, days: int, now: float) -> dict[str, Any]:
@@ -385,5 +391,7 @@ def reindex(store: Store, actor: str | None = None) -> Reindexed:
             "removed": result.removed,
             "marked_management": result.marked_management,
         }
-        audit.record(store, actor, "token.reindex", "", detail)
+        warning = audit.record(store, actor, "token.reindex", "", detail)
+        if warning is not None:
+            result.warnings.append(warning)
     return result

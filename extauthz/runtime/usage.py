@@ -2,19 +2,23 @@
 token was last used; counted in memory, written to Redis in pipelined batches.
 
 The decision path only adds to a dict (under a lock). `flush` swaps the counts out and
-writes them with one pipeline (HINCRBY into the day's hash, ZADD GT for last used): at most
-every `--usage-flush` seconds (default 10), from the policy watcher's thread, and once more
-when the server stops (SIGTERM loses nothing). A flush Redis refuses keeps the counts for
-the next one. Nothing is ever written to a token's own key: that would fire the keyspace
+writes them in batches of at most 1,000 (token, day) pairs, each one MULTI/EXEC with a
+marker so that it is added exactly once (HINCRBY into the day's hash), then ZADD GT for last
+used: at most every `--usage-flush` seconds (default 10), from the policy watcher's thread,
+and once more when the server stops (SIGTERM loses nothing). A batch Redis did not answer is
+kept as it was for the next flush, which first asks whether its marker is there. Nothing
+is ever written to a token's own key: that would fire the keyspace
 notification that empties every server's cache.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from extauthz.errors import StoreError
 from extauthz.storage.store import Store
@@ -23,6 +27,7 @@ log = logging.getLogger("extauthz.usage")
 
 DAY = 86400
 MAX_PENDING = 100_000  # (token, day) pairs held between flushes; more are counted as dropped
+BATCH = 1_000  # pairs per MULTI/EXEC: a round trip of a few ms, well inside the Redis timeout
 
 
 class UsageMeter:
@@ -43,7 +48,9 @@ class UsageMeter:
         self._counts: dict[tuple[str, int], list[int]] = {}  # (token id, day) → [allowed, limited]
         self._last: dict[str, float] = {}
         self._flushed_at = clock()
+        self._pending: list[_Batch] = []  # batches a failed flush did not get written
         self.dropped = 0
+        self.refused = 0  # counts Redis refused to add (a key of another type)
 
     def count(self, token_id: str, allowed: bool, now: float) -> None:
         """One request of this token: allowed, or refused by a rate limit."""
@@ -68,23 +75,60 @@ class UsageMeter:
             self.flush()
 
     def flush(self) -> bool:
-        """Write what was counted; on failure keep it for the next flush. True when written."""
+        """Write what was counted, in batches of at most BATCH pairs, each exactly once
+        (Store.add_usage); a batch Redis did not answer is kept, as it was, for the next
+        flush. True when everything was written."""
         self._flushed_at = self.clock()
         with self._lock:
             counts, self._counts = self._counts, {}
             last, self._last = self._last, {}
-        if not counts:
-            return True
-        try:
-            self.store.add_usage(counts, last, self.retention_days)
-        except StoreError as e:
-            log.warning("usage not written (kept for the next flush): %s", e)
-            with self._lock:
-                for key, (allowed, limited) in counts.items():
-                    mine = self._counts.setdefault(key, [0, 0])
-                    mine[0] += allowed
-                    mine[1] += limited
-                for token_id, when in last.items():
-                    self._last[token_id] = max(when, self._last.get(token_id, 0.0))
-            return False
+        pending, self._pending = self._pending, []
+        items = list(counts.items())
+        batches = pending + [
+            _Batch(secrets.token_hex(8), dict(items[i : i + BATCH]))
+            for i in range(0, len(items), BATCH)
+        ]
+        for done, batch in enumerate(batches):
+            try:
+                refused = self.store.add_usage(
+                    batch.id, batch.counts, self.retention_days, retry=batch.sent
+                )
+            except StoreError as e:
+                log.warning("usage not written (kept for the next flush): %s", e)
+                self._keep(batches[done:], last)
+                return False
+            if refused:
+                self.refused += refused
+                log.warning("usage: Redis refused %d counts (a usage key edited by hand?)", refused)
+        if last:
+            try:
+                self.store.raise_last_used(last)
+            except StoreError as e:
+                log.warning("last-used times not written (kept for the next flush): %s", e)
+                self._keep([], last)
+                return False
         return True
+
+    def _keep(self, batches: list[_Batch], last: dict[str, float]) -> None:
+        """Hold what a failed flush did not write: batches as they were (their id finds them
+        if they were written after all), at most MAX_PENDING pairs in all."""
+        held = 0
+        for batch in batches:
+            held += len(batch.counts)
+            if held > MAX_PENDING:
+                self.dropped += sum(sum(c) for c in batch.counts.values())
+                continue
+            batch.sent = True
+            self._pending.append(batch)
+        with self._lock:
+            for token_id, when in last.items():
+                self._last[token_id] = max(when, self._last.get(token_id, 0.0))
+
+
+@dataclass
+class _Batch:
+    """Counts written together with one marker, so a retry never adds them twice."""
+
+    id: str
+    counts: dict[tuple[str, int], list[int]]
+    sent: bool = False  # sent before: it may have been written (check its marker)

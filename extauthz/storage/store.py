@@ -12,6 +12,7 @@ Data model (documented in the README, "Redis data model"):
     {prefix}usage:<YYYY-MM-DD>                HASH  a:<token id>, r:<token id>: allowed and
                                                     rate-limited requests that UTC day
     {prefix}usage:last-used                   ZSET  token id → unix seconds of its last use
+    {prefix}usage:batch:<id>                  STRING a usage flush batch was written (2 days)
     {prefix}audit                             STREAM changes: time, actor, action, target,
                                                     detail (capped, ~100 000 events)
     {prefix}servers                           SET   server ids (the CLI drops those whose key
@@ -163,25 +164,37 @@ class Store:
 
     def add_usage(
         self,
+        batch_id: str,
         counts: dict[tuple[str, int], list[int]],
-        last_used: dict[str, float],
         retention_days: int,
-    ) -> None:
-        """Add per-token, per-day counts ([allowed, rate limited]) and raise last-used times
-        (ZADD GT: never back in time); day hashes expire `retention_days` after their day."""
+        retry: bool = False,
+    ) -> int:
+        """Add per-token, per-day counts ([allowed, rate limited]) exactly once: the HINCRBYs
+        and a marker `{prefix}usage:batch:<batch_id>` are one MULTI/EXEC, so a batch whose
+        reply was lost (`retry`: sent before) is found written and not added again. Day
+        hashes expire `retention_days` after their day. Returns how many commands Redis
+        refused (a day hash of another type, edited by hand): dropped, never retried."""
+        marker = f"{self.prefix}usage:batch:{batch_id}"
         with self.redis_errors():
-            pipe = self.client.pipeline(transaction=False)
+            if retry and self.client.exists(marker):
+                return 0
+            pipe = self.client.pipeline(transaction=True)
             for (token_id, day), (allowed, limited) in counts.items():
                 key = self.usage_key(day)
                 if allowed:
                     pipe.hincrby(key, f"a:{token_id}", allowed)
                 if limited:
                     pipe.hincrby(key, f"r:{token_id}", limited)
-            if last_used:
-                pipe.zadd(self.last_used_key, {i: int(t) for i, t in last_used.items()}, gt=True)
             for day in {day for _, day in counts}:
                 pipe.expireat(self.usage_key(day), (day + 1 + retention_days) * 86400)
-            pipe.execute()
+            pipe.set(marker, "1", ex=2 * 86400)
+            replies = pipe.execute(raise_on_error=False)
+        return sum(1 for reply in replies if isinstance(reply, Exception))
+
+    def raise_last_used(self, last_used: dict[str, float]) -> None:
+        """Raise tokens' last-used times (ZADD GT: never back in time; safe to repeat)."""
+        with self.redis_errors():
+            self.client.zadd(self.last_used_key, {i: int(t) for i, t in last_used.items()}, gt=True)
 
     def usage(self, token_id: str, days: list[int]) -> list[tuple[int, int, int]]:
         """(day, allowed, rate limited) of one token for each day asked."""

@@ -57,6 +57,7 @@ class Reindexed:
     no_id: list[str] = field(default_factory=list)  # hashes of keys without a usable id
     # records with a management scope made before kinds existed, now `kind: management`
     marked_management: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,33 +302,67 @@ class TokenIndex:
             found = pipe.execute()
         return {d: f for d, f in zip(digests, found, strict=True) if f}
 
-    def write_many(self, items: list[ImportItem]) -> None:
-        """Write planned tokens in pipelined batches (not one transaction: an interrupted
-        import is finished by running it again, which skips what is already there)."""
+    def write_many(
+        self,
+        items: list[ImportItem],
+        audit: Callable[[list[ImportItem]], list[dict[str, str]]] | None = None,
+        max_audit: int = 100_000,
+    ) -> None:
+        """Write planned tokens in batches, each one MULTI/EXEC together with its audit
+        events (`audit(batch)`): an interrupted import has audited exactly what it wrote,
+        and running it again finishes it (skipping, and not auditing, what is there).
+
+        A token updated in place keeps a secret of it in rotation grace, which gets the new
+        record too (as `update` does); a replaced token's secret in grace is deleted."""
         new = sum(1 for item in items if item.action == "create")
+        audit_key = f"{self.store.prefix}audit"
         with self.store.redis_errors():
             seq = int(self.client.incrby(self.seq_key, new)) - new if new else 0
             for start in range(0, len(items), PAGE):
                 batch = items[start : start + PAGE]
-                pipe = self.client.pipeline(transaction=False)
-                replaced = [i.record.id for i in batch if i.old_digest is not None]
-                for token_id in replaced:  # a secret of theirs in rotation grace goes too
-                    pipe.hget(self.id_key(token_id), "previous")
-                in_grace = [d for d in (pipe.execute() if replaced else []) if d]
-                if in_grace:
-                    pipe.delete(*(self.store.token_key(d) for d in in_grace))
+                known = [i for i in batch if i.action != "create"]
+                graces = self._graces(known)
+                pipe = self.client.pipeline(transaction=True)
                 for item in batch:
                     if item.action == "create":
                         seq += 1
                     self._write_token(pipe, item.digest, item.record)
+                    grace = graces.get(item.record.id)
+                    previous = None
                     if item.old_digest is not None:
                         pipe.delete(self.store.token_key(item.old_digest))
+                        if grace is not None:
+                            pipe.delete(self.store.token_key(grace[0]))
+                    elif grace is not None:  # an update: the old secret gets it too
+                        previous = grace[0]
+                        ends = [t for t in (grace[1], item.record.expires_at) if t is not None]
+                        kept = replace(item.record, expires_at=min(ends) if ends else None)
+                        self._write_token(pipe, previous, kept)
                     order = seq if item.action == "create" else None
-                    self._write_entry(pipe, item.record, item.digest, None, order)
-                    for digest in (item.digest, item.old_digest):
+                    self._write_entry(pipe, item.record, item.digest, previous, order)
+                    for digest in (item.digest, item.old_digest, previous):
                         if digest is not None:
                             pipe.publish(self.store.invalidate_channel, digest)
+                for event in audit(batch) if audit is not None else ():
+                    pipe.xadd(audit_key, event, maxlen=max_audit, approximate=True)
                 pipe.execute()
+
+    def _graces(self, items: list[ImportItem]) -> dict[str, tuple[str, int | None]]:
+        """{id: (hash, expires_at)} of the secrets in rotation grace of these tokens."""
+        if not items:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for item in items:
+            pipe.hget(self.id_key(item.record.id), "previous")
+        previous = [p if isinstance(p, str) else None for p in pipe.execute(raise_on_error=False)]
+        for digest in previous:
+            pipe.hget(self.store.token_key(digest or ""), "expires_at")
+        ends = pipe.execute(raise_on_error=False)
+        return {
+            item.record.id: (digest, int(end) if end.isdigit() else None)
+            for item, digest, end in zip(items, previous, ends, strict=True)
+            if digest and isinstance(end, str)  # (no expires_at: its grace is over)
+        }
 
     def reindex(self) -> Reindexed:
         """Index every token key that is not (made by hand), and drop entries whose token

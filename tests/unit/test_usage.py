@@ -121,3 +121,89 @@ def test_token_usage_report(store: Store) -> None:
     assert tokens.usage(store, "u1", 1, NOW)["last_used"] == int(NOW)  # history outlives it
     with pytest.raises(UnknownToken):
         tokens.usage(store, "never-was", 7, NOW)
+
+
+def test_a_partly_failed_flush_never_counts_twice(store: Store) -> None:
+    """Issue #22, 7: with `usage:last-used` of the wrong type every flush used to re-add the
+    whole batch (4, 7, 10 ...). The counts are written once; last-used is retried alone."""
+    store.client.set("extauthz:usage:last-used", "x")
+    meter = UsageMeter(store)
+    for _ in range(4):
+        meter.count("t1", True, NOW)
+    assert meter.flush() is False  # last-used refused: kept for the next flush
+    for _ in range(3):
+        assert meter.flush() is False
+    assert store.client.hget(key(TODAY), "a:t1") == "4"
+    store.client.delete("extauthz:usage:last-used")
+    assert meter.flush() is True
+    assert store.client.hget(key(TODAY), "a:t1") == "4"
+    assert store.last_used(["t1"]) == [int(NOW)]
+
+
+def test_a_day_hash_of_another_type_is_refused_not_retried_forever(store: Store) -> None:
+    store.client.set(key(TODAY), "x")
+    meter = UsageMeter(store)
+    meter.count("t1", True, NOW)
+    meter.count("t2", False, NOW - DAY)
+    assert meter.flush() is True  # written what could be, the rest refused and counted
+    assert meter.refused >= 1
+    assert store.client.hget(key(TODAY - 1), "r:t2") == "1"
+    assert meter.flush() is True and store.client.hget(key(TODAY - 1), "r:t2") == "1"
+
+
+class LosesReplies:
+    """A client whose next `lose` transactions are executed by Redis, but whose replies
+    never arrive (a time-out after the write)."""
+
+    def __init__(self, inner: Any, lose: int) -> None:
+        self.inner, self.lose = inner, lose
+
+    def pipeline(self, **kw: Any) -> Any:
+        pipe = self.inner.pipeline(**kw)
+        if not kw.get("transaction"):
+            return pipe
+        execute = pipe.execute
+
+        def lost(**args: Any) -> Any:
+            result = execute(**args)
+            if self.lose > 0:
+                self.lose -= 1
+                raise redis.TimeoutError("Timeout reading from socket")
+            return result
+
+        pipe.execute = lost
+        return pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_batch_whose_reply_was_lost_is_not_added_again(store: Store) -> None:
+    """Issue #22, 7 and 22: a flush of 2,500 pairs in batches of 1,000; the second batch's
+    reply is lost after Redis wrote it. The next flush adds the rest, never a pair twice."""
+    client = LosesReplies(store.client, 0)
+    meter = UsageMeter(Store(client, "extauthz:"))  # type: ignore[arg-type]
+    for i in range(2_500):
+        meter.count(f"t{i}", True, NOW)
+    meter.count("t0", True, NOW)
+
+    class SecondLost:
+        calls = 0
+
+    original = client.pipeline
+
+    def pipeline(**kw: Any) -> Any:
+        if kw.get("transaction"):
+            SecondLost.calls += 1
+            client.lose = 1 if SecondLost.calls == 2 else 0
+        return original(**kw)
+
+    client.pipeline = pipeline  # type: ignore[method-assign]
+    assert meter.flush() is False
+    assert store.client.hlen(key(TODAY)) == 2_000  # two batches written, the 2nd not known
+    meter.count("t0", True, NOW)
+    assert meter.flush() is True
+    counts = store.client.hgetall(key(TODAY))
+    assert len(counts) == 2_500
+    assert counts["a:t0"] == "3" and {v for k, v in counts.items() if k != "a:t0"} == {"1"}
+    assert meter.flush() is True and store.client.hgetall(key(TODAY)) == counts
