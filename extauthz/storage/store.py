@@ -47,7 +47,7 @@ from redis.exceptions import (
 )
 
 from extauthz.core.policy import PolicySnapshot
-from extauthz.core.token_record import TokenRecord
+from extauthz.core.token_record import MAX_UNIX_SECONDS, TokenRecord
 from extauthz.errors import MalformedRecord, StoreError, StoreRefused, StoreUnavailable
 from extauthz.storage.client import connect, follow_primary, key_prefix
 
@@ -76,6 +76,22 @@ def open_store(url: str, prefix: str, timeout: float) -> Store:
 def utc_date(day: int) -> str:
     """`YYYY-MM-DD` of a UTC day given as days since the epoch (usage keys and reports)."""
     return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+
+
+def unix_seconds(score: float | None) -> int | None:
+    """A time written by the usage meter (or by hand): None unless unix seconds up to the
+    year 9999 (`+inf`, NaN, 10^14 are shown as unknown, never crash a reader)."""
+    if score is None or not 0 <= score <= MAX_UNIX_SECONDS:  # (NaN fails both)
+        return None
+    return int(score)
+
+
+def _count(raw: str | None) -> int:
+    """A usage counter as Redis holds it; one edited by hand into a non-integer counts 0."""
+    try:
+        return max(int(raw or 0), 0)
+    except ValueError:
+        return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +219,7 @@ class Store:
             for day in days:
                 pipe.hmget(self.usage_key(day), [f"a:{token_id}", f"r:{token_id}"])
             rows = pipe.execute()
-        return [(d, int(a or 0), int(r or 0)) for d, (a, r) in zip(days, rows, strict=True)]
+        return [(d, _count(a), _count(r)) for d, (a, r) in zip(days, rows, strict=True)]
 
     def last_used(self, ids: list[str]) -> list[int | None]:
         """When each token was last used (unix seconds; None: never, or not yet flushed)."""
@@ -211,7 +227,7 @@ class Store:
             return []
         with self.redis_errors():
             scores = self.client.zmscore(self.last_used_key, ids)
-        return [None if s is None else int(s) for s in scores]
+        return [unix_seconds(s) for s in scores]
 
     # --- policy ---------------------------------------------------------------------------
 

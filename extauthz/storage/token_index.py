@@ -30,7 +30,7 @@ from extauthz.core.token_record import (
     usable_id,
 )
 from extauthz.errors import MalformedRecord, StoreRefused, TokenExists, UnknownToken
-from extauthz.storage.store import Store
+from extauthz.storage.store import Store, unix_seconds
 
 PAGE = 500  # ids per round trip when listing, reindexing or importing
 T = TypeVar("T")
@@ -276,7 +276,7 @@ class TokenIndex:
                 yield (
                     token_id,
                     digest,
-                    replace(record, last_used=None if last is None else int(last)),
+                    replace(record, last_used=unix_seconds(last)),
                 )
         for token_id in gone:
             self._forget_if_gone(token_id)

@@ -82,7 +82,7 @@ def test_valid_and_invalid_tokens(oidc: tuple[LocalIdP, CheckClient, Path]) -> N
     resp = client.check("iris", bearer(good), headers={"x-extauthz-email": "spoofed"})
     assert resp.status.code == 0
     assert upstream_headers(resp) == {
-        "x-extauthz-subject": "user-1",
+        "x-extauthz-subject": f"jwt:{idp.issuer}:user-1",  # namespaced: never a token id
         "x-extauthz-route": "iris",
         "x-extauthz-scopes": "openid,predict",
         "x-extauthz-email": "alice@example.com",
@@ -114,7 +114,7 @@ def test_valid_and_invalid_tokens(oidc: tuple[LocalIdP, CheckClient, Path]) -> N
         ), name
         assert token not in challenge and token.split(".")[1] not in challenge
     logs = log.read_text()
-    assert good not in logs and "subject=user-1" in logs
+    assert good not in logs and f"subject=jwt:{idp.issuer}:user-1" in logs
 
 
 def test_claim_paths_and_mixed_routes(
@@ -197,7 +197,7 @@ def test_jwt_through_envoy(tmp_path: Path) -> None:
             )
             with urllib.request.urlopen(req, timeout=10) as resp:
                 seen = json.loads(resp.read())["headers"]
-            assert seen["x-extauthz-subject"] == "svc-account"
+            assert seen["x-extauthz-subject"] == f"jwt:{idp.issuer}:svc-account"
             assert "authorization" not in seen
             expired = idp.keys[0].sign(claims(idp.issuer, exp=int(time.time()) - 600))
             req = urllib.request.Request(

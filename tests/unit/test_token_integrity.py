@@ -191,3 +191,18 @@ def test_the_cli_actor_is_one_field_whatever_the_user_name(
     assert actor == 'cli:"alice token.create tok_fake {}"'
     monkeypatch.setenv("LOGNAME", "bob")
     assert audit.cli_actor() == "cli:bob"
+
+
+@pytest.mark.parametrize("score", ["+inf", "-inf", "99999999999999", "-1"])
+def test_hand_written_usage_numbers_never_crash_a_reader(store: Store, score: str) -> None:
+    """Issue #22, 20: last-used and day counters written by hand."""
+    now = _now()
+    tokens.create(store, ["m"], token_id="u", now=now)
+    store.client.execute_command("ZADD", "extauthz:usage:last-used", score, "u")
+    store.client.hset(
+        f"extauthz:usage:{time.strftime('%Y-%m-%d', time.gmtime(now))}", "a:u", "12.5"
+    )
+    assert tokens.show(store, "u").last_used is None
+    assert [r.last_used for _, r in tokens.listing(store)] == [None]  # type: ignore[union-attr]
+    report = tokens.usage(store, "u", 1, now)
+    assert report["last_used"] is None and report["days"][0]["allowed"] == 0
