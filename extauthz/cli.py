@@ -117,6 +117,7 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.core.policy import load_policy_file
 
     doc = load_policy_file(args.policy)
+    _warn(doc.warnings)
     result = sync(_store(settings), doc, prune=args.prune, dry_run=args.dry_run)
     for line in result.lines():
         print(line)

@@ -22,7 +22,13 @@ import yaml
 from extauthz.core.credentials import ROUTE_NAME, SCOPE_NAME, TOKEN_ID
 from extauthz.core.durations import MAX_SECONDS, parse_duration
 from extauthz.core.rate_limit import RateLimit
-from extauthz.core.route_match import MatchRule, RouteMatcher, canonical_path, normal_host
+from extauthz.core.route_match import (
+    HOST_NAME,
+    MatchRule,
+    RouteMatcher,
+    canonical_path,
+    normal_host,
+)
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, PolicyError, shown
 from extauthz.files import describe, read_regular_file
@@ -168,6 +174,7 @@ class PolicyDocument:
     routes: Mapping[str, RoutePolicy]
     internal_networks: tuple[IPNetwork, ...] = ()
     secrets: tuple[SecretSpec, ...] = ()
+    warnings: tuple[str, ...] = ()  # legal, but worth a look (sync prints them)
 
 
 @dataclass(frozen=True)
@@ -260,9 +267,6 @@ FORWARD_HEADER = re.compile(r"x-extauthz-[a-z0-9][a-z0-9-]*")
 CLAIM_PATH = re.compile(r"[A-Za-z0-9_:/\-]+(\.[A-Za-z0-9_:/\-]+)*")
 _SECRET_KEYS = ("id", "routes", "scopes", "from_env", "from_file")
 _MATCH_KEYS = ("host", "path_prefix")
-_HOST = re.compile(
-    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-)
 MAX_MATCH_RULES = 1024  # per route
 
 
@@ -410,7 +414,32 @@ def parse_policy(text: str, file: str = "<policy>") -> PolicyDocument:
         routes[name] = _parse_route(r, name, key_node, value_node)
 
     secrets = _parse_secrets(r, top["secrets"][1], routes) if "secrets" in top else ()
-    return PolicyDocument(file, routes, networks, secrets)
+    return PolicyDocument(file, routes, networks, secrets, _shadowing(r, routes))
+
+
+def _shadowing(r: _Reader, routes: Mapping[str, RoutePolicy]) -> tuple[str, ...]:
+    """Warnings for public match rules that cover a protected or private rule's paths: a
+    request that the gateway and the rules read differently would fall back to the public
+    route (with any host, or the same host, and a prefix of its path)."""
+    public = [q for route in routes.values() if route.access is Access.PUBLIC for q in route.match]
+    out = []
+    for name, route in routes.items():
+        if route.access is Access.PUBLIC:
+            continue
+        for rule in route.match:
+            for q in public:
+                prefix = q.path_prefix
+                covers = prefix in ("/", rule.path_prefix) or rule.path_prefix.startswith(
+                    prefix + "/"
+                )
+                if covers and q.host in (None, rule.host):
+                    where, line = r.match_rules[q]
+                    out.append(
+                        f"{r.file}:{line}: {where}: public rule {q.to_json()} covers the paths "
+                        f"of {name}'s rule {rule.to_json()} ({route.access.value}): give the "
+                        "public route a narrower prefix or its own host"
+                    )
+    return tuple(out)
 
 
 def _parse_networks(r: _Reader, node: yaml.Node) -> tuple[IPNetwork, ...]:
@@ -519,7 +548,7 @@ def _parse_match(r: _Reader, path: str, node: yaml.Node) -> tuple[MatchRule, ...
             raise r.error(
                 prefix_node,
                 f"{where}.path_prefix",
-                f"{prefix!r} is not a canonical path (no ., .., //, %2F, %5C, ;, ? or \\)",
+                f"{prefix!r} is not a canonical path (no ., .., //, %XX escapes, ;, ? or \\)",
             )
         host = None
         if "host" in fields:
@@ -532,7 +561,7 @@ def _parse_match(r: _Reader, path: str, node: yaml.Node) -> tuple[MatchRule, ...
                     f"{text!r}: a host name only, without scheme or path",
                 )
             host = normal_host(text)
-            if host != text.lower() or not _HOST.fullmatch(host) or len(host) > 253:
+            if host != text.lower() or not HOST_NAME.fullmatch(host) or len(host) > 253:
                 raise r.error(
                     host_node,
                     f"{where}.host",

@@ -4,13 +4,16 @@ ExternalAuth filter), the policy file's `routes.NAME.match: [{host, path_prefix}
 name it from the request's host and path.
 
 - Hosts are compared lower-cased, without a port or a trailing dot; a rule without a host
-  matches any host.
+  matches any host. A request's host that is not a DNS name or an IP address with an
+  optional numeric port (`name:abc`, `user@name`, `name:` with an empty port, escapes,
+  non-ASCII letters) matches nothing, not even the rules for any host.
 - The query string is ignored; prefixes match on segment boundaries (`/v2/models/iris`
   matches `/v2/models/iris` and `/v2/models/iris/infer`, never `/v2/models/iris2`); the
   longest prefix wins, and at equal length the rule naming the host.
-- A path that is not canonical (a `.` or `..` segment, plain or escaped, `//`, an escaped
-  slash or backslash, a backslash, `;`, a NUL or control character, no leading `/`) matches
-  nothing: it is never normalized differently from the gateway, so it is denied.
+- A path that is not canonical (a `.` or `..` segment, `//`, any `%XX` escape, a
+  backslash, `;`, anything but visible ASCII, no leading `/`) matches nothing: it is never
+  decoded or normalized differently from the gateway (`/v2/models/ir%69s` would otherwise
+  fall back to a shorter, weaker rule), so it is denied.
 """
 
 from __future__ import annotations
@@ -23,8 +26,13 @@ from dataclasses import dataclass
 # metadata extauthz.route, Envoy Gateway's HTTPRoute annotation, or these match rules
 ROUTE_IDENTITIES = ("context", "metadata", "envoy-gateway", "match")
 
-_FORBIDDEN = re.compile(r"//|%2[fF]|%5[cC]|%00|[\\;\x00-\x1f\x7f#]")
-_DOT_SEGMENT = re.compile(r"/(?:\.|%2[eE]){1,2}(?=/|$)")
+_FORBIDDEN = re.compile(r"//|[%\\;#]|[^!-~]")
+_DOT_SEGMENT = re.compile(r"/\.{1,2}(?=/|$)")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+HOST_NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}", re.ASCII)
+_REQUEST_HOST = re.compile(
+    rf"(?P<name>(?:{_LABEL}\.)*{_LABEL}\.?|\[[0-9a-f:.]{{2,45}}\])(?::[0-9]{{1,5}})?", re.ASCII
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +78,14 @@ def normal_host(host: str) -> str:
     return host.rstrip(".")
 
 
+def request_host(host: str) -> str | None:
+    """A request's Host/:authority as the rules compare it (normal_host), or None when it is
+    not a DNS name or an IP address with an optional numeric port."""
+    host = host.lower()
+    found = _REQUEST_HOST.fullmatch(host) if len(host) <= 260 else None
+    return None if found is None else found["name"].rstrip(".")
+
+
 class RouteMatcher:
     """Rules compiled for lookups: one dict probe per path segment, longest first."""
 
@@ -88,7 +104,10 @@ class RouteMatcher:
         prefix = canonical_path(path)
         if prefix is None:
             return None
-        named = self._by_host.get(normal_host(host)) if self._by_host else None
+        name = request_host(host)
+        if name is None:
+            return None
+        named = self._by_host.get(name) if self._by_host else None
         anyhost = self._any_host
         while True:
             if named is not None and prefix in named:

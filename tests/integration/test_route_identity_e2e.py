@@ -19,11 +19,15 @@ from tests.support.procs import REPO, local_stack
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
-# the example policy and a host-specific route for the match mode
+# the example policy, a host-specific route for the match mode, and a public rule for any
+# host that covers its paths (issue #22, 12: what a weaker rule must never catch)
 IRIS = """
   iris:
     access: protected
     match: [{host: models.example.com, path_prefix: /v2/models/iris}]
+  v2-public:
+    access: public
+    match: [{path_prefix: /v2}]
 """
 
 
@@ -107,9 +111,17 @@ def test_match_rules_behind_a_gateway_that_leaves_paths_alone(stack: Stack) -> N
     assert status(external, "/v2/models/iris/infer?x=1", iris, host=host) == 200
     # the host is matched in any case and with any port
     assert status(external, "/v2/models/iris", iris, host="MODELS.Example.COM:8443") == 200
-    # another host has no rule for this path; another prefix is another segment
-    assert status(external, "/v2/models/iris", iris, host="other.example.com") == 404
-    assert status(external, "/v2/models/iris2", iris, host=host) == 404
+    # another host has no rule of iris's; another prefix is another segment: the public
+    # rule for any host takes them
+    assert status(external, "/v2/models/iris", host="other.example.com") == 200
+    assert status(external, "/v2/models/iris2", host=host) == 200
+    # an escape or an odd host never falls back to the public rule (it would reach iris
+    # anonymously): denied
+    for path in ("/v2/models/ir%69s/infer", "/v2/%6dodels/iris/infer", "/v2/models/iris/%41"):
+        assert status(external, path, host=host) == 404, path
+    for odd in ("models.example.com:", "models.example.com:abc", "user@models.example.com",
+                "models%2eexample.com"):  # fmt: skip
+        assert status(external, "/v2/models/iris/infer", host=odd) in (400, 404), odd
     # not canonical: denied, never resolved differently from the model server
     for path in (
         "/v2/models/iris/../x", "/v2/models/iris/%2e%2e/x", "/v2//models/iris", "//v2/models/iris",

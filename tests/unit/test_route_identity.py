@@ -54,7 +54,7 @@ def matcher() -> RouteMatcher:
         ("Models.Example.COM:8443", "/v2/models/iris", "iris"),  # case and port
         ("models.example.com.", "/v2/models/iris", "iris"),  # a trailing dot
         ("elsewhere.example.com", "/v2/models/iris", "iris-any-host"),
-        ("", "/v2/models/iris", "iris-any-host"),
+        ("", "/v2/models/iris", None),  # no host: nothing matches, not even any-host rules
         ("models.example.com", "/v2/models/iris2", "models"),  # segment boundaries
         ("models.example.com", "/v2/models", "models"),
         ("models.example.com", "/v2/modelsx", None),
@@ -80,6 +80,9 @@ def test_longest_prefix_on_segment_boundaries(
         "/v2/models/iris\\x", "/v2/models/iris;x=1", "/v2/models/iris%00", "/v2/models/iris\x00",
         "/v2/models/iris\r\n", "/v2/models/iris\x1b", "/v2/models/iris#frag", "v2/models/iris",
         "", "*", "http://models.example.com/v2/models/iris",
+        # any escape at all (issue #22, 12): decoded, these name the protected model
+        "/v2/models/ir%69s/infer", "/v2/%6dodels/iris/infer", "/v2/models/iris/%41",
+        "/v2/models/%25", "/v2/models/iris%", "/v2/models/iris/caf\u00e9", "/v2/models/ｉris",
     ],
 )  # fmt: skip
 def test_paths_that_are_not_canonical_match_nothing(matcher: RouteMatcher, path: str) -> None:
@@ -93,11 +96,45 @@ def test_canonical_paths_that_look_odd_still_match(matcher: RouteMatcher) -> Non
         "/v2/models/iris/...",
         "/v2/models/iris/.x",
         "/v2/models/iris/x..",
-        "/v2/models/iris/%41",
     ):
         assert canonical_path(path) is not None, path
         assert matcher.resolve("models.example.com", path) == "iris", path
     assert matcher.resolve("models.example.com", "/v2/models/iris/" + "a/" * 5000) == "iris"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "models.example.com:",  # an empty port
+        "models.example.com:abc",
+        "models.example.com:123456",
+        "user@models.example.com",
+        "models%2eexample.com",
+        "ｍodels.example.com",  # a fullwidth letter
+        "models.example.com\x00",
+        "models example.com",
+        "models.example.com/x",
+        "[::1",
+        "[zz::1]:80",
+        "-models.example.com",
+        "a" * 300,
+        "",
+    ],
+)
+def test_hosts_that_are_not_names_match_nothing(matcher: RouteMatcher, host: str) -> None:
+    """Issue #22, 12: an odd host never falls back to the rules for any host (the public
+    `/v2/models` here), let alone reaches the protected model."""
+    for path in ("/v2/models/iris/infer", "/v2/models", "/"):
+        assert matcher.resolve(host, path) is None, (host, path)
+
+
+def test_public_rules_that_cover_protected_paths_are_warned_about() -> None:
+    (warning,) = [w for w in parse_policy(POLICY, "p.yaml").warnings if "models.example.com" in w]
+    assert warning.startswith("p.yaml:12: routes.models.match[0]: public rule")
+    warnings = parse_policy(POLICY, "p.yaml").warnings
+    assert len(warnings) == 2  # /v2/models covers iris's and iris-any-host's rules
+    narrow = POLICY.replace("path_prefix: /v2/models}", "path_prefix: /v2/models/list}")
+    assert parse_policy(narrow).warnings == ()
 
 
 def test_hosts() -> None:
