@@ -392,8 +392,7 @@ def _unconfirmed(done: str, servers: tuple[str, ...], settings: Settings) -> int
 
 
 def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
+    from extauthz.admin import server
     from extauthz.admin.api import create_app
     from extauthz.config import split_address, split_networks
     from extauthz.runtime.auth_failures import FailureLimiter
@@ -405,17 +404,13 @@ def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
         else None
     )
     host, port = split_address(settings.admin_listen)
-    app = create_app(_store(settings), failures)
-    proxies = split_networks(settings.admin_trusted_proxies)
-    uvicorn.run(
-        app,
-        host=host or "127.0.0.1",
-        port=port,
-        log_level="warning",
-        # X-Forwarded-For is read only from the proxies named (uvicorn would trust 127.0.0.1)
-        proxy_headers=bool(proxies),
-        forwarded_allow_ips=proxies or [],
-        server_header=False,
+    server.run(
+        create_app(_store(settings), failures),
+        host or "127.0.0.1",
+        port,
+        split_networks(settings.admin_trusted_proxies) or [],
+        settings.admin_request_timeout,
+        settings.admin_max_connections,
     )
     return 0
 

@@ -131,6 +131,18 @@ class Settings:
         ("admin",),
         networks=True,
     )
+    admin_request_timeout: float = setting(
+        10.0,
+        "seconds a client of the management API has to send a whole request (headers and "
+        "body) before its connection is closed: slow clients cannot hold the server",
+        ("admin",),
+        maximum=300,
+    )
+    admin_max_connections: int = setting(
+        1000,
+        "connections the management API holds at once; more are answered 503",
+        ("admin",),
+    )
     rate_limit_on_error: str = setting(
         "deny",
         "when Redis cannot count a rate limit: deny (503) or allow (let it through uncounted)",

@@ -105,9 +105,10 @@ def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
     _errors(app)
 
     def caller(request: Request) -> Manager:
+        # A valid credential is never refused by the failed-authentication limit (a flood
+        # of bad tokens from a shared address must not lock the admin out): the limit only
+        # turns a failure into 429 instead of 401.
         address = request.client.host if request.client else ""
-        if failures is not None and failures.retry_after(address) is not None:
-            raise ApiError(429, "rate_limited", "too many failed authentications; retry later")
         credential = parse_authorization(request.headers.get("authorization"))
         record = None
         if isinstance(credential, BearerCredential):
@@ -117,6 +118,10 @@ def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
                 record = None
         if record is None or record.expired(time.time()):
             if failures is not None:
+                if failures.retry_after(address) is not None:
+                    raise ApiError(
+                        429, "rate_limited", "too many failed authentications; retry later"
+                    )
                 failures.failed(address)
             raise ApiError(401, "unauthorized", "a valid admin or tokens:manage token is required")
         who = Manager.of(record)

@@ -44,6 +44,7 @@ from extauthz.runtime.supervisor import stop_on_signals
 from extauthz.storage.store import DEFAULT_PREFIX, Store, open_store
 
 BASIC_SECRET_ENV = "DENSENET161_SECRET"  # noqa: S105 (a variable name)
+CONSOLE_SOURCE = "127.0.0.2"  # the address Envoy connects to `extauthz admin` from
 
 
 def find_binary(name: str, hint: str) -> str:
@@ -194,7 +195,10 @@ class Stack:
                 sys.executable, "-m", "extauthz", "admin",
                 "--redis-url", self.redis_url,
                 "--admin-listen", f"127.0.0.1:{self.ports.admin_api.port}",
-                "--admin-trusted-proxies", "127.0.0.1",  # Envoy's console listener
+                # only Envoy's console cluster connects from this address (CONSOLE_SOURCE):
+                # another local client, from 127.0.0.1, cannot name a client in
+                # X-Forwarded-For and so dodge the failed-login limit
+                "--admin-trusted-proxies", CONSOLE_SOURCE,
                 "--auth-failure-burst", str(self.settings.auth_failure_burst),
                 "--auth-failure-rate", str(self.settings.auth_failure_rate),
             ],
@@ -269,7 +273,7 @@ class Stack:
         for child in self.children:
             child.log.write_bytes(b"")
         self.envoy_config.write_text(
-            render(self.ports, self.client_tls, self.settings.route_identity)
+            render(self.ports, self.client_tls, self.settings.route_identity, CONSOLE_SOURCE)
         )
         self.start_redis()
         self.sync_policy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -207,14 +208,52 @@ def test_failed_authentications_are_limited_per_address(
     proc = subprocess.Popen(
         [sys.executable, "-m", "extauthz", "admin", "--redis-url", redis_server.url,
          "--admin-listen", f"127.0.0.1:{port}", "--auth-failure-burst", "3",
-         "--auth-failure-rate", "0.1"],
+         "--auth-failure-rate", "0.1", "--admin-request-timeout", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
     )  # fmt: skip
+    admin = _token(redis_server.url, "--route", "*", "--scope", "admin")["token"]
     try:
         wait_for(lambda: port_open(port), 20, "extauthz admin")
         api = Api(port)
         statuses = [api.call("GET", "/v1/tokens", "eat_guess")[0] for _ in range(6)]
         assert statuses[:3] == [401, 401, 401] and statuses[-1] == 429
+        # issue #22, 14: a valid credential is never refused by the limit, from the very
+        # address that flooded it; X-Forwarded-For from a client that is not a trusted
+        # proxy (here: any loopback client) names nobody else
+        assert api.call("GET", "/v1/tokens", admin)[0] == 200
+        for forwarded in ("203.0.113.9", "198.51.100.1, 203.0.113.10"):
+            req = urllib.request.Request(
+                api.base + "/v1/tokens",
+                headers={"authorization": "Bearer eat_guess", "x-forwarded-for": forwarded},
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(req, timeout=5)
+            assert refused.value.code == 429
+        # issue #22, 13: slow clients (headers or body a byte at a time) cannot hold the
+        # server: the admin is answered at once, and they are cut after the deadline
+        slow = []
+        for i in range(200):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if i % 2:
+                conn.sendall(b"GET /v1/tokens HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            else:
+                conn.sendall(
+                    b"POST /v1/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                    b"\r\nContent-Length: 60000\r\nAuthorization: Bearer " + admin.encode()
+                    + b"\r\n\r\n{"
+                )  # fmt: skip
+            slow.append(conn)
+        started = time.monotonic()
+        assert api.call("GET", "/v1/tokens", admin)[0] == 200
+        assert time.monotonic() - started < 1.0
+        for conn in slow:
+            conn.sendall(b"x")  # still trickling
+        deadline = time.monotonic() + 5
+        for conn in slow:
+            conn.settimeout(max(0.1, deadline - time.monotonic()))
+            assert conn.recv(1024) == b"", "a slow client was not cut"  # closed by the server
+            conn.close()
+        assert time.monotonic() - started < 5
     finally:
         stop(proc)
 

@@ -117,3 +117,20 @@ def test_only_the_external_listener_is_published_on_every_interface() -> None:
     assert COMPOSE.admin.host == "127.0.0.1"  # inside the container only
     envoy_yaml = yaml.safe_load((REPO / "envoy/envoy.yaml").read_text())
     assert envoy_yaml["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_the_console_listener_holds_no_slow_client() -> None:
+    """Issue #22, 13: the console listener bounds how long a request may take to arrive and
+    buffers each whole (at most the API's 64 KiB) before it goes to `extauthz admin`, so
+    slow clients hold no upstream connection."""
+    envoy_yaml = yaml.safe_load((REPO / "envoy/envoy.yaml").read_text())
+    (console,) = [
+        listener
+        for listener in envoy_yaml["static_resources"]["listeners"]
+        if listener["name"] == "console"
+    ]
+    manager = console["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["request_headers_timeout"] == "10s" and manager["request_timeout"] == "30s"
+    names = [f["name"] for f in manager["http_filters"]]
+    assert names == ["envoy.filters.http.buffer", "envoy.filters.http.router"]
+    assert manager["http_filters"][0]["typed_config"]["max_request_bytes"] == 65536

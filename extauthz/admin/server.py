@@ -1,0 +1,79 @@
+"""`extauthz admin` as a process: uvicorn serving the API (api.py), guarded against slow
+clients.
+
+uvicorn has no deadline for reading a request: a client that sends its headers or its body
+a byte at a time holds a connection (and, behind a proxy, the proxy's upstream slots) for
+as long as it likes. Here each request must arrive whole within `request_timeout` seconds
+of its first byte (or of the connection's start), else the connection is closed; at most
+`max_connections` are held at once (uvicorn answers 503 past that). Behind Envoy the console
+listener also buffers each request whole before it reaches this server (envoy_config.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+def guarded_protocol(request_timeout: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a deadline on receiving each request."""
+
+    class Guarded(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm()  # the first bytes of the next request on this connection
+            super().data_received(data)
+            cycle = self.cycle
+            if cycle is not None and not cycle.more_body and self._deadline is not None:
+                self._deadline.cancel()  # all of it arrived
+                self._deadline = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._deadline = self.loop.call_later(request_timeout, self._too_slow)
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete or cycle.more_body:
+                self.transport.close()  # (a request being answered is left alone)
+
+    return Guarded
+
+
+def run(
+    app: FastAPI,
+    host: str,
+    port: int,
+    trusted_proxies: list[str],
+    request_timeout: float,
+    max_connections: int,
+) -> None:
+    """Serve `app` until stopped. X-Forwarded-For is read only from `trusted_proxies`."""
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "proxy_headers": bool(trusted_proxies),
+        "forwarded_allow_ips": trusted_proxies or [],  # (uvicorn's default trusts 127.0.0.1)
+        "server_header": False,
+        "http": guarded_protocol(request_timeout),
+        "timeout_keep_alive": min(5.0, request_timeout),
+        "limit_concurrency": max_connections,
+    }
+    uvicorn.run(app, **options)
