@@ -347,20 +347,24 @@ def rotate(
         grace_until = math.ceil(now + grace_seconds)
     token = new_token()
     record, unconfirmed = index.rotate(token_id, token_hash(token), grace_until, confirm)
+    durable = store.replicated(confirm or 1.0)
     detail = {"grace_until": grace_until}
     audited = audit.record(store, actor, "token.rotate", token_id, detail, now)
-    return IssuedToken(token, record, tuple(unconfirmed), _also(audited))
+    return IssuedToken(token, record, tuple(unconfirmed), _also(durable) + _also(audited))
 
 
 def revoke(store: Store, token_id: str, confirm: float = 0, actor: str | None = None) -> Revoked:
     """Delete the token (and a secret of it still in rotation grace).
 
     With `confirm` > 0, return only once every live server has confirmed that it dropped
-    them from its cache, or after `confirm` seconds (those that did not are named).
+    them from its cache, or after `confirm` seconds (those that did not are named). It also
+    waits (as long) for a replica to hold the deletion, so that a failover cannot bring the
+    token back; without one it warns.
     """
     count, unconfirmed = TokenIndex(store).revoke(token_id, confirm)
+    durable = store.replicated(confirm or 1.0)
     audited = audit.record(store, actor, "token.revoke", token_id, {"secrets": count})
-    return Revoked(count, tuple(unconfirmed), _also(audited))
+    return Revoked(count, tuple(unconfirmed), _also(durable) + _also(audited))
 
 
 def usage(store: Store, token_id: str, days: int, now: float) -> dict[str, Any]:

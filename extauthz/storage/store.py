@@ -49,7 +49,7 @@ from redis.exceptions import (
 from extauthz.core.policy import PolicySnapshot
 from extauthz.core.token_record import MAX_UNIX_SECONDS, TokenRecord
 from extauthz.errors import MalformedRecord, StoreError, StoreRefused, StoreUnavailable
-from extauthz.storage.client import connect, follow_primary, key_prefix
+from extauthz.storage.client import LazyCluster, connect, follow_primary, key_prefix
 
 DEFAULT_PREFIX = "extauthz:"
 LIVE_MS = 3000  # a server's key lives this long after its last heartbeat (one a second)
@@ -368,6 +368,31 @@ class Store:
         with self.redis_errors():
             for message in messages:
                 self.client.publish(self.invalidate_channel, message)
+
+    def replicated(self, timeout: float) -> str | None:
+        """Wait until a replica holds every write made before this call (a revoke must not
+        be undone by a failover). None when one does; else a warning saying why not.
+
+        WAIT counts the replicas that acknowledged the calling connection's writes, so a
+        marker is written and waited for on one connection (one pipeline); replication is
+        ordered, so the writes before it are there too."""
+        if isinstance(self.client, LazyCluster):
+            return "a Redis Cluster: not checked that a replica has it"
+        try:
+            with self.redis_errors():
+                pipe = self.client.pipeline(transaction=False)
+                pipe.set(f"{self.prefix}replicated", "1", px=60_000)
+                pipe.execute_command("WAIT", 1, max(1, int(timeout * 1000)))
+                pipe.execute_command("INFO", "replication")
+                _, acked, info = pipe.execute()
+        except StoreError as e:
+            return f"not checked that a replica has it: {e}"
+        if int(acked) >= 1:
+            return None
+        replicas = info.get("connected_slaves", 0) if isinstance(info, dict) else 0
+        if not replicas:
+            return "Redis has no replica: a failover to a new primary would not have it"
+        return f"no replica confirmed it within {timeout:g}s: a failover now could undo it"
 
     def follow_primary(self) -> None:
         """After a failover: the next command goes to the new primary (see redis_client)."""

@@ -312,3 +312,53 @@ def failover(
 
 def create_token_quietly(url: str) -> bool:
     return run_cli(url, "token", "create", "--route", "embedder", check=False).returncode == 0
+
+
+def test_a_confirmed_revoke_survives_the_primarys_crash(tmp_path: Path) -> None:
+    """Issue #22, 16: `token revoke` returns only once a replica holds the deletion. Here the
+    replica is detached while the revoke is written and re-attached only after it; the
+    primary is killed (SIGKILL) the moment the command returns and the replica promoted:
+    the token is gone there. Had the command not waited, the primary would die before the
+    replica was re-attached."""
+    primary = RedisServer(tmp_path / "p")
+    replica = RedisServer(tmp_path / "r")
+    for server in (primary, replica):
+        server.workdir.mkdir()
+    primary.extra = ("--repl-diskless-sync-delay", "0")  # (a full resync at once, not in 5 s)
+    primary.start()
+    replica.extra = ("--replicaof", "127.0.0.1", str(primary.port))
+    replica.start()
+    try:
+        wait_for(lambda: "master_link_status:up" in replica.cli("INFO", "replication"), 10, "sync")
+        made = json.loads(run_cli(primary.url, "token", "create", "--route", "m", "--json").stdout)
+        key = f"extauthz:token:{token_hash(made['token'])}"
+        assert replicated(primary.port, "extauthz:marker")
+        replica.cli("REPLICAOF", "NO", "ONE")  # detached: the revoke is not sent to it yet
+        done: dict[str, str] = {}
+
+        def revoke() -> None:
+            result = run_cli(
+                primary.url, "token", "revoke", made["id"], "--ack-timeout", "10", check=False
+            )
+            done["err"] = result.stderr
+
+        worker = threading.Thread(target=revoke)
+        worker.start()
+        wait_for(lambda: primary.cli("EXISTS", key) == "0", 20, "the revoke written")
+        worker.join(1.5)
+        if worker.is_alive():  # waiting for a replica, as it must: give it one
+            replica.cli("REPLICAOF", "127.0.0.1", str(primary.port))
+            worker.join(30)
+        kill(primary)  # the moment the command has returned
+        replica.cli("REPLICAOF", "NO", "ONE")
+        assert replica.cli("EXISTS", key) == "0", "the revoke was lost with the primary"
+        assert "replica" not in done["err"], done["err"]  # no warning: one confirmed it
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+def test_a_revoke_without_a_replica_says_so(redis_server: RedisServer) -> None:
+    made = json.loads(run_cli(redis_server.url, "token", "create", "--route", "m", "--json").stdout)
+    result = run_cli(redis_server.url, "token", "revoke", made["id"])
+    assert result.returncode == 0 and "no replica" in result.stderr
