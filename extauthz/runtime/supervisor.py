@@ -60,6 +60,20 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def worker_settings(settings: Settings, workers: int) -> Settings:
+    """What each of `workers` runs with. The failed-authentication limit is per server, not
+    per worker: each worker holds its share of the burst and rate (a client's requests spread
+    over the workers; one whose requests all land on one worker is limited sooner, never
+    later). Over any time t a client address makes at most max(burst, workers) + rate * t
+    failed attempts in all."""
+    burst = settings.auth_failure_burst
+    return dataclasses.replace(
+        settings,
+        auth_failure_burst=max(1, burst // workers) if burst > 0 else 0,
+        auth_failure_rate=settings.auth_failure_rate / workers,
+    )
+
+
 def supervise(settings: Settings, workers: int) -> int:
     """Run `workers` server processes with `settings` until SIGTERM/SIGINT; the exit code."""
     listen, grace = settings.listen, settings.shutdown_grace
@@ -74,7 +88,9 @@ def supervise(settings: Settings, workers: int) -> int:
             raise ConfigError(f"cannot serve metrics on {settings.metrics_listen}: {e}") from e
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
-        own = dataclasses.replace(settings, metrics_listen=worker_metrics[index])
+        own = dataclasses.replace(
+            worker_settings(settings, workers), metrics_listen=worker_metrics[index]
+        )
         command = [sys.executable, "-m", "extauthz.runtime.worker", str(index)]
         proc = subprocess.Popen(command, stdin=subprocess.PIPE)  # noqa: S603 (our own)
         assert proc.stdin is not None  # noqa: S101 (stdin=PIPE)

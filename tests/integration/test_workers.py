@@ -255,3 +255,24 @@ def test_one_scrape_returns_the_totals_of_every_worker(
     assert sum(1 for n in own if n > 0) >= 2  # the load reached several workers
     assert healthz_allowed(total) == sum(own) >= 12 * 6
     assert "extauthz_workers_unscraped 0" in total
+
+
+def test_the_failure_limit_is_per_server_not_per_worker(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Issue #22, 17: with 3 workers a client address still gets one burst in all (each
+    worker holds its share), not three."""
+    run_cli(redis_server.url, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
+    serve = ("--workers", "3", "--auth-failure-burst", "12", "--auth-failure-rate", "0.01")
+    with extauthz_serve(redis_server.url, tmp_path / "s.log", *serve) as (port, proc):
+        wait_for(lambda: len(worker_pids(proc.pid)) == 3, 10, "3 workers")
+        clients = [CheckClient(port) for _ in range(24)]  # spread over the workers
+        statuses = [
+            c.status("deployment-a", f"Bearer eat_guess{i}x{j}")  # (each new: no memo)
+            for i in range(4)
+            for j, c in enumerate(clients)
+        ]
+        assert statuses.count(401) <= 12 and statuses.count(429) >= 96 - 12, statuses
+        assert statuses.count(401) >= 4  # (the burst is there: split, not lost)
+        for c in clients:
+            c.close()
