@@ -415,6 +415,23 @@ def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_certs(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from extauthz.dev.local_pki import make_local_pki
+
+    if not 1 <= args.days <= 3650:
+        raise InvalidValue("days", str(args.days), "from 1 to 3650")
+    directory = Path(args.directory)
+    if (directory / "ca.crt").exists():
+        print(f"kept the certificates in {_shown(str(directory))} (delete them to make new ones)")
+        return 0
+    pki = make_local_pki(directory, args.days, "extauthz CA")
+    for path in (pki.ca, pki.server_cert, pki.server_key, pki.client_cert, pki.client_key):
+        print(_shown(str(path)))
+    return 0
+
+
 # --- audit ----------------------------------------------------------------------------------
 
 
@@ -621,6 +638,12 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_token_parsers(sub)
 
+    certs = _command(
+        sub, "certs", "make a CA and certificates for mutual TLS between Envoy and extauthz"
+    )
+    certs.add_argument("directory", help="where to write them (kept if already there)")
+    certs.add_argument("--days", type=int, default=365, help="how long they are valid")
+    certs.set_defaults(func=_cmd_certs)
     _command(sub, "admin", "run the management API (JSON under /v1/)").set_defaults(func=_cmd_admin)
 
     audit = _command(sub, "audit", "the latest changes: who changed what, when")

@@ -92,6 +92,16 @@ class ClientTls:
     server_name: str  # SNI and the name extauthz's certificate must carry
 
 
+# docker-compose: the `certs` service (`extauthz certs`) writes these into a volume that
+# Envoy mounts read-only; extauthz requires Envoy's client certificate (mutual TLS)
+COMPOSE_TLS = ClientTls(
+    ca="/etc/envoy/certs/ca.crt",
+    cert="/etc/envoy/certs/envoy.crt",
+    key="/etc/envoy/certs/envoy.key",
+    server_name="extauthz",
+)
+
+
 def _cluster(
     name: str,
     ep: Endpoint,
@@ -543,5 +553,7 @@ if __name__ == "__main__":
         help="how routes name their policy (as `extauthz serve --route-identity`)",
     )
     args = parser.parse_args()
-    ports = COMPOSE if args.compose else loopback_ports(args.base_port)
-    print(render(ports, route_identity=args.route_identity), end="")
+    if args.compose:
+        print(render(COMPOSE, COMPOSE_TLS, args.route_identity), end="")
+    else:
+        print(render(loopback_ports(args.base_port), route_identity=args.route_identity), end="")

@@ -209,6 +209,13 @@ class Server:
         mode = "plaintext"
         if self.settings.tls_cert:
             mode = "mutual TLS" if self.settings.tls_client_ca else "TLS, no client certificates"
+            if not self.settings.tls_client_ca:
+                log.warning(
+                    "--tls-cert without --tls-client-ca: anyone who reaches %s can ask for "
+                    "decisions (and learn which tokens are valid); give the CA of Envoy's "
+                    "client certificate",
+                    self.settings.listen,
+                )
         log.info(
             "listening on %s (%s; redis %s, prefix %r, %d threads)",
             self.settings.listen,

@@ -25,6 +25,7 @@ from extauthz.core.rate_limit import RateLimit
 from extauthz.dev import PORTS_USED, demo_model
 from extauthz.dev.envoy_config import (
     COMPOSE,
+    COMPOSE_TLS,
     EXTAUTHZ_RENEW_AFTER,
     ClientTls,
     loopback_ports,
@@ -275,7 +276,7 @@ def test_redis_stopped_means_503_then_recovery(stack: Stack) -> None:
 def test_envoy_configs_validate(tmp_path: Path) -> None:
     envoy = require_binary("envoy")
     committed = (REPO / "envoy/envoy.yaml").read_text()
-    assert committed == render(COMPOSE), (
+    assert committed == render(COMPOSE, COMPOSE_TLS), (
         "regenerate: python -m extauthz.dev.envoy_config --compose > envoy/envoy.yaml"
     )
     # a template people copy: no YAML anchors or aliases, a comment on what matters
@@ -298,7 +299,10 @@ def test_envoy_configs_validate(tmp_path: Path) -> None:
             ClientTls(str(pki.ca), str(pki.client_cert), str(pki.client_key), "extauthz"),
         )
     )
-    for config in (REPO / "envoy/envoy.yaml", local, mutual):
+    # the committed file, with its certificate paths (a compose volume) pointed at real files
+    shipped = tmp_path / "shipped.yaml"
+    shipped.write_text(committed.replace("/etc/envoy/certs/", f"{pki.ca.parent}/"))
+    for config in (shipped, local, mutual):
         result = subprocess.run(
             [envoy, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id"],
             capture_output=True,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -173,3 +175,32 @@ def test_json_logs_never_contain_secrets(redis_server: RedisServer, tmp_path: Pa
     for secret in [*secrets, basic]:
         assert secret not in text
     assert not re.search(r"[Bb]earer [A-Za-z0-9]", text)
+
+
+def test_the_compose_certificates_give_mutual_tls(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Issue #22, 15: what docker-compose runs: `extauthz certs`, then `serve` and its health
+    check with the TLS settings from the environment. A client without Envoy's certificate
+    gets no answer; one that serves TLS without a client CA is warned about."""
+    certs = tmp_path / "certs"
+
+    def make() -> str:
+        command = [sys.executable, "-m", "extauthz", "certs", str(certs)]
+        return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+    assert "envoy.key" in make() and "kept" in make()
+    tls = (
+        "--tls-cert", str(certs / "extauthz.crt"), "--tls-key", str(certs / "extauthz.key"),
+        "--tls-client-ca", str(certs / "ca.crt"),
+    )  # fmt: skip
+    with extauthz_serve(redis_server.url, tmp_path / "s.log", *tls) as (port, _):
+        health = run_cli(
+            redis_server.url, "health", "--target", f"127.0.0.1:{port}", *tls, check=False
+        )
+        assert health.returncode == 0, health.stderr
+        plain = run_cli(redis_server.url, "health", "--target", f"127.0.0.1:{port}", check=False)
+        assert plain.returncode != 0
+    with extauthz_serve(redis_server.url, tmp_path / "w.log", *tls[:4]) as (port, _):
+        pass
+    assert "without --tls-client-ca" in (tmp_path / "w.log").read_text()

@@ -22,14 +22,15 @@ SERVICES: dict[str, Any] = COMPOSE_FILE["services"]
 
 
 def test_services_and_dependencies() -> None:
-    assert set(SERVICES) == {"redis", "sync", "extauthz", "admin", "model", "envoy"}
+    assert set(SERVICES) == {"redis", "sync", "certs", "extauthz", "admin", "model", "envoy"}
+    one_shot = {"sync", "certs"}
     for name, svc in SERVICES.items():
         assert "image" in svc or svc.get("build") == ".", name
         for dep, cond in svc.get("depends_on", {}).items():
             assert dep in SERVICES, (name, dep)
-            expected = "service_completed_successfully" if dep == "sync" else "service_healthy"
+            expected = "service_completed_successfully" if dep in one_shot else "service_healthy"
             assert cond == {"condition": expected}, (name, dep)
-        if name == "sync":
+        if name in one_shot:
             assert svc["restart"] == "no"  # one-shot: gated by its exit code, not a health check
         else:
             assert svc["healthcheck"]["test"][0] == "CMD", name
@@ -82,7 +83,7 @@ def test_ports_match_envoy_yaml() -> None:
     assert proxies == SERVICES["envoy"]["networks"]["default"]["ipv4_address"]
     subnet = COMPOSE_FILE["networks"]["default"]["ipam"]["config"][0]["subnet"]
     assert ipaddress.ip_address(proxies) in ipaddress.ip_network(subnet)
-    assert SERVICES["envoy"]["volumes"] == ["./envoy/envoy.yaml:/etc/envoy/envoy.yaml:ro"]
+    assert SERVICES["envoy"]["volumes"][0] == "./envoy/envoy.yaml:/etc/envoy/envoy.yaml:ro"
     assert re.fullmatch(r"envoyproxy/envoy:v1\.40\.\d+", SERVICES["envoy"]["image"])
 
 
@@ -91,6 +92,8 @@ def test_extauthz_commands_parse() -> None:
     for name in ("sync", "extauthz", "admin"):
         args = parser.parse_args(SERVICES[name]["command"])
         assert callable(args.func)
+    certs = SERVICES["certs"]["command"][0].split(" && ")
+    assert parser.parse_args(certs[0].split()[1:]).func.__name__ == "_cmd_certs"
     args = parser.parse_args(SERVICES["extauthz"]["healthcheck"]["test"][2:])
     assert args.target == "127.0.0.1:9001"
     assert SERVICES["sync"]["volumes"][0].endswith(":/etc/extauthz/policy.yaml:ro")
@@ -112,7 +115,7 @@ def test_only_the_external_listener_is_published_on_every_interface() -> None:
                 continue
             assert _host_binding(mapping) == "127.0.0.1", (name, mapping)
         assert "network_mode" not in svc, name  # host networking would publish everything
-    for name in ("redis", "extauthz", "admin", "model", "sync"):
+    for name in ("redis", "extauthz", "admin", "model", "sync", "certs"):
         assert "ports" not in SERVICES[name], name
     assert COMPOSE.admin.host == "127.0.0.1"  # inside the container only
     envoy_yaml = yaml.safe_load((REPO / "envoy/envoy.yaml").read_text())
@@ -134,3 +137,23 @@ def test_the_console_listener_holds_no_slow_client() -> None:
     names = [f["name"] for f in manager["http_filters"]]
     assert names == ["envoy.filters.http.buffer", "envoy.filters.http.router"]
     assert manager["http_filters"][0]["typed_config"]["max_request_bytes"] == 65536
+
+
+def test_the_check_port_speaks_mutual_tls() -> None:
+    """Issue #22, 15: extauthz answers only Envoy's client certificate; both read the files
+    the `certs` service writes, each key owned by the one user that reads it."""
+    env = SERVICES["extauthz"]["environment"]
+    assert env["EXTAUTHZ_TLS_CERT"] == "/certs/extauthz.crt"
+    assert env["EXTAUTHZ_TLS_KEY"] == "/certs/extauthz.key"
+    assert env["EXTAUTHZ_TLS_CLIENT_CA"] == "/certs/ca.crt"  # client certificates required
+    assert "certs:/certs:ro" in SERVICES["extauthz"]["volumes"]
+    assert "certs:/etc/envoy/certs:ro" in SERVICES["envoy"]["volumes"]
+    command = SERVICES["certs"]["command"][0]
+    assert "chown 10001 /certs/extauthz.key" in command and "chown 101 /certs/envoy.key" in command
+    envoy_yaml = yaml.safe_load((REPO / "envoy/envoy.yaml").read_text())
+    (cluster,) = [c for c in envoy_yaml["static_resources"]["clusters"] if c["name"] == "extauthz"]
+    context = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+    chain = context["tls_certificates"][0]
+    assert chain["certificate_chain"]["filename"] == "/etc/envoy/certs/envoy.crt"
+    assert chain["private_key"]["filename"] == "/etc/envoy/certs/envoy.key"
+    assert context["validation_context"]["trusted_ca"]["filename"] == "/etc/envoy/certs/ca.crt"
