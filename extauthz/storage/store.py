@@ -380,18 +380,19 @@ class Store:
             return "a Redis Cluster: not checked that a replica has it"
         try:
             with self.redis_errors():
+                info = self.client.info("replication")
+                # no replica now nor within repl-backlog-ttl (an hour): no WAIT for none;
+                # one that is reconnecting (the backlog is kept for it) is waited for
+                if not info.get("connected_slaves") and not info.get("repl_backlog_active"):
+                    return "Redis has no replica: a failover to a new primary would not have it"
                 pipe = self.client.pipeline(transaction=False)
                 pipe.set(f"{self.prefix}replicated", "1", px=60_000)
                 pipe.execute_command("WAIT", 1, max(1, int(timeout * 1000)))
-                pipe.execute_command("INFO", "replication")
-                _, acked, info = pipe.execute()
+                _, acked = pipe.execute()
         except StoreError as e:
             return f"not checked that a replica has it: {e}"
         if int(acked) >= 1:
             return None
-        replicas = info.get("connected_slaves", 0) if isinstance(info, dict) else 0
-        if not replicas:
-            return "Redis has no replica: a failover to a new primary would not have it"
         return f"no replica confirmed it within {timeout:g}s: a failover now could undo it"
 
     def follow_primary(self) -> None:

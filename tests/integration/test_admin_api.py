@@ -356,3 +356,30 @@ def test_pages_end_with_a_null_cursor_and_errors_are_json(
     assert "default-src 'none'" in failed.value.headers["content-security-policy"]
     assert set(json.loads(failed.value.read())) == {"error", "message"}
     store.close()
+
+
+def test_a_change_is_delivered_with_what_went_wrong_around_it(
+    api: Api, redis_server: RedisServer
+) -> None:
+    """Issue #22, 6 and 18: with the audit stream unwritable, a create and a rotate still
+    deliver their secret (with a warning), and a server that does not confirm a change is
+    named in the answer instead of dropped."""
+    url = redis_server.url
+    admin = _token(url, "--route", "*", "--scope", "admin")["token"]
+    redis_server.cli("DEL", "extauthz:audit")
+    redis_server.cli("SET", "extauthz:audit", "not a stream")
+    code, made = api.call("POST", "/v1/tokens", admin, {"routes": ["a"]})
+    assert code == 201 and made["token"].startswith("eat_")
+    assert any("audit" in w for w in made["warnings"])
+    code, rotated = api.call("POST", "/v1/tokens/" + made["id"] + "/rotate", admin, {})
+    assert code == 200 and rotated["token"].startswith("eat_")
+    assert any("audit" in w for w in rotated["warnings"])
+    cli = run_cli(url, "token", "create", "--route", "a", check=False)
+    assert cli.returncode == 0 and "eat_" in cli.stdout and "audit" in cli.stderr
+    # a live server that never confirms (its heartbeat key, no listener)
+    redis_server.cli("SET", "extauthz:servers:ghost:1", "1", "PX", "60000")
+    redis_server.cli("SADD", "extauthz:servers", "ghost:1")
+    code, changed = api.call("PATCH", "/v1/tokens/" + made["id"], admin, {"name": "n"})
+    assert code == 200 and changed["unconfirmed"] == ["ghost:1"]
+    code, revoked = api.call("DELETE", "/v1/tokens/" + made["id"], admin)
+    assert code == 200 and revoked["unconfirmed"] == ["ghost:1"]

@@ -77,14 +77,14 @@ def test_the_server_command_ports_and_probes_agree() -> None:
     metrics_port = split_address(args.metrics_listen)[1]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": check_port, "http-metrics": metrics_port}
-    for probe, service in (
+    for probe, name in (
         ("readinessProbe", AUTHORIZATION_SERVICE),
         ("livenessProbe", LIVENESS_SERVICE),
     ):
         command = container[probe]["exec"]["command"]
         health = _parser().parse_args(command[1:])
         assert command[0] == "extauthz" and health.func.__name__ == "_cmd_health"
-        assert health.target == f"127.0.0.1:{check_port}" and health.service == service
+        assert health.target == f"127.0.0.1:{check_port}" and health.service == name
     service = find("Service", "extauthz")
     assert service["spec"]["selector"].items() <= labels(deployment).items()
     by_name = {p["name"]: p for p in service["spec"]["ports"]}
