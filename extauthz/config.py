@@ -42,6 +42,7 @@ def setting(
     secret: bool = False,
     address: bool = False,
     networks: bool = False,
+    alias: str = "",
 ) -> Any:
     """A Settings field: its default, its help text, the commands that take it as a flag
     (`--name-with-dashes`), and what values are allowed (`address`: host:port, empty only
@@ -55,6 +56,7 @@ def setting(
         "maximum": maximum,
         "address": address,
         "networks": networks,
+        "alias": alias,  # another flag for it (the contract's name, e.g. admin --listen)
     }
     return field(default=default, repr=not secret, metadata=metadata)
 
@@ -122,7 +124,11 @@ class Settings:
         zero_ok=True,
     )
     admin_listen: str = setting(
-        "127.0.0.1:9080", "host:port of the management API", ("admin",), address=True
+        "127.0.0.1:9080",
+        "host:port of the management API (also --listen)",
+        ("admin",),
+        address=True,
+        alias="--listen",
     )
     admin_trusted_proxies: str = setting(
         "",
@@ -310,9 +316,11 @@ def add_setting_flags(parser: Any, command: str) -> None:
         meta = f.metadata
         if command not in meta["commands"]:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *([meta["alias"]] if meta["alias"] else [])]
         text = f"{meta['help']} (default: {f.default if f.default != '' else 'none'})"
         if f.default is False:
-            parser.add_argument(flag, action="store_const", const=True, help=meta["help"])
+            parser.add_argument(
+                *flags, dest=f.name, action="store_const", const=True, help=meta["help"]
+            )
         else:
-            parser.add_argument(flag, help=text, choices=meta["choices"] or None)
+            parser.add_argument(*flags, dest=f.name, help=text, choices=meta["choices"] or None)

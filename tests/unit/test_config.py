@@ -153,3 +153,39 @@ def test_an_empty_metrics_address_turns_metrics_off_but_listen_needs_one() -> No
 def test_trusted_proxies_are_addresses_or_networks(value: str) -> None:
     with pytest.raises(ConfigError, match="expected IP addresses or networks"):
         load_settings({"admin_trusted_proxies": value}, env={})
+
+
+# Each command line of the contract (design.md §7, §11, §12), as written there.
+CONTRACT = [
+    "serve --listen 127.0.0.1:9001 --redis-url redis://r:6379/0 --workers 2 "
+    "--metrics-listen 127.0.0.1:9102 --log-format json --config c.yaml",
+    "serve --tls-cert a.pem --tls-key k.pem --tls-client-ca ca.pem",
+    "sync policy.yaml --dry-run --prune",
+    "token create --route a --route b --scope inference --ttl 1h --name n --json",
+    "token list --route a --limit 5 --json",
+    "token show tok_1 --json",
+    "token revoke tok_1 --json",
+    "token rotate tok_1 --grace 10m --json",
+    "token update tok_1 --route a --scope s --name n --ttl 1h --rate-limit 600/m",
+    "token update tok_1 --no-expiry --rate-limit none",
+    "token usage tok_1 --days 7 --json",
+    "token reindex",
+    "token export --route a",
+    "token import f.jsonl --dry-run",
+    "check --route densenet161 --header authorization:x",
+    "audit --limit 5 --json",
+    "admin --listen 127.0.0.1:9080",
+    "admin --admin-listen 127.0.0.1:9080",
+    "up",
+]
+
+
+@pytest.mark.parametrize("line", CONTRACT)
+def test_the_cli_takes_the_contracts_command_lines(line: str) -> None:
+    args = _parser().parse_args(line.split())
+    assert callable(args.func)
+
+
+def test_admin_listen_is_also_listen() -> None:
+    args = vars(_parser().parse_args(["admin", "--listen", "0.0.0.0:9999"]))
+    assert load_settings(args, {}).admin_listen == "0.0.0.0:9999"
