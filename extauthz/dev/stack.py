@@ -44,7 +44,7 @@ from extauthz.runtime.supervisor import stop_on_signals
 from extauthz.storage.store import DEFAULT_PREFIX, Store, open_store
 
 BASIC_SECRET_ENV = "DENSENET161_SECRET"  # noqa: S105 (a variable name)
-CONSOLE_SOURCE = "127.0.0.2"  # the address Envoy connects to `extauthz admin` from
+CONSOLE_SOURCE = "127.0.9.1"  # the address Envoy connects to `extauthz admin` from (no client's)
 
 
 def find_binary(name: str, hint: str) -> str:
