@@ -4,6 +4,7 @@ it, and `extauthz --version` is the one version."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,7 +18,13 @@ from tests.support.procs import REPO, stop, wait_for
 
 
 def test_the_wheel_installs_and_serves_the_console(tmp_path: Path) -> None:
-    dist = tmp_path / "dist"
+    dist, source = tmp_path / "dist", tmp_path / "source"  # (built out of the tree)
+    source.mkdir()
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / part, source / part)
+    shutil.copytree(
+        REPO / "extauthz", source / "extauthz", ignore=shutil.ignore_patterns("__pycache__")
+    )
     subprocess.run(
         [
             sys.executable,
@@ -27,7 +34,7 @@ def test_the_wheel_installs_and_serves_the_console(tmp_path: Path) -> None:
             "--no-isolation",
             "--outdir",
             str(dist),
-            str(REPO),
+            str(source),
         ],
         check=True,
         capture_output=True,
