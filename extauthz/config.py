@@ -67,7 +67,7 @@ class Settings:
 
     redis_url: str = setting(
         "redis://127.0.0.1:6379/0",
-        "Redis: redis://, rediss://, redis+sentinel://, redis+cluster:// (see README)",
+        "Redis: redis://, rediss://, redis+sentinel://, redis+cluster:// (see docs/operations.md)",
         REDIS,
         secret=True,
     )

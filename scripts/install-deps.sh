@@ -20,7 +20,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v curl >/dev/null || missing+=(curl)
-command -v jq >/dev/null || missing+=(jq)  # the README's key-file migration example
+command -v jq >/dev/null || missing+=(jq)  # docs/tokens.md's key-file migration example
 # the console's browser test: Debian's chromium and its driver (Selenium downloads nothing)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)

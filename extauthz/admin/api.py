@@ -380,7 +380,7 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def store_error(request: Request, e: StoreError) -> JSONResponse:
         if isinstance(e, MalformedRecord):  # a key edited by hand
-            return reply(409, "malformed_record", f"{e}; fix it by hand (README, Redis data model)")
+            return reply(409, "malformed_record", f"{e}; fix it by hand (docs/redis.md)")
         if isinstance(e, StoreUnavailable):
             return reply(503, "unavailable", "Redis cannot be reached; retry later")
         return reply(503, "unavailable", f"Redis did not do it: {e}")

@@ -1,6 +1,6 @@
 """A token's record, pure: what Redis knows about one token (never the token itself).
 
-The field layout is the documented Redis data model (README, "Redis data model"): the store
+The field layout is the documented Redis data model (docs/redis.md): the store
 reads and writes it, this module gives it meaning and checks records edited by hand.
 """
 
@@ -85,7 +85,7 @@ class TokenRecord:
         }
 
     def to_fields(self) -> dict[str, str]:
-        """The Redis hash fields, as documented in the README."""
+        """The Redis hash fields, as documented in docs/redis.md."""
         fields = {
             "id": self.id,
             "routes": ",".join(sorted(self.routes)),

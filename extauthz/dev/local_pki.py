@@ -3,7 +3,7 @@
 Made fresh by `extauthz up` in its state directory (and by the tests): one CA signs the
 server certificate of extauthz (DNS name `extauthz`, IP 127.0.0.1) and the client
 certificate Envoy presents. For production, use your own CA (or your mesh's); see the
-README, "Security model".
+docs/security.md.
 """
 
 from __future__ import annotations

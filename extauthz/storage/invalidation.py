@@ -100,7 +100,7 @@ class InvalidationListener:
                 self.cache.set_channel_ok(False)
                 if failures == 0:
                     hint = (
-                        " (the Redis ACL user needs the channels listed in the README)"
+                        " (the Redis ACL user needs the channels listed in docs/operations.md)"
                         if isinstance(e, NoPermissionError)
                         else ""
                     )
@@ -208,7 +208,7 @@ class InvalidationListener:
                 self._heartbeat_failing = True
                 log.warning(
                     "cannot register in %s (%s): `token revoke` will not wait for this "
-                    "server (the Redis ACL user needs the rights listed in the README)",
+                    "server (the Redis ACL user needs the rights listed in docs/operations.md)",
                     self.store.servers_prefix + self.server_id,
                     e,
                 )

@@ -2,7 +2,7 @@
 
 (Connections, URLs and failover are in redis_client; the invalidation listener subscribes.)
 
-Data model (documented in the README, "Redis data model"):
+Data model (documented in docs/redis.md):
 
     {prefix}token:<sha256 hex of the token>   HASH  id, routes, scopes, name, created_at,
                                                     expires_at   (key TTL = expires_at)

@@ -1,4 +1,4 @@
-"""The README's redis-cli blocks, run as written against a real redis-server."""
+"""The redis-cli blocks of docs/redis.md, run as written against a real redis-server."""
 
 from __future__ import annotations
 

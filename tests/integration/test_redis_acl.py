@@ -1,4 +1,4 @@
-"""The README's least-privilege Redis ACL users, on a real redis-server."""
+"""The least-privilege Redis ACL users of docs/operations.md, on a real redis-server."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_missing_channel_permission_degrades_safely(tmp_path: Path) -> None:
             assert client.status("deployment-a", bearer) == 401  # no cache to be stale
             client.close()
         text = log.read_text()
-        assert "needs the channels listed in the README" in text
+        assert "needs the channels listed in docs/operations.md" in text
         assert "Traceback" not in text
     finally:
         server.stop()
