@@ -20,11 +20,9 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from google.rpc import code_pb2, status_pb2
 
-HEADERS = (
-    ("x-extauthz-subject", "token:tok_0123456789ab"),
-    ("x-extauthz-route", "bench"),
-    ("x-extauthz-scopes", ""),
-)
+from extauthz.core.headers import IDENTITY_HEADERS
+
+HEADERS = tuple(zip(IDENTITY_HEADERS, ("token:tok_0123456789ab", "bench", ""), strict=True))
 
 
 def fixed_allow() -> bytes:

@@ -38,6 +38,7 @@ from extauthz.admin.sync import sync  # noqa: E402
 from extauthz.core.policy import parse_policy  # noqa: E402
 from extauthz.core.rate_limit import RateLimit  # noqa: E402
 from extauthz.dev.ports import free_port, wait_port  # noqa: E402
+from extauthz.storage.invalidation import REQUIRED_FLAGS  # noqa: E402
 from extauthz.storage.store import DEFAULT_PREFIX, open_store  # noqa: E402
 
 WARM_UP = 200
@@ -107,7 +108,7 @@ def run(calls: int) -> dict[str, Any]:
         redis_port = free_port()
         redis = subprocess.Popen(
             ["redis-server", "--port", str(redis_port), "--save", "", "--notify-keyspace-events",
-             "Kghxe"], stdout=subprocess.DEVNULL,
+             REQUIRED_FLAGS], stdout=subprocess.DEVNULL,
         )  # fmt: skip
         try:
             wait_port(redis_port)

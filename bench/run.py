@@ -37,9 +37,14 @@ from extauthz.admin import tokens  # noqa: E402
 from extauthz.admin.sync import sync  # noqa: E402
 from extauthz.core.policy import parse_policy  # noqa: E402
 from extauthz.core.rate_limit import RateLimit  # noqa: E402
-from extauthz.dev.envoy_config import EDGE_PROTECTIONS, ext_authz_filter  # noqa: E402
+from extauthz.dev.envoy_config import (  # noqa: E402
+    EDGE_PROTECTIONS,
+    ext_authz_filter,
+    per_route_context,
+)
 from extauthz.dev.ports import free_port, wait_port  # noqa: E402
 from extauthz.runtime.supervisor import default_workers  # noqa: E402
+from extauthz.storage.invalidation import REQUIRED_FLAGS  # noqa: E402
 from extauthz.storage.store import DEFAULT_PREFIX, open_store  # noqa: E402
 
 T = "type.googleapis.com/envoy."
@@ -212,7 +217,7 @@ class Bench:
                 "--save",
                 "",
                 "--notify-keyspace-events",
-                "Kghxe",
+                REQUIRED_FLAGS,
             ],
             self.ports["redis"],
         )
@@ -333,9 +338,7 @@ class Bench:
                 "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
             }
             if variant not in ("noauth", "api_key_auth"):
-                route["typed_per_filter_config"] = {"envoy.filters.http.ext_authz": {
-                    "@type": T + "extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
-                    "check_settings": {"context_extensions": {"route": "bench"}}}}  # fmt: skip
+                route["typed_per_filter_config"] = per_route_context({"route": "bench"})
             listeners.append({
                 "name": variant,
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -135,7 +135,9 @@ def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
         return who
 
     app.state.authenticate = caller
-    _routes(app, store)
+    app.state.store = store
+    for router in (tokens_api, policy_api, audit_api):
+        app.include_router(router)
     _console(app)
     return app
 
@@ -178,130 +180,151 @@ _FORBIDDEN = {
 }
 
 
-def _routes(app: FastAPI, store: Store) -> None:
-    """The /v1/ endpoints."""
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
 
-    def owned(who: Manager, token_id: str, action: Action) -> TokenRecord | None:
-        """The token, if `who` may do `action` to it; None for a record that cannot be read
-        (edited by hand) when an admin revokes it: revoke removes what it can name."""
-        try:
-            record = tokens.show(store, token_id)
-        except UnknownToken:
+
+Db = Annotated[Store, Depends(_store)]
+
+# One router per resource; every endpoint asks `_require` (access.decide) before it acts.
+tokens_api = APIRouter(prefix="/v1/tokens", tags=["tokens"])
+policy_api = APIRouter(prefix="/v1/policy", tags=["policy"])
+audit_api = APIRouter(prefix="/v1/audit", tags=["audit"])
+
+
+def _owned(store: Store, who: Manager, token_id: str, action: Action) -> TokenRecord | None:
+    """The token, if `who` may do `action` to it; None for a record that cannot be read
+    (edited by hand) when an admin revokes it: revoke removes what it can name."""
+    try:
+        record = tokens.show(store, token_id)
+    except UnknownToken:
+        raise ApiError(404, "not_found", f"no token with id {token_id!r}") from None
+    except MalformedRecord as e:
+        if not who.admin:  # nothing to judge it by: not the manager's to know about
             raise ApiError(404, "not_found", f"no token with id {token_id!r}") from None
-        except MalformedRecord as e:
-            if not who.admin:  # nothing to judge it by: not the manager's to know about
-                raise ApiError(404, "not_found", f"no token with id {token_id!r}") from None
-            if action is Action.REVOKE:
-                return None
-            raise ApiError(409, "malformed_record", f"{e}; fix it by hand, or revoke it") from e
-        _require(who, action, record)
-        return record
+        if action is Action.REVOKE:
+            return None
+        raise ApiError(409, "malformed_record", f"{e}; fix it by hand, or revoke it") from e
+    _require(who, action, record)
+    return record
 
-    def creatable(who: Manager) -> tokens.Check:
-        return lambda record: _require(who, Action.CREATE, record)
 
-    @app.get("/v1/tokens")
-    def list_tokens(
-        who: Who,
-        route: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        cursor: Annotated[str | None, Query(description="next_cursor of the page before")] = None,
-    ) -> dict[str, Any]:
-        records, next_cursor = TokenIndex(store).page(_cursor(cursor), limit, route)
-        shown = [
-            r.to_json()
-            for r in records
-            if isinstance(r, TokenRecord) and decide(who, Action.READ, Target.of(r)) == "allow"
-        ]
-        return {"tokens": shown, "next_cursor": next_cursor}
+@tokens_api.get("")
+def list_tokens(
+    who: Who,
+    store: Db,
+    route: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the page before")] = None,
+) -> dict[str, Any]:
+    records, next_cursor = TokenIndex(store).page(_cursor(cursor), limit, route)
+    shown = [
+        r.to_json()
+        for r in records
+        if isinstance(r, TokenRecord) and decide(who, Action.READ, Target.of(r)) == "allow"
+    ]
+    return {"tokens": shown, "next_cursor": next_cursor}
 
-    @app.post("/v1/tokens", status_code=201)
-    def create_token(who: Who, body: NewToken) -> dict[str, Any]:
-        issued = tokens.create(
-            store,
-            body.routes,
-            body.scopes,
-            ttl_seconds=tokens.parse_ttl(body.ttl) if body.ttl else None,
-            name=body.name,
-            now=time.time(),
-            rate_limit=tokens.parse_rate_limit(body.rate_limit) if body.rate_limit else None,
-            actor=who.id,
-            not_after=None if who.admin else who.expires_at,
-            check=creatable(who),
-        )
-        return {**issued.record.to_json(), "token": issued.token, "warnings": issued.warnings}
 
-    @app.get("/v1/tokens/{token_id}")
-    def get_token(who: Who, token_id: str) -> dict[str, Any]:
-        record = owned(who, token_id, Action.READ)
-        if record is None:  # pragma: no cover (None only for REVOKE)
-            raise ApiError(404, "not_found", f"no token with id {token_id!r}")
-        return record.to_json()
+@tokens_api.post("", status_code=201)
+def create_token(who: Who, store: Db, body: NewToken) -> dict[str, Any]:
+    issued = tokens.create(
+        store,
+        body.routes,
+        body.scopes,
+        ttl_seconds=tokens.parse_ttl(body.ttl) if body.ttl else None,
+        name=body.name,
+        now=time.time(),
+        rate_limit=tokens.parse_rate_limit(body.rate_limit) if body.rate_limit else None,
+        actor=who.id,
+        not_after=None if who.admin else who.expires_at,
+        check=lambda record: _require(who, Action.CREATE, record),
+    )
+    return {**issued.record.to_json(), "token": issued.token, "warnings": issued.warnings}
 
-    @app.patch("/v1/tokens/{token_id}")
-    def update_token(who: Who, token_id: str, body: TokenChange) -> dict[str, Any]:
-        owned(who, token_id, Action.UPDATE)
 
-        def check(current: TokenRecord, new: TokenRecord) -> None:
-            _require(who, Action.UPDATE, current)  # (as it is inside the transaction)
-            _require(who, Action.CREATE, new)
+@tokens_api.get("/{token_id}")
+def get_token(who: Who, store: Db, token_id: str) -> dict[str, Any]:
+    record = _owned(store, who, token_id, Action.READ)
+    if record is None:  # pragma: no cover (None only for REVOKE)
+        raise ApiError(404, "not_found", f"no token with id {token_id!r}")
+    return record.to_json()
 
-        updated = tokens.update(
-            store,
-            token_id,
-            routes=body.routes,
-            scopes=body.scopes,
-            name=body.name,
-            ttl_seconds=tokens.parse_ttl(body.ttl) if body.ttl else None,
-            no_expiry=body.no_expiry,
-            rate_limit=tokens.parse_rate_limit(body.rate_limit) if body.rate_limit else "keep",
-            now=time.time(),
-            confirm=2.0,
-            actor=who.id,
-            check=check,
-        )
-        return {**updated.record.to_json(), **_reported(updated.unconfirmed, updated.warnings)}
 
-    @app.delete("/v1/tokens/{token_id}", status_code=204, response_model=None)
-    def revoke_token(who: Who, token_id: str) -> Response:
-        owned(who, token_id, Action.REVOKE)
-        revoked = tokens.revoke(store, token_id, confirm=2.0, actor=who.id)
-        if not revoked.unconfirmed and not revoked.warnings:
-            return Response(status_code=204)
-        # done, with something the caller must know: which servers may still accept it
-        reported = _reported(revoked.unconfirmed, revoked.warnings)
-        return JSONResponse({"id": token_id, "revoked": revoked.count, **reported})
+@tokens_api.patch("/{token_id}")
+def update_token(who: Who, store: Db, token_id: str, body: TokenChange) -> dict[str, Any]:
+    _owned(store, who, token_id, Action.UPDATE)
 
-    @app.post("/v1/tokens/{token_id}/rotate")
-    def rotate_token(who: Who, token_id: str, body: Rotation | None = None) -> dict[str, Any]:
-        owned(who, token_id, Action.ROTATE)
-        grace = tokens.parse_ttl(body.grace, "grace") if body and body.grace else None
-        issued = tokens.rotate(store, token_id, 2.0, grace, time.time(), actor=who.id)
-        reported = _reported(issued.unconfirmed, issued.warnings)
-        return {**issued.record.to_json(), "token": issued.token, **reported}
+    def check(current: TokenRecord, new: TokenRecord) -> None:
+        _require(who, Action.UPDATE, current)  # (as it is inside the transaction)
+        _require(who, Action.CREATE, new)
 
-    @app.get("/v1/tokens/{token_id}/usage")
-    def token_usage(
-        who: Who, token_id: str, days: Annotated[int, Query(ge=1, le=366)] = 7
-    ) -> dict[str, Any]:
-        owned(who, token_id, Action.USAGE)
-        return tokens.usage(store, token_id, days, time.time())
+    updated = tokens.update(
+        store,
+        token_id,
+        routes=body.routes,
+        scopes=body.scopes,
+        name=body.name,
+        ttl_seconds=tokens.parse_ttl(body.ttl) if body.ttl else None,
+        no_expiry=body.no_expiry,
+        rate_limit=tokens.parse_rate_limit(body.rate_limit) if body.rate_limit else "keep",
+        now=time.time(),
+        confirm=2.0,
+        actor=who.id,
+        check=check,
+    )
+    return {**updated.record.to_json(), **_reported(updated.unconfirmed, updated.warnings)}
 
-    @app.get("/v1/policy")
-    def policy(who: Who) -> dict[str, Any]:
-        _require(who, Action.POLICY)
-        snapshot = store.load_policy()
-        if snapshot is None:
-            return {"version": 0, "routes": {}}
-        return {
-            "version": snapshot.version,
-            "routes": {name: r.to_json() for name, r in sorted(snapshot.routes.items())},
-        }
 
-    @app.get("/v1/audit")
-    def audit_tail(who: Who, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
-        _require(who, Action.AUDIT)
-        return {"events": audit.tail(store, limit)}
+@tokens_api.delete("/{token_id}", status_code=204, response_model=None)
+def revoke_token(who: Who, store: Db, token_id: str) -> Response:
+    _owned(store, who, token_id, Action.REVOKE)
+    revoked = tokens.revoke(store, token_id, confirm=2.0, actor=who.id)
+    if not revoked.unconfirmed and not revoked.warnings:
+        return Response(status_code=204)
+    # done, with something the caller must know: which servers may still accept it
+    reported = _reported(revoked.unconfirmed, revoked.warnings)
+    return JSONResponse({"id": token_id, "revoked": revoked.count, **reported})
+
+
+@tokens_api.post("/{token_id}/rotate")
+def rotate_token(
+    who: Who, store: Db, token_id: str, body: Rotation | None = None
+) -> dict[str, Any]:
+    _owned(store, who, token_id, Action.ROTATE)
+    grace = tokens.parse_ttl(body.grace, "grace") if body and body.grace else None
+    issued = tokens.rotate(store, token_id, 2.0, grace, time.time(), actor=who.id)
+    reported = _reported(issued.unconfirmed, issued.warnings)
+    return {**issued.record.to_json(), "token": issued.token, **reported}
+
+
+@tokens_api.get("/{token_id}/usage")
+def token_usage(
+    who: Who, store: Db, token_id: str, days: Annotated[int, Query(ge=1, le=366)] = 7
+) -> dict[str, Any]:
+    _owned(store, who, token_id, Action.USAGE)
+    return tokens.usage(store, token_id, days, time.time())
+
+
+@policy_api.get("")
+def policy(who: Who, store: Db) -> dict[str, Any]:
+    _require(who, Action.POLICY)
+    snapshot = store.load_policy()
+    if snapshot is None:
+        return {"version": 0, "routes": {}}
+    return {
+        "version": snapshot.version,
+        "routes": {name: r.to_json() for name, r in sorted(snapshot.routes.items())},
+    }
+
+
+@audit_api.get("")
+def audit_tail(
+    who: Who, store: Db, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> dict[str, Any]:
+    _require(who, Action.AUDIT)
+    return {"events": audit.tail(store, limit)}
 
 
 def _reported(unconfirmed: tuple[str, ...], warnings: tuple[str, ...]) -> dict[str, Any]:

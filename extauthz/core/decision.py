@@ -27,6 +27,13 @@ from extauthz.core.credentials import (
     UnsupportedScheme,
     parse_authorization,
 )
+from extauthz.core.headers import (
+    IDENTITY_HEADERS,
+    IDENTITY_PREFIX,
+    ROUTE_HEADER,
+    SCOPES_HEADER,
+    SUBJECT_HEADER,
+)
 from extauthz.core.identity import KINDS
 from extauthz.core.identity.base import (
     FOREVER,
@@ -43,15 +50,19 @@ from extauthz.core.jwt_verify import JwtVerify
 from extauthz.core.policy import Access, PolicySnapshot, RoutePolicy
 from extauthz.core.rate_limit import Limited, client_key, limits_for
 
-SUBJECT_HEADER = "x-extauthz-subject"
-ROUTE_HEADER = "x-extauthz-route"
-SCOPES_HEADER = "x-extauthz-scopes"
-IDENTITY_HEADERS = (SUBJECT_HEADER, ROUTE_HEADER, SCOPES_HEADER)
-IDENTITY_PREFIX = "x-extauthz-"
 ANONYMOUS = "anonymous"
 INTERNAL = "internal"
 
-__all__ = ["FOREVER", "Headers", "TokenLookup"]  # re-exported: the decision's vocabulary
+__all__ = [  # re-exported: the decision's vocabulary
+    "FOREVER",
+    "IDENTITY_HEADERS",
+    "IDENTITY_PREFIX",
+    "ROUTE_HEADER",
+    "SCOPES_HEADER",
+    "SUBJECT_HEADER",
+    "Headers",
+    "TokenLookup",
+]
 
 
 class Outcome(StrEnum):

@@ -21,6 +21,7 @@ import yaml
 
 from extauthz.core.credentials import ROUTE_NAME, SCOPE_NAME, TOKEN_ID
 from extauthz.core.durations import MAX_SECONDS, parse_duration
+from extauthz.core.headers import IDENTITY_HEADERS
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.route_match import (
     HOST_NAME,
@@ -670,11 +671,7 @@ def _forward_claims(r: _Reader, path: str, node: yaml.Node) -> tuple[tuple[str, 
         header = r.string(header_node, key).lower()
         if not CLAIM_PATH.fullmatch(claim):
             raise r.error(claim_node, key, "not a claim path (e.g. email, realm_access.roles)")
-        if not FORWARD_HEADER.fullmatch(header) or header in (
-            "x-extauthz-subject",
-            "x-extauthz-route",
-            "x-extauthz-scopes",
-        ):
+        if not FORWARD_HEADER.fullmatch(header) or header in IDENTITY_HEADERS:
             raise r.error(
                 header_node, key, "header must be x-extauthz-<name>, not subject/route/scopes"
             )

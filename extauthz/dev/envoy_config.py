@@ -186,14 +186,20 @@ def _routes(network: str | None, route_identity: str = "context") -> list[dict[s
         if name is not None and route_identity in ("metadata", "envoy-gateway"):
             route["metadata"] = {"filter_metadata": route_metadata(name, route_identity)}
         if extensions:
-            route["typed_per_filter_config"] = {
-                EXT_AUTHZ_FILTER: {
-                    "@type": T + "extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
-                    "check_settings": {"context_extensions": extensions},
-                }
-            }
+            route["typed_per_filter_config"] = per_route_context(extensions)
         routes.append(route)
     return routes
+
+
+def per_route_context(extensions: dict[str, str]) -> dict[str, Any]:
+    """A route's `typed_per_filter_config`: the context extensions its ext_authz check sends
+    (`route` names its policy)."""
+    return {
+        EXT_AUTHZ_FILTER: {
+            "@type": T + "extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+            "check_settings": {"context_extensions": extensions},
+        }
+    }
 
 
 def route_metadata(name: str, route_identity: str) -> dict[str, Any]:

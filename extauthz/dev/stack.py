@@ -41,6 +41,7 @@ from extauthz.dev.local_pki import SERVER_NAME, make_local_pki
 from extauthz.dev.ports import free_ports_in_a_row, port_open
 from extauthz.errors import StackError, UsageError
 from extauthz.runtime.supervisor import stop_on_signals
+from extauthz.storage.invalidation import REQUIRED_FLAGS
 from extauthz.storage.store import DEFAULT_PREFIX, Store, open_store
 
 BASIC_SECRET_ENV = "DENSENET161_SECRET"  # noqa: S105 (a variable name)
@@ -241,7 +242,7 @@ class Stack:
                 "--dir", str(self.state_dir / "redis"),
                 "--save", "3600 1",  # saved on shutdown, so a restart keeps tokens
                 "--appendonly", "no",
-                "--notify-keyspace-events", "Kghxe",
+                "--notify-keyspace-events", REQUIRED_FLAGS,
             ],
             self.state_dir / "redis.log",
         )  # fmt: skip
