@@ -312,6 +312,37 @@ def test_console_login_create_copy_rotate_revoke(
     assert page("#login").is_displayed()
 
 
+def test_the_create_dialog_says_what_a_route_needs(stack: Stack, browser: Any) -> None:
+    """Issue #23, 7: a new user picks a route that needs a scope; the dialog says so and
+    offers it, and the token made with it gets 200 through the real Envoy (without: 403)."""
+    page = Page(browser)
+    browser.get(stack.console_url)
+    page.type("#login-token", admin_token(stack) + "\n")
+    page.wait(lambda: page("#app").is_displayed(), "the signed-in console")
+    page("#new-token").click()
+    page.wait(lambda: page("#create-dialog").is_displayed(), "the create dialog")
+    page.wait(lambda: browser.find_elements("css selector", "#route-names option"), "routes")
+    names = [
+        o.get_attribute("value")
+        for o in browser.find_elements("css selector", "#route-names option")
+    ]
+    assert "densenet161" in names and "deployment-a" in names
+    page.type("#create-routes", "densenet161, deployment-a, nope")
+    page.wait(lambda: "densenet161: needs one of" in page.text("#create-needs"), "the needs")
+    needs = page.text("#create-needs")
+    assert "deployment-a: any scope" in needs and "nope: not a published route" in needs
+    page('#create-needs button[data-scope="inference"]').click()
+    assert page("#create-scopes").get_attribute("value") == "inference"
+    page.wait(lambda: "inference ✓" in page.text("#create-needs"), "the scope marked as there")
+    page.type("#create-routes", "densenet161")
+    page("#create-form button[type=submit]").click()
+    page.wait(lambda: page("#secret-dialog").is_displayed(), "the secret")
+    secret = page("#secret-value").get_attribute("value")
+    assert model_status(stack, secret) == 200
+    without = tokens.create(stack.store(), ["densenet161"], now=time.time()).token
+    assert model_status(stack, without) == 403  # what the hint saves a user from
+
+
 def test_console_shows_names_as_text_never_markup(stack: Stack, browser: Any) -> None:
     """A token name is user input: it reaches the page as text."""
     store = stack.store()

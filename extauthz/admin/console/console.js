@@ -6,7 +6,7 @@
 
 const KEY = "extauthz.token";
 const $ = (id) => document.getElementById(id);
-const state = { cursor: null, tokens: [], usageId: null };
+const state = { cursor: null, tokens: [], usageId: null, routes: {} };
 
 // --- the API ---------------------------------------------------------------------------
 
@@ -205,6 +205,61 @@ function tokenRow(t) {
   );
   if (t.id === state.usageId) row.classList.add("selected");
   return row;
+}
+
+// --- what the chosen routes need --------------------------------------------------------
+
+// The published routes (GET /v1/policy), loaded when the create dialog opens: the dialog
+// says what scopes each chosen route needs (a token needs one of them) and offers to add them.
+async function openCreate() {
+  openDialog("create-dialog");
+  try {
+    state.routes = (await api("GET", "/v1/policy")).routes || {};
+  } catch {
+    state.routes = {};
+  }
+  $("route-names").replaceChildren(
+    ...Object.keys(state.routes).map((name) => el("option", { value: name })),
+  );
+  showNeeds();
+}
+
+function showNeeds() {
+  const routes = state.routes || {};
+  const chosen = splitList($("create-routes").value);
+  const names = chosen.includes("*") ? Object.keys(routes) : chosen;
+  const have = new Set(splitList($("create-scopes").value));
+  const lines = [];
+  for (const name of names) {
+    const route = routes[name];
+    if (!route) {
+      lines.push(el("p", { class: "warn", text: `${name}: not a published route` }));
+      continue;
+    }
+    const scopes = route.scopes || [];
+    const line = el("p", {}, el("strong", { text: name }), ": ");
+    if (route.access === "public") line.append("public, no token needed");
+    else if (!scopes.length) line.append("any scope");
+    else {
+      line.append(scopes.some((s) => have.has(s)) ? "needs one of " : "needs one of (missing) ");
+      for (const scope of scopes) {
+        line.append(el("button", {
+          type: "button", class: "small", text: have.has(scope) ? `${scope} ✓` : `+ ${scope}`,
+          "aria-label": `Add scope ${scope}`, "data-scope": scope,
+          onclick: () => addScope(scope),
+        }), " ");
+      }
+    }
+    lines.push(line);
+  }
+  $("create-needs").replaceChildren(...lines);
+}
+
+function addScope(scope) {
+  const scopes = splitList($("create-scopes").value);
+  if (!scopes.includes(scope)) scopes.push(scope);
+  $("create-scopes").value = scopes.join(", ");
+  showNeeds();
 }
 
 async function createToken(event) {
@@ -445,7 +500,9 @@ document.addEventListener("DOMContentLoaded", () => {
     if (token) signIn(token);
   });
   $("sign-out").addEventListener("click", () => signOut());
-  $("new-token").addEventListener("click", () => openDialog("create-dialog"));
+  $("new-token").addEventListener("click", openCreate);
+  $("create-routes").addEventListener("input", showNeeds);
+  $("create-scopes").addEventListener("input", showNeeds);
   $("filter-form").addEventListener("submit", (event) => {
     event.preventDefault();
     loadTokens(true);
@@ -470,7 +527,7 @@ document.addEventListener("DOMContentLoaded", () => {
       $("filter-text").focus();
     } else if (event.key === "n") {
       event.preventDefault();
-      openDialog("create-dialog");
+      openCreate();
     }
   });
   if (sessionStorage.getItem(KEY)) showApp();
