@@ -62,6 +62,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument(
+        "--sync-every", type=float, default=SYNC_EVERY, help="seconds between policy syncs"
+    )
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     ensure_tools()
@@ -76,7 +79,7 @@ def main() -> None:
         )
         stack.start()
         try:
-            result = soak(stack, work, args.minutes)
+            result = soak(stack, work, args.minutes, args.sync_every)
         finally:
             stack.stop()
     print(json.dumps(result, indent=2))
@@ -85,7 +88,9 @@ def main() -> None:
     raise SystemExit(0 if result["ok"] else 1)
 
 
-def soak(stack: Stack, work: Path, minutes: float) -> dict[str, Any]:
+def soak(
+    stack: Stack, work: Path, minutes: float, sync_every: float = SYNC_EVERY
+) -> dict[str, Any]:
     store = stack.store()
     now = time.time()
     valid = [tokens.create(store, ["deployment-a"], now=now).token for _ in range(3)]
@@ -178,7 +183,7 @@ def soak(stack: Stack, work: Path, minutes: float) -> dict[str, Any]:
         w.start()
     syncs = 0
     while time.monotonic() < deadline:
-        time.sleep(min(SYNC_EVERY, max(0.0, deadline - time.monotonic())))
+        time.sleep(min(sync_every, max(0.0, deadline - time.monotonic())))
         if time.monotonic() < deadline:
             sync(store, policy_b if syncs % 2 == 0 else policy_a, prune=True, env=secret_env)
             syncs += 1

@@ -199,7 +199,9 @@ def test_revoke_names_a_server_that_does_not_confirm(
                 run_cli(redis_server.url, "token", "create", "--route", "m", "--json").stdout
             )
             result = run_cli(redis_server.url, "token", command, tok["id"], "--json")
-            assert result.returncode == 0 and result.stderr == ""
+            # confirmed by the server; this Redis has no replica, which is all it says
+            warnings = result.stderr.splitlines()
+            assert result.returncode == 0 and all("no replica" in w for w in warnings), warnings
             tok = json.loads(
                 run_cli(redis_server.url, "token", "create", "--route", "m", "--json").stdout
             )
