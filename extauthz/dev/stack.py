@@ -45,6 +45,13 @@ from extauthz.storage.invalidation import REQUIRED_FLAGS
 from extauthz.storage.store import DEFAULT_PREFIX, Store, open_store
 
 BASIC_SECRET_ENV = "DENSENET161_SECRET"  # noqa: S105 (a variable name)
+# the tokens `extauthz up` mints: (key, routes, scopes, name)
+DEMO_TOKENS: tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...] = (
+    ("inference", ("densenet161",), ("inference",), "demo inference"),
+    ("management", ("densenet161-management",), ("management",), "demo management"),
+    ("deployment-a", ("deployment-a",), (), "demo deployment a"),
+    ("admin", ("*",), ("admin",), "local stack admin"),
+)
 CONSOLE_SOURCE = "127.0.9.1"  # the address Envoy connects to `extauthz admin` from (no client's)
 
 
@@ -300,37 +307,11 @@ class Stack:
         )
 
     def mint_demo_tokens(self) -> dict[str, tokens.IssuedToken]:
-        store = self.store()
-        now = time.time()
+        """The seed scenarios' tokens and the first admin token, each valid for a day."""
+        store, now = self.store(), time.time()
         return {
-            "inference": tokens.create(
-                store,
-                ["densenet161"],
-                ["inference"],
-                name="demo inference",
-                now=now,
-                ttl_seconds=86400,
-            ),
-            "management": tokens.create(
-                store,
-                ["densenet161-management"],
-                ["management"],
-                name="demo management",
-                now=now,
-                ttl_seconds=86400,
-            ),
-            "deployment-a": tokens.create(
-                store, ["deployment-a"], name="demo deployment a", now=now, ttl_seconds=86400
-            ),
-            "admin": tokens.create(
-                store,
-                ["*"],
-                ["admin"],
-                name="local stack admin",
-                now=now,
-                ttl_seconds=86400,
-                actor="cli:extauthz-up",
-            ),
+            key: tokens.create(store, routes, scopes, 86400, name, now, actor="cli:extauthz-up")
+            for key, routes, scopes, name in DEMO_TOKENS
         }
 
     def dead_child(self) -> Child | None:
