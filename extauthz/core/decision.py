@@ -30,6 +30,7 @@ from extauthz.core.credentials import (
 from extauthz.core.headers import (
     IDENTITY_HEADERS,
     IDENTITY_PREFIX,
+    MODEL_HEADER,
     ROUTE_HEADER,
     SCOPES_HEADER,
     SUBJECT_HEADER,
@@ -47,6 +48,7 @@ from extauthz.core.identity.base import (
     Unavailable,
 )
 from extauthz.core.jwt_verify import JwtVerify
+from extauthz.core.llm import LlmRequest, model_allowed
 from extauthz.core.policy import Access, PolicySnapshot, RoutePolicy
 from extauthz.core.rate_limit import Limited, client_key, limits_for
 
@@ -95,6 +97,8 @@ class RequestFacts(NamedTuple):
     # `--route-identity match`: (host, path) to resolve against the policy's match rules;
     # the route is named from them before deciding (and this is then cleared)
     target: tuple[str, str] | None = None
+    # `api: openai` routes: the model the body names (read from Envoy's request only there)
+    llm: LlmRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,8 @@ class Decision:
     limits: tuple[Limited, ...] = field(default=(), compare=False)
     # the token (or route secret) it was decided for: its usage is metered
     token_id: str | None = field(default=None, compare=False)
+    # `api: openai` routes: the model allowed (usage and metrics per model)
+    model: str | None = field(default=None, compare=False)
 
 
 def decide(
@@ -145,17 +151,25 @@ def decide(
     if route is None:
         return _not_found("unknown_route")
     if route.access is Access.PUBLIC:
+        model = _model(facts, route, None, ANONYMOUS)
+        if isinstance(model, Decision):
+            return model
         return _allow(
-            facts, route, ANONYMOUS, frozenset(), "public", limits=_per_address(facts, route)
-        )
+            facts, route, ANONYMOUS, frozenset(), "public", limits=_per_address(facts, route),
+            model=model,
+        )  # fmt: skip
     if route.access is Access.PRIVATE:
         internal = facts.network == INTERNAL or snapshot.is_internal_address(facts.source_address)
         if not internal:
             return _not_found("private_external")
         if not route.credentials_listed:
+            model = _model(facts, route, None, INTERNAL)
+            if isinstance(model, Decision):
+                return model
             return _allow(
-                facts, route, INTERNAL, frozenset(), "internal", limits=_per_address(facts, route)
-            )
+                facts, route, INTERNAL, frozenset(), "internal",
+                limits=_per_address(facts, route), model=model,
+            )  # fmt: skip
     return _decide_protected(facts, route, snapshot, lookup, now, verify_jwt)
 
 
@@ -179,6 +193,9 @@ def _decide_protected(
         denied = authorize(result, route)  # 2. authorization
         if denied is not None:
             return denied
+        model = _model(facts, route, result.models, result.subject, result.valid_until)
+        if isinstance(model, Decision):
+            return model
         # a route's limit counts per caller: tokens by id, JWTs by issuer and subject (their
         # subjects are `jwt:<issuer>:<sub>`), never one in the other's counter
         caller = f"tok:{result.token_id}" if result.token_id else f"sub:{result.subject}"
@@ -188,6 +205,7 @@ def _decide_protected(
         return _allow(  # 3. response
             facts, route, result.subject, result.scopes, result.reason, result.headers,
             until=result.valid_until, name=result.name, limits=limits, token_id=result.token_id,
+            model=model,
         )  # fmt: skip
     match result:
         case Rejected(reason=reason, description=text, presented=shown, subject=who) as no:
@@ -239,6 +257,59 @@ def authorize(identity: Identity, route: RoutePolicy) -> Decision | None:
     return None
 
 
+_MODEL_REQUIRED = {  # why a body names no model, as the 400 says it
+    "no_body": 'send a JSON object body with a string "model"',
+    "not_json": "the body is not a JSON object (UTF-8, no byte order mark)",
+    "no_model": 'the body has no top-level "model"',
+    "bad_model": '"model" must be a string of 1-256 visible ASCII characters',
+    "duplicate_model": 'the body names "model" more than once',
+}
+
+
+def _model(
+    facts: RequestFacts,
+    route: RoutePolicy,
+    allowed: frozenset[str] | None,
+    subject: str,
+    until: float | None = FOREVER,
+) -> str | Decision | None:
+    """On an `api: openai` route, the model the body asks for if the route serves it and
+    the credential may use it (`allowed`: its patterns, None: any); else the denial. None
+    where there is no model: not an LLM route, or a request that takes none (GET)."""
+    if route.api is None:
+        return None
+    llm = facts.llm
+    if llm is None or llm.error is not None:
+        why = _MODEL_REQUIRED.get(llm.error or "no_body" if llm is not None else "no_body", "")
+        return _model_denial(400, "model_required", why, subject, until)
+    model = llm.model
+    if model is None:
+        return None  # (GET /v1/models: nothing to choose)
+    if route.models and not model_allowed(route.models, model):
+        return _model_denial(
+            404, "model_not_found", f"this route does not serve {model!r}", subject, until
+        )
+    if allowed is not None and not model_allowed(allowed, model):
+        return _model_denial(
+            403, "model_not_allowed", f"this credential may not use {model!r}", subject, until
+        )
+    return model
+
+
+def _model_denial(
+    status: int, reason: str, message: str, subject: str, until: float | None
+) -> Decision:
+    return Decision(
+        Outcome.DENY,
+        status,
+        reason,
+        (_JSON,),
+        body=_body(reason, message),
+        subject=subject,
+        reusable_until=until,
+    )
+
+
 # --- building decisions ---------------------------------------------------------------------
 
 _JSON = ("content-type", "application/json")
@@ -268,8 +339,11 @@ def _allow(
     name: str = "",
     limits: tuple[Limited, ...] = (),
     token_id: str | None = None,
+    model: str | None = None,
 ) -> Decision:
     scope_list = ",".join(sorted(scopes))
+    if model is not None:
+        extra = ((MODEL_HEADER, model), *extra)
     headers = (
         (SUBJECT_HEADER, subject),
         (ROUTE_HEADER, route.name),
@@ -286,6 +360,8 @@ def _allow(
     )
     if name:
         metadata += (("token_name", name),)
+    if model is not None:
+        metadata += (("model", model),)
     return Decision(
         Outcome.ALLOW,
         200,
@@ -297,6 +373,7 @@ def _allow(
         metadata=metadata,
         limits=limits,
         token_id=token_id,
+        model=model,
     )
 
 

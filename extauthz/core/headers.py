@@ -7,5 +7,6 @@ from __future__ import annotations
 SUBJECT_HEADER = "x-extauthz-subject"
 ROUTE_HEADER = "x-extauthz-route"
 SCOPES_HEADER = "x-extauthz-scopes"
+MODEL_HEADER = "x-extauthz-model"  # LLM routes: the model the request may use
 IDENTITY_HEADERS = (SUBJECT_HEADER, ROUTE_HEADER, SCOPES_HEADER)
 IDENTITY_PREFIX = "x-extauthz-"

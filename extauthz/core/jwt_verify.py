@@ -14,6 +14,7 @@ from typing import Any
 import jwt
 
 from extauthz.core.jwks_keys import KeySet
+from extauthz.core.llm import check_model_patterns
 from extauthz.core.policy import JwtSettings
 
 
@@ -23,6 +24,7 @@ class JwtIdentity:
     scopes: frozenset[str]
     headers: tuple[tuple[str, str], ...]  # forwarded claims
     expires_at: float
+    models: frozenset[str] | None = None  # from `models_claim` (None: no such setting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,20 @@ def scopes_from(value: Any) -> frozenset[str]:
     )
 
 
+def models_from(value: Any) -> frozenset[str]:
+    """A models claim (a list, or a space-separated string) → the model names and patterns
+    it allows; items that are not valid names are dropped (absent: none allowed)."""
+    items = value.split() if isinstance(value, str) else value if isinstance(value, list) else ()
+    allowed: list[str] = []
+    for item in items:
+        if isinstance(item, str):
+            try:
+                allowed += check_model_patterns([item])
+            except ValueError:
+                continue
+    return frozenset(allowed)
+
+
 def _seconds(value: Any) -> float | None:
     """A NumericDate claim as float; None when absent or not a finite number."""
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
@@ -103,6 +119,9 @@ def verify_with_keys(token: str, settings: JwtSettings, keys: KeySet, now: float
         scopes=scopes_from(claim(claims, settings.scopes_claim)),
         headers=_forwarded(claims, settings),
         expires_at=expires_at,
+        models=None
+        if settings.models_claim is None
+        else models_from(claim(claims, settings.models_claim)),
     )
 
 

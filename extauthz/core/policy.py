@@ -22,6 +22,7 @@ import yaml
 from extauthz.core.credentials import ROUTE_NAME, SCOPE_NAME, TOKEN_ID
 from extauthz.core.durations import MAX_SECONDS, parse_duration
 from extauthz.core.headers import IDENTITY_HEADERS
+from extauthz.core.llm import check_model_patterns
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.route_match import (
     HOST_NAME,
@@ -59,6 +60,7 @@ class JwtSettings:
     jwks_file: str | None = None
     scopes_claim: str = "scope"
     subject_claim: str = "sub"
+    models_claim: str | None = None  # a claim listing the models it may use (LLM routes)
     algorithms: tuple[str, ...] = JWT_ALGORITHMS
     leeway_seconds: int = 30
     # (claim path, header): claims forwarded to the model; headers are x-extauthz-*
@@ -79,6 +81,8 @@ class RoutePolicy:
     max_token_ttl: int | None = None  # seconds: the longest life a token for it may have
     rate_limit: RateLimit | None = None  # per caller on this route
     match: tuple[MatchRule, ...] = ()  # host/path rules for `--route-identity match`
+    api: str | None = None  # "openai": an LLM endpoint, the model named in the JSON body
+    models: tuple[str, ...] = ()  # what it serves: names and `prefix*` (empty: any model)
 
     @property
     def reads_source_address(self) -> bool:
@@ -103,6 +107,10 @@ class RoutePolicy:
             out["rate_limit"] = str(self.rate_limit)
         if self.match:
             out["match"] = [rule.to_json() for rule in self.match]
+        if self.api is not None:
+            out["api"] = self.api
+        if self.models:
+            out["models"] = list(self.models)
         if self.jwt is not None:
             jwt = self.jwt
             out["jwt"] = {
@@ -112,6 +120,7 @@ class RoutePolicy:
                 "jwks_file": jwt.jwks_file,
                 "scopes_claim": jwt.scopes_claim,
                 "subject_claim": jwt.subject_claim,
+                "models_claim": jwt.models_claim,
                 "algorithms": list(jwt.algorithms),
                 "leeway_seconds": jwt.leeway_seconds,
                 "forward_claims": [list(pair) for pair in jwt.forward_claims],
@@ -131,6 +140,8 @@ class RoutePolicy:
             max_token_ttl=_seconds_or_none(data.get("max_token_ttl")),
             rate_limit=RateLimit.parse(data["rate_limit"]) if data.get("rate_limit") else None,
             match=tuple(MatchRule.from_json(m) for m in data.get("match", ())),
+            api=data.get("api"),
+            models=check_model_patterns(data.get("models", ())),
             jwt=None
             if jwt is None
             else JwtSettings(
@@ -140,6 +151,7 @@ class RoutePolicy:
                 jwks_file=jwt.get("jwks_file"),
                 scopes_claim=jwt.get("scopes_claim", "scope"),
                 subject_claim=jwt.get("subject_claim", "sub"),
+                models_claim=jwt.get("models_claim"),
                 algorithms=tuple(jwt.get("algorithms", JWT_ALGORITHMS)),
                 leeway_seconds=int(jwt.get("leeway_seconds", 30)),
                 forward_claims=tuple((c, h) for c, h in jwt.get("forward_claims", ())),
@@ -203,6 +215,17 @@ class PolicySnapshot:
         return frozenset(name for name, r in self.routes.items() if r.reads_source_address)
 
     @cached_property
+    def llm_routes(self) -> frozenset[str]:
+        """The routes whose decision reads the request body's model (`api: openai`)."""
+        return frozenset(name for name, r in self.routes.items() if r.api is not None)
+
+    @cached_property
+    def peer_routes(self) -> frozenset[str]:
+        """The routes whose decision reads more of Envoy's request than the common facts:
+        the client's address, or the body (one set: one lookup on the warm path)."""
+        return self.address_routes | self.llm_routes
+
+    @cached_property
     def matcher(self) -> RouteMatcher:
         """The routes' `match:` rules, compiled (for `--route-identity match`)."""
         return RouteMatcher((rule, r.name) for r in self.routes.values() for rule in r.match)
@@ -252,6 +275,8 @@ _ROUTE_KEYS = (
     "max_token_ttl",
     "rate_limit",
     "match",
+    "api",
+    "models",
 )
 _JWT_KEYS = (
     "issuer",
@@ -260,6 +285,7 @@ _JWT_KEYS = (
     "jwks_file",
     "scopes_claim",
     "subject_claim",
+    "models_claim",
     "algorithms",
     "leeway_seconds",
     "forward_claims",
@@ -269,6 +295,7 @@ CLAIM_PATH = re.compile(r"[A-Za-z0-9_:/\-]+(\.[A-Za-z0-9_:/\-]+)*")
 _SECRET_KEYS = ("id", "routes", "scopes", "from_env", "from_file")
 _MATCH_KEYS = ("host", "path_prefix")
 MAX_MATCH_RULES = 1024  # per route
+APIS = ("openai",)  # route kinds whose requests name a model in their body
 
 
 class _Reader:
@@ -523,9 +550,46 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
 
     max_ttl, limit = _parse_token_limits(r, path, fields)
     match = _parse_match(r, f"{path}.match", fields["match"][1]) if "match" in fields else ()
+    api, models = _parse_api(r, path, fields)
     return RoutePolicy(
-        name, access, credentials, listed, basic_username, scopes, jwt, max_ttl, limit, match
+        name,
+        access,
+        credentials,
+        listed,
+        basic_username,
+        scopes,
+        jwt,
+        max_ttl,
+        limit,
+        match,
+        api,
+        models,
     )
+
+
+def _parse_api(
+    r: _Reader, path: str, fields: dict[str, tuple[yaml.Node, yaml.Node]]
+) -> tuple[str | None, tuple[str, ...]]:
+    """`api: openai` and the `models` it serves (names and `prefix*`)."""
+    api = None
+    if "api" in fields:
+        api = r.string(fields["api"][1], f"{path}.api")
+        if api not in APIS:
+            raise r.error(fields["api"][1], f"{path}.api", f"{api!r}: the one kind is openai")
+    models: tuple[str, ...] = ()
+    if "models" in fields:
+        node = fields["models"][1]
+        if api is None:
+            raise r.error(
+                fields["models"][0], f"{path}.models", "only for a route with api: openai"
+            )
+        try:
+            models = check_model_patterns(r.strings(node, f"{path}.models"))
+        except ValueError as e:
+            raise r.error(node, f"{path}.models", str(e)) from None
+        if not models:
+            raise r.error(node, f"{path}.models", "must list at least one (or leave it out: any)")
+    return api, models
 
 
 def _parse_match(r: _Reader, path: str, node: yaml.Node) -> tuple[MatchRule, ...]:
@@ -612,7 +676,7 @@ def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> J
         if required not in fields:
             raise r.error(key_node, f"{path}.{required}", f"missing ({what})")
     text: dict[str, str] = {}
-    for key in ("issuer", "jwks_uri", "jwks_file", "scopes_claim", "subject_claim"):
+    for key in ("issuer", "jwks_uri", "jwks_file", "scopes_claim", "subject_claim", "models_claim"):
         if key in fields:
             text[key] = r.string(fields[key][1], f"{path}.{key}")
     if "jwks_uri" in text and "jwks_file" in text:
@@ -638,7 +702,7 @@ def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> J
     forward: tuple[tuple[str, str], ...] = ()
     if "forward_claims" in fields:
         forward = _forward_claims(r, f"{path}.forward_claims", fields["forward_claims"][1])
-    for key in ("scopes_claim", "subject_claim"):
+    for key in ("scopes_claim", "subject_claim", "models_claim"):
         if key in text and not CLAIM_PATH.fullmatch(text[key]):
             raise r.error(
                 fields[key][1], f"{path}.{key}", "not a claim path (e.g. scope, realm_access.roles)"
@@ -658,6 +722,7 @@ def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> J
         jwks_file=text.get("jwks_file"),
         scopes_claim=text.get("scopes_claim", "scope"),
         subject_claim=text.get("subject_claim", "sub"),
+        models_claim=text.get("models_claim"),
         algorithms=algorithms,
         leeway_seconds=leeway,
     )

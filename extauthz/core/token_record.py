@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from extauthz.core.credentials import MAX_NAME_LENGTH
+from extauthz.core.llm import check_model_patterns
 from extauthz.core.rate_limit import RateLimit
 from extauthz.errors import MalformedRecord, shown
 
@@ -53,6 +54,8 @@ class TokenRecord:
     # unix seconds of its last use, as the usage meter last wrote it (not a hash field)
     last_used: int | None = field(default=None, compare=False)
     kind: str = MODEL  # MODEL or MANAGEMENT (see above)
+    # LLM models it may use on `api: openai` routes: names and `prefix*`; None: any
+    models: frozenset[str] | None = None
 
     @property
     def management(self) -> bool:
@@ -82,6 +85,7 @@ class TokenRecord:
             "rate_limit": str(self.rate_limit) if self.rate_limit else None,
             "last_used": self.last_used,
             "kind": self.kind,
+            "models": None if self.models is None else sorted(self.models),
         }
 
     def to_fields(self) -> dict[str, str]:
@@ -101,6 +105,8 @@ class TokenRecord:
             fields["rate_limit"] = str(self.rate_limit)
         if self.kind != MODEL:  # (a model token's record stays as it always was)
             fields["kind"] = self.kind
+        if self.models is not None:
+            fields["models"] = ",".join(sorted(self.models))
         return fields
 
     @classmethod
@@ -142,6 +148,7 @@ class TokenRecord:
             name=name,
             created_at=_int_field(fields, "created_at", token_id),
             rate_limit=_rate_limit_field(fields, token_id),
+            models=_models_field(fields, token_id),
         )
 
 
@@ -180,6 +187,18 @@ def _int_field(fields: Mapping[str, str], key: str, token_id: str) -> int | None
             f"{shown(raw, 64)}"
         )
     return value
+
+
+def _models_field(fields: Mapping[str, str], token_id: str) -> frozenset[str] | None:
+    """`models`: absent, any model; else names and `prefix*` patterns, comma- or
+    space-separated (a present but empty field allows no model)."""
+    if "models" not in fields:
+        return None
+    items = _list_field(fields, "models", token_id)
+    try:
+        return frozenset(check_model_patterns(items))
+    except ValueError as e:
+        raise MalformedRecord(f"token record {token_id!r}: {e}") from None
 
 
 def _rate_limit_field(fields: Mapping[str, str], token_id: str) -> RateLimit | None:

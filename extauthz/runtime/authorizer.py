@@ -29,7 +29,7 @@ from extauthz.core.policy import EMPTY_SNAPSHOT, PolicySnapshot
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import TooManyFailures, shown
 from extauthz.runtime.auth_failures import FailureLimiter
-from extauthz.runtime.envoy_check import client_of
+from extauthz.runtime.envoy_check import client_of, llm_request_of
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.jwt_verifier import JwtVerifier
 from extauthz.runtime.logs import LogSampler
@@ -112,10 +112,14 @@ class Authorizer:
         if self.disable_auth:
             decision = auth_disabled(facts)
         else:
-            if peer is not None and snapshot is not None and route in snapshot.address_routes:
-                address, network = client_of(peer)
-                facts = facts._replace(source_address=address, network=network)
-                peer = None
+            if peer is not None and snapshot is not None and route in snapshot.peer_routes:
+                # (one lookup on the warm path: the rare routes read more of the request)
+                if route in snapshot.llm_routes:  # the body's model is part of the facts
+                    facts = facts._replace(llm=llm_request_of(peer))
+                if route in snapshot.address_routes:
+                    address, network = client_of(peer)
+                    facts = facts._replace(source_address=address, network=network)
+                    peer = None
             decision = self._decide(facts, now, snapshot, peer)
         if decision.limits and self.limiter is not None:  # every time, also when remembered
             decision = self.limiter.admit(decision, now)

@@ -27,6 +27,7 @@ from extauthz.core.decision import (
     RequestFacts,
     shown_request_id,
 )
+from extauthz.core.llm import LlmRequest, read_model_request
 
 CheckRequest = external_auth_pb2.CheckRequest
 CheckResponse = external_auth_pb2.CheckResponse
@@ -36,6 +37,7 @@ _OK = status_pb2.Status(code=code_pb2.OK)
 _DENIED_STATUS = {
     401: status_pb2.Status(code=code_pb2.UNAUTHENTICATED),
     403: status_pb2.Status(code=code_pb2.PERMISSION_DENIED),
+    400: status_pb2.Status(code=code_pb2.INVALID_ARGUMENT),
     404: status_pb2.Status(code=code_pb2.NOT_FOUND),
     429: status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED),
 }
@@ -53,7 +55,9 @@ def facts_from_check_request(request: Any, route_identity: str = "context") -> R
     §14), never from another."""
     facts = _read(request.attributes, route_identity, None)[0]
     address, network = client_of(request.attributes)
-    return facts._replace(source_address=address, network=network)
+    return facts._replace(
+        source_address=address, network=network, llm=llm_request_of(request.attributes)
+    )
 
 
 _NEW_FACTS = tuple.__new__  # makes RequestFacts without its Python-level __new__
@@ -86,7 +90,7 @@ def check_input_reader(route_identity: str = "context") -> Callable[[bytes], Che
             # the common case: a route named in the context, headers, none of ours sent
             # (a protobuf map's [] would insert "" for a missing key: .get it is)
             route = attributes.context_extensions.get("route")
-            facts = (route, None, "", headers.get("authorization"), (), None)
+            facts = (route, None, "", headers.get("authorization"), (), None, None)
             return _NEW_FACTS(RequestFacts, facts), headers, attributes
         return _read(attributes, "context", None)
 
@@ -97,6 +101,15 @@ def read_check_request(request: Any, route_identity: str = "context") -> CheckIn
     """CheckInput of a parsed CheckRequest (tests, tools); the server reads bytes through
     `check_input_reader`."""
     return _read(request.attributes, route_identity, None)
+
+
+def llm_request_of(attributes: Any) -> LlmRequest:
+    """The model an `api: openai` request's body names (Envoy sends the body on these
+    routes only: `with_request_body`, `pack_as_bytes`; a body sent as a string is read as
+    its UTF-8 bytes)."""
+    http = attributes.request.http
+    body: bytes = http.raw_body or http.body.encode("utf-8", "surrogateescape")
+    return read_model_request(body, http.method)
 
 
 def client_of(attributes: Any) -> tuple[str, str | None]:
@@ -139,7 +152,7 @@ def _read(attributes: Any, route_identity: str, prefix_seen: bool | None) -> Che
             elif h.key.startswith(IDENTITY_PREFIX):
                 names.append(h.key)
         sent = tuple(names)
-    facts = (route, None, "", authorization, sent, target)
+    facts = (route, None, "", authorization, sent, target, None)
     return _NEW_FACTS(RequestFacts, facts), headers, attributes
 
 

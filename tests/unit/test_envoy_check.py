@@ -160,7 +160,7 @@ def test_one_pass_reads_facts_and_request_id_like_the_separate_readers() -> None
             assert client_of(attributes) == ("10.0.0.7", None)
             full = facts_from_check_request(req)  # (a map's order may change on the wire)
             assert facts._replace(source_address="10.0.0.7", identity_headers_sent=()) == (
-                full._replace(identity_headers_sent=())
+                full._replace(identity_headers_sent=(), llm=None)  # (the body: LLM routes only)
             )
             # the request's own headers: a denial or a log line reads (and checks) the id there
             assert headers_read.get("x-request-id", "") == headers.get("x-request-id", "")

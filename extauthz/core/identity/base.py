@@ -51,6 +51,7 @@ class Identity:
     name: str = ""  # a token's label (dynamic metadata `token_name`), never a secret
     rate_limit: RateLimit | None = None  # the token's own limit
     token_id: str | None = None  # a token or route secret (its usage is metered)
+    models: frozenset[str] | None = None  # LLM models it may use (patterns); None: any
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,13 @@ class JwtBearer:
                 # namespaced: a JWT subject never shares a token id's counters or header value
                 subject = f"jwt:{settings.issuer}:{jwt.subject}"
                 return Identity(
-                    subject, jwt.scopes, None, "granted_jwt", jwt.headers, valid_until=None
+                    subject,
+                    jwt.scopes,
+                    None,
+                    "granted_jwt",
+                    jwt.headers,
+                    valid_until=None,
+                    models=jwt.models,
                 )
         return None  # pragma: no cover (the match is exhaustive)
 

@@ -43,4 +43,5 @@ def identify_secret(secret: str, ctx: Context) -> IdentityResult:
         record.name,
         record.rate_limit,
         token_id=record.id,
+        models=record.models,
     )
