@@ -1,0 +1,261 @@
+"""LLM endpoints (issue #24, design.md §15): the model from the request body, the route's
+models, a credential's models, and the decisions they make."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extauthz.core.credentials import token_hash
+from extauthz.core.decision import Decision, RequestFacts, decide
+from extauthz.core.llm import (
+    BAD_MODEL,
+    DUPLICATE_MODEL,
+    MODEL_NAME,
+    NO_BODY,
+    NO_MODEL,
+    NOT_JSON,
+    SMALL_BODY,
+    LlmRequest,
+    check_model_patterns,
+    model_allowed,
+    read_model_request,
+)
+from extauthz.core.policy import PolicySnapshot, parse_policy
+from extauthz.core.token_record import TokenRecord
+from extauthz.errors import MalformedRecord, PolicyError
+
+NOW = 1_800_000_000.0
+BIG = "x" * (SMALL_BODY + 10)  # makes a body take the scanner's way, not the full parse
+
+
+def body(obj: object, pad: bool = False) -> bytes:
+    if pad and isinstance(obj, dict):
+        obj = {"padding": BIG, **obj}
+    return json.dumps(obj).encode()
+
+
+@pytest.mark.parametrize("pad", [False, True], ids=["parsed", "scanned"])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"model": "llama-3-8b", "messages": []}, LlmRequest("llama-3-8b")),
+        ({"model": "m", "stream": True}, LlmRequest("m", True)),
+        ({"stream": True, "model": "m"}, LlmRequest("m", True)),
+        ({"model": "m", "stream": "yes"}, LlmRequest("m")),
+        ({"messages": [{"model": "nested"}], "model": "top"}, LlmRequest("top")),
+        ({"messages": [{"model": "nested"}]}, LlmRequest(None, error=NO_MODEL)),
+        ({"model": None}, LlmRequest(None, error=BAD_MODEL)),
+        ({"model": 5}, LlmRequest(None, error=BAD_MODEL)),
+        ({"model": []}, LlmRequest(None, error=BAD_MODEL)),
+        ({"model": {"name": "m"}}, LlmRequest(None, error=BAD_MODEL)),
+        ({"model": ""}, LlmRequest(None, error=BAD_MODEL)),
+        ({"model": "a\nb"}, LlmRequest(None, error=BAD_MODEL)),
+        ({"model": "a\u0000"}, LlmRequest(None, error=BAD_MODEL)),
+        ({"model": "with space"}, LlmRequest(None, error=BAD_MODEL)),
+        ({"model": "é"}, LlmRequest(None, error=BAD_MODEL)),
+        ({"model": "x" * 10_000}, LlmRequest(None, error=BAD_MODEL)),
+        ({"model": "x" * 256}, LlmRequest("x" * 256)),
+        ({"model": 'quo"te\\'}, LlmRequest('quo"te\\')),
+        ({"mod\u0065l": "escaped-key"}, LlmRequest("escaped-key")),
+        ({}, LlmRequest(None, error=NO_MODEL)),
+    ],
+)
+def test_the_top_level_model_whatever_the_size(
+    raw: dict[str, object], expected: LlmRequest, pad: bool
+) -> None:
+    assert read_model_request(body(raw, pad)) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"", NO_BODY),
+        (b"  \n", NO_BODY),
+        (b'{"model": "a", "model": "b"}', DUPLICATE_MODEL),
+        (b'{"model": "a", "x": {"model": "b"}, "model": "a"}', DUPLICATE_MODEL),
+        (b'\xef\xbb\xbf{"model": "a"}', NOT_JSON),  # a byte order mark
+        (b'{"model": "\xff"}', NOT_JSON),  # not UTF-8
+        (b'{"model": "a", "x": "\xc3"}', NOT_JSON),
+        (b'{"model": "a"', NOT_JSON),
+        (b'{"model": "a"} trailing', NOT_JSON),
+        (b'{"model": "a",}', NOT_JSON),
+        (b"{'model': 'a'}", NOT_JSON),
+        (b'{"model": "a", "x": NaN}', NOT_JSON),
+        (b'{"model": "a", "x": [1, 2}', NOT_JSON),
+        (b'{"model": "a" "x": 1}', NOT_JSON),
+        (b'["model", "a"]', NOT_JSON),
+        (b'"model"', NOT_JSON),
+        (b"model=a", NOT_JSON),
+        (b'{"x": "' + b"\\" * 3 + b'", "model": "a"}', NOT_JSON),  # an unclosed string
+        (b'{"x": ' + b"[" * 5_000 + b"]" * 5_000 + b', "model": "a"}', NOT_JSON),  # deep
+        (b'{"x": ' + b"{" * 50_000 + b', "model": "a"}', NOT_JSON),
+    ],
+)
+def test_bodies_that_name_no_model(raw: bytes, error: str) -> None:
+    assert read_model_request(raw) == LlmRequest(None, error=error)
+    padded = raw.replace(b"{", b'{"padding": "' + BIG.encode() + b'", ', 1)
+    if padded != raw and error not in (NO_BODY,):
+        assert read_model_request(padded).error == error, "the scanner disagrees"
+
+
+def test_model_after_a_900kb_string_and_a_10mb_prompt() -> None:
+    late = b'{"prompt": "' + b"y" * 900_000 + b'", "model": "late"}'
+    assert read_model_request(late) == LlmRequest("late")
+    huge = body({"model": "m", "messages": [{"role": "user", "content": "z" * 10_000_000}]})
+    assert read_model_request(huge) == LlmRequest("m")
+
+
+def test_get_needs_no_model() -> None:
+    assert read_model_request(b"", "GET") == LlmRequest(None)
+    assert read_model_request(b"", "HEAD") == LlmRequest(None)
+    assert read_model_request(b"", "POST").error == NO_BODY
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _json, max_size=6), st.booleans())
+def test_the_scanner_agrees_with_a_full_parse(obj: dict[str, object], pad: bool) -> None:
+    """Whatever the JSON object, the scanner (large bodies) and the parser (small ones) find
+    the same top-level model."""
+    full = read_model_request(body(obj))
+    scanned = read_model_request(body(obj, pad=True))
+    expected_model = obj.get("model") if "model" in obj else None
+    assert full == scanned
+    visible = isinstance(expected_model, str) and MODEL_NAME.fullmatch(expected_model)
+    if visible:
+        assert full.model == expected_model
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_give_a_model_or_a_reason(raw: bytes) -> None:
+    found = read_model_request(raw)
+    assert (found.model is None) != (found.error is None) or found == LlmRequest(None)
+
+
+def test_model_patterns() -> None:
+    assert check_model_patterns(["llama-3-8b", "qwen2-*", "llama-3-8b"]) == (
+        "llama-3-8b",
+        "qwen2-*",
+    )
+    for bad in ("*", "a*b", "with space", "", "é", "x" * 300, "a\n"):
+        with pytest.raises(ValueError):
+            check_model_patterns([bad])
+    assert model_allowed(["qwen2-*"], "qwen2-7b") and not model_allowed(["qwen2-*"], "qwen3")
+    assert not model_allowed(["Llama"], "llama")  # exact and case-sensitive
+    assert not model_allowed([], "anything")
+
+
+POLICY = """
+version: 1
+routes:
+  llm:
+    access: protected
+    api: openai
+    models: [small, "big-*"]
+  llm-any:
+    access: protected
+    api: openai
+  llm-open:
+    access: public
+    api: openai
+    models: [small]
+  plain:
+    access: protected
+"""
+SNAPSHOT = PolicySnapshot(1, parse_policy(POLICY).routes)
+SMALL_ONLY = "eat_small-only-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+ANY_MODEL = "eat_any-model-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+TOKENS = {
+    token_hash(SMALL_ONLY): TokenRecord(
+        "t-small", frozenset({"*"}), frozenset(), models=frozenset({"small"})
+    ),
+    token_hash(ANY_MODEL): TokenRecord("t-any", frozenset({"*"}), frozenset()),
+}
+
+
+def run(route: str, token: str | None, raw: bytes | None, method: str = "POST") -> Decision:
+    llm = None if raw is None else read_model_request(raw, method)
+    auth = None if token is None else f"Bearer {token}"
+    facts = RequestFacts(
+        route, authorization=auth, llm=llm, identity_headers_sent=("x-extauthz-model",)
+    )
+    return decide(facts, SNAPSHOT, TOKENS.get, NOW)
+
+
+@pytest.mark.parametrize(
+    ("route", "token", "raw", "method", "status", "reason"),
+    [
+        ("llm", SMALL_ONLY, b'{"model": "small"}', "POST", 200, "granted"),
+        ("llm", ANY_MODEL, b'{"model": "big-70b"}', "POST", 200, "granted"),
+        ("llm", SMALL_ONLY, b'{"model": "big-70b"}', "POST", 403, "model_not_allowed"),
+        ("llm", ANY_MODEL, b'{"model": "other"}', "POST", 404, "model_not_found"),
+        ("llm", ANY_MODEL, b'{"model": "Small"}', "POST", 404, "model_not_found"),
+        ("llm", ANY_MODEL, b"", "POST", 400, "model_required"),
+        ("llm", ANY_MODEL, b"not json", "POST", 400, "model_required"),
+        ("llm", ANY_MODEL, b'{"model": "small", "model": "small"}', "POST", 400, "model_required"),
+        ("llm", ANY_MODEL, None, "POST", 400, "model_required"),  # never read: fail closed
+        ("llm", ANY_MODEL, b"", "GET", 200, "granted"),  # GET /v1/models
+        ("llm", None, b'{"model": "small"}', "POST", 401, "no_credential"),  # 401 first
+        ("llm", "eat_unknown", b"garbage", "POST", 401, "unknown_token"),
+        ("llm-any", SMALL_ONLY, b'{"model": "whatever"}', "POST", 403, "model_not_allowed"),
+        ("llm-any", ANY_MODEL, b'{"model": "whatever"}', "POST", 200, "granted"),
+        ("llm-open", None, b'{"model": "small"}', "POST", 200, "public"),
+        ("llm-open", None, b'{"model": "big"}', "POST", 404, "model_not_found"),
+        ("llm-open", None, b"", "POST", 400, "model_required"),
+        ("plain", ANY_MODEL, None, "POST", 200, "granted"),  # not an LLM route: no body read
+    ],
+)
+def test_llm_decision_table(
+    route: str, token: str | None, raw: bytes | None, method: str, status: int, reason: str
+) -> None:
+    decision = run(route, token, raw, method)
+    assert (decision.status, decision.reason) == (status, reason)
+    if status in (400, 403, 404) and reason.startswith("model"):
+        assert json.loads(decision.body)["error"] == reason
+    if status == 200:
+        headers = dict(decision.headers)
+        model = None if raw is None else read_model_request(raw, method).model
+        assert headers.get("x-extauthz-model") == model
+        assert dict(decision.metadata).get("model") == model
+        # a client's own x-extauthz-model never reaches the model server
+        assert model is not None or "x-extauthz-model" in decision.remove_headers
+
+
+def test_policy_and_records_check_models() -> None:
+    for text, key in (
+        ("  r: {access: protected, models: [a]}", "routes.r.models"),
+        ("  r: {access: protected, api: grpc}", "routes.r.api"),
+        ("  r: {access: protected, api: openai, models: []}", "routes.r.models"),
+        ("  r: {access: protected, api: openai, models: ['*']}", "routes.r.models"),
+        ("  r: {access: protected, api: openai, models: ['a b']}", "routes.r.models"),
+    ):
+        with pytest.raises(PolicyError, match=key.replace(".", r"\.")):
+            parse_policy(f"version: 1\nroutes:\n{text}\n")
+    round_trip = PolicySnapshot.from_json(SNAPSHOT.to_json())
+    assert round_trip.routes["llm"].models == ("small", "big-*") and round_trip.llm_routes == {
+        "llm",
+        "llm-any",
+        "llm-open",
+    }
+    fields = {"id": "t", "routes": "*", "models": "small,big-*"}
+    assert TokenRecord.from_fields(fields).models == frozenset({"small", "big-*"})
+    assert TokenRecord.from_fields({"id": "t", "routes": "*"}).models is None
+    assert TokenRecord.from_fields({**fields, "models": ""}).models == frozenset()  # none
+    for bad in ("a b c *", "x*y", "\x1b[2J"):
+        with pytest.raises(MalformedRecord):
+            TokenRecord.from_fields({**fields, "models": bad})
+    record = TokenRecord("t", frozenset({"*"}), frozenset(), models=frozenset({"m"}))
+    assert TokenRecord.from_fields(record.to_fields()) == record
