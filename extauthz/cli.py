@@ -195,6 +195,7 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
         now=time.time(),
         token_id=args.id,
         rate_limit=tokens.parse_rate_limit(args.rate_limit) if args.rate_limit else None,
+        models=args.model,
     )
     _warn(issued.warnings)
     _print_issued(issued, args.json)
@@ -261,6 +262,7 @@ def _cmd_token_update(args: argparse.Namespace, settings: Settings) -> int:
         rate_limit=tokens.parse_rate_limit(args.rate_limit) if args.rate_limit else "keep",
         now=time.time(),
         confirm=settings.ack_timeout,
+        models=None if args.all_models else args.model or "keep",
     )
     _warn(updated.warnings)
     _print_record(updated.record, args.json)
@@ -573,6 +575,12 @@ def _add_token_parsers(sub: Any) -> None:
     create.add_argument("--name", help="a label for humans")
     create.add_argument("--id", help="token id (default: generated tok_...)")
     create.add_argument("--rate-limit", help="requests per window: 600/m (s, m, h, d)")
+    create.add_argument(
+        "--model",
+        action="append",
+        help="LLM model it may use on api: openai routes: a name or prefix*, repeatable "
+        "(default: every model its routes serve)",
+    )
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=_cmd_token_create)
 
@@ -600,6 +608,8 @@ def _add_token_parsers(sub: Any) -> None:
             p.add_argument("--ttl", help="new lifetime from now: 30s, 15m, 1h, 7d")
             p.add_argument("--no-expiry", action="store_true", help="never expires")
             p.add_argument("--rate-limit", help="600/m (s, m, h, d), or none to remove it")
+            p.add_argument("--model", action="append", help="new LLM models (replace the old)")
+            p.add_argument("--all-models", action="store_true", help="every model its routes serve")
         if name == "rotate":
             p.add_argument("--grace", help="the old secret keeps working this long (e.g. 10m)")
 

@@ -79,6 +79,9 @@ class NewToken(_Strict):
     name: str = Field(default="", max_length=256)
     ttl: str | None = Field(default=None, max_length=16, description="30s, 15m, 1h, 7d")
     rate_limit: str | None = Field(default=None, max_length=32, description="600/m")
+    models: list[str] | None = Field(
+        default=None, max_length=256, description="LLM models (names, prefix*); null: any"
+    )
 
 
 class TokenChange(_Strict):
@@ -88,6 +91,8 @@ class TokenChange(_Strict):
     ttl: str | None = Field(default=None, max_length=16)
     no_expiry: bool = False
     rate_limit: str | None = Field(default=None, max_length=32, description="600/m or none")
+    models: list[str] | None = Field(default=None, max_length=256, description="new models")
+    all_models: bool = False
 
 
 class Rotation(_Strict):
@@ -240,6 +245,7 @@ def create_token(who: Who, store: Db, body: NewToken) -> dict[str, Any]:
         actor=who.id,
         not_after=None if who.admin else who.expires_at,
         check=lambda record: _require(who, Action.CREATE, record),
+        models=body.models,
     )
     return {**issued.record.to_json(), "token": issued.token, "warnings": issued.warnings}
 
@@ -273,6 +279,7 @@ def update_token(who: Who, store: Db, token_id: str, body: TokenChange) -> dict[
         confirm=2.0,
         actor=who.id,
         check=check,
+        models=None if body.all_models else body.models if body.models is not None else "keep",
     )
     return {**updated.record.to_json(), **_reported(updated.unconfirmed, updated.warnings)}
 

@@ -1,7 +1,8 @@
 """Bulk tokens as JSON Lines: `token export` (never a secret) and `token import`.
 
 One object per line: `id`, `routes`, `scopes`, optional `name`, `created_at`, `expires_at`
-(unix seconds) and `rate_limit` (`600/m`, or null), and either `token` (the
+(unix seconds), `rate_limit` (`600/m`, or null) and `models` (LLM models: names and
+`prefix*`; absent or null: every model), and either `token` (the
 secret, hashed on import) or `sha256` (its hash, as export writes it). A token with scope
 `admin` or `tokens:manage` is a management token (kind follows from the scopes). An import reads and
 checks the whole file, then Redis (conflicts, caps), before it writes anything; what is
@@ -24,6 +25,7 @@ from extauthz.admin.tokens import (
     Lifetime,
     check_id,
     check_kind,
+    check_models,
     check_name,
     check_routes,
     check_scopes,
@@ -38,7 +40,7 @@ from extauthz.storage.token_index import PAGE, ImportItem, TokenIndex
 
 MAX_LINE_BYTES = 64 << 10
 MAX_FILE_BYTES = 1 << 30
-FIELDS = ("id", "routes", "scopes", "name", "created_at", "expires_at", "rate_limit")
+FIELDS = ("id", "routes", "scopes", "name", "created_at", "expires_at", "rate_limit", "models")
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{8,4096}=*", re.ASCII)  # what a Bearer token can be
 
@@ -59,6 +61,8 @@ def export_lines(store: Store, route: str | None = None) -> Iterator[str]:
         line["expires_at"] = record.expires_at
         if record.rate_limit is not None:
             line["rate_limit"] = str(record.rate_limit)
+        if record.models is not None:
+            line["models"] = sorted(record.models)
         line["sha256"] = digest
         yield json.dumps(line, ensure_ascii=False)
 
@@ -224,9 +228,15 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
             created_at=_time(data, "created_at", 0, None),  # None: kept, or the import's time
             expires_at=_time(data, "expires_at", math.floor(now) + 1, None),
             rate_limit=_rate_limit(data),
+            models=None if data.get("models") is None else check_models(_names(data, "models")),
         )
     except InvalidValue as e:
-        field = {"route": "routes", "scope": "scopes", "rate-limit": "rate_limit"}.get(e.field)
+        field = {
+            "route": "routes",
+            "scope": "scopes",
+            "rate-limit": "rate_limit",
+            "model": "models",
+        }.get(e.field)
         raise bad(field or e.field, e.rule) from None
     return Entry(number, _digest(data, bad), record)
 

@@ -24,6 +24,7 @@ from extauthz.core.credentials import (
     token_hash,
 )
 from extauthz.core.durations import MAX_SECONDS, format_duration, parse_duration
+from extauthz.core.llm import check_model_patterns
 from extauthz.core.policy import PolicySnapshot, RoutePolicy
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_record import MANAGEMENT, MANAGEMENT_SCOPES, TokenRecord, kind_of
@@ -72,6 +73,14 @@ def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
                 "scope", scope, "use letters, digits, '.', '_', ':', '/', '-' (at most 128)"
             )
     return scope_set
+
+
+def check_models(models: Iterable[str]) -> frozenset[str]:
+    """LLM models a token may use: names and `prefix*` (core/llm.py)."""
+    try:
+        return frozenset(check_model_patterns(models))
+    except ValueError as e:
+        raise InvalidValue("model", None, str(e)) from None
 
 
 def check_kind(scopes: frozenset[str]) -> str:
@@ -190,6 +199,7 @@ def create(
     actor: str | None = None,
     not_after: int | None = None,
     check: Check | None = None,
+    models: Iterable[str] | None = None,
 ) -> IssuedToken:
     """Mint a token for `routes` (or `*`) with `scopes`, expiring after ttl (or the routes'
     max_token_ttl; else never). `not_after`: without a ttl it expires then at the latest
@@ -213,6 +223,7 @@ def create(
         created_at=int(now),
         rate_limit=rate_limit,
         kind=kind,
+        models=None if models is None else check_models(models),
     )
     if check is not None:
         check(record)
@@ -231,6 +242,7 @@ def described(record: TokenRecord) -> dict[str, Any]:
         "expires_at": record.expires_at,
         "rate_limit": str(record.rate_limit) if record.rate_limit else None,
         "kind": record.kind,
+        "models": None if record.models is None else sorted(record.models),
     }
 
 
@@ -266,12 +278,15 @@ def update(
     confirm: float = 0,
     actor: str | None = None,
     check: Callable[[TokenRecord, TokenRecord], None] | None = None,
+    models: Iterable[str] | str | None = "keep",
 ) -> Updated:
     """Change a token's record (not its secret); every server drops its cached copy.
-    `rate_limit`: a RateLimit, None (remove it) or "keep". `check(current, new)` may refuse
+    `rate_limit`: a RateLimit, None (remove it) or "keep"; `models`: names and patterns,
+    None (any model) or "keep". `check(current, new)` may refuse
     the change; it runs inside the transaction, on the record as it is then. A token's kind
     (model or management) never changes."""
     route_set = check_routes(routes) if routes is not None else None
+    model_set = check_models(models) if models is not None and not isinstance(models, str) else None
     scope_set = check_scopes(scopes) if scopes is not None else None
     if name is not None:
         check_name(name)
@@ -294,6 +309,7 @@ def update(
             name=name if name is not None else record.name,
             expires_at=expires,
             rate_limit=record.rate_limit if isinstance(rate_limit, str) else rate_limit,
+            models=record.models if isinstance(models, str) else model_set,
         )
         if scope_set is not None and check_kind(scope_set) != record.kind:
             raise InvalidValue(

@@ -4,11 +4,14 @@ models, a credential's models, and the decisions they make."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extauthz.admin import tokens
+from extauthz.admin.token_files import export_lines, plan_import, read_import_file
 from extauthz.core.credentials import token_hash
 from extauthz.core.decision import Decision, RequestFacts, decide
 from extauthz.core.llm import (
@@ -26,7 +29,9 @@ from extauthz.core.llm import (
 )
 from extauthz.core.policy import PolicySnapshot, parse_policy
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import MalformedRecord, PolicyError
+from extauthz.errors import BadImportLine, InvalidValue, MalformedRecord, PolicyError
+from extauthz.storage.store import Store
+from extauthz.storage.token_index import TokenIndex
 
 NOW = 1_800_000_000.0
 BIG = "x" * (SMALL_BODY + 10)  # makes a body take the scanner's way, not the full parse
@@ -259,3 +264,29 @@ def test_policy_and_records_check_models() -> None:
             TokenRecord.from_fields({**fields, "models": bad})
     record = TokenRecord("t", frozenset({"*"}), frozenset(), models=frozenset({"m"}))
     assert TokenRecord.from_fields(record.to_fields()) == record
+
+
+def test_token_models_through_create_update_export_import(store: Store, tmp_path: Path) -> None:
+    made = tokens.create(store, ["llm"], models=["small", "big-*"], token_id="m1", now=NOW)
+    assert made.record.models == frozenset({"small", "big-*"})
+    assert store.token_record(token_hash(made.token)).models == frozenset({"small", "big-*"})  # type: ignore[union-attr]
+    assert tokens.update(store, "m1", name="n", now=NOW).record.models == frozenset(
+        {"small", "big-*"}
+    )
+    assert tokens.update(store, "m1", models=["small"], now=NOW).record.models == frozenset(
+        {"small"}
+    )
+    assert tokens.update(store, "m1", models=None, now=NOW).record.models is None
+    tokens.update(store, "m1", models=["small"], now=NOW)
+    with pytest.raises(InvalidValue, match="model"):
+        tokens.create(store, ["llm"], models=["a b"], now=NOW)
+    (line,) = export_lines(store)
+    assert json.loads(line)["models"] == ["small"]
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({**json.loads(line), "models": ["big-*"]}) + "\n")
+    plan = plan_import(store, read_import_file(str(path), NOW), str(path), NOW)
+    TokenIndex(store).write_many(plan.items)
+    assert tokens.show(store, "m1").models == frozenset({"big-*"})
+    path.write_text(json.dumps({**json.loads(line), "models": ["*"]}) + "\n")
+    with pytest.raises(BadImportLine, match="models"):
+        read_import_file(str(path), NOW)
