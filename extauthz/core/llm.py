@@ -17,6 +17,9 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 MAX_MODEL_NAME = 256
+# the largest request body Envoy sends to extauthz on an LLM route (`max_request_bytes`):
+# larger ones get 413 from Envoy, never a partial body
+MAX_BODY_BYTES = 1 << 20
 MODEL_NAME = re.compile(rf"[!-~]{{1,{MAX_MODEL_NAME}}}", re.ASCII)
 _MODEL_PATTERN = re.compile(rf"[!-)+-~]{{1,{MAX_MODEL_NAME}}}\*?", re.ASCII)  # `*` last only
 

@@ -3,8 +3,9 @@
 It has the shape of a model API and echoes the headers it received, so a test (or a person
 with curl) can see what reached the model: identity headers present, credentials gone.
 
-- HTTP: `GET /ping` → `{"status": "Healthy"}`; `POST /predictions/<model>` and any other
-  path → `{"model": ..., "method": ..., "path": ..., "headers": {...}}`.
+- HTTP: `GET /ping` → `{"status": "Healthy"}`; an OpenAI-compatible API under `/v1/`
+  (demo_llm.py); `POST /predictions/<model>` and any other path → `{"model": ...,
+  "method": ..., "path": ..., "headers": {...}}`.
 - gRPC: `/extauthz.demo.Predictor/Predict`, raw bytes in, JSON bytes out (the same echo of
   the request metadata), so no generated code is needed on either side.
 
@@ -17,6 +18,7 @@ import argparse
 import json
 import signal
 import threading
+from collections.abc import Iterator
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 import grpc
 
 from extauthz.config import split_address
+from extauthz.dev import demo_llm
 
 GRPC_SERVICE = "extauthz.demo.Predictor"
 GRPC_METHOD = f"/{GRPC_SERVICE}/Predict"
@@ -32,18 +35,64 @@ GRPC_METHOD = f"/{GRPC_SERVICE}/Predict"
 class _Handler(BaseHTTPRequestHandler):
     server_version = "demo-model/1"
 
-    def _reply(self, status: int, payload: dict[str, Any]) -> None:
+    def _reply(self, status: int, payload: dict[str, Any], seen_model: str | None = None) -> None:
         body = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
+        if seen_model is not None:
+            self.send_header("x-demo-model-header", seen_model)
         self.end_headers()
         self.wfile.write(body)
 
-    def _echo(self) -> None:
+    def _body(self) -> bytes:
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()  # the CRLF after each chunk
+            self.rfile.readline()  # the last chunk's CRLF (no trailers)
+            return b"".join(chunks)
         length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
+        return self.rfile.read(length) if length else b""
+
+    def _llm(self) -> bool:
+        """The OpenAI-compatible API (demo_llm.py) under /v1/; False for other paths."""
+        path = self.path.split("?")[0]
+        seen = self.headers.get("x-extauthz-model", "")
+        try:
+            if path == "/v1/models" and self.command == "GET":
+                self._reply(200, demo_llm.models(), seen)
+            elif path == "/v1/chat/completions" and self.command == "POST":
+                answer, stream = demo_llm.chat(self._body())
+                if stream is None:
+                    self._reply(200, answer or {}, seen)
+                else:
+                    self._sse(stream, seen)
+            elif path == "/v1/completions" and self.command == "POST":
+                self._reply(200, demo_llm.completion(self._body()), seen)
+            elif path == "/v1/embeddings" and self.command == "POST":
+                self._reply(200, demo_llm.embeddings(self._body()), seen)
+            else:
+                return False
+        except demo_llm.LlmError as e:
+            self._reply(e.status, e.body(), seen)
+        return True
+
+    def _sse(self, events: Iterator[bytes], seen: str) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("x-demo-model-header", seen)
+        self.end_headers()  # (HTTP/1.0: the stream ends when the connection closes)
+        for event in events:
+            self.wfile.write(event)
+            self.wfile.flush()
+
+    def _echo(self) -> None:
+        if self.path.startswith("/v1/") and self._llm():
+            return
+        self._body()
         parts = self.path.split("?")[0].strip("/").split("/")
         model = parts[1] if len(parts) > 1 and parts[0] == "predictions" else None
         headers = {k.lower(): v for k, v in self.headers.items()}

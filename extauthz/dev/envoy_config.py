@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from extauthz.core.identity import request_headers
+from extauthz.core.llm import MAX_BODY_BYTES
 from extauthz.core.route_match import ROUTE_IDENTITIES
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
@@ -48,6 +49,9 @@ class EnvoyPorts:
     admin_api: Endpoint  # where `extauthz admin` listens
 
 
+# routes whose policy reads the request body (`api: openai`): Envoy sends it on these only
+BODY_ROUTES = frozenset({"llm"})
+
 # (match, route policy name or None, cluster). Order matters: first match wins.
 ROUTES: tuple[tuple[dict[str, Any], str | None, str], ...] = (
     ({"prefix": "/extauthz.demo.Predictor/", "grpc": {}}, "densenet161", "model_grpc"),
@@ -57,6 +61,8 @@ ROUTES: tuple[tuple[dict[str, Any], str | None, str], ...] = (
     ({"prefix": "/deployments/a/"}, "deployment-a", "model_http"),
     ({"prefix": "/deployments/b/"}, "deployment-b", "model_http"),
     ({"prefix": "/embedder/"}, "embedder", "model_http"),
+    # OpenAI-compatible LLM API: the model is named in the body, which extauthz reads here
+    ({"prefix": "/v1/"}, "llm", "model_http"),
     # named, but not in the policy: 404, as for a route retired from the policy file
     ({"prefix": "/retired/"}, "retired-model", "model_http"),
     ({"prefix": "/"}, None, "model_http"),
@@ -185,19 +191,31 @@ def _routes(network: str | None, route_identity: str = "context") -> list[dict[s
         }
         if name is not None and route_identity in ("metadata", "envoy-gateway"):
             route["metadata"] = {"filter_metadata": route_metadata(name, route_identity)}
-        if extensions:
-            route["typed_per_filter_config"] = per_route_context(extensions)
+        route["typed_per_filter_config"] = per_route_context(
+            extensions, with_body=name in BODY_ROUTES
+        )
         routes.append(route)
     return routes
 
 
-def per_route_context(extensions: dict[str, str]) -> dict[str, Any]:
+def per_route_context(extensions: dict[str, str], with_body: bool = False) -> dict[str, Any]:
     """A route's `typed_per_filter_config`: the context extensions its ext_authz check sends
-    (`route` names its policy)."""
+    (`route` names its policy), and whether Envoy buffers the request body and sends it
+    (LLM routes only: every other route turns it off).
+
+    The filter turns body buffering on (`with_request_body`, raw bytes) and every route but
+    the LLM ones turns it off here: Envoy takes `pack_as_bytes` from the filter only (a
+    per-route `with_request_body` sends the body as a string with invalid UTF-8 replaced,
+    envoyproxy/envoy#35623), and extauthz must see the bytes the model server will read."""
+    settings: dict[str, Any] = {}
+    if extensions:
+        settings["context_extensions"] = extensions
+    if not with_body:
+        settings["disable_request_body_buffering"] = True
     return {
         EXT_AUTHZ_FILTER: {
             "@type": T + "extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
-            "check_settings": {"context_extensions": extensions},
+            "check_settings": settings,
         }
     }
 
@@ -256,7 +274,15 @@ def ext_authz_filter(
             },
             "failure_mode_allow": False,
             "status_on_error": {"code": 503},
-            # send only what the decision reads; the request body is never buffered or sent
+            # the request body, whole and as bytes, at most MAX_BODY_BYTES (a larger one:
+            # 413 from Envoy); every route but the LLM ones turns it off (per_route_context)
+            "with_request_body": {
+                "max_request_bytes": MAX_BODY_BYTES,
+                "allow_partial_message": False,
+                "pack_as_bytes": True,
+            },
+            # send only what the decision reads; the request body only on LLM routes (per
+            # route: check_settings.with_request_body, see per_route_context)
             "allowed_headers": {
                 "patterns": [
                     *({"exact": header} for header in request_headers()),
@@ -294,7 +320,7 @@ def access_log() -> list[dict[str, Any]]:
     ]
 
 
-ACCESS_LOG_METADATA = ("subject", "route", "scopes", "token_name")
+ACCESS_LOG_METADATA = ("subject", "route", "scopes", "token_name", "model")
 
 
 def _listener(

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauthz.config import Settings
 from extauthz.core.decision import Outcome
+from extauthz.core.llm import MAX_BODY_BYTES
 from extauthz.errors import ConfigError
 from extauthz.runtime import tls
 from extauthz.runtime.auth_failures import FailureLimiter
@@ -49,7 +50,7 @@ AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 # SERVING from start to shutdown, whatever Redis does: for liveness probes (a Redis outage
 # must make pods unready, not restart them); "" and AUTHORIZATION_SERVICE follow Redis
 LIVENESS_SERVICE = "extauthz.liveness"
-MAX_CHECK_REQUEST_BYTES = 1 << 20
+MAX_CHECK_REQUEST_BYTES = MAX_BODY_BYTES + (256 << 10)  # an LLM body, headers, attributes
 _ALLOW = Outcome.ALLOW
 
 
