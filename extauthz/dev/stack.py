@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import os
 import secrets
 import shutil
@@ -45,12 +46,14 @@ from extauthz.storage.invalidation import REQUIRED_FLAGS
 from extauthz.storage.store import DEFAULT_PREFIX, Store, open_store
 
 BASIC_SECRET_ENV = "DENSENET161_SECRET"  # noqa: S105 (a variable name)
-# the tokens `extauthz up` mints: (key, routes, scopes, name)
-DEMO_TOKENS: tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...] = (
-    ("inference", ("densenet161",), ("inference",), "demo inference"),
-    ("management", ("densenet161-management",), ("management",), "demo management"),
-    ("deployment-a", ("deployment-a",), (), "demo deployment a"),
-    ("admin", ("*",), ("admin",), "local stack admin"),
+# the tokens `extauthz up` mints: (key, routes, scopes, name, LLM models or None: any)
+DEMO_TOKENS: tuple[tuple[str, tuple[str, ...], tuple[str, ...], str, tuple[str, ...] | None], ...]
+DEMO_TOKENS = (
+    ("inference", ("densenet161",), ("inference",), "demo inference", None),
+    ("management", ("densenet161-management",), ("management",), "demo management", None),
+    ("deployment-a", ("deployment-a",), (), "demo deployment a", None),
+    ("llm", ("llm",), (), "demo llm: demo-small only", ("demo-small",)),
+    ("admin", ("*",), ("admin",), "local stack admin", None),
 )
 CONSOLE_SOURCE = "127.0.9.1"  # the address Envoy connects to `extauthz admin` from (no client's)
 
@@ -310,8 +313,10 @@ class Stack:
         """The seed scenarios' tokens and the first admin token, each valid for a day."""
         store, now = self.store(), time.time()
         return {
-            key: tokens.create(store, routes, scopes, 86400, name, now, actor="cli:extauthz-up")
-            for key, routes, scopes, name in DEMO_TOKENS
+            key: tokens.create(
+                store, routes, scopes, 86400, name, now, actor="cli:extauthz-up", models=models
+            )
+            for key, routes, scopes, name, models in DEMO_TOKENS
         }
 
     def dead_child(self) -> Child | None:
@@ -325,10 +330,15 @@ class Stack:
 def banner(stack: Stack, demo: dict[str, tokens.IssuedToken]) -> str:
     """The ready-to-paste commands printed by `extauthz up`."""
     ext, internal = stack.external_url, stack.internal_url
-    inference, mgmt, dep, admin = (
-        demo[k].token for k in ("inference", "management", "deployment-a", "admin")
+    inference, mgmt, dep, llm, admin = (
+        demo[k].token for k in ("inference", "management", "deployment-a", "llm", "admin")
     )
     grpc_port = stack.ports.external.port
+
+    def llm_curl(model: str) -> str:
+        body = json.dumps({"model": model, "messages": []})
+        return f"curl -i -H \"Authorization: Bearer $LLM\" -d '{body}' {ext}/v1/chat/completions"
+
     return f"""\
 extauthz local stack is up (logs in {stack.state_dir}); Ctrl-C stops it.
 
@@ -341,6 +351,7 @@ Demo credentials (shown once; valid 24 h); paste these exports into your shell:
   export INFERENCE={inference}
   export MANAGEMENT={mgmt}
   export DEPLOYMENT_A={dep}
+  export LLM={llm}
   export BASIC_PASSWORD={stack.basic_secret}
   export ADMIN={admin}
 
@@ -357,6 +368,20 @@ Try (the comment is the status you should see):
   curl -i {ext}/embedder/embed                                              # private, outside: 404
   curl -i {internal}/embedder/embed                                         # private, inside: 200
   python -m extauthz.dev.demo_model --call 127.0.0.1:{grpc_port} --token $INFERENCE   # gRPC: OK
+
+LLM (OpenAI-compatible, the model named in the body; $LLM may use demo-small only):
+  {llm_curl("demo-small")}   # 200
+  {llm_curl("demo-large")}   # model_not_allowed: 403
+  .venv/bin/python - <<'EOF'
+import os, openai
+client = openai.OpenAI(base_url="{ext}/v1", api_key=os.environ["LLM"])
+hi = [{{"role": "user", "content": "hi"}}]
+print(client.chat.completions.create(model="demo-small", messages=hi).choices[0].message.content)
+try:
+    client.chat.completions.create(model="demo-large", messages=hi)
+except openai.PermissionDeniedError as e:
+    print(e.status_code, e.response.json()["error"])   # 403 model_not_allowed
+EOF
 
   curl -i -H "Authorization: Bearer $ADMIN" {stack.console_url}v1/tokens    # the API: 200
 

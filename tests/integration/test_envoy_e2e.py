@@ -354,7 +354,7 @@ def test_extauthz_up_command(tmp_path: Path) -> None:
     banner = "".join(lines)
     assert "extauthz local stack is up" in banner, banner
     exports = "\n".join(line.strip() for line in lines if line.strip().startswith("export "))
-    assert exports.count("export ") == 5
+    assert exports.count("export ") == 6
     assert f"Console  http://127.0.0.1:{base + 8}/" in banner
     # every printed curl command, run as printed, answers the status its comment promises
     curls = [line.strip() for line in lines if line.strip().startswith("curl ")]
@@ -366,6 +366,13 @@ def test_extauthz_up_command(tmp_path: Path) -> None:
             ["bash", "-c", f"{exports}\n{quiet}"], capture_output=True, text=True, check=False
         )
         assert out.stdout == comment.split()[-1], (line, out.stdout, out.stderr)
+    # the printed OpenAI snippet, run as printed: one model answers, the other is refused
+    snippet = banner.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    out = subprocess.run(
+        ["bash", "-c", f"{exports}\n{sys.executable} - <<'EOF'\n{snippet}\nEOF"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.stdout == "demo-small heard 1 words\n403 model_not_allowed\n", out.stderr
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0
     assert all(not port_open(base + i) for i in range(PORTS_USED))
