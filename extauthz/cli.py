@@ -283,6 +283,8 @@ def _cmd_token_usage(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'DATE':<12} {'ALLOWED':>10} {'RATE LIMITED':>13}")
     for day in report["days"]:
         print(f"{day['date']:<12} {day['allowed']:>10} {day['rate_limited']:>13}")
+        for model, counts in day.get("models", {}).items():
+            print(f"  {_shown(model):<10} {counts['requests']:>10}")
     return 0
 
 

@@ -388,7 +388,9 @@ def usage(store: Store, token_id: str, days: int, now: float) -> dict[str, Any]:
     first, today last) and its last use. A token revoked since is still reported while its
     counts are kept; an id nobody has used or holds is UnknownToken."""
     today = int(now // 86400)
-    rows = store.usage(token_id, list(range(today - days + 1, today + 1)))
+    asked = list(range(today - days + 1, today + 1))
+    rows = store.usage(token_id, asked)
+    per_model = store.model_usage(token_id, asked)
     (last,) = store.last_used([token_id])
     if last is None and not any(a or r for _, a, r in rows):
         TokenIndex(store).get(token_id)  # unknown: says so (and names reindex)
@@ -396,8 +398,17 @@ def usage(store: Store, token_id: str, days: int, now: float) -> dict[str, Any]:
         "id": token_id,
         "last_used": last,
         "days": [
-            {"date": utc_date(day), "allowed": allowed, "rate_limited": limited}
-            for day, allowed, limited in rows
+            {
+                "date": utc_date(day),
+                "allowed": allowed,
+                "rate_limited": limited,
+                **(
+                    {"models": {m: {"requests": n} for m, n in sorted(models.items())}}
+                    if models
+                    else {}
+                ),
+            }
+            for (day, allowed, limited), models in zip(rows, per_model, strict=True)
         ],
     }
 

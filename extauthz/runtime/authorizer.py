@@ -126,7 +126,7 @@ class Authorizer:
         outcome = decision.outcome
         if decision.token_id is not None and self.usage is not None:
             if outcome is _ALLOW:
-                self.usage.count(decision.token_id, True, now)
+                self.usage.count(decision.token_id, True, now, decision.model)
             elif decision.reason == "rate_limited":
                 self.usage.count(decision.token_id, False, now)
         failures = self.failures
@@ -140,6 +140,8 @@ class Authorizer:
                 route = "-"
             label = "allow" if outcome is _ALLOW else _LABELS[outcome]
             metrics.decision(route, label, decision.reason, _perf_counter() - started)
+            if decision.model is not None:
+                metrics.llm_request(route, decision.model)
             if outcome is not _ALLOW:
                 if decision.reason == "store_unavailable":
                     metrics.redis_errors.inc()

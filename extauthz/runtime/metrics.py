@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from extauthz.config import split_address
 
+MAX_MODEL_LABELS = 100  # distinct model labels per route in extauthz_llm_requests_total
 REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
 _FIRST_BOUND = LATENCY_BUCKETS[0]
@@ -62,7 +63,26 @@ class Metrics:
             buckets=REDIS_BUCKETS,
             registry=self.registry,
         )
+        self.llm_requests = Counter(
+            "extauthz_llm_requests",
+            "LLM requests allowed, by route and model (never by credential; at most "
+            f"{MAX_MODEL_LABELS} models a route, the rest as other)",
+            ["route", "model"],
+            registry=self.registry,
+        )
+        self._model_labels: dict[str, set[str]] = {}
         self.decision = self.tally.add  # (route, outcome, reason, seconds): once per Check
+
+    def llm_request(self, route: str, model: str) -> None:
+        """One allowed LLM request. Model names come from clients (within a route's
+        patterns): each route labels at most MAX_MODEL_LABELS of them."""
+        seen = self._model_labels.setdefault(route, set())
+        if model not in seen:
+            if len(seen) >= MAX_MODEL_LABELS:
+                model = "other"
+            else:
+                seen.add(model)
+        self.llm_requests.labels(route, model).inc()
 
     def redis_call(self, command: str, seconds: float) -> None:
         self.redis_latency.labels(command).observe(seconds)

@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from extauthz.errors import StoreError
 from extauthz.storage.store import Store
@@ -46,14 +46,16 @@ class UsageMeter:
         self.clock = clock
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, int], list[int]] = {}  # (token id, day) → [allowed, limited]
+        self._models: dict[tuple[str, int, str], int] = {}  # (token id, day, model) → allowed
         self._last: dict[str, float] = {}
         self._flushed_at = clock()
         self._pending: list[_Batch] = []  # batches a failed flush did not get written
         self.dropped = 0
         self.refused = 0  # counts Redis refused to add (a key of another type)
 
-    def count(self, token_id: str, allowed: bool, now: float) -> None:
-        """One request of this token: allowed, or refused by a rate limit."""
+    def count(self, token_id: str, allowed: bool, now: float, model: str | None = None) -> None:
+        """One request of this token: allowed, or refused by a rate limit; `model`: the LLM
+        model it was allowed for (counted per model too)."""
         key = (token_id, int(now // DAY))
         lock = self._lock
         lock.acquire()  # (not `with`: its __enter__/__exit__ lookups double the cost)
@@ -66,6 +68,10 @@ class UsageMeter:
                 counts = self._counts[key] = [0, 0]
             counts[0 if allowed else 1] += 1
             self._last[token_id] = now
+            if model is not None and allowed:
+                per_model = (token_id, key[1], model)
+                if per_model in self._models or len(self._models) < MAX_PENDING:
+                    self._models[per_model] = self._models.get(per_model, 0) + 1
         finally:
             lock.release()
 
@@ -81,17 +87,26 @@ class UsageMeter:
         self._flushed_at = self.clock()
         with self._lock:
             counts, self._counts = self._counts, {}
+            models, self._models = self._models, {}
             last, self._last = self._last, {}
         pending, self._pending = self._pending, []
         items = list(counts.items())
-        batches = pending + [
-            _Batch(secrets.token_hex(8), dict(items[i : i + BATCH]))
-            for i in range(0, len(items), BATCH)
-        ]
+        per_model = list(models.items())
+        batches = (
+            pending
+            + [
+                _Batch(secrets.token_hex(8), dict(items[i : i + BATCH]))
+                for i in range(0, len(items), BATCH)
+            ]
+            + [
+                _Batch(secrets.token_hex(8), {}, dict(per_model[i : i + BATCH]))
+                for i in range(0, len(per_model), BATCH)
+            ]
+        )
         for done, batch in enumerate(batches):
             try:
                 refused = self.store.add_usage(
-                    batch.id, batch.counts, self.retention_days, retry=batch.sent
+                    batch.id, batch.counts, self.retention_days, batch.sent, batch.models
                 )
             except StoreError as e:
                 log.warning("usage not written (kept for the next flush): %s", e)
@@ -114,9 +129,10 @@ class UsageMeter:
         if they were written after all), at most MAX_PENDING pairs in all."""
         held = 0
         for batch in batches:
-            held += len(batch.counts)
+            held += len(batch.counts) + len(batch.models)
             if held > MAX_PENDING:
                 self.dropped += sum(sum(c) for c in batch.counts.values())
+                self.dropped += sum(batch.models.values())
                 continue
             batch.sent = True
             self._pending.append(batch)
@@ -131,4 +147,5 @@ class _Batch:
 
     id: str
     counts: dict[tuple[str, int], list[int]]
+    models: dict[tuple[str, int, str], int] = field(default_factory=dict)
     sent: bool = False  # sent before: it may have been written (check its marker)

@@ -11,6 +11,7 @@ Data model (documented in docs/redis.md):
     {prefix}rl:<counter>:<unit><window>       STRING permits taken in one rate-limit window
     {prefix}usage:<YYYY-MM-DD>                HASH  a:<token id>, r:<token id>: allowed and
                                                     rate-limited requests that UTC day
+    {prefix}usage:<YYYY-MM-DD>:models:<id>    HASH  model → allowed LLM requests that day
     {prefix}usage:last-used                   ZSET  token id → unix seconds of its last use
     {prefix}usage:batch:<id>                  STRING a usage flush batch was written (2 days)
     {prefix}audit                             STREAM changes: time, actor, action, target,
@@ -174,6 +175,19 @@ class Store:
         """The hash of one UTC day (days since the epoch): fields a:<id>, r:<id>."""
         return f"{self.prefix}usage:{utc_date(day)}"
 
+    def model_usage_key(self, day: int, token_id: str) -> str:
+        """One token's allowed LLM requests per model on one UTC day: field model → count."""
+        return f"{self.prefix}usage:{utc_date(day)}:models:{token_id}"
+
+    def model_usage(self, token_id: str, days: list[int]) -> list[dict[str, int]]:
+        """{model: allowed} of one token for each day asked."""
+        with self.redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for day in days:
+                pipe.hgetall(self.model_usage_key(day, token_id))
+            rows = pipe.execute()
+        return [{m: _count(n) for m, n in row.items()} for row in rows]
+
     @property
     def last_used_key(self) -> str:
         return f"{self.prefix}usage:last-used"
@@ -184,6 +198,7 @@ class Store:
         counts: dict[tuple[str, int], list[int]],
         retention_days: int,
         retry: bool = False,
+        models: dict[tuple[str, int, str], int] | None = None,
     ) -> int:
         """Add per-token, per-day counts ([allowed, rate limited]) exactly once: the HINCRBYs
         and a marker `{prefix}usage:batch:<batch_id>` are one MULTI/EXEC, so a batch whose
@@ -203,6 +218,10 @@ class Store:
                     pipe.hincrby(key, f"r:{token_id}", limited)
             for day in {day for _, day in counts}:
                 pipe.expireat(self.usage_key(day), (day + 1 + retention_days) * 86400)
+            for (token_id, day, model), allowed in (models or {}).items():
+                key = self.model_usage_key(day, token_id)
+                pipe.hincrby(key, model, allowed)
+                pipe.expireat(key, (day + 1 + retention_days) * 86400)
             pipe.set(marker, "1", ex=2 * 86400)
             replies = pipe.execute(raise_on_error=False)
         return sum(1 for reply in replies if isinstance(reply, Exception))

