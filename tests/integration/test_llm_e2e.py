@@ -9,6 +9,7 @@ import http.client
 import json
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,24 @@ def test_the_model_is_logged_and_spoofs_never_reach_the_model(stack: Stack) -> N
     assert raw_list.headers["x-demo-model-header"] == ""
     log: Path = stack.state_dir / "envoy.log"
     wait_for(lambda: '"model":"demo-small"' in log.read_text(), 5, "the access log line")
+
+
+def test_usage_and_metrics_per_model(stack: Stack) -> None:
+    issued = tokens.create(stack.store(), ["llm"], now=time.time())
+    both = client(stack, issued.token)
+    for model in ("demo-small", "demo-large", "demo-large"):
+        both.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+
+    def models() -> dict[str, Any]:
+        day = tokens.usage(stack.store(), issued.record.id, 1, time.time())["days"][0]
+        return dict(day.get("models", {}))
+
+    wait_for(
+        lambda: models() == {"demo-large": {"requests": 2}, "demo-small": {"requests": 1}},
+        5,
+        "usage",
+    )
+    metrics = f"http://{stack.settings.metrics_listen}/metrics"
+    with urllib.request.urlopen(metrics, timeout=5) as r:
+        text = r.read().decode()
+    assert 'extauthz_llm_requests_total{model="demo-large",route="llm"}' in text

@@ -4,6 +4,7 @@ models, a credential's models, and the decisions they make."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,18 @@ def test_token_models_through_create_update_export_import(store: Store, tmp_path
     path.write_text(json.dumps({**json.loads(line), "models": ["*"]}) + "\n")
     with pytest.raises(BadImportLine, match="models"):
         read_import_file(str(path), NOW)
+
+
+def test_usage_is_counted_per_model(store: Store) -> None:
+    from extauthz.runtime.usage import UsageMeter
+
+    now = time.time()
+    meter = UsageMeter(store)
+    tokens.create(store, ["llm"], token_id="u", now=now)
+    for model in ("small", "small", "big-7b"):
+        meter.count("u", True, now, model)
+    meter.count("u", False, now, "small")  # refused by a rate limit: no model count
+    assert meter.flush() is True
+    (today,) = tokens.usage(store, "u", 1, now)["days"]
+    assert today["allowed"] == 3 and today["rate_limited"] == 1
+    assert today["models"] == {"big-7b": {"requests": 1}, "small": {"requests": 2}}
