@@ -97,3 +97,11 @@ def test_decision_path_bench_smoke() -> None:
     from bench.decision_path import instructions
 
     assert instructions("plain", "parse", 50) > instructions("plain", "noop", 50) + 1_000
+
+
+def test_llm_body_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "llm.json"
+    result = run_bench("llm_body.py", "--calls", "200", "--rounds", "1", "--json", str(out))
+    assert "| LLM Check, 100 KB body |" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["request_bytes"]["LLM Check, 100 KB body"] > 100_000  # the body is really sent
