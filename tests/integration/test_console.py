@@ -343,6 +343,34 @@ def test_the_create_dialog_says_what_a_route_needs(stack: Stack, browser: Any) -
     assert model_status(stack, without) == 403  # what the hint saves a user from
 
 
+def test_the_create_dialog_picks_llm_models(stack: Stack, browser: Any) -> None:
+    """Issue #24: the dialog offers the LLM route's models; the token made with one gets
+    200 for it and 403 for the other through the real Envoy."""
+    page = Page(browser)
+    browser.get(stack.console_url)
+    page.type("#login-token", admin_token(stack) + "\n")
+    page.wait(lambda: page("#app").is_displayed(), "the signed-in console")
+    page("#new-token").click()
+    page.wait(lambda: browser.find_elements("css selector", "#route-names option"), "routes")
+    page.type("#create-routes", "llm")
+    page.wait(lambda: "LLM models" in page.text("#create-needs"), "the model picker")
+    page('#create-needs button[data-model="demo-small"]').click()
+    assert page("#create-models").get_attribute("value") == "demo-small"
+    page("#create-form button[type=submit]").click()
+    page.wait(lambda: page("#secret-dialog").is_displayed(), "the secret")
+    secret = page("#secret-value").get_attribute("value")
+
+    def chat(model: str) -> int:
+        body = json.dumps({"model": model, "messages": []}).encode()
+        return request(
+            stack.ports.external.port, "/v1/chat/completions", "POST", bearer(secret), body
+        )[0]
+
+    assert chat("demo-small") == 200 and chat("demo-large") == 403
+    page("#secret-dialog [data-close]").click()
+    page.wait(lambda: "model:demo-small" in page.text("#tokens-body"), "the model in the list")
+
+
 def test_console_shows_names_as_text_never_markup(stack: Stack, browser: Any) -> None:
     """A token name is user input: it reaches the page as text."""
     store = stack.store()

@@ -183,7 +183,10 @@ function tokenRow(t) {
     el("td", { text: t.name || "—" }),
     el("td", { class: "id", text: t.id }),
     tags(t.routes, new Set(["*"])),
-    tags(t.scopes, new Set(["admin", "tokens:manage"])),
+    tags(
+      [...t.scopes, ...(t.models || []).map((m) => `model:${m}`)],
+      new Set(["admin", "tokens:manage"]),
+    ),
     expires,
     used,
     el(
@@ -238,6 +241,7 @@ function showNeeds() {
     }
     const scopes = route.scopes || [];
     const line = el("p", {}, el("strong", { text: name }), ": ");
+    if (route.api) lines.push(modelLine(name, route.models || []));
     if (route.access === "public") line.append("public, no token needed");
     else if (!scopes.length) line.append("any scope");
     else {
@@ -255,6 +259,27 @@ function showNeeds() {
   $("create-needs").replaceChildren(...lines);
 }
 
+function modelLine(name, models) {
+  const chosen = new Set(splitList($("create-models").value));
+  const line = el("p", {}, el("strong", { text: name }), ": LLM models ");
+  if (!models.length) line.append("(any model the server has)");
+  for (const model of models) {
+    line.append(el("button", {
+      type: "button", class: "small", text: chosen.has(model) ? `${model} ✓` : `+ ${model}`,
+      "aria-label": `Allow model ${model}`, "data-model": model,
+      onclick: () => addModel(model),
+    }), " ");
+  }
+  return line;
+}
+
+function addModel(model) {
+  const models = splitList($("create-models").value);
+  if (!models.includes(model)) models.push(model);
+  $("create-models").value = models.join(", ");
+  showNeeds();
+}
+
 function addScope(scope) {
   const scopes = splitList($("create-scopes").value);
   if (!scopes.includes(scope)) scopes.push(scope);
@@ -269,6 +294,8 @@ async function createToken(event) {
     routes: splitList($("create-routes").value),
     scopes: splitList($("create-scopes").value),
   };
+  const models = splitList($("create-models").value);
+  if (models.length) body.models = models;
   const ttl = $("create-ttl").value.trim();
   const rate = $("create-rate").value.trim();
   if (ttl) body.ttl = ttl;
@@ -503,6 +530,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("new-token").addEventListener("click", openCreate);
   $("create-routes").addEventListener("input", showNeeds);
   $("create-scopes").addEventListener("input", showNeeds);
+  $("create-models").addEventListener("input", showNeeds);
   $("filter-form").addEventListener("submit", (event) => {
     event.preventDefault();
     loadTokens(true);
