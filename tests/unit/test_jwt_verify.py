@@ -171,3 +171,24 @@ def test_a_jwk_with_a_malformed_alg_is_skipped() -> None:
     for alg in (1, ["RS256"], {"a": 1}):
         with pytest.raises(JwksError):
             parse_jwks(json.dumps({"keys": [{**RSA.jwk(), "alg": alg}]}))
+
+
+@pytest.mark.parametrize(
+    ("value", "models"),
+    [
+        (["demo-small", "qwen2-*"], {"demo-small", "qwen2-*"}),
+        ("demo-small demo-large", {"demo-small", "demo-large"}),
+        (["ok", "*", "bad name", 5, "x" * 300, None], {"ok"}),  # bad items dropped
+        (None, set()),  # no claim: no model
+        ({"not": "a list"}, set()),
+    ],
+)
+def test_models_from_a_claim(value: object, models: set[str]) -> None:
+    """`models_claim` (LLM routes): the models a JWT may use; without the setting, any."""
+    extra = {} if value is None else {"llm_models": value}
+    token = RSA.sign(claims(ISSUER, **extra))
+    settings = JwtSettings(ISSUER, audiences=(AUDIENCE,), models_claim="llm_models")
+    result = verify(token, settings)
+    assert isinstance(result, JwtIdentity) and result.models == frozenset(models)
+    plain = verify(token)
+    assert isinstance(plain, JwtIdentity) and plain.models is None
