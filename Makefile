@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 
 .PHONY: up test deps lint
 
-$(VENV)/.installed: pyproject.toml requirements/dev.lock scripts/install-deps.sh
+$(VENV)/.installed: pyproject.toml requirements/dev.lock requirements/litellm.lock scripts/install-deps.sh
 	bash scripts/install-deps.sh
 
 deps: $(VENV)/.installed

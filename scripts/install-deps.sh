@@ -38,4 +38,10 @@ fi
 # lock from pyproject.toml); then extauthz itself, editable, with nothing more.
 .venv/bin/python -m pip install -q --require-hashes -r requirements/dev.lock
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+# LiteLLM's proxy, an OpenAI-compatible server the LLM tests put behind Envoy and extauthz,
+# in a virtualenv of its own (its pins are not ours)
+if [ ! -x .venv-litellm/bin/litellm ]; then
+  "$PYTHON" -m venv .venv-litellm
+  .venv-litellm/bin/python -m pip install -q --require-hashes -r requirements/litellm.lock
+fi
 touch .venv/.installed

@@ -48,6 +48,12 @@ def test_every_dependency_is_pinned_where_it_is_installed(
     )
 
 
+def test_the_litellm_lock_pins_the_test_server_with_hashes() -> None:
+    assert "litellm" in pins("litellm.lock")  # (pins() checks every pin's hash)
+    install = (REPO / "scripts/install-deps.sh").read_text()
+    assert "--require-hashes -r requirements/litellm.lock" in install
+
+
 def test_the_locks_agree_and_are_used() -> None:
     assert {p: v for p, v in DEV.items() if p in RUNTIME} == RUNTIME
     assert "extauthz" not in DEV  # (installed from the tree, with --no-deps)

@@ -1,0 +1,172 @@
+"""LLM endpoints against an OpenAI-compatible server this project did not write (issue #24):
+LiteLLM's proxy (mock responses for demo-small and demo-large, real OpenAI API, real usage
+objects and stream usage chunks), behind the real Envoy and extauthz, driven by the official
+`openai` client. LiteLLM lives in a virtualenv of its own (`.venv-litellm`, pinned by
+requirements/litellm.lock, made by scripts/install-deps.sh)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from extauthz.admin import tokens
+from extauthz.config import Settings
+from extauthz.dev.envoy_config import Endpoint, render
+from extauthz.dev.ports import free_ports
+from extauthz.dev.stack import Stack
+from tests.support.procs import REPO, local_stack, require_binary, stop, wait_for
+
+pytestmark = [pytest.mark.redis, pytest.mark.envoy]
+
+LITELLM = REPO / ".venv-litellm/bin/litellm"
+MODELS = {"demo-small": "hello from the small model", "demo-large": "hello from the large one"}
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def litellm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    if not os.access(LITELLM, os.X_OK):
+        message = f"{LITELLM} missing (scripts/install-deps.sh makes it; CI does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    work = tmp_path_factory.mktemp("litellm")
+    config = {
+        "model_list": [
+            {
+                "model_name": name,
+                "litellm_params": {
+                    "model": f"openai/{name}",
+                    "api_key": "unused",
+                    "mock_response": reply,
+                },
+            }
+            for name, reply in MODELS.items()
+        ],
+        "litellm_settings": {"telemetry": False},
+        # no key of its own: extauthz in front decides, and removes the client's credential
+        "general_settings": {"dangerously_permit_weak_or_unset_master_key": True},
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    (port,) = free_ports(1)
+    with open(work / "litellm.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(LITELLM), "--config", "config.yaml", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=work,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"},
+        )
+    try:
+        wait_for(
+            lambda: _ok(f"http://127.0.0.1:{port}/health/liveliness") or proc.poll() is not None,
+            60,
+            "litellm",
+        )
+        assert proc.poll() is None, (work / "litellm.log").read_text()[-2000:]
+        yield port
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def gateway(litellm: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, int]]:
+    """The local stack's Redis and extauthz, and an Envoy of our own whose model cluster is
+    LiteLLM: (stack, that Envoy's external port)."""
+    work = tmp_path_factory.mktemp("gateway")
+    with local_stack(work / "stack", Settings(auth_failure_burst=0)) as stack:
+        external, internal, admin, console = free_ports(4)
+        ports = dataclasses.replace(
+            stack.ports,
+            external=Endpoint("127.0.0.1", external),
+            internal=Endpoint("127.0.0.1", internal),
+            admin=Endpoint("127.0.0.1", admin),
+            console=Endpoint("127.0.0.1", console),
+            model_http=Endpoint("127.0.0.1", litellm),
+        )
+        config = work / "envoy.yaml"
+        config.write_text(render(ports, stack.client_tls))
+        with open(work / "envoy.log", "wb") as log:
+            envoy = subprocess.Popen(
+                [
+                    require_binary("envoy"),
+                    "-c",
+                    str(config),
+                    "--use-dynamic-base-id",
+                    "--log-level",
+                    "warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            token = tokens.create(stack.store(), ["llm"], now=time.time()).token
+            probe = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{external}/v1", api_key=token, max_retries=0
+            )
+
+            def ready() -> bool:
+                try:
+                    return bool(probe.models.list().data)
+                except openai.OpenAIError:
+                    return False
+
+            wait_for(ready, 30, "Envoy → extauthz → LiteLLM")
+            yield stack, external
+        finally:
+            stop(envoy)
+
+
+def client(gateway: tuple[Stack, int], models: list[str] | None) -> openai.OpenAI:
+    stack, port = gateway
+    token = tokens.create(stack.store(), ["llm"], models=models, now=time.time()).token
+    return openai.OpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key=token, max_retries=0, timeout=20
+    )
+
+
+def test_litellm_behind_extauthz(gateway: tuple[Stack, int]) -> None:
+    small = client(gateway, ["demo-small"])
+    messages: Any = [{"role": "user", "content": "hello there"}]
+    answer = small.chat.completions.create(model="demo-small", messages=messages)
+    assert answer.choices[0].message.content == MODELS["demo-small"]
+    assert answer.usage is not None and answer.usage.prompt_tokens > 0
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        small.chat.completions.create(model="demo-large", messages=messages)
+    assert refused.value.response.json()["error"] == "model_not_allowed"  # extauthz, not LiteLLM
+    with pytest.raises(openai.NotFoundError):
+        small.chat.completions.create(model="gpt-4o", messages=messages)  # not the route's
+    assert (
+        client(gateway, None).chat.completions.create(model="demo-large", messages=messages).choices
+    )
+
+
+def test_litellm_streams_with_its_usage_chunk(gateway: tuple[Stack, int]) -> None:
+    small = client(gateway, ["demo-small"])
+    chunks = list(
+        small.chat.completions.create(
+            model="demo-small",
+            messages=[{"role": "user", "content": "stream please"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == MODELS["demo-small"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
