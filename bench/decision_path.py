@@ -55,26 +55,41 @@ from extauthz.storage.token_cache import TokenCache  # noqa: E402
 SETUPS = ("plain", "limited", "usage", "limited+usage")
 
 
+def authorizer(
+    policy: str, routes: list[str], limit: RateLimit | None = None, usage: bool = False
+) -> tuple[Authorizer, str]:
+    """An authorizer on fakeredis as the server builds it (token cache, metrics, failure
+    limiter, rate limiter; usage metering if asked) with `policy` published, and a token for
+    `routes` (with `limit`)."""
+    store = Store(fakeredis.FakeRedis(decode_responses=True), "extauthz:")
+    sync(store, parse_policy(policy))
+    cache = TokenCache(store.token_record)
+    cache.set_channel_ok(True)
+    token = tokens.create(store, routes, now=time.time(), rate_limit=limit).token
+    auth = Authorizer(
+        store,
+        None,
+        cache,
+        metrics=Metrics(),
+        failures=FailureLimiter(5.0, 50),
+        limiter=RateLimiter(store),
+        usage=UsageMeter(store, flush_every=10**9) if usage else None,
+    )
+    auth.refresh_policy()
+    return auth, token
+
+
 class World:
     """An authorizer on fakeredis as the server builds it, and a request's bytes."""
 
     def __init__(self, setup: str) -> None:
-        store = Store(fakeredis.FakeRedis(decode_responses=True), "extauthz:")
-        sync(store, parse_policy("version: 1\nroutes:\n  bench: {access: protected}\n"))
-        cache = TokenCache(store.token_record)
-        cache.set_channel_ok(True)
         limit = RateLimit(10**9, "m") if "limited" in setup else None
-        token = tokens.create(store, ["bench"], now=time.time(), rate_limit=limit).token
-        self.auth = Authorizer(
-            store,
-            None,
-            cache,
-            metrics=Metrics(),
-            failures=FailureLimiter(5.0, 50),
-            limiter=RateLimiter(store),
-            usage=UsageMeter(store, flush_every=10**9) if "usage" in setup else None,
+        self.auth, token = authorizer(
+            "version: 1\nroutes:\n  bench: {access: protected}\n",
+            ["bench"],
+            limit,
+            "usage" in setup,
         )
-        self.auth.refresh_policy()
         self.body = check_request_frame(token)[5:]
         self.read = check_input_reader()
         self.handler = check_handler(self.auth)

@@ -24,23 +24,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import fakeredis  # noqa: E402
-
-from extauthz.admin import tokens  # noqa: E402
-from extauthz.admin.sync import sync  # noqa: E402
-from extauthz.core.policy import parse_policy  # noqa: E402
-from extauthz.runtime.auth_failures import FailureLimiter  # noqa: E402
-from extauthz.runtime.authorizer import Authorizer  # noqa: E402
+from bench.decision_path import authorizer  # noqa: E402
 from extauthz.runtime.envoy_check import (  # noqa: E402
     CheckRequest,
     CheckResponse,
     check_input_reader,
 )
-from extauthz.runtime.metrics import Metrics  # noqa: E402
-from extauthz.runtime.rate_limiter import RateLimiter  # noqa: E402
 from extauthz.runtime.server import check_handler  # noqa: E402
-from extauthz.storage.store import Store  # noqa: E402
-from extauthz.storage.token_cache import TokenCache  # noqa: E402
 
 POLICY = """
 version: 1
@@ -85,20 +75,7 @@ def check_request(route: str, token: str, body: bytes | None) -> bytes:
 
 
 def world() -> tuple[Callable[[bytes], Any], dict[str, bytes]]:
-    store = Store(fakeredis.FakeRedis(decode_responses=True), "extauthz:")
-    sync(store, parse_policy(POLICY))
-    cache = TokenCache(store.token_record)
-    cache.set_channel_ok(True)
-    token = tokens.create(store, ["plain", "llm"], now=time.time()).token
-    auth = Authorizer(
-        store,
-        None,
-        cache,
-        metrics=Metrics(),
-        failures=FailureLimiter(5.0, 50),
-        limiter=RateLimiter(store),
-    )
-    auth.refresh_policy()
+    auth, token = authorizer(POLICY, ["plain", "llm"])
     read, handler = check_input_reader(), check_handler(auth)
     requests = {
         "body-less Check": check_request("plain", token, None),
