@@ -280,7 +280,7 @@ def _model(
         return None
     llm = facts.llm
     if llm is None or llm.error is not None:
-        why = _MODEL_REQUIRED.get(llm.error or "no_body" if llm is not None else "no_body", "")
+        why = _MODEL_REQUIRED.get(llm.error if llm is not None and llm.error else "no_body", "")
         return _model_denial(400, "model_required", why, subject, until)
     model = llm.model
     if model is None:
