@@ -391,6 +391,7 @@ def usage(store: Store, token_id: str, days: int, now: float) -> dict[str, Any]:
     asked = list(range(today - days + 1, today + 1))
     rows = store.usage(token_id, asked)
     per_model = store.model_usage(token_id, asked)
+    per_tokens = store.llm_token_usage(token_id, asked)
     (last,) = store.last_used([token_id])
     if last is None and not any(a or r for _, a, r in rows):
         TokenIndex(store).get(token_id)  # unknown: says so (and names reindex)
@@ -402,15 +403,23 @@ def usage(store: Store, token_id: str, days: int, now: float) -> dict[str, Any]:
                 "date": utc_date(day),
                 "allowed": allowed,
                 "rate_limited": limited,
-                **(
-                    {"models": {m: {"requests": n} for m, n in sorted(models.items())}}
-                    if models
-                    else {}
-                ),
+                **_models_of(models, charged),
             }
-            for (day, allowed, limited), models in zip(rows, per_model, strict=True)
+            for (day, allowed, limited), models, charged in zip(
+                rows, per_model, per_tokens, strict=True
+            )
         ],
     }
+
+
+def _models_of(
+    requests: dict[str, int], charged: dict[str, dict[str, int]]
+) -> dict[str, dict[str, dict[str, int]]]:
+    """A day's per-model usage: requests, and LLM tokens when responses were counted."""
+    names = sorted(set(requests) | set(charged))
+    if not names:
+        return {}
+    return {"models": {m: {"requests": requests.get(m, 0), **charged.get(m, {})} for m in names}}
 
 
 def reindex(store: Store, actor: str | None = None) -> Reindexed:

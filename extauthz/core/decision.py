@@ -362,6 +362,8 @@ def _allow(
         metadata += (("token_name", name),)
     if model is not None:
         metadata += (("model", model),)
+        if token_id is not None:  # (whom ext_proc charges the response's tokens to)
+            metadata += (("token_id", token_id),)
     return Decision(
         Outcome.ALLOW,
         200,

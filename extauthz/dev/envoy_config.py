@@ -24,6 +24,7 @@ from extauthz.core.llm import MAX_BODY_BYTES
 from extauthz.core.route_match import ROUTE_IDENTITIES
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 T = "type.googleapis.com/envoy."  # @type prefix
 EXT_AUTHZ_TIMEOUT = "0.25s"  # Redis commands time out at 0.1 s, well inside this
 EXTAUTHZ_RENEW_AFTER = 1000  # requests per connection to extauthz before Envoy opens a new one
@@ -212,11 +213,42 @@ def per_route_context(extensions: dict[str, str], with_body: bool = False) -> di
         settings["context_extensions"] = extensions
     if not with_body:
         settings["disable_request_body_buffering"] = True
-    return {
+    config: dict[str, Any] = {
         EXT_AUTHZ_FILTER: {
             "@type": T + "extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
             "check_settings": settings,
         }
+    }
+    if not with_body:  # responses are read (ext_proc) on LLM routes only
+        config[EXT_PROC_FILTER] = {
+            "@type": T + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+            "disabled": True,
+        }
+    return config
+
+
+def ext_proc_filter(cluster: str = "extauthz") -> dict[str, Any]:
+    """The ext_proc filter: on LLM routes (every other route disables it) the response
+    streams past extauthz, which counts the tokens it used. Observability mode: nothing
+    waits for extauthz, each chunk goes on at once; a failure never fails the response."""
+    return {
+        "name": EXT_PROC_FILTER,
+        "typed_config": {
+            "@type": T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "5s"},
+            "failure_mode_allow": True,
+            "observability_mode": True,
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "response_header_mode": "SEND",
+                "request_body_mode": "NONE",
+                "response_body_mode": "STREAMED",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+            # who called: ext_authz's dynamic metadata (token_id, route, model)
+            "metadata_options": {"forwarding_namespaces": {"untyped": [EXT_AUTHZ_FILTER]}},
+        },
     }
 
 
@@ -343,7 +375,11 @@ def _listener(
                 {"name": "models", "domains": ["*"], "routes": _routes(network, route_identity)}
             ],
         },
-        "http_filters": [ext_authz_filter(route_identity=route_identity), _router()],
+        "http_filters": [
+            ext_authz_filter(route_identity=route_identity),
+            ext_proc_filter(),
+            _router(),
+        ],
         "access_log": access_log(),
     }
     return _with_manager(name, ep, manager)

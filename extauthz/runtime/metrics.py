@@ -71,18 +71,41 @@ class Metrics:
             registry=self.registry,
         )
         self._model_labels: dict[str, set[str]] = {}
+        self.llm_token_counter = Counter(
+            "extauthz_llm_tokens",
+            "LLM tokens counted from responses, by route, model and kind (prompt, completion, "
+            "estimated_completion: a stream without a usage chunk)",
+            ["route", "model", "kind"],
+            registry=self.registry,
+        )
+        self.llm_uncounted = Counter(
+            "extauthz_llm_uncounted",
+            "LLM responses whose tokens were not counted, by reason (no_usage: none or not "
+            "believable; too_many_streams: more streams at once than --ext-proc-streams)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.decision = self.tally.add  # (route, outcome, reason, seconds): once per Check
+
+    def llm_tokens(self, route: str, model: str, used: Any) -> None:
+        """Tokens one LLM response used (`used`: core.llm_usage.Usage)."""
+        model = self._model_label(route, model)
+        self.llm_token_counter.labels(route, model, "prompt").inc(used.prompt_tokens)
+        kind = "estimated_completion" if used.estimated else "completion"
+        self.llm_token_counter.labels(route, model, kind).inc(used.completion_tokens)
+
+    def _model_label(self, route: str, model: str) -> str:
+        seen = self._model_labels.setdefault(route, set())
+        if model not in seen:
+            if len(seen) >= MAX_MODEL_LABELS:
+                return "other"
+            seen.add(model)
+        return model
 
     def llm_request(self, route: str, model: str) -> None:
         """One allowed LLM request. Model names come from clients (within a route's
         patterns): each route labels at most MAX_MODEL_LABELS of them."""
-        seen = self._model_labels.setdefault(route, set())
-        if model not in seen:
-            if len(seen) >= MAX_MODEL_LABELS:
-                model = "other"
-            else:
-                seen.add(model)
-        self.llm_requests.labels(route, model).inc()
+        self.llm_requests.labels(route, self._model_label(route, model)).inc()
 
     def redis_call(self, command: str, seconds: float) -> None:
         self.redis_latency.labels(command).observe(seconds)

@@ -17,6 +17,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauthz.config import Settings
@@ -32,6 +33,7 @@ from extauthz.runtime.envoy_check import (
     check_response_bytes,
     known_response_bytes,
 )
+from extauthz.runtime.ext_proc import UsageProcessor
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.policy_watcher import PolicyWatcher
@@ -166,8 +168,10 @@ class Server:
         self, reuse_port: bool, check: CheckHandler, read: Callable[[bytes], Any]
     ) -> grpc.Server:
         server = grpc.server(
+            # Check's threads, and one more per LLM response counted at once (ext_proc)
             futures.ThreadPoolExecutor(
-                max_workers=self.settings.threads, thread_name_prefix="check"
+                max_workers=self.settings.threads + self.settings.ext_proc_streams,
+                thread_name_prefix="check",
             ),
             # with several workers every process binds the port; otherwise a busy port
             # must be an error, not a silent share with some other server
@@ -178,6 +182,9 @@ class Server:
             ],
         )
         server.add_generic_rpc_handlers((authorization_service(check, read),))
+        if self.settings.ext_proc_streams > 0:
+            processor = UsageProcessor(self.usage, self.metrics, self.settings.ext_proc_streams)
+            external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return server
 

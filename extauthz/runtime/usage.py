@@ -47,6 +47,8 @@ class UsageMeter:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, int], list[int]] = {}  # (token id, day) → [allowed, limited]
         self._models: dict[tuple[str, int, str], int] = {}  # (token id, day, model) → allowed
+        # (token id, day, model) → [prompt, completion, estimated completion] LLM tokens
+        self._tokens: dict[tuple[str, int, str], list[int]] = {}
         self._last: dict[str, float] = {}
         self._flushed_at = clock()
         self._pending: list[_Batch] = []  # batches a failed flush did not get written
@@ -75,6 +77,21 @@ class UsageMeter:
         finally:
             lock.release()
 
+    def charge(
+        self, token_id: str, model: str, now: float, prompt: int, completion: int, estimated: bool
+    ) -> None:
+        """LLM tokens a response of this token's used (ext_proc, after the response)."""
+        key = (token_id, int(now // DAY), model)
+        with self._lock:
+            counts = self._tokens.get(key)
+            if counts is None:
+                if len(self._tokens) >= MAX_PENDING:
+                    self.dropped += 1
+                    return
+                counts = self._tokens[key] = [0, 0, 0]
+            counts[0] += prompt
+            counts[2 if estimated else 1] += completion
+
     def maybe_flush(self) -> None:
         """Flush if `flush_every` seconds have passed since the last one."""
         if self.clock() - self._flushed_at >= self.flush_every:
@@ -88,10 +105,12 @@ class UsageMeter:
         with self._lock:
             counts, self._counts = self._counts, {}
             models, self._models = self._models, {}
+            charged, self._tokens = self._tokens, {}
             last, self._last = self._last, {}
         pending, self._pending = self._pending, []
         items = list(counts.items())
         per_model = list(models.items())
+        per_tokens = list(charged.items())
         batches = (
             pending
             + [
@@ -102,11 +121,20 @@ class UsageMeter:
                 _Batch(secrets.token_hex(8), {}, dict(per_model[i : i + BATCH]))
                 for i in range(0, len(per_model), BATCH)
             ]
+            + [
+                _Batch(secrets.token_hex(8), {}, {}, dict(per_tokens[i : i + BATCH]))
+                for i in range(0, len(per_tokens), BATCH)
+            ]
         )
         for done, batch in enumerate(batches):
             try:
                 refused = self.store.add_usage(
-                    batch.id, batch.counts, self.retention_days, batch.sent, batch.models
+                    batch.id,
+                    batch.counts,
+                    self.retention_days,
+                    batch.sent,
+                    batch.models,
+                    batch.tokens,
                 )
             except StoreError as e:
                 log.warning("usage not written (kept for the next flush): %s", e)
@@ -129,7 +157,7 @@ class UsageMeter:
         if they were written after all), at most MAX_PENDING pairs in all."""
         held = 0
         for batch in batches:
-            held += len(batch.counts) + len(batch.models)
+            held += len(batch.counts) + len(batch.models) + len(batch.tokens)
             if held > MAX_PENDING:
                 self.dropped += sum(sum(c) for c in batch.counts.values())
                 self.dropped += sum(batch.models.values())
@@ -148,4 +176,5 @@ class _Batch:
     id: str
     counts: dict[tuple[str, int], list[int]]
     models: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    tokens: dict[tuple[str, int, str], list[int]] = field(default_factory=dict)
     sent: bool = False  # sent before: it may have been written (check its marker)

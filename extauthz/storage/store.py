@@ -12,6 +12,7 @@ Data model (documented in docs/redis.md):
     {prefix}usage:<YYYY-MM-DD>                HASH  a:<token id>, r:<token id>: allowed and
                                                     rate-limited requests that UTC day
     {prefix}usage:<YYYY-MM-DD>:models:<id>    HASH  model → allowed LLM requests that day
+    {prefix}usage:<YYYY-MM-DD>:tokens:<id>    HASH  <kind>:<model> → LLM tokens that day
     {prefix}usage:last-used                   ZSET  token id → unix seconds of its last use
     {prefix}usage:batch:<id>                  STRING a usage flush batch was written (2 days)
     {prefix}audit                             STREAM changes: time, actor, action, target,
@@ -77,6 +78,9 @@ def open_store(url: str, prefix: str, timeout: float) -> Store:
 def utc_date(day: int) -> str:
     """`YYYY-MM-DD` of a UTC day given as days since the epoch (usage keys and reports)."""
     return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+
+
+TOKEN_KINDS = ("prompt_tokens", "completion_tokens", "estimated_completion_tokens")
 
 
 def unix_seconds(score: float | None) -> int | None:
@@ -179,6 +183,28 @@ class Store:
         """One token's allowed LLM requests per model on one UTC day: field model → count."""
         return f"{self.prefix}usage:{utc_date(day)}:models:{token_id}"
 
+    def token_usage_key(self, day: int, token_id: str) -> str:
+        """One token's LLM tokens on one UTC day: fields `<kind>:<model>` → count (kind:
+        prompt_tokens, completion_tokens, estimated_completion_tokens)."""
+        return f"{self.prefix}usage:{utc_date(day)}:tokens:{token_id}"
+
+    def llm_token_usage(self, token_id: str, days: list[int]) -> list[dict[str, dict[str, int]]]:
+        """{model: {kind: tokens}} of one token for each day asked."""
+        with self.redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for day in days:
+                pipe.hgetall(self.token_usage_key(day, token_id))
+            rows = pipe.execute()
+        out: list[dict[str, dict[str, int]]] = []
+        for row in rows:
+            per_model: dict[str, dict[str, int]] = {}
+            for field, value in row.items():
+                kind, _, model = field.partition(":")
+                if kind in TOKEN_KINDS and model:
+                    per_model.setdefault(model, {})[kind] = _count(value)
+            out.append(per_model)
+        return out
+
     def model_usage(self, token_id: str, days: list[int]) -> list[dict[str, int]]:
         """{model: allowed} of one token for each day asked."""
         with self.redis_errors():
@@ -199,6 +225,7 @@ class Store:
         retention_days: int,
         retry: bool = False,
         models: dict[tuple[str, int, str], int] | None = None,
+        tokens: dict[tuple[str, int, str], list[int]] | None = None,
     ) -> int:
         """Add per-token, per-day counts ([allowed, rate limited]) exactly once: the HINCRBYs
         and a marker `{prefix}usage:batch:<batch_id>` are one MULTI/EXEC, so a batch whose
@@ -221,6 +248,12 @@ class Store:
             for (token_id, day, model), allowed in (models or {}).items():
                 key = self.model_usage_key(day, token_id)
                 pipe.hincrby(key, model, allowed)
+                pipe.expireat(key, (day + 1 + retention_days) * 86400)
+            for (token_id, day, model), charged in (tokens or {}).items():
+                key = self.token_usage_key(day, token_id)
+                for kind, n in zip(TOKEN_KINDS, charged, strict=True):
+                    if n:
+                        pipe.hincrby(key, f"{kind}:{model}", n)
                 pipe.expireat(key, (day + 1 + retention_days) * 86400)
             pipe.set(marker, "1", ex=2 * 86400)
             replies = pipe.execute(raise_on_error=False)

@@ -190,16 +190,54 @@ def test_usage_and_metrics_per_model(stack: Stack) -> None:
     for model in ("demo-small", "demo-large", "demo-large"):
         both.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
 
-    def models() -> dict[str, Any]:
+    def requests() -> dict[str, Any]:
         day = tokens.usage(stack.store(), issued.record.id, 1, time.time())["days"][0]
-        return dict(day.get("models", {}))
+        return {m: c["requests"] for m, c in day.get("models", {}).items()}
 
-    wait_for(
-        lambda: models() == {"demo-large": {"requests": 2}, "demo-small": {"requests": 1}},
-        5,
-        "usage",
-    )
+    wait_for(lambda: requests() == {"demo-large": 2, "demo-small": 1}, 5, "usage")
     metrics = f"http://{stack.settings.metrics_listen}/metrics"
     with urllib.request.urlopen(metrics, timeout=5) as r:
         text = r.read().decode()
     assert 'extauthz_llm_requests_total{model="demo-large",route="llm"}' in text
+
+
+def test_tokens_are_counted_from_responses(stack: Stack) -> None:
+    """Issue #25 (part): Envoy streams each LLM response past extauthz (ext_proc), which
+    charges the tokens its usage reports to the caller, per day and model; a stream without
+    a usage chunk is counted one token per content chunk, marked estimated."""
+    issued = tokens.create(stack.store(), ["llm"], now=time.time())
+    both = client(stack, issued.token)
+    messages: Any = [{"role": "user", "content": "count these five words"}]
+    plain = both.chat.completions.create(model="demo-small", messages=messages)
+    streamed = list(
+        both.chat.completions.create(
+            model="demo-large",
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    list(both.chat.completions.create(model="demo-large", messages=messages, stream=True))
+    assert plain.usage is not None and streamed[-1].usage is not None
+
+    def models() -> dict[str, Any]:
+        day = tokens.usage(stack.store(), issued.record.id, 1, time.time())["days"][0]
+        return dict(day.get("models", {}))
+
+    expected = {
+        "demo-small": {
+            "requests": 1,
+            "prompt_tokens": plain.usage.prompt_tokens,
+            "completion_tokens": plain.usage.completion_tokens,
+        },
+        "demo-large": {
+            "requests": 2,
+            "prompt_tokens": streamed[-1].usage.prompt_tokens,
+            "completion_tokens": streamed[-1].usage.completion_tokens,
+            "estimated_completion_tokens": 4,  # "demo-large heard 4 words": 4 content chunks
+        },
+    }
+    try:
+        wait_for(lambda: models() == expected, 5, "the token usage")
+    except TimeoutError:
+        assert models() == expected

@@ -1,0 +1,127 @@
+"""LLM token usage read from responses, pure (design.md §15, issue #25): the `usage` object of
+an OpenAI-compatible JSON response, or of a server-sent-events stream's usage chunk.
+
+A stream is read chunk by chunk as it passes (nothing is held back from the client): only the
+current, unfinished line is kept, and at most MAX_LINE bytes of it. A stream without a usage
+chunk is counted one completion token per content chunk, marked estimated. Counts a server
+reports are believed only when they are whole numbers from 0 to MAX_TOKENS: a lying `usage`
+(negative, 10^18, strings, floats) is no usage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+MAX_TOKENS = 10**9  # a count above this (per response) is not believed
+MAX_LINE = 1 << 20  # an SSE line longer than this is skipped, never held whole
+MAX_JSON_BODY = 4 << 20  # a JSON response body is read for its usage up to this size
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False  # completion counted from content chunks (no usage chunk)
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+        return value
+    return None
+
+
+def usage_of(obj: Any) -> Usage | None:
+    """The usage an OpenAI response (or stream chunk) object reports, if believable."""
+    if not isinstance(obj, dict):
+        return None
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = _count(usage.get("prompt_tokens"))
+    completion = _count(usage.get("completion_tokens", 0))
+    if prompt is None or completion is None:
+        return None
+    return Usage(prompt, completion)
+
+
+def json_usage(body: bytes) -> Usage | None:
+    """The usage of a whole JSON response body (None: not JSON, none, or not believable)."""
+    try:
+        return usage_of(json.loads(body))
+    except (ValueError, RecursionError):
+        return None
+
+
+class StreamUsage:
+    """Reads an SSE response as its chunks pass: the last usage chunk, content chunks."""
+
+    def __init__(self) -> None:
+        self._line = bytearray()
+        self._skipping = False  # inside a line longer than MAX_LINE
+        self.usage: Usage | None = None
+        self.usage_chunks = 0
+        self.content_chunks = 0
+        self.bad_lines = 0
+
+    def feed(self, chunk: bytes) -> None:
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                self._keep(chunk[start:])
+                return
+            self._keep(chunk[start:end])
+            if not self._skipping:
+                self._line_done(bytes(self._line))
+            self._line.clear()
+            self._skipping = False
+            start = end + 1
+
+    def _keep(self, part: bytes) -> None:
+        if self._skipping:
+            return
+        if len(self._line) + len(part) > MAX_LINE:
+            self._line.clear()
+            self._skipping = True
+            self.bad_lines += 1
+        else:
+            self._line += part
+
+    def _line_done(self, line: bytes) -> None:
+        line = line.rstrip(b"\r")
+        if not line.startswith(b"data:"):
+            return  # comments, event:, id:, blank lines between events
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return
+        try:
+            obj = json.loads(payload)
+        except (ValueError, RecursionError):
+            self.bad_lines += 1
+            return
+        usage = usage_of(obj)
+        if usage is not None:
+            self.usage = usage  # (a second usage chunk replaces the first: never both)
+            self.usage_chunks += 1
+        choices = obj.get("choices") if isinstance(obj, dict) else None
+        if isinstance(choices, list) and any(_has_content(c) for c in choices):
+            self.content_chunks += 1
+
+    def result(self, prompt_estimate: int = 0) -> Usage | None:
+        """What the stream used: its usage chunk, else content chunks as an estimate."""
+        if self.usage is not None:
+            return self.usage
+        if self.content_chunks:
+            return Usage(prompt_estimate, self.content_chunks, estimated=True)
+        return None
+
+
+def _has_content(choice: Any) -> bool:
+    if not isinstance(choice, dict):
+        return False
+    delta = choice.get("delta")
+    text = choice.get("text")
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return bool(content) or bool(text)

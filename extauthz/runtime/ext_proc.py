@@ -1,0 +1,144 @@
+"""Envoy's External Processing service on LLM routes (issue #25, design.md §15): the response
+streams past extauthz, which reads the tokens it used and charges them to the caller.
+
+`envoy.service.ext_proc.v3.ExternalProcessor/Process` is one bidirectional stream per HTTP
+request, served by `extauthz serve` on the Check port. Envoy runs it in observability mode:
+every chunk goes on to the client at once and nothing waits for extauthz (answers are sent
+only when Envoy asks for them). Who called comes from ext_authz's dynamic metadata (Envoy's
+`metadata_options.forwarding_namespaces`): token id, route, model. The usage is read from a
+JSON body or an SSE stream (core/llm_usage.py) and charged when the stream ends, also when
+the client went away mid-stream (what was generated is charged).
+
+A stream holds a handler thread for the whole response: at most `max_streams` are served
+at once (the server's thread pool has that many more threads than Check needs); one over
+that is let go unread and counted as lost, never at the cost of a Check.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from extauthz.core.llm_usage import MAX_JSON_BODY, StreamUsage, Usage, json_usage
+from extauthz.runtime.metrics import Metrics
+from extauthz.runtime.usage import UsageMeter
+
+log = logging.getLogger("extauthz.ext_proc")
+EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
+_ANSWERS = {  # a message's field → the answer Envoy waits for outside observability mode
+    "request_headers": pb.ProcessingResponse(request_headers=pb.HeadersResponse()),
+    "response_headers": pb.ProcessingResponse(response_headers=pb.HeadersResponse()),
+    "request_body": pb.ProcessingResponse(request_body=pb.BodyResponse()),
+    "response_body": pb.ProcessingResponse(response_body=pb.BodyResponse()),
+    "request_trailers": pb.ProcessingResponse(request_trailers=pb.TrailersResponse()),
+    "response_trailers": pb.ProcessingResponse(response_trailers=pb.TrailersResponse()),
+}
+
+
+class Exchange:
+    """One response as it passes: who called, its status and kind, what it used."""
+
+    def __init__(self) -> None:
+        self.token_id = ""
+        self.route = ""
+        self.model = ""
+        self.status = 0
+        self.stream: StreamUsage | None = None  # an SSE response
+        self.body = bytearray()  # a JSON response, up to MAX_JSON_BODY
+        self.too_long = False
+        self.ended = False  # the response's last chunk passed
+
+    def read(self, message: Any) -> None:
+        if message.HasField("metadata_context") and not self.model:
+            fields = message.metadata_context.filter_metadata.get(EXT_AUTHZ_NAMESPACE)
+            if fields is not None:
+                values = {k: v.string_value for k, v in fields.fields.items()}
+                self.token_id = values.get("token_id", "")
+                self.route = values.get("route", "")
+                self.model = values.get("model", "")
+        kind = message.WhichOneof("request")
+        if kind == "response_headers":
+            for header in message.response_headers.headers.headers:
+                value = header.raw_value.decode("latin-1") if header.raw_value else header.value
+                if header.key == ":status" and value.isdigit():
+                    self.status = int(value)
+                elif header.key == "content-type" and value.startswith("text/event-stream"):
+                    self.stream = StreamUsage()
+        elif kind == "response_body":
+            self.ended = message.response_body.end_of_stream
+            chunk = message.response_body.body
+            if self.stream is not None:
+                self.stream.feed(chunk)
+            elif len(self.body) + len(chunk) <= MAX_JSON_BODY:
+                self.body += chunk
+            else:
+                self.too_long = True
+
+    def usage(self) -> Usage | None:
+        if not 200 <= self.status < 300 or not self.model:
+            return None
+        if self.stream is not None:
+            return self.stream.result()
+        return None if self.too_long else json_usage(bytes(self.body))
+
+
+class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """The ExternalProcessor service: charges LLM tokens to their callers."""
+
+    def __init__(
+        self,
+        usage: UsageMeter | None,
+        metrics: Metrics | None,
+        max_streams: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.usage = usage
+        self.metrics = metrics
+        self.clock = clock
+        self._slots = threading.BoundedSemaphore(max_streams)
+
+    def Process(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        if not self._slots.acquire(blocking=False):
+            if self.metrics is not None:
+                self.metrics.llm_uncounted.labels("too_many_streams").inc()
+            return  # (Envoy goes on without us: failure_mode_allow)
+        exchange = Exchange()
+        try:
+            for message in requests:
+                exchange.read(message)
+                if exchange.ended:  # charged at once (Envoy closes the stream later)
+                    break
+                if not message.observability_mode:
+                    answer = _ANSWERS.get(message.WhichOneof("request") or "")
+                    if answer is not None:
+                        yield answer
+        except grpc.RpcError:
+            pass  # Envoy reset the stream (the client went away): charge what passed
+        finally:
+            self._slots.release()
+            self._charge(exchange)
+
+    def _charge(self, exchange: Exchange) -> None:
+        used = exchange.usage()
+        if used is None:
+            if exchange.model and self.metrics is not None:
+                self.metrics.llm_uncounted.labels("no_usage").inc()
+            return
+        if self.metrics is not None:
+            self.metrics.llm_tokens(exchange.route, exchange.model, used)
+        if self.usage is not None and exchange.token_id:
+            self.usage.charge(
+                exchange.token_id,
+                exchange.model,
+                self.clock(),
+                used.prompt_tokens,
+                used.completion_tokens,
+                used.estimated,
+            )
