@@ -90,7 +90,7 @@ def gateway(litellm: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """The local stack's Redis and extauthz, and an Envoy of our own whose model cluster is
     LiteLLM: (stack, that Envoy's external port)."""
     work = tmp_path_factory.mktemp("gateway")
-    with local_stack(work / "stack", Settings(auth_failure_burst=0)) as stack:
+    with local_stack(work / "stack", Settings(auth_failure_burst=0, usage_flush=0.5)) as stack:
         external, internal, admin, console = free_ports(4)
         ports = dataclasses.replace(
             stack.ports,
@@ -170,3 +170,40 @@ def test_litellm_streams_with_its_usage_chunk(gateway: tuple[Stack, int]) -> Non
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == MODELS["demo-small"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_tokens_counted_equal_litellms_own_usage(gateway: tuple[Stack, int]) -> None:
+    """Issue #25: the tokens extauthz charges equal the usage LiteLLM reports, to the token,
+    for answers and for streams with a usage chunk."""
+    stack, port = gateway
+    issued = tokens.create(stack.store(), ["llm"], now=time.time())
+    both = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key=issued.token, max_retries=0, timeout=20
+    )
+    messages: Any = [{"role": "user", "content": "count me, please, exactly"}]
+    answer = both.chat.completions.create(model="demo-small", messages=messages)
+    chunks = list(
+        both.chat.completions.create(
+            model="demo-large",
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert answer.usage is not None and chunks[-1].usage is not None
+    expected = {
+        "demo-small": (answer.usage.prompt_tokens, answer.usage.completion_tokens),
+        "demo-large": (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens),
+    }
+
+    def charged() -> dict[str, tuple[int, int]]:
+        day = tokens.usage(stack.store(), issued.record.id, 1, time.time())["days"][0]
+        return {
+            m: (c.get("prompt_tokens", 0), c.get("completion_tokens", 0))
+            for m, c in day.get("models", {}).items()
+        }
+
+    try:
+        wait_for(lambda: charged() == expected, 5, "the charged tokens")
+    except TimeoutError:
+        assert charged() == expected
