@@ -64,6 +64,7 @@ class StreamUsage:
         self.usage_chunks = 0
         self.content_chunks = 0
         self.bad_lines = 0
+        self.done = False  # `data: [DONE]` passed: the stream's last event
 
     def feed(self, chunk: bytes) -> None:
         start = 0
@@ -95,6 +96,7 @@ class StreamUsage:
             return  # comments, event:, id:, blank lines between events
         payload = line[5:].strip()
         if payload == b"[DONE]":
+            self.done = True
             return
         try:
             obj = json.loads(payload)

@@ -238,6 +238,9 @@ def ext_proc_filter(cluster: str = "extauthz") -> dict[str, Any]:
             "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "5s"},
             "failure_mode_allow": True,
             "observability_mode": True,
+            # the stream closes this long after the response (the count is taken at its
+            # last chunk, or `data: [DONE]`; this bounds it when neither is seen)
+            "deferred_close_timeout": "1s",
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "response_header_mode": "SEND",

@@ -76,6 +76,7 @@ class Exchange:
             chunk = message.response_body.body
             if self.stream is not None:
                 self.stream.feed(chunk)
+                self.ended = self.ended or self.stream.done
             elif len(self.body) + len(chunk) <= MAX_JSON_BODY:
                 self.body += chunk
             else:

@@ -204,6 +204,6 @@ def test_tokens_counted_equal_litellms_own_usage(gateway: tuple[Stack, int]) -> 
         }
 
     try:
-        wait_for(lambda: charged() == expected, 5, "the charged tokens")
+        wait_for(lambda: charged() == expected, 10, "the charged tokens")
     except TimeoutError:
         assert charged() == expected

@@ -51,6 +51,7 @@ def test_a_stream_read_in_any_pieces_gives_the_same_usage() -> None:
         for i in range(0, len(stream), size):  # split inside data: lines and characters
             reader.feed(stream[i : i + size])
         assert reader.result() == Usage(9, 3) and reader.content_chunks == 3, size
+        assert reader.done  # `data: [DONE]`: the stream's end, whatever Envoy says of it
 
 
 def test_streams_without_usage_are_estimated_and_odd_ones_survive() -> None:
