@@ -16,7 +16,6 @@ that is let go unread and counted as lost, never at the cost of a Check.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,6 @@ from extauthz.core.llm_usage import MAX_JSON_BODY, StreamUsage, Usage, json_usag
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.usage import UsageMeter
 
-log = logging.getLogger("extauthz.ext_proc")
 EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 _ANSWERS = {  # a message's field → the answer Envoy waits for outside observability mode
     "request_headers": pb.ProcessingResponse(request_headers=pb.HeadersResponse()),

@@ -177,7 +177,7 @@ class Server:
             # must be an error, not a silent share with some other server
             options=[
                 ("grpc.so_reuseport", int(reuse_port)),
-                # Envoy's CheckRequest holds headers only (no body): far below this
+                # headers, and on LLM routes the body (at most MAX_BODY_BYTES)
                 ("grpc.max_receive_message_length", MAX_CHECK_REQUEST_BYTES),
             ],
         )

@@ -19,11 +19,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from extauthz.errors import StoreError
 from extauthz.storage.store import Store
 
 log = logging.getLogger("extauthz.usage")
+K = TypeVar("K")
+V = TypeVar("V")
 
 DAY = 86400
 MAX_PENDING = 100_000  # (token, day) pairs held between flushes; more are counted as dropped
@@ -108,23 +111,11 @@ class UsageMeter:
             charged, self._tokens = self._tokens, {}
             last, self._last = self._last, {}
         pending, self._pending = self._pending, []
-        items = list(counts.items())
-        per_model = list(models.items())
-        per_tokens = list(charged.items())
         batches = (
             pending
-            + [
-                _Batch(secrets.token_hex(8), dict(items[i : i + BATCH]))
-                for i in range(0, len(items), BATCH)
-            ]
-            + [
-                _Batch(secrets.token_hex(8), {}, dict(per_model[i : i + BATCH]))
-                for i in range(0, len(per_model), BATCH)
-            ]
-            + [
-                _Batch(secrets.token_hex(8), {}, {}, dict(per_tokens[i : i + BATCH]))
-                for i in range(0, len(per_tokens), BATCH)
-            ]
+            + [_Batch(secrets.token_hex(8), part) for part in _parts(counts)]
+            + [_Batch(secrets.token_hex(8), {}, part) for part in _parts(models)]
+            + [_Batch(secrets.token_hex(8), {}, {}, part) for part in _parts(charged)]
         )
         for done, batch in enumerate(batches):
             try:
@@ -167,6 +158,12 @@ class UsageMeter:
         with self._lock:
             for token_id, when in last.items():
                 self._last[token_id] = max(when, self._last.get(token_id, 0.0))
+
+
+def _parts(counts: dict[K, V]) -> list[dict[K, V]]:
+    """`counts` in dicts of at most BATCH entries (one MULTI/EXEC each)."""
+    items = list(counts.items())
+    return [dict(items[i : i + BATCH]) for i in range(0, len(items), BATCH)]
 
 
 @dataclass
