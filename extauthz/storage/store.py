@@ -190,11 +190,7 @@ class Store:
 
     def llm_token_usage(self, token_id: str, days: list[int]) -> list[dict[str, dict[str, int]]]:
         """{model: {kind: tokens}} of one token for each day asked."""
-        with self.redis_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for day in days:
-                pipe.hgetall(self.token_usage_key(day, token_id))
-            rows = pipe.execute()
+        rows = self._hashes([self.token_usage_key(day, token_id) for day in days])
         out: list[dict[str, dict[str, int]]] = []
         for row in rows:
             per_model: dict[str, dict[str, int]] = {}
@@ -207,12 +203,17 @@ class Store:
 
     def model_usage(self, token_id: str, days: list[int]) -> list[dict[str, int]]:
         """{model: allowed} of one token for each day asked."""
+        rows = self._hashes([self.model_usage_key(day, token_id) for day in days])
+        return [{m: _count(n) for m, n in row.items()} for row in rows]
+
+    def _hashes(self, keys: list[str]) -> list[dict[str, str]]:
+        """HGETALL of each key, in one round trip."""
         with self.redis_errors():
             pipe = self.client.pipeline(transaction=False)
-            for day in days:
-                pipe.hgetall(self.model_usage_key(day, token_id))
-            rows = pipe.execute()
-        return [{m: _count(n) for m, n in row.items()} for row in rows]
+            for key in keys:
+                pipe.hgetall(key)
+            rows: list[dict[str, str]] = pipe.execute()
+        return rows
 
     @property
     def last_used_key(self) -> str:
