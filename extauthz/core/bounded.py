@@ -68,6 +68,11 @@ class BoundedDict(Generic[K, V]):
         with self._lock:
             self._remove(key)
 
+    def items(self) -> list[tuple[K, V]]:
+        """A snapshot of the entries, oldest first."""
+        with self._lock:
+            return list(self._data.items())
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()

@@ -51,6 +51,7 @@ from extauthz.core.jwt_verify import JwtVerify
 from extauthz.core.llm import LlmRequest, model_allowed
 from extauthz.core.policy import Access, PolicySnapshot, RoutePolicy
 from extauthz.core.rate_limit import Limited, client_key, limits_for
+from extauthz.core.token_limit import TokenLimited, reservation, token_limits_for
 
 ANONYMOUS = "anonymous"
 INTERNAL = "internal"
@@ -131,6 +132,12 @@ class Decision:
     token_id: str | None = field(default=None, compare=False)
     # `api: openai` routes: the model allowed (usage and metrics per model)
     model: str | None = field(default=None, compare=False)
+    # ALLOW with a model: the LLM token limits it is admitted against, each time it is given
+    # (the runtime reserves `reserve` tokens from each, or turns it into a 429)
+    token_limits: tuple[TokenLimited, ...] = field(default=(), compare=False)
+    reserve: int = field(default=0, compare=False)
+    # ALLOW: headers added to the response sent to the client (the tokens left)
+    response_headers: Headers = ()
 
 
 def decide(
@@ -156,7 +163,7 @@ def decide(
             return model
         return _allow(
             facts, route, ANONYMOUS, frozenset(), "public", limits=_per_address(facts, route),
-            model=model,
+            model=model, token_limits=_tokens_per_address(facts, route, model),
         )  # fmt: skip
     if route.access is Access.PRIVATE:
         internal = facts.network == INTERNAL or snapshot.is_internal_address(facts.source_address)
@@ -169,6 +176,7 @@ def decide(
             return _allow(
                 facts, route, INTERNAL, frozenset(), "internal",
                 limits=_per_address(facts, route), model=model,
+                token_limits=_tokens_per_address(facts, route, model),
             )  # fmt: skip
     return _decide_protected(facts, route, snapshot, lookup, now, verify_jwt)
 
@@ -202,10 +210,15 @@ def _decide_protected(
         limits = limits_for(  # (counted by the runtime, see Decision.limits)
             route.name, route.rate_limit, result.token_id, result.rate_limit, caller
         )
+        token_limits: tuple[TokenLimited, ...] = ()
+        if model is not None:  # (a request that names no model uses no LLM tokens)
+            token_limits = token_limits_for(
+                route.name, route.token_limit, result.token_id, result.token_limit, caller
+            )
         return _allow(  # 3. response
             facts, route, result.subject, result.scopes, result.reason, result.headers,
             until=result.valid_until, name=result.name, limits=limits, token_id=result.token_id,
-            model=model,
+            model=model, token_limits=token_limits,
         )  # fmt: skip
     match result:
         case Rejected(reason=reason, description=text, presented=shown, subject=who) as no:
@@ -340,6 +353,7 @@ def _allow(
     limits: tuple[Limited, ...] = (),
     token_id: str | None = None,
     model: str | None = None,
+    token_limits: tuple[TokenLimited, ...] = (),
 ) -> Decision:
     scope_list = ",".join(sorted(scopes))
     if model is not None:
@@ -376,7 +390,18 @@ def _allow(
         limits=limits,
         token_id=token_id,
         model=model,
+        token_limits=token_limits,
+        reserve=reservation(facts.llm) if token_limits else 0,
     )
+
+
+def _tokens_per_address(
+    facts: RequestFacts, route: RoutePolicy, model: str | None
+) -> tuple[TokenLimited, ...]:
+    if route.token_limit is None or model is None:
+        return ()
+    caller = f"addr:{client_key(facts.source_address)}"
+    return token_limits_for(route.name, route.token_limit, None, None, caller)
 
 
 def _per_address(facts: RequestFacts, route: RoutePolicy) -> tuple[Limited, ...]:
@@ -417,6 +442,23 @@ def rate_limited(limited: Limited, retry_after: float, allow: Decision) -> Decis
             ("ratelimit-policy", f"{limited.limit.count};w={limited.limit.seconds}"),
         ),
         body=_body("rate_limited", message),
+        subject=allow.subject,
+        reusable_until=None,
+        token_id=allow.token_id,
+    )
+
+
+def token_limit_reached(limited: TokenLimited, retry_after: float, allow: Decision) -> Decision:
+    """429 instead of `allow`: the caller's LLM tokens for this window are used up (or the
+    request's reservation does not fit in what is left); `retry_after`: seconds until the
+    window ends."""
+    message = f"token limit {limited.limit} of {limited.what} reached; retry later"
+    return Decision(
+        Outcome.DENY,
+        429,
+        "token_limit_reached",
+        (_JSON, ("retry-after", str(max(1, math.ceil(retry_after))))),
+        body=_body("token_limit_reached", message),
         subject=allow.subject,
         reusable_until=None,
         token_id=allow.token_id,

@@ -44,6 +44,12 @@ class LlmRequest(NamedTuple):
     model: str | None
     stream: bool = False
     error: str | None = None
+    # the most LLM tokens it may use (what a token limit reserves): the body's length in
+    # bytes (a bound on the prompt's tokens: a token covers at least one byte, and the JSON
+    # around each message is longer than a chat template's tokens for it) plus its output
+    # cap (`max_tokens`, `max_completion_tokens`, `max_output_tokens`) times the choices
+    # (`n`, `best_of`); None when it sets no cap, or one that is not a whole number 0-10⁹
+    bound: int | None = None
 
 
 NO_MODEL_NEEDED = LlmRequest(None)  # GET, HEAD: listing models, nothing to choose
@@ -51,6 +57,28 @@ NO_MODEL_NEEDED = LlmRequest(None)  # GET, HEAD: listing models, nothing to choo
 
 class _Unreadable(ValueError):
     pass
+
+
+_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_CHOICES = ("n", "best_of")
+_LIMIT_KEYS = frozenset(_CAPS + _CHOICES)
+MAX_CAP = 10**9
+_WHOLE = re.compile(rb"-?0|[1-9][0-9]{0,9}")  # (what json.loads reads as such an int)
+
+
+def _output_cap(pairs: list[tuple[str, object]]) -> int | None:
+    """The output bound of a body's top-level (key, value) pairs that name one (values are
+    Python's: ints, or anything else, which makes the bound unknown)."""
+    cap: int | None = None
+    choices = 1
+    for key, value in pairs:
+        if type(value) is not int or not 0 <= value <= MAX_CAP:
+            return None  # a cap a server may read otherwise than we do: no bound
+        if key in _CAPS:
+            cap = value if cap is None else max(cap, value)
+        else:
+            choices = max(choices, value)
+    return None if cap is None else cap * choices
 
 
 SMALL_BODY = 16 << 10  # below this a full parse (in C) is cheaper than the scan
@@ -65,12 +93,12 @@ def read_model_request(body: bytes, method: str = "POST") -> LlmRequest:
         return LlmRequest(None, error=NO_BODY)
     try:
         text = body.decode("utf-8")  # (C speed: ~5 µs for 100 KB)
-        return _parse(text) if len(body) <= SMALL_BODY else _scan(body)
+        return _parse(text, len(body)) if len(body) <= SMALL_BODY else _scan(body)
     except (_Unreadable, UnicodeDecodeError):
         return LlmRequest(None, error=NOT_JSON)
 
 
-def _parse(text: str) -> LlmRequest:
+def _parse(text: str, size: int) -> LlmRequest:
     """A small body, parsed whole: the top-level object's pairs in order (duplicates kept)."""
     try:
         pairs = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant)
@@ -80,6 +108,7 @@ def _parse(text: str) -> LlmRequest:
         raise _Unreadable  # not an object
     models = [value for key, value in pairs if key == "model"]
     stream = any(key == "stream" and value is True for key, value in pairs)
+    cap = _output_cap([(key, value) for key, value in pairs if key in _LIMIT_KEYS])
     if len(models) > 1:
         return LlmRequest(None, stream, DUPLICATE_MODEL)
     if not models:
@@ -87,7 +116,7 @@ def _parse(text: str) -> LlmRequest:
     model = models[0]
     if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
         return LlmRequest(None, stream, BAD_MODEL)
-    return LlmRequest(model, stream)
+    return LlmRequest(model, stream, None, None if cap is None else size + cap)
 
 
 class _Pairs(list[tuple[str, object]]):
@@ -112,6 +141,7 @@ def _scan(body: bytes) -> LlmRequest:
     error: str | None = None
     models = 0
     stream = False
+    limits: list[tuple[str, object]] = []
     if i < end and body[i] == 0x7D:  # '}'
         i += 1
     else:
@@ -131,6 +161,9 @@ def _scan(body: bytes) -> LlmRequest:
                 model, error = _model(body[i:value_end])
             elif key == "stream":
                 stream = body[i:value_end] == b"true"
+            elif key in _LIMIT_KEYS:
+                raw = body[i:value_end]
+                limits.append((key, int(raw) if _WHOLE.fullmatch(raw) else raw))
             i = _skip_ws(body, value_end)
             if i < end and body[i] == 0x2C:  # ','
                 i = _skip_ws(body, i + 1)
@@ -145,7 +178,10 @@ def _scan(body: bytes) -> LlmRequest:
         return LlmRequest(None, stream, DUPLICATE_MODEL)
     if models == 0:
         return LlmRequest(None, stream, NO_MODEL)
-    return LlmRequest(model, stream, error)
+    if error is not None:
+        return LlmRequest(None, stream, error)
+    cap = _output_cap(limits)
+    return LlmRequest(model, stream, None, None if cap is None else end + cap)
 
 
 def _model(raw: bytes) -> tuple[str | None, str | None]:

@@ -31,6 +31,7 @@ from extauthz.core.route_match import (
     canonical_path,
     normal_host,
 )
+from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, PolicyError, shown
 from extauthz.files import describe, read_regular_file
@@ -83,6 +84,7 @@ class RoutePolicy:
     match: tuple[MatchRule, ...] = ()  # host/path rules for `--route-identity match`
     api: str | None = None  # "openai": an LLM endpoint, the model named in the JSON body
     models: tuple[str, ...] = ()  # what it serves: names and `prefix*` (empty: any model)
+    token_limit: TokenLimit | None = None  # LLM tokens per caller on this route
 
     @property
     def reads_source_address(self) -> bool:
@@ -90,7 +92,8 @@ class RoutePolicy:
         networks) and per-address rate limits (public routes; private ones answer internal
         callers without credentials). Elsewhere the address plays no part (design.md §3)."""
         return self.access is Access.PRIVATE or (
-            self.access is Access.PUBLIC and self.rate_limit is not None
+            self.access is Access.PUBLIC
+            and (self.rate_limit is not None or self.token_limit is not None)
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -111,6 +114,8 @@ class RoutePolicy:
             out["api"] = self.api
         if self.models:
             out["models"] = list(self.models)
+        if self.token_limit is not None:
+            out["token_limit"] = str(self.token_limit)
         if self.jwt is not None:
             jwt = self.jwt
             out["jwt"] = {
@@ -142,6 +147,7 @@ class RoutePolicy:
             match=tuple(MatchRule.from_json(m) for m in data.get("match", ())),
             api=data.get("api"),
             models=check_model_patterns(data.get("models", ())),
+            token_limit=TokenLimit.parse(data["token_limit"]) if data.get("token_limit") else None,
             jwt=None
             if jwt is None
             else JwtSettings(
@@ -277,6 +283,7 @@ _ROUTE_KEYS = (
     "match",
     "api",
     "models",
+    "token_limit",
 )
 _JWT_KEYS = (
     "issuer",
@@ -550,7 +557,7 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
 
     max_ttl, limit = _parse_token_limits(r, path, fields)
     match = _parse_match(r, f"{path}.match", fields["match"][1]) if "match" in fields else ()
-    api, models = _parse_api(r, path, fields)
+    api, models, token_limit = _parse_api(r, path, fields)
     return RoutePolicy(
         name,
         access,
@@ -564,13 +571,14 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
         match,
         api,
         models,
+        token_limit,
     )
 
 
 def _parse_api(
     r: _Reader, path: str, fields: dict[str, tuple[yaml.Node, yaml.Node]]
-) -> tuple[str | None, tuple[str, ...]]:
-    """`api: openai` and the `models` it serves (names and `prefix*`)."""
+) -> tuple[str | None, tuple[str, ...], TokenLimit | None]:
+    """`api: openai`, the `models` it serves (names and `prefix*`) and its `token_limit`."""
     api = None
     if "api" in fields:
         api = r.string(fields["api"][1], f"{path}.api")
@@ -589,7 +597,18 @@ def _parse_api(
             raise r.error(node, f"{path}.models", str(e)) from None
         if not models:
             raise r.error(node, f"{path}.models", "must list at least one (or leave it out: any)")
-    return api, models
+    token_limit = None
+    if "token_limit" in fields:
+        node = fields["token_limit"][1]
+        if api is None:
+            raise r.error(
+                fields["token_limit"][0], f"{path}.token_limit", "only for a route with api: openai"
+            )
+        try:
+            token_limit = TokenLimit.parse(r.string(node, f"{path}.token_limit"))
+        except ValueError as e:
+            raise r.error(node, f"{path}.token_limit", str(e)) from None
+    return api, models, token_limit
 
 
 def _parse_match(r: _Reader, path: str, node: yaml.Node) -> tuple[MatchRule, ...]:

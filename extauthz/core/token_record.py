@@ -14,6 +14,7 @@ from typing import Any
 from extauthz.core.credentials import MAX_NAME_LENGTH
 from extauthz.core.llm import check_model_patterns
 from extauthz.core.rate_limit import RateLimit
+from extauthz.core.token_limit import TokenLimit
 from extauthz.errors import MalformedRecord, shown
 
 # What a record edited by hand may hold: its values become header values (subject, scopes)
@@ -56,6 +57,8 @@ class TokenRecord:
     kind: str = MODEL  # MODEL or MANAGEMENT (see above)
     # LLM models it may use on `api: openai` routes: names and `prefix*`; None: any
     models: frozenset[str] | None = None
+    # LLM tokens (prompt + completion) it may use per window, on `api: openai` routes
+    token_limit: TokenLimit | None = None
 
     @property
     def management(self) -> bool:
@@ -86,6 +89,7 @@ class TokenRecord:
             "last_used": self.last_used,
             "kind": self.kind,
             "models": None if self.models is None else sorted(self.models),
+            "token_limit": str(self.token_limit) if self.token_limit else None,
         }
 
     def to_fields(self) -> dict[str, str]:
@@ -107,6 +111,8 @@ class TokenRecord:
             fields["kind"] = self.kind
         if self.models is not None:
             fields["models"] = ",".join(sorted(self.models))
+        if self.token_limit is not None:
+            fields["token_limit"] = str(self.token_limit)
         return fields
 
     @classmethod
@@ -149,6 +155,7 @@ class TokenRecord:
             created_at=_int_field(fields, "created_at", token_id),
             rate_limit=_rate_limit_field(fields, token_id),
             models=_models_field(fields, token_id),
+            token_limit=_token_limit_field(fields, token_id),
         )
 
 
@@ -210,4 +217,17 @@ def _rate_limit_field(fields: Mapping[str, str], token_id: str) -> RateLimit | N
     except ValueError:
         raise MalformedRecord(
             f"token record {token_id!r}: 'rate_limit' is not N/UNIT (e.g. 600/m): {shown(raw, 64)}"
+        ) from None
+
+
+def _token_limit_field(fields: Mapping[str, str], token_id: str) -> TokenLimit | None:
+    raw = fields.get("token_limit", "").strip(" ")
+    if not raw:
+        return None
+    try:
+        return TokenLimit.parse(raw)
+    except ValueError:
+        raise MalformedRecord(
+            f"token record {token_id!r}: 'token_limit' is not N/UNIT (e.g. 100000/d): "
+            f"{shown(raw, 64)}"
         ) from None

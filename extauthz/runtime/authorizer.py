@@ -35,6 +35,7 @@ from extauthz.runtime.jwt_verifier import JwtVerifier
 from extauthz.runtime.logs import LogSampler
 from extauthz.runtime.metrics import Metrics, count_value
 from extauthz.runtime.rate_limiter import RateLimiter
+from extauthz.runtime.token_limiter import TokenLimiter
 from extauthz.runtime.usage import UsageMeter
 from extauthz.storage.store import PolicyVersion, Store
 from extauthz.storage.token_cache import TokenCache
@@ -47,6 +48,7 @@ _perf_counter = time.perf_counter
 _debug_enabled = log.isEnabledFor
 _DEBUG = logging.DEBUG
 watch_log = logging.getLogger("extauthz.policy")
+_LIMITED = ("rate_limited", "token_limit_reached")  # refusals counted as rate-limited
 
 MEMO_TTL = 1.0  # seconds a remembered decision lives at most (beyond that: decided afresh)
 MEMO_MAX_ENTRIES = 10_000
@@ -71,13 +73,16 @@ class Authorizer:
         failures: FailureLimiter | None = None,
         limiter: RateLimiter | None = None,
         usage: UsageMeter | None = None,
+        token_limiter: TokenLimiter | None = None,
     ) -> None:
         """`failures`: failed authentications per client address (429 past its limit);
         `limiter`: counts the rate limits an allow carries (None: they are not enforced);
-        `usage`: meters tokens' allowed and rate-limited requests (None: off)."""
+        `usage`: meters tokens' allowed and rate-limited requests (None: off);
+        `token_limiter`: admits LLM requests against token limits (None: not enforced)."""
         self.store = store
         self.failures = failures
         self.limiter = limiter
+        self.token_limiter = token_limiter
         self.usage = usage
         self.metrics = metrics
         self.disable_auth = disable_auth
@@ -123,11 +128,13 @@ class Authorizer:
             decision = self._decide(facts, now, snapshot, peer)
         if decision.limits and self.limiter is not None:  # every time, also when remembered
             decision = self.limiter.admit(decision, now)
+        if decision.token_limits and self.token_limiter is not None:
+            decision = self.token_limiter.admit(decision, now)
         outcome = decision.outcome
         if decision.token_id is not None and self.usage is not None:
             if outcome is _ALLOW:
                 self.usage.count(decision.token_id, True, now, decision.model)
-            elif decision.reason == "rate_limited":
+            elif decision.reason in _LIMITED:
                 self.usage.count(decision.token_id, False, now)
         failures = self.failures
         if failures is not None and decision.status == 401 and decision.reason != "no_credential":
@@ -145,7 +152,7 @@ class Authorizer:
             if outcome is not _ALLOW:
                 if decision.reason == "store_unavailable":
                     metrics.redis_errors.inc()
-                elif decision.reason == "rate_limited":
+                elif decision.reason in _LIMITED:
                     metrics.rate_limited.labels(route).inc()
         if outcome is not _ALLOW or _debug_enabled(_DEBUG):
             self._log(facts, decision, headers.get("x-request-id", ""))

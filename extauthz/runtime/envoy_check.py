@@ -213,6 +213,8 @@ def check_response_bytes(decision: Decision, request_id: str = "") -> bytes:
         if request_id:
             body = f"{decision.body[:-1]}, {json.dumps('request_id')}: {json.dumps(request_id)}}}"
             return bytes(check_response(replace(decision, body=body)).SerializeToString())
+    if decision.response_headers:  # (made for this request alone: not worth keeping)
+        return bytes(check_response(decision).SerializeToString())
     # the decision memo hands out the same object for a repeated request: found by identity
     # (hashing a Decision walks all its fields); the object is kept, so its id stays its own
     known = _BY_IDENTITY.get(id(decision))
@@ -243,6 +245,7 @@ def check_response(decision: Decision) -> Any:
             ok_response=external_auth_pb2.OkHttpResponse(
                 headers=[_header(k, v) for k, v in decision.headers],
                 headers_to_remove=decision.remove_headers,
+                response_headers_to_add=[_header(k, v) for k, v in decision.response_headers],
             ),
             dynamic_metadata=metadata,
         )

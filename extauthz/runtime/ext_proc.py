@@ -27,6 +27,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extauthz.core.llm_usage import MAX_JSON_BODY, StreamUsage, Usage, json_usage
 from extauthz.runtime.metrics import Metrics
+from extauthz.runtime.token_limiter import METADATA_KEY as TOKEN_LIMITS_KEY
+from extauthz.runtime.token_limiter import TokenLimiter
 from extauthz.runtime.usage import UsageMeter
 
 EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
@@ -47,6 +49,7 @@ class Exchange:
         self.token_id = ""
         self.route = ""
         self.model = ""
+        self.token_limits = ""  # the reservation to settle (TokenLimiter's metadata)
         self.status = 0
         self.stream: StreamUsage | None = None  # an SSE response
         self.body = bytearray()  # a JSON response, up to MAX_JSON_BODY
@@ -61,6 +64,7 @@ class Exchange:
                 self.token_id = values.get("token_id", "")
                 self.route = values.get("route", "")
                 self.model = values.get("model", "")
+                self.token_limits = values.get(TOKEN_LIMITS_KEY, "")
         kind = message.WhichOneof("request")
         if kind == "response_headers":
             for header in message.response_headers.headers.headers:
@@ -97,9 +101,11 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         metrics: Metrics | None,
         max_streams: int,
         clock: Callable[[], float] = time.time,
+        token_limiter: TokenLimiter | None = None,
     ) -> None:
         self.usage = usage
         self.metrics = metrics
+        self.token_limiter = token_limiter
         self.clock = clock
         self._slots = threading.BoundedSemaphore(max_streams)
 
@@ -126,6 +132,12 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
 
     def _charge(self, exchange: Exchange) -> None:
         used = exchange.usage()
+        if exchange.token_limits and self.token_limiter is not None:
+            # an error used nothing; a success whose usage cannot be read keeps its reservation
+            spent = None if used is None else used.prompt_tokens + used.completion_tokens
+            if not 200 <= exchange.status < 300:
+                spent = 0
+            self.token_limiter.settle(exchange.token_limits, spent, self.clock())
         if used is None:
             if exchange.model and self.metrics is not None:
                 self.metrics.llm_uncounted.labels("no_usage").inc()

@@ -38,6 +38,7 @@ from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.policy_watcher import PolicyWatcher
 from extauthz.runtime.rate_limiter import RateLimiter
+from extauthz.runtime.token_limiter import TokenLimiter
 from extauthz.runtime.usage import UsageMeter
 from extauthz.storage.invalidation import InvalidationListener
 from extauthz.storage.redis_health import RedisHealth
@@ -128,6 +129,7 @@ class Server:
             if settings.usage_flush > 0
             else None
         )
+        self.token_limiter = TokenLimiter(self.store, settings.rate_limit_on_error)
         self.authorizer = self._authorizer()
         self.watcher = PolicyWatcher(
             self.authorizer, settings.policy_refresh, self.redis, self._on_poll
@@ -162,6 +164,7 @@ class Server:
             else None,
             limiter=RateLimiter(self.store, settings.rate_limit_on_error),
             usage=self.usage,
+            token_limiter=self.token_limiter,
         )
 
     def _grpc_server(
@@ -183,7 +186,12 @@ class Server:
         )
         server.add_generic_rpc_handlers((authorization_service(check, read),))
         if self.settings.ext_proc_streams > 0:
-            processor = UsageProcessor(self.usage, self.metrics, self.settings.ext_proc_streams)
+            processor = UsageProcessor(
+                self.usage,
+                self.metrics,
+                self.settings.ext_proc_streams,
+                token_limiter=self.token_limiter,
+            )
             external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return server
@@ -248,6 +256,7 @@ class Server:
         usage counted since the last flush goes to Redis every `usage_flush` seconds."""
         if self.usage is not None:
             self.usage.maybe_flush()
+        self.token_limiter.sync(time.time())
         now = time.monotonic()
         if self.redis.store_ok:
             if not self.serving and not self._stopping.is_set():
@@ -304,6 +313,7 @@ class Server:
         self.watcher.stop()
         if self.usage is not None:
             self.usage.flush()  # nothing counted is lost on SIGTERM
+        self.token_limiter.sync(time.time(), final=True)  # debts paid, budgets given back
         if self.listener is not None:
             self.listener.stop()
         self.jwks.stop()

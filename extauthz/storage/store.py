@@ -161,6 +161,33 @@ class Store:
             total, _ = pipe.execute()
         return int(total)
 
+    # --- LLM token limits ----------------------------------------------------------------
+
+    def take_tokens(self, counter: str, want: int, limit: int, ends: float) -> tuple[int, int]:
+        """Lease up to `want` tokens from a token-limit counter (`{prefix}tl:<counter>`,
+        expiring a minute after `ends`) without taking it past `limit`: (tokens granted,
+        the counter's total after). One round trip; two when it would pass the limit (what
+        was over is given back: the counter never stays above what was granted)."""
+        key = f"{self.prefix}tl:{counter}"
+        with self.redis_errors(), self._timed("incrby"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.incrby(key, want)
+            pipe.expireat(key, int(ends) + 60)
+            total = int(pipe.execute()[0])
+            over = min(want, total - max(limit, total - want))
+            if over > 0:
+                total = int(self.client.decrby(key, over))
+        return want - max(over, 0), total
+
+    def add_tokens(self, counter: str, tokens: int, ends: float) -> None:
+        """Add `tokens` (a debt; negative: a budget given back) to a token-limit counter."""
+        key = f"{self.prefix}tl:{counter}"
+        with self.redis_errors(), self._timed("incrby"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.incrby(key, tokens)
+            pipe.expireat(key, int(ends) + 60)
+            pipe.execute()
+
     # --- audit ----------------------------------------------------------------------------
 
     def append_audit(self, event: dict[str, str], max_events: int) -> None:

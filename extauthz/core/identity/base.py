@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from extauthz.core.credentials import Credential
 from extauthz.core.rate_limit import RateLimit
+from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import TokenRecord
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Identity:
     rate_limit: RateLimit | None = None  # the token's own limit
     token_id: str | None = None  # a token or route secret (its usage is metered)
     models: frozenset[str] | None = None  # LLM models it may use (patterns); None: any
+    token_limit: TokenLimit | None = None  # the token's own LLM token limit
 
 
 @dataclass(frozen=True, slots=True)

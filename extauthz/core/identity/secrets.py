@@ -44,4 +44,5 @@ def identify_secret(secret: str, ctx: Context) -> IdentityResult:
         record.rate_limit,
         token_id=record.id,
         models=record.models,
+        token_limit=record.token_limit,
     )

@@ -1,0 +1,95 @@
+"""LLM token limits, pure (design.md §15): the `N/UNIT` notation, the windows they count in,
+and how many tokens a request may cost at most (what admission reserves).
+
+A token limit allows at most N LLM tokens (prompt + completion) per window of its unit:
+`m`, `h`, `d` aligned to the UTC epoch, or `mo`, the UTC calendar month. The token's own
+limit (record field `token_limit`) counts per token; a route's (policy `token_limit`) per
+caller on that route, as a route's `rate_limit` does. The counting, shared by every process
+through Redis, is runtime/token_limiter.py.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from extauthz.core.llm import LlmRequest
+
+_NOTATION = re.compile(r"([1-9][0-9]{0,14})/(mo|m|h|d)", re.ASCII)
+_FIXED_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+RULE = "use N/UNIT: a whole number of LLM tokens per m, h, d or mo (month), e.g. 100000/d"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLimit:
+    """At most `count` LLM tokens per window of `unit` (m, h, d or mo)."""
+
+    count: int
+    unit: str
+
+    @classmethod
+    def parse(cls, text: str) -> TokenLimit:
+        """`100000/d` → TokenLimit(100000, "d"); ValueError (message: RULE) otherwise."""
+        m = _NOTATION.fullmatch(text.strip())
+        if m is None:
+            raise ValueError(RULE)
+        return cls(int(m.group(1)), m.group(2))
+
+    def window(self, now: float) -> tuple[int, float, float]:
+        """The window `now` falls in: its index, its first second and the first after it."""
+        seconds = _FIXED_SECONDS.get(self.unit)
+        if seconds is not None:
+            index = int(now // seconds)
+            return index, float(index * seconds), float((index + 1) * seconds)
+        day = datetime.fromtimestamp(now, UTC)
+        index = day.year * 12 + day.month - 1
+        return index, _month_start(index), _month_start(index + 1)
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.unit}"
+
+
+def _month_start(index: int) -> float:
+    year, month = divmod(index, 12)
+    return datetime(year, month + 1, 1, tzinfo=UTC).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLimited:
+    """One token counter an LLM request is admitted against: `key` names what is counted."""
+
+    key: str  # "token:<id>" or "route:<route>:<caller>"
+    limit: TokenLimit
+    what: str  # for the 429 message: "this token", "route llm"
+    lease: str = field(default="", compare=False)  # key and limit: a changed limit leases anew
+
+    def __post_init__(self) -> None:
+        if not self.lease:
+            object.__setattr__(self, "lease", f"{self.key}|{self.limit}")
+
+
+def token_limits_for(
+    route: str,
+    route_limit: TokenLimit | None,
+    token_id: str | None,
+    token_limit: TokenLimit | None,
+    caller: str,
+) -> tuple[TokenLimited, ...]:
+    """The counters an LLM request on `route` is admitted against: the token's own limit and
+    the route's per `caller` (a subject, or the client address when nobody is named)."""
+    out: tuple[TokenLimited, ...] = ()
+    if token_limit is not None and token_id is not None:
+        out += (TokenLimited(f"token:{token_id}", token_limit, "this token"),)
+    if route_limit is not None:
+        out += (TokenLimited(f"route:{route}:{caller}", route_limit, f"route {route}"),)
+    return out
+
+
+def reservation(llm: LlmRequest | None) -> int:
+    """The tokens admission reserves for a request: its bound (LlmRequest.bound), or 1 when
+    it sets no output cap (its tokens are then charged when the response ends, beyond what
+    was reserved: see the guarantee in docs/llm.md)."""
+    if llm is None or llm.bound is None:
+        return 1
+    return max(1, llm.bound)

@@ -1,0 +1,345 @@
+"""LLM token limits (issue #25, design.md §15): the notation and its windows, the bound a
+request's body sets, the counters a decision is admitted against, and the leased budgets
+shared by several processes through one Redis (fakeredis here; real Redis and Envoy in
+tests/integration/test_token_limits_e2e.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extauthz.core.credentials import token_hash
+from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
+from extauthz.core.llm import read_model_request
+from extauthz.core.policy import PolicySnapshot, parse_policy
+from extauthz.core.token_limit import TokenLimit, TokenLimited, reservation
+from extauthz.core.token_record import TokenRecord
+from extauthz.errors import MalformedRecord, PolicyError
+from extauthz.runtime.token_limiter import (
+    LIMIT_HEADER,
+    METADATA_KEY,
+    REMAINING_HEADER,
+    TokenLimiter,
+)
+from extauthz.storage.client import DECODING
+from extauthz.storage.store import Store
+
+START = 1_800_000_000.0  # an aligned minute (and hour)
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "unit"),
+    [("50/m", 50, "m"), ("2000/h", 2000, "h"), ("100000/d", 100000, "d"), ("9/mo", 9, "mo")],
+)
+def test_notation(text: str, count: int, unit: str) -> None:
+    limit = TokenLimit.parse(text)
+    assert (limit.count, limit.unit, str(limit)) == (count, unit, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "50", "0/m", "-1/m", "50/s", "50/w", "50/month", "1.5/m", "50 / m", "٣/m", "5/M",
+     "9" * 16 + "/d", "50/mo/m", "50/m\x00"],
+)  # fmt: skip
+def test_notation_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="N/UNIT"):
+        TokenLimit.parse(text)
+
+
+def test_windows_fixed_units_align_to_the_epoch_and_months_to_the_calendar() -> None:
+    minute = TokenLimit(10, "m")
+    assert minute.window(START + 59.9)[0] == minute.window(START)[0] != minute.window(START + 60)[0]
+    assert minute.window(START + 12.5)[1:] == (START, START + 60)
+
+    month = TokenLimit(10, "mo")
+
+    def at(y: int, m: int, d: int = 1, h: int = 0) -> float:
+        return datetime(y, m, d, h, tzinfo=UTC).timestamp()
+
+    index, starts, ends = month.window(at(2026, 12, 31, 23))
+    assert (starts, ends) == (at(2026, 12), at(2027, 1))  # December into January
+    assert month.window(at(2027, 1))[0] == index + 1
+    assert month.window(at(2028, 2, 29))[1:] == (at(2028, 2), at(2028, 3))  # leap February
+
+
+def test_records_carry_a_token_limit_and_a_bad_one_is_malformed() -> None:
+    record = TokenRecord.from_fields({"id": "t", "routes": "llm", "token_limit": "50/m"})
+    assert record.token_limit == TokenLimit(50, "m")
+    assert TokenRecord.from_fields(record.to_fields()) == record
+    assert record.to_json()["token_limit"] == "50/m"
+    for bad in ("lots", "50/s", "0/m", "50/m,60/m", "\udcff"):
+        with pytest.raises(MalformedRecord, match="token_limit"):
+            TokenRecord.from_fields({"id": "t", "routes": "llm", "token_limit": bad})
+
+
+@pytest.mark.parametrize(
+    ("extra", "cap"),
+    [
+        ({}, None),
+        ({"max_tokens": 100}, 100),
+        ({"max_completion_tokens": 70}, 70),
+        ({"max_output_tokens": 9}, 9),  # (the Responses API)
+        ({"max_tokens": 10, "max_completion_tokens": 30}, 30),  # both: the larger bounds
+        ({"max_tokens": 10, "n": 4}, 40),
+        ({"max_tokens": 10, "best_of": 5, "n": 2}, 50),
+        ({"max_tokens": 0}, 0),
+        ({"n": 3}, None),  # choices without a cap: no bound
+        ({"max_tokens": -1}, None),
+        ({"max_tokens": 10.0}, None),
+        ({"max_tokens": 1e3}, None),
+        ({"max_tokens": "100"}, None),
+        ({"max_tokens": True}, None),
+        ({"max_tokens": None}, None),
+        ({"max_tokens": [100]}, None),
+        ({"max_tokens": 10**10}, None),
+        ({"max_tokens": 10, "n": -2}, None),
+        ({"max_tokens": 10, "n": 2.5}, None),
+        ({"messages": [{"max_tokens": 5}]}, None),  # nested: not the request's
+    ],
+)
+@pytest.mark.parametrize("pad", [0, 20_000], ids=["parsed", "scanned"])
+def test_the_bound_is_the_body_plus_the_output_cap(
+    extra: dict[str, Any], cap: int | None, pad: int
+) -> None:
+    raw = json.dumps({"model": "m", "prompt": "p" * pad, **extra}).encode()
+    found = read_model_request(raw)
+    assert found.model == "m"
+    assert found.bound == (None if cap is None else len(raw) + cap)
+    assert reservation(found) == (1 if cap is None else len(raw) + cap)
+
+
+def test_a_repeated_cap_bounds_by_the_larger_whichever_parser() -> None:
+    for pad in (b"", b'"p": "' + b"x" * 20_000 + b'", '):
+        raw = b"{" + pad + b'"model": "m", "max_tokens": 5, "max_tokens": 900}'
+        assert read_model_request(raw).bound == len(raw) + 900
+        raw = b"{" + pad + b'"model": "m", "max_tokens": 5, "max_tokens": -0}'
+        assert read_model_request(raw).bound == len(raw) + 5
+
+
+_value = st.one_of(
+    st.integers(-5, 2 * 10**9), st.floats(allow_nan=False), st.booleans(), st.none(),
+    st.text(max_size=3),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["max_tokens", "max_completion_tokens", "n", "best_of",
+                                        "max_output_tokens", "x"]), _value, max_size=4))  # fmt: skip
+def test_the_scanner_and_the_parser_agree_on_the_bound(caps: dict[str, object]) -> None:
+    small = json.dumps({"model": "m", **caps}).encode()
+    large = json.dumps({"model": "m", "pad": "x" * 20_000, **caps}).encode()
+    a, b = read_model_request(small), read_model_request(large)
+    assert (a.bound is None) == (b.bound is None)
+    if a.bound is not None and b.bound is not None:
+        assert a.bound - len(small) == b.bound - len(large)
+
+
+DOCUMENT = parse_policy(
+    """
+version: 1
+routes:
+  llm:
+    access: protected
+    api: openai
+    token_limit: 1000/m
+  open-llm:
+    access: public
+    api: openai
+    token_limit: 100/h
+  plain:
+    access: protected
+"""
+)
+POLICY = PolicySnapshot(1, DOCUMENT.routes)
+SECRET = "tl-secret"
+
+
+def _lookup(record: TokenRecord) -> Any:
+    return lambda digest: record if digest == token_hash(SECRET) else None
+
+
+def test_a_decision_is_admitted_against_the_tokens_limit_and_the_routes_per_caller() -> None:
+    record = TokenRecord("t1", frozenset({"*"}), frozenset(), token_limit=TokenLimit(50, "m"))
+    body = b'{"model": "m", "max_tokens": 10}'
+    facts = RequestFacts("llm", authorization=f"Bearer {SECRET}", llm=read_model_request(body))
+    allow = decide(facts, POLICY, _lookup(record), START)
+    assert allow.outcome is Outcome.ALLOW
+    assert [(t.key, str(t.limit)) for t in allow.token_limits] == [
+        ("token:t1", "50/m"),
+        ("route:llm:tok:t1", "1000/m"),
+    ]
+    assert allow.reserve == len(body) + 10
+    listing = facts._replace(llm=read_model_request(b"", "GET"))  # no model: no LLM tokens
+    assert decide(listing, POLICY, _lookup(record), START).token_limits == ()
+    public = RequestFacts("open-llm", source_address="10.1.2.3", llm=read_model_request(body))
+    assert [t.key for t in decide(public, POLICY, _lookup(record), START).token_limits] == [
+        "route:open-llm:addr:10.1.2.3"
+    ]
+
+
+def test_token_limit_only_on_llm_routes_with_file_and_line() -> None:
+    with pytest.raises(PolicyError, match=r":5: .*token_limit.*api: openai"):
+        parse_policy("version: 1\nroutes:\n  r:\n    access: protected\n    token_limit: 5/m\n")
+    with pytest.raises(PolicyError, match=r":6: .*token_limit.*N/UNIT"):
+        parse_policy(
+            "version: 1\nroutes:\n  r:\n    access: protected\n    api: openai\n"
+            "    token_limit: 5/s\n"
+        )
+
+
+# --- the limiter -------------------------------------------------------------------------
+
+
+def _store(client: Any = None) -> Store:
+    return Store(client or fakeredis.FakeRedis(**DECODING), "extauthz:")
+
+
+def _allow(reserve: int, *limits: TokenLimited) -> Decision:
+    return Decision(
+        Outcome.ALLOW, 200, "granted", token_limits=limits, reserve=reserve, model="m",
+        metadata=(("subject", "t1"),),
+    )  # fmt: skip
+
+
+def _metadata(decision: Decision) -> str:
+    return dict(decision.metadata)[METADATA_KEY]
+
+
+LIMIT = TokenLimited("token:t1", TokenLimit(1000, "m"), "this token")
+
+
+def test_reservations_never_pass_the_limit_and_the_429_says_when_to_retry() -> None:
+    limiter = TokenLimiter(_store())
+    admitted = []
+    for _ in range(20):
+        answer = limiter.admit(_allow(300, LIMIT), START + 10)
+        if answer.outcome is not Outcome.ALLOW:
+            break
+        admitted.append(answer)
+    assert len(admitted) == 3  # 3 x 300 <= 1000 < 4 x 300
+    assert answer.status == 429 and answer.reason == "token_limit_reached"
+    assert dict(answer.headers)["retry-after"] == "50"  # to the minute's end
+    assert json.loads(answer.body)["error"] == "token_limit_reached"
+    headers = dict(admitted[-1].response_headers)
+    assert headers[LIMIT_HEADER] == "1000" and headers[REMAINING_HEADER] == "100"
+    # the responses used less: what they did not use is admitted again
+    for decision in admitted:
+        limiter.settle(_metadata(decision), 120, START + 11)
+    assert limiter.admit(_allow(300, LIMIT), START + 12).outcome is Outcome.ALLOW
+    # the next window starts afresh
+    assert limiter.admit(_allow(900, LIMIT), START + 60).outcome is Outcome.ALLOW
+
+
+def test_a_request_without_a_cap_is_admitted_until_the_count_reaches_the_limit() -> None:
+    store = _store()
+    limiter = TokenLimiter(store)
+    first = limiter.admit(_allow(1, LIMIT), START)
+    assert first.outcome is Outcome.ALLOW
+    limiter.settle(_metadata(first), 1500, START + 1)  # it used more than the limit
+    limiter.sync(START + 1)  # the debt is paid into Redis
+    assert int(store.client.get("extauthz:tl:token:t1:m30000000") or 0) >= 1000
+    other = TokenLimiter(store)  # another process learns it from Redis
+    assert other.admit(_allow(1, LIMIT), START + 2).status == 429
+    assert limiter.admit(_allow(1, LIMIT), START + 2).status == 429
+
+
+def test_settled_by_another_process_and_given_back_when_the_window_is_full() -> None:
+    store = _store()
+    a, b = TokenLimiter(store), TokenLimiter(store)
+    held = a.admit(_allow(600, LIMIT), START)
+    assert held.outcome is Outcome.ALLOW
+    assert b.admit(_allow(600, LIMIT), START).status == 429  # only ~400 left in Redis
+    b.settle(_metadata(held), 100, START + 1)  # the response passed b: b holds 500
+    assert a.admit(_allow(600, LIMIT), START + 1.5).status == 429  # Redis has 400 left
+    b.sync(START + 1.5)  # the window is full: b gives its 500 back
+    assert a.admit(_allow(600, LIMIT), START + 1.6).status == 429  # (a asks again later)
+    assert a.admit(_allow(600, LIMIT), START + 2).outcome is Outcome.ALLOW
+
+
+def test_every_limit_must_have_room_and_a_refusal_returns_the_others() -> None:
+    small = TokenLimited("route:llm:tok:t1", TokenLimit(100, "m"), "route llm")
+    limiter = TokenLimiter(_store())
+    assert limiter.admit(_allow(150, LIMIT, small), START).status == 429
+    for _ in range(6):  # the big limit got its 150 back each time
+        assert limiter.admit(_allow(150, LIMIT), START).outcome is Outcome.ALLOW
+
+
+class _Down:
+    def pipeline(self, **_: Any) -> Any:
+        raise redis.ConnectionError("down")
+
+
+def test_redis_down_fails_closed_unless_told_to_allow() -> None:
+    closed = TokenLimiter(_store(_Down()))
+    assert closed.admit(_allow(5, LIMIT), START).status == 503
+    opened = TokenLimiter(_store(_Down()), on_error="allow")
+    answer = opened.admit(_allow(5, LIMIT), START)
+    assert answer.outcome is Outcome.ALLOW and METADATA_KEY not in dict(answer.metadata)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    ["", "x", "[]", "{}", "[1]", '[1, "x"]', '["a", []]', '[1, [["c", "5/s", 0]]]',
+     '[1, [["c", "5/m"]]]', "[1e400, []]", '[1, [["c", "5/m", "x"]]]', "[" * 100_000],
+)  # fmt: skip
+def test_unreadable_metadata_is_not_settled_and_breaks_nothing(metadata: str) -> None:
+    limiter = TokenLimiter(_store())
+    limiter.settle(metadata, 10, START)
+    limiter.sync(START)
+    assert limiter.admit(_allow(5, LIMIT), START).outcome is Outcome.ALLOW
+
+
+def test_a_warm_budget_makes_few_redis_calls() -> None:
+    calls = []
+    store = _store()
+    store.observe = lambda command, seconds: calls.append(command)
+    limiter = TokenLimiter(store)
+    big = TokenLimited("token:t1", TokenLimit(10_000_000, "d"), "this token")
+    now = START
+    for _ in range(2000):  # 100 requests a second of ~150 tokens
+        now += 0.01
+        answer = limiter.admit(_allow(200, big), now)
+        limiter.settle(_metadata(answer), 150, now)
+    assert len(calls) / 2000 <= 0.1, len(calls)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_three_processes_never_pass_the_limit_and_use_most_of_it(seed: int) -> None:
+    """Bounded requests from three limiters on one Redis, interleaved at random, twice the
+    load the limit allows: the tokens used in the window never exceed N, and most of N is
+    used."""
+    rng = random.Random(seed)  # noqa: S311 (a simulation)
+    store = _store()
+    procs = [TokenLimiter(store) for _ in range(3)]
+    limit = TokenLimited("token:t1", TokenLimit(2000, "m"), "this token")
+    in_flight: list[tuple[str, int]] = []
+    used = 0
+    now = START
+    offered = 0
+    while offered < 4000:
+        now += 0.05
+        proc = rng.choice(procs)
+        if in_flight and rng.random() < 0.5:
+            metadata, spent = in_flight.pop(rng.randrange(len(in_flight)))
+            rng.choice(procs).settle(metadata, spent, now)  # any process may settle
+            continue
+        bound = rng.randint(40, 160)
+        offered += bound
+        answer = proc.admit(_allow(bound, limit), now)
+        if answer.outcome is Outcome.ALLOW:
+            spent = rng.randint(bound // 2, bound)
+            used += spent
+            in_flight.append((_metadata(answer), spent))
+        if rng.random() < 0.05:
+            rng.choice(procs).sync(now)
+    assert now < START + 60
+    assert used <= 2000
+    assert used >= 0.8 * 2000, used
