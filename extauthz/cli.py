@@ -30,7 +30,7 @@ from extauthz.errors import (
     UsageError,
     shown,
 )
-from extauthz.storage.store import Store, open_store
+from extauthz.storage.store import TOKEN_KINDS, Store, open_store
 
 CLI_REDIS_TIMEOUT = 5.0  # seconds: the CLI may wait longer than the decision path
 
@@ -196,6 +196,7 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
         token_id=args.id,
         rate_limit=tokens.parse_rate_limit(args.rate_limit) if args.rate_limit else None,
         models=args.model,
+        token_limit=tokens.parse_token_limit(args.token_limit) if args.token_limit else None,
     )
     _warn(issued.warnings)
     _print_issued(issued, args.json)
@@ -263,6 +264,7 @@ def _cmd_token_update(args: argparse.Namespace, settings: Settings) -> int:
         now=time.time(),
         confirm=settings.ack_timeout,
         models=None if args.all_models else args.model or "keep",
+        token_limit=tokens.parse_token_limit(args.token_limit) if args.token_limit else "keep",
     )
     _warn(updated.warnings)
     _print_record(updated.record, args.json)
@@ -284,7 +286,15 @@ def _cmd_token_usage(args: argparse.Namespace, settings: Settings) -> int:
     for day in report["days"]:
         print(f"{day['date']:<12} {day['allowed']:>10} {day['rate_limited']:>13}")
         for model, counts in day.get("models", {}).items():
-            print(f"  {_shown(model):<10} {counts['requests']:>10}")
+            tokens_used = ""
+            if any(kind in counts for kind in TOKEN_KINDS):
+                tokens_used = (
+                    f"   LLM tokens: {counts.get('prompt_tokens', 0)} prompt, "
+                    f"{counts.get('completion_tokens', 0)} completion"
+                )
+                estimated = counts.get("estimated_completion_tokens", 0)
+                tokens_used += f", {estimated} estimated" if estimated else ""
+            print(f"  {_shown(model):<10} {counts['requests']:>10}{tokens_used}")
     return 0
 
 
@@ -583,6 +593,9 @@ def _add_token_parsers(sub: Any) -> None:
         help="LLM model it may use on api: openai routes: a name or prefix*, repeatable "
         "(default: every model its routes serve)",
     )
+    create.add_argument(
+        "--token-limit", help="LLM tokens per window: 100000/d (m, h, d, mo = UTC month)"
+    )
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=_cmd_token_create)
 
@@ -612,6 +625,7 @@ def _add_token_parsers(sub: Any) -> None:
             p.add_argument("--rate-limit", help="600/m (s, m, h, d), or none to remove it")
             p.add_argument("--model", action="append", help="new LLM models (replace the old)")
             p.add_argument("--all-models", action="store_true", help="every model its routes serve")
+            p.add_argument("--token-limit", help="100000/d (m, h, d, mo), or none to remove it")
         if name == "rotate":
             p.add_argument("--grace", help="the old secret keeps working this long (e.g. 10m)")
 

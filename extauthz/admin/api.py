@@ -82,6 +82,7 @@ class NewToken(_Strict):
     models: list[str] | None = Field(
         default=None, max_length=256, description="LLM models (names, prefix*); null: any"
     )
+    token_limit: str | None = Field(default=None, max_length=32, description="100000/d")
 
 
 class TokenChange(_Strict):
@@ -93,6 +94,7 @@ class TokenChange(_Strict):
     rate_limit: str | None = Field(default=None, max_length=32, description="600/m or none")
     models: list[str] | None = Field(default=None, max_length=256, description="new models")
     all_models: bool = False
+    token_limit: str | None = Field(default=None, max_length=32, description="100000/d or none")
 
 
 class Rotation(_Strict):
@@ -246,6 +248,7 @@ def create_token(who: Who, store: Db, body: NewToken) -> dict[str, Any]:
         not_after=None if who.admin else who.expires_at,
         check=lambda record: _require(who, Action.CREATE, record),
         models=body.models,
+        token_limit=tokens.parse_token_limit(body.token_limit) if body.token_limit else None,
     )
     return {**issued.record.to_json(), "token": issued.token, "warnings": issued.warnings}
 
@@ -280,6 +283,7 @@ def update_token(who: Who, store: Db, token_id: str, body: TokenChange) -> dict[
         actor=who.id,
         check=check,
         models=None if body.all_models else body.models if body.models is not None else "keep",
+        token_limit=tokens.parse_token_limit(body.token_limit) if body.token_limit else "keep",
     )
     return {**updated.record.to_json(), **_reported(updated.unconfirmed, updated.warnings)}
 

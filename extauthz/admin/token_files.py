@@ -1,8 +1,9 @@
 """Bulk tokens as JSON Lines: `token export` (never a secret) and `token import`.
 
 One object per line: `id`, `routes`, `scopes`, optional `name`, `created_at`, `expires_at`
-(unix seconds), `rate_limit` (`600/m`, or null) and `models` (LLM models: names and
-`prefix*`; absent or null: every model), and either `token` (the
+(unix seconds), `rate_limit` (`600/m`, or null), `models` (LLM models: names and
+`prefix*`; absent or null: every model) and `token_limit` (LLM tokens, `100000/d`, or
+null), and either `token` (the
 secret, hashed on import) or `sha256` (its hash, as export writes it). A token with scope
 `admin` or `tokens:manage` is a management token (kind follows from the scopes). An import reads and
 checks the whole file, then Redis (conflicts, caps), before it writes anything; what is
@@ -30,9 +31,11 @@ from extauthz.admin.tokens import (
     check_routes,
     check_scopes,
     parse_rate_limit,
+    parse_token_limit,
 )
 from extauthz.core.credentials import token_hash
 from extauthz.core.rate_limit import RateLimit
+from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import MAX_UNIX_SECONDS, TokenRecord
 from extauthz.errors import BadImportLine, InvalidValue, MalformedRecord, TokenExists
 from extauthz.storage.store import Store
@@ -40,7 +43,17 @@ from extauthz.storage.token_index import PAGE, ImportItem, TokenIndex
 
 MAX_LINE_BYTES = 64 << 10
 MAX_FILE_BYTES = 1 << 30
-FIELDS = ("id", "routes", "scopes", "name", "created_at", "expires_at", "rate_limit", "models")
+FIELDS = (
+    "id",
+    "routes",
+    "scopes",
+    "name",
+    "created_at",
+    "expires_at",
+    "rate_limit",
+    "models",
+    "token_limit",
+)
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{8,4096}=*", re.ASCII)  # what a Bearer token can be
 
@@ -63,6 +76,8 @@ def export_lines(store: Store, route: str | None = None) -> Iterator[str]:
             line["rate_limit"] = str(record.rate_limit)
         if record.models is not None:
             line["models"] = sorted(record.models)
+        if record.token_limit is not None:
+            line["token_limit"] = str(record.token_limit)
         line["sha256"] = digest
         yield json.dumps(line, ensure_ascii=False)
 
@@ -229,6 +244,7 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
             expires_at=_time(data, "expires_at", math.floor(now) + 1, None),
             rate_limit=_rate_limit(data),
             models=None if data.get("models") is None else check_models(_names(data, "models")),
+            token_limit=_token_limit(data),
         )
     except InvalidValue as e:
         field = {
@@ -236,6 +252,7 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
             "scope": "scopes",
             "rate-limit": "rate_limit",
             "model": "models",
+            "token-limit": "token_limit",
         }.get(e.field)
         raise bad(field or e.field, e.rule) from None
     return Entry(number, _digest(data, bad), record)
@@ -276,6 +293,15 @@ def _rate_limit(data: dict[str, Any]) -> RateLimit | None:
     if not isinstance(value, str):
         raise InvalidValue("rate-limit", None, "must be a string such as 600/m, or null")
     return parse_rate_limit(value)
+
+
+def _token_limit(data: dict[str, Any]) -> TokenLimit | None:
+    value = data.get("token_limit")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidValue("token-limit", None, "must be a string such as 100000/d, or null")
+    return parse_token_limit(value)
 
 
 def _name(data: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from extauthz.core.durations import MAX_SECONDS, format_duration, parse_duration
 from extauthz.core.llm import check_model_patterns
 from extauthz.core.policy import PolicySnapshot, RoutePolicy
 from extauthz.core.rate_limit import RateLimit
+from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import MANAGEMENT, MANAGEMENT_SCOPES, TokenRecord, kind_of
 from extauthz.errors import InvalidValue, MalformedRecord
 from extauthz.storage.store import Store, utc_date
@@ -108,6 +109,16 @@ def parse_rate_limit(text: str) -> RateLimit | None:
         return RateLimit.parse(text)
     except ValueError as e:
         raise InvalidValue("rate-limit", text, f"{e}, or none") from None
+
+
+def parse_token_limit(text: str) -> TokenLimit | None:
+    """`100000/d` → TokenLimit; `none` → None (no LLM token limit of its own)."""
+    if text == "none":
+        return None
+    try:
+        return TokenLimit.parse(text)
+    except ValueError as e:
+        raise InvalidValue("token-limit", text, f"{e}, or none") from None
 
 
 def check_id(token_id: str) -> str:
@@ -200,6 +211,7 @@ def create(
     not_after: int | None = None,
     check: Check | None = None,
     models: Iterable[str] | None = None,
+    token_limit: TokenLimit | None = None,
 ) -> IssuedToken:
     """Mint a token for `routes` (or `*`) with `scopes`, expiring after ttl (or the routes'
     max_token_ttl; else never). `not_after`: without a ttl it expires then at the latest
@@ -224,6 +236,7 @@ def create(
         rate_limit=rate_limit,
         kind=kind,
         models=None if models is None else check_models(models),
+        token_limit=token_limit,
     )
     if check is not None:
         check(record)
@@ -243,6 +256,7 @@ def described(record: TokenRecord) -> dict[str, Any]:
         "rate_limit": str(record.rate_limit) if record.rate_limit else None,
         "kind": record.kind,
         "models": None if record.models is None else sorted(record.models),
+        "token_limit": str(record.token_limit) if record.token_limit else None,
     }
 
 
@@ -279,10 +293,11 @@ def update(
     actor: str | None = None,
     check: Callable[[TokenRecord, TokenRecord], None] | None = None,
     models: Iterable[str] | str | None = "keep",
+    token_limit: TokenLimit | str | None = "keep",  # noqa: S107 (not a secret)
 ) -> Updated:
     """Change a token's record (not its secret); every server drops its cached copy.
-    `rate_limit`: a RateLimit, None (remove it) or "keep"; `models`: names and patterns,
-    None (any model) or "keep". `check(current, new)` may refuse
+    `rate_limit`, `token_limit`: a limit, None (remove it) or "keep"; `models`: names and
+    patterns, None (any model) or "keep". `check(current, new)` may refuse
     the change; it runs inside the transaction, on the record as it is then. A token's kind
     (model or management) never changes."""
     route_set = check_routes(routes) if routes is not None else None
@@ -310,6 +325,7 @@ def update(
             expires_at=expires,
             rate_limit=record.rate_limit if isinstance(rate_limit, str) else rate_limit,
             models=record.models if isinstance(models, str) else model_set,
+            token_limit=record.token_limit if isinstance(token_limit, str) else token_limit,
         )
         if scope_set is not None and check_kind(scope_set) != record.kind:
             raise InvalidValue(

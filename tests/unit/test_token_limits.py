@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -16,13 +17,15 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extauthz.admin import tokens
+from extauthz.admin.token_files import export_lines, plan_import, read_import_file
 from extauthz.core.credentials import token_hash
 from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
 from extauthz.core.llm import read_model_request
 from extauthz.core.policy import PolicySnapshot, parse_policy
 from extauthz.core.token_limit import TokenLimit, TokenLimited, reservation
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import MalformedRecord, PolicyError
+from extauthz.errors import BadImportLine, InvalidValue, MalformedRecord, PolicyError
 from extauthz.runtime.token_limiter import (
     LIMIT_HEADER,
     METADATA_KEY,
@@ -31,6 +34,7 @@ from extauthz.runtime.token_limiter import (
 )
 from extauthz.storage.client import DECODING
 from extauthz.storage.store import Store
+from extauthz.storage.token_index import TokenIndex
 
 START = 1_800_000_000.0  # an aligned minute (and hour)
 
@@ -343,3 +347,36 @@ def test_three_processes_never_pass_the_limit_and_use_most_of_it(seed: int) -> N
     assert now < START + 60
     assert used <= 2000
     assert used >= 0.8 * 2000, used
+
+
+# --- where a token's limit is set ----------------------------------------------------------
+
+
+def test_token_limit_through_create_update_export_import(store: Store, tmp_path: Path) -> None:
+    now = START
+    made = tokens.create(store, ["llm"], token_id="l1", now=now, token_limit=TokenLimit(50, "m"))
+    assert store.token_record(token_hash(made.token)).token_limit == TokenLimit(50, "m")  # type: ignore[union-attr]
+    assert tokens.update(store, "l1", name="n", now=now).record.token_limit == TokenLimit(50, "m")
+    changed = tokens.update(store, "l1", token_limit=TokenLimit(9, "mo"), now=now)
+    assert changed.record.token_limit == TokenLimit(9, "mo")
+    assert tokens.update(store, "l1", token_limit=None, now=now).record.token_limit is None
+    tokens.update(store, "l1", token_limit=tokens.parse_token_limit("100000/d"), now=now)
+    (line,) = export_lines(store)
+    assert json.loads(line)["token_limit"] == "100000/d"
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({**json.loads(line), "token_limit": "7/h"}) + "\n")
+    plan = plan_import(store, read_import_file(str(path), now), str(path), now)
+    TokenIndex(store).write_many(plan.items)
+    assert tokens.show(store, "l1").token_limit == TokenLimit(7, "h")
+    for bad in ("7/s", 7, ["7/h"], "", "7/hour"):
+        path.write_text(json.dumps({**json.loads(line), "token_limit": bad}) + "\n")
+        with pytest.raises(BadImportLine, match="token_limit"):
+            read_import_file(str(path), now)
+
+
+@pytest.mark.parametrize("text", ["50/s", "lots", "0/m", "50/m/m", "1e3/m", "\x1b[2J"])
+def test_a_bad_token_limit_names_the_flag_and_the_rule(text: str) -> None:
+    with pytest.raises(InvalidValue, match="token-limit") as e:
+        tokens.parse_token_limit(text)
+    assert "100000/d" in e.value.rule
+    assert tokens.parse_token_limit("none") is None

@@ -298,8 +298,10 @@ async function createToken(event) {
   if (models.length) body.models = models;
   const ttl = $("create-ttl").value.trim();
   const rate = $("create-rate").value.trim();
+  const tokenLimit = $("create-token-limit").value.trim();
   if (ttl) body.ttl = ttl;
   if (rate) body.rate_limit = rate;
+  if (tokenLimit) body.token_limit = tokenLimit;
   try {
     const made = await api("POST", "/v1/tokens", body);
     $("create-dialog").close();
@@ -419,19 +421,40 @@ async function showUsage(id) {
   const last = usage.last_used === null ? "never used" : `last used ${ago(usage.last_used)}`;
   $("usage-summary").textContent =
     `${allowed} allowed, ${limited} rate-limited in the last ${usage.days.length} days; ${last}.`;
-  $("usage-chart").replaceChildren(chart(usage.days), legend());
+  const charts = [chart(usage.days, REQUESTS, "Requests"), legend(REQUESTS)];
+  const tokens = usage.days.reduce((n, d) => n + TOKENS.reduce((m, s) => m + s.of(d), 0), 0);
+  if (tokens) {  // an LLM token: its tokens per day too
+    charts.push(el("h3", { text: `LLM tokens: ${tokens.toLocaleString("en")}` }));
+    charts.push(chart(usage.days, TOKENS, "LLM tokens"), legend(TOKENS));
+  }
+  $("usage-chart").replaceChildren(...charts);
   $("usage").scrollIntoView({ block: "nearest" });
 }
 
-function chart(days) {
-  const width = 720, height = 190, left = 44, bottom = 22, top = 10;
+const REQUESTS = [
+  { name: "allowed", cls: "allowed", of: (d) => d.allowed },
+  { name: "rate-limited", cls: "limited", of: (d) => d.rate_limited },
+];
+const TOKENS = [  // LLM tokens counted from responses, all models of a day
+  { name: "prompt tokens", cls: "prompt", of: (d) => modelSum(d, "prompt_tokens") },
+  { name: "completion tokens", cls: "completion", of: (d) => modelSum(d, "completion_tokens") },
+  { name: "estimated", cls: "estimated", of: (d) => modelSum(d, "estimated_completion_tokens") },
+];
+
+function modelSum(day, kind) {
+  return Object.values(day.models || {}).reduce((n, m) => n + (m[kind] || 0), 0);
+}
+
+function chart(days, series, what) {
+  const width = 720, height = 190, left = 56, bottom = 22, top = 10;
   const plot = height - bottom - top;
-  const peak = Math.max(1, ...days.map((d) => d.allowed + d.rate_limited));
+  const total = (d) => series.reduce((n, s) => n + s.of(d), 0);
+  const peak = Math.max(1, ...days.map(total));
   const step = (width - left) / days.length;
   const bar = Math.max(4, step * 0.65);
   const root = svg("svg", {
     viewBox: `0 0 ${width} ${height}`, role: "img",
-    "aria-label": `Requests per day, the highest ${peak}`,
+    "aria-label": `${what} per day, the highest ${peak}`,
   });
   root.append(svg("line", { class: "axis", x1: left, x2: width, y1: top + plot, y2: top + plot }));
   root.append(svg("text", { x: left - 6, y: top + 8, "text-anchor": "end" }, String(peak)));
@@ -439,16 +462,14 @@ function chart(days) {
   const every = days.length > 14 ? 5 : 1;
   days.forEach((d, i) => {
     const x = left + i * step + (step - bar) / 2;
-    const hAllowed = (d.allowed / peak) * plot;
-    const hLimited = (d.rate_limited / peak) * plot;
     const group = svg("g", { class: "day" });
-    group.append(svg("title", {}, `${d.date}: ${d.allowed} allowed, ${d.rate_limited} rate-limited`));
-    group.append(svg("rect", {
-      class: "bar-allowed", x, width: bar, y: top + plot - hAllowed, height: hAllowed,
-    }));
-    group.append(svg("rect", {
-      class: "bar-limited", x, width: bar, y: top + plot - hAllowed - hLimited, height: hLimited,
-    }));
+    group.append(svg("title", {}, `${d.date}: ` + series.map((s) => `${s.of(d)} ${s.name}`).join(", ")));
+    let y = top + plot;
+    for (const s of series) {
+      const h = (s.of(d) / peak) * plot;
+      y -= h;
+      group.append(svg("rect", { class: `bar-${s.cls}`, x, width: bar, y, height: h }));
+    }
     root.append(group);
     if (i % every === 0 || i === days.length - 1) {
       root.append(svg("text", {
@@ -459,12 +480,11 @@ function chart(days) {
   return root;
 }
 
-function legend() {
+function legend(series) {
   return el(
     "div",
     { class: "legend" },
-    el("span", {}, el("span", { class: "swatch allowed" }), "allowed"),
-    el("span", {}, el("span", { class: "swatch limited" }), "rate-limited"),
+    ...series.map((s) => el("span", {}, el("span", { class: `swatch ${s.cls}` }), s.name)),
   );
 }
 
