@@ -5,7 +5,8 @@ usage chunk when `stream_options.include_usage` is set), `POST /v1/completions` 
 
 Answers are deterministic: the reply repeats how many words the prompt had, one token per
 word, and `usage` counts words (prompt and completion), so a test can check counts to the
-token. Each response carries `x-demo-model-header`: the `x-extauthz-model` it received.
+token (`min_tokens`, as vLLM takes it, pads the reply with "more" up to that many words).
+Each response carries `x-demo-model-header`: the `x-extauthz-model` it received.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def _words(value: Any) -> int:
 
 def _reply(request: dict[str, Any], prompt_words: int) -> list[str]:
     words = f"{request['model']} heard {prompt_words} words".split()
+    least = request.get("min_tokens")  # (vLLM's sampling parameter: benches ask for long replies)
+    if isinstance(least, int) and 0 < least <= 100_000:
+        words += ["more"] * (least - len(words))
     limit = request.get("max_tokens") or request.get("max_completion_tokens")
     return words[: int(limit)] if isinstance(limit, int) and limit > 0 else words
 

@@ -1,0 +1,120 @@
+"""LLM token limits through the real Envoy, extauthz (Check and ext_proc) and Redis (issue
+#25): admission from the tokens the responses used, the 429 before the model, the
+remaining tokens on allowed responses, reservations from `max_tokens` settled by the
+response's usage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from extauthz.admin import tokens
+from extauthz.config import Settings
+from extauthz.core.credentials import token_hash
+from extauthz.core.token_limit import TokenLimit
+from extauthz.dev.stack import Stack
+from tests.support.procs import local_stack, wait_for
+
+pytestmark = [pytest.mark.redis, pytest.mark.envoy]
+
+PROMPT = " ".join(["word"] * 21)  # the demo server: 21 prompt tokens + 4 completion = 25
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    settings = Settings(usage_flush=0.5, auth_failure_burst=0)
+    with local_stack(tmp_path_factory.mktemp("token-limits"), settings) as s:
+        yield s
+
+
+def client(stack: Stack, limit: str) -> openai.OpenAI:
+    token = tokens.create(
+        stack.store(), ["llm"], now=time.time(), token_limit=TokenLimit.parse(limit)
+    ).token
+    return openai.OpenAI(
+        base_url=f"{stack.external_url}/v1", api_key=token, max_retries=0, timeout=10
+    )
+
+
+def within_one_minute(needed: float) -> None:
+    """Wait for a new minute when fewer than `needed` seconds of this one are left (a
+    per-minute limit starts afresh at the minute)."""
+    left = 60 - time.time() % 60
+    if left < needed:
+        time.sleep(left + 0.05)
+
+
+def chat(c: openai.OpenAI, **extra: Any) -> Any:
+    messages: Any = [{"role": "user", "content": PROMPT}]
+    return c.chat.completions.with_raw_response.create(
+        model="demo-small", messages=messages, **extra
+    )
+
+
+def test_a_token_with_50_a_minute_gets_429_after_two_chat_calls(stack: Stack) -> None:
+    within_one_minute(20)
+    c = client(stack, "50/m")
+    first = chat(c)
+    assert first.parse().usage.total_tokens == 25
+    assert first.headers["x-ratelimit-limit-tokens"] == "50"
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 49  # (1 reserved)
+    second = chat(c)
+    assert second.parse().usage.total_tokens == 25
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) <= 25  # the first's 25 counted
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat(c)
+    response = refused.value.response
+    assert response.json()["error"] == "token_limit_reached"
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert "x-demo-model-header" not in response.headers  # answered before the model
+
+
+def test_a_bound_is_reserved_and_what_was_not_used_comes_back(stack: Stack) -> None:
+    within_one_minute(20)
+    c = client(stack, "2000/m")
+    small = chat(c, max_tokens=100)  # reserves its body's bytes + 100
+    before = int(small.headers["x-ratelimit-remaining-tokens"])
+    assert before < 2000 - 100
+    # the response used 25: the reservation is settled by ext_proc, the rest comes back
+
+    def remaining() -> int:
+        return int(chat(c, max_tokens=100).headers["x-ratelimit-remaining-tokens"])
+
+    wait_for(lambda: remaining() > before - 100, 10, "the reservation to be settled")
+    # a reservation that can never fit is refused before the model
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat(c, max_tokens=5000)
+    assert refused.value.response.json()["error"] == "token_limit_reached"
+
+
+def test_tokens_the_stream_used_are_counted_and_usage_shows_them(stack: Stack) -> None:
+    within_one_minute(20)
+    c = client(stack, "60/m")
+    messages: Any = [{"role": "user", "content": PROMPT}]
+    stream = c.chat.completions.create(
+        model="demo-small", messages=messages, stream=True, stream_options={"include_usage": True}
+    )
+    assert sum(1 for _ in stream) > 4
+    first = chat(c)  # 25 more: 50
+    assert first.parse().usage.total_tokens == 25
+    # 50 used once both are settled: the next may pass (to 75) only while one is not yet
+    wait_for(lambda: _refused(c), 10, "a third call to be refused under 60/m")
+
+
+def _refused(c: openai.OpenAI) -> bool:
+    try:
+        chat(c)
+    except openai.RateLimitError:
+        return True
+    return False
+
+
+def test_a_token_limit_shows_in_token_show_and_the_record(stack: Stack) -> None:
+    made = tokens.create(stack.store(), ["llm"], now=time.time(), token_limit=TokenLimit(9, "mo"))
+    assert tokens.show(stack.store(), made.record.id).to_json()["token_limit"] == "9/mo"
+    raw = stack.store().client.hgetall(stack.store().token_key(token_hash(made.token)))
+    assert raw["token_limit"] == "9/mo"  # the documented field, as redis-cli shows it
