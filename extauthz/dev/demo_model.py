@@ -122,9 +122,13 @@ def _split(address: str) -> tuple[str, int]:
     return host or "127.0.0.1", port
 
 
+class _HttpServer(ThreadingHTTPServer):
+    request_queue_size = 1024  # (the default 5 refuses Envoy's connections under load)
+
+
 def serve(http_address: str, grpc_address: str) -> None:
     """Run both servers until SIGTERM or SIGINT."""
-    http_server = ThreadingHTTPServer(_split(http_address), _Handler)
+    http_server = _HttpServer(_split(http_address), _Handler)
     http_server.daemon_threads = True
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     grpc_server.add_generic_rpc_handlers(

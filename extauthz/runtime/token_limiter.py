@@ -37,6 +37,7 @@ log = logging.getLogger("extauthz.limits")
 LEASE_SECONDS = 1.0  # a lease lasts about this long at the rate this process sees
 MAX_LEASE_SHARE = 20  # beyond a request's need, a lease is at most 1/20 of the limit
 RECHECK_FULL = 0.25  # seconds before a full window's counter is asked again
+MAX_LEASES = 4  # leases one admission may ask for
 RETRY_AFTER_ERROR = 1.0
 MAX_BUDGETS = 100_000
 MAX_BUDGET_BYTES = 32 << 20
@@ -57,8 +58,8 @@ class _Budget:
     full: bool = False  # Redis had less than asked at the last lease
     full_until: float = 0.0  # (then not asked again before this)
     failed_until: float = 0.0
-    rate: float = 0.0  # tokens a second reserved here (moving average)
-    reserved: int = 0  # since the last lease
+    rate: float = 0.0  # tokens a second this process takes (moving average of its leases)
+    leased: int = 0  # tokens of the last lease
     leased_at: float = 0.0
 
 
@@ -110,44 +111,47 @@ class TokenLimiter:
         """The budget `need` tokens were taken from; else seconds until the window ends
         (no room), or None (Redis failed)."""
         limit = limited.limit
-        with self._lock:
-            budget = self._budget(limited, now)
-            if budget.held >= need:
-                budget.held -= need
-                budget.reserved += need
-                return budget
-            if now < budget.full_until:
-                return budget.ends - now
-            if now < budget.failed_until:
-                return None
-            extra = min(limit.count // MAX_LEASE_SHARE, math.ceil(budget.rate * LEASE_SECONDS))
-            want = need - budget.held + max(extra, 0)
-        try:
-            granted, total = self.store.take_tokens(budget.counter, want, limit.count, budget.ends)
-        except StoreError:
+        for _ in range(MAX_LEASES):  # (settled debts may eat a lease while it is asked for)
             with self._lock:
-                budget.failed_until = now + RETRY_AFTER_ERROR
-            return None
-        give = 0
-        with self._lock:
-            elapsed = max(now - budget.leased_at, 1e-3) if budget.leased_at else 0.0
-            if elapsed:
-                budget.rate = 0.5 * budget.rate + 0.5 * budget.reserved / elapsed
-            budget.leased_at, budget.reserved = now, 0
-            self._rates.put(limited.lease, budget.rate, ENTRY_OVERHEAD + 2 * len(limited.lease))
-            budget.seen = total
-            budget.held += granted
-            budget.full = granted < want
-            if budget.full:
-                budget.full_until = now + RECHECK_FULL
-            if budget.held >= need:
-                budget.held -= need
-                budget.reserved += need
-                return budget
-            if budget.held > 0:  # a piece too small for this request: others may use it
-                give, budget.held = budget.held, 0
-        if give:
-            self._pay(budget.counter, -give, budget.ends)
+                budget = self._budget(limited, now)
+                if budget.held >= need:
+                    budget.held -= need
+                    return budget
+                if now < budget.full_until:
+                    return budget.ends - now
+                if now < budget.failed_until:
+                    return None
+                extra = min(limit.count // MAX_LEASE_SHARE, math.ceil(budget.rate * LEASE_SECONDS))
+                want = need - budget.held + extra
+            try:
+                granted, total = self.store.take_tokens(
+                    budget.counter, want, limit.count, budget.ends
+                )
+            except StoreError:
+                with self._lock:
+                    budget.failed_until = now + RETRY_AFTER_ERROR
+                return None
+            give = 0
+            with self._lock:
+                if budget.leased_at:  # what the last lease held has been used since
+                    elapsed = max(now - budget.leased_at, 1e-3)
+                    budget.rate = 0.5 * budget.rate + 0.5 * budget.leased / elapsed
+                    self._rates.put(limited.lease, budget.rate, ENTRY_OVERHEAD + 64)
+                budget.leased_at, budget.leased = now, granted
+                budget.seen = total
+                budget.held += granted
+                budget.full = granted < want
+                if budget.held >= need:
+                    budget.held -= need
+                    return budget
+                if budget.full:
+                    budget.full_until = now + RECHECK_FULL
+                    if budget.held > 0:  # a piece too small for this request: others may use it
+                        give, budget.held = budget.held, 0
+            if give or budget.full:
+                if give:
+                    self._pay(budget.counter, -give, budget.ends)
+                return budget.ends - now
         return budget.ends - now
 
     def _budget(self, limited: TokenLimited, now: float) -> _Budget:
@@ -166,7 +170,6 @@ class TokenLimiter:
         with self._lock:
             for budget in taken:
                 budget.held += need
-                budget.reserved -= need
 
     # --- settlement (ext_proc) ------------------------------------------------------------
 

@@ -1,0 +1,296 @@
+"""LLM token limits across processes (issue #25): reservations never let a window's tokens
+pass the limit, most of the limit is used under twice the load, and the warm path makes
+almost no Redis calls.
+
+Starts a real redis-server and P `extauthz serve` processes, and plays Envoy against them
+over gRPC: S client threads per process send Checks with an OpenAI chat body (`max_tokens`
+set) to their process; an allowed request "generates" for a while, then its response's
+usage goes through an ext_proc stream to any of the P processes (as Envoy's may: ext_authz
+and ext_proc calls are separate), which settles the reservation. Offered load is open-loop,
+in tokens: `--load` times the limit per window. A request is counted in the window it was
+admitted in; the window's total is the sum of its requests' real usage.
+
+    python bench/llm_limits.py [--processes 3] [--streams 8] [--limit 2000] [--windows 2]
+                               [--load 2] [--json FILE]
+
+Then a warm-path row: a limit nobody reaches (10^9/d), the same clients unthrottled for
+`--warm-seconds`: Redis commands per LLM request (Redis's own count of commands processed,
+less what the servers send when idle for as long: polls and heartbeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+from envoy.service.auth.v3 import external_auth_pb2_grpc  # noqa: E402
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb  # noqa: E402
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc  # noqa: E402
+
+from extauthz.admin import tokens  # noqa: E402
+from extauthz.admin.sync import sync  # noqa: E402
+from extauthz.core.policy import parse_policy  # noqa: E402
+from extauthz.core.token_limit import TokenLimit  # noqa: E402
+from extauthz.runtime.envoy_check import CheckRequest  # noqa: E402
+from extauthz.runtime.ext_proc import EXT_AUTHZ_NAMESPACE  # noqa: E402
+from extauthz.storage.store import open_store  # noqa: E402
+from tests.support.procs import RedisServer, extauthz_serve  # noqa: E402
+
+POLICY = "version: 1\nroutes:\n  llm: {access: protected, api: openai}\n"
+WORDS = [
+    "Explain",
+    "how",
+    "a",
+    "transformer",
+    "attends",
+    "to",
+    "earlier",
+    "tokens",
+    "in",
+    "one",
+    "short",
+    "answer",
+    "please",
+]
+
+
+def chat_body(rng: random.Random) -> tuple[bytes, int]:
+    """A chat request with a prompt of 20-60 words and `max_tokens` 32-128."""
+    prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60)))
+    cap = rng.randint(32, 128)
+    body = {"model": "demo", "messages": [{"role": "user", "content": prompt}], "max_tokens": cap}
+    return json.dumps(body).encode(), cap
+
+
+def check_request(token: str, body: bytes) -> Any:
+    request = CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path, http.host = "POST", "/v1/chat/completions", "llm.example.com"
+    http.headers.update({":method": "POST", "authorization": f"Bearer {token}"})
+    http.raw_body = body
+    request.attributes.context_extensions["route"] = "llm"
+    request.attributes.source.address.socket_address.address = "127.0.0.1"
+    return request
+
+
+def response_messages(metadata: Any, usage: dict[str, int], chunks: int = 1) -> Iterator[Any]:
+    """What Envoy's ext_proc filter sends for a JSON response (observability mode): the
+    headers with ext_authz's dynamic metadata, then the body in `chunks` pieces."""
+    context = ext_proc_pb.ProcessingRequest(observability_mode=True)
+    context.metadata_context.filter_metadata[EXT_AUTHZ_NAMESPACE].CopyFrom(metadata)
+    headers = context.response_headers.headers.headers
+    headers.add(key=":status", raw_value=b"200")
+    headers.add(key="content-type", raw_value=b"application/json")
+    yield context
+    body = json.dumps({"object": "chat.completion", "usage": usage}).encode()
+    step = -(-len(body) // chunks)
+    for i in range(0, len(body), step):
+        message = ext_proc_pb.ProcessingRequest(observability_mode=True)
+        message.response_body.body = body[i : i + step]
+        message.response_body.end_of_stream = i + step >= len(body)
+        yield message
+
+
+@dataclass
+class Result:
+    admitted: list[tuple[float, int]] = field(default_factory=list)  # (admitted at, used)
+    refused: int = 0
+    errors: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Cluster:
+    """Redis and P extauthz processes, a token with `limit`, gRPC stubs to every process."""
+
+    def __init__(self, work: Path, processes: int, limit: str) -> None:
+        self.stack = ExitStack()
+        self.redis = RedisServer(work)
+        self.redis.start()
+        self.stack.callback(self.redis.stop)
+        store = open_store(self.redis.url, "extauthz:", 2.0)
+        sync(store, parse_policy(POLICY))
+        self.token = tokens.create(
+            store, ["llm"], now=time.time(), token_limit=TokenLimit.parse(limit)
+        ).token
+        self.checks, self.processors = [], []
+        for i in range(processes):
+            port, _ = self.stack.enter_context(
+                extauthz_serve(self.redis.url, work / f"serve{i}.log", "--log-level", "warning")
+            )
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            self.stack.callback(channel.close)
+            self.checks.append(external_auth_pb2_grpc.AuthorizationStub(channel))
+            self.processors.append(external_processor_pb2_grpc.ExternalProcessorStub(channel))
+
+    def commands(self) -> int:
+        info = self.redis.cli("info", "stats")
+        line = next(x for x in info.splitlines() if x.startswith("total_commands_processed:"))
+        return int(line.split(":")[1])
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def client(
+    cluster: Cluster,
+    me: int,
+    until: float,
+    interval: float,
+    generation: float,
+    result: Result,
+    seed: int,
+) -> None:
+    """One client thread: a request every `interval` seconds (exponential gaps; 0: back to
+    back) to process `me`; allowed ones settle `generation` seconds later at any process."""
+    rng = random.Random(seed)
+    check = cluster.checks[me]
+    next_at = time.time()
+    while True:
+        if interval:
+            next_at += rng.expovariate(1 / interval)
+            delay = next_at - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        now = time.time()
+        if now >= until:
+            return
+        body, cap = chat_body(rng)
+        try:
+            answer = check.Check(check_request(cluster.token, body), timeout=5)
+        except grpc.RpcError:
+            with result.lock:
+                result.errors += 1
+            continue
+        if not answer.HasField("ok_response"):
+            with result.lock:
+                result.refused += 1
+            continue
+        prompt = len(json.loads(body)["messages"][0]["content"].split()) + 4
+        usage = {"prompt_tokens": prompt, "completion_tokens": rng.randint(cap // 2, cap)}
+        time.sleep(generation)
+        processor = rng.choice(cluster.processors)
+        for _ in processor.Process(response_messages(answer.dynamic_metadata, usage), timeout=5):
+            pass
+        with result.lock:
+            result.admitted.append((now, usage["prompt_tokens"] + usage["completion_tokens"]))
+
+
+def drive(
+    cluster: Cluster, streams: int, seconds: float, interval: float, generation: float
+) -> Result:
+    result = Result()
+    until = time.time() + seconds
+    threads = [
+        threading.Thread(
+            target=client,
+            args=(cluster, p, until, interval, generation, result, p * 1000 + s),
+        )
+        for p in range(len(cluster.checks))
+        for s in range(streams)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return result
+
+
+def per_window(result: Result, seconds: int) -> dict[int, int]:
+    totals: dict[int, int] = {}
+    for at, used in result.admitted:
+        totals[int(at // seconds)] = totals.get(int(at // seconds), 0) + used
+    return totals
+
+
+def reservation_row(
+    work: Path, processes: int, streams: int, limit: int, windows: int, load: float
+) -> dict[str, Any]:
+    """P processes x S streams against `limit`/m for `windows` whole minutes at `load` times
+    the limit: the tokens of each window, the most over the limit, the least used."""
+    cluster = Cluster(work, processes, f"{limit}/m")
+    try:
+        mean_used = 4 + 40 + 80 * 0.75  # (prompt words + template, completion ~ 3/4 of the cap)
+        requests_per_second = load * limit / 60 / mean_used
+        interval = processes * streams / requests_per_second
+        time.sleep(60 - time.time() % 60)  # from a window's start
+        result = drive(cluster, streams, windows * 60 - 0.5, interval, 0.2)
+    finally:
+        cluster.close()
+    totals = per_window(result, 60)
+    return {
+        "processes": processes,
+        "streams": streams,
+        "limit": f"{limit}/m",
+        "load": load,
+        "window_totals": sorted(totals.values()),
+        "overshoot": max(0, max(totals.values(), default=0) - limit),
+        "least_used": min(totals.values(), default=0) / limit,
+        "admitted": len(result.admitted),
+        "refused": result.refused,
+        "errors": result.errors,
+    }
+
+
+def warm_row(work: Path, processes: int, streams: int, seconds: float) -> dict[str, Any]:
+    """Unthrottled clients under a limit nobody reaches: Redis commands per LLM request."""
+    cluster = Cluster(work, processes, "1000000000/d")
+    try:
+        time.sleep(1.0)
+        before = cluster.commands()
+        time.sleep(seconds)
+        idle = cluster.commands() - before
+        before = cluster.commands()
+        result = drive(cluster, streams, seconds, 0.0, 0.0)
+        busy = cluster.commands() - before
+    finally:
+        cluster.close()
+    requests = len(result.admitted)
+    return {
+        "requests": requests,
+        "requests_per_second": requests / seconds,
+        "redis_commands": busy,
+        "redis_commands_idle": idle,
+        "redis_commands_per_request": (busy - idle) / max(requests, 1),
+        "refused": result.refused,
+        "errors": result.errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--processes", type=int, default=3)
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=2000)
+    parser.add_argument("--windows", type=int, default=2)
+    parser.add_argument("--load", type=float, default=2.0)
+    parser.add_argument("--warm-seconds", type=float, default=10.0)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        warm = warm_row(work, args.processes, args.streams, args.warm_seconds)
+        limited = reservation_row(
+            work, args.processes, args.streams, args.limit, args.windows, args.load
+        )
+    data = {"reservation": limited, "warm": warm}
+    print(json.dumps(data, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=2))
+
+
+if __name__ == "__main__":
+    main()
