@@ -38,6 +38,7 @@ LEASE_SECONDS = 1.0  # a lease lasts about this long at the rate this process se
 MAX_LEASE_SHARE = 20  # beyond a request's need, a lease is at most 1/20 of the limit
 RECHECK_FULL = 0.25  # seconds before a full window's counter is asked again
 MAX_LEASES = 4  # leases one admission may ask for
+WARN_EVERY = 60.0  # seconds between warnings that Redis did not take a sync
 RETRY_AFTER_ERROR = 1.0
 MAX_BUDGETS = 100_000
 MAX_BUDGET_BYTES = 32 << 20
@@ -73,6 +74,7 @@ class TokenLimiter:
         # lease → the rate of its last window (a new window starts at that rate)
         self._rates: BoundedDict[str, float] = BoundedDict(MAX_BUDGETS, MAX_BUDGET_BYTES)
         self._lock = threading.Lock()
+        self._warned_at = -WARN_EVERY
 
     # --- admission (Check) ----------------------------------------------------------------
 
@@ -149,8 +151,9 @@ class TokenLimiter:
                     if budget.held > 0:  # a piece too small for this request: others may use it
                         give, budget.held = budget.held, 0
             if give or budget.full:
-                if give:
-                    self._pay(budget.counter, -give, budget.ends)
+                if give and not self._pay(budget.counter, -give, budget.ends):
+                    with self._lock:
+                        budget.held += give  # (given back at a sync)
                 return budget.ends - now
         return budget.ends - now
 
@@ -200,21 +203,33 @@ class TokenLimiter:
     def sync(self, now: float, final: bool = False) -> None:
         """Pay debts into Redis; in full windows (all of them when `final`: the process
         stops) give unused budgets back; forget ended windows (an ended window's unused
-        budget is not given back: nobody can use it)."""
-        payments: list[tuple[str, int, float]] = []
+        budget is not given back: nobody can use it). What Redis does not take stays for
+        the next sync (a warning at most once a minute)."""
+        payments: list[tuple[_Budget, int]] = []
         with self._lock:
             for name, budget in self._budgets.items():
                 full = final or budget.full
                 if budget.held < 0 or (budget.held > 0 and now < budget.ends and full):
-                    payments.append((budget.counter, -budget.held, budget.ends))
+                    payments.append((budget, -budget.held))
                     budget.held = 0
-                if now >= budget.ends and budget.held >= 0:
+                elif now >= budget.ends and budget.held >= 0:
                     self._budgets.pop(name)
-        for counter, tokens, ends in payments:
-            self._pay(counter, tokens, ends)
+        failed = [(b, tokens) for b, tokens in payments if not self._pay(b.counter, tokens, b.ends)]
+        if failed:
+            with self._lock:
+                for budget, tokens in failed:
+                    budget.held -= tokens  # (a debt again, or a budget held again)
+            if now - self._warned_at >= WARN_EVERY:
+                self._warned_at = now
+                log.warning(
+                    "cannot write %d token-limit counters to Redis: kept for the next sync%s",
+                    len(failed),
+                    " (stopping: their debts are lost)" if final else "",
+                )
 
-    def _pay(self, counter: str, tokens: int, ends: float) -> None:
+    def _pay(self, counter: str, tokens: int, ends: float) -> bool:
         try:
             self.store.add_tokens(counter, tokens, ends)
         except StoreError:
-            log.warning("cannot write %d tokens to limit counter %s", tokens, counter)
+            return False
+        return True

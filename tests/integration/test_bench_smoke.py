@@ -105,3 +105,13 @@ def test_llm_body_bench_smoke(tmp_path: Path) -> None:
     assert "| LLM Check, 100 KB body |" in result.stdout
     data = json.loads(out.read_text())
     assert data["request_bytes"]["LLM Check, 100 KB body"] > 100_000  # the body is really sent
+
+
+def test_llm_stream_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "stream.json"
+    run_bench(
+        "llm_stream.py", "--rounds", "1", "--streams", "2", "--chunks", "32", "--json", str(out)
+    )
+    data = json.loads(out.read_text())
+    assert data["p50"]["with"]["chunks"] == data["p50"]["without"]["chunks"] == 32
+    assert data["chunks_per_second_ratio"] > 0

@@ -25,7 +25,13 @@ from extauthz.core.llm import read_model_request
 from extauthz.core.policy import PolicySnapshot, parse_policy
 from extauthz.core.token_limit import TokenLimit, TokenLimited, reservation
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import BadImportLine, InvalidValue, MalformedRecord, PolicyError
+from extauthz.errors import (
+    BadImportLine,
+    InvalidValue,
+    MalformedRecord,
+    PolicyError,
+    StoreUnavailable,
+)
 from extauthz.runtime.token_limiter import (
     LIMIT_HEADER,
     METADATA_KEY,
@@ -380,3 +386,24 @@ def test_a_bad_token_limit_names_the_flag_and_the_rule(text: str) -> None:
         tokens.parse_token_limit(text)
     assert "100000/d" in e.value.rule
     assert tokens.parse_token_limit("none") is None
+
+
+def test_a_debt_redis_did_not_take_is_paid_at_the_next_sync(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _store()
+    limiter = TokenLimiter(store)
+    first = limiter.admit(_allow(1, LIMIT), START)
+    limiter.settle(_metadata(first), 400, START + 1)
+    real = store.add_tokens
+
+    def down(*_: Any) -> None:
+        raise StoreUnavailable("down")
+
+    monkeypatch.setattr(store, "add_tokens", down)
+    limiter.sync(START + 1)
+    limiter.sync(START + 2)
+    assert caplog.text.count("kept for the next sync") == 1  # once a minute at most
+    monkeypatch.setattr(store, "add_tokens", real)
+    limiter.sync(START + 3)
+    assert int(store.client.get("extauthz:tl:token:t1:m30000000") or 0) == 400

