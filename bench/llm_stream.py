@@ -115,7 +115,7 @@ def run(rounds: int, streams: int, chunks: int) -> dict[str, Any]:
                 )  # fmt: skip
             try:
                 wait_for(lambda: port_open(plain_port), 20, "the Envoy without ext_proc")
-                extauthz_pid = stack.extauthz.proc.pid  # type: ignore[union-attr]
+                extauthz_pid = stack.extauthz.proc.pid
                 with_port = stack.ports.external.port
                 for port in (with_port, plain_port):  # warm both
                     one_stream(port, token, chunks)
