@@ -5,8 +5,12 @@ response's usage."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -18,6 +22,7 @@ from extauthz.core.credentials import token_hash
 from extauthz.core.token_limit import TokenLimit
 from extauthz.dev.stack import Stack
 from tests.support.procs import local_stack, wait_for
+from tests.support.readme import readme_block
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
@@ -118,3 +123,19 @@ def test_a_token_limit_shows_in_token_show_and_the_record(stack: Stack) -> None:
     assert tokens.show(stack.store(), made.record.id).to_json()["token_limit"] == "9/mo"
     raw = stack.store().client.hgetall(stack.store().token_key(token_hash(made.token)))
     assert raw["token_limit"] == "9/mo"  # the documented field, as redis-cli shows it
+
+
+def test_readme_token_limit_example(stack: Stack) -> None:
+    """The README's worked example, run as written against the stack's ports."""
+    within_one_minute(20)
+    block = readme_block("token-limit")
+    block = block.replace("127.0.0.1:10000", f"127.0.0.1:{stack.ports.external.port}")
+    block = block.replace("127.0.0.1:10004", f"127.0.0.1:{stack.redis_port}")
+    expected = [re.search(r"# (\d{3})", line) for line in block.splitlines()]
+    codes = [m.group(1) for m in expected if m is not None]
+    assert codes == ["200", "200", "429"]
+    path = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    out = subprocess.run(
+        ["bash", "-ec", block], capture_output=True, text=True, env={"PATH": path}, check=False
+    )
+    assert out.stdout.split() == codes, out.stderr
