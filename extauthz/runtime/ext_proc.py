@@ -16,6 +16,7 @@ that is let go unread and counted as lost, never at the cost of a Check.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,9 @@ from extauthz.runtime.token_limiter import METADATA_KEY as TOKEN_LIMITS_KEY
 from extauthz.runtime.token_limiter import TokenLimiter
 from extauthz.runtime.usage import UsageMeter
 
+log = logging.getLogger("extauthz.llm")
 EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
+WARN_EVERY = 60.0  # seconds between warnings about responses not counted
 _ANSWERS = {  # a message's field → the answer Envoy waits for outside observability mode
     "request_headers": pb.ProcessingResponse(request_headers=pb.HeadersResponse()),
     "response_headers": pb.ProcessingResponse(response_headers=pb.HeadersResponse()),
@@ -108,11 +111,30 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.token_limiter = token_limiter
         self.clock = clock
         self._slots = threading.BoundedSemaphore(max_streams)
+        self._missed: dict[str, int] = {}  # uncounted responses since the last warning
+        self._warned_at = -WARN_EVERY
+        self._lock = threading.Lock()
+
+    def _uncounted(self, reason: str) -> None:
+        """A response whose tokens are not counted: the metric, and a warning at most once a
+        minute (with how many of each reason since the last)."""
+        if self.metrics is not None:
+            self.metrics.llm_uncounted.labels(reason).inc()
+        now = self.clock()
+        with self._lock:
+            self._missed[reason] = self._missed.get(reason, 0) + 1
+            if now - self._warned_at < WARN_EVERY:
+                return
+            missed, self._missed, self._warned_at = self._missed, {}, now
+        log.warning(
+            "LLM responses not counted: %s",
+            ", ".join(f"{n} {why}" for why, n in sorted(missed.items())),
+            extra={"fields": {"uncounted": missed}},
+        )
 
     def Process(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         if not self._slots.acquire(blocking=False):
-            if self.metrics is not None:
-                self.metrics.llm_uncounted.labels("too_many_streams").inc()
+            self._uncounted("too_many_streams")
             return  # (Envoy goes on without us: failure_mode_allow)
         exchange = Exchange()
         try:
@@ -139,8 +161,8 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 spent = 0
             self.token_limiter.settle(exchange.token_limits, spent, self.clock())
         if used is None:
-            if exchange.model and self.metrics is not None:
-                self.metrics.llm_uncounted.labels("no_usage").inc()
+            if exchange.model:
+                self._uncounted("no_usage")
             return
         if self.metrics is not None:
             self.metrics.llm_tokens(exchange.route, exchange.model, used)

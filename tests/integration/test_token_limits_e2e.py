@@ -139,3 +139,17 @@ def test_readme_token_limit_example(stack: Stack) -> None:
         ["bash", "-ec", block], capture_output=True, text=True, env={"PATH": path}, check=False
     )
     assert out.stdout.split() == codes, out.stderr
+
+
+def test_a_caller_hopping_between_two_tokens_is_charged_to_each_as_it_used_it(
+    stack: Stack,
+) -> None:
+    within_one_minute(20)
+    a, b = client(stack, "50/m"), client(stack, "50/m")
+    for c in (a, b, a, b):  # 25 tokens each call: both tokens reach their 50
+        chat(c)
+    for c in (a, b):
+        with pytest.raises(openai.RateLimitError):
+            chat(c)
+    fresh = client(stack, "50/m")  # a third token is not touched by the others' counts
+    assert int(chat(fresh).headers["x-ratelimit-remaining-tokens"]) == 49
