@@ -87,7 +87,7 @@ def check_request(token: str, body: bytes) -> Any:
     return request
 
 
-def response_messages(metadata: Any, usage: dict[str, int], chunks: int = 1) -> Iterator[Any]:
+def response_messages(metadata: Any, usage: dict[str, Any], chunks: int = 1) -> Iterator[Any]:
     """What Envoy's ext_proc filter sends for a JSON response (observability mode): the
     headers with ext_authz's dynamic metadata, then the body in `chunks` pieces."""
     context = ext_proc_pb.ProcessingRequest(observability_mode=True)

@@ -28,7 +28,7 @@ def metadata(**fields: str) -> Any:
 
 
 def run(processor: UsageProcessor, messages: Any) -> None:
-    for _ in processor.Process(messages, None):  # type: ignore[arg-type]
+    for _ in processor.Process(messages, None):
         pass
 
 
