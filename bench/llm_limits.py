@@ -162,7 +162,7 @@ def client(
     while True:
         if interval:
             next_at += rng.expovariate(1 / interval)
-            delay = next_at - time.time()
+            delay = min(next_at, until) - time.time()
             if delay > 0:
                 time.sleep(delay)
         now = time.time()

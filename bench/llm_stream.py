@@ -4,11 +4,14 @@ and through a second Envoy with the same configuration less the ext_proc filter,
 alternate rounds of one run (the machine is shared: only ratios within a run mean anything).
 
 Per stream: time to first chunk (request sent → first content chunk read) and chunks per
-second (content chunks / time from the first to the last). Reported: p50 of each, the
-difference in TTFC and the ratio of chunks/s with/without, and extauthz's CPU per chunk
-(its CPU time during the rounds with the filter, less the rounds without, per chunk).
+second (content chunks / time from the first to the last). Two kinds of stream: back to back
+(the demo server writes all chunks at once: what Envoy itself can pass) and paced, a chunk
+every `--pace-ms` (1 ms: 1,000 tokens a second, faster than a model decodes one stream).
+Reported for each: p50s, the TTFC difference and the chunks/s ratio with/without, and
+extauthz's CPU per chunk (its CPU time in the rounds with the filter, less without).
 
-    python bench/llm_stream.py [--rounds 5] [--streams 20] [--chunks 256] [--json FILE]
+    python bench/llm_stream.py [--rounds 5] [--streams 20] [--chunks 256] [--pace-ms 1]
+                               [--json FILE]
 """
 
 from __future__ import annotations
@@ -57,8 +60,9 @@ def without_ext_proc(config: dict[str, Any], port: int, admin_port: int) -> dict
     return out
 
 
-def one_stream(port: int, token: str, chunks: int) -> tuple[float, float, int]:
-    """(seconds to the first content chunk, content chunks a second, content chunks)."""
+def one_stream(port: int, token: str, chunks: int, pace_ms: int = 0) -> tuple[float, float, int]:
+    """(seconds to the first content chunk, content chunks a second, content chunks); the
+    demo server sends the chunks `pace_ms` apart (0: back to back)."""
     body = json.dumps(
         {
             "model": "demo-small",
@@ -76,7 +80,11 @@ def one_stream(port: int, token: str, chunks: int) -> tuple[float, float, int]:
             "POST",
             "/v1/chat/completions",
             body=body,
-            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+            headers={
+                "authorization": f"Bearer {token}",
+                "content-type": "application/json",
+                "x-demo-chunk-delay-ms": str(pace_ms),
+            },
         )
         response = conn.getresponse()
         assert response.status == 200, response.read()
@@ -98,7 +106,9 @@ def one_stream(port: int, token: str, chunks: int) -> tuple[float, float, int]:
     return first - started, rate, seen
 
 
-def run(rounds: int, streams: int, chunks: int) -> dict[str, Any]:
+def run(rounds: int, streams: int, chunks: int, pace_ms: int) -> dict[str, Any]:
+    """Both Envoys, alternated per round: back-to-back streams, and streams paced
+    `pace_ms` a chunk (still faster than a model decodes: 1 ms is 1,000 tokens a second)."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with local_stack(work / "stack", Settings(usage_flush=1.0)) as stack:
@@ -119,13 +129,16 @@ def run(rounds: int, streams: int, chunks: int) -> dict[str, Any]:
                 with_port = stack.ports.external.port
                 for port in (with_port, plain_port):  # warm both
                     one_stream(port, token, chunks)
-                rows: dict[str, list[tuple[float, float, int]]] = {"with": [], "without": []}
-                cpu = {"with": 0.0, "without": 0.0}
+                names = [f"{p} {e}" for p in ("back-to-back", "paced") for e in ("with", "without")]
+                rows: dict[str, list[tuple[float, float, int]]] = {n: [] for n in names}
+                cpu = dict.fromkeys(names, 0.0)
                 for _ in range(rounds):
-                    for name, port in (("with", with_port), ("without", plain_port)):
+                    for name in names:
+                        port = with_port if name.endswith(" with") else plain_port
+                        pace = pace_ms if name.startswith("paced") else 0
                         before = cpu_seconds(extauthz_pid)
                         for _ in range(streams):
-                            rows[name].append(one_stream(port, token, chunks))
+                            rows[name].append(one_stream(port, token, chunks, pace))
                         cpu[name] += cpu_seconds(extauthz_pid) - before
             finally:
                 stop(plain)
@@ -137,16 +150,19 @@ def run(rounds: int, streams: int, chunks: int) -> dict[str, Any]:
         }
         for name, rs in rows.items()
     }
-    chunks_with = sum(r[2] for r in rows["with"])
-    return {
-        "rounds": rounds,
-        "streams_per_round": streams,
-        "p50": p50,
-        "ttfc_added_ms": p50["with"]["ttfc_ms"] - p50["without"]["ttfc_ms"],
-        "chunks_per_second_ratio": p50["with"]["chunks_per_second"]
-        / p50["without"]["chunks_per_second"],
-        "extauthz_cpu_us_per_chunk": (cpu["with"] - cpu["without"]) / chunks_with * 1e6,
-    }
+    out: dict[str, Any] = {"rounds": rounds, "streams_per_round": streams, "pace_ms": pace_ms}
+    out["p50"] = p50
+    for kind in ("back-to-back", "paced"):
+        on, off = p50[f"{kind} with"], p50[f"{kind} without"]
+        chunks_with = sum(r[2] for r in rows[f"{kind} with"])
+        out[kind] = {
+            "ttfc_added_ms": on["ttfc_ms"] - off["ttfc_ms"],
+            "chunks_per_second_ratio": on["chunks_per_second"] / off["chunks_per_second"],
+            "extauthz_cpu_us_per_chunk": (cpu[f"{kind} with"] - cpu[f"{kind} without"])
+            / chunks_with
+            * 1e6,
+        }
+    return out
 
 
 def main() -> None:
@@ -154,9 +170,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--streams", type=int, default=20)
     parser.add_argument("--chunks", type=int, default=256)
+    parser.add_argument("--pace-ms", type=int, default=1, help="the paced rows' gap a chunk")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    data = run(args.rounds, args.streams, args.chunks)
+    data = run(args.rounds, args.streams, args.chunks, args.pace_ms)
     print(json.dumps(data, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=2))

@@ -18,6 +18,7 @@ import argparse
 import json
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -80,6 +81,9 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _sse(self, events: Iterator[bytes], seen: str) -> None:
+        # (benches: `x-demo-chunk-delay-ms: N` paces the events as a model generating them)
+        raw = self.headers.get("x-demo-chunk-delay-ms", "0")
+        delay = min(int(raw), 1000) / 1000 if raw.isdigit() and len(raw) < 5 else 0.0
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
@@ -88,6 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
         for event in events:
             self.wfile.write(event)
             self.wfile.flush()
+            if delay:
+                time.sleep(delay)
 
     def _echo(self) -> None:
         if self.path.startswith("/v1/") and self._llm():
