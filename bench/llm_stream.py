@@ -1,6 +1,6 @@
 """What counting tokens from responses (Envoy's ext_proc filter → extauthz) costs a stream
-(issue #25): a 256-chunk SSE chat stream through the local stack's Envoy with the filter,
-and through a second Envoy with the same configuration less the ext_proc filter, in
+(issue #25): a 256-chunk SSE chat stream through the local stack's Envoy with the filters,
+and through a second Envoy with the same configuration less both ext_proc filters, in
 alternate rounds of one run (the machine is shared: only ratios within a run mean anything).
 
 Per stream: time to first chunk (request sent → first content chunk read) and chunks per
@@ -36,14 +36,14 @@ sys.path.insert(0, str(REPO))
 from bench.run import cpu_seconds  # noqa: E402
 from extauthz.admin import tokens  # noqa: E402
 from extauthz.config import Settings  # noqa: E402
-from extauthz.dev.envoy_config import EXT_PROC_FILTER  # noqa: E402
+from extauthz.dev.envoy_config import EXT_PROC_FILTER, STREAM_USAGE_FILTER  # noqa: E402
 from extauthz.dev.ports import free_port, port_open  # noqa: E402
 from extauthz.dev.stack import find_binary  # noqa: E402
 from tests.support.procs import local_stack, stop, wait_for  # noqa: E402
 
 
 def without_ext_proc(config: dict[str, Any], port: int, admin_port: int) -> dict[str, Any]:
-    """The stack's Envoy configuration with no ext_proc filter, its external listener on
+    """The stack's Envoy configuration with no ext_proc filters, its external listener on
     `port` (the other listeners dropped) and its admin on `admin_port`."""
     out = copy.deepcopy(config)
     out["admin"]["address"]["socket_address"]["port_value"] = admin_port
@@ -55,7 +55,9 @@ def without_ext_proc(config: dict[str, Any], port: int, admin_port: int) -> dict
         for f in chain["filters"]:
             manager = f["typed_config"]
             manager["http_filters"] = [
-                h for h in manager["http_filters"] if h["name"] != EXT_PROC_FILTER
+                h
+                for h in manager["http_filters"]
+                if h["name"] not in (EXT_PROC_FILTER, STREAM_USAGE_FILTER)
             ]
     return out
 

@@ -378,6 +378,9 @@ def _allow(
         metadata += (("model", model),)
         if token_id is not None:  # (whom ext_proc charges the response's tokens to)
             metadata += (("token_id", token_id),)
+        llm = facts.llm
+        if route.stream_usage == "require" and llm and llm.stream and not llm.stream_options:
+            metadata += (("stream_usage", "add"),)  # ext_proc asks the stream for its usage
     return Decision(
         Outcome.ALLOW,
         200,

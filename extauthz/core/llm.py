@@ -50,6 +50,7 @@ class LlmRequest(NamedTuple):
     # cap (`max_tokens`, `max_completion_tokens`, `max_output_tokens`) times the choices
     # (`n`, `best_of`); None when it sets no cap, or one that is not a whole number 0-10⁹
     bound: int | None = None
+    stream_options: bool = False  # the body has a top-level "stream_options"
 
 
 NO_MODEL_NEEDED = LlmRequest(None)  # GET, HEAD: listing models, nothing to choose
@@ -108,6 +109,7 @@ def _parse(text: str, size: int) -> LlmRequest:
         raise _Unreadable  # not an object
     models = [value for key, value in pairs if key == "model"]
     stream = any(key == "stream" and value is True for key, value in pairs)
+    options = any(key == "stream_options" for key, _ in pairs)
     cap = _output_cap([(key, value) for key, value in pairs if key in _LIMIT_KEYS])
     if len(models) > 1:
         return LlmRequest(None, stream, DUPLICATE_MODEL)
@@ -116,7 +118,7 @@ def _parse(text: str, size: int) -> LlmRequest:
     model = models[0]
     if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
         return LlmRequest(None, stream, BAD_MODEL)
-    return LlmRequest(model, stream, None, None if cap is None else size + cap)
+    return LlmRequest(model, stream, None, None if cap is None else size + cap, options)
 
 
 class _Pairs(list[tuple[str, object]]):
@@ -142,6 +144,7 @@ def _scan(body: bytes) -> LlmRequest:
     models = 0
     stream = False
     limits: list[tuple[str, object]] = []
+    options = False
     if i < end and body[i] == 0x7D:  # '}'
         i += 1
     else:
@@ -161,6 +164,8 @@ def _scan(body: bytes) -> LlmRequest:
                 model, error = _model(body[i:value_end])
             elif key == "stream":
                 stream = body[i:value_end] == b"true"
+            elif key == "stream_options":
+                options = True
             elif key in _LIMIT_KEYS:
                 raw = body[i:value_end]
                 limits.append((key, int(raw) if _WHOLE.fullmatch(raw) else raw))
@@ -181,7 +186,7 @@ def _scan(body: bytes) -> LlmRequest:
     if error is not None:
         return LlmRequest(None, stream, error)
     cap = _output_cap(limits)
-    return LlmRequest(model, stream, None, None if cap is None else end + cap)
+    return LlmRequest(model, stream, None, None if cap is None else end + cap, options)
 
 
 def _model(raw: bytes) -> tuple[str | None, str | None]:

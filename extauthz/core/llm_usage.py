@@ -127,3 +127,76 @@ def _has_content(choice: Any) -> bool:
     text = choice.get("text")
     content = delta.get("content") if isinstance(delta, dict) else None
     return bool(content) or bool(text)
+
+
+# --- `stream_usage: require`: ask a stream for its usage, and take that chunk out ---------
+
+_ASK = b'"stream_options": {"include_usage": true}, '
+_WS = b" \t\r\n"
+
+
+def ask_for_usage(body: bytes) -> bytes | None:
+    """The request body with `"stream_options": {"include_usage": true}` added as its first
+    top-level pair, or None when it is not a JSON object (the decision has read it: an
+    object with a model and no top-level "stream_options"; nothing else is touched)."""
+    start = len(body) - len(body.lstrip(_WS))
+    if body[start : start + 1] != b"{" or body[start + 1 :].lstrip(_WS)[:1] in (b"}", b""):
+        return None
+    return body[: start + 1] + _ASK + body[start + 1 :]
+
+
+class UsageChunkRemover:
+    """Passes an SSE stream on event by event, without the usage chunk a request was made to
+    ask for (`choices: []` with a `usage`). What is held back is the current, unfinished event
+    only; one longer than MAX_LINE ends the filtering (the rest passes as it comes)."""
+
+    def __init__(self) -> None:
+        self._held = bytearray()
+        self._off = False
+        self.removed = 0
+
+    def feed(self, chunk: bytes, last: bool = False) -> bytes:
+        """What of `chunk` (and what was held) goes to the client now; `last`: the stream's
+        end, everything held goes."""
+        if self._off:
+            return chunk
+        held = self._held
+        held += chunk
+        out = bytearray()
+        start = 0
+        while True:
+            end = _event_end(held, start)
+            if end < 0:
+                break
+            event = bytes(held[start:end])
+            if not self._is_asked_usage(event):
+                out += event
+            start = end
+        del held[:start]
+        if last or len(held) > MAX_LINE:
+            self._off = not last
+            out += held
+            held.clear()
+        return bytes(out)
+
+    def _is_asked_usage(self, event: bytes) -> bool:
+        if b'"usage"' not in event:
+            return False
+        for line in event.splitlines():
+            if line.startswith(b"data:"):
+                try:
+                    obj = json.loads(line[5:])
+                except (ValueError, RecursionError):
+                    return False
+                if isinstance(obj, dict) and obj.get("choices") == [] and usage_of(obj):
+                    self.removed += 1
+                    return True
+        return False
+
+
+def _event_end(data: bytearray, start: int) -> int:
+    """The end (after its blank line) of the SSE event starting at `start`, or -1."""
+    lf = data.find(b"\n\n", start)
+    crlf = data.find(b"\r\n\r\n", start)
+    ends = [e + 2 for e in (lf,) if e >= 0] + [e + 4 for e in (crlf,) if e >= 0]
+    return min(ends) if ends else -1

@@ -85,6 +85,9 @@ class RoutePolicy:
     api: str | None = None  # "openai": an LLM endpoint, the model named in the JSON body
     models: tuple[str, ...] = ()  # what it serves: names and `prefix*` (empty: any model)
     token_limit: TokenLimit | None = None  # LLM tokens per caller on this route
+    # "require": streaming requests that do not ask for a usage chunk get one added (and
+    # taken out of the reply); "count": such streams are counted a token per content chunk
+    stream_usage: str = "count"
 
     @property
     def reads_source_address(self) -> bool:
@@ -116,6 +119,8 @@ class RoutePolicy:
             out["models"] = list(self.models)
         if self.token_limit is not None:
             out["token_limit"] = str(self.token_limit)
+        if self.stream_usage != "count":
+            out["stream_usage"] = self.stream_usage
         if self.jwt is not None:
             jwt = self.jwt
             out["jwt"] = {
@@ -148,6 +153,7 @@ class RoutePolicy:
             api=data.get("api"),
             models=check_model_patterns(data.get("models", ())),
             token_limit=TokenLimit.parse(data["token_limit"]) if data.get("token_limit") else None,
+            stream_usage=data.get("stream_usage", "count"),
             jwt=None
             if jwt is None
             else JwtSettings(
@@ -284,6 +290,7 @@ _ROUTE_KEYS = (
     "api",
     "models",
     "token_limit",
+    "stream_usage",
 )
 _JWT_KEYS = (
     "issuer",
@@ -303,6 +310,7 @@ _SECRET_KEYS = ("id", "routes", "scopes", "from_env", "from_file")
 _MATCH_KEYS = ("host", "path_prefix")
 MAX_MATCH_RULES = 1024  # per route
 APIS = ("openai",)  # route kinds whose requests name a model in their body
+STREAM_USAGE = ("require", "count")
 
 
 class _Reader:
@@ -557,7 +565,7 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
 
     max_ttl, limit = _parse_token_limits(r, path, fields)
     match = _parse_match(r, f"{path}.match", fields["match"][1]) if "match" in fields else ()
-    api, models, token_limit = _parse_api(r, path, fields)
+    api, models, token_limit, stream_usage = _parse_api(r, path, fields)
     return RoutePolicy(
         name,
         access,
@@ -572,13 +580,15 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
         api,
         models,
         token_limit,
+        stream_usage,
     )
 
 
 def _parse_api(
     r: _Reader, path: str, fields: dict[str, tuple[yaml.Node, yaml.Node]]
-) -> tuple[str | None, tuple[str, ...], TokenLimit | None]:
-    """`api: openai`, the `models` it serves (names and `prefix*`) and its `token_limit`."""
+) -> tuple[str | None, tuple[str, ...], TokenLimit | None, str]:
+    """`api: openai`, the `models` it serves (names and `prefix*`), its `token_limit` and
+    `stream_usage`."""
     api = None
     if "api" in fields:
         api = r.string(fields["api"][1], f"{path}.api")
@@ -608,7 +618,15 @@ def _parse_api(
             token_limit = TokenLimit.parse(r.string(node, f"{path}.token_limit"))
         except ValueError as e:
             raise r.error(node, f"{path}.token_limit", str(e)) from None
-    return api, models, token_limit
+    stream_usage = "count"
+    if "stream_usage" in fields:
+        key, node = fields["stream_usage"]
+        if api is None:
+            raise r.error(key, f"{path}.stream_usage", "only for a route with api: openai")
+        stream_usage = r.string(node, f"{path}.stream_usage")
+        if stream_usage not in STREAM_USAGE:
+            raise r.error(node, f"{path}.stream_usage", "require or count")
+    return api, models, token_limit, stream_usage
 
 
 def _parse_match(r: _Reader, path: str, node: yaml.Node) -> tuple[MatchRule, ...]:

@@ -25,6 +25,7 @@ from extauthz.core.route_match import ROUTE_IDENTITIES
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+STREAM_USAGE_FILTER = "extauthz.stream_usage"  # a second ext_proc filter: see stream_usage_filter
 T = "type.googleapis.com/envoy."  # @type prefix
 EXT_AUTHZ_TIMEOUT = "0.25s"  # Redis commands time out at 0.1 s, well inside this
 EXTAUTHZ_RENEW_AFTER = 1000  # requests per connection to extauthz before Envoy opens a new one
@@ -220,11 +221,39 @@ def per_route_context(extensions: dict[str, str], with_body: bool = False) -> di
         }
     }
     if not with_body:  # responses are read (ext_proc) on LLM routes only
-        config[EXT_PROC_FILTER] = {
-            "@type": T + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-            "disabled": True,
-        }
+        for name in (STREAM_USAGE_FILTER, EXT_PROC_FILTER):
+            config[name] = {
+                "@type": T + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                "disabled": True,
+            }
     return config
+
+
+def stream_usage_filter(cluster: str = "extauthz") -> dict[str, Any]:
+    """The `stream_usage: require` filter, before the counting one, on LLM routes only: a
+    streaming request that does not ask for a usage chunk (ext_authz's metadata says so) gets
+    `stream_options.include_usage` added to its body, and that chunk is taken out of the
+    reply after the counting filter read it. Every other request is let go at its headers
+    (one round trip; `allow_mode_override`). A failure lets the request go unchanged."""
+    return {
+        "name": STREAM_USAGE_FILTER,
+        "typed_config": {
+            "@type": T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "5s"},
+            "failure_mode_allow": True,
+            "allow_mode_override": True,
+            "message_timeout": "1s",
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "response_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "response_body_mode": "STREAMED",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+            "metadata_options": {"forwarding_namespaces": {"untyped": [EXT_AUTHZ_FILTER]}},
+        },
+    }
 
 
 def ext_proc_filter(cluster: str = "extauthz") -> dict[str, Any]:
@@ -380,6 +409,7 @@ def _listener(
         },
         "http_filters": [
             ext_authz_filter(route_identity=route_identity),
+            stream_usage_filter(),
             ext_proc_filter(),
             _router(),
         ],

@@ -23,10 +23,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from extauthz.core.llm_usage import MAX_JSON_BODY, StreamUsage, Usage, json_usage
+from extauthz.core.llm_usage import (
+    MAX_JSON_BODY,
+    StreamUsage,
+    Usage,
+    UsageChunkRemover,
+    ask_for_usage,
+    json_usage,
+)
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.token_limiter import METADATA_KEY as TOKEN_LIMITS_KEY
 from extauthz.runtime.token_limiter import TokenLimiter
@@ -45,6 +54,28 @@ _ANSWERS = {  # a message's field → the answer Envoy waits for outside observa
 }
 
 
+def _metadata(message: Any) -> dict[str, str]:
+    """ext_authz's dynamic metadata, as Envoy forwards it (string values)."""
+    if not message.HasField("metadata_context"):
+        return {}
+    fields = message.metadata_context.filter_metadata.get(EXT_AUTHZ_NAMESPACE)
+    if fields is None:
+        return {}
+    return {k: v.string_value for k, v in fields.fields.items()}
+
+
+_NOTHING_MORE = mode_pb.ProcessingMode(
+    request_body_mode=mode_pb.ProcessingMode.NONE,
+    response_header_mode=mode_pb.ProcessingMode.SKIP,
+    response_body_mode=mode_pb.ProcessingMode.NONE,
+)
+_LET_GO = pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=_NOTHING_MORE)
+_STOP_RESPONSE = pb.ProcessingResponse(
+    response_headers=pb.HeadersResponse(),
+    mode_override=mode_pb.ProcessingMode(response_body_mode=mode_pb.ProcessingMode.NONE),
+)
+
+
 class Exchange:
     """One response as it passes: who called, its status and kind, what it used."""
 
@@ -60,10 +91,9 @@ class Exchange:
         self.ended = False  # the response's last chunk passed
 
     def read(self, message: Any) -> None:
-        if message.HasField("metadata_context") and not self.model:
-            fields = message.metadata_context.filter_metadata.get(EXT_AUTHZ_NAMESPACE)
-            if fields is not None:
-                values = {k: v.string_value for k, v in fields.fields.items()}
+        if not self.model:
+            values = _metadata(message)
+            if values:
                 self.token_id = values.get("token_id", "")
                 self.route = values.get("route", "")
                 self.model = values.get("model", "")
@@ -136,21 +166,92 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         if not self._slots.acquire(blocking=False):
             self._uncounted("too_many_streams")
             return  # (Envoy goes on without us: failure_mode_allow)
+        try:
+            first = next(requests, None)
+            if first is None:
+                return
+            if first.observability_mode:
+                yield from self._count(first, requests)
+            else:
+                yield from self._ask_for_usage(first, requests)
+        except grpc.RpcError:
+            pass  # Envoy reset the stream (the client went away)
+        finally:
+            self._slots.release()
+
+    def _count(self, first: Any, requests: Iterator[Any]) -> Iterator[Any]:
+        """The counting filter (observability mode: no answers): charge what the response
+        used when it ends, or what passed when Envoy resets the stream."""
         exchange = Exchange()
         try:
+            exchange.read(first)
+            if exchange.ended:
+                return
             for message in requests:
                 exchange.read(message)
                 if exchange.ended:  # charged at once (Envoy closes the stream later)
                     break
-                if not message.observability_mode:
-                    answer = _ANSWERS.get(message.WhichOneof("request") or "")
-                    if answer is not None:
-                        yield answer
-        except grpc.RpcError:
-            pass  # Envoy reset the stream (the client went away): charge what passed
+            yield from ()
         finally:
-            self._slots.release()
             self._charge(exchange)
+
+    def _ask_for_usage(self, first: Any, requests: Iterator[Any]) -> Iterator[Any]:
+        """The `stream_usage: require` filter (before the counting one): a streaming request
+        that did not ask for a usage chunk (ext_authz's metadata says `stream_usage: add`)
+        gets `stream_options.include_usage` added to its body, and that chunk is taken out
+        of the reply, after the counting filter has read it. Every other request is let go
+        at its headers (mode_override: nothing more is sent here)."""
+        if _metadata(first).get("stream_usage") != "add":
+            yield _LET_GO
+            return
+        headers = first.request_headers.headers.headers
+        had_length = any(h.key == "content-length" for h in headers)
+        yield _ANSWERS["request_headers"]
+        remover: UsageChunkRemover | None = None
+        for message in requests:
+            kind = message.WhichOneof("request")
+            if kind == "request_body":
+                asked = ask_for_usage(message.request_body.body)
+                answer = pb.ProcessingResponse(request_body=pb.BodyResponse())
+                if asked is not None:
+                    common = answer.request_body.response
+                    common.body_mutation.body = asked
+                    if had_length:
+                        common.header_mutation.set_headers.add(
+                            header=base_pb2.HeaderValue(
+                                key="content-length", raw_value=str(len(asked)).encode()
+                            ),
+                            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                        )
+                    remover = UsageChunkRemover()
+                yield answer
+            elif kind == "response_headers":
+                exchange = Exchange()
+                exchange.read(message)
+                if remover is None or exchange.stream is None or exchange.status != 200:
+                    remover = None
+                    yield _STOP_RESPONSE
+                else:  # (the reply's length changes: none is sent)
+                    answer = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+                    answer.response_headers.response.header_mutation.remove_headers.append(
+                        "content-length"
+                    )
+                    yield answer
+            elif kind == "response_body" and remover is not None:
+                body = message.response_body
+                out = remover.feed(body.body, last=body.end_of_stream)
+                answer = pb.ProcessingResponse(response_body=pb.BodyResponse())
+                if out != body.body:
+                    mutation = answer.response_body.response.body_mutation
+                    if out:
+                        mutation.body = out
+                    else:
+                        mutation.clear_body = True
+                yield answer
+            else:
+                default = _ANSWERS.get(kind or "")
+                if default is not None:
+                    yield default
 
     def _charge(self, exchange: Exchange) -> None:
         used = exchange.usage()

@@ -202,9 +202,11 @@ def test_usage_and_metrics_per_model(stack: Stack) -> None:
 
 
 def test_tokens_are_counted_from_responses(stack: Stack) -> None:
-    """Issue #25 (part): Envoy streams each LLM response past extauthz (ext_proc), which
-    charges the tokens its usage reports to the caller, per day and model; a stream without
-    a usage chunk is counted one token per content chunk, marked estimated."""
+    """Issue #25: Envoy streams each LLM response past extauthz (ext_proc), which charges
+    the tokens its usage reports to the caller, per day and model. The `llm` route has
+    `stream_usage: require`: a stream that does not ask for a usage chunk is asked for one
+    (and does not see it); one whose `stream_options` say no is counted one token per
+    content chunk, marked estimated."""
     issued = tokens.create(stack.store(), ["llm"], now=time.time())
     both = client(stack, issued.token)
     messages: Any = [{"role": "user", "content": "count these five words"}]
@@ -217,7 +219,12 @@ def test_tokens_are_counted_from_responses(stack: Stack) -> None:
             stream_options={"include_usage": True},
         )
     )
-    list(both.chat.completions.create(model="demo-large", messages=messages, stream=True))
+    silent = list(both.chat.completions.create(model="demo-large", messages=messages, stream=True))
+    assert all(chunk.usage is None and chunk.choices for chunk in silent)  # asked, taken out
+    refused = both.chat.completions.create(
+        model="demo-large", messages=messages, stream=True, stream_options={"include_usage": False}
+    )
+    assert all(chunk.usage is None for chunk in refused)
     assert plain.usage is not None and streamed[-1].usage is not None
 
     def models() -> dict[str, Any]:
@@ -231,9 +238,9 @@ def test_tokens_are_counted_from_responses(stack: Stack) -> None:
             "completion_tokens": plain.usage.completion_tokens,
         },
         "demo-large": {
-            "requests": 2,
-            "prompt_tokens": streamed[-1].usage.prompt_tokens,
-            "completion_tokens": streamed[-1].usage.completion_tokens,
+            "requests": 3,
+            "prompt_tokens": 2 * streamed[-1].usage.prompt_tokens,
+            "completion_tokens": 2 * streamed[-1].usage.completion_tokens,
             "estimated_completion_tokens": 4,  # "demo-large heard 4 words": 4 content chunks
         },
     }

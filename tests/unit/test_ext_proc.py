@@ -3,15 +3,18 @@ settles, and what it says when it cannot count (the real Envoy: tests/integratio
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb
 from google.protobuf import struct_pb2
 
 from bench.llm_limits import response_messages
 from extauthz.core.decision import Decision, Outcome
 from extauthz.core.token_limit import TokenLimit, TokenLimited
-from extauthz.runtime.ext_proc import UsageProcessor
+from extauthz.runtime.ext_proc import EXT_AUTHZ_NAMESPACE, UsageProcessor
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.token_limiter import METADATA_KEY, TokenLimiter
 from extauthz.runtime.usage import UsageMeter
@@ -67,3 +70,68 @@ def test_what_cannot_be_counted_is_a_metric_and_one_warning_a_minute(
     full = UsageProcessor(None, metrics, 0, clock=lambda: now[0])  # no stream may be served
     run(full, response_messages(metadata(), {"prompt_tokens": 1, "completion_tokens": 1}))
     assert "1 too_many_streams" in caplog.text.splitlines()[-1]
+
+
+def _request_headers(fields: dict[str, str], length: bool = True) -> Any:
+    message = ext_proc_pb.ProcessingRequest()
+    message.metadata_context.filter_metadata[EXT_AUTHZ_NAMESPACE].update(fields)
+    headers = message.request_headers.headers.headers
+    headers.add(key=":method", raw_value=b"POST")
+    if length:
+        headers.add(key="content-length", raw_value=b"40")
+    return message
+
+
+def _body(kind: str, data: bytes, last: bool = True) -> Any:
+    message = ext_proc_pb.ProcessingRequest()
+    getattr(message, kind).body = data
+    getattr(message, kind).end_of_stream = last
+    return message
+
+
+def _response_headers(status: bytes, content_type: bytes) -> Any:
+    message = ext_proc_pb.ProcessingRequest()
+    headers = message.response_headers.headers.headers
+    headers.add(key=":status", raw_value=status)
+    headers.add(key="content-type", raw_value=content_type)
+    return message
+
+
+def test_a_stream_is_asked_for_its_usage_and_the_reply_does_not_show_it() -> None:
+    processor = UsageProcessor(None, None, 4)
+    body = b'{"model": "m", "stream": true}'
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}\n\n'
+    messages = [
+        _request_headers({"model": "m", "stream_usage": "add"}),
+        _body("request_body", body),
+        _response_headers(b"200", b"text/event-stream"),
+        _body("response_body", b'data: {"choices": [{"delta": {"content": "x"}}]}\n\n', False),
+        _body("response_body", usage + b"data: [DONE]\n\n"),
+    ]
+    answers = list(processor.Process(iter(messages), None))
+    assert [a.WhichOneof("response") for a in answers] == [
+        "request_headers", "request_body", "response_headers", "response_body", "response_body",
+    ]  # fmt: skip
+    asked = answers[1].request_body.response
+    assert json.loads(asked.body_mutation.body)["stream_options"] == {"include_usage": True}
+    (length,) = asked.header_mutation.set_headers
+    assert length.header.raw_value == str(len(asked.body_mutation.body)).encode()
+    assert answers[2].response_headers.response.header_mutation.remove_headers == ["content-length"]
+    assert not answers[3].response_body.response.HasField("body_mutation")  # passed as it was
+    assert answers[4].response_body.response.body_mutation.body == b"data: [DONE]\n\n"
+
+
+def test_other_requests_are_let_go_at_their_headers() -> None:
+    processor = UsageProcessor(None, None, 4)
+    (answer,) = processor.Process(iter([_request_headers({"model": "m"})]), None)
+    assert answer.mode_override.request_body_mode == mode_pb.ProcessingMode.NONE
+    assert answer.mode_override.response_body_mode == mode_pb.ProcessingMode.NONE
+    # asked, but the reply is an error: its body is not read
+    messages = [
+        _request_headers({"model": "m", "stream_usage": "add"}, length=False),
+        _body("request_body", b'{"model": "m", "stream": true}'),
+        _response_headers(b"429", b"application/json"),
+    ]
+    answers = list(processor.Process(iter(messages), None))
+    assert not answers[1].request_body.response.header_mutation.set_headers  # (was chunked)
+    assert answers[2].mode_override.response_body_mode == mode_pb.ProcessingMode.NONE

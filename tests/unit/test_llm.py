@@ -306,3 +306,37 @@ def test_usage_is_counted_per_model(store: Store) -> None:
     (today,) = tokens.usage(store, "u", 1, now)["days"]
     assert today["allowed"] == 3 and today["rate_limited"] == 1
     assert today["models"] == {"big-7b": {"requests": 1}, "small": {"requests": 2}}
+
+
+def test_stream_usage_require_asks_only_streams_that_did_not_say() -> None:
+    document = parse_policy(
+        "version: 1\nroutes:\n"
+        "  asks: {access: public, api: openai, stream_usage: require}\n"
+        "  counts: {access: public, api: openai}\n"
+    )
+    snapshot = PolicySnapshot(1, document.routes)
+
+    def metadata(route: str, body: dict[str, object]) -> dict[str, str]:
+        facts = RequestFacts(route, llm=read_model_request(json.dumps(body).encode()))
+        return dict(decide(facts, snapshot, lambda _: None, NOW).metadata)
+
+    stream: dict[str, object] = {"model": "m", "stream": True}
+    assert metadata("asks", stream)["stream_usage"] == "add"
+    cases: list[tuple[str, dict[str, object]]] = [
+        ("asks", {"model": "m"}),  # not a stream
+        ("asks", {**stream, "stream_options": {"include_usage": False}}),  # it said
+        ("asks", {**stream, "stream_options": None}),
+        ("counts", stream),
+    ]
+    for route, body in cases:
+        assert "stream_usage" not in metadata(route, body), (route, body)
+    for bad, message in (
+        ("stream_usage: always", "require or count"),
+        ("stream_usage: [require]", "stream_usage"),
+    ):
+        with pytest.raises(PolicyError, match=message):
+            parse_policy(
+                f"version: 1\nroutes:\n  r:\n    access: public\n    api: openai\n    {bad}\n"
+            )
+    with pytest.raises(PolicyError, match=r":5: .*stream_usage.*api: openai"):
+        parse_policy("version: 1\nroutes:\n  r:\n    access: public\n    stream_usage: require\n")

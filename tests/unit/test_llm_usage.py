@@ -7,7 +7,15 @@ import json
 
 import pytest
 
-from extauthz.core.llm_usage import MAX_LINE, StreamUsage, Usage, json_usage, usage_of
+from extauthz.core.llm_usage import (
+    MAX_LINE,
+    StreamUsage,
+    Usage,
+    UsageChunkRemover,
+    ask_for_usage,
+    json_usage,
+    usage_of,
+)
 
 
 def event(obj: object) -> bytes:
@@ -71,3 +79,63 @@ def test_streams_without_usage_are_estimated_and_odd_ones_survive() -> None:
     huge.feed(b"\n" + event(USAGE))
     assert huge.result() == Usage(9, 3)
     assert StreamUsage().result() is None
+
+
+# --- stream_usage: require ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"model": "m", "stream": true}', b'{"stream_options": {"include_usage": true}, "model": "m", "stream": true}'),
+        (b'  \n{"model":"m"}', b'  \n{"stream_options": {"include_usage": true}, "model":"m"}'),
+        (b"{}", None),
+        (b"[1]", None),
+        (b"", None),
+        (b"\xef\xbb\xbf{}", None),
+    ],
+)  # fmt: skip
+def test_asking_a_request_for_its_usage(body: bytes, expected: bytes | None) -> None:
+    asked = ask_for_usage(body)
+    assert asked == expected
+    if asked is not None:
+        parsed = json.loads(asked)
+        assert parsed["stream_options"] == {"include_usage": True}
+        assert {k: v for k, v in parsed.items() if k != "stream_options"} == json.loads(body)
+
+
+def _sse(*objects: object) -> bytes:
+    return b"".join(b"data: " + json.dumps(o).encode() + b"\n\n" for o in objects) + (
+        b"data: [DONE]\n\n"
+    )
+
+
+CONTENT = {"choices": [{"index": 0, "delta": {"content": "hi"}}]}
+ASKED = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+WITH_CHOICES = {"choices": [{"index": 0, "delta": {}}], "usage": {"prompt_tokens": 3}}
+
+
+@pytest.mark.parametrize("piece", [1, 2, 7, 64, 10_000])
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_the_asked_usage_chunk_is_taken_out_whatever_the_pieces(piece: int, newline: bytes) -> None:
+    stream = _sse(CONTENT, CONTENT, ASKED).replace(b"\n", newline)
+    remover = UsageChunkRemover()
+    out = b""
+    for i in range(0, len(stream), piece):
+        out += remover.feed(stream[i : i + piece], last=i + piece >= len(stream))
+    assert out == _sse(CONTENT, CONTENT).replace(b"\n", newline)
+    assert remover.removed == 1
+    counted = StreamUsage()
+    counted.feed(stream)  # (the counting filter, before it, saw the usage)
+    assert counted.result() == Usage(3, 4)
+
+
+def test_other_events_pass_untouched() -> None:
+    odd = b': comment\n\nevent: x\ndata: not json "usage"\n\n'
+    stream = odd + _sse(WITH_CHOICES, {"usage": None, "choices": []})
+    remover = UsageChunkRemover()
+    assert remover.feed(stream, last=True) == stream and remover.removed == 0
+    long = b"data: " + b"x" * (MAX_LINE + 10)  # an event longer than MAX_LINE: filtering ends
+    remover = UsageChunkRemover()
+    assert remover.feed(long) == long
+    assert remover.feed(_sse(ASKED)) == _sse(ASKED)
