@@ -6,7 +6,10 @@ alternate rounds of one run (the machine is shared: only ratios within a run mea
 Per stream: time to first chunk (request sent → first content chunk read) and chunks per
 second (content chunks / time from the first to the last). Two kinds of stream: back to back
 (the demo server writes all chunks at once: what Envoy itself can pass) and paced, a chunk
-every `--pace-ms` (1 ms: 1,000 tokens a second, faster than a model decodes one stream).
+every `--pace-ms` (1 ms: 1,000 tokens a second, faster than a model decodes one stream),
+and paced streams whose client does not ask for the usage chunk (the `llm` route's
+`stream_usage: require`: extauthz adds it to the request and takes it out of each reply
+chunk by chunk, so every chunk waits for extauthz).
 Reported for each: p50s, the TTFC difference and the chunks/s ratio with/without, and
 extauthz's CPU per chunk (its CPU time in the rounds with the filter, less without).
 
@@ -62,19 +65,22 @@ def without_ext_proc(config: dict[str, Any], port: int, admin_port: int) -> dict
     return out
 
 
-def one_stream(port: int, token: str, chunks: int, pace_ms: int = 0) -> tuple[float, float, int]:
+def one_stream(
+    port: int, token: str, chunks: int, pace_ms: int = 0, ask_usage: bool = True
+) -> tuple[float, float, int]:
     """(seconds to the first content chunk, content chunks a second, content chunks); the
-    demo server sends the chunks `pace_ms` apart (0: back to back)."""
-    body = json.dumps(
-        {
-            "model": "demo-small",
-            "messages": [{"role": "user", "content": "stream me a long answer"}],
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "min_tokens": chunks,
-            "max_tokens": chunks,
-        }
-    )
+    demo server sends the chunks `pace_ms` apart (0: back to back). `ask_usage` False: the
+    client does not ask for the usage chunk (extauthz asks for it, `stream_usage: require`)."""
+    request: dict[str, Any] = {
+        "model": "demo-small",
+        "messages": [{"role": "user", "content": "stream me a long answer"}],
+        "stream": True,
+        "min_tokens": chunks,
+        "max_tokens": chunks,
+    }
+    if ask_usage:
+        request["stream_options"] = {"include_usage": True}
+    body = json.dumps(request)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         started = time.perf_counter()
@@ -131,16 +137,18 @@ def run(rounds: int, streams: int, chunks: int, pace_ms: int) -> dict[str, Any]:
                 with_port = stack.ports.external.port
                 for port in (with_port, plain_port):  # warm both
                     one_stream(port, token, chunks)
-                names = [f"{p} {e}" for p in ("back-to-back", "paced") for e in ("with", "without")]
+                kinds = ("back-to-back", "paced", "paced, usage asked by extauthz")
+                names = [f"{k} {e}" for k in kinds for e in ("with", "without")]
                 rows: dict[str, list[tuple[float, float, int]]] = {n: [] for n in names}
                 cpu = dict.fromkeys(names, 0.0)
                 for _ in range(rounds):
                     for name in names:
                         port = with_port if name.endswith(" with") else plain_port
                         pace = pace_ms if name.startswith("paced") else 0
+                        ask = "asked by extauthz" not in name
                         before = cpu_seconds(extauthz_pid)
                         for _ in range(streams):
-                            rows[name].append(one_stream(port, token, chunks, pace))
+                            rows[name].append(one_stream(port, token, chunks, pace, ask))
                         cpu[name] += cpu_seconds(extauthz_pid) - before
             finally:
                 stop(plain)
@@ -154,7 +162,7 @@ def run(rounds: int, streams: int, chunks: int, pace_ms: int) -> dict[str, Any]:
     }
     out: dict[str, Any] = {"rounds": rounds, "streams_per_round": streams, "pace_ms": pace_ms}
     out["p50"] = p50
-    for kind in ("back-to-back", "paced"):
+    for kind in ("back-to-back", "paced", "paced, usage asked by extauthz"):
         on, off = p50[f"{kind} with"], p50[f"{kind} without"]
         chunks_with = sum(r[2] for r in rows[f"{kind} with"])
         out[kind] = {
