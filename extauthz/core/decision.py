@@ -381,6 +381,8 @@ def _allow(
         llm = facts.llm
         if route.stream_usage == "require" and llm and llm.stream and not llm.stream_options:
             metadata += (("stream_usage", "add"),)  # ext_proc asks the stream for its usage
+        if llm is not None and llm.cap_added and route.default_max_tokens is not None:
+            metadata += (("add_max_tokens", str(route.default_max_tokens)),)  # (ext_proc adds)
     return Decision(
         Outcome.ALLOW,
         200,

@@ -51,6 +51,8 @@ class LlmRequest(NamedTuple):
     # (`n`, `best_of`); None when it sets no cap, or one that is not a whole number 0-10⁹
     bound: int | None = None
     stream_options: bool = False  # the body has a top-level "stream_options"
+    cap_named: bool = False  # it names an output cap (a valid one or not)
+    cap_added: bool = False  # it names none: the route's `default_max_tokens` is added
 
 
 NO_MODEL_NEEDED = LlmRequest(None)  # GET, HEAD: listing models, nothing to choose
@@ -65,6 +67,10 @@ _CHOICES = ("n", "best_of")
 _LIMIT_KEYS = frozenset(_CAPS + _CHOICES)
 MAX_CAP = 10**9
 _WHOLE = re.compile(rb"-?0|[1-9][0-9]{0,9}")  # (what json.loads reads as such an int)
+
+
+def _cap_named(pairs: list[tuple[str, object]]) -> bool:
+    return any(key in _CAPS for key, _ in pairs)
 
 
 def _output_cap(pairs: list[tuple[str, object]]) -> int | None:
@@ -85,18 +91,24 @@ def _output_cap(pairs: list[tuple[str, object]]) -> int | None:
 SMALL_BODY = 16 << 10  # below this a full parse (in C) is cheaper than the scan
 
 
-def read_model_request(body: bytes, method: str = "POST") -> LlmRequest:
+def read_model_request(
+    body: bytes, method: str = "POST", default_cap: int | None = None
+) -> LlmRequest:
     """The top-level `model` and `stream` of a JSON object body (see the module docstring).
-    The body must be UTF-8 JSON text, without a byte order mark."""
+    The body must be UTF-8 JSON text, without a byte order mark. `default_cap`: the output
+    cap a body that names none gets (added to it on its way to the model)."""
     if method in ("GET", "HEAD"):
         return NO_MODEL_NEEDED
     if not body.strip(_WS):
         return LlmRequest(None, error=NO_BODY)
     try:
         text = body.decode("utf-8")  # (C speed: ~5 µs for 100 KB)
-        return _parse(text, len(body)) if len(body) <= SMALL_BODY else _scan(body)
+        found = _parse(text, len(body)) if len(body) <= SMALL_BODY else _scan(body)
     except (_Unreadable, UnicodeDecodeError):
         return LlmRequest(None, error=NOT_JSON)
+    if default_cap is not None and found.model is not None and not found.cap_named:
+        return found._replace(bound=len(body) + default_cap, cap_added=True)
+    return found
 
 
 def _parse(text: str, size: int) -> LlmRequest:
@@ -110,7 +122,8 @@ def _parse(text: str, size: int) -> LlmRequest:
     models = [value for key, value in pairs if key == "model"]
     stream = any(key == "stream" and value is True for key, value in pairs)
     options = any(key == "stream_options" for key, _ in pairs)
-    cap = _output_cap([(key, value) for key, value in pairs if key in _LIMIT_KEYS])
+    limits = [(key, value) for key, value in pairs if key in _LIMIT_KEYS]
+    cap = _output_cap(limits)
     if len(models) > 1:
         return LlmRequest(None, stream, DUPLICATE_MODEL)
     if not models:
@@ -118,7 +131,8 @@ def _parse(text: str, size: int) -> LlmRequest:
     model = models[0]
     if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
         return LlmRequest(None, stream, BAD_MODEL)
-    return LlmRequest(model, stream, None, None if cap is None else size + cap, options)
+    bound = None if cap is None else size + cap
+    return LlmRequest(model, stream, None, bound, options, _cap_named(limits))
 
 
 class _Pairs(list[tuple[str, object]]):
@@ -186,7 +200,8 @@ def _scan(body: bytes) -> LlmRequest:
     if error is not None:
         return LlmRequest(None, stream, error)
     cap = _output_cap(limits)
-    return LlmRequest(model, stream, None, None if cap is None else end + cap, options)
+    bound = None if cap is None else end + cap
+    return LlmRequest(model, stream, None, bound, options, _cap_named(limits))
 
 
 def _model(raw: bytes) -> tuple[str | None, str | None]:

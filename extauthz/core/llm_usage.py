@@ -129,20 +129,21 @@ def _has_content(choice: Any) -> bool:
     return bool(content) or bool(text)
 
 
-# --- `stream_usage: require`: ask a stream for its usage, and take that chunk out ---------
+# --- what extauthz adds to a request body, and the usage chunk it takes out ----------------
 
-_ASK = b'"stream_options": {"include_usage": true}, '
+ASK_FOR_USAGE = ("stream_options", {"include_usage": True})  # `stream_usage: require`
 _WS = b" \t\r\n"
 
 
-def ask_for_usage(body: bytes) -> bytes | None:
-    """The request body with `"stream_options": {"include_usage": true}` added as its first
-    top-level pair, or None when it is not a JSON object (the decision has read it: an
-    object with a model and no top-level "stream_options"; nothing else is touched)."""
+def add_to_body(body: bytes, pairs: list[tuple[str, object]]) -> bytes | None:
+    """The request body with `pairs` added as its first top-level pairs, or None when it is
+    not a JSON object (the decision has read it: an object with a model that names none of
+    these keys; nothing else is touched, byte for byte)."""
     start = len(body) - len(body.lstrip(_WS))
     if body[start : start + 1] != b"{" or body[start + 1 :].lstrip(_WS)[:1] in (b"}", b""):
         return None
-    return body[: start + 1] + _ASK + body[start + 1 :]
+    added = b"".join(json.dumps({k: v})[1:-1].encode() + b", " for k, v in pairs)
+    return body[: start + 1] + added + body[start + 1 :]
 
 
 class UsageChunkRemover:

@@ -22,7 +22,7 @@ import yaml
 from extauthz.core.credentials import ROUTE_NAME, SCOPE_NAME, TOKEN_ID
 from extauthz.core.durations import MAX_SECONDS, parse_duration
 from extauthz.core.headers import IDENTITY_HEADERS
-from extauthz.core.llm import check_model_patterns
+from extauthz.core.llm import MAX_CAP, check_model_patterns
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.route_match import (
     HOST_NAME,
@@ -88,6 +88,8 @@ class RoutePolicy:
     # "require": streaming requests that do not ask for a usage chunk get one added (and
     # taken out of the reply); "count": such streams are counted a token per content chunk
     stream_usage: str = "count"
+    # the output cap added to requests that name none (what a token limit reserves for them)
+    default_max_tokens: int | None = None
 
     @property
     def reads_source_address(self) -> bool:
@@ -121,6 +123,8 @@ class RoutePolicy:
             out["token_limit"] = str(self.token_limit)
         if self.stream_usage != "count":
             out["stream_usage"] = self.stream_usage
+        if self.default_max_tokens is not None:
+            out["default_max_tokens"] = self.default_max_tokens
         if self.jwt is not None:
             jwt = self.jwt
             out["jwt"] = {
@@ -154,6 +158,7 @@ class RoutePolicy:
             models=check_model_patterns(data.get("models", ())),
             token_limit=TokenLimit.parse(data["token_limit"]) if data.get("token_limit") else None,
             stream_usage=data.get("stream_usage", "count"),
+            default_max_tokens=data.get("default_max_tokens"),
             jwt=None
             if jwt is None
             else JwtSettings(
@@ -291,6 +296,7 @@ _ROUTE_KEYS = (
     "models",
     "token_limit",
     "stream_usage",
+    "default_max_tokens",
 )
 _JWT_KEYS = (
     "issuer",
@@ -566,6 +572,7 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
     max_ttl, limit = _parse_token_limits(r, path, fields)
     match = _parse_match(r, f"{path}.match", fields["match"][1]) if "match" in fields else ()
     api, models, token_limit, stream_usage = _parse_api(r, path, fields)
+    default_max_tokens = _parse_default_cap(r, path, fields, api)
     return RoutePolicy(
         name,
         access,
@@ -581,7 +588,24 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
         models,
         token_limit,
         stream_usage,
+        default_max_tokens,
     )
+
+
+def _parse_default_cap(
+    r: _Reader, path: str, fields: dict[str, tuple[yaml.Node, yaml.Node]], api: str | None
+) -> int | None:
+    """`default_max_tokens`: the output cap added to LLM requests that name none."""
+    if "default_max_tokens" not in fields:
+        return None
+    key, node = fields["default_max_tokens"]
+    where = f"{path}.default_max_tokens"
+    if api is None:
+        raise r.error(key, where, "only for a route with api: openai")
+    value = r.integer(node, where)
+    if not 1 <= value <= MAX_CAP:
+        raise r.error(node, where, f"from 1 to {MAX_CAP}")
+    return value
 
 
 def _parse_api(

@@ -120,7 +120,8 @@ class Authorizer:
             if peer is not None and snapshot is not None and route in snapshot.peer_routes:
                 # (one lookup on the warm path: the rare routes read more of the request)
                 if route in snapshot.llm_routes:  # the body's model is part of the facts
-                    facts = facts._replace(llm=llm_request_of(peer))
+                    cap = snapshot.routes[route].default_max_tokens
+                    facts = facts._replace(llm=llm_request_of(peer, cap))
                 if route in snapshot.address_routes:
                     address, network = client_of(peer)
                     facts = facts._replace(source_address=address, network=network)

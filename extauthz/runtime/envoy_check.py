@@ -103,13 +103,13 @@ def read_check_request(request: Any, route_identity: str = "context") -> CheckIn
     return _read(request.attributes, route_identity, None)
 
 
-def llm_request_of(attributes: Any) -> LlmRequest:
+def llm_request_of(attributes: Any, default_cap: int | None = None) -> LlmRequest:
     """The model an `api: openai` request's body names (Envoy sends the body on these
     routes only: `with_request_body`, `pack_as_bytes`; a body sent as a string is read as
     its UTF-8 bytes)."""
     http = attributes.request.http
     body: bytes = http.raw_body or http.body.encode("utf-8", "surrogateescape")
-    return read_model_request(body, http.method)
+    return read_model_request(body, http.method, default_cap)
 
 
 def client_of(attributes: Any) -> tuple[str, str | None]:

@@ -29,11 +29,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extauthz.core.llm_usage import (
+    ASK_FOR_USAGE,
     MAX_JSON_BODY,
     StreamUsage,
     Usage,
     UsageChunkRemover,
-    ask_for_usage,
+    add_to_body,
     json_usage,
 )
 from extauthz.runtime.metrics import Metrics
@@ -70,10 +71,70 @@ _NOTHING_MORE = mode_pb.ProcessingMode(
     response_body_mode=mode_pb.ProcessingMode.NONE,
 )
 _LET_GO = pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=_NOTHING_MORE)
+_NO_LENGTH = pb.ProcessingResponse(
+    response_headers=pb.HeadersResponse(
+        response=pb.CommonResponse(
+            header_mutation=pb.HeaderMutation(remove_headers=["content-length"])
+        )
+    )
+)
 _STOP_RESPONSE = pb.ProcessingResponse(
     response_headers=pb.HeadersResponse(),
     mode_override=mode_pb.ProcessingMode(response_body_mode=mode_pb.ProcessingMode.NONE),
 )
+
+
+def _edits(fields: dict[str, str], headers: Any) -> list[tuple[str, object]]:
+    """What ext_authz's metadata asks to add to a request body: `stream_usage: add` (a
+    stream that did not ask for its usage chunk, on a route with `stream_usage: require`)
+    → `stream_options.include_usage`; `add_max_tokens: N` (no output cap named, on a route
+    with `default_max_tokens`) → the cap (`max_output_tokens` on /v1/responses, else
+    `max_tokens`)."""
+    pairs: list[tuple[str, object]] = []
+    if fields.get("stream_usage") == "add":
+        pairs.append(ASK_FOR_USAGE)
+    cap = fields.get("add_max_tokens", "")
+    if cap.isdigit():
+        path = next((_value(h) for h in headers if h.key == ":path"), "")
+        name = "max_output_tokens" if path.startswith("/v1/responses") else "max_tokens"
+        pairs.append((name, int(cap)))
+    return pairs
+
+
+def _edited_body(
+    body: bytes, pairs: list[tuple[str, object]], had_length: bool
+) -> tuple[Any, bool]:
+    """The answer to a buffered request body: `pairs` added (and content-length set, when
+    the request had one); whether it was edited."""
+    edited = add_to_body(body, pairs)
+    answer = pb.ProcessingResponse(request_body=pb.BodyResponse())
+    if edited is None:
+        return answer, False
+    common = answer.request_body.response
+    common.body_mutation.body = edited
+    if had_length:
+        common.header_mutation.set_headers.add(
+            header=base_pb2.HeaderValue(key="content-length", raw_value=str(len(edited)).encode()),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+    return answer, True
+
+
+def _without_usage_chunk(body: Any, remover: UsageChunkRemover) -> Any:
+    """The answer to a reply chunk: what of it goes on without the asked-for usage chunk."""
+    out = remover.feed(body.body, last=body.end_of_stream)
+    answer = pb.ProcessingResponse(response_body=pb.BodyResponse())
+    if out != body.body:
+        mutation = answer.response_body.response.body_mutation
+        if out:
+            mutation.body = out
+        else:
+            mutation.clear_body = True
+    return answer
+
+
+def _value(header: Any) -> str:
+    return str(header.raw_value.decode("latin-1") if header.raw_value else header.value)
 
 
 class Exchange:
@@ -101,7 +162,7 @@ class Exchange:
         kind = message.WhichOneof("request")
         if kind == "response_headers":
             for header in message.response_headers.headers.headers:
-                value = header.raw_value.decode("latin-1") if header.raw_value else header.value
+                value = _value(header)
                 if header.key == ":status" and value.isdigit():
                     self.status = int(value)
                 elif header.key == "content-type" and value.startswith("text/event-stream"):
@@ -173,7 +234,7 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if first.observability_mode:
                 yield from self._count(first, requests)
             else:
-                yield from self._ask_for_usage(first, requests)
+                yield from self._edit_body(first, requests)
         except grpc.RpcError:
             pass  # Envoy reset the stream (the client went away)
         finally:
@@ -195,34 +256,24 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         finally:
             self._charge(exchange)
 
-    def _ask_for_usage(self, first: Any, requests: Iterator[Any]) -> Iterator[Any]:
-        """The `stream_usage: require` filter (before the counting one): a streaming request
-        that did not ask for a usage chunk (ext_authz's metadata says `stream_usage: add`)
-        gets `stream_options.include_usage` added to its body, and that chunk is taken out
-        of the reply, after the counting filter has read it. Every other request is let go
-        at its headers (mode_override: nothing more is sent here)."""
-        if _metadata(first).get("stream_usage") != "add":
+    def _edit_body(self, first: Any, requests: Iterator[Any]) -> Iterator[Any]:
+        """The body-editing filter (before the counting one), as ext_authz's metadata asks
+        (see `_edits`). A stream asked for its usage chunk has that chunk taken out of the
+        reply after the counting filter has read it. Every other request is let go at its
+        headers (mode_override: nothing more is sent here)."""
+        headers = first.request_headers.headers.headers
+        pairs = _edits(_metadata(first), headers)
+        if not pairs:
             yield _LET_GO
             return
-        headers = first.request_headers.headers.headers
         had_length = any(h.key == "content-length" for h in headers)
         yield _ANSWERS["request_headers"]
         remover: UsageChunkRemover | None = None
         for message in requests:
             kind = message.WhichOneof("request")
             if kind == "request_body":
-                asked = ask_for_usage(message.request_body.body)
-                answer = pb.ProcessingResponse(request_body=pb.BodyResponse())
-                if asked is not None:
-                    common = answer.request_body.response
-                    common.body_mutation.body = asked
-                    if had_length:
-                        common.header_mutation.set_headers.add(
-                            header=base_pb2.HeaderValue(
-                                key="content-length", raw_value=str(len(asked)).encode()
-                            ),
-                            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-                        )
+                answer, edited = _edited_body(message.request_body.body, pairs, had_length)
+                if edited and ASK_FOR_USAGE in pairs:
                     remover = UsageChunkRemover()
                 yield answer
             elif kind == "response_headers":
@@ -231,23 +282,10 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 if remover is None or exchange.stream is None or exchange.status != 200:
                     remover = None
                     yield _STOP_RESPONSE
-                else:  # (the reply's length changes: none is sent)
-                    answer = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
-                    answer.response_headers.response.header_mutation.remove_headers.append(
-                        "content-length"
-                    )
-                    yield answer
+                else:
+                    yield _NO_LENGTH  # (the reply's length changes)
             elif kind == "response_body" and remover is not None:
-                body = message.response_body
-                out = remover.feed(body.body, last=body.end_of_stream)
-                answer = pb.ProcessingResponse(response_body=pb.BodyResponse())
-                if out != body.body:
-                    mutation = answer.response_body.response.body_mutation
-                    if out:
-                        mutation.body = out
-                    else:
-                        mutation.clear_body = True
-                yield answer
+                yield _without_usage_chunk(message.response_body, remover)
             else:
                 default = _ANSWERS.get(kind or "")
                 if default is not None:

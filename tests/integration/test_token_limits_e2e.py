@@ -21,7 +21,7 @@ from extauthz.config import Settings
 from extauthz.core.credentials import token_hash
 from extauthz.core.token_limit import TokenLimit
 from extauthz.dev.stack import Stack
-from tests.support.procs import local_stack, wait_for
+from tests.support.procs import REPO, local_stack, wait_for
 from tests.support.readme import readme_block
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
@@ -153,3 +153,36 @@ def test_a_caller_hopping_between_two_tokens_is_charged_to_each_as_it_used_it(
             chat(c)
     fresh = client(stack, "50/m")  # a third token is not touched by the others' counts
     assert int(chat(fresh).headers["x-ratelimit-remaining-tokens"]) == 49
+
+
+@pytest.fixture(scope="module")
+def capped_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The local stack with `default_max_tokens: 2` on the llm route."""
+    state = tmp_path_factory.mktemp("capped")
+    example = (REPO / "examples/policy.yaml").read_text()
+    marker = "    api: openai\n"
+    assert marker in example
+    policy = state / "policy.yaml"
+    policy.write_text(example.replace(marker, marker + "    default_max_tokens: 2\n", 1))
+    with local_stack(state / "stack", Settings(auth_failure_burst=0), policy) as s:
+        yield s
+
+
+def test_a_route_default_cap_reaches_the_model_and_bounds_the_reservation(
+    capped_stack: Stack,
+) -> None:
+    within_one_minute(20)
+    c = client(capped_stack, "2000/m")
+    capped = chat(c)  # names no cap: extauthz adds max_tokens: 2 on its way to the model
+    assert capped.parse().usage.completion_tokens == 2
+    assert capped.parse().choices[0].message.content == "demo-small heard"
+    assert int(capped.headers["x-ratelimit-remaining-tokens"]) < 2000 - 2 - len(PROMPT)
+    own = chat(c, max_tokens=3)  # names its own: left as it is
+    assert own.parse().usage.completion_tokens == 3
+    streamed = list(
+        c.chat.completions.create(
+            model="demo-small", messages=[{"role": "user", "content": PROMPT}], stream=True
+        )
+    )  # both edits at once: the cap, and the usage chunk asked for and taken out
+    assert "".join(x.choices[0].delta.content or "" for x in streamed) == "demo-small heard"
+    assert all(x.usage is None for x in streamed)

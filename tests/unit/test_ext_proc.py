@@ -135,3 +135,24 @@ def test_other_requests_are_let_go_at_their_headers() -> None:
     answers = list(processor.Process(iter(messages), None))
     assert not answers[1].request_body.response.header_mutation.set_headers  # (was chunked)
     assert answers[2].mode_override.response_body_mode == mode_pb.ProcessingMode.NONE
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [("/v1/chat/completions", "max_tokens"), ("/v1/responses", "max_output_tokens")],
+)
+def test_a_route_default_cap_is_added_under_the_name_the_api_reads(path: str, field: str) -> None:
+    processor = UsageProcessor(None, None, 4)
+    headers = _request_headers({"model": "m", "add_max_tokens": "64"})
+    headers.request_headers.headers.headers.add(key=":path", raw_value=path.encode())
+    messages = [
+        headers,
+        _body("request_body", b'{"model": "m"}'),
+        _response_headers(b"200", b"application/json"),
+    ]
+    answers = list(processor.Process(iter(messages), None))
+    assert json.loads(answers[1].request_body.response.body_mutation.body) == {
+        field: 64,
+        "model": "m",
+    }
+    assert answers[2].mode_override.response_body_mode == mode_pb.ProcessingMode.NONE  # no strip

@@ -8,11 +8,12 @@ import json
 import pytest
 
 from extauthz.core.llm_usage import (
+    ASK_FOR_USAGE,
     MAX_LINE,
     StreamUsage,
     Usage,
     UsageChunkRemover,
-    ask_for_usage,
+    add_to_body,
     json_usage,
     usage_of,
 )
@@ -96,12 +97,16 @@ def test_streams_without_usage_are_estimated_and_odd_ones_survive() -> None:
     ],
 )  # fmt: skip
 def test_asking_a_request_for_its_usage(body: bytes, expected: bytes | None) -> None:
-    asked = ask_for_usage(body)
+    asked = add_to_body(body, [ASK_FOR_USAGE])
     assert asked == expected
     if asked is not None:
         parsed = json.loads(asked)
         assert parsed["stream_options"] == {"include_usage": True}
         assert {k: v for k, v in parsed.items() if k != "stream_options"} == json.loads(body)
+    capped = add_to_body(body, [ASK_FOR_USAGE, ("max_tokens", 256)])
+    if capped is not None:
+        assert json.loads(capped)["max_tokens"] == 256
+        assert capped.endswith(body.lstrip()[1:])  # the client's bytes follow, untouched
 
 
 def _sse(*objects: object) -> bytes:

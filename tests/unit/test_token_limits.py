@@ -21,7 +21,7 @@ from extauthz.admin import tokens
 from extauthz.admin.token_files import export_lines, plan_import, read_import_file
 from extauthz.core.credentials import token_hash
 from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
-from extauthz.core.llm import read_model_request
+from extauthz.core.llm import LlmRequest, read_model_request
 from extauthz.core.policy import PolicySnapshot, parse_policy
 from extauthz.core.token_limit import TokenLimit, TokenLimited, reservation
 from extauthz.core.token_record import TokenRecord
@@ -407,3 +407,27 @@ def test_a_debt_redis_did_not_take_is_paid_at_the_next_sync(
     monkeypatch.setattr(store, "add_tokens", real)
     limiter.sync(START + 3)
     assert int(store.client.get("extauthz:tl:token:t1:m30000000") or 0) == 400
+
+
+def test_a_route_default_cap_bounds_requests_that_name_none() -> None:
+    plain = b'{"model": "m", "messages": []}'
+    found = read_model_request(plain, default_cap=256)
+    assert (found.bound, found.cap_added) == (len(plain) + 256, True)
+    own = b'{"model": "m", "max_tokens": 9}'
+    assert read_model_request(own, default_cap=256).bound == len(own) + 9
+    odd = b'{"model": "m", "max_tokens": "9"}'  # named, not readable: never a second one
+    assert read_model_request(odd, default_cap=256) == LlmRequest("m", cap_named=True)
+    assert not read_model_request(b"", "GET", default_cap=256).cap_added
+    document = parse_policy(
+        "version: 1\nroutes:\n  llm: {access: public, api: openai, default_max_tokens: 256}\n"
+    )
+    snapshot = PolicySnapshot(1, document.routes)
+    facts = RequestFacts("llm", llm=found)
+    assert dict(decide(facts, snapshot, lambda _: None, START).metadata)["add_max_tokens"] == "256"
+    for bad in ("0", "1000000001", "lots", "[1]"):
+        with pytest.raises(PolicyError, match="default_max_tokens"):
+            parse_policy(
+                f"version: 1\nroutes:\n  llm: {{access: public, api: openai, default_max_tokens: {bad}}}\n"
+            )
+    with pytest.raises(PolicyError, match=r"default_max_tokens.*api: openai"):
+        parse_policy("version: 1\nroutes:\n  r: {access: public, default_max_tokens: 5}\n")
