@@ -50,6 +50,7 @@ log = logging.getLogger("extauthz.server")
 DISABLED_WARNING_INTERVAL = 60.0  # seconds between --disable-auth warnings
 
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 # SERVING from start to shutdown, whatever Redis does: for liveness probes (a Redis outage
 # must make pods unready, not restart them); "" and AUTHORIZATION_SERVICE follow Redis
 LIVENESS_SERVICE = "extauthz.liveness"
@@ -247,7 +248,7 @@ class Server:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", AUTHORIZATION_SERVICE):
+        for service in ("", AUTHORIZATION_SERVICE, EXT_PROC_SERVICE):
             self.health.set(service, status)
         self.serving = serving
 

@@ -210,7 +210,11 @@ def test_health_and_graceful_shutdown(redis_server: RedisServer, tmp_path: Path)
     with extauthz_serve(redis_server.url, tmp_path / "s.log") as (port, proc):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "envoy.service.auth.v3.Authorization"):
+        for service in (
+            "",
+            "envoy.service.auth.v3.Authorization",
+            "envoy.service.ext_proc.v3.ExternalProcessor",
+        ):
             resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
         channel.close()

@@ -3,6 +3,7 @@ settles, and what it says when it cannot count (the real Envoy: tests/integratio
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any
 
@@ -156,3 +157,20 @@ def test_a_route_default_cap_is_added_under_the_name_the_api_reads(path: str, fi
         "model": "m",
     }
     assert answers[2].mode_override.response_body_mode == mode_pb.ProcessingMode.NONE  # no strip
+
+
+def test_a_gzip_response_is_not_counted_and_keeps_its_reservation(store: Store) -> None:
+    limiter = TokenLimiter(store)
+    allowed = limiter.admit(
+        Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=600), START
+    )
+    metrics = Metrics()
+    processor = UsageProcessor(None, metrics, 4, clock=lambda: START, token_limiter=limiter)
+    fields = metadata(**{METADATA_KEY: dict(allowed.metadata)[METADATA_KEY]})
+    messages = list(response_messages(fields, {"prompt_tokens": 1, "completion_tokens": 1}))
+    messages[1].response_body.body = gzip.compress(messages[1].response_body.body)
+    run(processor, iter(messages))
+    assert metrics.llm_uncounted.labels("no_usage")._value.get() == 1
+    # the 600 stay taken: only 400 are left for this window
+    again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=401)
+    assert limiter.admit(again, START + 1).status == 429
