@@ -53,6 +53,7 @@ class LlmRequest(NamedTuple):
     stream_options: bool = False  # the body has a top-level "stream_options"
     cap_named: bool = False  # it names an output cap (a valid one or not)
     cap_added: bool = False  # it names none: the route's `default_max_tokens` is added
+    choices: int = 1  # `n` / `best_of` (the larger; 0: one that is not a whole number 0-10⁹)
 
 
 NO_MODEL_NEEDED = LlmRequest(None)  # GET, HEAD: listing models, nothing to choose
@@ -71,6 +72,16 @@ _WHOLE = re.compile(rb"-?0|[1-9][0-9]{0,9}")  # (what json.loads reads as such a
 
 def _cap_named(pairs: list[tuple[str, object]]) -> bool:
     return any(key in _CAPS for key, _ in pairs)
+
+
+def _choices(pairs: list[tuple[str, object]]) -> int:
+    most = 1
+    for key, value in pairs:
+        if key in _CHOICES:
+            if not isinstance(value, int) or type(value) is bool or not 0 <= value <= MAX_CAP:
+                return 0
+            most = max(most, value)
+    return most
 
 
 def _output_cap(pairs: list[tuple[str, object]]) -> int | None:
@@ -106,8 +117,9 @@ def read_model_request(
         found = _parse(text, len(body)) if len(body) <= SMALL_BODY else _scan(body)
     except (_Unreadable, UnicodeDecodeError):
         return LlmRequest(None, error=NOT_JSON)
-    if default_cap is not None and found.model is not None and not found.cap_named:
-        return found._replace(bound=len(body) + default_cap, cap_added=True)
+    # (choices it names that cannot be read, `choices` 0: no bound, no default either)
+    if default_cap is not None and found.model and found.choices and not found.cap_named:
+        return found._replace(bound=len(body) + default_cap * found.choices, cap_added=True)
     return found
 
 
@@ -132,7 +144,9 @@ def _parse(text: str, size: int) -> LlmRequest:
     if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
         return LlmRequest(None, stream, BAD_MODEL)
     bound = None if cap is None else size + cap
-    return LlmRequest(model, stream, None, bound, options, _cap_named(limits))
+    return LlmRequest(
+        model, stream, None, bound, options, _cap_named(limits), choices=_choices(limits)
+    )
 
 
 class _Pairs(list[tuple[str, object]]):
@@ -201,7 +215,9 @@ def _scan(body: bytes) -> LlmRequest:
         return LlmRequest(None, stream, error)
     cap = _output_cap(limits)
     bound = None if cap is None else end + cap
-    return LlmRequest(model, stream, None, bound, options, _cap_named(limits))
+    return LlmRequest(
+        model, stream, None, bound, options, _cap_named(limits), choices=_choices(limits)
+    )
 
 
 def _model(raw: bytes) -> tuple[str | None, str | None]:

@@ -7,7 +7,14 @@ every chunk goes on to the client at once and nothing waits for extauthz (answer
 only when Envoy asks for them). Who called comes from ext_authz's dynamic metadata (Envoy's
 `metadata_options.forwarding_namespaces`): token id, route, model. The usage is read from a
 JSON body or an SSE stream (core/llm_usage.py) and charged when the stream ends, also when
-the client went away mid-stream (what was generated is charged).
+the client went away mid-stream (what was generated is charged); a token-limit reservation
+riding in the metadata is settled then (runtime/token_limiter.py).
+
+A second filter, `extauthz.stream_usage`, before the counting one and not in observability
+mode, edits request bodies when ext_authz's metadata asks (`stream_usage: require`, a
+route's `default_max_tokens`) and takes the asked-for usage chunk out of the reply; it lets
+every other request go at its headers. Its streams start with request headers outside
+observability mode: that is how the two are told apart.
 
 A stream holds a handler thread for the whole response: at most `max_streams` are served
 at once (the server's thread pool has that many more threads than Check needs); one over
@@ -94,7 +101,7 @@ def _edits(fields: dict[str, str], headers: Any) -> list[tuple[str, object]]:
     if fields.get("stream_usage") == "add":
         pairs.append(ASK_FOR_USAGE)
     cap = fields.get("add_max_tokens", "")
-    if cap.isdigit():
+    if cap.isascii() and cap.isdigit():
         path = next((_value(h) for h in headers if h.key == ":path"), "")
         name = "max_output_tokens" if path.startswith("/v1/responses") else "max_tokens"
         pairs.append((name, int(cap)))

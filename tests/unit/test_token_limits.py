@@ -431,3 +431,10 @@ def test_a_route_default_cap_bounds_requests_that_name_none() -> None:
             )
     with pytest.raises(PolicyError, match=r"default_max_tokens.*api: openai"):
         parse_policy("version: 1\nroutes:\n  r: {access: public, default_max_tokens: 5}\n")
+
+
+def test_a_default_cap_counts_every_choice_asked_for() -> None:
+    body = b'{"model": "m", "n": 3}'
+    assert read_model_request(body, default_cap=100).bound == len(body) + 300
+    odd = b'{"model": "m", "n": "3"}'  # choices that cannot be read: no bound, no cap added
+    assert not read_model_request(odd, default_cap=100).cap_added
