@@ -1,9 +1,9 @@
 """LLM tokens counted to the token at scale, and token limits across processes (issue #25).
 
 1. Through the real Envoy and extauthz (the local stack): 1,000 mixed requests (chat JSON,
-   chat streams with their usage chunk, completions, embeddings; prompts and replies of
-   many lengths) from 8 client threads; the totals in Redis equal the sum of the usage the
-   responses reported, to the token.
+   chat streams with and without asking for their usage chunk, completions, embeddings;
+   prompts and replies of many lengths) from 3 client processes of 4 threads each; the
+   totals in Redis equal the sum of the usage the responses reported, to the token.
 2. Three `extauthz serve` processes on one real Redis, played by the Envoy emulation of
    bench/llm_limits.py (Checks to each, every response settled at any of them): twice the
    limit offered, the window's tokens never pass the limit and most of it is used.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +40,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def one_request(c: openai.OpenAI, i: int) -> tuple[str, int, int]:
     """Request `i` of the mix: (model, prompt tokens, completion tokens) as its response
-    reported them."""
+    reported them (a stream that does not ask for its usage: as the demo server computes it,
+    which extauthz asks it for on the `llm` route and the client never sees)."""
     rng = random.Random(i)  # noqa: S311 (a load generator)
     model = ("demo-small", "demo-large")[i % 2]
     prompt = " ".join(["w"] * rng.randint(1, 300))
     messages: Any = [{"role": "user", "content": prompt}]
     extra: Any = {"min_tokens": rng.randint(0, 40)}
-    match i % 4:
+    match i % 5:
         case 0:
             used = c.chat.completions.create(model=model, messages=messages, extra_body=extra).usage
+        case 4:
+            chunks = list(
+                c.chat.completions.create(
+                    model=model, messages=messages, stream=True, extra_body=extra
+                )
+            )
+            assert all(chunk.usage is None for chunk in chunks)
+            text = "".join(
+                chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices
+            )
+            return model, len(prompt.split()), len(text.split())
         case 1:
             chunks = list(
                 c.chat.completions.create(
@@ -69,15 +81,25 @@ def one_request(c: openai.OpenAI, i: int) -> tuple[str, int, int]:
     return model, used.prompt_tokens, used.completion_tokens
 
 
+def requests_in_a_process(job: tuple[str, str, range]) -> list[tuple[str, int, int]]:
+    """One client process: its share of the requests, from 4 threads."""
+    url, token, share = job
+    c = openai.OpenAI(base_url=url, api_key=token, max_retries=0, timeout=20)
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda i: one_request(c, i), share))
+
+
 def test_1000_mixed_requests_are_counted_to_the_token(stack: Stack) -> None:
     issued = tokens.create(
         stack.store(), ["llm"], now=time.time(), token_limit=TokenLimit(10**9, "d")
     )
-    c = openai.OpenAI(
-        base_url=f"{stack.external_url}/v1", api_key=issued.token, max_retries=0, timeout=20
-    )
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda i: one_request(c, i), range(1000)))
+    with ProcessPoolExecutor(3) as pool:
+        parts = pool.map(
+            requests_in_a_process,
+            [(f"{stack.external_url}/v1", issued.token, range(k, 1000, 3)) for k in range(3)],
+        )
+        answers = [answer for part in parts for answer in part]
+    assert len(answers) == 1000
     expected: dict[str, dict[str, int]] = {}
     for model, prompt, completion in answers:
         counts = expected.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0})
