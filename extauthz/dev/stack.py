@@ -218,13 +218,17 @@ class Stack:
         self.children = [self.redis, self.extauthz, self.model, self.admin, self.envoy]
 
     def _serve_settings(self, settings: Settings, base_port: int) -> Settings:
+        workers = settings.workers or 1
+        # with several workers, worker i serves its own metrics on the port after the
+        # supervisor's + i: those would be the stack's next ports, so they go elsewhere
+        metrics_port = base_port + 7 if workers == 1 else free_ports_in_a_row(workers + 1)
         return dataclasses.replace(
             settings,
             listen=f"127.0.0.1:{self.ports.extauthz.port}",
             redis_url=self.redis_url,
             key_prefix=DEFAULT_PREFIX,
-            workers=settings.workers or 1,
-            metrics_listen=f"127.0.0.1:{base_port + 7}",
+            workers=workers,
+            metrics_listen=f"127.0.0.1:{metrics_port}",
             tls_cert=str(self.pki.server_cert),
             tls_key=str(self.pki.server_key),
             tls_client_ca=str(self.pki.ca),

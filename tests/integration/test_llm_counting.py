@@ -1,6 +1,7 @@
 """LLM tokens counted to the token at scale, and token limits across processes (issue #25).
 
-1. Through the real Envoy and extauthz (the local stack): 1,000 mixed requests (chat JSON,
+1. Through the real Envoy and `extauthz serve --workers 3` (the local stack): 1,000 mixed
+   requests (chat JSON,
    chat streams with and without asking for their usage chunk, completions, embeddings;
    prompts and replies of many lengths) from 3 client processes of 4 threads each; the
    totals in Redis equal the sum of the usage the responses reported, to the token.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import random
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +35,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    settings = Settings(usage_flush=0.5, auth_failure_burst=0)
+    settings = Settings(usage_flush=0.5, auth_failure_burst=0, workers=3)
     with local_stack(tmp_path_factory.mktemp("counting"), settings) as s:
         yield s
 
@@ -117,6 +119,15 @@ def test_1000_mixed_requests_are_counted_to_the_token(stack: Stack) -> None:
         wait_for(lambda: counted() == expected, 15, "every response's tokens in Redis")
     except TimeoutError:
         assert counted() == expected
+    # more than one of the 3 server processes decided and counted (each serves its own
+    # metrics on the port after the supervisor's + its index)
+    host, port = stack.settings.metrics_listen.rsplit(":", 1)
+    busy = 0
+    for i in range(3):
+        with urllib.request.urlopen(f"http://{host}:{int(port) + 1 + i}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        busy += 'extauthz_llm_tokens_total{kind="prompt"' in text
+    assert busy >= 2, busy
 
 
 def test_three_processes_never_pass_the_limit_and_use_most_of_it(tmp_path: Path) -> None:
