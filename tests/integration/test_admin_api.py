@@ -165,6 +165,8 @@ def test_bad_input_is_400_with_the_field_and_writes_nothing(
         ({"routes": ["a"], "ttl": "soon"}, None, "ttl"),
         ({"routes": ["capped"], "ttl": "2h"}, None, "ttl"),
         ({"routes": ["capped"], "rate_limit": "lots"}, None, "rate_limit"),
+        ({"routes": ["a"], "token_limit": "50/s"}, None, "token_limit"),
+        ({"routes": ["a"], "token_limit": 50}, None, "token_limit"),
         ({"routes": ["a"], "name": "x" * 300}, None, "name"),
         (None, b"{not json", ""),
         (None, b'{"routes": ["a\xff"]}', ""),  # not UTF-8
@@ -196,6 +198,13 @@ def test_bad_input_is_400_with_the_field_and_writes_nothing(
     with urllib.request.urlopen(api.base + "/openapi.json", timeout=5) as resp:
         spec = json.loads(resp.read())
     assert "/v1/tokens/{token_id}/rotate" in spec["paths"]
+    # a token limit set, changed and removed through the API
+    code, made = api.call("POST", "/v1/tokens", admin, {"routes": ["a"], "token_limit": "50/m"})
+    assert code == 201 and made["token_limit"] == "50/m"
+    path = f"/v1/tokens/{made['id']}"
+    assert api.call("PATCH", path, admin, {"token_limit": "9/mo"})[1]["token_limit"] == "9/mo"
+    assert api.call("PATCH", path, admin, {"name": "n"})[1]["token_limit"] == "9/mo"
+    assert api.call("PATCH", path, admin, {"token_limit": "none"})[1]["token_limit"] is None
 
 
 def test_failed_authentications_are_limited_per_address(
