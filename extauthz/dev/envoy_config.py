@@ -229,24 +229,21 @@ def per_route_context(extensions: dict[str, str], with_body: bool = False) -> di
     return config
 
 
-def stream_usage_filter(cluster: str = "extauthz") -> dict[str, Any]:
-    """The `stream_usage: require` filter, before the counting one, on LLM routes only: a
-    streaming request that does not ask for a usage chunk (ext_authz's metadata says so) gets
-    `stream_options.include_usage` added to its body, and that chunk is taken out of the
-    reply after the counting filter read it. Every other request is let go at its headers
-    (one round trip; `allow_mode_override`). A failure lets the request go unchanged."""
+def _ext_proc(name: str, cluster: str, request_body: str, **settings: Any) -> dict[str, Any]:
+    """An ext_proc filter calling extauthz on `cluster`: headers both ways, the response body
+    streamed, the request body as `request_body`, ext_authz's metadata forwarded (who
+    called), failures letting the request go on."""
     return {
-        "name": STREAM_USAGE_FILTER,
+        "name": name,
         "typed_config": {
             "@type": T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "5s"},
             "failure_mode_allow": True,
-            "allow_mode_override": True,
-            "message_timeout": "1s",
+            **settings,
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "response_header_mode": "SEND",
-                "request_body_mode": "BUFFERED",
+                "request_body_mode": request_body,
                 "response_body_mode": "STREAMED",
                 "request_trailer_mode": "SKIP",
                 "response_trailer_mode": "SKIP",
@@ -254,34 +251,29 @@ def stream_usage_filter(cluster: str = "extauthz") -> dict[str, Any]:
             "metadata_options": {"forwarding_namespaces": {"untyped": [EXT_AUTHZ_FILTER]}},
         },
     }
+
+
+def stream_usage_filter(cluster: str = "extauthz") -> dict[str, Any]:
+    """The body-editing filter, before the counting one, on LLM routes only: as ext_authz's
+    metadata asks, a stream that does not ask for its usage chunk (`stream_usage: require`)
+    gets `stream_options.include_usage` added to its body and that chunk is taken out of the
+    reply after the counting filter read it; a request that names no output cap gets the
+    route's `default_max_tokens`. Every other request is let go at its headers (one round
+    trip; `allow_mode_override`). A failure lets the request go unchanged."""
+    return _ext_proc(
+        STREAM_USAGE_FILTER, cluster, "BUFFERED", allow_mode_override=True, message_timeout="1s"
+    )
 
 
 def ext_proc_filter(cluster: str = "extauthz") -> dict[str, Any]:
     """The ext_proc filter: on LLM routes (every other route disables it) the response
     streams past extauthz, which counts the tokens it used. Observability mode: nothing
-    waits for extauthz, each chunk goes on at once; a failure never fails the response."""
-    return {
-        "name": EXT_PROC_FILTER,
-        "typed_config": {
-            "@type": T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "5s"},
-            "failure_mode_allow": True,
-            "observability_mode": True,
-            # the stream closes this long after the response (the count is taken at its
-            # last chunk, or `data: [DONE]`; this bounds it when neither is seen)
-            "deferred_close_timeout": "1s",
-            "processing_mode": {
-                "request_header_mode": "SEND",
-                "response_header_mode": "SEND",
-                "request_body_mode": "NONE",
-                "response_body_mode": "STREAMED",
-                "request_trailer_mode": "SKIP",
-                "response_trailer_mode": "SKIP",
-            },
-            # who called: ext_authz's dynamic metadata (token_id, route, model)
-            "metadata_options": {"forwarding_namespaces": {"untyped": [EXT_AUTHZ_FILTER]}},
-        },
-    }
+    waits for extauthz, each chunk goes on at once; a failure never fails the response.
+    The stream closes `deferred_close_timeout` after the response (the count is taken at
+    its last chunk, or `data: [DONE]`; this bounds it when neither is seen)."""
+    return _ext_proc(
+        EXT_PROC_FILTER, cluster, "NONE", observability_mode=True, deferred_close_timeout="1s"
+    )
 
 
 def route_metadata(name: str, route_identity: str) -> dict[str, Any]:
