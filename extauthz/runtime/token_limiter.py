@@ -158,14 +158,19 @@ class TokenLimiter:
         return budget.ends - now
 
     def _budget(self, limited: TokenLimited, now: float) -> _Budget:
-        """The budget of `limited`'s current window (made when new). Under the lock."""
+        """The budget of `limited`'s current window. Under the lock."""
         limit = limited.limit
         window, _, ends = limit.window(now)
-        counter = f"{limited.key}:{limit.unit}{window}"
+        rate = self._rates.get(limited.lease) or 0.0
+        return self._kept(f"{limited.key}:{limit.unit}{window}", limit, ends, rate)
+
+    def _kept(self, counter: str, limit: TokenLimit, ends: float, rate: float = 0.0) -> _Budget:
+        """This process's budget of `counter` (made when new, starting at `rate`). Under the
+        lock."""
         name = f"{counter}|{limit}"
         budget = self._budgets.get(name)
         if budget is None:
-            budget = _Budget(counter, limit, ends, rate=self._rates.get(limited.lease) or 0.0)
+            budget = _Budget(counter, limit, ends, rate=rate)
             self._budgets.put(name, budget, ENTRY_OVERHEAD + 4 * len(name))
         return budget
 
@@ -191,12 +196,7 @@ class TokenLimiter:
             return
         with self._lock:
             for counter, limit, ends in entries:
-                name = f"{counter}|{limit}"
-                budget = self._budgets.get(name)
-                if budget is None:
-                    budget = _Budget(counter, limit, float(ends))
-                    self._budgets.put(name, budget, ENTRY_OVERHEAD + 4 * len(name))
-                budget.held += need - used
+                self._kept(counter, limit, float(ends)).held += need - used
 
     # --- sync (every policy poll) ---------------------------------------------------------
 
