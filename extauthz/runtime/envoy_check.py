@@ -213,13 +213,13 @@ def check_response_bytes(decision: Decision, request_id: str = "") -> bytes:
         if request_id:
             body = f"{decision.body[:-1]}, {json.dumps('request_id')}: {json.dumps(request_id)}}}"
             return bytes(check_response(replace(decision, body=body)).SerializeToString())
-    if decision.response_headers:  # (made for this request alone: not worth keeping)
-        return bytes(check_response(decision).SerializeToString())
     # the decision memo hands out the same object for a repeated request: found by identity
     # (hashing a Decision walks all its fields); the object is kept, so its id stays its own
     known = _BY_IDENTITY.get(id(decision))
     if known is not None and known[0] is decision:
         return known[1]
+    if decision.response_headers:  # (made for this request alone: never kept, so not above)
+        return bytes(check_response(decision).SerializeToString())
     kept = len(decision.remove_headers) <= _SERIALIZED_MAX_REMOVALS
     data = _SERIALIZED.get(decision)
     if data is None:
