@@ -48,10 +48,18 @@ from extauthz.core.identity.base import (
     Unavailable,
 )
 from extauthz.core.jwt_verify import JwtVerify
-from extauthz.core.llm import LlmRequest, model_allowed
+from extauthz.core.llm import (
+    DEFAULT_MAX_TOKENS,
+    INVALID,
+    MEDIA_TYPE,
+    UNKNOWN_ENDPOINT,
+    LlmRequest,
+    model_allowed,
+)
+from extauthz.core.llm_usage import ASK_FOR_USAGE
 from extauthz.core.policy import Access, PolicySnapshot, RoutePolicy
 from extauthz.core.rate_limit import Limited, client_key, limits_for
-from extauthz.core.token_limit import TokenLimited, reservation, token_limits_for
+from extauthz.core.token_limit import TokenLimited, token_limits_for
 
 ANONYMOUS = "anonymous"
 INTERNAL = "internal"
@@ -277,6 +285,9 @@ _MODEL_REQUIRED = {  # why a body names no model, as the 400 says it
     "bad_model": '"model" must be a string of 1-256 visible ASCII characters',
     "duplicate_model": 'the body names "model" more than once',
 }
+# what else the request reader refuses, and with which status (its message says why)
+_REFUSED_REQUEST = {INVALID: 400, MEDIA_TYPE: 415, UNKNOWN_ENDPOINT: 404}
+EDIT_KEY = "edit"  # dynamic metadata: top-level pairs ext_proc sets in the request body
 
 
 def _model(
@@ -293,8 +304,11 @@ def _model(
         return None
     llm = facts.llm
     if llm is None or llm.error is not None:
-        why = _MODEL_REQUIRED.get(llm.error if llm is not None and llm.error else "no_body", "")
-        return _model_denial(400, "model_required", why, subject, until)
+        error = llm.error if llm is not None and llm.error else "no_body"
+        status = _REFUSED_REQUEST.get(error)
+        if status is not None:
+            return _model_denial(status, error, llm.message if llm else "", subject, until)
+        return _model_denial(400, "model_required", _MODEL_REQUIRED.get(error, ""), subject, until)
     model = llm.model
     if model is None:
         return None  # (GET /v1/models: nothing to choose)
@@ -374,15 +388,26 @@ def _allow(
     )
     if name:
         metadata += (("token_name", name),)
-    if model is not None:
+    reserve = 0
+    llm = facts.llm
+    if model is not None and llm is not None:
         metadata += (("model", model),)
         if token_id is not None:  # (whom ext_proc charges the response's tokens to)
             metadata += (("token_id", token_id),)
-        llm = facts.llm
-        if route.stream_usage == "require" and llm and llm.stream and not llm.stream_options:
-            metadata += (("stream_usage", "add"),)  # ext_proc asks the stream for its usage
-        if llm is not None and llm.cap_added and route.default_max_tokens is not None:
-            metadata += (("add_max_tokens", str(route.default_max_tokens)),)  # (ext_proc adds)
+        # where a limit applies every request gets an output cap: a finite bound
+        default = route.default_max_tokens
+        if default is None and token_limits:
+            default = DEFAULT_MAX_TOKENS
+        edits: tuple[tuple[str, object], ...] = llm.cap_edits(default)
+        if route.stream_usage == "require" and llm.stream and not llm.stream_options:
+            edits = (ASK_FOR_USAGE, *edits)  # ext_proc asks the stream for its usage
+        if edits:
+            metadata += ((EDIT_KEY, json.dumps(dict(edits), separators=(",", ":"))),)
+        if token_limits:
+            reserve = llm.bound(default) or 0
+            for limited in token_limits:
+                if reserve > limited.limit.count:  # (waiting would never help)
+                    return request_too_large(reserve, limited, subject, token_id, until)
     return Decision(
         Outcome.ALLOW,
         200,
@@ -396,7 +421,7 @@ def _allow(
         token_id=token_id,
         model=model,
         token_limits=token_limits,
-        reserve=reservation(facts.llm) if token_limits else 0,
+        reserve=reserve,
     )
 
 
@@ -450,6 +475,27 @@ def rate_limited(limited: Limited, retry_after: float, allow: Decision) -> Decis
         subject=allow.subject,
         reusable_until=None,
         token_id=allow.token_id,
+    )
+
+
+def request_too_large(
+    bound: int, limited: TokenLimited, subject: str, token_id: str | None, until: float | None
+) -> Decision:
+    """413: a request whose bound alone is more than a token limit allows in a window (it
+    could never be admitted: no Retry-After)."""
+    message = (
+        f"this request may use up to {bound} tokens (body bytes + output cap x choices), more "
+        f"than the token limit {limited.limit} of {limited.what}: set a smaller output cap"
+    )
+    return Decision(
+        Outcome.DENY,
+        413,
+        "request_too_large",
+        (_JSON,),
+        body=_body("request_too_large", message),
+        subject=subject,
+        reusable_until=until,
+        token_id=token_id,
     )
 
 

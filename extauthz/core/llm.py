@@ -1,20 +1,30 @@
-"""LLM endpoints, pure (design.md §15): the model an OpenAI-compatible request names in its
-JSON body, and model name patterns.
+"""LLM endpoints, pure (docs/llm.md): what an OpenAI-compatible request asks for, read
+strictly, and model name patterns.
 
-`read_model_request` finds the top-level `"model"` and `"stream"` of a request body without
-parsing the rest: a 100 KB prompt is skipped at memchr speed (strings are found by their
-closing quote, containers by their brackets outside strings), so reading it costs a few
-microseconds, not a full parse. The top level is read strictly (a body the scanner cannot
-read is refused), and a second top-level `"model"` is refused too: two parsers must never
-disagree about which model was asked for. Nested `"model"` keys never count.
+A limit is a promise about what the model server does, so a request is refused wherever a
+server could read it otherwise than extauthz does (docs/llm.md, "What a limit promises"):
+- one place names the model: the top-level string `"model"` of a JSON body (content type
+  absent or application/json), once; never a query parameter, never a top-level key that
+  case-folds to one extauthz reads (Go servers match JSON keys without case);
+- no value a server could coerce: `stream` a boolean, output caps and choices whole numbers
+  from 1, a completions `prompt` of its documented shapes; `null` is absent;
+- only the endpoints of the shapes table (core/llm_shapes.py).
+
+A small body is parsed whole (in C). A large one is scanned: its top-level keys are found
+and every value skipped by its brackets and quotes at memchr speed; only the values
+extauthz reads are parsed. Both hand the same (key, value) pairs to one function
+(`_request`), so both sizes decide alike by construction.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
+from urllib.parse import unquote_plus
+
+from extauthz.core.llm_shapes import ENDPOINTS, MODELS, OUTPUT_CAPS, ApiShape, shape_of
 
 MAX_MODEL_NAME = 256
 # the largest request body Envoy sends to extauthz on an LLM route (`max_request_bytes`):
@@ -29,150 +39,280 @@ NOT_JSON = "not_json"
 NO_MODEL = "no_model"
 BAD_MODEL = "bad_model"  # not a string, or not 1-256 visible ASCII characters
 DUPLICATE_MODEL = "duplicate_model"
+# reasons a request is refused otherwise (the decision's reason; `message` says why)
+INVALID = "invalid_request"  # 400: a value or key a server could read otherwise
+MEDIA_TYPE = "unsupported_media_type"  # 415: a body that is not JSON
+UNKNOWN_ENDPOINT = "unknown_endpoint"  # 404: a path the shapes table does not have
+
+DEFAULT_MAX_TOKENS = 4096  # the output cap added where a limit applies and the route sets none
+MAX_CAP = 10**9  # the largest output cap, `n` or `best_of` read
 
 _WS = b" \t\r\n"
 _SCALAR = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
 _STRUCTURE = re.compile(rb'["\[\]{}]')
 _MAX_DEPTH = 1000  # (as deep as the C parser of small bodies goes)
+_SHOWN = 64  # characters of a client's key shown in a 400
 
 
 class LlmRequest(NamedTuple):
-    """What an OpenAI-compatible request asks for: the model (None when the method takes
-    none, e.g. GET /v1/models, or the body gives none: then `error` says why) and whether
-    it streams."""
+    """What an OpenAI-compatible request asks for: the model (None when the endpoint takes
+    none, e.g. GET /v1/models, or the request is refused: then `error` says why, and
+    `message` too for the reasons that are not model_required) and what bounds its tokens."""
 
     model: str | None
     stream: bool = False
     error: str | None = None
-    # the most LLM tokens it may use (what a token limit reserves): the body's length in
-    # bytes (a bound on the prompt's tokens: a token covers at least one byte, and the JSON
-    # around each message is longer than a chat template's tokens for it) plus its output
-    # cap (`max_tokens`, `max_completion_tokens`, `max_output_tokens`) times the choices
-    # (`n`, `best_of`); None when it sets no cap, or one that is not a whole number 0-10⁹
-    bound: int | None = None
-    stream_options: bool = False  # the body has a top-level "stream_options"
-    cap_named: bool = False  # it names an output cap (a valid one or not)
-    cap_added: bool = False  # it names none: the route's `default_max_tokens` is added
-    choices: int = 1  # `n` / `best_of` (the larger; 0: one that is not a whole number 0-10⁹)
+    message: str = ""
+    # the body's length in bytes: a bound on the prompt's tokens (a token covers at least
+    # one byte, and the JSON around each message is longer than a chat template's tokens)
+    size: int = 0
+    cap: int | None = None  # the largest output cap the body names (None: none, or null)
+    cap_key: str | None = None  # the cap its endpoint reads first; None: it makes no tokens
+    nulls: tuple[str, ...] = ()  # output caps it names null (a cap is written there)
+    choices: int = 1  # outputs per cap: the largest of `n`, `best_of`, x prompts of a list
+    stream_options: bool = False  # it names a (non-null) top-level "stream_options"
+
+    def bound(self, default_cap: int | None) -> int | None:
+        """The most tokens it may use when a body naming no cap gets `default_cap`: body
+        bytes + cap x choices (None: no cap at all, unbounded)."""
+        if self.cap_key is None:
+            return self.size
+        cap = self.cap if self.cap is not None else default_cap
+        return None if cap is None else self.size + cap * self.choices
+
+    def cap_edits(self, default_cap: int | None) -> tuple[tuple[str, int], ...]:
+        """The output caps to write into the body on its way to the model: `default_cap`
+        when it names none, and the bound's cap wherever it names one null (a server may
+        read that key, and null is no cap)."""
+        if self.cap_key is None:
+            return ()
+        if self.cap is not None:
+            return tuple((key, self.cap) for key in self.nulls)
+        if default_cap is None:
+            return ()
+        return tuple((key, default_cap) for key in dict.fromkeys((self.cap_key, *self.nulls)))
 
 
-NO_MODEL_NEEDED = LlmRequest(None)  # GET, HEAD: listing models, nothing to choose
+NO_MODEL_NEEDED = LlmRequest(None)  # GET, HEAD /v1/models: listing models, nothing to choose
 
 
 class _Unreadable(ValueError):
     pass
 
 
-_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-_CHOICES = ("n", "best_of")
-_LIMIT_KEYS = frozenset(_CAPS + _CHOICES)
-MAX_CAP = 10**9
-_WHOLE = re.compile(rb"-?0|[1-9][0-9]{0,9}")  # (what json.loads reads as such an int)
+_BASE_READS = frozenset(("model", "stream", "stream_options"))
+_READS: dict[str, frozenset[str]] = {}  # shape name → the top-level keys extauthz reads
 
 
-def _cap_named(pairs: list[tuple[str, object]]) -> bool:
-    return any(key in _CAPS for key, _ in pairs)
-
-
-def _choices(pairs: list[tuple[str, object]]) -> int:
-    most = 1
-    for key, value in pairs:
-        if key in _CHOICES:
-            if not isinstance(value, int) or type(value) is bool or not 0 <= value <= MAX_CAP:
-                return 0
-            most = max(most, value)
-    return most
-
-
-def _output_cap(pairs: list[tuple[str, object]]) -> int | None:
-    """The output bound of a body's top-level (key, value) pairs that name one (values are
-    Python's: ints, or anything else, which makes the bound unknown)."""
-    cap: int | None = None
-    choices = 1
-    for key, value in pairs:
-        if type(value) is not int or not 0 <= value <= MAX_CAP:
-            return None  # a cap a server may read otherwise than we do: no bound
-        if key in _CAPS:
-            cap = value if cap is None else max(cap, value)
-        else:
-            choices = max(choices, value)
-    return None if cap is None else cap * choices
+def _reads(shape: ApiShape) -> frozenset[str]:
+    found = _READS.get(shape.name)
+    if found is None:
+        found = _BASE_READS
+        if shape.produces:
+            found |= OUTPUT_CAPS | frozenset(shape.choice_keys) | {"n", "best_of"}
+        if shape.prompt_list:
+            found |= {"prompt"}
+        _READS[shape.name] = found
+    return found
 
 
 SMALL_BODY = 16 << 10  # below this a full parse (in C) is cheaper than the scan
 
 
 def read_model_request(
-    body: bytes, method: str = "POST", default_cap: int | None = None
+    body: bytes,
+    method: str = "POST",
+    path: str = "/v1/chat/completions",
+    content_type: str | None = None,
 ) -> LlmRequest:
-    """The top-level `model` and `stream` of a JSON object body (see the module docstring).
-    The body must be UTF-8 JSON text, without a byte order mark. `default_cap`: the output
-    cap a body that names none gets (added to it on its way to the model)."""
-    if method in ("GET", "HEAD"):
+    """What a request to an `api: openai` route asks for (see the module docstring). The
+    body must be UTF-8 JSON text, without a byte order mark; `content_type`: its header
+    (None: absent)."""
+    shape = shape_of(method, path)
+    if shape is None:
+        return _refused(UNKNOWN_ENDPOINT, f"an api: openai route serves {ENDPOINTS}")
+    query = path.partition("?")[2]
+    if query and _query_names_model(query):
+        return _refused(INVALID, 'the query names "model": name it in the JSON body only')
+    if shape is MODELS:
+        if body.strip(_WS):
+            return _refused(INVALID, f"{method} {MODELS.path} takes no body")
         return NO_MODEL_NEEDED
+    if content_type is not None and not _is_json(content_type):
+        return _refused(MEDIA_TYPE, "send the body as JSON (Content-Type: application/json)")
     if not body.strip(_WS):
         return LlmRequest(None, error=NO_BODY)
+    reads = _reads(shape)
     try:
         text = body.decode("utf-8")  # (C speed: ~5 µs for 100 KB)
-        found = _parse(text, len(body)) if len(body) <= SMALL_BODY else _scan(body)
+        pairs = _parse(text) if len(body) <= SMALL_BODY else _scan(body, reads)
     except (_Unreadable, UnicodeDecodeError):
         return LlmRequest(None, error=NOT_JSON)
-    # (choices it names that cannot be read, `choices` 0: no bound, no default either)
-    if default_cap is not None and found.model and found.choices and not found.cap_named:
-        return found._replace(bound=len(body) + default_cap * found.choices, cap_added=True)
-    return found
+    return _request(pairs, shape, reads, len(body))
 
 
-def _parse(text: str, size: int) -> LlmRequest:
+def _refused(reason: str, message: str) -> LlmRequest:
+    return LlmRequest(None, error=reason, message=message)
+
+
+def _is_json(content_type: str) -> bool:
+    """Whether a Content-Type names JSON (`application/json`, any parameters). Two headers
+    (Envoy joins them with a comma) are not JSON."""
+    return content_type.partition(";")[0].strip(" \t").lower() == "application/json"
+
+
+_QUERY_PARTS = re.compile(r"[&;]")
+_NOT_ALNUM = re.compile(r"[^0-9a-z]")
+
+
+def _query_names_model(query: str) -> bool:
+    """Whether a query string has a parameter a server could take for `model`: its name,
+    percent-decoded and case-folded, is "model" once punctuation is dropped (`Model`,
+    `%6Dodel`, `model[]`)."""
+    for part in _QUERY_PARTS.split(query):
+        name = unquote_plus(part.partition("=")[0])
+        if _NOT_ALNUM.sub("", name.casefold()) == "model":
+            return True
+    return False
+
+
+def _shown(key: str) -> str:
+    return json.dumps(key if len(key) <= _SHOWN else key[:_SHOWN] + "…")
+
+
+def _request(
+    pairs: Sequence[tuple[str, object]], shape: ApiShape, reads: frozenset[str], size: int
+) -> LlmRequest:
+    """The one function that turns a body's top-level pairs (values of the keys in `reads`
+    parsed, the rest not) into the request."""
+    values: dict[str, object] = {}
+    for key, value in pairs:
+        folded = key.casefold()
+        if folded not in reads:
+            continue
+        if key != folded:  # (every key read is lower-case ASCII, its own case fold)
+            return _refused(
+                INVALID,
+                f"top-level key {_shown(key)} is {folded!r} spelled otherwise (a server "
+                f"that ignores case would read it): spell it {folded!r}",
+            )
+        if key in values:
+            if key == "model":
+                return LlmRequest(None, error=DUPLICATE_MODEL)
+            return _refused(INVALID, f"the body names {key!r} more than once")
+        values[key] = value
+    if "model" not in values:
+        return LlmRequest(None, error=NO_MODEL)
+    model = values["model"]
+    if type(model) is not str or not MODEL_NAME.fullmatch(model):
+        return LlmRequest(None, error=BAD_MODEL)
+    stream = values.get("stream")
+    if stream is not None and type(stream) is not bool:
+        return _refused(INVALID, '"stream" must be true, false or null')
+    cap: int | None = None
+    nulls: list[str] = []
+    choices = 1
+    if shape.produces:
+        elsewhere = sorted(OUTPUT_CAPS.difference(shape.cap_keys).intersection(values))
+        if elsewhere:
+            return _refused(
+                INVALID, f"{elsewhere[0]!r} is not read by {shape.path}: use {shape.cap_keys[0]!r}"
+            )
+        for key in (*shape.cap_keys, *shape.choice_keys):
+            value = values.get(key)
+            if value is None:
+                if key in values and key in shape.cap_keys:
+                    nulls.append(key)
+                continue
+            if type(value) is not int or not 1 <= value <= MAX_CAP:
+                return _refused(INVALID, f"{key!r} must be a whole number from 1 to {MAX_CAP}")
+            if key in shape.cap_keys:
+                cap = value if cap is None else max(cap, value)
+            else:
+                choices = max(choices, value)
+        other = sorted({"n", "best_of"}.difference(shape.choice_keys).intersection(values))
+        if other:
+            return _refused(INVALID, f"{other[0]!r} is not read by {shape.path}")
+        if shape.prompt_list and values.get("prompt") is not None:
+            prompts = _prompts(values["prompt"])
+            if prompts == 0:
+                return _refused(
+                    INVALID,
+                    '"prompt" must be a string, a list of strings, a list of token ids or a '
+                    "list of lists of token ids",
+                )
+            choices *= prompts
+    return LlmRequest(
+        model,
+        stream is True,
+        size=size,
+        cap=cap,
+        cap_key=shape.cap_keys[0] if shape.produces else None,
+        nulls=tuple(nulls),
+        choices=choices,
+        stream_options=values.get("stream_options") is not None,
+    )
+
+
+def _prompts(value: object) -> int:
+    """How many prompts a completions `prompt` holds (0: not one of its shapes)."""
+    if type(value) is str:
+        return 1
+    if type(value) is not list or not value:
+        return 0
+    if all(type(item) is str for item in value):
+        return len(value)
+    if all(type(item) is int for item in value):
+        return 1  # one prompt as token ids
+    if all(type(item) is list and item and all(type(t) is int for t in item) for item in value):
+        return len(value)
+    return 0
+
+
+def _parse(text: str) -> list[tuple[str, object]]:
     """A small body, parsed whole: the top-level object's pairs in order (duplicates kept)."""
-    try:
-        pairs = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        raise _Unreadable from None
+    pairs = _loads(text)
     if not isinstance(pairs, _Pairs):
         raise _Unreadable  # not an object
-    models = [value for key, value in pairs if key == "model"]
-    stream = any(key == "stream" and value is True for key, value in pairs)
-    options = any(key == "stream_options" for key, _ in pairs)
-    limits = [(key, value) for key, value in pairs if key in _LIMIT_KEYS]
-    cap = _output_cap(limits)
-    if len(models) > 1:
-        return LlmRequest(None, stream, DUPLICATE_MODEL)
-    if not models:
-        return LlmRequest(None, stream, NO_MODEL)
-    model = models[0]
-    if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
-        return LlmRequest(None, stream, BAD_MODEL)
-    bound = None if cap is None else size + cap
-    return LlmRequest(
-        model, stream, None, bound, options, _cap_named(limits), choices=_choices(limits)
-    )
+    return pairs
+
+
+def _loads(text: str | bytes) -> object:
+    try:
+        return json.loads(text, object_pairs_hook=_Pairs, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise _Unreadable from None
 
 
 class _Pairs(list[tuple[str, object]]):
     """A JSON object as its pairs (so that a repeated key is seen)."""
 
 
-def _pairs(items: list[tuple[str, object]]) -> _Pairs:
-    return _Pairs(items)
-
-
 def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python's extension, not JSON
 
 
-def _scan(body: bytes) -> LlmRequest:
+_NOT_READ = object()  # the value of a key extauthz does not read (never parsed)
+
+
+def _scan(body: bytes, reads: frozenset[str]) -> list[tuple[str, object]]:
+    """A large body's top-level pairs: the values of the keys `reads` (case-folded) parsed,
+    the others not."""
+    return [
+        (key, _loads(body[start:end]) if key.casefold() in reads else _NOT_READ)
+        for key, start, end in _top_level(body)
+    ]
+
+
+def _top_level(body: bytes) -> list[tuple[str, int, int]]:
+    """The top-level object's keys, each with where its value starts and ends in `body`;
+    _Unreadable unless the body is one JSON object (values checked by shape only)."""
     end = len(body)
     i = _skip_ws(body, 0)
     if i >= end or body[i] != 0x7B:  # '{' (a BOM or anything else first: not read)
         raise _Unreadable
     i = _skip_ws(body, i + 1)
-    model: str | None = None
-    error: str | None = None
-    models = 0
-    stream = False
-    limits: list[tuple[str, object]] = []
-    options = False
+    spans: list[tuple[str, int, int]] = []
     if i < end and body[i] == 0x7D:  # '}'
         i += 1
     else:
@@ -187,16 +327,7 @@ def _scan(body: bytes) -> LlmRequest:
                 raise _Unreadable
             i = _skip_ws(body, i + 1)
             value_end = _value_end(body, i)
-            if key == "model":
-                models += 1
-                model, error = _model(body[i:value_end])
-            elif key == "stream":
-                stream = body[i:value_end] == b"true"
-            elif key == "stream_options":
-                options = True
-            elif key in _LIMIT_KEYS:
-                raw = body[i:value_end]
-                limits.append((key, int(raw) if _WHOLE.fullmatch(raw) else raw))
+            spans.append((key, i, value_end))
             i = _skip_ws(body, value_end)
             if i < end and body[i] == 0x2C:  # ','
                 i = _skip_ws(body, i + 1)
@@ -207,32 +338,38 @@ def _scan(body: bytes) -> LlmRequest:
             raise _Unreadable
     if _skip_ws(body, i) != end:
         raise _Unreadable  # something after the object
-    if models > 1:
-        return LlmRequest(None, stream, DUPLICATE_MODEL)
-    if models == 0:
-        return LlmRequest(None, stream, NO_MODEL)
-    if error is not None:
-        return LlmRequest(None, stream, error)
-    cap = _output_cap(limits)
-    bound = None if cap is None else end + cap
-    return LlmRequest(
-        model, stream, None, bound, options, _cap_named(limits), choices=_choices(limits)
-    )
+    return spans
 
 
-def _model(raw: bytes) -> tuple[str | None, str | None]:
-    if not raw.startswith(b'"'):
-        return None, BAD_MODEL
-    name = _text(raw)
-    return (name, None) if MODEL_NAME.fullmatch(name) else (None, BAD_MODEL)
+def set_top_level(body: bytes, pairs: Iterable[tuple[str, object]]) -> bytes | None:
+    """The request body with each of `pairs` set at its top level: a key it names `null`
+    gets the value in that place, a key it does not name is added as a first pair, a key
+    it names otherwise is left as it is. Nothing else is touched, byte for byte. None when
+    the body is not one JSON object."""
+    try:
+        spans = {key: (start, end) for key, start, end in _top_level(body)}
+    except (_Unreadable, UnicodeDecodeError):
+        return None
+    out = bytearray(body)
+    added = b""
+    for key, value in sorted(pairs, key=lambda p: -spans.get(p[0], (-1, 0))[0]):
+        encoded = json.dumps(value).encode()
+        span = spans.get(key)
+        if span is None:
+            added += json.dumps(key).encode() + b": " + encoded + b", "
+        elif body[span[0] : span[1]] == b"null":
+            out[span[0] : span[1]] = encoded  # (from the last span back: offsets hold)
+    if added:
+        if not spans:
+            added = added[:-2]
+        first = _skip_ws(body, 0) + 1  # (after the object's "{")
+        out[first:first] = added
+    return bytes(out)
 
 
 def _text(raw: bytes) -> str:
     """A JSON string token's value (escapes decoded; bytes that are not UTF-8 refused)."""
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise _Unreadable from None
+    value = _loads(raw)
     if not isinstance(value, str):
         raise _Unreadable
     return value

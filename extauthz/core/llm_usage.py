@@ -1,16 +1,20 @@
-"""LLM token usage read from responses, pure (design.md §15, issue #25): the `usage` object of
-an OpenAI-compatible JSON response, or of a server-sent-events stream's usage chunk.
+"""LLM token usage read from responses, pure (docs/llm.md): the `usage` object of an
+OpenAI-compatible JSON response, or of a server-sent-events stream's usage chunk; chat and
+completions (`prompt_tokens`, `completion_tokens`), embeddings (`prompt_tokens`) and the
+Responses API (`input_tokens`, `output_tokens`; in a stream, its `response.completed` event),
+with the cached prompt tokens and the reasoning tokens they detail.
 
 A stream is read chunk by chunk as it passes (nothing is held back from the client): only the
 current, unfinished line is kept, and at most MAX_LINE bytes of it. A stream without a usage
-chunk is counted one completion token per content chunk, marked estimated. Counts a server
-reports are believed only when they are whole numbers from 0 to MAX_TOKENS: a lying `usage`
-(negative, 10^18, strings, floats) is no usage.
+chunk has its content chunks counted, marked estimated: a metric, never a charge (its
+reservation stays). Counts a server reports are believed only when they are whole numbers
+from 0 to MAX_TOKENS: a lying `usage` (negative, 10^18, strings, floats) is no usage.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +28,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False  # completion counted from content chunks (no usage chunk)
+    cached_tokens: int = 0  # of the prompt tokens, read from the server's cache
+    reasoning_tokens: int = 0  # of the completion tokens, the model's reasoning
 
 
 def _count(value: Any) -> int | None:
@@ -32,18 +38,51 @@ def _count(value: Any) -> int | None:
     return None
 
 
+# (Responses API, chat and completions): input, output and their details' names
+_RESPONSES_NAMES = (
+    "input_tokens",
+    "output_tokens",
+    "input_tokens_details",
+    "output_tokens_details",
+)
+_CHAT_NAMES = (
+    "prompt_tokens",
+    "completion_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+)
+# the Responses API's last stream events: each carries the whole response, usage included
+_RESPONSE_ENDS = frozenset(("response.completed", "response.incomplete", "response.failed"))
+
+
 def usage_of(obj: Any) -> Usage | None:
-    """The usage an OpenAI response (or stream chunk) object reports, if believable."""
+    """The usage an OpenAI response (or stream chunk, or a Responses API stream event with
+    its `response`) object reports, if believable."""
     if not isinstance(obj, dict):
         return None
     usage = obj.get("usage")
+    if usage is None and isinstance(obj.get("response"), dict):
+        usage = obj["response"].get("usage")
     if not isinstance(usage, dict):
         return None
-    prompt = _count(usage.get("prompt_tokens"))
-    completion = _count(usage.get("completion_tokens", 0))
+    names = _RESPONSES_NAMES if "input_tokens" in usage else _CHAT_NAMES
+    prompt = _count(usage.get(names[0]))
+    completion = _count(usage.get(names[1], 0))
     if prompt is None or completion is None:
         return None
-    return Usage(prompt, completion)
+    cached = _detail(usage.get(names[2]), "cached_tokens")
+    reasoning = _detail(usage.get(names[3]), "reasoning_tokens")
+    return Usage(
+        prompt,
+        completion,
+        cached_tokens=min(cached, prompt),
+        reasoning_tokens=min(reasoning, completion),
+    )
+
+
+def _detail(details: Any, name: str) -> int:
+    """A count a usage's details object gives (0: none, or not believable)."""
+    return (_count(details.get(name)) or 0) if isinstance(details, dict) else 0
 
 
 def json_usage(body: bytes) -> Usage | None:
@@ -64,7 +103,7 @@ class StreamUsage:
         self.usage_chunks = 0
         self.content_chunks = 0
         self.bad_lines = 0
-        self.done = False  # `data: [DONE]` passed: the stream's last event
+        self.done = False  # `data: [DONE]` (or a Responses API end event) passed: the last
 
     def feed(self, chunk: bytes) -> None:
         start = 0
@@ -107,8 +146,15 @@ class StreamUsage:
         if usage is not None:
             self.usage = usage  # (a second usage chunk replaces the first: never both)
             self.usage_chunks += 1
-        choices = obj.get("choices") if isinstance(obj, dict) else None
-        if isinstance(choices, list) and any(_has_content(c) for c in choices):
+        if not isinstance(obj, dict):
+            return
+        kind = obj.get("type")
+        if kind in _RESPONSE_ENDS:
+            self.done = True
+        choices = obj.get("choices")
+        if kind == "response.output_text.delta" or (
+            isinstance(choices, list) and any(_has_content(c) for c in choices)
+        ):
             self.content_chunks += 1
 
     def result(self, prompt_estimate: int = 0) -> Usage | None:
@@ -132,27 +178,17 @@ def _has_content(choice: Any) -> bool:
 # --- what extauthz adds to a request body, and the usage chunk it takes out ----------------
 
 ASK_FOR_USAGE = ("stream_options", {"include_usage": True})  # `stream_usage: require`
-_WS = b" \t\r\n"
-
-
-def add_to_body(body: bytes, pairs: list[tuple[str, object]]) -> bytes | None:
-    """The request body with `pairs` added as its first top-level pairs, or None when it is
-    not a JSON object (the decision has read it: an object with a model that names none of
-    these keys; nothing else is touched, byte for byte)."""
-    start = len(body) - len(body.lstrip(_WS))
-    if body[start : start + 1] != b"{" or body[start + 1 :].lstrip(_WS)[:1] in (b"}", b""):
-        return None
-    added = b"".join(json.dumps({k: v})[1:-1].encode() + b", " for k, v in pairs)
-    return body[: start + 1] + added + body[start + 1 :]
 
 
 class UsageChunkRemover:
     """Passes an SSE stream on event by event, without the usage chunk a request was made to
     ask for (`choices: []` with a `usage`). What is held back is the current, unfinished event
-    only; one longer than MAX_LINE ends the filtering (the rest passes as it comes)."""
+    only; one longer than MAX_LINE ends the filtering (the rest passes as it comes). Each
+    byte is searched once for an event's end, whatever the pieces it comes in."""
 
     def __init__(self) -> None:
         self._held = bytearray()
+        self._searched = 0  # bytes of `_held` known to hold no event end
         self._off = False
         self.removed = 0
 
@@ -165,19 +201,22 @@ class UsageChunkRemover:
         held += chunk
         out = bytearray()
         start = 0
-        while True:
-            end = _event_end(held, start)
-            if end < 0:
-                break
+        # (an end split over two pieces: look again at the last bytes searched)
+        found = _EVENT_END.search(held, max(0, self._searched - 3))
+        while found is not None:
+            end = found.end()
             event = bytes(held[start:end])
             if not self._is_asked_usage(event):
                 out += event
             start = end
+            found = _EVENT_END.search(held, end)
         del held[:start]
+        self._searched = len(held)
         if last or len(held) > MAX_LINE:
             self._off = not last
             out += held
             held.clear()
+            self._searched = 0
         return bytes(out)
 
     def _is_asked_usage(self, event: bytes) -> bool:
@@ -195,9 +234,4 @@ class UsageChunkRemover:
         return False
 
 
-def _event_end(data: bytearray, start: int) -> int:
-    """The end (after its blank line) of the SSE event starting at `start`, or -1."""
-    lf = data.find(b"\n\n", start)
-    crlf = data.find(b"\r\n\r\n", start)
-    ends = [e + 2 for e in (lf,) if e >= 0] + [e + 4 for e in (crlf,) if e >= 0]
-    return min(ends) if ends else -1
+_EVENT_END = re.compile(rb"\r?\n\r?\n")  # an SSE event's blank line (LF or CRLF)

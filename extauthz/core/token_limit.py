@@ -1,5 +1,5 @@
-"""LLM token limits, pure (design.md §15): the `N/UNIT` notation, the windows they count in,
-and how many tokens a request may cost at most (what admission reserves).
+"""LLM token limits, pure (docs/llm.md): the `N/UNIT` notation and the windows they count
+in (what a request reserves is its bound: core/llm.py `LlmRequest.bound`).
 
 A token limit allows at most N LLM tokens (prompt + completion) per window of its unit:
 `m`, `h`, `d` aligned to the UTC epoch, or `mo`, the UTC calendar month. The token's own
@@ -13,8 +13,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-
-from extauthz.core.llm import LlmRequest
 
 _NOTATION = re.compile(r"([1-9][0-9]{0,14})/(mo|m|h|d)", re.ASCII)
 _FIXED_SECONDS = {"m": 60, "h": 3600, "d": 86400}
@@ -84,12 +82,3 @@ def token_limits_for(
     if route_limit is not None:
         out += (TokenLimited(f"route:{route}:{caller}", route_limit, f"route {route}"),)
     return out
-
-
-def reservation(llm: LlmRequest | None) -> int:
-    """The tokens admission reserves for a request: its bound (LlmRequest.bound), or 1 when
-    it sets no output cap (its tokens are then charged when the response ends, beyond what
-    was reserved: see the guarantee in docs/llm.md)."""
-    if llm is None or llm.bound is None:
-        return 1
-    return max(1, llm.bound)

@@ -229,16 +229,17 @@ def per_route_context(extensions: dict[str, str], with_body: bool = False) -> di
     return config
 
 
-def _ext_proc(name: str, cluster: str, request_body: str, **settings: Any) -> dict[str, Any]:
+def _ext_proc(
+    name: str, cluster: str, request_body: str, grpc: dict[str, Any], **settings: Any
+) -> dict[str, Any]:
     """An ext_proc filter calling extauthz on `cluster`: headers both ways, the response body
     streamed, the request body as `request_body`, ext_authz's metadata forwarded (who
-    called), failures letting the request go on."""
+    called); `grpc`: more of its grpc_service."""
     return {
         "name": name,
         "typed_config": {
             "@type": T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "5s"},
-            "failure_mode_allow": True,
+            "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "5s", **grpc},
             **settings,
             "processing_mode": {
                 "request_header_mode": "SEND",
@@ -253,15 +254,27 @@ def _ext_proc(name: str, cluster: str, request_body: str, **settings: Any) -> di
     }
 
 
+EDIT_FILTER_METADATA = {"key": "x-extauthz-filter", "value": "edit"}  # names it to extauthz
+
+
 def stream_usage_filter(cluster: str = "extauthz") -> dict[str, Any]:
-    """The body-editing filter, before the counting one, on LLM routes only: as ext_authz's
+    """The body-editing filter, before the counting one, on LLM routes only, named to
+    extauthz by its gRPC initial metadata (`x-extauthz-filter: edit`): as ext_authz's
     metadata asks, a stream that does not ask for its usage chunk (`stream_usage: require`)
-    gets `stream_options.include_usage` added to its body and that chunk is taken out of the
-    reply after the counting filter read it; a request that names no output cap gets the
-    route's `default_max_tokens`. Every other request is let go at its headers (one round
-    trip; `allow_mode_override`). A failure lets the request go unchanged."""
+    gets `stream_options.include_usage` in its body and that chunk is taken out of the reply
+    after the counting filter read it; a request that names no output cap where a limit
+    applies gets one. Every other request is let go at its headers (one round trip;
+    `allow_mode_override`). It fails closed: a request it cannot edit never reaches the
+    model unbounded (extauthz answers 503, and so does Envoy when extauthz cannot)."""
     return _ext_proc(
-        STREAM_USAGE_FILTER, cluster, "BUFFERED", allow_mode_override=True, message_timeout="1s"
+        STREAM_USAGE_FILTER,
+        cluster,
+        "BUFFERED",
+        {"initial_metadata": [EDIT_FILTER_METADATA]},
+        failure_mode_allow=False,
+        status_on_error={"code": 503},
+        allow_mode_override=True,
+        message_timeout="1s",
     )
 
 
@@ -272,7 +285,13 @@ def ext_proc_filter(cluster: str = "extauthz") -> dict[str, Any]:
     The stream closes `deferred_close_timeout` after the response (the count is taken at
     its last chunk, or `data: [DONE]`; this bounds it when neither is seen)."""
     return _ext_proc(
-        EXT_PROC_FILTER, cluster, "NONE", observability_mode=True, deferred_close_timeout="1s"
+        EXT_PROC_FILTER,
+        cluster,
+        "NONE",
+        {},
+        failure_mode_allow=True,
+        observability_mode=True,
+        deferred_close_timeout="1s",
     )
 
 

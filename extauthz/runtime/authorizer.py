@@ -120,8 +120,7 @@ class Authorizer:
             if peer is not None and snapshot is not None and route in snapshot.peer_routes:
                 # (one lookup on the warm path: the rare routes read more of the request)
                 if route in snapshot.llm_routes:  # the body's model is part of the facts
-                    cap = snapshot.routes[route].default_max_tokens
-                    facts = facts._replace(llm=llm_request_of(peer, cap))
+                    facts = facts._replace(llm=llm_request_of(peer))
                 if route in snapshot.address_routes:
                     address, network = client_of(peer)
                     facts = facts._replace(source_address=address, network=network)

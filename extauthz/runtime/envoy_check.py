@@ -103,13 +103,26 @@ def read_check_request(request: Any, route_identity: str = "context") -> CheckIn
     return _read(request.attributes, route_identity, None)
 
 
-def llm_request_of(attributes: Any, default_cap: int | None = None) -> LlmRequest:
-    """The model an `api: openai` request's body names (Envoy sends the body on these
-    routes only: `with_request_body`, `pack_as_bytes`; a body sent as a string is read as
-    its UTF-8 bytes)."""
+def llm_request_of(attributes: Any) -> LlmRequest:
+    """What an `api: openai` request asks for: its method, path (the query too), content
+    type and body (Envoy sends the body on these routes only: `with_request_body`,
+    `pack_as_bytes`; a body sent as a string is read as its UTF-8 bytes)."""
     http = attributes.request.http
     body: bytes = http.raw_body or http.body.encode("utf-8", "surrogateescape")
-    return read_model_request(body, http.method, default_cap)
+    headers = http.headers
+    content_type = headers.get("content-type") if headers else _header_of(http, "content-type")
+    return read_model_request(body, http.method, http.path, content_type)
+
+
+def _header_of(http: Any, name: str) -> str | None:
+    """A header from `header_map` (Envoy fills it instead of `headers` when
+    `encode_raw_headers` is set); several are joined with a comma, as Envoy does."""
+    found = [
+        h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        for h in http.header_map.headers
+        if h.key == name
+    ]
+    return ",".join(found) if found else None
 
 
 def client_of(attributes: Any) -> tuple[str, str | None]:

@@ -1,28 +1,34 @@
-"""Envoy's External Processing service on LLM routes (issue #25, design.md §15): the response
-streams past extauthz, which reads the tokens it used and charges them to the caller.
+"""Envoy's External Processing service on LLM routes (docs/llm.md): the response streams past
+extauthz, which reads the tokens it used and charges them to the caller.
 
 `envoy.service.ext_proc.v3.ExternalProcessor/Process` is one bidirectional stream per HTTP
-request, served by `extauthz serve` on the Check port. Envoy runs it in observability mode:
-every chunk goes on to the client at once and nothing waits for extauthz (answers are sent
-only when Envoy asks for them). Who called comes from ext_authz's dynamic metadata (Envoy's
+request, served by `extauthz serve` on the Check port. The shipped config runs the counting
+filter in observability mode (every chunk goes on to the client at once, nothing waits for
+extauthz); any other processing mode counts too (each message is then answered at once).
+Who called comes from ext_authz's dynamic metadata (Envoy's
 `metadata_options.forwarding_namespaces`): token id, route, model. The usage is read from a
 JSON body or an SSE stream (core/llm_usage.py) and charged when the stream ends, also when
 the client went away mid-stream (what was generated is charged); a token-limit reservation
-riding in the metadata is settled then (runtime/token_limiter.py).
+riding in the metadata is settled then (runtime/token_limiter.py). A response whose usage
+cannot be read is never settled: its reservation stays charged.
 
-A second filter, `extauthz.stream_usage`, before the counting one and not in observability
-mode, edits request bodies when ext_authz's metadata asks (`stream_usage: require`, a
-route's `default_max_tokens`) and takes the asked-for usage chunk out of the reply; it lets
-every other request go at its headers. Its streams start with request headers outside
-observability mode: that is how the two are told apart.
+A second filter, `extauthz.stream_usage`, before the counting one, named by its gRPC initial
+metadata (`x-extauthz-filter: edit`), sets what ext_authz's metadata asks in request bodies
+(`stream_options.include_usage` for `stream_usage: require`, an output cap where the body
+names none) and takes the asked-for usage chunk out of the reply; it lets every other
+request go at its headers, and a response it has nothing to remove from at its request
+body. It fails closed: a body it cannot edit, or no room to edit it, is 503
+`counting_unavailable` before the model.
 
-A stream holds a handler thread for the whole response: at most `max_streams` are served
-at once (the server's thread pool has that many more threads than Check needs); one over
-that is let go unread and counted as lost, never at the cost of a Check.
+A stream holds a handler thread for as long as it is followed: at most `max_streams` at
+once (the server's thread pool has that many more threads than Check needs). A response
+over that is not followed (its reservation stays charged, the metric counts it), never at
+the cost of a Check.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -34,14 +40,16 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
 
+from extauthz.core.decision import EDIT_KEY
+from extauthz.core.llm import set_top_level
 from extauthz.core.llm_usage import (
     ASK_FOR_USAGE,
     MAX_JSON_BODY,
     StreamUsage,
     Usage,
     UsageChunkRemover,
-    add_to_body,
     json_usage,
 )
 from extauthz.runtime.metrics import Metrics
@@ -51,6 +59,8 @@ from extauthz.runtime.usage import UsageMeter
 
 log = logging.getLogger("extauthz.llm")
 EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
+FILTER_METADATA = "x-extauthz-filter"  # gRPC initial metadata: "edit" names the editing filter
+EDIT_FILTER = "edit"
 WARN_EVERY = 60.0  # seconds between warnings about responses not counted
 _ANSWERS = {  # a message's field → the answer Envoy waits for outside observability mode
     "request_headers": pb.ProcessingResponse(request_headers=pb.HeadersResponse()),
@@ -89,34 +99,47 @@ _STOP_RESPONSE = pb.ProcessingResponse(
     response_headers=pb.HeadersResponse(),
     mode_override=mode_pb.ProcessingMode(response_body_mode=mode_pb.ProcessingMode.NONE),
 )
+_COUNTING_UNAVAILABLE = pb.ProcessingResponse(
+    immediate_response=pb.ImmediateResponse(
+        status=http_status_pb2.HttpStatus(code=503),
+        headers=pb.HeaderMutation(
+            set_headers=[
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json")
+                )
+            ]
+        ),
+        body=json.dumps(
+            {
+                "error": "counting_unavailable",
+                "message": "the tokens of this request cannot be bounded now; retry later",
+            }
+        ).encode(),
+        details="counting_unavailable",
+    )
+)
 
 
-def _edits(fields: dict[str, str], headers: Any) -> list[tuple[str, object]]:
-    """What ext_authz's metadata asks to add to a request body: `stream_usage: add` (a
-    stream that did not ask for its usage chunk, on a route with `stream_usage: require`)
-    → `stream_options.include_usage`; `add_max_tokens: N` (no output cap named, on a route
-    with `default_max_tokens`) → the cap (`max_output_tokens` on /v1/responses, else
-    `max_tokens`)."""
-    pairs: list[tuple[str, object]] = []
-    if fields.get("stream_usage") == "add":
-        pairs.append(ASK_FOR_USAGE)
-    cap = fields.get("add_max_tokens", "")
-    if cap.isascii() and cap.isdigit():
-        path = next((_value(h) for h in headers if h.key == ":path"), "")
-        name = "max_output_tokens" if path.startswith("/v1/responses") else "max_tokens"
-        pairs.append((name, int(cap)))
-    return pairs
+def _edits(fields: dict[str, str]) -> list[tuple[str, object]]:
+    """What ext_authz's metadata asks to set in a request body (`edit`: a JSON object of
+    top-level pairs, see core/decision.py); [] when nothing, or nothing readable."""
+    raw = fields.get(EDIT_KEY, "")
+    if not raw:
+        return []
+    try:
+        pairs = json.loads(raw)
+    except (ValueError, RecursionError):
+        return []
+    return list(pairs.items()) if isinstance(pairs, dict) else []
 
 
-def _edited_body(
-    body: bytes, pairs: list[tuple[str, object]], had_length: bool
-) -> tuple[Any, bool]:
-    """The answer to a buffered request body: `pairs` added (and content-length set, when
-    the request had one); whether it was edited."""
-    edited = add_to_body(body, pairs)
-    answer = pb.ProcessingResponse(request_body=pb.BodyResponse())
+def _edited_body(body: bytes, pairs: list[tuple[str, object]], had_length: bool) -> Any | None:
+    """The answer to a buffered request body: `pairs` set (and content-length with them,
+    when the request had one); None when it cannot be edited."""
+    edited = set_top_level(body, pairs)
     if edited is None:
-        return answer, False
+        return None
+    answer = pb.ProcessingResponse(request_body=pb.BodyResponse())
     common = answer.request_body.response
     common.body_mutation.body = edited
     if had_length:
@@ -124,7 +147,7 @@ def _edited_body(
             header=base_pb2.HeaderValue(key="content-length", raw_value=str(len(edited)).encode()),
             append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
         )
-    return answer, True
+    return answer
 
 
 def _without_usage_chunk(body: Any, remover: UsageChunkRemover) -> Any:
@@ -231,78 +254,100 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         )
 
     def Process(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        if not self._slots.acquire(blocking=False):
-            self._uncounted("too_many_streams")
-            return  # (Envoy goes on without us: failure_mode_allow)
+        editing = any(
+            key == FILTER_METADATA and value == EDIT_FILTER
+            for key, value in context.invocation_metadata()
+        )
         try:
             first = next(requests, None)
             if first is None:
                 return
-            if first.observability_mode:
-                yield from self._count(first, requests)
-            else:
+            if editing:
                 yield from self._edit_body(first, requests)
+            else:
+                yield from self._count(first, requests)
         except grpc.RpcError:
             pass  # Envoy reset the stream (the client went away)
-        finally:
-            self._slots.release()
 
     def _count(self, first: Any, requests: Iterator[Any]) -> Iterator[Any]:
-        """The counting filter (observability mode: no answers): charge what the response
-        used when it ends, or what passed when Envoy resets the stream."""
+        """The counting filter: charge what the response used when it ends, or what passed
+        when Envoy resets the stream. Outside observability mode every message is answered
+        as it comes (nothing changed)."""
+        if not self._slots.acquire(blocking=False):
+            self._uncounted("too_many_streams")  # (its reservation stays charged)
+            return  # (a clean close: Envoy goes on without us)
         exchange = Exchange()
         try:
-            exchange.read(first)
-            if exchange.ended:
-                return
-            for message in requests:
+            message = first
+            while True:
                 exchange.read(message)
+                if not message.observability_mode:
+                    answer = _ANSWERS.get(message.WhichOneof("request") or "")
+                    if answer is not None:
+                        yield answer
                 if exchange.ended:  # charged at once (Envoy closes the stream later)
                     break
-            yield from ()
+                message = next(requests, None)
+                if message is None:
+                    break
         finally:
+            self._slots.release()
             self._charge(exchange)
 
     def _edit_body(self, first: Any, requests: Iterator[Any]) -> Iterator[Any]:
-        """The body-editing filter (before the counting one), as ext_authz's metadata asks
-        (see `_edits`). A stream asked for its usage chunk has that chunk taken out of the
-        reply after the counting filter has read it. Every other request is let go at its
-        headers (mode_override: nothing more is sent here)."""
+        """The body-editing filter (before the counting one): sets the pairs ext_authz's
+        metadata asks for (see `_edits`) in the request body. A stream asked for its usage
+        chunk has that chunk taken out of the reply after the counting filter read it; any
+        other request is let go after its body (a clean close: Envoy goes on without us),
+        and one with nothing to set at its headers."""
         headers = first.request_headers.headers.headers
-        pairs = _edits(_metadata(first), headers)
+        pairs = _edits(_metadata(first))
         if not pairs:
             yield _LET_GO
             return
-        had_length = any(h.key == "content-length" for h in headers)
-        yield _ANSWERS["request_headers"]
-        remover: UsageChunkRemover | None = None
-        for message in requests:
-            kind = message.WhichOneof("request")
-            if kind == "request_body":
-                answer, edited = _edited_body(message.request_body.body, pairs, had_length)
-                if edited and ASK_FOR_USAGE in pairs:
+        if not self._slots.acquire(blocking=False):
+            self._uncounted("too_many_streams")
+            yield _COUNTING_UNAVAILABLE  # (never served without its cap or its usage)
+            return
+        try:
+            had_length = any(h.key == "content-length" for h in headers)
+            yield _ANSWERS["request_headers"]
+            remover: UsageChunkRemover | None = None
+            for message in requests:
+                kind = message.WhichOneof("request")
+                if kind == "request_body":
+                    answer = _edited_body(message.request_body.body, pairs, had_length)
+                    if answer is None:
+                        self._uncounted("unreadable_request")
+                        yield _COUNTING_UNAVAILABLE
+                        return
+                    yield answer
+                    if ASK_FOR_USAGE not in pairs:
+                        return  # nothing to take out of the reply
                     remover = UsageChunkRemover()
-                yield answer
-            elif kind == "response_headers":
-                exchange = Exchange()
-                exchange.read(message)
-                if remover is None or exchange.stream is None or exchange.status != 200:
-                    remover = None
-                    yield _STOP_RESPONSE
-                else:
+                elif kind == "response_headers":
+                    exchange = Exchange()
+                    exchange.read(message)
+                    if remover is None or exchange.stream is None or exchange.status != 200:
+                        yield _STOP_RESPONSE
+                        return
                     yield _NO_LENGTH  # (the reply's length changes)
-            elif kind == "response_body" and remover is not None:
-                yield _without_usage_chunk(message.response_body, remover)
-            else:
-                default = _ANSWERS.get(kind or "")
-                if default is not None:
-                    yield default
+                elif kind == "response_body" and remover is not None:
+                    yield _without_usage_chunk(message.response_body, remover)
+                else:
+                    default = _ANSWERS.get(kind or "")
+                    if default is not None:
+                        yield default
+        finally:
+            self._slots.release()
 
     def _charge(self, exchange: Exchange) -> None:
         used = exchange.usage()
         if exchange.token_limits and self.token_limiter is not None:
-            # an error used nothing; a success whose usage cannot be read keeps its reservation
-            spent = None if used is None else used.prompt_tokens + used.completion_tokens
+            # an error used nothing; a success whose usage cannot be read (or only estimated
+            # from its chunks) keeps its whole reservation
+            known = used is not None and not used.estimated
+            spent = used.prompt_tokens + used.completion_tokens if known and used else None
             if not 200 <= exchange.status < 300:
                 spent = 0
             self.token_limiter.settle(exchange.token_limits, spent, self.clock())
@@ -313,11 +358,4 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         if self.metrics is not None:
             self.metrics.llm_tokens(exchange.route, exchange.model, used)
         if self.usage is not None and exchange.token_id:
-            self.usage.charge(
-                exchange.token_id,
-                exchange.model,
-                self.clock(),
-                used.prompt_tokens,
-                used.completion_tokens,
-                used.estimated,
-            )
+            self.usage.charge(exchange.token_id, exchange.model, self.clock(), used)

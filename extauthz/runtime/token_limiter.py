@@ -4,15 +4,18 @@
 Each counter (`TokenLimited.key`) has one Redis key per window,
 `{prefix}tl:<key>:<unit><window>`: the tokens processes have taken from the window. A process
 leases a budget (one INCRBY that never takes the key past N) and admits requests from it
-in memory: a request reserves its bound (LlmRequest.bound: prompt bytes + output cap), or 1
-token when it sets no cap. When its response ends, `settle` (ext_proc, possibly in another
-process) puts the reservation back into that process's budget and takes the real usage
-from it; a budget that goes below zero is a debt. `sync` (every policy poll) pays debts
-into Redis and, in a window that is full, gives unused budgets back for others to lease.
+in memory: a request reserves its bound (LlmRequest.bound: prompt bytes + output cap x
+choices; every request under a limit has one, the decision adds a cap where the body names
+none). When its response ends, `settle` (ext_proc, possibly in another process) puts the
+reservation back into that process's budget and takes the real usage from it; usage beyond
+the reservation is a debt of the window in which the response ended. A response whose
+usage cannot be read is never settled: its whole reservation stays taken. `sync` (every
+policy poll) pays debts into Redis and, in a window that is full, gives unused budgets back
+for others to lease.
 
 Guarantee: tokens taken from Redis never exceed N (a lease is only what is left), so the
-tokens of admitted requests that bounded their output never exceed N; requests without a
-cap add what they used beyond the reservation, paid at the next sync. Admission and
+tokens of admitted requests never exceed N while the model server keeps to the caps it was
+sent (docs/llm.md, "What a limit promises"). Admission and
 settlement make no Redis call while a budget lasts: a lease covers about LEASE_SECONDS of
 the tokens this process sees, at most 1/MAX_LEASE_SHARE of N beyond the request's need.
 When Redis cannot answer, admission fails closed (503) unless `--rate-limit-on-error allow`.
@@ -98,7 +101,8 @@ class TokenLimiter:
         if not taken:
             return decision
         least = min(taken, key=lambda b: b.limit.count - b.seen + b.held)
-        remaining = max(0, least.limit.count - least.seen + least.held)
+        # (held may include settled reservations the last lease's total does not show)
+        remaining = min(least.limit.count, max(0, least.limit.count - least.seen + least.held))
         settle = json.dumps([need, [[b.counter, str(b.limit), int(b.ends)] for b in taken]])
         return replace(
             decision,
@@ -182,9 +186,10 @@ class TokenLimiter:
     # --- settlement (ext_proc) ------------------------------------------------------------
 
     def settle(self, metadata: str, used: int | None, now: float) -> None:
-        """A response ended having used `used` tokens: its reservation (ext_authz's
-        `token_limits` metadata, from any process) goes back, `used` is taken. None: what
-        it used is not known; the reservation stays taken."""
+        """A response ended at `now` having used `used` tokens: its reservation (ext_authz's
+        `token_limits` metadata, from any process) goes back, `used` is taken; what it used
+        beyond the reservation is owed by the window `now` falls in. None: what it used is
+        not known; the reservation stays taken."""
         if used is None:
             return
         try:
@@ -196,7 +201,13 @@ class TokenLimiter:
             return
         with self._lock:
             for counter, limit, ends in entries:
-                self._kept(counter, limit, float(ends)).held += need - used
+                self._kept(counter, limit, float(ends)).held += max(0, need - used)
+                if used > need:  # (to the window the response ended in, not the one it began)
+                    window, _, window_ends = limit.window(now)
+                    key = counter.rpartition(":")[0]
+                    self._kept(f"{key}:{limit.unit}{window}", limit, window_ends).held -= (
+                        used - need
+                    )
 
     # --- sync (every policy poll) ---------------------------------------------------------
 

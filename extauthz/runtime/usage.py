@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from extauthz.core.llm_usage import Usage
 from extauthz.errors import StoreError
-from extauthz.storage.store import Store
+from extauthz.storage.store import TOKEN_KINDS, Store
 
 log = logging.getLogger("extauthz.usage")
 K = TypeVar("K")
@@ -80,9 +81,7 @@ class UsageMeter:
         finally:
             lock.release()
 
-    def charge(
-        self, token_id: str, model: str, now: float, prompt: int, completion: int, estimated: bool
-    ) -> None:
+    def charge(self, token_id: str, model: str, now: float, used: Usage) -> None:
         """LLM tokens a response of this token's used (ext_proc, after the response)."""
         key = (token_id, int(now // DAY), model)
         with self._lock:
@@ -91,9 +90,11 @@ class UsageMeter:
                 if len(self._tokens) >= MAX_PENDING:
                     self.dropped += 1
                     return
-                counts = self._tokens[key] = [0, 0, 0]
-            counts[0] += prompt
-            counts[2 if estimated else 1] += completion
+                counts = self._tokens[key] = [0] * len(TOKEN_KINDS)
+            counts[0] += used.prompt_tokens
+            counts[2 if used.estimated else 1] += used.completion_tokens
+            counts[3] += used.cached_tokens
+            counts[4] += used.reasoning_tokens
 
     def maybe_flush(self) -> None:
         """Flush if `flush_every` seconds have passed since the last one."""

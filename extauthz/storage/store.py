@@ -80,7 +80,15 @@ def utc_date(day: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
 
 
-TOKEN_KINDS = ("prompt_tokens", "completion_tokens", "estimated_completion_tokens")
+# LLM tokens per token, day and model (ext_proc); cached prompt tokens are part of the
+# prompt tokens, reasoning tokens part of the completion tokens
+TOKEN_KINDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "estimated_completion_tokens",
+    "cached_prompt_tokens",
+    "reasoning_tokens",
+)
 
 
 def unix_seconds(score: float | None) -> int | None:
@@ -211,8 +219,8 @@ class Store:
         return f"{self.prefix}usage:{utc_date(day)}:models:{token_id}"
 
     def token_usage_key(self, day: int, token_id: str) -> str:
-        """One token's LLM tokens on one UTC day: fields `<kind>:<model>` → count (kind:
-        prompt_tokens, completion_tokens, estimated_completion_tokens)."""
+        """One token's LLM tokens on one UTC day: fields `<kind>:<model>` → count (kind: one
+        of TOKEN_KINDS)."""
         return f"{self.prefix}usage:{utc_date(day)}:tokens:{token_id}"
 
     def llm_token_usage(self, token_id: str, days: list[int]) -> list[dict[str, dict[str, int]]]:

@@ -15,7 +15,12 @@ from google.protobuf import struct_pb2
 from bench.llm_limits import response_messages
 from extauthz.core.decision import Decision, Outcome
 from extauthz.core.token_limit import TokenLimit, TokenLimited
-from extauthz.runtime.ext_proc import EXT_AUTHZ_NAMESPACE, UsageProcessor
+from extauthz.runtime.ext_proc import (
+    EDIT_FILTER,
+    EXT_AUTHZ_NAMESPACE,
+    FILTER_METADATA,
+    UsageProcessor,
+)
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.token_limiter import METADATA_KEY, TokenLimiter
 from extauthz.runtime.usage import UsageMeter
@@ -31,9 +36,27 @@ def metadata(**fields: str) -> Any:
     return out
 
 
+class Context:
+    """What the servicer reads of gRPC's context: the stream's initial metadata."""
+
+    def __init__(self, *metadata: tuple[str, str]) -> None:
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+
+COUNTING = Context(("user-agent", "envoy"))
+EDITING = Context((FILTER_METADATA, EDIT_FILTER))
+
+
 def run(processor: UsageProcessor, messages: Any) -> None:
-    for _ in processor.Process(messages, None):
+    for _ in processor.Process(messages, COUNTING):
         pass
+
+
+def edit(**pairs: object) -> str:
+    return json.dumps(pairs)
 
 
 def test_a_response_is_charged_and_its_reservation_settled(store: Store) -> None:
@@ -73,6 +96,9 @@ def test_what_cannot_be_counted_is_a_metric_and_one_warning_a_minute(
     assert "1 too_many_streams" in caplog.text.splitlines()[-1]
 
 
+ASK = {"stream_options": {"include_usage": True}}
+
+
 def _request_headers(fields: dict[str, str], length: bool = True) -> Any:
     message = ext_proc_pb.ProcessingRequest()
     message.metadata_context.filter_metadata[EXT_AUTHZ_NAMESPACE].update(fields)
@@ -103,13 +129,13 @@ def test_a_stream_is_asked_for_its_usage_and_the_reply_does_not_show_it() -> Non
     body = b'{"model": "m", "stream": true}'
     usage = b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}\n\n'
     messages = [
-        _request_headers({"model": "m", "stream_usage": "add"}),
+        _request_headers({"model": "m", "edit": edit(**ASK)}),
         _body("request_body", body),
         _response_headers(b"200", b"text/event-stream"),
         _body("response_body", b'data: {"choices": [{"delta": {"content": "x"}}]}\n\n', False),
         _body("response_body", usage + b"data: [DONE]\n\n"),
     ]
-    answers = list(processor.Process(iter(messages), None))
+    answers = list(processor.Process(iter(messages), EDITING))
     assert [a.WhichOneof("response") for a in answers] == [
         "request_headers", "request_body", "response_headers", "response_body", "response_body",
     ]  # fmt: skip
@@ -124,39 +150,133 @@ def test_a_stream_is_asked_for_its_usage_and_the_reply_does_not_show_it() -> Non
 
 def test_other_requests_are_let_go_at_their_headers() -> None:
     processor = UsageProcessor(None, None, 4)
-    (answer,) = processor.Process(iter([_request_headers({"model": "m"})]), None)
+    (answer,) = processor.Process(iter([_request_headers({"model": "m"})]), EDITING)
     assert answer.mode_override.request_body_mode == mode_pb.ProcessingMode.NONE
     assert answer.mode_override.response_body_mode == mode_pb.ProcessingMode.NONE
     # asked, but the reply is an error: its body is not read
     messages = [
-        _request_headers({"model": "m", "stream_usage": "add"}, length=False),
+        _request_headers({"model": "m", "edit": edit(**ASK)}, length=False),
         _body("request_body", b'{"model": "m", "stream": true}'),
         _response_headers(b"429", b"application/json"),
     ]
-    answers = list(processor.Process(iter(messages), None))
+    answers = list(processor.Process(iter(messages), EDITING))
     assert not answers[1].request_body.response.header_mutation.set_headers  # (was chunked)
     assert answers[2].mode_override.response_body_mode == mode_pb.ProcessingMode.NONE
 
 
-@pytest.mark.parametrize(
-    ("path", "field"),
-    [("/v1/chat/completions", "max_tokens"), ("/v1/responses", "max_output_tokens")],
-)
-def test_a_route_default_cap_is_added_under_the_name_the_api_reads(path: str, field: str) -> None:
+@pytest.mark.parametrize("field", ["max_tokens", "max_output_tokens"])
+def test_a_cap_is_set_as_the_decision_asks_and_the_response_let_go(field: str) -> None:
     processor = UsageProcessor(None, None, 4)
-    headers = _request_headers({"model": "m", "add_max_tokens": "64"})
-    headers.request_headers.headers.headers.add(key=":path", raw_value=path.encode())
     messages = [
-        headers,
-        _body("request_body", b'{"model": "m"}'),
+        _request_headers({"model": "m", "edit": edit(**{field: 64})}),
+        _body("request_body", b'{"model": "m", "' + field.encode() + b'": null}'),
         _response_headers(b"200", b"application/json"),
     ]
-    answers = list(processor.Process(iter(messages), None))
+    answers = list(processor.Process(iter(messages), EDITING))
     assert json.loads(answers[1].request_body.response.body_mutation.body) == {
-        field: 64,
         "model": "m",
+        field: 64,
     }
-    assert answers[2].mode_override.response_body_mode == mode_pb.ProcessingMode.NONE  # no strip
+    assert len(answers) == 2  # then a clean close: the response is not followed
+
+
+def test_the_editing_filter_fails_closed() -> None:
+    """A request whose cap or usage request cannot be set never reaches the model."""
+    asked = [_request_headers({"model": "m", "edit": edit(max_tokens=64)})]
+    full = UsageProcessor(None, None, 0)  # no stream may be served
+    (answer,) = full.Process(iter(asked), EDITING)
+    assert answer.immediate_response.status.code == 503
+    assert json.loads(answer.immediate_response.body)["error"] == "counting_unavailable"
+    processor = UsageProcessor(None, None, 4)
+    answers = list(processor.Process(iter([*asked, _body("request_body", b"[1]")]), EDITING))
+    assert answers[-1].immediate_response.status.code == 503
+    # nothing to set: let go at the headers, no stream slot needed
+    (answer,) = full.Process(iter([_request_headers({"model": "m"})]), EDITING)
+    assert answer.mode_override.response_body_mode == mode_pb.ProcessingMode.NONE
+
+
+def test_any_processing_mode_counts(store: Store) -> None:
+    """A counting filter as gateways write it: not observability mode (every message is
+    answered), request headers sent or skipped; never taken for the editing filter."""
+    meter = UsageMeter(store, flush_every=10**9)
+    processor = UsageProcessor(meter, None, 4, clock=lambda: START)
+    usage = {"prompt_tokens": 3, "completion_tokens": 4}
+    for with_request_headers in (True, False):
+        messages = list(response_messages(metadata(), usage, chunks=2))
+        for message in messages:
+            message.observability_mode = False
+        if with_request_headers:
+            messages.insert(0, _request_headers({"model": "m", "token_id": "t1"}))
+        answers = list(processor.Process(iter(messages), COUNTING))
+        assert len(answers) == len(messages)  # (Envoy waits for each)
+        assert all(not a.HasField("mode_override") for a in answers)
+    meter.flush()
+    day = store.llm_token_usage("t1", [int(START // 86400)])[0]
+    assert day == {"m": {"prompt_tokens": 6, "completion_tokens": 8}}
+
+
+def _reserved(limiter: TokenLimiter, reserve: int = 600) -> str:
+    allowed = limiter.admit(
+        Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=reserve), START
+    )
+    return str(dict(allowed.metadata)[METADATA_KEY])
+
+
+def _sse_messages(fields: Any, *events: object) -> list[Any]:
+    head = ext_proc_pb.ProcessingRequest(observability_mode=True)
+    head.metadata_context.filter_metadata[EXT_AUTHZ_NAMESPACE].CopyFrom(fields)
+    head.response_headers.headers.headers.add(key=":status", raw_value=b"200")
+    head.response_headers.headers.headers.add(key="content-type", raw_value=b"text/event-stream")
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+    tail = ext_proc_pb.ProcessingRequest(observability_mode=True)
+    tail.response_body.body = body
+    tail.response_body.end_of_stream = True
+    return [head, tail]
+
+
+def test_a_stream_without_a_usage_chunk_keeps_its_whole_reservation(store: Store) -> None:
+    """Chunks counted are an estimate (a metric), never the charge."""
+    limiter = TokenLimiter(store)
+    fields = metadata(**{METADATA_KEY: _reserved(limiter)})
+    content = {"choices": [{"index": 0, "delta": {"content": "word"}}]}
+    run(UsageProcessor(None, None, 4, clock=lambda: START, token_limiter=limiter),
+        iter(_sse_messages(fields, content, content, content)))  # fmt: skip
+    again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=401)
+    assert limiter.admit(again, START + 1).status == 429  # the 600 stay taken
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_responses_api_usage_is_charged(store: Store, streamed: bool) -> None:
+    limiter = TokenLimiter(store)
+    meter = UsageMeter(store, flush_every=10**9)
+    fields = metadata(**{METADATA_KEY: _reserved(limiter)})
+    usage = {
+        "input_tokens": 50,
+        "output_tokens": 70,
+        "input_tokens_details": {"cached_tokens": 20},
+        "output_tokens_details": {"reasoning_tokens": 30},
+    }
+    processor = UsageProcessor(meter, None, 4, clock=lambda: START, token_limiter=limiter)
+    if streamed:
+        created = {"type": "response.created", "response": {"usage": None}}
+        delta = {"type": "response.output_text.delta", "delta": "hi"}
+        done = {"type": "response.completed", "response": {"id": "r", "usage": usage}}
+        run(processor, iter(_sse_messages(fields, created, delta, done)))
+    else:
+        run(processor, response_messages(fields, usage))
+    # 600 reserved, 120 used: 880 left for this process
+    again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=880)
+    assert limiter.admit(again, START + 1).outcome is Outcome.ALLOW
+    meter.flush()
+    day = store.llm_token_usage("t1", [int(START // 86400)])[0]
+    assert day == {
+        "m": {
+            "prompt_tokens": 50,
+            "completion_tokens": 70,
+            "cached_prompt_tokens": 20,
+            "reasoning_tokens": 30,
+        }
+    }
 
 
 def test_a_gzip_response_is_not_counted_and_keeps_its_reservation(store: Store) -> None:

@@ -7,13 +7,13 @@ import json
 
 import pytest
 
+from extauthz.core.llm import set_top_level
 from extauthz.core.llm_usage import (
     ASK_FOR_USAGE,
     MAX_LINE,
     StreamUsage,
     Usage,
     UsageChunkRemover,
-    add_to_body,
     json_usage,
     usage_of,
 )
@@ -90,23 +90,37 @@ def test_streams_without_usage_are_estimated_and_odd_ones_survive() -> None:
     [
         (b'{"model": "m", "stream": true}', b'{"stream_options": {"include_usage": true}, "model": "m", "stream": true}'),
         (b'  \n{"model":"m"}', b'  \n{"stream_options": {"include_usage": true}, "model":"m"}'),
-        (b"{}", None),
+        (b"{}", b'{"stream_options": {"include_usage": true}}'),
         (b"[1]", None),
         (b"", None),
         (b"\xef\xbb\xbf{}", None),
     ],
 )  # fmt: skip
 def test_asking_a_request_for_its_usage(body: bytes, expected: bytes | None) -> None:
-    asked = add_to_body(body, [ASK_FOR_USAGE])
+    asked = set_top_level(body, [ASK_FOR_USAGE])
     assert asked == expected
     if asked is not None:
         parsed = json.loads(asked)
         assert parsed["stream_options"] == {"include_usage": True}
         assert {k: v for k, v in parsed.items() if k != "stream_options"} == json.loads(body)
-    capped = add_to_body(body, [ASK_FOR_USAGE, ("max_tokens", 256)])
-    if capped is not None:
+    capped = set_top_level(body, [ASK_FOR_USAGE, ("max_tokens", 256)])
+    if capped is not None and body.strip() != b"{}":
         assert json.loads(capped)["max_tokens"] == 256
         assert capped.endswith(body.lstrip()[1:])  # the client's bytes follow, untouched
+
+
+@pytest.mark.parametrize("pad", [0, 20_000])
+def test_a_null_cap_is_replaced_in_place_and_a_named_one_never(pad: int) -> None:
+    padding = "x" * pad
+    body = f'{{"a": "{padding}", "max_tokens" : null, "n": 2, "model": "m"}}'.encode()
+    edited = set_top_level(body, [("max_tokens", 64), ("stream_options", {"include_usage": True})])
+    assert edited is not None
+    assert edited.count(b"max_tokens") == 1  # (never a second key a server reads instead)
+    parsed = json.loads(edited)
+    assert parsed["max_tokens"] == 64 and parsed["stream_options"] == {"include_usage": True}
+    assert set_top_level(b'{"max_tokens": 5}', [("max_tokens", 64)]) == b'{"max_tokens": 5}'
+    escaped = b'{"max\\u005ftokens": null, "model": "m"}'
+    assert json.loads(set_top_level(escaped, [("max_tokens", 9)]) or b"")["max_tokens"] == 9
 
 
 def _sse(*objects: object) -> bytes:

@@ -21,9 +21,9 @@ from extauthz.admin import tokens
 from extauthz.admin.token_files import export_lines, plan_import, read_import_file
 from extauthz.core.credentials import token_hash
 from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
-from extauthz.core.llm import LlmRequest, read_model_request
+from extauthz.core.llm import DEFAULT_MAX_TOKENS, INVALID, read_model_request
 from extauthz.core.policy import PolicySnapshot, parse_policy
-from extauthz.core.token_limit import TokenLimit, TokenLimited, reservation
+from extauthz.core.token_limit import TokenLimit, TokenLimited
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import (
     BadImportLine,
@@ -43,6 +43,8 @@ from extauthz.storage.store import Store
 from extauthz.storage.token_index import TokenIndex
 
 START = 1_800_000_000.0  # an aligned minute (and hour)
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+RESPONSES, EMBEDDINGS = "/v1/responses", "/v1/embeddings"
 
 
 @pytest.mark.parametrize(
@@ -91,47 +93,90 @@ def test_records_carry_a_token_limit_and_a_bad_one_is_malformed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("extra", "cap"),
+    ("path", "extra", "cap"),
     [
-        ({}, None),
-        ({"max_tokens": 100}, 100),
-        ({"max_completion_tokens": 70}, 70),
-        ({"max_output_tokens": 9}, 9),  # (the Responses API)
-        ({"max_tokens": 10, "max_completion_tokens": 30}, 30),  # both: the larger bounds
-        ({"max_tokens": 10, "n": 4}, 40),
-        ({"max_tokens": 10, "best_of": 5, "n": 2}, 50),
-        ({"max_tokens": 0}, 0),
-        ({"n": 3}, None),  # choices without a cap: no bound
-        ({"max_tokens": -1}, None),
-        ({"max_tokens": 10.0}, None),
-        ({"max_tokens": 1e3}, None),
-        ({"max_tokens": "100"}, None),
-        ({"max_tokens": True}, None),
-        ({"max_tokens": None}, None),
-        ({"max_tokens": [100]}, None),
-        ({"max_tokens": 10**10}, None),
-        ({"max_tokens": 10, "n": -2}, None),
-        ({"max_tokens": 10, "n": 2.5}, None),
-        ({"messages": [{"max_tokens": 5}]}, None),  # nested: not the request's
+        (CHAT, {}, None),
+        (CHAT, {"max_tokens": 100}, 100),
+        (CHAT, {"max_completion_tokens": 70}, 70),
+        (RESPONSES, {"max_output_tokens": 9}, 9),
+        (CHAT, {"max_tokens": 10, "max_completion_tokens": 30}, 30),  # both: the larger bounds
+        (CHAT, {"max_tokens": 10, "n": 4}, 40),
+        (COMPLETIONS, {"max_tokens": 10, "best_of": 5, "n": 2}, 50),
+        (COMPLETIONS, {"max_tokens": 10, "prompt": ["a", "b", "c"]}, 30),  # prompts multiply
+        (COMPLETIONS, {"max_tokens": 10, "prompt": [[1, 2], [3]], "n": 2}, 40),
+        (COMPLETIONS, {"max_tokens": 10, "prompt": [1, 2, 3]}, 10),  # one prompt, as token ids
+        (CHAT, {"n": 3}, None),  # choices without a cap: no bound of its own
+        (CHAT, {"max_tokens": None}, None),  # null is absent
+        (CHAT, {"n": None, "max_tokens": 7}, 7),
+        (CHAT, {"messages": [{"max_tokens": 5}]}, None),  # nested: not the request's
+        (EMBEDDINGS, {"input": ["a", "b"]}, 0),  # (no output: the body bounds it)
     ],
 )
 @pytest.mark.parametrize("pad", [0, 20_000], ids=["parsed", "scanned"])
-def test_the_bound_is_the_body_plus_the_output_cap(
-    extra: dict[str, Any], cap: int | None, pad: int
+def test_the_bound_is_the_body_plus_the_output_cap_times_the_outputs(
+    path: str, extra: dict[str, Any], cap: int | None, pad: int
 ) -> None:
-    raw = json.dumps({"model": "m", "prompt": "p" * pad, **extra}).encode()
-    found = read_model_request(raw)
-    assert found.model == "m"
-    assert found.bound == (None if cap is None else len(raw) + cap)
-    assert reservation(found) == (1 if cap is None else len(raw) + cap)
+    raw = json.dumps({"model": "m", "user": "p" * pad, **extra}).encode()
+    found = read_model_request(raw, "POST", path)
+    assert (found.model, found.error) == ("m", None)
+    assert found.bound(None) == (None if cap is None else len(raw) + cap)
+    if cap is None:  # every request a limit covers gets a cap: a finite bound
+        choices = max(extra.get("n") or 1, 1)
+        assert found.bound(100) == len(raw) + 100 * choices
+        assert dict(found.cap_edits(100)) == {"max_tokens": 100}
 
 
-def test_a_repeated_cap_bounds_by_the_larger_whichever_parser() -> None:
+@pytest.mark.parametrize(
+    ("path", "extra", "field"),
+    [
+        (CHAT, {"max_tokens": 0}, "max_tokens"),  # (a server may take 0 for "no cap")
+        (CHAT, {"max_tokens": -1}, "max_tokens"),
+        (CHAT, {"max_tokens": 10.0}, "max_tokens"),  # (servers coerce it: we do not)
+        (CHAT, {"max_tokens": 1e3}, "max_tokens"),
+        (CHAT, {"max_tokens": "100"}, "max_tokens"),
+        (CHAT, {"max_tokens": True}, "max_tokens"),
+        (CHAT, {"max_tokens": [100]}, "max_tokens"),
+        (CHAT, {"max_tokens": 10**10}, "max_tokens"),
+        (CHAT, {"max_tokens": 10, "n": -2}, "n"),
+        (CHAT, {"max_tokens": 10, "n": 2.5}, "n"),
+        (CHAT, {"n": 1.0}, "n"),
+        (CHAT, {"n": 0}, "n"),
+        (CHAT, {"stream": "true"}, "stream"),
+        (CHAT, {"stream": 1}, "stream"),
+        (CHAT, {"max_output_tokens": 5}, "max_output_tokens"),  # another endpoint's cap
+        (CHAT, {"n_predict": 5}, "n_predict"),  # llama.cpp's
+        (CHAT, {"max_new_tokens": 5}, "max_new_tokens"),  # TGI's
+        (CHAT, {"best_of": 2}, "best_of"),
+        (RESPONSES, {"max_tokens": 5}, "max_tokens"),
+        (RESPONSES, {"n": 2}, "n"),
+        (COMPLETIONS, {"prompt": []}, "prompt"),
+        (COMPLETIONS, {"prompt": ["a", 1]}, "prompt"),
+        (COMPLETIONS, {"prompt": [[]]}, "prompt"),
+        (COMPLETIONS, {"prompt": [{"a": 1}]}, "prompt"),
+        (COMPLETIONS, {"prompt": [[1, True]]}, "prompt"),
+        (COMPLETIONS, {"prompt": 5}, "prompt"),
+        (CHAT, {"Max_Tokens": 5}, "max_tokens"),  # Go servers match keys without case
+        (CHAT, {"STREAM": True}, "stream"),
+        (CHAT, {"\u017ftream": True}, "stream"),  # long s: case-folds to s (so does Go)
+    ],
+)
+@pytest.mark.parametrize("pad", [0, 20_000], ids=["parsed", "scanned"])
+def test_values_a_server_could_read_otherwise_are_refused(
+    path: str, extra: dict[str, Any], field: str, pad: int
+) -> None:
+    raw = json.dumps({"model": "m", "user": "p" * pad, **extra}).encode()
+    found = read_model_request(raw, "POST", path)
+    assert (found.model, found.error) == (None, INVALID)
+    assert field in found.message
+
+
+def test_a_repeated_key_is_refused_whichever_parser() -> None:
     for pad in (b"", b'"p": "' + b"x" * 20_000 + b'", '):
-        raw = b"{" + pad + b'"model": "m", "max_tokens": 5, "max_tokens": 900}'
-        assert read_model_request(raw).bound == len(raw) + 900
-        raw = b"{" + pad + b'"model": "m", "max_tokens": 5, "max_tokens": -0}'
-        assert read_model_request(raw).bound == len(raw) + 5
+        for pair in (b'"max_tokens": 5, "max_tokens": 900', b'"stream": true, "stream": false'):
+            raw = b"{" + pad + b'"model": "m", ' + pair + b"}"
+            assert read_model_request(raw).error == INVALID
+        raw = b"{" + pad + b'"model": "m", "MODEL": "other"}'
+        assert read_model_request(raw).error == INVALID
 
 
 _value = st.one_of(
@@ -142,14 +187,17 @@ _value = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(["max_tokens", "max_completion_tokens", "n", "best_of",
-                                        "max_output_tokens", "x"]), _value, max_size=4))  # fmt: skip
+                                        "max_output_tokens", "x", "stream", "N"]), _value,
+                       max_size=4))  # fmt: skip
 def test_the_scanner_and_the_parser_agree_on_the_bound(caps: dict[str, object]) -> None:
     small = json.dumps({"model": "m", **caps}).encode()
     large = json.dumps({"model": "m", "pad": "x" * 20_000, **caps}).encode()
     a, b = read_model_request(small), read_model_request(large)
-    assert (a.bound is None) == (b.bound is None)
-    if a.bound is not None and b.bound is not None:
-        assert a.bound - len(small) == b.bound - len(large)
+    assert a._replace(size=0) == b._replace(size=0)
+    if a.error is None:
+        found_a, found_b = a.bound(64), b.bound(64)
+        assert found_a is not None and found_b is not None
+        assert found_a - len(small) == found_b - len(large)
 
 
 DOCUMENT = parse_policy(
@@ -187,7 +235,9 @@ def test_a_decision_is_admitted_against_the_tokens_limit_and_the_routes_per_call
         ("route:llm:tok:t1", "1000/m"),
     ]
     assert allow.reserve == len(body) + 10
-    listing = facts._replace(llm=read_model_request(b"", "GET"))  # no model: no LLM tokens
+    listing = facts._replace(
+        llm=read_model_request(b"", "GET", "/v1/models")
+    )  # no model: no LLM tokens
     assert decide(listing, POLICY, _lookup(record), START).token_limits == ()
     public = RequestFacts("open-llm", source_address="10.1.2.3", llm=read_model_request(body))
     assert [t.key for t in decide(public, POLICY, _lookup(record), START).token_limits] == [
@@ -259,6 +309,96 @@ def test_a_request_without_a_cap_is_admitted_until_the_count_reaches_the_limit()
     other = TokenLimiter(store)  # another process learns it from Redis
     assert other.admit(_allow(1, LIMIT), START + 2).status == 429
     assert limiter.admit(_allow(1, LIMIT), START + 2).status == 429
+
+
+def test_usage_beyond_a_reservation_is_owed_by_the_window_the_response_ends_in() -> None:
+    store = _store()
+    limiter = TokenLimiter(store)
+    first = limiter.admit(_allow(100, LIMIT), START + 58)  # a long stream at :58
+    limiter.settle(_metadata(first), 2500, START + 61)  # ends in the next minute
+    limiter.sync(START + 61)
+    begun = int(store.client.get("extauthz:tl:token:t1:m30000000") or 0)
+    ended = int(store.client.get("extauthz:tl:token:t1:m30000001") or 0)
+    assert begun <= LIMIT.limit.count and ended == 2400  # (100 of it was reserved)
+    assert limiter.admit(_allow(1, LIMIT), START + 62).status == 429
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 300), st.integers(0, 300)), max_size=30))
+def test_remaining_tokens_never_exceed_the_limit(steps: list[tuple[int, int]]) -> None:
+    limit = TokenLimited("token:t1", TokenLimit(200, "m"), "this token")
+    limiter = TokenLimiter(_store())
+    for reserve, used in steps:
+        answer = limiter.admit(_allow(reserve, limit), START + 1)
+        if answer.outcome is Outcome.ALLOW:
+            assert 0 <= int(dict(answer.response_headers)[REMAINING_HEADER]) <= 200
+            limiter.settle(_metadata(answer), min(used, reserve), START + 1)
+
+
+def _decided(route: str, body: bytes, path: str = "/v1/chat/completions", **kw: Any) -> Decision:
+    record = TokenRecord("t1", frozenset({"*"}), frozenset(), token_limit=kw.pop("limit", None))
+    llm = read_model_request(body, "POST", path, kw.pop("content_type", None))
+    facts = RequestFacts(route, authorization=f"Bearer {SECRET}", llm=llm)
+    return decide(facts, POLICY, _lookup(record), START)
+
+
+def test_a_request_whose_bound_alone_is_over_a_limit_is_413_without_retry_after() -> None:
+    capped = b'{"model": "m", "max_tokens": 400}'
+    refused = _decided("llm", capped, limit=TokenLimit(200, "m"))
+    assert (refused.status, refused.reason) == (413, "request_too_large")
+    assert "retry-after" not in dict(refused.headers)
+    assert str(len(capped) + 400) in refused.body and "200/m" in refused.body
+    # no cap named, a limit applies: 4096 is added, and bounds it (over the route's 1000/m)
+    assert _decided("llm", b'{"model": "m"}').status == 413
+    fits = _decided("llm", b'{"model": "m", "max_tokens": null, "n": 2}', limit=None)
+    assert fits.status == 413  # (4096 x 2)
+    small = parse_policy(
+        "version: 1\nroutes:\n  llm: {access: protected, api: openai, token_limit: 10000/m}\n"
+    )
+    facts = RequestFacts(
+        "llm", authorization=f"Bearer {SECRET}",
+        llm=read_model_request(b'{"model": "m", "max_tokens": null}'),
+    )  # fmt: skip
+    record = TokenRecord("t1", frozenset({"*"}), frozenset())
+    allowed = decide(facts, PolicySnapshot(1, small.routes), _lookup(record), START)
+    assert allowed.outcome is Outcome.ALLOW
+    assert json.loads(dict(allowed.metadata)["edit"]) == {"max_tokens": DEFAULT_MAX_TOKENS}
+    assert allowed.reserve == len(b'{"model": "m", "max_tokens": null}') + DEFAULT_MAX_TOKENS
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "status", "reason"),
+    [
+        ("/v1/chat/completions?model=big", None, 400, "invalid_request"),
+        ("/v1/chat/completions?x=1&MODEL=big", None, 400, "invalid_request"),
+        ("/v1/chat/completions?%6Dodel=big", None, 400, "invalid_request"),
+        ("/v1/chat/completions?model[]=big", None, 400, "invalid_request"),
+        ("/v1/chat/completions;model=big", None, 404, "unknown_endpoint"),
+        ("/v1/chat/completions?api-version=1", "application/json; charset=utf-8", 200, "granted"),
+        ("/v1/chat/completions", "APPLICATION/JSON", 200, "granted"),
+        (
+            "/v1/chat/completions",
+            "application/x-www-form-urlencoded",
+            415,
+            "unsupported_media_type",
+        ),
+        ("/v1/chat/completions", "multipart/form-data; boundary=x", 415, "unsupported_media_type"),
+        ("/v1/chat/completions", "application/json,text/plain", 415, "unsupported_media_type"),
+        ("/v1/chat/completions", "", 415, "unsupported_media_type"),
+        ("/openai/deployments/big/chat/completions", None, 404, "unknown_endpoint"),
+        ("/v1/engines/big/chat/completions", None, 404, "unknown_endpoint"),
+        ("/v1//chat/completions", None, 404, "unknown_endpoint"),
+        ("/v1/chat%2Fcompletions", None, 404, "unknown_endpoint"),
+    ],
+)
+def test_one_place_names_the_model(
+    path: str, content_type: str | None, status: int, reason: str
+) -> None:
+    body = b'{"model": "m", "max_tokens": 10}'
+    decided = _decided("llm", body, path, content_type=content_type)
+    assert (decided.status, decided.reason) == (status, reason)
+    if status != 200:
+        assert json.loads(decided.body)["error"] == reason
 
 
 def test_settled_by_another_process_and_given_back_when_the_window_is_full() -> None:
@@ -411,19 +551,22 @@ def test_a_debt_redis_did_not_take_is_paid_at_the_next_sync(
 
 def test_a_route_default_cap_bounds_requests_that_name_none() -> None:
     plain = b'{"model": "m", "messages": []}'
-    found = read_model_request(plain, default_cap=256)
-    assert (found.bound, found.cap_added) == (len(plain) + 256, True)
+    found = read_model_request(plain)
+    assert found.bound(256) == len(plain) + 256
+    assert found.cap_edits(256) == (("max_tokens", 256),)
     own = b'{"model": "m", "max_tokens": 9}'
-    assert read_model_request(own, default_cap=256).bound == len(own) + 9
-    odd = b'{"model": "m", "max_tokens": "9"}'  # named, not readable: never a second one
-    assert read_model_request(odd, default_cap=256) == LlmRequest("m", cap_named=True)
-    assert not read_model_request(b"", "GET", default_cap=256).cap_added
+    assert read_model_request(own).bound(256) == len(own) + 9
+    assert read_model_request(own).cap_edits(256) == ()
+    nulls = b'{"model": "m", "max_tokens": 9, "max_completion_tokens": null}'
+    assert read_model_request(nulls).cap_edits(256) == (("max_completion_tokens", 9),)
+    assert read_model_request(b"", "GET", "/v1/models").bound(256) == 0
     document = parse_policy(
         "version: 1\nroutes:\n  llm: {access: public, api: openai, default_max_tokens: 256}\n"
     )
     snapshot = PolicySnapshot(1, document.routes)
     facts = RequestFacts("llm", llm=found)
-    assert dict(decide(facts, snapshot, lambda _: None, START).metadata)["add_max_tokens"] == "256"
+    edit = dict(decide(facts, snapshot, lambda _: None, START).metadata)["edit"]
+    assert json.loads(edit) == {"max_tokens": 256}
     for bad in ("0", "1000000001", "lots", "[1]"):
         with pytest.raises(PolicyError, match="default_max_tokens"):
             parse_policy(
@@ -435,6 +578,4 @@ def test_a_route_default_cap_bounds_requests_that_name_none() -> None:
 
 def test_a_default_cap_counts_every_choice_asked_for() -> None:
     body = b'{"model": "m", "n": 3}'
-    assert read_model_request(body, default_cap=100).bound == len(body) + 300
-    odd = b'{"model": "m", "n": "3"}'  # choices that cannot be read: no bound, no cap added
-    assert not read_model_request(odd, default_cap=100).cap_added
+    assert read_model_request(body).bound(100) == len(body) + 300
