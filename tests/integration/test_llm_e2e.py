@@ -132,7 +132,7 @@ def test_streaming_through_envoy(stack: Stack) -> None:
         (json.dumps({"model": "x" * 10_000}).encode(), {}, 400, "model_required"),
         # compressed bodies are not read: decompress in Envoy before ext_authz, or refuse
         (
-            gzip.compress(b'{"model": "demo-small"}'),
+            gzip.compress(b'{"model": "demo-small"}', mtime=0),
             {"content-encoding": "gzip"},
             400,
             "model_required",
