@@ -254,7 +254,6 @@ def _ext_proc(
     }
 
 
-EDIT_FILTER_METADATA = {"key": "x-extauthz-filter", "value": "edit"}  # names it to extauthz
 
 
 def stream_usage_filter(cluster: str = "extauthz") -> dict[str, Any]:
@@ -270,7 +269,7 @@ def stream_usage_filter(cluster: str = "extauthz") -> dict[str, Any]:
         STREAM_USAGE_FILTER,
         cluster,
         "BUFFERED",
-        {"initial_metadata": [EDIT_FILTER_METADATA]},
+        {"initial_metadata": [{"key": "x-extauthz-filter", "value": "edit"}]},  # names it
         failure_mode_allow=False,
         status_on_error={"code": 503},
         allow_mode_override=True,

@@ -341,7 +341,10 @@ def banner(stack: Stack, demo: dict[str, tokens.IssuedToken]) -> str:
 
     def llm_curl(model: str) -> str:
         body = json.dumps({"model": model, "messages": []})
-        return f"curl -i -H \"Authorization: Bearer $LLM\" -d '{body}' {ext}/v1/chat/completions"
+        return (
+            f"curl -i -H \"Authorization: Bearer $LLM\" -H 'Content-Type: application/json' "
+            f"-d '{body}' {ext}/v1/chat/completions"
+        )
 
     return f"""\
 extauthz local stack is up (logs in {stack.state_dir}); Ctrl-C stops it.

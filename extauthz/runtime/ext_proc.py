@@ -300,6 +300,12 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         chunk has that chunk taken out of the reply after the counting filter read it; any
         other request is let go after its body (a clean close: Envoy goes on without us),
         and one with nothing to set at its headers."""
+        kind = first.WhichOneof("request")
+        if kind != "request_headers":  # (a local reply, such as a denial: nothing to edit)
+            default = _ANSWERS.get(kind or "")
+            if default is not None and not first.observability_mode:
+                yield default
+            return  # (a clean close: Envoy goes on without us)
         headers = first.request_headers.headers.headers
         pairs = _edits(_metadata(first))
         if not pairs:

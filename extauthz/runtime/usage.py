@@ -135,12 +135,13 @@ class UsageMeter:
             if refused:
                 self.refused += refused
                 log.warning("usage: Redis refused %d counts (a usage key edited by hand?)", refused)
-        if last:
+        parts = _parts(last)  # (100k last-used times in one ZADD outlast any timeout)
+        for done, part in enumerate(parts):
             try:
-                self.store.raise_last_used(last)
+                self.store.raise_last_used(part)
             except StoreError as e:
                 log.warning("last-used times not written (kept for the next flush): %s", e)
-                self._keep([], last)
+                self._keep([], {k: v for rest in parts[done:] for k, v in rest.items()})
                 return False
         return True
 

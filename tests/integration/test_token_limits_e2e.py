@@ -60,18 +60,27 @@ def chat(c: openai.OpenAI, **extra: Any) -> Any:
     )
 
 
-def test_a_token_with_50_a_minute_gets_429_after_two_chat_calls(stack: Stack) -> None:
+def bound_of(stack: Stack, **extra: Any) -> int:
+    """What one `chat(**extra)` reserves (its body's bytes + its cap), read off the remaining
+    tokens a first call under a large limit is told."""
+    answer = chat(client(stack, "1000000/m"), **extra)
+    return 1_000_000 - int(answer.headers["x-ratelimit-remaining-tokens"])
+
+
+def test_a_token_gets_429_before_the_model_once_its_window_cannot_hold_a_bound(
+    stack: Stack,
+) -> None:
     within_one_minute(20)
-    c = client(stack, "50/m")
-    first = chat(c)
+    bound = bound_of(stack, max_tokens=10)
+    c = client(stack, f"{bound + 37}/m")  # room for the first two (25 each), not a third
+    first = chat(c, max_tokens=10)
     assert first.parse().usage.total_tokens == 25
-    assert first.headers["x-ratelimit-limit-tokens"] == "50"
-    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 49  # (1 reserved)
-    second = chat(c)
-    assert second.parse().usage.total_tokens == 25
-    assert int(second.headers["x-ratelimit-remaining-tokens"]) <= 25  # the first's 25 counted
+    assert first.headers["x-ratelimit-limit-tokens"] == str(bound + 37)
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 37  # (the bound reserved)
+    time.sleep(0.5)  # (ext_proc settles the reservation as the response ends)
+    assert chat(c, max_tokens=10).parse().usage.total_tokens == 25
     with pytest.raises(openai.RateLimitError) as refused:
-        chat(c)
+        chat(c, max_tokens=10)
     response = refused.value.response
     assert response.json()["error"] == "token_limit_reached"
     assert 1 <= int(response.headers["retry-after"]) <= 60
@@ -90,29 +99,38 @@ def test_a_bound_is_reserved_and_what_was_not_used_comes_back(stack: Stack) -> N
         return int(chat(c, max_tokens=100).headers["x-ratelimit-remaining-tokens"])
 
     wait_for(lambda: remaining() > before - 100, 10, "the reservation to be settled")
-    # a reservation that can never fit is refused before the model
-    with pytest.raises(openai.RateLimitError) as refused:
+    # a reservation that can never fit is refused before the model, and not to be retried
+    with pytest.raises(openai.APIStatusError) as refused:
         chat(c, max_tokens=5000)
-    assert refused.value.response.json()["error"] == "token_limit_reached"
+    assert refused.value.status_code == 413
+    assert refused.value.response.json()["error"] == "request_too_large"
+    assert "retry-after" not in refused.value.response.headers
+    with pytest.raises(openai.APIStatusError) as capless:  # 4096 added: over 2000 alone
+        chat(c)
+    assert capless.value.status_code == 413
 
 
 def test_tokens_the_stream_used_are_counted_and_usage_shows_them(stack: Stack) -> None:
     within_one_minute(20)
-    c = client(stack, "60/m")
+    bound = bound_of(stack, max_tokens=10)
+    c = client(stack, f"{bound + 37}/m")
     messages: Any = [{"role": "user", "content": PROMPT}]
     stream = c.chat.completions.create(
-        model="demo-small", messages=messages, stream=True, stream_options={"include_usage": True}
+        model="demo-small",
+        messages=messages,
+        stream=True,
+        stream_options={"include_usage": True},
+        max_tokens=10,
     )
-    assert sum(1 for _ in stream) > 4
-    first = chat(c)  # 25 more: 50
-    assert first.parse().usage.total_tokens == 25
-    # 50 used once both are settled: the next may pass (to 75) only while one is not yet
-    wait_for(lambda: _refused(c), 10, "a third call to be refused under 60/m")
+    chunks = list(stream)
+    assert len(chunks) > 4 and chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens == 25
+    wait_for(lambda: _refused(c), 10, "a call to be refused once the stream and one call used 50")
 
 
 def _refused(c: openai.OpenAI) -> bool:
     try:
-        chat(c)
+        chat(c, max_tokens=10)
     except openai.RateLimitError:
         return True
     return False
@@ -145,14 +163,17 @@ def test_a_caller_hopping_between_two_tokens_is_charged_to_each_as_it_used_it(
     stack: Stack,
 ) -> None:
     within_one_minute(20)
-    a, b = client(stack, "50/m"), client(stack, "50/m")
+    bound = bound_of(stack, max_tokens=10)
+    limit = f"{bound + 37}/m"  # two calls of 25, not a third
+    a, b = client(stack, limit), client(stack, limit)
     for c in (a, b, a, b):  # 25 tokens each call: both tokens reach their 50
-        chat(c)
+        chat(c, max_tokens=10)
+        time.sleep(0.2)  # (the response settled before the next call)
     for c in (a, b):
         with pytest.raises(openai.RateLimitError):
-            chat(c)
-    fresh = client(stack, "50/m")  # a third token is not touched by the others' counts
-    assert int(chat(fresh).headers["x-ratelimit-remaining-tokens"]) == 49
+            chat(c, max_tokens=10)
+    fresh = client(stack, limit)  # a third token is not touched by the others' counts
+    assert int(chat(fresh, max_tokens=10).headers["x-ratelimit-remaining-tokens"]) == 37
 
 
 @pytest.fixture(scope="module")

@@ -294,3 +294,13 @@ def test_a_gzip_response_is_not_counted_and_keeps_its_reservation(store: Store) 
     # the 600 stay taken: only 400 are left for this window
     again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=401)
     assert limiter.admit(again, START + 1).status == 429
+
+
+def test_a_denial_passing_the_editing_filter_is_answered_in_kind() -> None:
+    """ext_authz's local reply (a 403) reaches the editing filter as response headers: the
+    answer must be a response-headers one (any other is an error, and the filter fails
+    closed)."""
+    processor = UsageProcessor(None, None, 0)
+    denied = _response_headers(b"403", b"application/json")
+    (answer,) = processor.Process(iter([denied]), EDITING)
+    assert answer.WhichOneof("response") == "response_headers"
