@@ -3,9 +3,10 @@ strictly, and model name patterns.
 
 A limit is a promise about what the model server does, so a request is refused wherever a
 server could read it otherwise than extauthz does (docs/llm.md, "What a limit promises"):
-- one place names the model: the top-level string `"model"` of a JSON body (content type
-  absent or application/json), once; never a query parameter, never a top-level key that
-  case-folds to one extauthz reads (Go servers match JSON keys without case);
+- one place names the model: the top-level string `"model"` of a JSON body (Content-Type
+  application/json; a gateway that does not forward the header fails closed), once; never
+  a query parameter, never a top-level key that case-folds to one extauthz reads (Go
+  servers match JSON keys without case);
 - no value a server could coerce: `stream` a boolean, output caps and choices whole numbers
   from 1, a completions `prompt` of its documented shapes; `null` is absent;
 - only the endpoints of the shapes table (core/llm_shapes.py).
@@ -123,11 +124,11 @@ def read_model_request(
     body: bytes,
     method: str = "POST",
     path: str = "/v1/chat/completions",
-    content_type: str | None = None,
+    content_type: str | None = "application/json",
 ) -> LlmRequest:
     """What a request to an `api: openai` route asks for (see the module docstring). The
     body must be UTF-8 JSON text, without a byte order mark; `content_type`: its header
-    (None: absent)."""
+    (None: absent, refused)."""
     shape = shape_of(method, path)
     if shape is None:
         return _refused(UNKNOWN_ENDPOINT, f"an api: openai route serves {ENDPOINTS}")
@@ -138,8 +139,8 @@ def read_model_request(
         if body.strip(_WS):
             return _refused(INVALID, f"{method} {MODELS.path} takes no body")
         return NO_MODEL_NEEDED
-    if content_type is not None and not _is_json(content_type):
-        return _refused(MEDIA_TYPE, "send the body as JSON (Content-Type: application/json)")
+    if content_type is None or not _is_json(content_type):  # (absent: a gateway may not say)
+        return _refused(MEDIA_TYPE, "send the body as JSON with Content-Type: application/json")
     if not body.strip(_WS):
         return LlmRequest(None, error=NO_BODY)
     reads = _reads(shape)

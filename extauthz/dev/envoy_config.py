@@ -254,8 +254,6 @@ def _ext_proc(
     }
 
 
-
-
 def stream_usage_filter(cluster: str = "extauthz") -> dict[str, Any]:
     """The body-editing filter, before the counting one, on LLM routes only, named to
     extauthz by its gRPC initial metadata (`x-extauthz-filter: edit`): as ext_authz's
@@ -361,6 +359,7 @@ def ext_authz_filter(
                 "patterns": [
                     *({"exact": header} for header in request_headers()),
                     {"exact": "x-request-id"},  # quoted in denial bodies and log lines
+                    {"exact": "content-type"},  # LLM routes read JSON bodies only
                     {"prefix": "x-extauthz-"},
                 ]
             },

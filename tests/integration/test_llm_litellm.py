@@ -7,6 +7,8 @@ requirements/litellm.lock, made by scripts/install-deps.sh)."""
 from __future__ import annotations
 
 import dataclasses
+import http.client
+import json
 import os
 import subprocess
 import time
@@ -207,3 +209,66 @@ def test_tokens_counted_equal_litellms_own_usage(gateway: tuple[Stack, int]) -> 
         wait_for(lambda: charged() == expected, 10, "the charged tokens")
     except TimeoutError:
         assert charged() == expected
+
+
+def _post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        connection.request("POST", path, body, headers)
+        response = connection.getresponse()
+        data = response.read()
+    finally:
+        connection.close()
+    try:
+        return response.status, json.loads(data)
+    except ValueError:
+        return response.status, data
+
+
+FORM = "application/x-www-form-urlencoded"  # (curl -d's content type)
+SMUGGLED = [  # a demo-small token asking LiteLLM for demo-large, each another way
+    ("/v1/completions", FORM,
+     b'{"model":"demo-small","x":"&model=demo-large&prompt=hi&y=","prompt":"hi"}',
+     415, "unsupported_media_type"),
+    ("/v1/chat/completions?model=demo-large", "application/json",
+     b'{"model":"demo-small","messages":[{"role":"user","content":"hi"}]}', 400, "invalid_request"),
+    ("/v1/chat/completions?Model=demo-large", "application/json",
+     b'{"model":"demo-small","messages":[{"role":"user","content":"hi"}]}', 400, "invalid_request"),
+    ("/v1/chat/completions", "application/json",
+     b'{"model":"demo-small","MODEL":"demo-large","messages":[{"role":"user","content":"hi"}]}',
+     400, "invalid_request"),
+    ("/v1/engines/demo-large/chat/completions", "application/json",
+     b'{"model":"demo-small","messages":[{"role":"user","content":"hi"}]}', 404, "unknown_endpoint"),
+    ("/v1/chat/completions", "application/json",
+     b'{"model":"demo-small","stream":"true","messages":[{"role":"user","content":"hi"}]}',
+     400, "invalid_request"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "content_type", "body", "status", "error"), SMUGGLED)
+def test_another_place_naming_the_model_is_refused_before_litellm(
+    gateway: tuple[Stack, int],
+    litellm: int,
+    path: str,
+    content_type: str,
+    body: bytes,
+    status: int,
+    error: str,
+) -> None:
+    stack, port = gateway
+    token = tokens.create(stack.store(), ["llm"], models=["demo-small"], now=time.time()).token
+    headers = {"authorization": f"Bearer {token}", "content-type": content_type}
+    code, answer = _post(port, path, body, headers)
+    assert isinstance(answer, dict) and (code, answer.get("error")) == (status, error), answer
+    assert answer["message"]  # (it says what to change)
+
+
+def test_litellm_itself_reads_the_model_from_those_places(litellm: int) -> None:
+    """Without extauthz in front, LiteLLM serves demo-large for the form body and the query
+    (what the test above refuses is a real way around a model allow-list)."""
+    form, query = SMUGGLED[0], SMUGGLED[1]
+    served = []
+    for path, content_type, body, _, _ in (form, query):
+        code, answer = _post(litellm, path, body, {"content-type": content_type})
+        served.append((code, answer.get("model") if isinstance(answer, dict) else answer))
+    assert any(model and "demo-large" in str(model) for _, model in served), served

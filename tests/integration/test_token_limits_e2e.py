@@ -64,6 +64,9 @@ def bound_of(stack: Stack, **extra: Any) -> int:
     """What one `chat(**extra)` reserves (its body's bytes + its cap), read off the remaining
     tokens a first call under a large limit is told."""
     answer = chat(client(stack, "1000000/m"), **extra)
+    parsed = answer.parse()
+    if extra.get("stream"):
+        list(parsed)  # (read to its end)
     return 1_000_000 - int(answer.headers["x-ratelimit-remaining-tokens"])
 
 
@@ -110,22 +113,31 @@ def test_a_bound_is_reserved_and_what_was_not_used_comes_back(stack: Stack) -> N
     assert capless.value.status_code == 413
 
 
-def test_tokens_the_stream_used_are_counted_and_usage_shows_them(stack: Stack) -> None:
+def test_a_stream_is_charged_its_usage_or_if_it_hides_it_its_whole_bound(stack: Stack) -> None:
     within_one_minute(20)
-    bound = bound_of(stack, max_tokens=10)
-    c = client(stack, f"{bound + 37}/m")
-    messages: Any = [{"role": "user", "content": PROMPT}]
-    stream = c.chat.completions.create(
-        model="demo-small",
-        messages=messages,
-        stream=True,
-        stream_options={"include_usage": True},
-        max_tokens=10,
+    hide: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": False}}
+    hidden_bound = bound_of(stack, max_tokens=10, **hide)
+    assert hidden_bound > bound_of(stack, max_tokens=10)  # (a longer body than a chat call's)
+    # it shows its usage: charged 25, a chat call fits after it
+    shown = client(stack, f"{hidden_bound + 37}/m")
+    chunks = list(
+        shown.chat.completions.create(
+            model="demo-small",
+            messages=[{"role": "user", "content": PROMPT}],
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=10,
+        )
     )
-    chunks = list(stream)
-    assert len(chunks) > 4 and chunks[-1].usage is not None
-    assert chunks[-1].usage.total_tokens == 25
-    wait_for(lambda: _refused(c), 10, "a call to be refused once the stream and one call used 50")
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 25
+    time.sleep(0.5)  # (settled as the stream ends)
+    assert chat(shown, max_tokens=10).parse().usage.total_tokens == 25
+    # it hides its usage (the model still served 25): charged its whole bound, no room left
+    hiding = client(stack, f"{hidden_bound + 37}/m")
+    assert sum(1 for _ in chat(hiding, max_tokens=10, **hide).parse()) > 1
+    time.sleep(0.5)
+    with pytest.raises(openai.RateLimitError):
+        chat(hiding, max_tokens=10)
 
 
 def _refused(c: openai.OpenAI) -> bool:

@@ -44,6 +44,7 @@ from extauthz.storage.token_index import TokenIndex
 
 START = 1_800_000_000.0  # an aligned minute (and hour)
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+JSON = "application/json"
 RESPONSES, EMBEDDINGS = "/v1/responses", "/v1/embeddings"
 
 
@@ -337,7 +338,7 @@ def test_remaining_tokens_never_exceed_the_limit(steps: list[tuple[int, int]]) -
 
 def _decided(route: str, body: bytes, path: str = "/v1/chat/completions", **kw: Any) -> Decision:
     record = TokenRecord("t1", frozenset({"*"}), frozenset(), token_limit=kw.pop("limit", None))
-    llm = read_model_request(body, "POST", path, kw.pop("content_type", None))
+    llm = read_model_request(body, "POST", path, kw.pop("content_type", "application/json"))
     facts = RequestFacts(route, authorization=f"Bearer {SECRET}", llm=llm)
     return decide(facts, POLICY, _lookup(record), START)
 
@@ -369,11 +370,11 @@ def test_a_request_whose_bound_alone_is_over_a_limit_is_413_without_retry_after(
 @pytest.mark.parametrize(
     ("path", "content_type", "status", "reason"),
     [
-        ("/v1/chat/completions?model=big", None, 400, "invalid_request"),
-        ("/v1/chat/completions?x=1&MODEL=big", None, 400, "invalid_request"),
-        ("/v1/chat/completions?%6Dodel=big", None, 400, "invalid_request"),
-        ("/v1/chat/completions?model[]=big", None, 400, "invalid_request"),
-        ("/v1/chat/completions;model=big", None, 404, "unknown_endpoint"),
+        ("/v1/chat/completions?model=big", JSON, 400, "invalid_request"),
+        ("/v1/chat/completions?x=1&MODEL=big", JSON, 400, "invalid_request"),
+        ("/v1/chat/completions?%6Dodel=big", JSON, 400, "invalid_request"),
+        ("/v1/chat/completions?model[]=big", JSON, 400, "invalid_request"),
+        ("/v1/chat/completions;model=big", JSON, 404, "unknown_endpoint"),
         ("/v1/chat/completions?api-version=1", "application/json; charset=utf-8", 200, "granted"),
         ("/v1/chat/completions", "APPLICATION/JSON", 200, "granted"),
         (
@@ -385,10 +386,11 @@ def test_a_request_whose_bound_alone_is_over_a_limit_is_413_without_retry_after(
         ("/v1/chat/completions", "multipart/form-data; boundary=x", 415, "unsupported_media_type"),
         ("/v1/chat/completions", "application/json,text/plain", 415, "unsupported_media_type"),
         ("/v1/chat/completions", "", 415, "unsupported_media_type"),
-        ("/openai/deployments/big/chat/completions", None, 404, "unknown_endpoint"),
-        ("/v1/engines/big/chat/completions", None, 404, "unknown_endpoint"),
-        ("/v1//chat/completions", None, 404, "unknown_endpoint"),
-        ("/v1/chat%2Fcompletions", None, 404, "unknown_endpoint"),
+        ("/v1/chat/completions", None, 415, "unsupported_media_type"),  # (or not forwarded)
+        ("/openai/deployments/big/chat/completions", JSON, 404, "unknown_endpoint"),
+        ("/v1/engines/big/chat/completions", JSON, 404, "unknown_endpoint"),
+        ("/v1//chat/completions", JSON, 404, "unknown_endpoint"),
+        ("/v1/chat%2Fcompletions", JSON, 404, "unknown_endpoint"),
     ],
 )
 def test_one_place_names_the_model(
