@@ -80,7 +80,9 @@ def check_request(token: str, body: bytes) -> Any:
     request = CheckRequest()
     http = request.attributes.request.http
     http.method, http.path, http.host = "POST", "/v1/chat/completions", "llm.example.com"
-    http.headers.update({":method": "POST", "authorization": f"Bearer {token}"})
+    http.headers.update(
+        {":method": "POST", "authorization": f"Bearer {token}", "content-type": "application/json"}
+    )
     http.raw_body = body
     request.attributes.context_extensions["route"] = "llm"
     request.attributes.source.address.socket_address.address = "127.0.0.1"

@@ -80,9 +80,10 @@ class Settings:
     workers: int = setting(0, "processes sharing the port; 0: one per CPU", zero_ok=True)
     threads: int = setting(2, "gRPC handler threads per process")
     ext_proc_streams: int = setting(
-        32,
-        "LLM responses counted at once per process (Envoy's ext_proc streams; each holds a "
-        "thread of its own, never one of --threads); 0: none",
+        256,
+        "LLM responses followed at once per process (Envoy's ext_proc streams; each holds a "
+        "thread of its own, never one of --threads; past them LLM requests get 503 "
+        "counting_unavailable); 0: none",
         zero_ok=True,
     )
     log_format: str = setting("text", "log lines as text or JSON", choices=("text", "json"))

@@ -61,6 +61,8 @@ log = logging.getLogger("extauthz.llm")
 EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 FILTER_METADATA = "x-extauthz-filter"  # gRPC initial metadata: "edit" names the editing filter
 EDIT_FILTER = "edit"
+# free stream slots an LLM request needs at the editing filter: its own edit and its count
+_ROOM = 2
 WARN_EVERY = 60.0  # seconds between warnings about responses not counted
 _ANSWERS = {  # a message's field → the answer Envoy waits for outside observability mode
     "request_headers": pb.ProcessingResponse(request_headers=pb.HeadersResponse()),
@@ -231,10 +233,26 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.metrics = metrics
         self.token_limiter = token_limiter
         self.clock = clock
-        self._slots = threading.BoundedSemaphore(max_streams)
+        self._free = max_streams  # streams that may still be followed (under _lock)
         self._missed: dict[str, int] = {}  # uncounted responses since the last warning
         self._warned_at = -WARN_EVERY
         self._lock = threading.Lock()
+
+    def _take(self) -> bool:
+        """A stream slot, if one is free."""
+        with self._lock:
+            if self._free <= 0:
+                return False
+            self._free -= 1
+            return True
+
+    def _give(self) -> None:
+        with self._lock:
+            self._free += 1
+
+    def _free_streams(self) -> int:
+        with self._lock:
+            return self._free
 
     def _uncounted(self, reason: str) -> None:
         """A response whose tokens are not counted: the metric, and a warning at most once a
@@ -273,7 +291,7 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         """The counting filter: charge what the response used when it ends, or what passed
         when Envoy resets the stream. Outside observability mode every message is answered
         as it comes (nothing changed)."""
-        if not self._slots.acquire(blocking=False):
+        if not self._take():
             self._uncounted("too_many_streams")  # (its reservation stays charged)
             return  # (a clean close: Envoy goes on without us)
         exchange = Exchange()
@@ -291,7 +309,7 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 if message is None:
                     break
         finally:
-            self._slots.release()
+            self._give()
             self._charge(exchange)
 
     def _edit_body(self, first: Any, requests: Iterator[Any]) -> Iterator[Any]:
@@ -307,11 +325,17 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 yield default
             return  # (a clean close: Envoy goes on without us)
         headers = first.request_headers.headers.headers
-        pairs = _edits(_metadata(first))
+        fields = _metadata(first)
+        pairs = _edits(fields)
+        if fields.get("model") and self._free_streams() < _ROOM:
+            # (this process could not follow its response: refused before the model)
+            self._uncounted("too_many_streams")
+            yield _COUNTING_UNAVAILABLE
+            return
         if not pairs:
             yield _LET_GO
             return
-        if not self._slots.acquire(blocking=False):
+        if not self._take():
             self._uncounted("too_many_streams")
             yield _COUNTING_UNAVAILABLE  # (never served without its cap or its usage)
             return
@@ -345,7 +369,7 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     if default is not None:
                         yield default
         finally:
-            self._slots.release()
+            self._give()
 
     def _charge(self, exchange: Exchange) -> None:
         used = exchange.usage()

@@ -362,9 +362,8 @@ def test_the_create_dialog_picks_llm_models(stack: Stack, browser: Any) -> None:
 
     def chat(model: str) -> int:
         body = json.dumps({"model": model, "messages": []}).encode()
-        return request(
-            stack.ports.external.port, "/v1/chat/completions", "POST", bearer(secret), body
-        )[0]
+        headers = {**bearer(secret), "Content-Type": "application/json"}
+        return request(stack.ports.external.port, "/v1/chat/completions", "POST", headers, body)[0]
 
     assert chat("demo-small") == 200 and chat("demo-large") == 403
     page("#secret-dialog [data-close]").click()

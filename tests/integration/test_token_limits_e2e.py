@@ -212,6 +212,8 @@ def test_a_route_default_cap_reaches_the_model_and_bounds_the_reservation(
     assert int(capped.headers["x-ratelimit-remaining-tokens"]) < 2000 - 2 - len(PROMPT)
     own = chat(c, max_tokens=3)  # names its own: left as it is
     assert own.parse().usage.completion_tokens == 3
+    unset = chat(c, extra_body={"max_tokens": None})  # null is no cap: the default replaces it
+    assert unset.parse().usage.completion_tokens == 2
     streamed = list(
         c.chat.completions.create(
             model="demo-small", messages=[{"role": "user", "content": PROMPT}], stream=True

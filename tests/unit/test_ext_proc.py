@@ -190,8 +190,15 @@ def test_the_editing_filter_fails_closed() -> None:
     processor = UsageProcessor(None, None, 4)
     answers = list(processor.Process(iter([*asked, _body("request_body", b"[1]")]), EDITING))
     assert answers[-1].immediate_response.status.code == 503
-    # nothing to set: let go at the headers, no stream slot needed
+    # no room to follow its response: refused before the model, even with nothing to set
     (answer,) = full.Process(iter([_request_headers({"model": "m"})]), EDITING)
+    assert answer.immediate_response.status.code == 503
+    (answer,) = UsageProcessor(None, None, 1).Process(
+        iter([_request_headers({"model": "m"})]), EDITING
+    )
+    assert answer.immediate_response.status.code == 503  # (its count needs one, the edit one)
+    # no model (GET /v1/models): nothing to count, let go at the headers
+    (answer,) = full.Process(iter([_request_headers({"route": "llm"})]), EDITING)
     assert answer.mode_override.response_body_mode == mode_pb.ProcessingMode.NONE
 
 

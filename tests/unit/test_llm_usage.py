@@ -4,9 +4,11 @@ chunk, lying usage objects, odd streams."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
+from extauthz.core import llm_usage as usage_module
 from extauthz.core.llm import set_top_level
 from extauthz.core.llm_usage import (
     ASK_FOR_USAGE,
@@ -158,3 +160,26 @@ def test_other_events_pass_untouched() -> None:
     remover = UsageChunkRemover()
     assert remover.feed(long) == long
     assert remover.feed(_sse(ASKED)) == _sse(ASKED)
+
+
+def test_the_remover_searches_each_byte_once_whatever_the_pieces() -> None:
+    """1 MiB without an event's end, in 16-byte pieces: each byte is searched once (the
+    held event was searched again on every piece: 65,536 pieces x up to 1 MiB each)."""
+    searched = 0
+    real = usage_module._EVENT_END
+
+    class Counting:
+        def search(self, data: bytearray, start: int) -> Any:
+            nonlocal searched
+            searched += len(data) - start
+            return real.search(data, start)
+
+    usage_module._EVENT_END = Counting()  # type: ignore[assignment]
+    try:
+        remover = UsageChunkRemover()
+        piece = b"data: " + b"x" * 10
+        for _ in range((1 << 20) // len(piece)):
+            remover.feed(piece)
+    finally:
+        usage_module._EVENT_END = real
+    assert searched <= 4 * (1 << 20)
