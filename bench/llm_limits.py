@@ -13,6 +13,11 @@ admitted in; the window's total is the sum of its requests' real usage.
     python bench/llm_limits.py [--processes 3] [--streams 8] [--limit 2000] [--windows 2]
                                [--load 2] [--json FILE]
 
+`--hostile` plays clients that try every way around a limit instead (no cap, a `null` cap,
+`n`, a stream that hides its usage, coerced or case-folded caps, a model in the query); the
+simulated model server is lenient (it writes as much as the cap it reads allows: 2,000
+tokens an answer) and a request is counted by what it served, not by what was reported.
+
 Then a warm-path row: a limit nobody reaches (10^9/d), the same clients unthrottled for
 `--warm-seconds`: Redis commands per LLM request (Redis's own count of commands processed,
 less what the servers send when idle for as long: polls and heartbeats).
@@ -76,10 +81,47 @@ def chat_body(rng: random.Random) -> tuple[bytes, int]:
     return json.dumps(body).encode(), cap
 
 
-def check_request(token: str, body: bytes) -> Any:
+TRICKS = ("no_cap", "null_cap", "choices", "hidden_usage", "coerced", "case_key", "query")
+LONG_ANSWER = 2000  # tokens the lenient server writes for a hostile prompt, cap allowing
+
+
+def hostile_body(rng: random.Random) -> tuple[bytes, str, str]:
+    """A request trying one of TRICKS: (body, path, trick)."""
+    trick = rng.choice(TRICKS)
+    prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60)))
+    body: dict[str, Any] = {"model": "demo", "messages": [{"role": "user", "content": prompt}]}
+    cap = rng.randint(32, 128)
+    path = "/v1/chat/completions"
+    if trick == "null_cap":
+        body["max_tokens"] = None
+    elif trick == "choices":
+        body.update(max_tokens=cap, n=3)
+    elif trick == "hidden_usage":
+        body.update(max_tokens=cap, stream=True, stream_options={"include_usage": False})
+    elif trick == "coerced":
+        body.update(max_tokens=float(cap))
+    elif trick == "case_key":
+        body.update(max_tokens=cap, MAX_TOKENS=100_000)
+    elif trick == "query":
+        body["max_tokens"] = cap
+        path += "?max_tokens=100000&model=demo-large"
+    return json.dumps(body).encode(), path, trick
+
+
+def served_by_lenient_server(body: bytes, edit: dict[str, Any]) -> int:
+    """What a lenient server writes for a body extauthz let through (and edited as `edit`
+    says): as much as the cap it reads allows, for each of its `n` choices."""
+    fields = {**json.loads(body), **{k: v for k, v in edit.items() if k != "stream_options"}}
+    prompt = len(fields["messages"][0]["content"].split()) + 4
+    cap = fields.get("max_tokens")
+    answer = LONG_ANSWER if cap is None else min(LONG_ANSWER, int(cap))
+    return prompt + answer * int(fields.get("n") or 1)
+
+
+def check_request(token: str, body: bytes, path: str = "/v1/chat/completions") -> Any:
     request = CheckRequest()
     http = request.attributes.request.http
-    http.method, http.path, http.host = "POST", "/v1/chat/completions", "llm.example.com"
+    http.method, http.path, http.host = "POST", path, "llm.example.com"
     http.headers.update(
         {":method": "POST", "authorization": f"Bearer {token}", "content-type": "application/json"}
     )
@@ -89,16 +131,22 @@ def check_request(token: str, body: bytes) -> Any:
     return request
 
 
-def response_messages(metadata: Any, usage: dict[str, Any], chunks: int = 1) -> Iterator[Any]:
+def response_messages(
+    metadata: Any, usage: dict[str, Any] | None, chunks: int = 1
+) -> Iterator[Any]:
     """What Envoy's ext_proc filter sends for a JSON response (observability mode): the
-    headers with ext_authz's dynamic metadata, then the body in `chunks` pieces."""
+    headers with ext_authz's dynamic metadata, then the body in `chunks` pieces (without a
+    `usage` when None)."""
     context = ext_proc_pb.ProcessingRequest(observability_mode=True)
     context.metadata_context.filter_metadata[EXT_AUTHZ_NAMESPACE].CopyFrom(metadata)
     headers = context.response_headers.headers.headers
     headers.add(key=":status", raw_value=b"200")
     headers.add(key="content-type", raw_value=b"application/json")
     yield context
-    body = json.dumps({"object": "chat.completion", "usage": usage}).encode()
+    reply: dict[str, Any] = {"object": "chat.completion"}
+    if usage is not None:
+        reply["usage"] = usage
+    body = json.dumps(reply).encode()
     step = -(-len(body) // chunks)
     for i in range(0, len(body), step):
         message = ext_proc_pb.ProcessingRequest(observability_mode=True)
@@ -110,6 +158,7 @@ def response_messages(metadata: Any, usage: dict[str, Any], chunks: int = 1) -> 
 @dataclass
 class Result:
     admitted: list[tuple[float, int]] = field(default_factory=list)  # (admitted at, used)
+    tricks: dict[str, int] = field(default_factory=dict)  # hostile: admitted per trick
     refused: int = 0
     errors: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -155,9 +204,11 @@ def client(
     generation: float,
     result: Result,
     seed: int,
+    hostile: bool = False,
 ) -> None:
     """One client thread: a request every `interval` seconds (exponential gaps; 0: back to
-    back) to process `me`; allowed ones settle `generation` seconds later at any process."""
+    back) to process `me`; allowed ones settle `generation` seconds later at any process.
+    `hostile`: requests from hostile_body, served by a lenient server."""
     rng = random.Random(seed)
     check = cluster.checks[me]
     next_at = time.time()
@@ -170,9 +221,13 @@ def client(
         now = time.time()
         if now >= until:
             return
-        body, cap = chat_body(rng)
+        trick, path = "", "/v1/chat/completions"
+        if hostile:
+            body, path, trick = hostile_body(rng)
+        else:
+            body, cap = chat_body(rng)
         try:
-            answer = check.Check(check_request(cluster.token, body), timeout=5)
+            answer = check.Check(check_request(cluster.token, body, path), timeout=5)
         except grpc.RpcError:
             with result.lock:
                 result.errors += 1
@@ -182,24 +237,41 @@ def client(
                 result.refused += 1
             continue
         prompt = len(json.loads(body)["messages"][0]["content"].split()) + 4
-        usage = {"prompt_tokens": prompt, "completion_tokens": rng.randint(cap // 2, cap)}
+        if hostile:
+            edit = json.loads(answer.dynamic_metadata.fields["edit"].string_value or "{}")
+            used = served_by_lenient_server(body, edit)
+            usage: dict[str, Any] | None = {
+                "prompt_tokens": prompt,
+                "completion_tokens": used - prompt,
+            }
+            if trick == "hidden_usage":
+                usage = None
+        else:
+            usage = {"prompt_tokens": prompt, "completion_tokens": rng.randint(cap // 2, cap)}
+            used = prompt + usage["completion_tokens"]
         time.sleep(generation)
         processor = rng.choice(cluster.processors)
         for _ in processor.Process(response_messages(answer.dynamic_metadata, usage), timeout=5):
             pass
         with result.lock:
-            result.admitted.append((now, usage["prompt_tokens"] + usage["completion_tokens"]))
+            result.admitted.append((now, used))
+            result.tricks[trick] = result.tricks.get(trick, 0) + 1
 
 
 def drive(
-    cluster: Cluster, streams: int, seconds: float, interval: float, generation: float
+    cluster: Cluster,
+    streams: int,
+    seconds: float,
+    interval: float,
+    generation: float,
+    hostile: bool = False,
 ) -> Result:
     result = Result()
     until = time.time() + seconds
     threads = [
         threading.Thread(
             target=client,
-            args=(cluster, p, until, interval, generation, result, p * 1000 + s),
+            args=(cluster, p, until, interval, generation, result, p * 1000 + s, hostile),
         )
         for p in range(len(cluster.checks))
         for s in range(streams)
@@ -219,17 +291,25 @@ def per_window(result: Result, seconds: int) -> dict[int, int]:
 
 
 def reservation_row(
-    work: Path, processes: int, streams: int, limit: int, windows: int, load: float
+    work: Path,
+    processes: int,
+    streams: int,
+    limit: int,
+    windows: int,
+    load: float,
+    hostile: bool = False,
 ) -> dict[str, Any]:
     """P processes x S streams against `limit`/m for `windows` whole minutes at `load` times
     the limit: the tokens of each window, the most over the limit, the least used."""
     cluster = Cluster(work, processes, f"{limit}/m")
     try:
         mean_used = 4 + 40 + 80 * 0.75  # (prompt words + template, completion ~ 3/4 of the cap)
+        if hostile:
+            mean_used = 600  # (a mix of refused tricks and answers up to the cap they get)
         requests_per_second = load * limit / 60 / mean_used
         interval = processes * streams / requests_per_second
         time.sleep(60 - time.time() % 60)  # from a window's start
-        result = drive(cluster, streams, windows * 60 - 0.5, interval, 0.2)
+        result = drive(cluster, streams, windows * 60 - 0.5, interval, 0.2, hostile)
     finally:
         cluster.close()
     totals = per_window(result, 60)
@@ -238,6 +318,8 @@ def reservation_row(
         "streams": streams,
         "limit": f"{limit}/m",
         "load": load,
+        "hostile": hostile,
+        "admitted_per_trick": result.tricks,
         "window_totals": sorted(totals.values()),
         "overshoot": max(0, max(totals.values(), default=0) - limit),
         "least_used": min(totals.values(), default=0) / limit,
@@ -280,13 +362,14 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=2)
     parser.add_argument("--load", type=float, default=2.0)
     parser.add_argument("--warm-seconds", type=float, default=10.0)
+    parser.add_argument("--hostile", action="store_true", help="clients that try every trick")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         warm = warm_row(work, args.processes, args.streams, args.warm_seconds)
         limited = reservation_row(
-            work, args.processes, args.streams, args.limit, args.windows, args.load
+            work, args.processes, args.streams, args.limit, args.windows, args.load, args.hostile
         )
     data = {"reservation": limited, "warm": warm}
     print(json.dumps(data, indent=2))

@@ -149,3 +149,26 @@ def test_three_processes_never_pass_the_limit_and_use_most_of_it(tmp_path: Path)
     assert total <= limit, "a window's tokens passed the limit"
     assert total >= 0.8 * limit, f"only {total} of {limit} used at twice the load"
     assert taken == [total]  # Redis holds what was used: nothing leased is left unaccounted
+
+
+def test_hostile_clients_across_three_processes_never_get_more_than_the_limit_served(
+    tmp_path: Path,
+) -> None:
+    """Every trick at once (no cap, a null cap, n, a stream hiding its usage, coerced and
+    case-folded caps, a model in the query) at twice the load, against a lenient server that
+    writes as much as the cap it reads allows: what it served in the window stays under N."""
+    limit, seconds = 20_000, 6.0
+    cluster = Cluster(tmp_path, 3, f"{limit}/m")
+    try:
+        left = 60 - time.time() % 60
+        if left < seconds + 3:  # one window: wait for the next minute
+            time.sleep(left + 0.1)
+        requests_per_second = 2 * limit / seconds / 600  # (~600 served a request)
+        result = drive(cluster, 8, seconds, 24 / requests_per_second, 0.2, hostile=True)
+    finally:
+        cluster.close()
+    (served,) = per_window(result, 60).values()
+    assert result.errors == 0 and result.refused > 0
+    assert served <= limit, f"the model served {served} tokens under {limit}/m"
+    assert {"no_cap", "null_cap", "choices", "hidden_usage"} <= set(result.tricks)
+    assert not {"coerced", "case_key", "query"} & set(result.tricks)  # refused, never served
