@@ -48,6 +48,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc  # noqa: E402
 
 from extauthz.admin import tokens  # noqa: E402
 from extauthz.admin.sync import sync  # noqa: E402
+from extauthz.core.llm import apply_splices  # noqa: E402
 from extauthz.core.policy import parse_policy  # noqa: E402
 from extauthz.core.token_limit import TokenLimit  # noqa: E402
 from extauthz.runtime.envoy_check import CheckRequest  # noqa: E402
@@ -108,10 +109,13 @@ def hostile_body(rng: random.Random) -> tuple[bytes, str, str]:
     return json.dumps(body).encode(), path, trick
 
 
-def served_by_lenient_server(body: bytes, edit: dict[str, Any]) -> int:
-    """What a lenient server writes for a body extauthz let through (and edited as `edit`
-    says): as much as the cap it reads allows, for each of its `n` choices."""
-    fields = {**json.loads(body), **{k: v for k, v in edit.items() if k != "stream_options"}}
+def served_by_lenient_server(body: bytes, edit: str) -> int:
+    """What a lenient server writes for a body extauthz let through, edited as the decision
+    asked (`edit`: its splices, applied as Envoy would): as much as the cap it reads allows
+    (the last of repeated keys, as Python's json reads them), for each of its `n` choices."""
+    edited = apply_splices(body, edit) if edit else body
+    assert edited is not None, "the decision's edit does not fit its body"
+    fields = json.loads(edited)
     prompt = len(fields["messages"][0]["content"].split()) + 4
     cap = fields.get("max_tokens")
     answer = LONG_ANSWER if cap is None else min(LONG_ANSWER, int(cap))
@@ -238,8 +242,9 @@ def client(
             continue
         prompt = len(json.loads(body)["messages"][0]["content"].split()) + 4
         if hostile:
-            edit = json.loads(answer.dynamic_metadata.fields["edit"].string_value or "{}")
-            used = served_by_lenient_server(body, edit)
+            used = served_by_lenient_server(
+                body, answer.dynamic_metadata.fields["edit"].string_value
+            )
             usage: dict[str, Any] | None = {
                 "prompt_tokens": prompt,
                 "completion_tokens": used - prompt,

@@ -287,7 +287,10 @@ _MODEL_REQUIRED = {  # why a body names no model, as the 400 says it
 }
 # what else the request reader refuses, and with which status (its message says why)
 _REFUSED_REQUEST = {INVALID: 400, MEDIA_TYPE: 415, UNKNOWN_ENDPOINT: 404}
-EDIT_KEY = "edit"  # dynamic metadata: top-level pairs ext_proc sets in the request body
+# dynamic metadata: what Envoy's Lua filter (or the editing ext_proc filter) sets in the
+# request body (LlmRequest.splices), and whether it takes the asked-for usage chunk out
+EDIT_KEY = "edit"
+STRIP_KEY = "strip_usage"
 
 
 def _model(
@@ -400,9 +403,10 @@ def _allow(
             default = DEFAULT_MAX_TOKENS
         edits: tuple[tuple[str, object], ...] = llm.cap_edits(default)
         if route.stream_usage == "require" and llm.stream and not llm.stream_options:
-            edits = (ASK_FOR_USAGE, *edits)  # ext_proc asks the stream for its usage
+            edits = (ASK_FOR_USAGE, *edits)  # the stream is asked for its usage
+            metadata += ((STRIP_KEY, "1"),)  # (and the client does not see that chunk)
         if edits:
-            metadata += ((EDIT_KEY, json.dumps(dict(edits), separators=(",", ":"))),)
+            metadata += ((EDIT_KEY, llm.splices(edits)),)
         if token_limits:
             reserve = llm.bound(default) or 0
             for limited in token_limits:

@@ -69,9 +69,12 @@ class LlmRequest(NamedTuple):
     size: int = 0
     cap: int | None = None  # the largest output cap the body names (None: none, or null)
     cap_key: str | None = None  # the cap its endpoint reads first; None: it makes no tokens
-    nulls: tuple[str, ...] = ()  # output caps it names null (a cap is written there)
+    # the keys it names null among those extauthz may set (caps, stream_options), with
+    # where each value is in the body (a value set there replaces the null)
+    nulls: tuple[tuple[str, int, int], ...] = ()
     choices: int = 1  # outputs per cap: the largest of `n`, `best_of`, x prompts of a list
     stream_options: bool = False  # it names a (non-null) top-level "stream_options"
+    insert_at: int = 0  # where a pair added first goes (after the object's "{")
 
     def bound(self, default_cap: int | None) -> int | None:
         """The most tokens it may use when a body naming no cap gets `default_cap`: body
@@ -87,11 +90,31 @@ class LlmRequest(NamedTuple):
         read that key, and null is no cap)."""
         if self.cap_key is None:
             return ()
+        null_caps = [key for key, _, _ in self.nulls if key != "stream_options"]
         if self.cap is not None:
-            return tuple((key, self.cap) for key in self.nulls)
+            return tuple((key, self.cap) for key in null_caps)
         if default_cap is None:
             return ()
-        return tuple((key, default_cap) for key in dict.fromkeys((self.cap_key, *self.nulls)))
+        return tuple((key, default_cap) for key in dict.fromkeys((self.cap_key, *null_caps)))
+
+    def splices(self, pairs: Iterable[tuple[str, object]]) -> str:
+        """The edit that sets `pairs` at the top level of the body read, as Envoy's Lua
+        filter (and the editing ext_proc filter) apply it: `"<body length>\n"`, then
+        `"<start> <end> <text>\n"` per splice in order, offsets into the body. A key it
+        names null gets its value in that place; any other is added as a first pair."""
+        where = {key: (start, end) for key, start, end in self.nulls}
+        cuts: list[tuple[int, int, str]] = []
+        added = ""
+        for key, value in pairs:
+            text = json.dumps(value, separators=(",", ":"))  # (ASCII: never a newline)
+            if key in where:
+                cuts.append((*where[key], text))
+            else:
+                added += f"{json.dumps(key)}:{text},"  # (a model follows: never the last)
+        if added:
+            cuts.append((self.insert_at, self.insert_at, added))
+        cuts.sort()
+        return f"{self.size}\n" + "".join(f"{start} {end} {text}\n" for start, end, text in cuts)
 
 
 NO_MODEL_NEEDED = LlmRequest(None)  # GET, HEAD /v1/models: listing models, nothing to choose
@@ -149,7 +172,15 @@ def read_model_request(
         pairs = _parse(text) if len(body) <= SMALL_BODY else _scan(body, reads)
     except (_Unreadable, UnicodeDecodeError):
         return LlmRequest(None, error=NOT_JSON)
-    return _request(pairs, shape, reads, len(body))
+    found = _request(pairs, shape, reads, len(body))
+    if found.model is None:
+        return found
+    insert_at = len(body) - len(body.lstrip(_WS)) + 1
+    if not found.nulls:
+        return found._replace(insert_at=insert_at)
+    named = {key for key, _, _ in found.nulls}  # (rare: where each null is)
+    spans = tuple(span for span in _top_level(body) if span[0] in named)
+    return found._replace(insert_at=insert_at, nulls=spans)
 
 
 def _refused(reason: str, message: str) -> LlmRequest:
@@ -211,7 +242,7 @@ def _request(
     if stream is not None and type(stream) is not bool:
         return _refused(INVALID, '"stream" must be true, false or null')
     cap: int | None = None
-    nulls: list[str] = []
+    nulls: list[tuple[str, int, int]] = []
     choices = 1
     if shape.produces:
         elsewhere = sorted(OUTPUT_CAPS.difference(shape.cap_keys).intersection(values))
@@ -223,7 +254,7 @@ def _request(
             value = values.get(key)
             if value is None:
                 if key in values and key in shape.cap_keys:
-                    nulls.append(key)
+                    nulls.append((key, 0, 0))  # (where: read_model_request finds it)
                 continue
             if type(value) is not int or not 1 <= value <= MAX_CAP:
                 return _refused(INVALID, f"{key!r} must be a whole number from 1 to {MAX_CAP}")
@@ -243,15 +274,16 @@ def _request(
                     "list of lists of token ids",
                 )
             choices *= prompts
+    null_options = "stream_options" in values and values["stream_options"] is None
     return LlmRequest(
         model,
         stream is True,
         size=size,
         cap=cap,
         cap_key=shape.cap_keys[0] if shape.produces else None,
-        nulls=tuple(nulls),
         choices=choices,
         stream_options=values.get("stream_options") is not None,
+        nulls=tuple(nulls) + ((("stream_options", 0, 0),) if null_options else ()),
     )
 
 
@@ -342,30 +374,24 @@ def _top_level(body: bytes) -> list[tuple[str, int, int]]:
     return spans
 
 
-def set_top_level(body: bytes, pairs: Iterable[tuple[str, object]]) -> bytes | None:
-    """The request body with each of `pairs` set at its top level: a key it names `null`
-    gets the value in that place, a key it does not name is added as a first pair, a key
-    it names otherwise is left as it is. Nothing else is touched, byte for byte. None when
-    the body is not one JSON object."""
-    try:
-        spans = {key: (start, end) for key, start, end in _top_level(body)}
-    except (_Unreadable, UnicodeDecodeError):
+_SPLICE = re.compile(rb"([0-9]+) ([0-9]+) ([^\n]*)\n")
+
+
+def apply_splices(body: bytes, spec: str) -> bytes | None:
+    """The body with `LlmRequest.splices` applied (what Envoy's Lua filter does); None when
+    the spec does not fit this body (another length, splices out of order or bounds)."""
+    head, _, rest = spec.encode().partition(b"\n")
+    if not head.isdigit() or int(head) != len(body):
         return None
-    out = bytearray(body)
-    added = b""
-    for key, value in sorted(pairs, key=lambda p: -spans.get(p[0], (-1, 0))[0]):
-        encoded = json.dumps(value).encode()
-        span = spans.get(key)
-        if span is None:
-            added += json.dumps(key).encode() + b": " + encoded + b", "
-        elif body[span[0] : span[1]] == b"null":
-            out[span[0] : span[1]] = encoded  # (from the last span back: offsets hold)
-    if added:
-        if not spans:
-            added = added[:-2]
-        first = _skip_ws(body, 0) + 1  # (after the object's "{")
-        out[first:first] = added
-    return bytes(out)
+    out = bytearray()
+    at = 0
+    for found in _SPLICE.finditer(rest):
+        start, end = int(found[1]), int(found[2])
+        if start < at or end < start or end > len(body):
+            return None
+        out += body[at:start] + found[3]
+        at = end
+    return bytes(out + body[at:])
 
 
 def _text(raw: bytes) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -26,6 +27,8 @@ from extauthz.core.route_match import ROUTE_IDENTITIES
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 STREAM_USAGE_FILTER = "extauthz.stream_usage"  # a second ext_proc filter: see stream_usage_filter
+LLM_FILTER = "extauthz.llm"  # the Lua filter on LLM routes: see llm_filter
+LUA_SCRIPT = Path(__file__).with_name("llm_usage.lua")
 T = "type.googleapis.com/envoy."  # @type prefix
 EXT_AUTHZ_TIMEOUT = "0.25s"  # Redis commands time out at 0.1 s, well inside this
 EXTAUTHZ_RENEW_AFTER = 1000  # requests per connection to extauthz before Envoy opens a new one
@@ -220,12 +223,11 @@ def per_route_context(extensions: dict[str, str], with_body: bool = False) -> di
             "check_settings": settings,
         }
     }
-    if not with_body:  # responses are read (ext_proc) on LLM routes only
-        for name in (STREAM_USAGE_FILTER, EXT_PROC_FILTER):
-            config[name] = {
-                "@type": T + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-                "disabled": True,
-            }
+    if not with_body:  # bodies are edited and responses read on LLM routes only
+        config[LLM_FILTER] = {
+            "@type": T + "extensions.filters.http.lua.v3.LuaPerRoute",
+            "disabled": True,
+        }
     return config
 
 
@@ -290,6 +292,50 @@ def ext_proc_filter(cluster: str = "extauthz") -> dict[str, Any]:
         observability_mode=True,
         deferred_close_timeout="1s",
     )
+
+
+def llm_filter() -> dict[str, Any]:
+    """The Lua filter on LLM routes (every other route disables it; extauthz/dev/llm_usage.lua):
+    the request body edits ext_authz's metadata asks for (a request it cannot edit is 503
+    before the model), and the response's usage read as it streams past into dynamic
+    metadata `extauthz.usage`, which the access log (`usage_log`) sends to extauthz."""
+    return {
+        "name": LLM_FILTER,
+        "typed_config": {
+            "@type": T + "extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": LUA_SCRIPT.read_text()},
+        },
+    }
+
+
+def usage_log(cluster: str = "extauthz") -> dict[str, Any]:
+    """Envoy's gRPC access log to extauthz (AccessLogService), for LLM responses only (those
+    the Lua filter read): one entry per response, with ext_authz's and the Lua filter's
+    metadata, sent as the response ends (`buffer_size_bytes: 0`: a reservation is settled
+    at once, and no burst at start overflows a buffer while the stream opens)."""
+    return {
+        "name": "envoy.access_loggers.http_grpc",
+        "filter": {
+            "metadata_filter": {
+                "matcher": {
+                    "filter": "extauthz.usage",
+                    "path": [{"key": "v"}],
+                    "value": {"string_match": {"exact": "1"}},
+                },
+                "match_if_key_not_found": False,
+            }
+        },
+        "typed_config": {
+            "@type": T + "extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": "extauthz-llm",
+                "transport_api_version": "V3",
+                "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
+                "buffer_size_bytes": 0,
+                "buffer_flush_interval": "0.1s",
+            },
+        },
+    }
 
 
 def route_metadata(name: str, route_identity: str) -> dict[str, Any]:
@@ -418,11 +464,10 @@ def _listener(
         },
         "http_filters": [
             ext_authz_filter(route_identity=route_identity),
-            stream_usage_filter(),
-            ext_proc_filter(),
+            llm_filter(),
             _router(),
         ],
-        "access_log": access_log(),
+        "access_log": [*access_log(), usage_log()],
     }
     return _with_manager(name, ep, manager)
 

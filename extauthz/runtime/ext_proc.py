@@ -42,10 +42,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 
-from extauthz.core.decision import EDIT_KEY
-from extauthz.core.llm import set_top_level
+from extauthz.core.decision import EDIT_KEY, STRIP_KEY
+from extauthz.core.llm import apply_splices
 from extauthz.core.llm_usage import (
-    ASK_FOR_USAGE,
     MAX_JSON_BODY,
     StreamUsage,
     Usage,
@@ -122,23 +121,10 @@ _COUNTING_UNAVAILABLE = pb.ProcessingResponse(
 )
 
 
-def _edits(fields: dict[str, str]) -> list[tuple[str, object]]:
-    """What ext_authz's metadata asks to set in a request body (`edit`: a JSON object of
-    top-level pairs, see core/decision.py); [] when nothing, or nothing readable."""
-    raw = fields.get(EDIT_KEY, "")
-    if not raw:
-        return []
-    try:
-        pairs = json.loads(raw)
-    except (ValueError, RecursionError):
-        return []
-    return list(pairs.items()) if isinstance(pairs, dict) else []
-
-
-def _edited_body(body: bytes, pairs: list[tuple[str, object]], had_length: bool) -> Any | None:
-    """The answer to a buffered request body: `pairs` set (and content-length with them,
-    when the request had one); None when it cannot be edited."""
-    edited = set_top_level(body, pairs)
+def _edited_body(body: bytes, spec: str, had_length: bool) -> Any | None:
+    """The answer to a buffered request body: the decision's splices applied (and
+    content-length with them, when the request had one); None when they do not fit it."""
+    edited = apply_splices(body, spec)
     if edited is None:
         return None
     answer = pb.ProcessingResponse(request_body=pb.BodyResponse())
@@ -326,13 +312,13 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             return  # (a clean close: Envoy goes on without us)
         headers = first.request_headers.headers.headers
         fields = _metadata(first)
-        pairs = _edits(fields)
+        spec = fields.get(EDIT_KEY, "")
         if fields.get("model") and self._free_streams() < _ROOM:
             # (this process could not follow its response: refused before the model)
             self._uncounted("too_many_streams")
             yield _COUNTING_UNAVAILABLE
             return
-        if not pairs:
+        if not spec:
             yield _LET_GO
             return
         if not self._take():
@@ -346,13 +332,13 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             for message in requests:
                 kind = message.WhichOneof("request")
                 if kind == "request_body":
-                    answer = _edited_body(message.request_body.body, pairs, had_length)
+                    answer = _edited_body(message.request_body.body, spec, had_length)
                     if answer is None:
                         self._uncounted("unreadable_request")
                         yield _COUNTING_UNAVAILABLE
                         return
                     yield answer
-                    if ASK_FOR_USAGE not in pairs:
+                    if fields.get(STRIP_KEY) != "1":
                         return  # nothing to take out of the reply
                     remover = UsageChunkRemover()
                 elif kind == "response_headers":
@@ -372,20 +358,40 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             self._give()
 
     def _charge(self, exchange: Exchange) -> None:
-        used = exchange.usage()
-        if exchange.token_limits and self.token_limiter is not None:
+        self.charge(
+            exchange.token_id,
+            exchange.route,
+            exchange.model,
+            exchange.token_limits,
+            exchange.status,
+            exchange.usage(),
+        )
+
+    def charge(
+        self,
+        token_id: str,
+        route: str,
+        model: str,
+        token_limits: str,
+        status: int,
+        used: Usage | None,
+    ) -> None:
+        """One LLM response ended (`status`, `used`: its usage, None when unreadable):
+        settle its reservation (ext_authz's `token_limits` metadata) and charge its tokens
+        to the caller, the metrics and usage."""
+        if token_limits and self.token_limiter is not None:
             # an error used nothing; a success whose usage cannot be read (or only estimated
             # from its chunks) keeps its whole reservation
             known = used is not None and not used.estimated
             spent = used.prompt_tokens + used.completion_tokens if known and used else None
-            if not 200 <= exchange.status < 300:
+            if not 200 <= status < 300:
                 spent = 0
-            self.token_limiter.settle(exchange.token_limits, spent, self.clock())
-        if used is None:
-            if exchange.model:
+            self.token_limiter.settle(token_limits, spent, self.clock())
+        if used is None or not 200 <= status < 300:
+            if model and 200 <= status < 300:
                 self._uncounted("no_usage")
             return
         if self.metrics is not None:
-            self.metrics.llm_tokens(exchange.route, exchange.model, used)
-        if self.usage is not None and exchange.token_id:
-            self.usage.charge(exchange.token_id, exchange.model, self.clock(), used)
+            self.metrics.llm_tokens(route, model, used)
+        if self.usage is not None and token_id:
+            self.usage.charge(token_id, model, self.clock(), used)

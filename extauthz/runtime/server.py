@@ -17,6 +17,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -40,6 +41,7 @@ from extauthz.runtime.policy_watcher import PolicyWatcher
 from extauthz.runtime.rate_limiter import RateLimiter
 from extauthz.runtime.token_limiter import TokenLimiter
 from extauthz.runtime.usage import UsageMeter
+from extauthz.runtime.usage_records import UsageRecords
 from extauthz.storage.invalidation import InvalidationListener
 from extauthz.storage.redis_health import RedisHealth
 from extauthz.storage.store import open_store
@@ -194,6 +196,8 @@ class Server:
                 token_limiter=self.token_limiter,
             )
             external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+            # (Envoy's access log: one record per LLM response its Lua filter read)
+            als_pb2_grpc.add_AccessLogServiceServicer_to_server(UsageRecords(processor), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return server
 

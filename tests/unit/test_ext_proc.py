@@ -14,6 +14,7 @@ from google.protobuf import struct_pb2
 
 from bench.llm_limits import response_messages
 from extauthz.core.decision import Decision, Outcome
+from extauthz.core.llm import read_model_request
 from extauthz.core.token_limit import TokenLimit, TokenLimited
 from extauthz.runtime.ext_proc import (
     EDIT_FILTER,
@@ -55,8 +56,9 @@ def run(processor: UsageProcessor, messages: Any) -> None:
         pass
 
 
-def edit(**pairs: object) -> str:
-    return json.dumps(pairs)
+def edit(body: bytes, **pairs: object) -> str:
+    """The decision's edit of `body` setting `pairs` (LlmRequest.splices)."""
+    return read_model_request(body).splices(pairs.items())
 
 
 def test_a_response_is_charged_and_its_reservation_settled(store: Store) -> None:
@@ -97,6 +99,7 @@ def test_what_cannot_be_counted_is_a_metric_and_one_warning_a_minute(
 
 
 ASK = {"stream_options": {"include_usage": True}}
+STREAM = b'{"model": "m", "stream": true}'
 
 
 def _request_headers(fields: dict[str, str], length: bool = True) -> Any:
@@ -129,7 +132,7 @@ def test_a_stream_is_asked_for_its_usage_and_the_reply_does_not_show_it() -> Non
     body = b'{"model": "m", "stream": true}'
     usage = b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}\n\n'
     messages = [
-        _request_headers({"model": "m", "edit": edit(**ASK)}),
+        _request_headers({"model": "m", "edit": edit(body, **ASK), "strip_usage": "1"}),
         _body("request_body", body),
         _response_headers(b"200", b"text/event-stream"),
         _body("response_body", b'data: {"choices": [{"delta": {"content": "x"}}]}\n\n', False),
@@ -155,8 +158,10 @@ def test_other_requests_are_let_go_at_their_headers() -> None:
     assert answer.mode_override.response_body_mode == mode_pb.ProcessingMode.NONE
     # asked, but the reply is an error: its body is not read
     messages = [
-        _request_headers({"model": "m", "edit": edit(**ASK)}, length=False),
-        _body("request_body", b'{"model": "m", "stream": true}'),
+        _request_headers(
+            {"model": "m", "edit": edit(STREAM, **ASK), "strip_usage": "1"}, length=False
+        ),
+        _body("request_body", STREAM),
         _response_headers(b"429", b"application/json"),
     ]
     answers = list(processor.Process(iter(messages), EDITING))
@@ -167,9 +172,12 @@ def test_other_requests_are_let_go_at_their_headers() -> None:
 @pytest.mark.parametrize("field", ["max_tokens", "max_output_tokens"])
 def test_a_cap_is_set_as_the_decision_asks_and_the_response_let_go(field: str) -> None:
     processor = UsageProcessor(None, None, 4)
+    body = b'{"model": "m", "' + field.encode() + b'": null}'
+    path = "/v1/responses" if field == "max_output_tokens" else "/v1/chat/completions"
+    spec = read_model_request(body, "POST", path).splices([(field, 64)])
     messages = [
-        _request_headers({"model": "m", "edit": edit(**{field: 64})}),
-        _body("request_body", b'{"model": "m", "' + field.encode() + b'": null}'),
+        _request_headers({"model": "m", "edit": spec}),
+        _body("request_body", body),
         _response_headers(b"200", b"application/json"),
     ]
     answers = list(processor.Process(iter(messages), EDITING))
@@ -182,7 +190,7 @@ def test_a_cap_is_set_as_the_decision_asks_and_the_response_let_go(field: str) -
 
 def test_the_editing_filter_fails_closed() -> None:
     """A request whose cap or usage request cannot be set never reaches the model."""
-    asked = [_request_headers({"model": "m", "edit": edit(max_tokens=64)})]
+    asked = [_request_headers({"model": "m", "edit": edit(STREAM, max_tokens=64)})]
     full = UsageProcessor(None, None, 0)  # no stream may be served
     (answer,) = full.Process(iter(asked), EDITING)
     assert answer.immediate_response.status.code == 503

@@ -26,6 +26,7 @@ from extauthz.core.llm import (
     SMALL_BODY,
     UNKNOWN_ENDPOINT,
     LlmRequest,
+    apply_splices,
     check_model_patterns,
     model_allowed,
     read_model_request,
@@ -327,9 +328,14 @@ def test_stream_usage_require_asks_only_streams_that_did_not_say() -> None:
     snapshot = PolicySnapshot(1, document.routes)
 
     def edits(route: str, body: dict[str, object]) -> dict[str, object]:
-        facts = RequestFacts(route, llm=read_model_request(json.dumps(body).encode()))
+        """What the decision's edit sets in `body` (keys new or changed)."""
+        raw = json.dumps(body).encode()
+        facts = RequestFacts(route, llm=read_model_request(raw))
         metadata = dict(decide(facts, snapshot, lambda _: None, NOW).metadata)
-        return dict(json.loads(metadata.get("edit", "{}")))
+        edited = (
+            json.loads(apply_splices(raw, metadata["edit"]) or b"") if "edit" in metadata else body
+        )
+        return {k: v for k, v in edited.items() if body.get(k, ...) != v}
 
     stream: dict[str, object] = {"model": "m", "stream": True}
     asked = {"stream_options": {"include_usage": True}}

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from extauthz.core import llm_usage as usage_module
-from extauthz.core.llm import set_top_level
+from extauthz.core.llm import apply_splices, read_model_request
 from extauthz.core.llm_usage import (
     ASK_FOR_USAGE,
     MAX_LINE,
@@ -87,42 +87,51 @@ def test_streams_without_usage_are_estimated_and_odd_ones_survive() -> None:
 # --- stream_usage: require ------------------------------------------------------------------
 
 
+def edited(body: bytes, pairs: list[tuple[str, object]]) -> bytes | None:
+    """`body` with `pairs` set, as the decision asks and Envoy's Lua filter applies it."""
+    found = read_model_request(body)
+    assert found.model is not None, found
+    return apply_splices(body, found.splices(pairs))
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        (b'{"model": "m", "stream": true}', b'{"stream_options": {"include_usage": true}, "model": "m", "stream": true}'),
-        (b'  \n{"model":"m"}', b'  \n{"stream_options": {"include_usage": true}, "model":"m"}'),
-        (b"{}", b'{"stream_options": {"include_usage": true}}'),
-        (b"[1]", None),
-        (b"", None),
-        (b"\xef\xbb\xbf{}", None),
+        (b'{"model": "m", "stream": true}', b'{"stream_options":{"include_usage":true},"model": "m", "stream": true}'),
+        (b'  \n{"model":"m"}', b'  \n{"stream_options":{"include_usage":true},"model":"m"}'),
+        (b'{"stream_options": null, "model":"m"}', b'{"stream_options": {"include_usage":true}, "model":"m"}'),
     ],
 )  # fmt: skip
-def test_asking_a_request_for_its_usage(body: bytes, expected: bytes | None) -> None:
-    asked = set_top_level(body, [ASK_FOR_USAGE])
+def test_asking_a_request_for_its_usage(body: bytes, expected: bytes) -> None:
+    asked = edited(body, [ASK_FOR_USAGE])
     assert asked == expected
-    if asked is not None:
-        parsed = json.loads(asked)
-        assert parsed["stream_options"] == {"include_usage": True}
-        assert {k: v for k, v in parsed.items() if k != "stream_options"} == json.loads(body)
-    capped = set_top_level(body, [ASK_FOR_USAGE, ("max_tokens", 256)])
-    if capped is not None and body.strip() != b"{}":
-        assert json.loads(capped)["max_tokens"] == 256
-        assert capped.endswith(body.lstrip()[1:])  # the client's bytes follow, untouched
+    parsed = json.loads(asked)
+    assert parsed["stream_options"] == {"include_usage": True}
+    capped = edited(body, [ASK_FOR_USAGE, ("max_tokens", 256)])
+    assert capped is not None and json.loads(capped)["max_tokens"] == 256
 
 
 @pytest.mark.parametrize("pad", [0, 20_000])
-def test_a_null_cap_is_replaced_in_place_and_a_named_one_never(pad: int) -> None:
+def test_a_null_cap_is_replaced_in_place_and_the_rest_untouched(pad: int) -> None:
     padding = "x" * pad
     body = f'{{"a": "{padding}", "max_tokens" : null, "n": 2, "model": "m"}}'.encode()
-    edited = set_top_level(body, [("max_tokens", 64), ("stream_options", {"include_usage": True})])
-    assert edited is not None
-    assert edited.count(b"max_tokens") == 1  # (never a second key a server reads instead)
-    parsed = json.loads(edited)
+    out = edited(body, [("max_tokens", 64), ("stream_options", {"include_usage": True})])
+    assert out is not None
+    assert out.count(b"max_tokens") == 1  # (never a second key a server reads instead)
+    parsed = json.loads(out)
     assert parsed["max_tokens"] == 64 and parsed["stream_options"] == {"include_usage": True}
-    assert set_top_level(b'{"max_tokens": 5}', [("max_tokens", 64)]) == b'{"max_tokens": 5}'
+    assert out.replace(b"64", b"null", 1).endswith(body[1:])  # the client's bytes, as sent
     escaped = b'{"max\\u005ftokens": null, "model": "m"}'
-    assert json.loads(set_top_level(escaped, [("max_tokens", 9)]) or b"")["max_tokens"] == 9
+    assert json.loads(edited(escaped, [("max_tokens", 9)]) or b"")["max_tokens"] == 9
+
+
+def test_splices_that_do_not_fit_the_body_are_refused() -> None:
+    body = b'{"model": "m"}'
+    spec = read_model_request(body).splices([("max_tokens", 5)])
+    assert apply_splices(body + b" ", spec) is None  # another body (another length)
+    assert apply_splices(body, "14\n9 3 x\n") is None  # (out of order)
+    assert apply_splices(body, "14\n1 99 x\n") is None  # (out of bounds)
+    assert apply_splices(body, "lots\n") is None
 
 
 def _sse(*objects: object) -> bytes:
