@@ -402,7 +402,8 @@ def _allow(
         if default is None and token_limits:
             default = DEFAULT_MAX_TOKENS
         edits: tuple[tuple[str, object], ...] = llm.cap_edits(default)
-        if route.stream_usage == "require" and llm.stream and not llm.stream_options:
+        asks = llm.stream and llm.usage_asked and not llm.stream_options
+        if route.stream_usage == "require" and asks:
             edits = (ASK_FOR_USAGE, *edits)  # the stream is asked for its usage
             metadata += ((STRIP_KEY, "1"),)  # (and the client does not see that chunk)
         if edits:

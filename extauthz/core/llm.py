@@ -31,8 +31,9 @@ MAX_MODEL_NAME = 256
 # the largest request body Envoy sends to extauthz on an LLM route (`max_request_bytes`):
 # larger ones get 413 from Envoy, never a partial body
 MAX_BODY_BYTES = 1 << 20
-MODEL_NAME = re.compile(rf"[!-~]{{1,{MAX_MODEL_NAME}}}", re.ASCII)
-_MODEL_PATTERN = re.compile(rf"[!-)+-~]{{1,{MAX_MODEL_NAME}}}\*?", re.ASCII)  # `*` last only
+# visible ASCII but `,` (LiteLLM takes "a,b" for a batch of two models)
+MODEL_NAME = re.compile(rf"[!-+\--~]{{1,{MAX_MODEL_NAME}}}", re.ASCII)
+_MODEL_PATTERN = re.compile(rf"[!-)+\--~]{{1,{MAX_MODEL_NAME}}}\*?", re.ASCII)  # `*` last only
 
 # reasons a body gives no model (the decision answers 400 model_required)
 NO_BODY = "no_body"
@@ -75,6 +76,7 @@ class LlmRequest(NamedTuple):
     choices: int = 1  # outputs per cap: the largest of `n`, `best_of`, x prompts of a list
     stream_options: bool = False  # it names a (non-null) top-level "stream_options"
     insert_at: int = 0  # where a pair added first goes (after the object's "{")
+    usage_asked: bool = False  # its endpoint's streams report usage only when asked
 
     def bound(self, default_cap: int | None) -> int | None:
         """The most tokens it may use when a body naming no cap gets `default_cap`: body
@@ -172,6 +174,8 @@ def read_model_request(
         pairs = _parse(text) if len(body) <= SMALL_BODY else _scan(body, reads)
     except (_Unreadable, UnicodeDecodeError):
         return LlmRequest(None, error=NOT_JSON)
+    except _TooManyKeys:
+        return _refused(INVALID, f"more than {MAX_TOP_LEVEL_KEYS} top-level keys")
     found = _request(pairs, shape, reads, len(body))
     if found.model is None:
         return found
@@ -188,9 +192,17 @@ def _refused(reason: str, message: str) -> LlmRequest:
 
 
 def _is_json(content_type: str) -> bool:
-    """Whether a Content-Type names JSON (`application/json`, any parameters). Two headers
-    (Envoy joins them with a comma) are not JSON."""
-    return content_type.partition(";")[0].strip(" \t").lower() == "application/json"
+    """Whether a Content-Type names JSON in UTF-8: `application/json`, no parameter but
+    `charset=utf-8` (a server may decode another charset: `utf-7` hides a second model).
+    Two headers (Envoy joins them with a comma) are not JSON."""
+    media, *parameters = content_type.split(";")
+    if media.strip(" \t").lower() != "application/json":
+        return False
+    for parameter in parameters:
+        name, _, value = parameter.strip(" \t").partition("=")
+        if name.lower() != "charset" or value.strip('"').lower() not in ("utf-8", "utf8"):
+            return False
+    return True
 
 
 _QUERY_PARTS = re.compile(r"[&;]")
@@ -218,9 +230,19 @@ def _request(
     """The one function that turns a body's top-level pairs (values of the keys in `reads`
     parsed, the rest not) into the request."""
     values: dict[str, object] = {}
+    seen: set[str] = set()
     for key, value in pairs:
         folded = key.casefold()
         if folded not in reads:
+            if key not in shape.fields:
+                return _refused(
+                    INVALID,
+                    f"top-level key {_shown(key)}: {shape.path} takes no such field here (a "
+                    "server could act on it otherwise than extauthz bounds it)",
+                )
+            if key in seen:
+                return _refused(INVALID, f"the body names {_shown(key)} more than once")
+            seen.add(key)
             continue
         if key != folded:  # (every key read is lower-case ASCII, its own case fold)
             return _refused(
@@ -283,6 +305,7 @@ def _request(
         cap_key=shape.cap_keys[0] if shape.produces else None,
         choices=choices,
         stream_options=values.get("stream_options") is not None,
+        usage_asked=shape.usage_asked,
         nulls=tuple(nulls) + ((("stream_options", 0, 0),) if null_options else ()),
     )
 
@@ -291,7 +314,7 @@ def _prompts(value: object) -> int:
     """How many prompts a completions `prompt` holds (0: not one of its shapes)."""
     if type(value) is str:
         return 1
-    if type(value) is not list or not value:
+    if type(value) is not list or not value or len(value) > MAX_PROMPTS:
         return 0
     if all(type(item) is str for item in value):
         return len(value)
@@ -333,13 +356,22 @@ def _scan(body: bytes, reads: frozenset[str]) -> list[tuple[str, object]]:
     the others not."""
     return [
         (key, _loads(body[start:end]) if key.casefold() in reads else _NOT_READ)
-        for key, start, end in _top_level(body)
+        for key, start, end in _top_level(body, MAX_TOP_LEVEL_KEYS)
     ]
 
 
-def _top_level(body: bytes) -> list[tuple[str, int, int]]:
+class _TooManyKeys(ValueError):
+    pass
+
+
+MAX_TOP_LEVEL_KEYS = 64  # (more than any endpoint takes: the scan stops there)
+MAX_PROMPTS = 2048  # prompts in one completions `prompt` list
+
+
+def _top_level(body: bytes, max_keys: int = 1 << 30) -> list[tuple[str, int, int]]:
     """The top-level object's keys, each with where its value starts and ends in `body`;
-    _Unreadable unless the body is one JSON object (values checked by shape only)."""
+    _Unreadable unless the body is one JSON object (values checked by shape only);
+    _TooManyKeys past `max_keys`."""
     end = len(body)
     i = _skip_ws(body, 0)
     if i >= end or body[i] != 0x7B:  # '{' (a BOM or anything else first: not read)
@@ -361,6 +393,8 @@ def _top_level(body: bytes) -> list[tuple[str, int, int]]:
             i = _skip_ws(body, i + 1)
             value_end = _value_end(body, i)
             spans.append((key, i, value_end))
+            if len(spans) > max_keys:
+                raise _TooManyKeys
             i = _skip_ws(body, value_end)
             if i < end and body[i] == 0x2C:  # ','
                 i = _skip_ws(body, i + 1)

@@ -25,6 +25,11 @@ class ApiShape:
     choice_keys: tuple[str, ...] = ()
     # a completions `prompt` list: every prompt gets its own choices
     prompt_list: bool = False
+    # the top-level keys it takes; any other is refused (a server may act on it: LiteLLM
+    # reads `fallbacks`, `extra_body`, `num_retries`, `additional_drop_params`...)
+    fields: frozenset[str] = frozenset()
+    # a stream reports its usage only when asked (`stream_options.include_usage`)
+    usage_asked: bool = False
 
     @property
     def produces(self) -> bool:
@@ -32,10 +37,44 @@ class ApiShape:
         return bool(self.cap_keys)
 
 
-CHAT = ApiShape("chat", "/v1/chat/completions", ("max_tokens", "max_completion_tokens"), ("n",))
-COMPLETIONS = ApiShape("completions", "/v1/completions", ("max_tokens",), ("n", "best_of"), True)
-RESPONSES = ApiShape("responses", "/v1/responses", ("max_output_tokens",))
-EMBEDDINGS = ApiShape("embeddings", "/v1/embeddings")
+# sampling parameters (OpenAI's, and vLLM's that bound nothing more)
+_SAMPLING = {
+    "temperature", "top_p", "stop", "presence_penalty", "frequency_penalty", "logit_bias",
+    "logprobs", "user", "seed", "top_k", "min_p", "repetition_penalty", "min_tokens",
+}  # fmt: skip
+_STREAMING = {"model", "stream", "stream_options"}
+CHAT = ApiShape(
+    "chat", "/v1/chat/completions", ("max_tokens", "max_completion_tokens"), ("n",),
+    fields=frozenset(_SAMPLING | _STREAMING | {
+        "messages", "max_tokens", "max_completion_tokens", "n", "top_logprobs", "tools",
+        "tool_choice", "parallel_tool_calls", "response_format", "functions", "function_call",
+        "service_tier", "store", "modalities", "audio", "reasoning_effort", "verbosity",
+        "prompt_cache_key", "safety_identifier",
+    }),
+    usage_asked=True,
+)  # fmt: skip
+COMPLETIONS = ApiShape(
+    "completions", "/v1/completions", ("max_tokens",), ("n", "best_of"), True,
+    fields=frozenset(_SAMPLING | _STREAMING | {
+        "prompt", "suffix", "max_tokens", "n", "best_of", "echo",
+    }),
+    usage_asked=True,
+)  # fmt: skip
+# (no `previous_response_id`, `conversation` or stored `prompt`: they bring in input that is
+# not in the body, which a bound of body bytes cannot cover)
+RESPONSES = ApiShape(
+    "responses", "/v1/responses", ("max_output_tokens",),
+    fields=frozenset(_STREAMING | {
+        "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools",
+        "tool_choice", "parallel_tool_calls", "text", "reasoning", "user", "store",
+        "truncation", "include", "service_tier", "prompt_cache_key", "safety_identifier",
+        "top_logprobs", "max_tool_calls",
+    }),
+)  # fmt: skip
+EMBEDDINGS = ApiShape(
+    "embeddings", "/v1/embeddings",
+    fields=frozenset({"model", "input", "encoding_format", "dimensions", "user"}),
+)  # fmt: skip
 MODELS = ApiShape("models", "/v1/models")  # GET, HEAD: listing, no model chosen
 
 SHAPES = {shape.path: shape for shape in (CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS)}

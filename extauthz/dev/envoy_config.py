@@ -183,6 +183,15 @@ def _tls_socket(tls: ClientTls) -> dict[str, Any]:
     }
 
 
+# LiteLLM's per-request controls: never from a client
+MODEL_SERVER_CONTROL_HEADERS = (
+    "x-litellm-timeout",
+    "x-litellm-stream-timeout",
+    "x-litellm-num-retries",
+    "x-litellm-tags",
+)
+
+
 def _routes(network: str | None, route_identity: str = "context") -> list[dict[str, Any]]:
     """The route table; each route names its policy the way `route_identity` reads it."""
     routes = []
@@ -199,6 +208,9 @@ def _routes(network: str | None, route_identity: str = "context") -> list[dict[s
         route["typed_per_filter_config"] = per_route_context(
             extensions, with_body=name in BODY_ROUTES
         )
+        if name in BODY_ROUTES:  # (headers a model server takes as orders: retries multiply
+            # what one reservation covers, a longer timeout lets it write past its bound)
+            route["request_headers_to_remove"] = list(MODEL_SERVER_CONTROL_HEADERS)
         routes.append(route)
     return routes
 

@@ -380,11 +380,14 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         settle its reservation (ext_authz's `token_limits` metadata) and charge its tokens
         to the caller, the metrics and usage."""
         if token_limits and self.token_limiter is not None:
-            # an error used nothing; a success whose usage cannot be read (or only estimated
-            # from its chunks) keeps its whole reservation
+            # a success is charged its usage; one whose usage cannot be read (or only
+            # estimated from its chunks) keeps its whole reservation, and so does a response
+            # that may have cost the model all the same (no status: the client went away
+            # first; 408, 5xx: a timeout or a failure after it worked); a refusal (another
+            # 4xx) used nothing
             known = used is not None and not used.estimated
             spent = used.prompt_tokens + used.completion_tokens if known and used else None
-            if not 200 <= status < 300:
+            if 400 <= status < 500 and status != 408:
                 spent = 0
             self.token_limiter.settle(token_limits, spent, self.clock())
         if used is None or not 200 <= status < 300:

@@ -388,10 +388,16 @@ def test_a_record_without_a_usage_keeps_the_whole_reservation(
     assert limiter.admit(again, START + 1).status == 429  # the 600 stay taken
 
 
-def test_a_record_of_an_error_gives_the_reservation_back(store: Store) -> None:
+@pytest.mark.parametrize(("status", "given_back"), [(400, True), (429, True), (408, False),
+                                                   (500, False), (504, False), (0, False)])  # fmt: skip
+def test_a_refusal_gives_the_reservation_back_a_failure_keeps_it(
+    store: Store, status: int, given_back: bool
+) -> None:
+    """A 4xx refused the request before the model; a 5xx, a 408 or no status at all (the
+    client went away first) may have cost the model all the same."""
     limiter = TokenLimiter(store)
     processor = UsageProcessor(None, None, 4, clock=lambda: START, token_limiter=limiter)
     authz = {"token_id": "t1", "route": "llm", "model": "m", METADATA_KEY: _reserved(limiter)}
-    UsageRecords(processor).StreamAccessLogs(iter([_record(authz, {"v": "1"}, 503)]), None)
+    UsageRecords(processor).StreamAccessLogs(iter([_record(authz, {"v": "1"}, status)]), None)
     again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=1000)
-    assert limiter.admit(again, START + 1).outcome is Outcome.ALLOW
+    assert (limiter.admit(again, START + 1).outcome is Outcome.ALLOW) is given_back

@@ -48,7 +48,7 @@ def seen(found: LlmRequest) -> tuple[str | None, bool, str | None]:
 
 def body(obj: object, pad: bool = False) -> bytes:
     if pad and isinstance(obj, dict):
-        obj = {"padding": BIG, **obj}
+        obj = {"user": BIG, **obj}
     return json.dumps(obj).encode()
 
 
@@ -91,7 +91,7 @@ def test_the_top_level_model_whatever_the_size(
         (b"", NO_BODY),
         (b"  \n", NO_BODY),
         (b'{"model": "a", "model": "b"}', DUPLICATE_MODEL),
-        (b'{"model": "a", "x": {"model": "b"}, "model": "a"}', DUPLICATE_MODEL),
+        (b'{"model": "a", "messages": {"model": "b"}, "model": "a"}', DUPLICATE_MODEL),
         (b'\xef\xbb\xbf{"model": "a"}', NOT_JSON),  # a byte order mark
         (b'{"model": "\xff"}', NOT_JSON),  # not UTF-8
         (b'{"model": "a", "x": "\xc3"}', NOT_JSON),
@@ -112,13 +112,13 @@ def test_the_top_level_model_whatever_the_size(
 )
 def test_bodies_that_name_no_model(raw: bytes, error: str) -> None:
     assert read_model_request(raw) == LlmRequest(None, error=error)
-    padded = raw.replace(b"{", b'{"padding": "' + BIG.encode() + b'", ', 1)
+    padded = raw.replace(b"{", b'{"user": "' + BIG.encode() + b'", ', 1)
     if padded != raw and error not in (NO_BODY,):
         assert read_model_request(padded).error == error, "the scanner disagrees"
 
 
 def test_model_after_a_900kb_string_and_a_10mb_prompt() -> None:
-    late = b'{"prompt": "' + b"y" * 900_000 + b'", "model": "late"}'
+    late = b'{"user": "' + b"y" * 900_000 + b'", "model": "late"}'
     assert read_model_request(late).model == "late"
     huge = body({"model": "m", "messages": [{"role": "user", "content": "z" * 10_000_000}]})
     assert read_model_request(huge).model == "m"
@@ -358,3 +358,50 @@ def test_stream_usage_require_asks_only_streams_that_did_not_say() -> None:
             )
     with pytest.raises(PolicyError, match=r":5: .*stream_usage.*api: openai"):
         parse_policy("version: 1\nroutes:\n  r:\n    access: public\n    stream_usage: require\n")
+
+
+@pytest.mark.parametrize("pad", [False, True], ids=["parsed", "scanned"])
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        # LiteLLM acts on each of these: another model, no cap, more generations
+        ("/v1/chat/completions", {"fallbacks": [{"model": "big", "max_tokens": 100000}]}),
+        ("/v1/chat/completions", {"extra_body": {"max_tokens": 100000, "n": 3}}),
+        ("/v1/chat/completions", {"additional_drop_params": ["max_tokens"]}),
+        ("/v1/chat/completions", {"timeout": 0.5, "num_retries": 4}),
+        ("/v1/chat/completions", {"context_window_fallbacks": []}),
+        ("/v1/chat/completions", {"metadata": {"tags": ["big"]}}),
+        ("/v1/chat/completions", {"mock_response": "free"}),
+        ("/v1/chat/completions", {"web_search_options": {}}),  # (input not in the body)
+        ("/v1/chat/completions", {"Messages": []}),  # (a case variant of a field)
+        ("/v1/responses", {"previous_response_id": "resp_1"}),  # (input not in the body)
+        ("/v1/responses", {"conversation": "conv_1"}),
+        ("/v1/responses", {"prompt": {"id": "pmpt_1"}}),
+        ("/v1/embeddings", {"max_tokens": 5, "n_predict": 5}),
+    ],
+)
+def test_keys_a_server_acts_on_that_extauthz_does_not_bound_are_refused(
+    path: str, extra: dict[str, object], pad: bool
+) -> None:
+    found = read_model_request(body({"model": "m", **extra}, pad), "POST", path)
+    assert (found.model, found.error) == (None, INVALID)
+    assert next(iter(extra)) in found.message
+
+
+def test_what_else_a_lenient_server_could_read_differently() -> None:
+    json_body = b'{"model": "m", "messages": []}'
+    for content_type in ("application/json; charset=utf-7", "application/json; x=1"):
+        assert (
+            read_model_request(json_body, content_type=content_type).error
+            == "unsupported_media_type"
+        )
+    assert read_model_request(json_body, content_type='application/json; charset="UTF-8"').model
+    assert read_model_request(b'{"model": "a,b"}').error == BAD_MODEL  # (LiteLLM: a batch)
+    many = b"{" + b"".join(b'"k%d": 0, ' % i for i in range(70)) + b'"model": "m"}'
+    padded = many.replace(b"{", b'{"user": "' + BIG.encode() + b'", ', 1)
+    assert read_model_request(padded).message == "more than 64 top-level keys"
+    prompts = json.dumps({"model": "m", "prompt": ["p"] * 2049, "max_tokens": 1}).encode()
+    assert read_model_request(prompts, "POST", "/v1/completions").error == INVALID
+    # the Responses API reports usage in every stream: it is never asked for it
+    asked = read_model_request(b'{"model": "m", "stream": true}', "POST", "/v1/responses")
+    assert asked.model == "m" and not asked.usage_asked

@@ -114,7 +114,7 @@ def test_asking_a_request_for_its_usage(body: bytes, expected: bytes) -> None:
 @pytest.mark.parametrize("pad", [0, 20_000])
 def test_a_null_cap_is_replaced_in_place_and_the_rest_untouched(pad: int) -> None:
     padding = "x" * pad
-    body = f'{{"a": "{padding}", "max_tokens" : null, "n": 2, "model": "m"}}'.encode()
+    body = f'{{"user": "{padding}", "max_tokens" : null, "n": 2, "model": "m"}}'.encode()
     out = edited(body, [("max_tokens", 64), ("stream_options", {"include_usage": True})])
     assert out is not None
     assert out.count(b"max_tokens") == 1  # (never a second key a server reads instead)

@@ -192,7 +192,7 @@ _value = st.one_of(
                        max_size=4))  # fmt: skip
 def test_the_scanner_and_the_parser_agree_on_the_bound(caps: dict[str, object]) -> None:
     small = json.dumps({"model": "m", **caps}).encode()
-    large = json.dumps({"model": "m", "pad": "x" * 20_000, **caps}).encode()
+    large = json.dumps({"model": "m", "user": "x" * 20_000, **caps}).encode()
     a, b = read_model_request(small), read_model_request(large)
     keys = tuple(key for key, _, _ in a.nulls)
     assert a._replace(size=0, nulls=()) == b._replace(size=0, nulls=())
