@@ -242,6 +242,22 @@ SMUGGLED = [  # a demo-small token asking LiteLLM for demo-large, each another w
     ("/v1/chat/completions", "application/json",
      b'{"model":"demo-small","stream":"true","messages":[{"role":"user","content":"hi"}]}',
      400, "invalid_request"),
+    ("/v1/chat/completions", "application/json",
+     b'{"model":"demo-small","messages":[{"role":"user","content":"hi"}],"max_tokens":10,'
+     b'"timeout":0.001,"num_retries":0,"fallbacks":[{"model":"demo-large","max_tokens":9999}]}',
+     400, "invalid_request"),
+    ("/v1/chat/completions", "application/json",
+     b'{"model":"demo-small","messages":[{"role":"user","content":"hi"}],"max_tokens":10,'
+     b'"extra_body":{"max_tokens":100000,"n":3}}', 400, "invalid_request"),
+    ("/v1/chat/completions", "application/json",
+     b'{"model":"demo-small","messages":[{"role":"user","content":"hi"}],"max_tokens":10,'
+     b'"additional_drop_params":["max_tokens"]}', 400, "invalid_request"),
+    ("/v1/chat/completions", "application/json; charset=utf-7",
+     b'{"model":"demo-small","+AG0-odel":"demo-large","messages":[]}',
+     415, "unsupported_media_type"),
+    ("/v1/chat/completions", "application/json",
+     b'{"model":"demo-small,demo-large","messages":[{"role":"user","content":"hi"}]}',
+     400, "model_required"),
 ]  # fmt: skip
 
 
