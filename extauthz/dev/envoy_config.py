@@ -675,6 +675,18 @@ def _annotated(text: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _Dumper(yaml.SafeDumper):
+    """YAML with multi-line strings (the Lua script) as literal blocks, readable as written."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
+
+
 def render(
     ports: EnvoyPorts,
     authz_tls: ClientTls | None = None,
@@ -687,7 +699,7 @@ def render(
         "# extauthz/dev/envoy_config.py and regenerate (a test checks that this file matches).\n"
     )
     config = bootstrap(ports, authz_tls, route_identity, console_source)
-    text = yaml.safe_dump(config, sort_keys=False, width=120)
+    text = yaml.dump(config, Dumper=_Dumper, sort_keys=False, width=120)
     return header + (_annotated(text) if route_identity == "context" else text)
 
 
