@@ -13,7 +13,9 @@ and paced streams whose client does not ask for the usage chunk (the `llm` route
 reply). Reported for each: p50s, the TTFC difference and the chunks/s ratio with/without,
 and extauthz's CPU per stream (its CPU time in the rounds with the filter, less without).
 Then extauthz's CPU per response for streams of 1, 100 and 10,000 chunks (`--sizes`): what
-it does per response must not grow with the chunks.
+it does per response must not grow with the chunks. Last, the latency of an unrelated request
+(`GET /ping`: its Check and the demo server) idle and with `--concurrent` counted streams
+running, a chunk every `--concurrent-pace-ms` each.
 
     python bench/llm_stream.py [--rounds 5] [--streams 20] [--chunks 256] [--pace-ms 1]
                                [--json FILE]
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -118,7 +121,13 @@ def one_stream(
 
 
 def run(
-    rounds: int, streams: int, chunks: int, pace_ms: int, sizes: tuple[int, ...] = (1, 100, 10_000)
+    rounds: int,
+    streams: int,
+    chunks: int,
+    pace_ms: int,
+    sizes: tuple[int, ...] = (1, 100, 10_000),
+    concurrent: int = 100,
+    concurrent_pace_ms: int = 20,
 ) -> dict[str, Any]:
     """Both Envoys, alternated per round: back-to-back streams, and streams paced
     `pace_ms` a chunk (still faster than a model decodes: 1 ms is 1,000 tokens a second)."""
@@ -159,6 +168,7 @@ def run(
                     size: extauthz_cpu_per_response(with_port, token, size, extauthz_pid)
                     for size in sizes
                 }
+                under = latency_under_streams(with_port, token, concurrent, concurrent_pace_ms)
             finally:
                 stop(plain)
     p50 = {
@@ -181,7 +191,59 @@ def run(
             * 1e6,
         }
     out["extauthz_cpu_us_per_response_by_chunks"] = per_response
+    out["unrelated_request_ms"] = under
     return out
+
+
+def _probe(port: int, count: int) -> list[float]:
+    """Latencies (ms) of `count` GET /ping one after another on one connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    out = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            conn.request("GET", "/ping")
+            response = conn.getresponse()
+            response.read()
+            out.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.005)
+    finally:
+        conn.close()
+    return out
+
+
+def latency_under_streams(port: int, token: str, streams: int, pace_ms: int) -> dict[str, Any]:
+    """An unrelated request's p50/p99 (ms) idle, then with `streams` counted streams at once
+    (each a chunk every `pace_ms`, 200 chunks, started again as it ends)."""
+    idle = _probe(port, 300)
+    stop = threading.Event()
+    done = [0]
+
+    def loop() -> None:
+        while not stop.is_set():
+            one_stream(port, token, 200, pace_ms)
+            done[0] += 1
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(streams)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.0)  # (all streams under way)
+    busy = _probe(port, 300)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    def quantiles(values: list[float]) -> dict[str, float]:
+        ordered = sorted(values)
+        return {"p50": statistics.median(ordered), "p99": ordered[int(len(ordered) * 0.99)]}
+
+    return {
+        "streams": streams,
+        "pace_ms": pace_ms,
+        "idle": quantiles(idle),
+        "with_streams": quantiles(busy),
+        "streams_completed": done[0],
+    }
 
 
 def extauthz_cpu_per_response(port: int, token: str, chunks: int, pid: int) -> float:
@@ -202,10 +264,15 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=256)
     parser.add_argument("--pace-ms", type=int, default=1, help="the paced rows' gap a chunk")
     parser.add_argument("--sizes", default="1,100,10000", help="chunks a stream, per response row")
+    parser.add_argument("--concurrent", type=int, default=100, help="streams at once, last row")
+    parser.add_argument("--concurrent-pace-ms", type=int, default=20)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     sizes = tuple(int(x) for x in args.sizes.split(","))
-    data = run(args.rounds, args.streams, args.chunks, args.pace_ms, sizes)
+    data = run(
+        args.rounds, args.streams, args.chunks, args.pace_ms, sizes, args.concurrent,
+        args.concurrent_pace_ms,
+    )  # fmt: skip
     print(json.dumps(data, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=2))

@@ -111,9 +111,10 @@ def test_llm_stream_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "stream.json"
     run_bench(
         "llm_stream.py", "--rounds", "1", "--streams", "2", "--chunks", "32", "--sizes", "1,50",
-        "--json", str(out),
+        "--concurrent", "4", "--json", str(out),
     )  # fmt: skip
     data = json.loads(out.read_text())
     assert {row["chunks"] for row in data["p50"].values()} == {32}
     assert data["paced"]["chunks_per_second_ratio"] > 0
     assert set(data["extauthz_cpu_us_per_response_by_chunks"]) == {"1", "50"}
+    assert data["unrelated_request_ms"]["streams_completed"] > 0
