@@ -23,7 +23,7 @@ from typing import Any
 import openai
 import pytest
 
-from bench.llm_limits import Cluster, drive, per_window
+from bench.llm_limits import Cluster, Result, drive, per_window
 from extauthz.admin import tokens
 from extauthz.config import Settings
 from extauthz.core.token_limit import TokenLimit
@@ -130,15 +130,23 @@ def test_1000_mixed_requests_are_counted_to_the_token(stack: Stack) -> None:
     assert busy >= 2, busy
 
 
+def twice_the_load(
+    cluster: Cluster, limit: int, seconds: float, tokens_a_request: int, hostile: bool = False
+) -> Result:
+    """8 clients a process for `seconds`, within one window, asking twice what `limit`
+    allows a minute."""
+    left = 60 - time.time() % 60
+    if left < seconds + 3:  # one window: wait for the next minute
+        time.sleep(left + 0.1)
+    requests_per_second = 2 * limit / seconds / tokens_a_request
+    return drive(cluster, 8, seconds, 24 / requests_per_second, 0.2, hostile)
+
+
 def test_three_processes_never_pass_the_limit_and_use_most_of_it(tmp_path: Path) -> None:
     limit, seconds = 20_000, 6.0
     cluster = Cluster(tmp_path, 3, f"{limit}/m")
     try:
-        left = 60 - time.time() % 60
-        if left < seconds + 3:  # one window: wait for the next minute
-            time.sleep(left + 0.1)
-        requests_per_second = 2 * limit / seconds / 108  # (~108 tokens a request)
-        result = drive(cluster, 8, seconds, 24 / requests_per_second, 0.2)
+        result = twice_the_load(cluster, limit, seconds, 108)  # (~108 tokens a request)
         time.sleep(0.5)  # a sync (every 0.2 s): debts paid, full budgets given back
         counters = cluster.redis.cli("--scan", "--pattern", "extauthz:tl:*").split()
         taken = [int(cluster.redis.cli("get", key)) for key in counters]
@@ -160,11 +168,7 @@ def test_hostile_clients_across_three_processes_never_get_more_than_the_limit_se
     limit, seconds = 20_000, 6.0
     cluster = Cluster(tmp_path, 3, f"{limit}/m")
     try:
-        left = 60 - time.time() % 60
-        if left < seconds + 3:  # one window: wait for the next minute
-            time.sleep(left + 0.1)
-        requests_per_second = 2 * limit / seconds / 600  # (~600 served a request)
-        result = drive(cluster, 8, seconds, 24 / requests_per_second, 0.2, hostile=True)
+        result = twice_the_load(cluster, limit, seconds, 600, hostile=True)  # (~600 a request)
     finally:
         cluster.close()
     (served,) = per_window(result, 60).values()

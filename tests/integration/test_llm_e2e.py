@@ -143,7 +143,12 @@ def test_streaming_through_envoy(stack: Stack) -> None:
             400,
             "model_required",
         ),
-        (b'{"user": "' + b"y" * 900_000 + b'", "model": "demo-large"}', {}, 403, "model_not_allowed"),
+        (
+            b'{"user": "' + b"y" * 900_000 + b'", "model": "demo-large"}',
+            {},
+            403,
+            "model_not_allowed",
+        ),
     ],
 )
 def test_bodies_through_envoy(

@@ -7,23 +7,19 @@ which must count too."""
 from __future__ import annotations
 
 import copy
-import dataclasses
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
-import yaml
 
 from extauthz.admin import tokens
 from extauthz.config import Settings
 from extauthz.core.token_limit import TokenLimit
-from extauthz.dev.envoy_config import EXT_PROC_FILTER, Endpoint, render
-from extauthz.dev.ports import free_ports
+from extauthz.dev.envoy_config import EXT_PROC_FILTER
 from extauthz.dev.stack import Stack
-from tests.support.procs import local_stack, require_binary, stop, wait_for
+from tests.support.procs import envoy_in_front, local_stack, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
@@ -49,42 +45,12 @@ def gateway(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, int]]:
     work = tmp_path_factory.mktemp("ext-proc")
-    with local_stack(work / "stack", Settings(auth_failure_burst=0, usage_flush=0.2)) as stack:
-        external, internal, admin, console = free_ports(4)
-        ports = dataclasses.replace(
-            stack.ports,
-            external=Endpoint("127.0.0.1", external),
-            internal=Endpoint("127.0.0.1", internal),
-            admin=Endpoint("127.0.0.1", admin),
-            console=Endpoint("127.0.0.1", console),
-        )
-        config = yaml.safe_load(render(ports, stack.client_tls, counting="ext-proc"))
-        if request.param == "as-gateways-write-it":
-            config = as_gateways_write_it(config)
-        path = work / "envoy.yaml"
-        path.write_text(yaml.safe_dump(config))
-        with open(work / "envoy.log", "wb") as log:
-            envoy = subprocess.Popen(
-                [require_binary("envoy"), "-c", str(path), "--use-dynamic-base-id",
-                 "--log-level", "warn"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        try:
-            token = tokens.create(stack.store(), ["llm"], now=time.time()).token
-            probe = openai.OpenAI(
-                base_url=f"http://127.0.0.1:{external}/v1", api_key=token, max_retries=0
-            )
-
-            def ready() -> bool:
-                try:
-                    return bool(probe.models.list().data)
-                except openai.OpenAIError:
-                    return False
-
-            wait_for(ready, 30, "Envoy with ext_proc")
-            yield stack, external
-        finally:
-            stop(envoy)
+    edit = as_gateways_write_it if request.param == "as-gateways-write-it" else None
+    with (
+        local_stack(work / "stack", Settings(auth_failure_burst=0, usage_flush=0.2)) as stack,
+        envoy_in_front(stack, work, counting="ext-proc", edit=edit) as external,
+    ):
+        yield stack, external
 
 
 def test_ext_proc_counts_edits_and_settles(gateway: tuple[Stack, int]) -> None:

@@ -6,7 +6,6 @@ requirements/litellm.lock, made by scripts/install-deps.sh)."""
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import json
 import os
@@ -22,10 +21,9 @@ import yaml
 
 from extauthz.admin import tokens
 from extauthz.config import Settings
-from extauthz.dev.envoy_config import Endpoint, render
 from extauthz.dev.ports import free_ports
 from extauthz.dev.stack import Stack
-from tests.support.procs import REPO, local_stack, require_binary, stop, wait_for
+from tests.support.procs import REPO, envoy_in_front, local_stack, stop, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
@@ -92,47 +90,11 @@ def gateway(litellm: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """The local stack's Redis and extauthz, and an Envoy of our own whose model cluster is
     LiteLLM: (stack, that Envoy's external port)."""
     work = tmp_path_factory.mktemp("gateway")
-    with local_stack(work / "stack", Settings(auth_failure_burst=0, usage_flush=0.5)) as stack:
-        external, internal, admin, console = free_ports(4)
-        ports = dataclasses.replace(
-            stack.ports,
-            external=Endpoint("127.0.0.1", external),
-            internal=Endpoint("127.0.0.1", internal),
-            admin=Endpoint("127.0.0.1", admin),
-            console=Endpoint("127.0.0.1", console),
-            model_http=Endpoint("127.0.0.1", litellm),
-        )
-        config = work / "envoy.yaml"
-        config.write_text(render(ports, stack.client_tls))
-        with open(work / "envoy.log", "wb") as log:
-            envoy = subprocess.Popen(
-                [
-                    require_binary("envoy"),
-                    "-c",
-                    str(config),
-                    "--use-dynamic-base-id",
-                    "--log-level",
-                    "warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            token = tokens.create(stack.store(), ["llm"], now=time.time()).token
-            probe = openai.OpenAI(
-                base_url=f"http://127.0.0.1:{external}/v1", api_key=token, max_retries=0
-            )
-
-            def ready() -> bool:
-                try:
-                    return bool(probe.models.list().data)
-                except openai.OpenAIError:
-                    return False
-
-            wait_for(ready, 30, "Envoy → extauthz → LiteLLM")
-            yield stack, external
-        finally:
-            stop(envoy)
+    with (
+        local_stack(work / "stack", Settings(auth_failure_burst=0, usage_flush=0.5)) as stack,
+        envoy_in_front(stack, work, model_http=litellm) as external,
+    ):
+        yield stack, external
 
 
 def client(gateway: tuple[Stack, int], models: list[str] | None) -> openai.OpenAI:

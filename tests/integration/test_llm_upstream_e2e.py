@@ -7,11 +7,9 @@ request's whole reservation charged."""
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import json
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,10 +21,8 @@ import pytest
 from extauthz.admin import tokens
 from extauthz.config import Settings
 from extauthz.core.token_limit import TokenLimit
-from extauthz.dev.envoy_config import Endpoint, render
-from extauthz.dev.ports import free_ports
 from extauthz.dev.stack import Stack
-from tests.support.procs import local_stack, require_binary, stop, wait_for
+from tests.support.procs import envoy_in_front, local_stack, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
@@ -56,6 +52,13 @@ REPLIES: dict[str, list[bytes]] = {
 class Upstream(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
+    def do_GET(self) -> None:  # (GET /v1/models: the gateway is ready)
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "12")
+        self.end_headers()
+        self.wfile.write(b'{"data": []}')
+
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", "0")))
         pieces = REPLIES[self.headers["x-reply"]]
@@ -83,39 +86,15 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, i
     server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with local_stack(work / "stack", Settings(auth_failure_burst=0, usage_flush=0.2)) as stack:
-            external, internal, admin, console = free_ports(4)
-            ports = dataclasses.replace(
-                stack.ports,
-                external=Endpoint("127.0.0.1", external),
-                internal=Endpoint("127.0.0.1", internal),
-                admin=Endpoint("127.0.0.1", admin),
-                console=Endpoint("127.0.0.1", console),
-                model_http=Endpoint("127.0.0.1", server.server_address[1]),
-            )
-            config = work / "envoy.yaml"
-            config.write_text(render(ports, stack.client_tls))
-            with open(work / "envoy.log", "wb") as log:
-                envoy = subprocess.Popen(
-                    [require_binary("envoy"), "-c", str(config), "--use-dynamic-base-id",
-                     "--log-level", "warn"],
-                    stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
-            try:
-                wait_for(lambda: _open(external), 20, "the Envoy in front of the upstream")
-                yield stack, external
-            finally:
-                stop(envoy)
+        with (
+            local_stack(work / "stack", Settings(auth_failure_burst=0, usage_flush=0.2)) as stack,
+            envoy_in_front(
+                stack, work, model_http=server.server_address[1], ready=False
+            ) as external,
+        ):
+            yield stack, external
     finally:
         server.shutdown()
-
-
-def _open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 def stream(port: int, token: str, reply: str, ask_usage: bool, max_tokens: int = 50) -> bytes:

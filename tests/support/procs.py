@@ -188,3 +188,69 @@ def local_stack(state: Path, settings: Any, policy: Path | None = None) -> Itera
         yield stack
     finally:
         stack.stop()
+
+
+@contextmanager
+def envoy_in_front(
+    stack: Any,
+    work: Path,
+    model_http: int | None = None,
+    counting: str = "lua",
+    edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ready: bool = True,
+) -> Iterator[int]:
+    """A second real Envoy, configured as the stack's (its extauthz, Redis and mutual TLS)
+    but on free ports, in front of the model server on `model_http` (default: the demo
+    server); `counting` and `edit` (a change to the config) as a test needs. Yields its
+    external port, open and (`ready`) answering `GET /v1/models` for an llm token."""
+    import dataclasses
+    import urllib.request
+
+    import yaml
+
+    from extauthz.admin import tokens
+    from extauthz.dev.envoy_config import Endpoint, render
+    from extauthz.dev.ports import free_ports
+
+    external, internal, admin, console = free_ports(4)
+    ports = dataclasses.replace(
+        stack.ports,
+        external=Endpoint("127.0.0.1", external),
+        internal=Endpoint("127.0.0.1", internal),
+        admin=Endpoint("127.0.0.1", admin),
+        console=Endpoint("127.0.0.1", console),
+    )
+    if model_http is not None:
+        ports = dataclasses.replace(ports, model_http=Endpoint("127.0.0.1", model_http))
+    config = yaml.safe_load(render(ports, stack.client_tls, counting=counting))
+    if edit is not None:
+        config = edit(config)
+    path = work / "envoy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with open(work / "envoy.log", "wb") as log:
+        envoy = subprocess.Popen(
+            [require_binary("envoy"), "-c", str(path), "--use-dynamic-base-id",
+             "--log-level", "warn"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: port_open(external) or envoy.poll() is not None, 20, "the second Envoy")
+        assert envoy.poll() is None, (work / "envoy.log").read_text()[-2000:]
+        if ready:
+            token = tokens.create(stack.store(), ["llm"], now=time.time()).token
+            listing = urllib.request.Request(
+                f"http://127.0.0.1:{external}/v1/models",
+                headers={"authorization": f"Bearer {token}"},
+            )
+
+            def answers() -> bool:
+                try:
+                    with urllib.request.urlopen(listing, timeout=2) as response:
+                        return bool(response.status == 200)
+                except OSError:
+                    return False
+
+            wait_for(answers, 30, "Envoy → extauthz → the model server")
+        yield external
+    finally:
+        stop(envoy)
