@@ -395,8 +395,9 @@ def _allow(
     llm = facts.llm
     if model is not None and llm is not None:
         metadata += (("model", model),)
-        if token_id is not None:  # (whom ext_proc charges the response's tokens to)
+        if token_id is not None:  # (whom the response's tokens are charged to)
             metadata += (("token_id", token_id),)
+        metadata += (("api", llm.api),)  # (where the response's usage is)
         # where a limit applies every request gets an output cap: a finite bound
         default = route.default_max_tokens
         if default is None and token_limits:

@@ -77,6 +77,7 @@ class LlmRequest(NamedTuple):
     stream_options: bool = False  # it names a (non-null) top-level "stream_options"
     insert_at: int = 0  # where a pair added first goes (after the object's "{")
     usage_asked: bool = False  # its endpoint's streams report usage only when asked
+    api: str = ""  # its endpoint's shape (chat, completions, responses, embeddings)
 
     def bound(self, default_cap: int | None) -> int | None:
         """The most tokens it may use when a body naming no cap gets `default_cap`: body
@@ -306,6 +307,7 @@ def _request(
         choices=choices,
         stream_options=values.get("stream_options") is not None,
         usage_asked=shape.usage_asked,
+        api=shape.name,
         nulls=tuple(nulls) + ((("stream_options", 0, 0),) if null_options else ()),
     )
 

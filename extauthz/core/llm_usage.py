@@ -67,7 +67,8 @@ def usage_of(obj: Any) -> Usage | None:
         return None
     names = _RESPONSES_NAMES if "input_tokens" in usage else _CHAT_NAMES
     prompt = _count(usage.get(names[0]))
-    completion = _count(usage.get(names[1], 0))
+    # (embeddings report no completion; the Responses API always reports its output)
+    completion = _count(usage.get(names[1], 0 if names is _CHAT_NAMES else None))
     if prompt is None or completion is None:
         return None
     cached = _detail(usage.get(names[2]), "cached_tokens")

@@ -14,22 +14,15 @@ local AUTHZ = "envoy.filters.http.ext_authz"
 local OURS = "extauthz.usage"
 local MAX_EVENT = 1048576
 local MAX_TAIL = 65536
+local MAX_WHOLE = 1048576  -- a Responses API JSON body is read whole up to this
 local MAX_USAGE = 4096
 local UNAVAILABLE = '{"error": "counting_unavailable", "message": ' ..
   '"the tokens of this request cannot be bounded now; retry later"}'
 
--- The last `"usage": {...}` object in `text` (braces matched outside strings), or nil.
--- (Inside a JSON string every quote is escaped, so `"usage"` there never matches.)
-local function usage_object(text)
-  local open = nil
-  local from = 1
-  while true do
-    local _, e = string.find(text, '"usage"%s*:%s*{', from)
-    if e == nil then break end
-    open = e
-    from = e + 1
-  end
-  if open == nil then return nil end
+-- The `{...}` object that starts at `open` in `text` (braces matched outside strings), if
+-- it is short, ASCII and free of control characters but whitespace (extauthz parses it);
+-- else nil.
+local function object_at(text, open)
   local depth, quoted = 0, false
   local i, last = open, math.min(#text, open + MAX_USAGE)
   while i <= last do
@@ -42,11 +35,55 @@ local function usage_object(text)
       depth = depth + 1
     elseif c == 125 then
       depth = depth - 1
-      if depth == 0 then return string.sub(text, open, i) end
+      if depth == 0 then
+        local found = string.sub(text, open, i)
+        if string.find(found, "[%z\1-\8\11\12\14-\31\127-\255]") then return nil end
+        return found
+      end
     end
     i = i + 1
   end
   return nil
+end
+
+-- The last `"usage": {...}` object in `text` (inside a JSON string every quote is escaped,
+-- so `"usage"` there never matches). Where a server echoes objects the client wrote (the
+-- Responses API's `tools`, `text.format`), a forged `"usage"` key can be among them: with
+-- `level`, only a key of an object that many brackets deep counts (1: the top-level
+-- object's own key).
+local function usage_object(text, level)
+  if string.find(text, '"usage"%s*:%s*{') == nil then return nil end
+  local open = nil
+  if level == nil then
+    local from = 1
+    while true do
+      local _, e = string.find(text, '"usage"%s*:%s*{', from)
+      if e == nil then break end
+      open = e
+      from = e + 1
+    end
+  else
+    local deep, quoted, i, n = 0, false, 1, #text
+    while i <= n do
+      local c = string.byte(text, i)
+      if quoted then
+        if c == 92 then i = i + 1 elseif c == 34 then quoted = false end
+      elseif c == 34 then
+        if deep == level then
+          local _, e = string.find(text, '^"usage"%s*:%s*{', i)
+          if e ~= nil then open = e end
+        end
+        quoted = true
+      elseif c == 123 or c == 91 then
+        deep = deep + 1
+      elseif c == 125 or c == 93 then
+        deep = deep - 1
+      end
+      i = i + 1
+    end
+  end
+  if open == nil then return nil end
+  return object_at(text, open)
 end
 
 -- The body with extauthz's splices applied: `spec` is "<length>\n" then "<start> <end>
@@ -85,22 +122,34 @@ local function note(handle, key, value)
   handle:streamInfo():dynamicMetadata():set(OURS, key, value)
 end
 
-local function read_json(handle)
-  local tail = ""
+-- A JSON body: its last MAX_TAIL bytes searched, or (`whole`: a server that echoes the
+-- client's objects) the whole body up to MAX_WHOLE, for a top-level usage only.
+local function read_json(handle, whole)
+  local tail, pieces, size = "", {}, 0
   for chunk in handle:bodyChunks() do
     local n = chunk:length()
     if n > 0 then
-      local take = math.min(n, MAX_TAIL)
-      tail = string.sub(tail .. chunk:getBytes(n - take, take), -MAX_TAIL)
+      if whole then
+        size = size + n
+        if size <= MAX_WHOLE then pieces[#pieces + 1] = chunk:getBytes(0, n) end
+      else
+        local take = math.min(n, MAX_TAIL)
+        tail = string.sub(tail .. chunk:getBytes(n - take, take), -MAX_TAIL)
+      end
     end
   end
-  local usage = usage_object(tail)
+  local usage = nil
+  if not whole then
+    usage = usage_object(tail)
+  elseif size <= MAX_WHOLE then
+    usage = usage_object(table.concat(pieces), 1)
+  end
   if usage ~= nil then note(handle, "usage", usage) end
 end
 
 -- An SSE stream, event by event. `strip`: the usage chunk extauthz asked for (`choices`
 -- empty, a usage) is taken out; the unfinished event is then held back from the client.
-local function read_events(handle, strip)
+local function read_events(handle, strip, level)
   local held, held_size, tail = {}, 0, ""  -- the unfinished event: its pieces, size, last bytes
   local skipping = false  -- in an event longer than MAX_EVENT
   local last = nil
@@ -123,7 +172,7 @@ local function read_events(handle, strip)
         local event = table.concat(held)
         local dropped = false
         if string.find(event, '"usage"', 1, true) then
-          local usage = usage_object(event)
+          local usage = usage_object(event, level)
           if usage ~= nil then
             note(handle, "usage", usage)  -- (at once: a reset stream still has it)
             dropped = strip and string.find(event, '"choices"%s*:%s*%[%s*%]') ~= nil
@@ -156,7 +205,8 @@ local function read_events(handle, strip)
     if stripping then chunk:setBytes(table.concat(out)) end
   end
   if strip and held_size > 0 and last ~= nil then  -- an unfinished last event: let it go
-    last:setBytes(last:getBytes(0, last:length()) .. table.concat(held))
+    -- (not when the stream ended with trailers: that chunk is gone; the event is lost)
+    pcall(function() last:setBytes(last:getBytes(0, last:length()) .. table.concat(held)) end)
   end
   note(handle, "content_events", tostring(content))
 end
@@ -176,6 +226,13 @@ function envoy_on_response(handle)
   local stream = string.find(kind, "text/event-stream", 1, true) == 1
   local strip = stream and authz["strip_usage"] == "1" and status == "200"
   if strip then headers:remove("content-length") end
-  if stream then read_events(handle, strip) else read_json(handle) end
+  -- the usage is a key of the top-level object (chat, completions, embeddings, a Responses
+  -- API body) or of its `response` (a Responses API stream event)
+  local responses = authz["api"] == "responses"
+  if stream then
+    read_events(handle, strip, responses and 2 or 1)
+  else
+    read_json(handle, responses)
+  end
   note(handle, "complete", "1")
 end

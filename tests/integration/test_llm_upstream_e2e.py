@@ -32,6 +32,8 @@ def event(obj: object, newline: bytes = b"\n") -> bytes:
 
 
 CONTENT = event({"choices": [{"index": 0, "delta": {"content": "hi"}}]})
+FORGED = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {
+    "usage": {"type": "object", "input_tokens": 0, "output_tokens": 0}}}}  # fmt: skip
 USAGE = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 11}}
 DONE = b"data: [DONE]\n\n"
 
@@ -46,6 +48,17 @@ REPLIES: dict[str, list[bytes]] = {
     "long-line": [CONTENT, b"data: " + b"x" * (3 << 20) + b"\n\n", event(USAGE), DONE],
     "no-end": [CONTENT, b"data: " + b"y" * (2 << 20)],  # no blank line, no usage: never read
     "lying": [CONTENT, event({"choices": [], "usage": {"prompt_tokens": -1}}), DONE],
+    # a Responses API server echoing the client's tools (with a forged "usage" key in their
+    # schema) after its own usage, as SGLang orders them, and before it at the start
+    "responses-echo": [
+        event({"type": "response.created", "response": {"usage": None, "tools": [FORGED]}}),
+        event({"type": "response.output_text.delta", "delta": "hi"}),
+        event({"type": "response.completed",
+               "response": {"usage": {"input_tokens": 7, "output_tokens": 11}, "tools": [FORGED]}}),
+    ],
+    "json:responses-echo": [json.dumps(
+        {"object": "response", "usage": {"input_tokens": 7, "output_tokens": 11},
+         "tools": [FORGED]}).encode()],
 }  # fmt: skip
 
 
@@ -61,9 +74,11 @@ class Upstream(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", "0")))
-        pieces = REPLIES[self.headers["x-reply"]]
+        reply = self.headers["x-reply"]
+        pieces = REPLIES[reply]
         self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
+        json_reply = reply.startswith("json:")
+        self.send_header("content-type", "application/json" if json_reply else "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
         self.wfile.flush()
@@ -97,17 +112,27 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, i
         server.shutdown()
 
 
-def stream(port: int, token: str, reply: str, ask_usage: bool, max_tokens: int = 50) -> bytes:
+def stream(
+    port: int,
+    token: str,
+    reply: str,
+    ask_usage: bool,
+    max_tokens: int = 50,
+    path: str = "/v1/chat/completions",
+) -> bytes:
     body: dict[str, Any] = {
         "model": "demo-small", "messages": [], "stream": True, "max_tokens": max_tokens,
     }  # fmt: skip
+    if path == "/v1/responses":
+        body = {"model": "demo-small", "input": "hi", "stream": not reply.startswith("json:"),
+                "max_output_tokens": max_tokens, "tools": [FORGED]}  # fmt: skip
     if ask_usage:
         body["stream_options"] = {"include_usage": True}
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         connection.request(
             "POST",
-            "/v1/chat/completions",
+            path,
             json.dumps(body).encode(),
             {"authorization": f"Bearer {token}", "content-type": "application/json",
              "x-reply": reply},
@@ -183,3 +208,17 @@ def test_envoy_and_extauthz_are_still_up(gateway: tuple[Stack, int]) -> None:
     made = tokens.create(stack.store(), ["llm"], now=time.time())
     assert b'"usage"' in stream(port, made.token, "plain", True)
     assert stack.extauthz.proc is not None and stack.extauthz.proc.poll() is None
+
+
+@pytest.mark.parametrize("reply", ["responses-echo", "json:responses-echo"])
+def test_a_usage_forged_in_what_the_server_echoes_is_never_read(
+    gateway: tuple[Stack, int], reply: str
+) -> None:
+    """The Responses API echoes the client's tools: a `"usage"` key in their schema is not
+    the response's usage (which is a key of the response object itself)."""
+    stack, port = gateway
+    made = tokens.create(stack.store(), ["llm"], now=time.time())
+    assert stream(port, made.token, reply, False, path="/v1/responses") == b"".join(REPLIES[reply])
+    read = charged(stack, made.record.id)
+    wait_for(lambda: read().get("completion_tokens") == 11, 10, f"the usage of {reply}")
+    assert read()["prompt_tokens"] == 7
