@@ -27,7 +27,7 @@ from extauthz.runtime.token_limiter import METADATA_KEY as TOKEN_LIMITS_KEY
 
 log = logging.getLogger("extauthz.llm")
 NAMESPACE = "extauthz.usage"  # what the Lua filter writes
-MAX_USAGE_TEXT = 4096  # (the Lua filter sends at most this much of a usage object)
+MAX_USAGE_TEXT = 8192  # (the Lua filter sends at most ~4 KiB of a usage object)
 
 
 def _strings(metadata: Any, namespace: str) -> dict[str, str]:
