@@ -25,6 +25,7 @@ command -v jq >/dev/null || missing+=(jq)  # docs/tokens.md's key-file migration
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 command -v valgrind >/dev/null || missing+=(valgrind)  # bench/instructions.py and its smoke test
+command -v cc >/dev/null || missing+=(gcc)  # bench/llm_scale.py builds its C load tools
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${missing[*]}"
   apt_install "${missing[@]}"

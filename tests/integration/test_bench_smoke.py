@@ -118,3 +118,10 @@ def test_llm_stream_bench_smoke(tmp_path: Path) -> None:
     assert data["paced"]["chunks_per_second_ratio"] > 0
     assert set(data["extauthz_cpu_us_per_response_by_chunks"]) == {"1", "50"}
     assert data["unrelated_request_ms"]["streams_completed"] > 0
+
+
+def test_llm_scale_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    run_bench("llm_scale.py", "--streams", "10", "--chunks", "10", "--json", str(out))
+    data = json.loads(out.read_text())
+    assert data["ok"] == 10 and data["counted_exactly"], data
