@@ -183,6 +183,10 @@ local function read_events(handle, strip, level)
             string.find(event, '"delta"%s*:%s*"[^"]') then
           content = content + 1
         end
+        if string.find(event, "^data:%s*%[DONE%]") then
+          -- (at once: a client may go away right after the last event it waits for)
+          note(handle, "content_events", tostring(content))
+        end
         if strip and not dropped then out[#out + 1] = event end
       end
       held, held_size = {}, 0
