@@ -6,8 +6,9 @@ compiler) so that the load costs the machine little: `--streams` concurrent chat
 (one opened every `--ramp-us`), each of `--chunks` SSE chunks a `--pace-ms` apart, ending
 with its usage chunk (11 prompt tokens, chunks - 2 completion tokens). Reported: streams
 that ended, chunks a second through Envoy, time to first chunk, extauthz's and Envoy's CPU
-(seconds and per response), and whether the tokens extauthz charged equal the streams'
-usage to the token.
+(seconds and per response), whether the tokens extauthz charged equal the streams' usage
+to the token, and the latency of Checks on an unrelated route (gRPC to extauthz, as Envoy
+calls it) idle and while the streams run.
 
     python bench/llm_scale.py [--streams 1000] [--chunks 100] [--pace-ms 50] [--json FILE]
 """
@@ -20,6 +21,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import grpc  # noqa: E402
+from envoy.service.auth.v3 import external_auth_pb2_grpc  # noqa: E402
+
 from bench.run import cpu_seconds  # noqa: E402
 from extauthz.admin import tokens  # noqa: E402
 from extauthz.config import Settings  # noqa: E402
 from extauthz.dev.ports import free_port, port_open  # noqa: E402
+from extauthz.runtime.envoy_check import CheckRequest  # noqa: E402
 from tests.support.procs import envoy_in_front, local_stack, stop, wait_for  # noqa: E402
 
 
@@ -43,6 +49,44 @@ def build(work: Path) -> Path:
         capture_output=True,
     )
     return binary
+
+
+def _checks(stack: Any, until: float, out: list[float]) -> None:
+    """Checks for the public `healthz` route (GET /ping) to the stack's extauthz over its
+    mutual TLS, one every 10 ms until `until`: their latencies (ms) into `out`."""
+    tls = stack.client_tls
+    credentials = grpc.ssl_channel_credentials(
+        Path(tls.ca).read_bytes(), Path(tls.key).read_bytes(), Path(tls.cert).read_bytes()
+    )
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{stack.ports.extauthz.port}",
+        credentials,
+        options=[("grpc.ssl_target_name_override", tls.server_name)],
+    )
+    stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+    request = CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path, http.host = "GET", "/ping", "models.example.com"
+    http.headers.update({":method": "GET", ":path": "/ping", "x-request-id": "bench"})
+    request.attributes.context_extensions["route"] = "healthz"
+    try:
+        while time.perf_counter() < until:
+            started = time.perf_counter()
+            stub.Check(request, timeout=5)
+            out.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.01)
+    finally:
+        channel.close()
+
+
+def _checks_after(stack: Any, delay: float, seconds: float, out: list[float]) -> None:
+    time.sleep(delay)
+    _checks(stack, time.perf_counter() + seconds, out)
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values) or [float("nan")]
+    return {"p50": ordered[len(ordered) // 2], "p99": ordered[int((len(ordered) - 1) * 0.99)]}
 
 
 def run(streams: int, chunks: int, pace_ms: int, ramp_us: int) -> dict[str, Any]:
@@ -67,6 +111,16 @@ def run(streams: int, chunks: int, pace_ms: int, ramp_us: int) -> dict[str, Any]
                 assert stack.extauthz.proc is not None
                 extauthz = stack.extauthz.proc.pid
                 envoy = _envoy_pid(work)
+                idle: list[float] = []
+                _checks(stack, time.perf_counter() + 2.0, idle)
+                busy: list[float] = []
+                # (from when the streams are open to a second before the first ends)
+                probe_from = streams * ramp_us / 1e6 + 0.5
+                probe = threading.Thread(
+                    target=_checks_after,
+                    args=(stack, probe_from, max(0.5, chunks * pace_ms / 1000 - 1.5), busy),
+                )
+                probe.start()
                 before = (cpu_seconds(extauthz), cpu_seconds(envoy), time.perf_counter())
                 seconds = streams * ramp_us / 1e6 + chunks * pace_ms / 1000 + 60
                 out = subprocess.run(
@@ -75,6 +129,7 @@ def run(streams: int, chunks: int, pace_ms: int, ramp_us: int) -> dict[str, Any]
                     check=True, capture_output=True, text=True,
                 )  # fmt: skip
                 wall = time.perf_counter() - before[2]
+                probe.join()
                 client = json.loads(out.stdout)
                 extauthz_cpu = cpu_seconds(extauthz) - before[0]
                 envoy_cpu = cpu_seconds(envoy) - before[1]
@@ -107,6 +162,7 @@ def run(streams: int, chunks: int, pace_ms: int, ramp_us: int) -> dict[str, Any]
         "extauthz_cpu_ms_per_response": extauthz_cpu / max(ok, 1) * 1000,
         "envoy_cpu_seconds": envoy_cpu,
         "envoy_cpu_us_per_chunk": envoy_cpu / max(ok * chunks, 1) * 1e6,
+        "unrelated_check_ms": {"idle": _quantiles(idle), "with_streams": _quantiles(busy)},
         "charged": found,
         "expected": expected,
         "counted_exactly": found == expected,
