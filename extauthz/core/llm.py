@@ -136,7 +136,8 @@ def _reads(shape: ApiShape) -> frozenset[str]:
     if found is None:
         found = _BASE_READS
         if shape.produces:
-            found |= OUTPUT_CAPS | frozenset(shape.choice_keys) | {"n", "best_of"}
+            # (every endpoint's caps and choices: read, and refused where not its own)
+            found |= OUTPUT_CAPS | {"n", "best_of"}
         if shape.prompt_list:
             found |= {"prompt"}
         _READS[shape.name] = found

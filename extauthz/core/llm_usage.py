@@ -179,6 +179,10 @@ def _has_content(choice: Any) -> bool:
 # --- what extauthz adds to a request body, and the usage chunk it takes out ----------------
 
 ASK_FOR_USAGE = ("stream_options", {"include_usage": True})  # `stream_usage: require`
+# where Envoy's Lua filter writes what it read of a response (dynamic metadata namespace)
+USAGE_NAMESPACE = "extauthz.usage"
+# the gRPC initial metadata that names the body-editing ext_proc filter to extauthz
+EDIT_FILTER_METADATA = ("x-extauthz-filter", "edit")
 
 
 class UsageChunkRemover:

@@ -22,6 +22,7 @@ import yaml
 
 from extauthz.core.identity import request_headers
 from extauthz.core.llm import MAX_BODY_BYTES
+from extauthz.core.llm_usage import EDIT_FILTER_METADATA, USAGE_NAMESPACE
 from extauthz.core.route_match import ROUTE_IDENTITIES
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
@@ -277,11 +278,12 @@ def stream_usage_filter(cluster: str = "extauthz") -> dict[str, Any]:
     applies gets one. Every other request is let go at its headers (one round trip;
     `allow_mode_override`). It fails closed: a request it cannot edit never reaches the
     model unbounded (extauthz answers 503, and so does Envoy when extauthz cannot)."""
+    name, value = EDIT_FILTER_METADATA  # (how extauthz tells it from the counting filter)
     return _ext_proc(
         STREAM_USAGE_FILTER,
         cluster,
         "BUFFERED",
-        {"initial_metadata": [{"key": "x-extauthz-filter", "value": "edit"}]},  # names it
+        {"initial_metadata": [{"key": name, "value": value}]},
         failure_mode_allow=False,
         status_on_error={"code": 503},
         allow_mode_override=True,
@@ -361,7 +363,7 @@ def usage_log(cluster: str = "extauthz") -> dict[str, Any]:
         "filter": {
             "metadata_filter": {
                 "matcher": {
-                    "filter": "extauthz.usage",
+                    "filter": USAGE_NAMESPACE,
                     "path": [{"key": "v"}],
                     "value": {"string_match": {"exact": "1"}},
                 },

@@ -45,6 +45,7 @@ from envoy.type.v3 import http_status_pb2
 from extauthz.core.decision import EDIT_KEY, STRIP_KEY
 from extauthz.core.llm import apply_splices
 from extauthz.core.llm_usage import (
+    EDIT_FILTER_METADATA,
     MAX_JSON_BODY,
     StreamUsage,
     Usage,
@@ -58,8 +59,6 @@ from extauthz.runtime.usage import UsageMeter
 
 log = logging.getLogger("extauthz.llm")
 EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
-FILTER_METADATA = "x-extauthz-filter"  # gRPC initial metadata: "edit" names the editing filter
-EDIT_FILTER = "edit"
 # free stream slots an LLM request needs at the editing filter: its own edit and its count
 _ROOM = 2
 WARN_EVERY = 60.0  # seconds between warnings about responses not counted
@@ -258,10 +257,7 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         )
 
     def Process(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        editing = any(
-            key == FILTER_METADATA and value == EDIT_FILTER
-            for key, value in context.invocation_metadata()
-        )
+        editing = EDIT_FILTER_METADATA in tuple(context.invocation_metadata())
         try:
             first = next(requests, None)
             if first is None:
@@ -299,11 +295,11 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             self._charge(exchange)
 
     def _edit_body(self, first: Any, requests: Iterator[Any]) -> Iterator[Any]:
-        """The body-editing filter (before the counting one): sets the pairs ext_authz's
-        metadata asks for (see `_edits`) in the request body. A stream asked for its usage
-        chunk has that chunk taken out of the reply after the counting filter read it; any
-        other request is let go after its body (a clean close: Envoy goes on without us),
-        and one with nothing to set at its headers."""
+        """The body-editing filter (before the counting one): applies the edit that
+        ext_authz's metadata carries (`edit`: LlmRequest.splices) to the request body. A
+        stream asked for its usage chunk has that chunk taken out of the reply after the
+        counting filter read it; any other request is let go after its body (a clean close:
+        Envoy goes on without us), and one with nothing to set at its headers."""
         kind = first.WhichOneof("request")
         if kind != "request_headers":  # (a local reply, such as a denial: nothing to edit)
             default = _ANSWERS.get(kind or "")

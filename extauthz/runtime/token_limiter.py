@@ -163,10 +163,8 @@ class TokenLimiter:
 
     def _budget(self, limited: TokenLimited, now: float) -> _Budget:
         """The budget of `limited`'s current window. Under the lock."""
-        limit = limited.limit
-        window, _, ends = limit.window(now)
         rate = self._rates.get(limited.lease) or 0.0
-        return self._kept(f"{limited.key}:{limit.unit}{window}", limit, ends, rate)
+        return self._kept(*_counter(limited.key, limited.limit, now), rate)
 
     def _kept(self, counter: str, limit: TokenLimit, ends: float, rate: float = 0.0) -> _Budget:
         """This process's budget of `counter` (made when new, starting at `rate`). Under the
@@ -203,11 +201,8 @@ class TokenLimiter:
             for counter, limit, ends in entries:
                 self._kept(counter, limit, float(ends)).held += max(0, need - used)
                 if used > need:  # (to the window the response ended in, not the one it began)
-                    window, _, window_ends = limit.window(now)
-                    key = counter.rpartition(":")[0]
-                    self._kept(f"{key}:{limit.unit}{window}", limit, window_ends).held -= (
-                        used - need
-                    )
+                    ended = _counter(counter.rpartition(":")[0], limit, now)
+                    self._kept(*ended).held -= used - need
 
     # --- sync (every policy poll) ---------------------------------------------------------
 
@@ -244,3 +239,10 @@ class TokenLimiter:
         except StoreError:
             return False
         return True
+
+
+def _counter(key: str, limit: TokenLimit, now: float) -> tuple[str, TokenLimit, float]:
+    """The Redis counter of `key` under `limit` in the window `now` falls in
+    ("<key>:<unit><window>"), the limit, and the window's end."""
+    window, _, ends = limit.window(now)
+    return f"{key}:{limit.unit}{window}", limit, ends

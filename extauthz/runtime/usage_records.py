@@ -21,12 +21,12 @@ from typing import Any
 import grpc
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
-from extauthz.core.llm_usage import MAX_TOKENS, Usage, usage_of
+from extauthz.core.llm_usage import MAX_TOKENS, USAGE_NAMESPACE, Usage, usage_of
 from extauthz.runtime.ext_proc import EXT_AUTHZ_NAMESPACE, UsageProcessor
 from extauthz.runtime.token_limiter import METADATA_KEY as TOKEN_LIMITS_KEY
 
 log = logging.getLogger("extauthz.llm")
-NAMESPACE = "extauthz.usage"  # what the Lua filter writes
+NAMESPACE = USAGE_NAMESPACE  # what the Lua filter writes
 MAX_USAGE_TEXT = 8192  # (the Lua filter sends at most ~4 KiB of a usage object)
 
 

@@ -17,13 +17,9 @@ from google.protobuf import struct_pb2
 from bench.llm_limits import response_messages
 from extauthz.core.decision import Decision, Outcome
 from extauthz.core.llm import read_model_request
+from extauthz.core.llm_usage import EDIT_FILTER_METADATA
 from extauthz.core.token_limit import TokenLimit, TokenLimited
-from extauthz.runtime.ext_proc import (
-    EDIT_FILTER,
-    EXT_AUTHZ_NAMESPACE,
-    FILTER_METADATA,
-    UsageProcessor,
-)
+from extauthz.runtime.ext_proc import EXT_AUTHZ_NAMESPACE, UsageProcessor
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.token_limiter import METADATA_KEY, TokenLimiter
 from extauthz.runtime.usage import UsageMeter
@@ -52,7 +48,7 @@ class Context:
 
 
 COUNTING = Context(("user-agent", "envoy"))
-EDITING = Context((FILTER_METADATA, EDIT_FILTER))
+EDITING = Context(EDIT_FILTER_METADATA)
 
 
 def run(processor: UsageProcessor, messages: Any) -> None:
