@@ -7,6 +7,7 @@ and exits non-zero (2 for usage and configuration, 1 when Redis cannot be reache
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -116,11 +117,17 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.admin.sync import sync
     from extauthz.core.policy import load_policy_file
 
+    if args.watch:
+        return _sync_watch(args, settings)
     doc = load_policy_file(args.policy)
     _warn(doc.warnings)
-    result = sync(_store(settings), doc, prune=args.prune, dry_run=args.dry_run)
+    check = args.check
+    result = sync(_store(settings), doc, prune=args.prune, dry_run=args.dry_run or check)
     for line in result.lines():
         print(line)
+    if check and result.changed:
+        print(f"the published policy differs from {args.policy}: run `extauthz sync` on it")
+        return 1
     if not result.changed:
         print(f"no change (policy version {result.version})")
     elif args.dry_run:
@@ -128,6 +135,24 @@ def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"published policy version {result.version}")
     _warn(result.warnings)
+    return 0
+
+
+def _sync_watch(args: argparse.Namespace, settings: Settings) -> int:
+    """`sync --watch`: in the foreground until SIGTERM or Ctrl-C (a Deployment, a service)."""
+    import threading
+
+    from extauthz.admin.sync import watch
+
+    if args.dry_run or args.check:
+        raise UsageError("--watch publishes: it takes neither --dry-run nor --check")
+    if not 0.1 <= args.interval <= 3600:
+        raise UsageError(f"--interval {args.interval:g}: give seconds from 0.1 to 3600")
+    _setup_logging(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):  # (Ctrl-C in a terminal)
+        watch(_store(settings), args.policy, stop, prune=args.prune, interval=args.interval)
     return 0
 
 
@@ -660,6 +685,22 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("policy", metavar="POLICY.yaml")
     sync.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     sync.add_argument("--prune", action="store_true", help="remove routes not in the file")
+    sync.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 (writing nothing) when the published policy differs from the file",
+    )
+    sync.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep running: sync again whenever the file changes or Redis lost the policy",
+    )
+    sync.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        help="with --watch: seconds between looks (default 10)",
+    )
     sync.set_defaults(func=_cmd_sync)
 
     _add_token_parsers(sub)

@@ -29,6 +29,7 @@ REDIS = ("serve", "sync", "token", "check", "health", "audit", "admin")
 SERVE = ("serve", "up")  # `up` passes these to the stack's server...
 STACK_OWNED = ("serve",)  # ...but sets these itself (where it listens, its TLS files)
 TLS = ("serve", "health")
+LOGGING = (*SERVE, "sync")  # (`sync --watch` logs what it publishes)
 
 
 def setting(
@@ -86,9 +87,14 @@ class Settings:
         "counting_unavailable); 0: none",
         zero_ok=True,
     )
-    log_format: str = setting("text", "log lines as text or JSON", choices=("text", "json"))
+    log_format: str = setting(
+        "text", "log lines as text or JSON", choices=("text", "json"), commands=LOGGING
+    )
     log_level: str = setting(
-        "info", "denials at info, allows at debug", choices=("debug", "info", "warning", "error")
+        "info",
+        "denials at info, allows at debug",
+        choices=("debug", "info", "warning", "error"),
+        commands=LOGGING,
     )
     redis_timeout: float = setting(0.1, "seconds per Redis command on the decision path")
     policy_refresh: float = setting(1.0, "seconds between checks for a new policy version")

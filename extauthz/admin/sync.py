@@ -2,24 +2,37 @@
 
 The whole file is validated and every route secret read before anything is written; the
 new snapshot replaces the old in a single Redis command (readers see one version or the
-other, never a mix). A file identical to what is published changes nothing.
+other, never a mix). A file identical to what is published changes nothing, so a sync is
+safe to re-run at any time: `watch` re-runs it whenever the file (or a secret file it names)
+changes and whenever the published policy does (Redis came back empty, someone published
+another file), so the file stays the one source of the policy (docs/policy.md).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from extauthz.admin import audit
 from extauthz.core.credentials import token_hash
-from extauthz.core.policy import PolicyDocument, PolicySnapshot, RoutePolicy, SecretSpec
+from extauthz.core.policy import (
+    PolicyDocument,
+    PolicySnapshot,
+    RoutePolicy,
+    SecretSpec,
+    load_policy_file,
+)
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import PolicyError
+from extauthz.errors import PolicyError, StoreError
 from extauthz.files import describe, read_regular_file
-from extauthz.storage.store import Store
+from extauthz.storage.store import PolicyVersion, Store
 
 MAX_SECRET_BYTES = 64 << 10  # a route secret is a password, not a file's worth of data
+WATCH_INTERVAL = 10.0  # seconds between two looks at the file and the published version
+log = logging.getLogger("extauthz.sync")
 
 
 @dataclass
@@ -167,3 +180,71 @@ def _plan(
     if not result.changed:
         result.version = current.version if current else 0
     return result, snapshot
+
+
+# --- watching: the file stays the one source of the policy -----------------------------------
+
+_FileState = tuple[int, int, int, int] | None  # (device, inode, size, mtime in ns), None: absent
+
+
+def _file_state(path: str) -> _FileState:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What the last sync was made from: the files' states and the version it left."""
+
+    files: tuple[_FileState, ...]
+    published: PolicyVersion | None
+
+
+def watch(
+    store: Store,
+    path: str,
+    stop: threading.Event,
+    *,
+    prune: bool = False,
+    interval: float = WATCH_INTERVAL,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Sync `path` now, then every `interval` seconds where the file, a secret file it names
+    or the published version changed, until `stop` is set. A file that fails validation and
+    a Redis that cannot be reached are logged (once per distinct message) and retried; what
+    was published stays. A look that finds nothing changed costs one stat per file and one
+    HMGET."""
+    paths = [path]
+    seen: _Seen | None = None
+    problem = ""
+    while True:
+        try:
+            files = tuple(_file_state(p) for p in paths)
+            if seen is None or seen.files != files or seen.published != store.policy_version():
+                doc = load_policy_file(path)
+                paths = [path, *(s.from_file for s in doc.secrets if s.from_file is not None)]
+                files = tuple(_file_state(p) for p in paths)
+                result = sync(store, doc, prune=prune, env=env)
+                if result.changed:
+                    log.info(
+                        "published policy version %d from %s (%s)",
+                        result.version,
+                        path,
+                        "; ".join(result.lines()) or "a new Redis",
+                    )
+                for warning in (*doc.warnings, *result.warnings):
+                    log.warning("%s", warning)
+                seen = _Seen(files, store.policy_version())
+            if problem:
+                log.info("policy %s in sync again", path)
+            problem = ""
+        except (PolicyError, StoreError) as e:
+            if str(e) != problem:
+                log.error("cannot sync %s (%s): the published policy stays", path, e)
+            problem = str(e)
+            seen = None  # (looked at again next time: the file may be fixed, Redis back)
+        if stop.wait(interval):
+            return

@@ -23,7 +23,7 @@ SERVICES: dict[str, Any] = COMPOSE_FILE["services"]
 
 def test_services_and_dependencies() -> None:
     assert set(SERVICES) == {"redis", "sync", "certs", "extauthz", "admin", "model", "envoy"}
-    one_shot = {"sync", "certs"}
+    one_shot = {"certs"}
     for name, svc in SERVICES.items():
         assert "image" in svc or svc.get("build") == ".", name
         for dep, cond in svc.get("depends_on", {}).items():
@@ -43,7 +43,7 @@ def test_host_files_exist() -> None:
         for volume in svc.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("./"):
-                assert (REPO / source).is_file(), (name, source)
+                assert (REPO / source).exists(), (name, source)
             else:
                 assert source in COMPOSE_FILE["volumes"], (name, source)
     for line in (REPO / "Dockerfile").read_text().splitlines():
@@ -96,8 +96,18 @@ def test_extauthz_commands_parse() -> None:
     assert parser.parse_args(certs[0].split()[1:]).func.__name__ == "_cmd_certs"
     args = parser.parse_args(SERVICES["extauthz"]["healthcheck"]["test"][2:])
     assert args.target == "127.0.0.1:9001"
-    assert SERVICES["sync"]["volumes"][0].endswith(":/etc/extauthz/policy.yaml:ro")
-    assert SERVICES["sync"]["command"][1] == "/etc/extauthz/policy.yaml"
+    host, _, mounted = SERVICES["sync"]["volumes"][0].partition(":")
+    assert mounted == "/etc/extauthz:ro" and (REPO / host / "policy.yaml").is_file()
+    watch = parser.parse_args(SERVICES["sync"]["command"])
+    assert watch.watch and watch.prune and watch.policy == "/etc/extauthz/policy.yaml"
+    check = parser.parse_args(SERVICES["sync"]["healthcheck"]["test"][2:])
+    assert check.check and check.prune and check.policy == watch.policy
+
+
+def test_redis_keeps_every_write() -> None:
+    command = SERVICES["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert SERVICES["redis"]["volumes"][0].endswith(":/data")
 
 
 def _host_binding(mapping: str) -> str:

@@ -102,7 +102,7 @@ def test_the_server_command_ports_and_probes_agree() -> None:
 def test_settings_come_from_the_environment_and_workers_from_the_cpu_limit() -> None:
     for workload in (
         find("Deployment", "extauthz"),
-        find("Job", "extauthz-sync"),
+        find("Deployment", "extauthz-sync"),
         find("Deployment", "extauthz-admin"),
     ):
         for container in pod(workload)["containers"]:
@@ -121,11 +121,13 @@ def test_settings_come_from_the_environment_and_workers_from_the_cpu_limit() -> 
     assert env["EXTAUTHZ_ROUTE_IDENTITY"]["value"] in choices
 
 
-def test_the_sync_job_reads_the_policy_configmap() -> None:
-    job = find("Job", "extauthz-sync")
+def test_the_sync_watcher_reads_the_policy_configmap() -> None:
+    job = find("Deployment", "extauthz-sync")
     (container,) = pod(job)["containers"]
     args = _parser().parse_args(container["args"])
-    assert args.func.__name__ == "_cmd_sync"
+    assert args.func.__name__ == "_cmd_sync" and args.watch and args.prune
+    probe = _parser().parse_args(container["readinessProbe"]["exec"]["command"][1:])
+    assert probe.check and probe.prune and probe.policy == args.policy
     (mount,) = container["volumeMounts"]
     (volume,) = [v for v in pod(job)["volumes"] if v["name"] == mount["name"]]
     configmap = find("ConfigMap", volume["configMap"]["name"])
@@ -134,12 +136,27 @@ def test_the_sync_job_reads_the_policy_configmap() -> None:
     assert text == (REPO / "examples/policy.yaml").read_text()
     parse_policy(text)
     assert container["envFrom"] == [{"secretRef": {"name": "extauthz-route-secrets"}}]
-    assert pod(job)["restartPolicy"] == "OnFailure"
+    assert job["spec"]["replicas"] == 1  # (two watchers would only race to publish the same)
+
+
+def test_redis_keeps_its_data_on_a_volume_claim() -> None:
+    redis = find("StatefulSet", "redis")
+    (container,) = pod(redis)["containers"]
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--appendfsync") + 1] == "everysec"
+    assert "--save" not in args or args[args.index("--save") + 1] != ""
+    (claim,) = redis["spec"]["volumeClaimTemplates"]
+    (mount,) = container["volumeMounts"]
+    assert mount == {"name": claim["metadata"]["name"], "mountPath": "/data"}
+    assert "volumes" not in pod(redis)  # (no emptyDir shadowing the claim)
+    assert pod(redis)["securityContext"]["fsGroup"] == pod(redis)["securityContext"]["runAsUser"]
+    assert redis["spec"]["serviceName"] == find("Service", "redis")["metadata"]["name"]
 
 
 def test_every_pod_is_locked_down() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
-    for workload in [d for d in DOCS if d["kind"] in ("Deployment", "Job")]:
+    for workload in [d for d in DOCS if d["kind"] in ("Deployment", "StatefulSet", "Job")]:
         spec = pod(workload)
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -156,7 +173,7 @@ def test_every_pod_is_locked_down() -> None:
     assert redis["spec"]["ingress"][0]["from"] == [
         {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "extauthz"}}}
     ]
-    for workload in (find("Deployment", "extauthz"), find("Job", "extauthz-sync")):
+    for workload in (find("Deployment", "extauthz"), find("Deployment", "extauthz-sync")):
         assert labels(workload)["app.kubernetes.io/part-of"] == "extauthz"
 
 
