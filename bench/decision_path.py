@@ -45,8 +45,8 @@ from extauthz.runtime.envoy_check import (  # noqa: E402
     check_input_reader,
     check_response_bytes,
 )
+from extauthz.runtime.limiter import Limiter  # noqa: E402
 from extauthz.runtime.metrics import Metrics  # noqa: E402
-from extauthz.runtime.rate_limiter import RateLimiter  # noqa: E402
 from extauthz.runtime.server import check_handler  # noqa: E402
 from extauthz.runtime.usage import UsageMeter  # noqa: E402
 from extauthz.storage.store import Store  # noqa: E402
@@ -72,7 +72,7 @@ def authorizer(
         cache,
         metrics=Metrics(),
         failures=FailureLimiter(5.0, 50),
-        limiter=RateLimiter(store),
+        limiter=Limiter(store),
         usage=UsageMeter(store, flush_every=10**9) if usage else None,
     )
     auth.refresh_policy()

@@ -129,7 +129,7 @@ def run(calls: int) -> dict[str, Any]:
             }
             redis_client: Any = store.client
 
-            def leases() -> int:  # INCRBYs: one a lease (runtime/rate_limiter.py)
+            def leases() -> int:  # INCRBYs: one a lease (runtime/limiter.py)
                 stats = redis_client.info("commandstats").get("cmdstat_incrby", {})
                 return int(stats.get("calls", 0))
 

@@ -48,6 +48,7 @@ from extauthz.core.identity.base import (
     Unavailable,
 )
 from extauthz.core.jwt_verify import JwtVerify
+from extauthz.core.limits import REQUESTS, TOKENS, Limited, limits_for
 from extauthz.core.llm import (
     DEFAULT_MAX_TOKENS,
     INVALID,
@@ -58,8 +59,7 @@ from extauthz.core.llm import (
 )
 from extauthz.core.llm_usage import ASK_FOR_USAGE
 from extauthz.core.policy import Access, PolicySnapshot, RoutePolicy
-from extauthz.core.rate_limit import Limited, client_key, limits_for
-from extauthz.core.token_limit import TokenLimited, token_limits_for
+from extauthz.core.rate_limit import client_key
 
 ANONYMOUS = "anonymous"
 INTERNAL = "internal"
@@ -133,16 +133,15 @@ class Decision:
     reusable_until: float | None = field(default=FOREVER, compare=False)
     # ALLOW: Envoy's dynamic metadata (subject, route, scopes, token_name) for access logs
     metadata: tuple[tuple[str, str], ...] = ()
-    # ALLOW: the rate-limit counters it must take a permit from, each time it is given
-    # (also when remembered): the runtime turns it into a 429 when one is used up
+    # ALLOW: the limits' counters it must take from (1 request; `reserve` LLM tokens), each
+    # time it is given (also when remembered): the runtime turns it into a 429 when one
+    # has no room (core/limits.py, runtime/limiter.py)
     limits: tuple[Limited, ...] = field(default=(), compare=False)
     # the token (or route secret) it was decided for: its usage is metered
     token_id: str | None = field(default=None, compare=False)
     # `api: openai` routes: the model allowed (usage and metrics per model)
     model: str | None = field(default=None, compare=False)
-    # ALLOW with a model: the LLM token limits it is admitted against, each time it is given
-    # (the runtime reserves `reserve` tokens from each, or turns it into a 429)
-    token_limits: tuple[TokenLimited, ...] = field(default=(), compare=False)
+    # ALLOW with a model under a token limit: the tokens it reserves (its bound)
     reserve: int = field(default=0, compare=False)
     # ALLOW: headers added to the response sent to the client (the tokens left)
     response_headers: Headers = ()
@@ -170,8 +169,8 @@ def decide(
         if isinstance(model, Decision):
             return model
         return _allow(
-            facts, route, ANONYMOUS, frozenset(), "public", limits=_per_address(facts, route),
-            model=model, token_limits=_tokens_per_address(facts, route, model),
+            facts, route, ANONYMOUS, frozenset(), "public",
+            limits=_per_address(facts, route, model), model=model,
         )  # fmt: skip
     if route.access is Access.PRIVATE:
         internal = facts.network == INTERNAL or snapshot.is_internal_address(facts.source_address)
@@ -183,8 +182,7 @@ def decide(
                 return model
             return _allow(
                 facts, route, INTERNAL, frozenset(), "internal",
-                limits=_per_address(facts, route), model=model,
-                token_limits=_tokens_per_address(facts, route, model),
+                limits=_per_address(facts, route, model), model=model,
             )  # fmt: skip
     return _decide_protected(facts, route, snapshot, lookup, now, verify_jwt)
 
@@ -216,17 +214,16 @@ def _decide_protected(
         # subjects are `jwt:<issuer>:<sub>`), never one in the other's counter
         caller = f"tok:{result.token_id}" if result.token_id else f"sub:{result.subject}"
         limits = limits_for(  # (counted by the runtime, see Decision.limits)
-            route.name, route.rate_limit, result.token_id, result.rate_limit, caller
+            REQUESTS, route.name, route.rate_limit, result.token_id, result.rate_limit, caller
         )
-        token_limits: tuple[TokenLimited, ...] = ()
         if model is not None:  # (a request that names no model uses no LLM tokens)
-            token_limits = token_limits_for(
-                route.name, route.token_limit, result.token_id, result.token_limit, caller
+            limits += limits_for(
+                TOKENS, route.name, route.token_limit, result.token_id, result.token_limit, caller
             )
         return _allow(  # 3. response
             facts, route, result.subject, result.scopes, result.reason, result.headers,
             until=result.valid_until, name=result.name, limits=limits, token_id=result.token_id,
-            model=model, token_limits=token_limits,
+            model=model,
         )  # fmt: skip
     match result:
         case Rejected(reason=reason, description=text, presented=shown, subject=who) as no:
@@ -268,7 +265,7 @@ def authorize(identity: Identity, route: RoutePolicy) -> Decision | None:
 
     Its rate limits (the token's, the route's per caller) ride on the allow as
     `Decision.limits`: counting is state shared across processes, done by the runtime for
-    every request, also for a remembered decision (see `rate_limited`).
+    every request, also for a remembered decision (see `limit_reached`).
     """
     grants = identity.grants
     if grants is not None and route.name not in grants and "*" not in grants:
@@ -370,7 +367,6 @@ def _allow(
     limits: tuple[Limited, ...] = (),
     token_id: str | None = None,
     model: str | None = None,
-    token_limits: tuple[TokenLimited, ...] = (),
 ) -> Decision:
     scope_list = ",".join(sorted(scopes))
     if model is not None:
@@ -400,6 +396,7 @@ def _allow(
         metadata += (("api", llm.api),)  # (where the response's usage is)
         # where a limit applies every request gets an output cap: a finite bound
         default = route.default_max_tokens
+        token_limits = [limited for limited in limits if limited.kind is TOKENS]
         if default is None and token_limits:
             default = DEFAULT_MAX_TOKENS
         edits: tuple[tuple[str, object], ...] = llm.cap_edits(default)
@@ -426,25 +423,18 @@ def _allow(
         limits=limits,
         token_id=token_id,
         model=model,
-        token_limits=token_limits,
         reserve=reserve,
     )
 
 
-def _tokens_per_address(
-    facts: RequestFacts, route: RoutePolicy, model: str | None
-) -> tuple[TokenLimited, ...]:
-    if route.token_limit is None or model is None:
+def _per_address(facts: RequestFacts, route: RoutePolicy, model: str | None) -> tuple[Limited, ...]:
+    """A route's limits for a caller nobody names: counted per client address."""
+    tokens = route.token_limit if model is not None else None
+    if route.rate_limit is None and tokens is None:
         return ()
     caller = f"addr:{client_key(facts.source_address)}"
-    return token_limits_for(route.name, route.token_limit, None, None, caller)
-
-
-def _per_address(facts: RequestFacts, route: RoutePolicy) -> tuple[Limited, ...]:
-    if route.rate_limit is None:
-        return ()
-    caller = f"addr:{client_key(facts.source_address)}"
-    return limits_for(route.name, route.rate_limit, None, None, caller)
+    limits = limits_for(REQUESTS, route.name, route.rate_limit, None, None, caller)
+    return limits + limits_for(TOKENS, route.name, tokens, None, None, caller)
 
 
 def _not_found(reason: str) -> Decision:
@@ -464,20 +454,20 @@ def _forbidden(reason: str, subject: str, *, until: float | None = FOREVER) -> D
     )
 
 
-def rate_limited(limited: Limited, retry_after: float, allow: Decision) -> Decision:
-    """429 instead of `allow`: a rate limit is used up for this window; `retry_after`:
-    seconds until the next one."""
-    message = f"rate limit {limited.limit} of {limited.what} reached; retry later"
+def limit_reached(limited: Limited, retry_after: float, window: float, allow: Decision) -> Decision:
+    """429 instead of `allow`: `limited` has no room left in this window (of `window`
+    seconds) for it; `retry_after`: seconds until the next window."""
+    kind = limited.kind
+    message = f"{kind.noun} {limited.limit} of {limited.what} reached; retry later"
+    headers: Headers = (_JSON, ("retry-after", str(max(1, math.ceil(retry_after)))))
+    if kind is REQUESTS:  # (the IETF draft's header counts requests)
+        headers += (("ratelimit-policy", f"{limited.limit.count};w={round(window)}"),)
     return Decision(
         Outcome.DENY,
         429,
-        "rate_limited",
-        (
-            _JSON,
-            ("retry-after", str(max(1, math.ceil(retry_after)))),
-            ("ratelimit-policy", f"{limited.limit.count};w={limited.limit.seconds}"),
-        ),
-        body=_body("rate_limited", message),
+        kind.reason,
+        headers,
+        body=_body(kind.reason, message),
         subject=allow.subject,
         reusable_until=None,
         token_id=allow.token_id,
@@ -485,7 +475,7 @@ def rate_limited(limited: Limited, retry_after: float, allow: Decision) -> Decis
 
 
 def request_too_large(
-    bound: int, limited: TokenLimited, subject: str, token_id: str | None, until: float | None
+    bound: int, limited: Limited, subject: str, token_id: str | None, until: float | None
 ) -> Decision:
     """413: a request whose bound alone is more than a token limit allows in a window (it
     could never be admitted: no Retry-After)."""
@@ -502,23 +492,6 @@ def request_too_large(
         subject=subject,
         reusable_until=until,
         token_id=token_id,
-    )
-
-
-def token_limit_reached(limited: TokenLimited, retry_after: float, allow: Decision) -> Decision:
-    """429 instead of `allow`: the caller's LLM tokens for this window are used up (or the
-    request's reservation does not fit in what is left); `retry_after`: seconds until the
-    window ends."""
-    message = f"token limit {limited.limit} of {limited.what} reached; retry later"
-    return Decision(
-        Outcome.DENY,
-        429,
-        "token_limit_reached",
-        (_JSON, ("retry-after", str(max(1, math.ceil(retry_after))))),
-        body=_body("token_limit_reached", message),
-        subject=allow.subject,
-        reusable_until=None,
-        token_id=allow.token_id,
     )
 
 

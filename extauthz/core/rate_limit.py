@@ -5,8 +5,8 @@ A limit allows at most N requests in every window of its unit aligned to the UTC
 (`600/m`: 12:00:00 to 12:00:59, 12:01:00 to ...). The token's own limit (record field
 `rate_limit`) counts per token; a route's limit (policy `rate_limit`) counts per caller on
 that route: per token id, JWT subject or route secret id, and per client address where
-nobody is named (public routes, private routes seen from inside). The counting itself,
-shared by every process through Redis, is runtime/rate_limiter.py.
+nobody is named (public routes, private routes seen from inside): core/limits.py. The
+counting itself, shared by every process through Redis, is runtime/limiter.py.
 """
 
 from __future__ import annotations
@@ -39,46 +39,14 @@ class RateLimit:
             raise ValueError(RULE)
         return cls(int(m.group(1)), m.group(2))
 
-    def window(self, now: float) -> int:
-        """The index of the aligned window `now` falls in."""
-        return int(now // self.seconds)
-
-    def window_end(self, now: float) -> float:
-        return (self.window(now) + 1) * self.seconds
+    def window(self, now: float) -> tuple[int, float, float]:
+        """The aligned window `now` falls in: its index, its first second and the first
+        after it."""
+        index = int(now // self.seconds)
+        return index, float(index * self.seconds), float((index + 1) * self.seconds)
 
     def __str__(self) -> str:
         return f"{self.count}/{self.unit}"
-
-
-@dataclass(frozen=True, slots=True)
-class Limited:
-    """One counter an allow must take a permit from: `key` names what is counted."""
-
-    key: str  # "token:<id>" or "route:<route>:<subject or address>"
-    limit: RateLimit
-    what: str  # for the 429 message: "this token", "this route"
-    lease: str = ""  # key and limit: a changed limit is a new lease (set by limits_for)
-
-    def __post_init__(self) -> None:
-        if not self.lease:
-            object.__setattr__(self, "lease", f"{self.key}|{self.limit}")
-
-
-def limits_for(
-    route: str,
-    route_limit: RateLimit | None,
-    token_id: str | None,
-    token_limit: RateLimit | None,
-    caller: str,
-) -> tuple[Limited, ...]:
-    """The counters an allow on `route` takes from: the token's own limit, and the route's
-    per `caller` (a subject, or the client address when nobody is named)."""
-    out: tuple[Limited, ...] = ()
-    if token_limit is not None and token_id is not None:
-        out += (Limited(f"token:{token_id}", token_limit, "this token"),)
-    if route_limit is not None:
-        out += (Limited(f"route:{route}:{caller}", route_limit, f"route {route}"),)
-    return out
 
 
 def client_key(address: str) -> str:

@@ -4,14 +4,14 @@ in (what a request reserves is its bound: core/llm.py `LlmRequest.bound`).
 A token limit allows at most N LLM tokens (prompt + completion) per window of its unit:
 `m`, `h`, `d` aligned to the UTC epoch, or `mo`, the UTC calendar month. The token's own
 limit (record field `token_limit`) counts per token; a route's (policy `token_limit`) per
-caller on that route, as a route's `rate_limit` does. The counting, shared by every process
-through Redis, is runtime/token_limiter.py.
+caller on that route, as a route's `rate_limit` does (core/limits.py). The counting, shared
+by every process through Redis, is runtime/limiter.py.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 _NOTATION = re.compile(r"([1-9][0-9]{0,14})/(mo|m|h|d)", re.ASCII)
@@ -51,34 +51,3 @@ class TokenLimit:
 def _month_start(index: int) -> float:
     year, month = divmod(index, 12)
     return datetime(year, month + 1, 1, tzinfo=UTC).timestamp()
-
-
-@dataclass(frozen=True, slots=True)
-class TokenLimited:
-    """One token counter an LLM request is admitted against: `key` names what is counted."""
-
-    key: str  # "token:<id>" or "route:<route>:<caller>"
-    limit: TokenLimit
-    what: str  # for the 429 message: "this token", "route llm"
-    lease: str = field(default="", compare=False)  # key and limit: a changed limit leases anew
-
-    def __post_init__(self) -> None:
-        if not self.lease:
-            object.__setattr__(self, "lease", f"{self.key}|{self.limit}")
-
-
-def token_limits_for(
-    route: str,
-    route_limit: TokenLimit | None,
-    token_id: str | None,
-    token_limit: TokenLimit | None,
-    caller: str,
-) -> tuple[TokenLimited, ...]:
-    """The counters an LLM request on `route` is admitted against: the token's own limit and
-    the route's per `caller` (a subject, or the client address when nobody is named)."""
-    out: tuple[TokenLimited, ...] = ()
-    if token_limit is not None and token_id is not None:
-        out += (TokenLimited(f"token:{token_id}", token_limit, "this token"),)
-    if route_limit is not None:
-        out += (TokenLimited(f"route:{route}:{caller}", route_limit, f"route {route}"),)
-    return out

@@ -25,6 +25,7 @@ from extauthz.core.decision import (
     decide,
     shown_request_id,
 )
+from extauthz.core.limits import REFUSALS
 from extauthz.core.policy import EMPTY_SNAPSHOT, PolicySnapshot
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import TooManyFailures, shown
@@ -32,10 +33,9 @@ from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.runtime.envoy_check import client_of, llm_request_of
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.jwt_verifier import JwtVerifier
+from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.logs import LogSampler
 from extauthz.runtime.metrics import Metrics, count_value
-from extauthz.runtime.rate_limiter import RateLimiter
-from extauthz.runtime.token_limiter import TokenLimiter
 from extauthz.runtime.usage import UsageMeter
 from extauthz.storage.store import PolicyVersion, Store
 from extauthz.storage.token_cache import TokenCache
@@ -48,7 +48,7 @@ _perf_counter = time.perf_counter
 _debug_enabled = log.isEnabledFor
 _DEBUG = logging.DEBUG
 watch_log = logging.getLogger("extauthz.policy")
-_LIMITED = ("rate_limited", "token_limit_reached")  # refusals counted as rate-limited
+_LIMITED = REFUSALS  # refusals counted as rate-limited
 
 MEMO_TTL = 1.0  # seconds a remembered decision lives at most (beyond that: decided afresh)
 MEMO_MAX_ENTRIES = 10_000
@@ -71,18 +71,16 @@ class Authorizer:
         metrics: Metrics | None = None,
         disable_auth: bool = False,
         failures: FailureLimiter | None = None,
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
         usage: UsageMeter | None = None,
-        token_limiter: TokenLimiter | None = None,
     ) -> None:
         """`failures`: failed authentications per client address (429 past its limit);
-        `limiter`: counts the rate limits an allow carries (None: they are not enforced);
-        `usage`: meters tokens' allowed and rate-limited requests (None: off);
-        `token_limiter`: admits LLM requests against token limits (None: not enforced)."""
+        `limiter`: counts the limits an allow carries, requests and LLM tokens (None: they
+        are not enforced); `usage`: meters tokens' allowed and rate-limited requests (None:
+        off)."""
         self.store = store
         self.failures = failures
         self.limiter = limiter
-        self.token_limiter = token_limiter
         self.usage = usage
         self.metrics = metrics
         self.disable_auth = disable_auth
@@ -128,8 +126,6 @@ class Authorizer:
             decision = self._decide(facts, now, snapshot, peer)
         if decision.limits and self.limiter is not None:  # every time, also when remembered
             decision = self.limiter.admit(decision, now)
-        if decision.token_limits and self.token_limiter is not None:
-            decision = self.token_limiter.admit(decision, now)
         outcome = decision.outcome
         if decision.token_id is not None and self.usage is not None:
             if outcome is _ALLOW:

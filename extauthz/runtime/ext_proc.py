@@ -9,7 +9,7 @@ Who called comes from ext_authz's dynamic metadata (Envoy's
 `metadata_options.forwarding_namespaces`): token id, route, model. The usage is read from a
 JSON body or an SSE stream (core/llm_usage.py) and charged when the stream ends, also when
 the client went away mid-stream (what was generated is charged); a token-limit reservation
-riding in the metadata is settled then (runtime/token_limiter.py). A response whose usage
+riding in the metadata is settled then (runtime/limiter.py). A response whose usage
 cannot be read is never settled: its reservation stays charged.
 
 A second filter, `extauthz.stream_usage`, before the counting one, named by its gRPC initial
@@ -52,9 +52,9 @@ from extauthz.core.llm_usage import (
     UsageChunkRemover,
     json_usage,
 )
+from extauthz.runtime.limiter import METADATA_KEY as TOKEN_LIMITS_KEY
+from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.metrics import Metrics
-from extauthz.runtime.token_limiter import METADATA_KEY as TOKEN_LIMITS_KEY
-from extauthz.runtime.token_limiter import TokenLimiter
 from extauthz.runtime.usage import UsageMeter
 
 log = logging.getLogger("extauthz.llm")
@@ -161,7 +161,7 @@ class Exchange:
         self.token_id = ""
         self.route = ""
         self.model = ""
-        self.token_limits = ""  # the reservation to settle (TokenLimiter's metadata)
+        self.token_limits = ""  # the reservation to settle (the Limiter's metadata)
         self.status = 0
         self.stream: StreamUsage | None = None  # an SSE response
         self.body = bytearray()  # a JSON response, up to MAX_JSON_BODY
@@ -212,11 +212,11 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         metrics: Metrics | None,
         max_streams: int,
         clock: Callable[[], float] = time.time,
-        token_limiter: TokenLimiter | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.usage = usage
         self.metrics = metrics
-        self.token_limiter = token_limiter
+        self.limiter = limiter
         self.clock = clock
         self._free = max_streams  # streams that may still be followed (under _lock)
         self._missed: dict[str, int] = {}  # uncounted responses since the last warning
@@ -375,7 +375,7 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         """One LLM response ended (`status`, `used`: its usage, None when unreadable):
         settle its reservation (ext_authz's `token_limits` metadata) and charge its tokens
         to the caller, the metrics and usage."""
-        if token_limits and self.token_limiter is not None:
+        if token_limits and self.limiter is not None:
             # a success is charged its usage; one whose usage cannot be read (or only
             # estimated from its chunks) keeps its whole reservation, and so does a response
             # that may have cost the model all the same (no status: the client went away
@@ -385,7 +385,7 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             spent = used.prompt_tokens + used.completion_tokens if known and used else None
             if 400 <= status < 500 and status != 408:
                 spent = 0
-            self.token_limiter.settle(token_limits, spent, self.clock())
+            self.limiter.settle(token_limits, spent, self.clock())
         if used is None or not 200 <= status < 300:
             if model and 200 <= status < 300:
                 self._uncounted("no_usage")

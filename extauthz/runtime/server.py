@@ -36,10 +36,9 @@ from extauthz.runtime.envoy_check import (
 )
 from extauthz.runtime.ext_proc import UsageProcessor
 from extauthz.runtime.jwks import JwksCache
+from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.policy_watcher import PolicyWatcher
-from extauthz.runtime.rate_limiter import RateLimiter
-from extauthz.runtime.token_limiter import TokenLimiter
 from extauthz.runtime.usage import UsageMeter
 from extauthz.runtime.usage_records import UsageRecords
 from extauthz.storage.invalidation import InvalidationListener
@@ -132,7 +131,7 @@ class Server:
             if settings.usage_flush > 0
             else None
         )
-        self.token_limiter = TokenLimiter(self.store, settings.rate_limit_on_error)
+        self.limiter = Limiter(self.store, settings.rate_limit_on_error)
         self.authorizer = self._authorizer()
         self.watcher = PolicyWatcher(
             self.authorizer, settings.policy_refresh, self.redis, self._on_poll
@@ -165,9 +164,8 @@ class Server:
             failures=FailureLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
             if settings.auth_failure_burst > 0
             else None,
-            limiter=RateLimiter(self.store, settings.rate_limit_on_error),
+            limiter=self.limiter,
             usage=self.usage,
-            token_limiter=self.token_limiter,
         )
 
     def _grpc_server(
@@ -193,7 +191,7 @@ class Server:
                 self.usage,
                 self.metrics,
                 self.settings.ext_proc_streams,
-                token_limiter=self.token_limiter,
+                limiter=self.limiter,
             )
             external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
             # (Envoy's access log: one record per LLM response its Lua filter read)
@@ -261,7 +259,7 @@ class Server:
         usage counted since the last flush goes to Redis every `usage_flush` seconds."""
         if self.usage is not None:
             self.usage.maybe_flush()
-        self.token_limiter.sync(time.time())
+        self.limiter.sync(time.time())
         now = time.monotonic()
         if self.redis.store_ok:
             if not self.serving and not self._stopping.is_set():
@@ -318,7 +316,7 @@ class Server:
         self.watcher.stop()
         if self.usage is not None:
             self.usage.flush()  # nothing counted is lost on SIGTERM
-        self.token_limiter.sync(time.time(), final=True)  # debts paid, budgets given back
+        self.limiter.sync(time.time(), final=True)  # debts paid, budgets given back
         if self.listener is not None:
             self.listener.stop()
         self.jwks.stop()

@@ -23,7 +23,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from extauthz.core.llm_usage import MAX_TOKENS, USAGE_NAMESPACE, Usage, usage_of
 from extauthz.runtime.ext_proc import EXT_AUTHZ_NAMESPACE, UsageProcessor
-from extauthz.runtime.token_limiter import METADATA_KEY as TOKEN_LIMITS_KEY
+from extauthz.runtime.limiter import METADATA_KEY as TOKEN_LIMITS_KEY
 
 log = logging.getLogger("extauthz.llm")
 NAMESPACE = USAGE_NAMESPACE  # what the Lua filter writes

@@ -158,25 +158,14 @@ class Store:
 
     # --- rate limits ----------------------------------------------------------------------
 
-    def take_permits(self, counter: str, count: int, expire_at: float) -> int:
-        """Add `count` to a rate-limit counter (`{prefix}rl:<counter>`), which expires at
-        `expire_at`; returns its new total (one round trip)."""
-        key = f"{self.prefix}rl:{counter}"
-        with self.redis_errors(), self._timed("incrby"):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.incrby(key, count)
-            pipe.expireat(key, int(expire_at))
-            total, _ = pipe.execute()
-        return int(total)
+    # --- limits (runtime/limiter.py) -----------------------------------------------------
 
-    # --- LLM token limits ----------------------------------------------------------------
-
-    def take_tokens(self, counter: str, want: int, limit: int, ends: float) -> tuple[int, int]:
-        """Lease up to `want` tokens from a token-limit counter (`{prefix}tl:<counter>`,
-        expiring a minute after `ends`) without taking it past `limit`: (tokens granted,
-        the counter's total after). One round trip; two when it would pass the limit (what
-        was over is given back: the counter never stays above what was granted)."""
-        key = f"{self.prefix}tl:{counter}"
+    def take_units(self, counter: str, want: int, limit: int, ends: float) -> tuple[int, int]:
+        """Lease up to `want` units from a limit's counter (`{prefix}<counter>`, expiring a
+        minute after `ends`) without leaving it past `limit`: (units granted, the counter's
+        total after). One round trip; two when it would pass the limit (what was over is
+        given back at once)."""
+        key = f"{self.prefix}{counter}"
         with self.redis_errors(), self._timed("incrby"):
             pipe = self.client.pipeline(transaction=False)
             pipe.incrby(key, want)
@@ -187,12 +176,12 @@ class Store:
                 total = int(self.client.decrby(key, over))
         return want - max(over, 0), total
 
-    def add_tokens(self, counter: str, tokens: int, ends: float) -> None:
-        """Add `tokens` (a debt; negative: a budget given back) to a token-limit counter."""
-        key = f"{self.prefix}tl:{counter}"
+    def add_units(self, counter: str, units: int, ends: float) -> None:
+        """Add `units` (a debt; negative: a budget given back) to a limit's counter."""
+        key = f"{self.prefix}{counter}"
         with self.redis_errors(), self._timed("incrby"):
             pipe = self.client.pipeline(transaction=False)
-            pipe.incrby(key, tokens)
+            pipe.incrby(key, units)
             pipe.expireat(key, int(ends) + 60)
             pipe.execute()
 

@@ -17,7 +17,7 @@ from extauthz.core.policy import parse_policy
 from extauthz.core.rate_limit import RateLimit
 from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.runtime.authorizer import MEMO_TTL, Authorizer
-from extauthz.runtime.rate_limiter import RateLimiter
+from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.usage import UsageMeter
 from extauthz.storage.store import Store
 from extauthz.storage.token_cache import TokenCache
@@ -137,7 +137,7 @@ def test_what_may_be_reused() -> None:
 
 def test_a_remembered_allow_still_takes_a_permit(world: Any, store: Store) -> None:
     auth, _, clock, calls = world
-    auth.limiter = RateLimiter(store)
+    auth.limiter = Limiter(store)
     auth.usage = UsageMeter(store, clock=clock)
     issued = tokens.create(store, ["m"], now=clock.now, rate_limit=RateLimit(3, "m"))
     tok = issued.token
@@ -185,7 +185,7 @@ def test_the_address_is_read_only_where_the_decision_depends_on_it(
     auth, _, clock, calls = world
     sync(store, parse_policy(ADDRESSED))
     auth.refresh_policy()
-    auth.limiter = RateLimiter(store)
+    auth.limiter = Limiter(store)
     tok = tokens.create(store, ["m", "inner_keys"], now=clock.now).token
     inside, outside, other = Peer("10.1.2.3"), Peer("192.0.2.1"), Peer("192.0.2.2")
     declared = Peer("192.0.2.3", network="internal")  # Envoy's route says: internal

@@ -330,6 +330,6 @@ def test_a_jwt_subject_never_shares_a_token_ids_counter_or_header() -> None:
     by_token, by_jwt = limits(f"Bearer {GOOD}"), limits(f"Bearer {GOOD_JWT}")
     assert by_token.subject == "alice"
     assert by_jwt.subject == "jwt:https://idp.example.com/realms/r:alice"
-    token_keys = {x.key for x in by_token.limits}
-    jwt_keys = {x.key for x in by_jwt.limits}
+    token_keys = {x.scope for x in by_token.limits}
+    jwt_keys = {x.scope for x in by_jwt.limits}
     assert token_keys and jwt_keys and not token_keys & jwt_keys

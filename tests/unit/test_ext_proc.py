@@ -16,19 +16,20 @@ from google.protobuf import struct_pb2
 
 from bench.llm_limits import response_messages
 from extauthz.core.decision import Decision, Outcome
+from extauthz.core.limits import TOKENS, Limited
 from extauthz.core.llm import read_model_request
 from extauthz.core.llm_usage import EDIT_FILTER_METADATA
-from extauthz.core.token_limit import TokenLimit, TokenLimited
+from extauthz.core.token_limit import TokenLimit
 from extauthz.runtime.ext_proc import EXT_AUTHZ_NAMESPACE, UsageProcessor
+from extauthz.runtime.limiter import METADATA_KEY, Limiter
 from extauthz.runtime.metrics import Metrics
-from extauthz.runtime.token_limiter import METADATA_KEY, TokenLimiter
 from extauthz.runtime.usage import UsageMeter
 from extauthz.runtime.usage_records import NAMESPACE as RECORDS_NAMESPACE
 from extauthz.runtime.usage_records import UsageRecords
 from extauthz.storage.store import Store
 
 START = 1_800_000_000.0
-LIMIT = TokenLimited("token:t1", TokenLimit(1000, "m"), "this token")
+LIMIT = Limited(TOKENS, "token:t1", TokenLimit(1000, "m"), "this token")
 
 
 def metadata(**fields: str) -> Any:
@@ -62,17 +63,17 @@ def edit(body: bytes, **pairs: object) -> str:
 
 
 def test_a_response_is_charged_and_its_reservation_settled(store: Store) -> None:
-    limiter = TokenLimiter(store)
+    limiter = Limiter(store)
     allowed = limiter.admit(
-        Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=600), START
+        Decision(Outcome.ALLOW, 200, "granted", limits=(LIMIT,), reserve=600), START
     )
     reserved = dict(allowed.metadata)[METADATA_KEY]
     meter = UsageMeter(store, flush_every=10**9)
-    processor = UsageProcessor(meter, Metrics(), 4, clock=lambda: START, token_limiter=limiter)
+    processor = UsageProcessor(meter, Metrics(), 4, clock=lambda: START, limiter=limiter)
     usage = {"prompt_tokens": 30, "completion_tokens": 70}
     run(processor, response_messages(metadata(**{METADATA_KEY: reserved}), usage, chunks=3))
     # 600 reserved, 100 used: 900 left in the window for this process
-    again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=900)
+    again = Decision(Outcome.ALLOW, 200, "granted", limits=(LIMIT,), reserve=900)
     assert limiter.admit(again, START + 1).outcome is Outcome.ALLOW
     meter.flush()
     day = store.llm_token_usage("t1", [int(START // 86400)])[0]
@@ -230,9 +231,9 @@ def test_any_processing_mode_counts(store: Store) -> None:
     assert day == {"m": {"prompt_tokens": 6, "completion_tokens": 8}}
 
 
-def _reserved(limiter: TokenLimiter, reserve: int = 600) -> str:
+def _reserved(limiter: Limiter, reserve: int = 600) -> str:
     allowed = limiter.admit(
-        Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=reserve), START
+        Decision(Outcome.ALLOW, 200, "granted", limits=(LIMIT,), reserve=reserve), START
     )
     return str(dict(allowed.metadata)[METADATA_KEY])
 
@@ -251,18 +252,18 @@ def _sse_messages(fields: Any, *events: object) -> list[Any]:
 
 def test_a_stream_without_a_usage_chunk_keeps_its_whole_reservation(store: Store) -> None:
     """Chunks counted are an estimate (a metric), never the charge."""
-    limiter = TokenLimiter(store)
+    limiter = Limiter(store)
     fields = metadata(**{METADATA_KEY: _reserved(limiter)})
     content = {"choices": [{"index": 0, "delta": {"content": "word"}}]}
-    run(UsageProcessor(None, None, 4, clock=lambda: START, token_limiter=limiter),
+    run(UsageProcessor(None, None, 4, clock=lambda: START, limiter=limiter),
         iter(_sse_messages(fields, content, content, content)))  # fmt: skip
-    again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=401)
+    again = Decision(Outcome.ALLOW, 200, "granted", limits=(LIMIT,), reserve=401)
     assert limiter.admit(again, START + 1).status == 429  # the 600 stay taken
 
 
 @pytest.mark.parametrize("streamed", [False, True])
 def test_responses_api_usage_is_charged(store: Store, streamed: bool) -> None:
-    limiter = TokenLimiter(store)
+    limiter = Limiter(store)
     meter = UsageMeter(store, flush_every=10**9)
     fields = metadata(**{METADATA_KEY: _reserved(limiter)})
     usage = {
@@ -271,7 +272,7 @@ def test_responses_api_usage_is_charged(store: Store, streamed: bool) -> None:
         "input_tokens_details": {"cached_tokens": 20},
         "output_tokens_details": {"reasoning_tokens": 30},
     }
-    processor = UsageProcessor(meter, None, 4, clock=lambda: START, token_limiter=limiter)
+    processor = UsageProcessor(meter, None, 4, clock=lambda: START, limiter=limiter)
     if streamed:
         created = {"type": "response.created", "response": {"usage": None}}
         delta = {"type": "response.output_text.delta", "delta": "hi"}
@@ -280,7 +281,7 @@ def test_responses_api_usage_is_charged(store: Store, streamed: bool) -> None:
     else:
         run(processor, response_messages(fields, usage))
     # 600 reserved, 120 used: 880 left for this process
-    again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=880)
+    again = Decision(Outcome.ALLOW, 200, "granted", limits=(LIMIT,), reserve=880)
     assert limiter.admit(again, START + 1).outcome is Outcome.ALLOW
     meter.flush()
     day = store.llm_token_usage("t1", [int(START // 86400)])[0]
@@ -295,19 +296,19 @@ def test_responses_api_usage_is_charged(store: Store, streamed: bool) -> None:
 
 
 def test_a_gzip_response_is_not_counted_and_keeps_its_reservation(store: Store) -> None:
-    limiter = TokenLimiter(store)
+    limiter = Limiter(store)
     allowed = limiter.admit(
-        Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=600), START
+        Decision(Outcome.ALLOW, 200, "granted", limits=(LIMIT,), reserve=600), START
     )
     metrics = Metrics()
-    processor = UsageProcessor(None, metrics, 4, clock=lambda: START, token_limiter=limiter)
+    processor = UsageProcessor(None, metrics, 4, clock=lambda: START, limiter=limiter)
     fields = metadata(**{METADATA_KEY: dict(allowed.metadata)[METADATA_KEY]})
     messages = list(response_messages(fields, {"prompt_tokens": 1, "completion_tokens": 1}))
     messages[1].response_body.body = gzip.compress(messages[1].response_body.body)
     run(processor, iter(messages))
     assert metrics.llm_uncounted.labels("no_usage")._value.get() == 1
     # the 600 stay taken: only 400 are left for this window
-    again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=401)
+    again = Decision(Outcome.ALLOW, 200, "granted", limits=(LIMIT,), reserve=401)
     assert limiter.admit(again, START + 1).status == 429
 
 
@@ -337,9 +338,9 @@ def _record(authz: dict[str, str], found: dict[str, str], status: int = 200) -> 
 
 
 def test_a_record_is_charged_and_its_reservation_settled(store: Store) -> None:
-    limiter = TokenLimiter(store)
+    limiter = Limiter(store)
     meter = UsageMeter(store, flush_every=10**9)
-    processor = UsageProcessor(meter, None, 4, clock=lambda: START, token_limiter=limiter)
+    processor = UsageProcessor(meter, None, 4, clock=lambda: START, limiter=limiter)
     records = UsageRecords(processor)
     authz = {"token_id": "t1", "route": "llm", "model": "m", METADATA_KEY: _reserved(limiter)}
     usage = (
@@ -355,7 +356,7 @@ def test_a_record_is_charged_and_its_reservation_settled(store: Store) -> None:
         ),
         None,
     )
-    again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=900)
+    again = Decision(Outcome.ALLOW, 200, "granted", limits=(LIMIT,), reserve=900)
     assert limiter.admit(again, START + 1).outcome is Outcome.ALLOW  # 600 reserved, 100 used
     meter.flush()
     day = store.llm_token_usage("t1", [int(START // 86400)])[0]
@@ -376,11 +377,11 @@ def test_a_record_is_charged_and_its_reservation_settled(store: Store) -> None:
 def test_a_record_without_a_usage_keeps_the_whole_reservation(
     store: Store, found: dict[str, str]
 ) -> None:
-    limiter = TokenLimiter(store)
-    processor = UsageProcessor(None, Metrics(), 4, clock=lambda: START, token_limiter=limiter)
+    limiter = Limiter(store)
+    processor = UsageProcessor(None, Metrics(), 4, clock=lambda: START, limiter=limiter)
     authz = {"token_id": "t1", "route": "llm", "model": "m", METADATA_KEY: _reserved(limiter)}
     UsageRecords(processor).StreamAccessLogs(iter([_record(authz, found)]), None)
-    again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=401)
+    again = Decision(Outcome.ALLOW, 200, "granted", limits=(LIMIT,), reserve=401)
     assert limiter.admit(again, START + 1).status == 429  # the 600 stay taken
 
 
@@ -391,9 +392,9 @@ def test_a_refusal_gives_the_reservation_back_a_failure_keeps_it(
 ) -> None:
     """A 4xx refused the request before the model; a 5xx, a 408 or no status at all (the
     client went away first) may have cost the model all the same."""
-    limiter = TokenLimiter(store)
-    processor = UsageProcessor(None, None, 4, clock=lambda: START, token_limiter=limiter)
+    limiter = Limiter(store)
+    processor = UsageProcessor(None, None, 4, clock=lambda: START, limiter=limiter)
     authz = {"token_id": "t1", "route": "llm", "model": "m", METADATA_KEY: _reserved(limiter)}
     UsageRecords(processor).StreamAccessLogs(iter([_record(authz, {"v": "1"}, status)]), None)
-    again = Decision(Outcome.ALLOW, 200, "granted", token_limits=(LIMIT,), reserve=1000)
+    again = Decision(Outcome.ALLOW, 200, "granted", limits=(LIMIT,), reserve=1000)
     assert (limiter.admit(again, START + 1).outcome is Outcome.ALLOW) is given_back

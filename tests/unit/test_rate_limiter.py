@@ -15,11 +15,13 @@ import redis
 
 from extauthz.core.credentials import token_hash
 from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
+from extauthz.core.limits import REQUESTS, TOKENS, Limited
 from extauthz.core.policy import parse_policy
-from extauthz.core.rate_limit import Limited, RateLimit, client_key
+from extauthz.core.rate_limit import RateLimit, client_key
+from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord
-from extauthz.runtime.rate_limiter import RateLimiter
+from extauthz.runtime.limiter import Limiter
 from extauthz.storage.store import Store
 
 START = 1_800_000_000.0  # an aligned minute
@@ -46,7 +48,7 @@ def test_notation_refused(text: str) -> None:
 def test_windows_are_aligned_to_the_epoch() -> None:
     limit = RateLimit(10, "m")
     assert limit.window(START) == limit.window(START + 59.999) != limit.window(START + 60)
-    assert limit.window_end(START + 12.5) == START + 60
+    assert limit.window(START + 12.5) == (START // 60, START, START + 60)
 
 
 def test_a_hand_made_record_may_carry_a_limit_and_a_bad_one_is_malformed() -> None:
@@ -87,22 +89,26 @@ def test_which_counters_an_allow_takes_from() -> None:
         facts = RequestFacts(route, source_address=source, authorization=auth)
         return decide(facts, _snapshot(), records.get, START)
 
-    keys = [(x.key, str(x.limit)) for x in run("model", "limited").limits]
+    keys = [(x.scope, str(x.limit)) for x in run("model", "limited").limits]
     assert keys == [("token:t1", "600/m"), ("route:model:tok:t1", "50/s")]
-    assert [x.key for x in run("free", "limited").limits] == ["token:t1"]
-    assert [x.key for x in run("model", "plain").limits] == ["route:model:tok:t2"]
+    assert [x.scope for x in run("free", "limited").limits] == ["token:t1"]
+    assert [x.scope for x in run("model", "plain").limits] == ["route:model:tok:t2"]
     assert run("free", "plain").limits == ()
-    assert [x.key for x in run("open", None).limits] == ["route:open:addr:203.0.113.7"]
-    v6 = run("open", None, "2001:db8::1").limits[0].key
+    assert [x.scope for x in run("open", None).limits] == ["route:open:addr:203.0.113.7"]
+    v6 = run("open", None, "2001:db8::1").limits[0].scope
     assert (
-        v6 == run("open", None, "2001:db8::ffff").limits[0].key == "route:open:addr:2001:db8::/64"
+        v6 == run("open", None, "2001:db8::ffff").limits[0].scope == "route:open:addr:2001:db8::/64"
     )
     assert client_key("::ffff:192.0.2.1") == "192.0.2.1"
 
 
 def _allow(limit: RateLimit, key: str = "token:t1") -> Decision:
     return Decision(
-        Outcome.ALLOW, 200, "granted", subject="t1", limits=(Limited(key, limit, "this token"),)
+        Outcome.ALLOW,
+        200,
+        "granted",
+        subject="t1",
+        limits=(Limited(REQUESTS, key, limit, "this token"),),
     )
 
 
@@ -116,7 +122,7 @@ def test_never_more_than_n_and_at_least_90_percent_when_offered_more(
     count: int, processes: int
 ) -> None:
     store = _store()
-    limiters = [RateLimiter(store) for _ in range(processes)]
+    limiters = [Limiter(store) for _ in range(processes)]
     limit = RateLimit(count, "m")
     decision = _allow(limit)
     rng = random.Random(count * processes)  # noqa: S311 (a spread of requests)
@@ -138,22 +144,21 @@ def test_never_more_than_n_and_at_least_90_percent_when_offered_more(
 
 @pytest.mark.parametrize("count", [1, 50, 3000])
 def test_threads_taking_permits_at_once_never_exceed_n(count: int) -> None:
-    # the permits in memory are handed out without a lock: switch threads as often as the
-    # interpreter can, from several limiters on one store (processes) with 6 threads each
+    # switch threads as often as the interpreter can, from several limiters on one store (processes) with 6 threads each
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
         store = _store(fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True))
         # INCRBY is atomic in Redis; fakeredis can lose an increment between threads at this
         # switch interval (109 INCRBYs of 1 left 58): serialize the call as Redis does
-        take, atomic = store.take_permits, threading.Lock()
+        take, atomic = store.take_units, threading.Lock()
 
-        def take_atomically(key: str, count: int, expire_at: float) -> int:
+        def take_atomically(key: str, want: int, limit: int, ends: float) -> tuple[int, int]:
             with atomic:
-                return take(key, count, expire_at)
+                return take(key, want, limit, ends)
 
-        store.take_permits = take_atomically  # type: ignore[method-assign,assignment]
-        limiters = [RateLimiter(store) for _ in range(2)]
+        store.take_units = take_atomically  # type: ignore[method-assign,assignment]
+        limiters = [Limiter(store) for _ in range(2)]
         decision = _allow(RateLimit(count, "m"))
         allowed = [0] * 12
         start = threading.Barrier(12)
@@ -181,14 +186,14 @@ def test_an_unreached_limit_costs_few_redis_calls() -> None:
     calls: list[str] = []
     client = fakeredis.FakeRedis(decode_responses=True)
     store = _store(client)
-    original = store.take_permits
+    original = store.take_units
 
-    def counted(*args: Any) -> int:
+    def counted(*args: Any) -> tuple[int, int]:
         calls.append("lease")
         return original(*args)
 
-    store.take_permits = counted  # type: ignore[method-assign,assignment]
-    limiter = RateLimiter(store)
+    store.take_units = counted  # type: ignore[method-assign,assignment]
+    limiter = Limiter(store)
     decision = _allow(RateLimit(1_000_000, "m"))
     requests = 20_000
     for i in range(requests):  # 10 000 requests a second
@@ -198,7 +203,7 @@ def test_an_unreached_limit_costs_few_redis_calls() -> None:
 
 
 def test_the_429_says_when_to_come_back() -> None:
-    limiter = RateLimiter(_store())
+    limiter = Limiter(_store())
     decision = _allow(RateLimit(2, "m"))
     assert limiter.admit(decision, START + 10).outcome is Outcome.ALLOW
     assert limiter.admit(decision, START + 10).outcome is Outcome.ALLOW
@@ -224,35 +229,67 @@ class Down:
 
 def test_redis_down_fails_closed_unless_told_otherwise() -> None:
     decision = _allow(RateLimit(10, "m"))
-    closed = RateLimiter(Store(Down(), "extauthz:"))  # type: ignore[arg-type]
+    closed = Limiter(Store(Down(), "extauthz:"))  # type: ignore[arg-type]
     refused = closed.admit(decision, START)
     assert (refused.outcome, refused.status, refused.reason) == (
         Outcome.ERROR,
         503,
         "rate_limit_unavailable",
     )
-    opened = RateLimiter(Store(Down(), "extauthz:"), on_error="allow")  # type: ignore[arg-type]
+    opened = Limiter(Store(Down(), "extauthz:"), on_error="allow")  # type: ignore[arg-type]
     assert opened.admit(decision, START) is decision
 
 
 def test_both_limits_must_fit() -> None:
-    limiter = RateLimiter(_store())
+    limiter = Limiter(_store())
     both = Decision(
         Outcome.ALLOW,
         200,
         "granted",
         limits=(
-            Limited("token:t1", RateLimit(100, "m"), "this token"),
-            Limited("route:m:sub:t1", RateLimit(3, "s"), "route m"),
+            Limited(REQUESTS, "token:t1", RateLimit(100, "m"), "this token"),
+            Limited(REQUESTS, "route:m:sub:t1", RateLimit(3, "s"), "route m"),
         ),
     )
     answers = [limiter.admit(both, START + 0.1).status for _ in range(5)]
     assert answers == [200, 200, 200, 429, 429]
     assert "route m" in limiter.admit(both, START + 0.2).body
+    # all or nothing: the refusals took nothing from the token's counter (97 left)
+    alone = _allow(RateLimit(100, "m"))
+    assert [limiter.admit(alone, START + 0.3).status for _ in range(98)].count(200) == 97
+
+
+@pytest.mark.parametrize("refused_by", ["requests", "tokens"])
+def test_admission_is_all_or_nothing_across_kinds(refused_by: str) -> None:
+    """A token-limit 429 gives back the request permit it took, and a rate-limit 429 the
+    tokens it reserved: a refused request costs no limit anything."""
+    store = _store()
+    limiter = Limiter(store)
+    requests = RateLimit(1 if refused_by == "requests" else 1000, "m")
+    tokens = TokenLimit(100 if refused_by == "tokens" else 10**6, "m")
+    llm = Decision(
+        Outcome.ALLOW,
+        200,
+        "granted",
+        limits=(
+            Limited(REQUESTS, "token:t1", requests, "this token"),
+            Limited(TOKENS, "token:t1", tokens, "this token"),
+        ),
+        reserve=60,
+    )
+    assert limiter.admit(llm, START + 1).status == 200
+    refused = limiter.admit(llm, START + 2)
+    assert refused.status == 429
+    expected = "rate_limited" if refused_by == "requests" else "token_limit_reached"
+    assert refused.reason == expected
+    limiter.sync(START + 3, final=True)  # (every budget held goes back to Redis)
+    client = store.client
+    counted = {k.split(":")[1]: int(client.get(k)) for k in client.scan_iter("extauthz:?l:*")}
+    assert counted == {"rl": 1, "tl": 60}, counted
 
 
 def test_a_changed_limit_applies_at_once_and_keeps_the_windows_count() -> None:
-    limiter = RateLimiter(_store())
+    limiter = Limiter(_store())
     generous = _allow(RateLimit(1000, "m"))
     for _ in range(200):  # leases grow with the rate: permits held in this process
         assert limiter.admit(generous, START + 1).outcome is Outcome.ALLOW

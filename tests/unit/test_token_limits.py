@@ -21,9 +21,10 @@ from extauthz.admin import tokens
 from extauthz.admin.token_files import export_lines, plan_import, read_import_file
 from extauthz.core.credentials import token_hash
 from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
+from extauthz.core.limits import TOKENS, Limited
 from extauthz.core.llm import DEFAULT_MAX_TOKENS, INVALID, apply_splices, read_model_request
 from extauthz.core.policy import PolicySnapshot, parse_policy
-from extauthz.core.token_limit import TokenLimit, TokenLimited
+from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import (
     BadImportLine,
@@ -32,11 +33,11 @@ from extauthz.errors import (
     PolicyError,
     StoreUnavailable,
 )
-from extauthz.runtime.token_limiter import (
+from extauthz.runtime.limiter import (
     LIMIT_HEADER,
     METADATA_KEY,
     REMAINING_HEADER,
-    TokenLimiter,
+    Limiter,
 )
 from extauthz.storage.client import DECODING
 from extauthz.storage.store import Store
@@ -233,7 +234,7 @@ def test_a_decision_is_admitted_against_the_tokens_limit_and_the_routes_per_call
     facts = RequestFacts("llm", authorization=f"Bearer {SECRET}", llm=read_model_request(body))
     allow = decide(facts, POLICY, _lookup(record), START)
     assert allow.outcome is Outcome.ALLOW
-    assert [(t.key, str(t.limit)) for t in allow.token_limits] == [
+    assert [(t.scope, str(t.limit)) for t in allow.limits if t.kind is TOKENS] == [
         ("token:t1", "50/m"),
         ("route:llm:tok:t1", "1000/m"),
     ]
@@ -241,9 +242,9 @@ def test_a_decision_is_admitted_against_the_tokens_limit_and_the_routes_per_call
     listing = facts._replace(
         llm=read_model_request(b"", "GET", "/v1/models")
     )  # no model: no LLM tokens
-    assert decide(listing, POLICY, _lookup(record), START).token_limits == ()
+    assert decide(listing, POLICY, _lookup(record), START).limits == ()
     public = RequestFacts("open-llm", source_address="10.1.2.3", llm=read_model_request(body))
-    assert [t.key for t in decide(public, POLICY, _lookup(record), START).token_limits] == [
+    assert [t.scope for t in decide(public, POLICY, _lookup(record), START).limits] == [
         "route:open-llm:addr:10.1.2.3"
     ]
 
@@ -265,9 +266,9 @@ def _store(client: Any = None) -> Store:
     return Store(client or fakeredis.FakeRedis(**DECODING), "extauthz:")
 
 
-def _allow(reserve: int, *limits: TokenLimited) -> Decision:
+def _allow(reserve: int, *limits: Limited) -> Decision:
     return Decision(
-        Outcome.ALLOW, 200, "granted", token_limits=limits, reserve=reserve, model="m",
+        Outcome.ALLOW, 200, "granted", limits=limits, reserve=reserve, model="m",
         metadata=(("subject", "t1"),),
     )  # fmt: skip
 
@@ -276,11 +277,11 @@ def _metadata(decision: Decision) -> str:
     return dict(decision.metadata)[METADATA_KEY]
 
 
-LIMIT = TokenLimited("token:t1", TokenLimit(1000, "m"), "this token")
+LIMIT = Limited(TOKENS, "token:t1", TokenLimit(1000, "m"), "this token")
 
 
 def test_reservations_never_pass_the_limit_and_the_429_says_when_to_retry() -> None:
-    limiter = TokenLimiter(_store())
+    limiter = Limiter(_store())
     admitted = []
     for _ in range(20):
         answer = limiter.admit(_allow(300, LIMIT), START + 10)
@@ -303,20 +304,20 @@ def test_reservations_never_pass_the_limit_and_the_429_says_when_to_retry() -> N
 
 def test_a_request_without_a_cap_is_admitted_until_the_count_reaches_the_limit() -> None:
     store = _store()
-    limiter = TokenLimiter(store)
+    limiter = Limiter(store)
     first = limiter.admit(_allow(1, LIMIT), START)
     assert first.outcome is Outcome.ALLOW
     limiter.settle(_metadata(first), 1500, START + 1)  # it used more than the limit
     limiter.sync(START + 1)  # the debt is paid into Redis
     assert int(store.client.get("extauthz:tl:token:t1:m30000000") or 0) >= 1000
-    other = TokenLimiter(store)  # another process learns it from Redis
+    other = Limiter(store)  # another process learns it from Redis
     assert other.admit(_allow(1, LIMIT), START + 2).status == 429
     assert limiter.admit(_allow(1, LIMIT), START + 2).status == 429
 
 
 def test_usage_beyond_a_reservation_is_owed_by_the_window_the_response_ends_in() -> None:
     store = _store()
-    limiter = TokenLimiter(store)
+    limiter = Limiter(store)
     first = limiter.admit(_allow(100, LIMIT), START + 58)  # a long stream at :58
     limiter.settle(_metadata(first), 2500, START + 61)  # ends in the next minute
     limiter.sync(START + 61)
@@ -329,8 +330,8 @@ def test_usage_beyond_a_reservation_is_owed_by_the_window_the_response_ends_in()
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 300), st.integers(0, 300)), max_size=30))
 def test_remaining_tokens_never_exceed_the_limit(steps: list[tuple[int, int]]) -> None:
-    limit = TokenLimited("token:t1", TokenLimit(200, "m"), "this token")
-    limiter = TokenLimiter(_store())
+    limit = Limited(TOKENS, "token:t1", TokenLimit(200, "m"), "this token")
+    limiter = Limiter(_store())
     for reserve, used in steps:
         answer = limiter.admit(_allow(reserve, limit), START + 1)
         if answer.outcome is Outcome.ALLOW:
@@ -408,7 +409,7 @@ def test_one_place_names_the_model(
 
 def test_settled_by_another_process_and_given_back_when_the_window_is_full() -> None:
     store = _store()
-    a, b = TokenLimiter(store), TokenLimiter(store)
+    a, b = Limiter(store), Limiter(store)
     held = a.admit(_allow(600, LIMIT), START)
     assert held.outcome is Outcome.ALLOW
     assert b.admit(_allow(600, LIMIT), START).status == 429  # only ~400 left in Redis
@@ -420,8 +421,8 @@ def test_settled_by_another_process_and_given_back_when_the_window_is_full() -> 
 
 
 def test_every_limit_must_have_room_and_a_refusal_returns_the_others() -> None:
-    small = TokenLimited("route:llm:tok:t1", TokenLimit(100, "m"), "route llm")
-    limiter = TokenLimiter(_store())
+    small = Limited(TOKENS, "route:llm:tok:t1", TokenLimit(100, "m"), "route llm")
+    limiter = Limiter(_store())
     assert limiter.admit(_allow(150, LIMIT, small), START).status == 429
     for _ in range(6):  # the big limit got its 150 back each time
         assert limiter.admit(_allow(150, LIMIT), START).outcome is Outcome.ALLOW
@@ -433,9 +434,9 @@ class _Down:
 
 
 def test_redis_down_fails_closed_unless_told_to_allow() -> None:
-    closed = TokenLimiter(_store(_Down()))
+    closed = Limiter(_store(_Down()))
     assert closed.admit(_allow(5, LIMIT), START).status == 503
-    opened = TokenLimiter(_store(_Down()), on_error="allow")
+    opened = Limiter(_store(_Down()), on_error="allow")
     answer = opened.admit(_allow(5, LIMIT), START)
     assert answer.outcome is Outcome.ALLOW and METADATA_KEY not in dict(answer.metadata)
 
@@ -446,7 +447,7 @@ def test_redis_down_fails_closed_unless_told_to_allow() -> None:
      '[1, [["c", "5/m"]]]', "[1e400, []]", '[1, [["c", "5/m", "x"]]]', "[" * 100_000],
 )  # fmt: skip
 def test_unreadable_metadata_is_not_settled_and_breaks_nothing(metadata: str) -> None:
-    limiter = TokenLimiter(_store())
+    limiter = Limiter(_store())
     limiter.settle(metadata, 10, START)
     limiter.sync(START)
     assert limiter.admit(_allow(5, LIMIT), START).outcome is Outcome.ALLOW
@@ -456,8 +457,8 @@ def test_a_warm_budget_makes_few_redis_calls() -> None:
     calls = []
     store = _store()
     store.observe = lambda command, seconds: calls.append(command)
-    limiter = TokenLimiter(store)
-    big = TokenLimited("token:t1", TokenLimit(10_000_000, "d"), "this token")
+    limiter = Limiter(store)
+    big = Limited(TOKENS, "token:t1", TokenLimit(10_000_000, "d"), "this token")
     now = START
     for _ in range(2000):  # 100 requests a second of ~150 tokens
         now += 0.01
@@ -473,8 +474,8 @@ def test_three_processes_never_pass_the_limit_and_use_most_of_it(seed: int) -> N
     used."""
     rng = random.Random(seed)  # noqa: S311 (a simulation)
     store = _store()
-    procs = [TokenLimiter(store) for _ in range(3)]
-    limit = TokenLimited("token:t1", TokenLimit(2000, "m"), "this token")
+    procs = [Limiter(store) for _ in range(3)]
+    limit = Limited(TOKENS, "token:t1", TokenLimit(2000, "m"), "this token")
     in_flight: list[tuple[str, int]] = []
     used = 0
     now = START
@@ -537,19 +538,19 @@ def test_a_debt_redis_did_not_take_is_paid_at_the_next_sync(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = _store()
-    limiter = TokenLimiter(store)
+    limiter = Limiter(store)
     first = limiter.admit(_allow(1, LIMIT), START)
     limiter.settle(_metadata(first), 400, START + 1)
-    real = store.add_tokens
+    real = store.add_units
 
     def down(*_: Any) -> None:
         raise StoreUnavailable("down")
 
-    monkeypatch.setattr(store, "add_tokens", down)
+    monkeypatch.setattr(store, "add_units", down)
     limiter.sync(START + 1)
     limiter.sync(START + 2)
     assert caplog.text.count("kept for the next sync") == 1  # once a minute at most
-    monkeypatch.setattr(store, "add_tokens", real)
+    monkeypatch.setattr(store, "add_units", real)
     limiter.sync(START + 3)
     assert int(store.client.get("extauthz:tl:token:t1:m30000000") or 0) == 400
 
