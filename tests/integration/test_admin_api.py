@@ -339,7 +339,7 @@ def test_pages_end_with_a_null_cursor_and_errors_are_json(
     for _ in range(13):
         tokens.create(store, ["a"], now=time.time())
     seen: list[str] = []
-    cursor: float | None = None
+    cursor: str | None = None
     for _ in range(3):
         query = f"?limit=7{'' if cursor is None else f'&cursor={cursor}'}"
         code, page = api.call("GET", "/v1/tokens" + query, admin)
