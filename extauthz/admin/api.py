@@ -2,6 +2,11 @@
 (contract: design.md §12, §16). A thin HTTP shell over admin/tokens.py, admin/audit.py and
 the store; it runs as its own process (uvicorn), never inside the gRPC workers.
 
+The OpenAPI document is the API (published as docs/openapi.json): every answer goes through
+its model (admin/schema.py), every operation lists the statuses it really answers, with the
+one error shape, and the bearer scheme it really reads; FastAPI's 422 is not among them
+(a request that fails validation is a 400 here).
+
 Who may do what is asked of one function, admin/access.py `decide`, by every endpoint: only
 management tokens call this API; `admin` manages everything, a `tokens:manage` manager only
 the tokens it could have created (others are 404 to it). No or a bad token: 401; valid but
@@ -16,15 +21,30 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from extauthz import __version__
 from extauthz.admin import audit, tokens
 from extauthz.admin.access import Action, Manager, Target, Verdict, decide
+from extauthz.admin.schema import (
+    COMMON_ERRORS,
+    NOT_FOUND,
+    AuditTail,
+    ChangedToken,
+    IssuedToken,
+    Policy,
+    Revocation,
+    RotatedToken,
+    Token,
+    TokenPage,
+    Usage,
+)
 from extauthz.core.credentials import BearerCredential, parse_authorization, token_hash
 from extauthz.core.token_record import MANAGEMENT_SCOPES, TokenRecord
 from extauthz.errors import (
@@ -101,15 +121,63 @@ class Rotation(_Strict):
     grace: str | None = Field(default=None, max_length=16, description="e.g. 10m")
 
 
-def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
-    """The API on `store`; `failures` limits failed authentications per client address."""
-    app = FastAPI(
+class AdminApp(FastAPI):
+    """FastAPI, with a document that lists no 422: FastAPI adds one to every operation that
+    takes parameters or a body, but this API answers a failed validation with its 400
+    (`_errors`), which every operation lists."""
+
+    def openapi(self) -> dict[str, Any]:
+        document = super().openapi()
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                responses.pop("422", None)
+                operation["responses"] = dict(sorted(responses.items()))  # (by status)
+        schemas = document.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        return document
+
+
+def _app() -> AdminApp:
+    """The API's routes and error handling, not yet bound to a store."""
+    app = AdminApp(
         title="extauthz management API",
         version=__version__,
+        description=DESCRIPTION,
         docs_url=None,
         redoc_url=None,
+        generate_unique_id_function=_operation_id,
     )
     _errors(app)
+    for router in (tokens_api, policy_api, audit_api):
+        app.include_router(router)
+    return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document the API serves at /openapi.json (scripts/openapi.py writes it
+    to docs/openapi.json)."""
+    return _app().openapi()
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+DESCRIPTION = """\
+The management API of extauthz (docs/tokens.md, "Management API"). Only management tokens
+call it, as `Authorization: Bearer eat_...`: a token with scope `admin` manages everything,
+one with `tokens:manage` exactly the model tokens it could have created.
+
+Every error is JSON, `{"error": CODE, "message": TEXT}`, with the codes listed for each
+status. A failure of the server itself is 500 `internal_error` in the same shape.
+"""
+
+
+def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
+    """The API on `store`; `failures` limits failed authentications per client address."""
+    app = _app()
 
     def caller(request: Request) -> Manager:
         # A valid credential is never refused by the failed-authentication limit (a flood
@@ -143,8 +211,6 @@ def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
 
     app.state.authenticate = caller
     app.state.store = store
-    for router in (tokens_api, policy_api, audit_api):
-        app.include_router(router)
     _console(app)
     return app
 
@@ -161,7 +227,19 @@ def _console(app: FastAPI) -> None:
         app.add_api_route(path, serve, methods=["GET"], include_in_schema=False)
 
 
-def _authenticated(request: Request) -> Manager:
+# The scheme the document names; it refuses nothing itself: the app's authentication reads
+# the header (parse_authorization, as the gRPC server does) and answers 401, 403 or 429.
+bearer = HTTPBearer(
+    scheme_name="bearer",
+    bearerFormat="eat_...",
+    description="A management token (scope admin or tokens:manage).",
+    auto_error=False,
+)
+
+
+def _authenticated(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+) -> Manager:
     """The dependency every /v1/ endpoint takes: the app's authentication (create_app)."""
     authenticate: Callable[[Request], Manager] = request.app.state.authenticate
     return authenticate(request)
@@ -195,9 +273,11 @@ def _store(request: Request) -> Store:
 Db = Annotated[Store, Depends(_store)]
 
 # One router per resource; every endpoint asks `_require` (access.decide) before it acts.
-tokens_api = APIRouter(prefix="/v1/tokens", tags=["tokens"])
-policy_api = APIRouter(prefix="/v1/policy", tags=["policy"])
-audit_api = APIRouter(prefix="/v1/audit", tags=["audit"])
+# Each answer goes through its model (response_model; exclude_unset: a key the code leaves
+# out stays out); the errors every operation may answer are the routers'.
+tokens_api = APIRouter(prefix="/v1/tokens", tags=["tokens"], responses=COMMON_ERRORS)
+policy_api = APIRouter(prefix="/v1/policy", tags=["policy"], responses=COMMON_ERRORS)
+audit_api = APIRouter(prefix="/v1/audit", tags=["audit"], responses=COMMON_ERRORS)
 
 
 def _owned(store: Store, who: Manager, token_id: str, action: Action) -> TokenRecord | None:
@@ -217,25 +297,31 @@ def _owned(store: Store, who: Manager, token_id: str, action: Action) -> TokenRe
     return record
 
 
-@tokens_api.get("")
+@tokens_api.get("", response_model=TokenPage, response_description="A page of tokens.")
 def list_tokens(
     who: Who,
     store: Db,
-    route: str | None = None,
+    route: Annotated[str | None, Query(description="only tokens that grant this route")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the page before")] = None,
 ) -> dict[str, Any]:
+    """The tokens the caller may see, in creation order, a page at a time (a page may hold
+    fewer than `limit`: those it may not see are left out)."""
     records, next_cursor = TokenIndex(store).page(_cursor(cursor), limit, route)
     shown = [
         r.to_json()
         for r in records
         if isinstance(r, TokenRecord) and decide(who, Action.READ, Target.of(r)) == "allow"
     ]
-    return {"tokens": shown, "next_cursor": next_cursor}
+    return {"tokens": shown, "next_cursor": _cursor_text(next_cursor)}
 
 
-@tokens_api.post("", status_code=201)
+@tokens_api.post(
+    "", status_code=201, response_model=IssuedToken, response_description="The new token."
+)
 def create_token(who: Who, store: Db, body: NewToken) -> dict[str, Any]:
+    """Make a token; its secret is in this answer only. A manager makes model tokens for its
+    own routes, expiring no later than itself (else 403)."""
     issued = tokens.create(
         store,
         body.routes,
@@ -253,16 +339,25 @@ def create_token(who: Who, store: Db, body: NewToken) -> dict[str, Any]:
     return {**issued.record.to_json(), "token": issued.token, "warnings": issued.warnings}
 
 
-@tokens_api.get("/{token_id}")
+@tokens_api.get(
+    "/{token_id}", response_model=Token, responses=NOT_FOUND, response_description="The token."
+)
 def get_token(who: Who, store: Db, token_id: str) -> dict[str, Any]:
+    """One token's record."""
     record = _owned(store, who, token_id, Action.READ)
     if record is None:  # pragma: no cover (None only for REVOKE)
         raise ApiError(404, "not_found", f"no token with id {token_id!r}")
     return record.to_json()
 
 
-@tokens_api.patch("/{token_id}")
+@tokens_api.patch(
+    "/{token_id}",
+    response_model=ChangedToken,
+    responses=NOT_FOUND,
+    response_description="Changed, live on every server that confirmed it.",
+)
 def update_token(who: Who, store: Db, token_id: str, body: TokenChange) -> dict[str, Any]:
+    """Change a token's record (not its secret); fields left out are kept."""
     _owned(store, who, token_id, Action.UPDATE)
 
     def check(current: TokenRecord, new: TokenRecord) -> None:
@@ -288,8 +383,22 @@ def update_token(who: Who, store: Db, token_id: str, body: TokenChange) -> dict[
     return {**updated.record.to_json(), **_reported(updated.unconfirmed, updated.warnings)}
 
 
-@tokens_api.delete("/{token_id}", status_code=204, response_model=None)
+@tokens_api.delete(
+    "/{token_id}",
+    status_code=204,
+    response_model=None,
+    responses={
+        204: {"description": "Revoked, confirmed by every live server and by a replica."},
+        200: {
+            "model": Revocation,
+            "description": "Revoked, with something the caller must know: servers that did "
+            "not confirm in time, or warnings (no replica confirmed it; no audit event).",
+        },
+        **NOT_FOUND,
+    },
+)
 def revoke_token(who: Who, store: Db, token_id: str) -> Response:
+    """Revoke a token (and a secret of it still in rotation grace)."""
     _owned(store, who, token_id, Action.REVOKE)
     revoked = tokens.revoke(store, token_id, confirm=2.0, actor=who.id)
     if not revoked.unconfirmed and not revoked.warnings:
@@ -299,10 +408,16 @@ def revoke_token(who: Who, store: Db, token_id: str) -> Response:
     return JSONResponse({"id": token_id, "revoked": revoked.count, **reported})
 
 
-@tokens_api.post("/{token_id}/rotate")
+@tokens_api.post(
+    "/{token_id}/rotate",
+    response_model=RotatedToken,
+    responses=NOT_FOUND,
+    response_description="The new secret.",
+)
 def rotate_token(
     who: Who, store: Db, token_id: str, body: Rotation | None = None
 ) -> dict[str, Any]:
+    """A new secret for the same token; the old one stops at once, or after `grace`."""
     _owned(store, who, token_id, Action.ROTATE)
     grace = tokens.parse_ttl(body.grace, "grace") if body and body.grace else None
     issued = tokens.rotate(store, token_id, 2.0, grace, time.time(), actor=who.id)
@@ -310,16 +425,30 @@ def rotate_token(
     return {**issued.record.to_json(), "token": issued.token, **reported}
 
 
-@tokens_api.get("/{token_id}/usage")
+@tokens_api.get(
+    "/{token_id}/usage",
+    response_model=Usage,
+    response_model_exclude_unset=True,
+    responses=NOT_FOUND,
+    response_description="Requests per UTC day.",
+)
 def token_usage(
     who: Who, store: Db, token_id: str, days: Annotated[int, Query(ge=1, le=366)] = 7
 ) -> dict[str, Any]:
+    """A token's allowed and rate-limited requests for the last `days` UTC days, and its
+    LLM use per model (a revoked token's while its counts are kept)."""
     _owned(store, who, token_id, Action.USAGE)
     return tokens.usage(store, token_id, days, time.time())
 
 
-@policy_api.get("")
+@policy_api.get(
+    "",
+    response_model=Policy,
+    response_model_exclude_unset=True,
+    response_description="The published routes.",
+)
 def policy(who: Who, store: Db) -> dict[str, Any]:
+    """The published policy's routes (never secrets)."""
     _require(who, Action.POLICY)
     snapshot = store.load_policy()
     if snapshot is None:
@@ -330,10 +459,11 @@ def policy(who: Who, store: Db) -> dict[str, Any]:
     }
 
 
-@audit_api.get("")
+@audit_api.get("", response_model=AuditTail, response_description="The newest events.")
 def audit_tail(
     who: Who, store: Db, limit: Annotated[int, Query(ge=1, le=1000)] = 50
 ) -> dict[str, Any]:
+    """The newest `limit` audit events, oldest first (admin tokens only: else 403)."""
     _require(who, Action.AUDIT)
     return {"events": audit.tail(store, limit)}
 
@@ -343,6 +473,14 @@ def _reported(unconfirmed: tuple[str, ...], warnings: tuple[str, ...]) -> dict[s
     within 2 s (they may still accept an old secret or record for a moment), and warnings
     (e.g. its audit event was not written)."""
     return {"unconfirmed": list(unconfirmed), "warnings": list(warnings)}
+
+
+def _cursor_text(position: float | None) -> str | None:
+    """A page cursor as `next_cursor` gives it: the creation position, as text (a whole
+    number as one, without `.0`); `_cursor` reads it back."""
+    if position is None:
+        return None
+    return str(int(position)) if position.is_integer() else repr(position)
 
 
 def _cursor(text: str | None) -> float | None:

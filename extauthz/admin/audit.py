@@ -81,13 +81,16 @@ def record(
 
 def tail(store: Store, limit: int) -> list[dict[str, Any]]:
     """The newest `limit` events, oldest first, with their stream ids. Events edited by hand
-    are shown as well as they can be: text escaped, a time that is not unix seconds None."""
+    are shown as well as they can be: text escaped, a time that is not unix seconds None, a
+    detail that is not a JSON object `{"unreadable": text}`."""
     events = []
     for event_id, fields in store.read_audit(limit):
         text = {k: readable(v) for k, v in fields.items() if isinstance(v, str)}
         try:
             detail = json.loads(text.get("detail", "{}"))
         except (ValueError, RecursionError):
+            detail = None
+        if not isinstance(detail, dict):  # (JSON, but not an object: edited by hand)
             detail = {"unreadable": text.get("detail", "")}
         events.append(
             {

@@ -1,5 +1,6 @@
 """The management API over real HTTP against a real redis-server (and a real extauthz
-server for what its changes do to requests)."""
+server for what its changes do to requests); every answer is checked against the API's
+OpenAPI document."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from extauthz.admin import tokens
 from extauthz.core.credentials import token_hash
 from extauthz.dev.ports import free_port, port_open
 from extauthz.storage.store import open_store
+from tests.support.admin_api import Api, admin_server
 from tests.support.check import CheckClient
 from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, stop, wait_for
 
@@ -36,32 +38,6 @@ routes:
 """
 
 
-class Api:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.base = f"http://127.0.0.1:{port}"
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        token: str | None = None,
-        body: Any = None,
-        raw: bytes | None = None,
-    ) -> tuple[int, Any]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        headers = {"content-type": "application/json"}
-        if token is not None:
-            headers["authorization"] = f"Bearer {token}"
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                text = resp.read().decode()
-                return resp.status, json.loads(text) if text else None
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read().decode() or "null")
-
-
 def _token(url: str, *args: str) -> dict[str, Any]:
     created: dict[str, Any] = json.loads(run_cli(url, "token", "create", *args, "--json").stdout)
     return created
@@ -69,22 +45,13 @@ def _token(url: str, *args: str) -> dict[str, Any]:
 
 @pytest.fixture
 def api(redis_server: RedisServer, tmp_path: Path) -> Iterator[Api]:
+    """`extauthz admin` on the policy above; every exchange is checked against its OpenAPI
+    document (tests/support/admin_api.py)."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     run_cli(redis_server.url, "sync", str(policy))
-    port = free_port()
-    with open(tmp_path / "admin.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "extauthz", "admin", "--redis-url", redis_server.url,
-             "--admin-listen", f"127.0.0.1:{port}", "--auth-failure-burst", "0"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-        )  # fmt: skip
-    try:
-        wait_for(lambda: port_open(port) or proc.poll() is not None, 20, "extauthz admin")
-        assert proc.poll() is None, (tmp_path / "admin.log").read_text()
-        yield Api(port)
-    finally:
-        stop(proc)
+    with admin_server(redis_server.url, tmp_path / "admin.log") as api:
+        yield api
 
 
 def test_who_may_do_what(api: Api, redis_server: RedisServer) -> None:
@@ -339,7 +306,7 @@ def test_pages_end_with_a_null_cursor_and_errors_are_json(
     for _ in range(13):
         tokens.create(store, ["a"], now=time.time())
     seen: list[str] = []
-    cursor: float | None = None
+    cursor: str | None = None
     for _ in range(3):
         query = f"?limit=7{'' if cursor is None else f'&cursor={cursor}'}"
         code, page = api.call("GET", "/v1/tokens" + query, admin)

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from extauthz.admin import audit, tokens
+from extauthz.admin.schema import AuditEvent
 from extauthz.admin.sync import sync
 from extauthz.admin.token_files import export_lines, plan_import, read_import_file
 from extauthz.core.credentials import token_hash
@@ -173,6 +174,9 @@ def test_hand_edited_index_entries_and_records_never_stop_the_tools(store: Store
         {"actor": "\x1b[2J"},
         {"detail": "[" * 10_000},
         {"detail": "{not json"},
+        {"detail": "5"},  # JSON, but not an object
+        {"detail": "[1, 2]"},
+        {"detail": "null"},
     ],
 )
 def test_odd_audit_events_are_shown_not_crashed_on(store: Store, fields: dict[str, str]) -> None:
@@ -181,6 +185,7 @@ def test_odd_audit_events_are_shown_not_crashed_on(store: Store, fields: dict[st
     (shown,) = audit.tail(store, 1)
     json.dumps(shown).encode("utf-8")  # what the API sends: never fails
     assert shown["time"] is None or isinstance(shown["time"], int)
+    AuditEvent.model_validate(shown)  # as its OpenAPI document says (a detail is an object)
 
 
 def test_the_cli_actor_is_one_field_whatever_the_user_name(

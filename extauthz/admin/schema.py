@@ -1,0 +1,251 @@
+"""What the management API answers, as the OpenAPI document states it: a pydantic model for
+each success body (api.py serializes every answer through its model, so the API cannot send
+a field the document does not name), and the error responses with the one error shape.
+
+The models mirror what the code builds (TokenRecord.to_json, tokens.usage, audit.tail,
+RoutePolicy.to_json); a field added there and not here makes the answer a 500, which the
+API's tests catch (tests/integration/test_openapi_conformance.py,
+tests/unit/test_openapi_document.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+UnixSeconds = int
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class Error(_Answer):
+    """Every error: a code for programs, a sentence for people."""
+
+    error: str
+    message: str
+
+
+class InvalidRequest(Error):
+    error: Literal["invalid_request"]
+
+
+class Unauthorized(Error):
+    error: Literal["unauthorized"]
+
+
+class Forbidden(Error):
+    error: Literal["forbidden"]
+
+
+class NotFound(Error):
+    error: Literal["not_found"]
+
+
+class MalformedRecordError(Error):
+    error: Literal["malformed_record"]
+
+
+class RateLimited(Error):
+    error: Literal["rate_limited"]
+
+
+class Unavailable(Error):
+    error: Literal["unavailable"]
+
+
+Responses = dict[int | str, dict[str, Any]]
+
+# The statuses any /v1/ operation may answer: the body limit and authentication come before
+# every endpoint, and every endpoint reads Redis.
+COMMON_ERRORS: Responses = {
+    400: {
+        "model": InvalidRequest,
+        "description": "A parameter or body field the API does not take (the message names "
+        "it), a body over 64 KiB, or a body sent chunked (without a Content-Length). Nothing "
+        "was written.",
+    },
+    401: {
+        "model": Unauthorized,
+        "description": "No bearer token, or one that is not a valid, unexpired token.",
+    },
+    403: {
+        "model": Forbidden,
+        "description": "A model token (only management tokens call this API), or an action "
+        "the caller's token may not take.",
+    },
+    409: {
+        "model": MalformedRecordError,
+        "description": "A record in Redis is not in the documented shape (edited by hand, "
+        "docs/redis.md): fix it by hand, or revoke the token.",
+    },
+    429: {
+        "model": RateLimited,
+        "description": "Too many failed authentications from this client address "
+        "(`--auth-failure-burst`, `--auth-failure-rate`); a valid token is never refused.",
+    },
+    503: {
+        "model": Unavailable,
+        "description": "Redis cannot be reached or refused the command; retry later.",
+    },
+}
+
+NOT_FOUND: Responses = {
+    404: {
+        "model": NotFound,
+        "description": "No token with this id, or one the caller could not have created "
+        "(a manager is not told it exists).",
+    },
+}
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+
+class Token(_Answer):
+    """A token's record (never its secret, never its hash)."""
+
+    id: str
+    name: str
+    routes: list[str] = Field(description='route names, or "*" for every route')
+    scopes: list[str]
+    created_at: UnixSeconds | None
+    expires_at: UnixSeconds | None = Field(description="null: never")
+    rate_limit: str | None = Field(description="its own request limit, e.g. 600/m")
+    last_used: UnixSeconds | None = Field(description="as the usage meter last wrote it")
+    kind: Literal["model", "management"]
+    models: list[str] | None = Field(description="LLM models (names, prefix*); null: any")
+    token_limit: str | None = Field(description="its own LLM token limit, e.g. 100000/d")
+
+
+class TokenPage(_Answer):
+    tokens: list[Token]
+    next_cursor: str | None = Field(
+        description="the `cursor` of the next page; null on the last page"
+    )
+
+
+class Reported(_Answer):
+    unconfirmed: list[str] = Field(
+        description="live servers that did not confirm the change within 2 s (they may "
+        "still accept the old secret or record for a moment)"
+    )
+    warnings: list[str] = Field(
+        description="what went wrong around a change that was made all the same: no replica "
+        "confirmed it, its audit event was not written"
+    )
+
+
+class IssuedToken(Token):
+    """A new token: its record and its secret, which no other answer ever holds."""
+
+    token: str = Field(description="the secret (eat_...): shown once")
+    warnings: list[str] = Field(
+        description="e.g. a route not in the published policy, its audit event not written"
+    )
+
+
+class ChangedToken(Token, Reported):
+    """The record as the change left it."""
+
+
+class RotatedToken(Token, Reported):
+    """The record, and the new secret (the old one stops at once, or after `grace`)."""
+
+    token: str = Field(description="the new secret (eat_...): shown once")
+
+
+class Revocation(Reported):
+    """A revocation done, with something the caller must know."""
+
+    id: str
+    revoked: int = Field(description="secrets deleted (the token's, and one in rotation grace)")
+
+
+class ModelUsage(_Answer):
+    """One model's use on one day: requests, and LLM tokens when responses were counted."""
+
+    requests: int
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    estimated_completion_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+class UsageDay(_Answer):
+    date: str = Field(description="a UTC day, YYYY-MM-DD")
+    allowed: int
+    rate_limited: int
+    models: dict[str, ModelUsage] | None = Field(
+        default=None, description="per LLM model; absent when no model was used"
+    )
+
+
+class Usage(_Answer):
+    id: str
+    last_used: UnixSeconds | None
+    days: list[UsageDay] = Field(description="oldest first, today (UTC) last")
+
+
+# --- policy and audit ---------------------------------------------------------------------
+
+
+class MatchRule(_Answer):
+    path_prefix: str
+    host: str | None = None
+
+
+class Jwt(_Answer):
+    issuer: str
+    audiences: list[str]
+    jwks_uri: str | None
+    jwks_file: str | None
+    scopes_claim: str
+    subject_claim: str
+    models_claim: str | None
+    algorithms: list[str]
+    leeway_seconds: int
+    forward_claims: list[list[str]] = Field(description="[claim path, header] pairs")
+
+
+class Route(_Answer):
+    """A published route's rules (docs/policy.md); a setting at its default is absent."""
+
+    access: Literal["public", "protected", "private"]
+    credentials: list[str]
+    credentials_listed: bool | None = None
+    basic_username: str | None = None
+    scopes: list[str] | None = None
+    max_token_ttl: int | None = Field(default=None, description="seconds")
+    rate_limit: str | None = None
+    match: list[MatchRule] | None = None
+    api: str | None = None
+    models: list[str] | None = None
+    token_limit: str | None = None
+    stream_usage: str | None = None
+    default_max_tokens: int | None = None
+    jwt: Jwt | None = None
+
+
+class Policy(_Answer):
+    version: int = Field(description="0: no policy was ever published")
+    routes: dict[str, Route]
+
+
+class AuditEvent(_Answer):
+    id: str = Field(description="the Redis stream id")
+    time: UnixSeconds | None = Field(description="null when an event edited by hand has none")
+    actor: str = Field(description="cli:<user>, or the id of the token that called the API")
+    action: str = Field(description="e.g. token.create")
+    target: str
+    detail: dict[str, Any]
+
+
+class AuditTail(_Answer):
+    events: list[AuditEvent] = Field(description="oldest first")
