@@ -152,6 +152,7 @@ class Server:
             read or check_input_reader(settings.route_identity),
         )
         self.port = 0
+        self.tls: tls.ServerTls | None = None
         self._stopping = threading.Event()
 
     def _authorizer(self) -> Authorizer:
@@ -203,10 +204,10 @@ class Server:
 
     def start(self) -> None:
         listen = self.settings.listen
-        credentials = tls.for_server(self.settings)
+        self.tls = tls.for_server(self.settings)  # (reloaded at handshakes when renewed)
         try:
-            if credentials is not None:
-                self.port = self.grpc_server.add_secure_port(listen, credentials)
+            if self.tls is not None:
+                self.port = self.grpc_server.add_secure_port(listen, self.tls.credentials())
             else:
                 self.port = self.grpc_server.add_insecure_port(listen)
         except RuntimeError as e:
