@@ -21,6 +21,7 @@ from extauthz.dev.local_pki import (
 )
 from extauthz.errors import ConfigError
 from extauthz.runtime import tls
+from tests.support.secret_volume import swap
 
 
 def test_off_unless_asked_for() -> None:
@@ -209,26 +210,13 @@ def test_files_that_stay_put_are_only_stat_ed(
 
 
 def test_a_kubernetes_secret_swap_is_seen(tmp_path: Path, ca: LocalCa) -> None:
-    """The kubelet writes a Secret's files into a new directory and swaps the `..data`
-    symlink: the paths' own inodes (symlinks) never change, the files they reach do."""
-    volume = tmp_path / "volume"
-    volume.mkdir()
-
-    def swap(files: dict[str, bytes], version: str) -> None:
-        target = volume / f"..{version}"
-        target.mkdir()
-        _install(target, files)
-        (volume / "..data_tmp").symlink_to(target.name)
-        (volume / "..data_tmp").rename(volume / "..data")
-        for name in files:
-            if not (volume / name).is_symlink():
-                (volume / name).symlink_to(f"..data/{name}")
-
+    """The kubelet swaps a Secret's `..data` symlink: the paths (symlinks) never change, the
+    files they reach do."""
     first, renewed = ca.files(), ca.files()
-    swap(first, "1")
+    swap(tmp_path, first)
     clock = Clock()
-    server = _reloading(volume, clock)
-    swap(renewed, "2")
+    server = _reloading(tmp_path, clock)
+    swap(tmp_path, renewed)
     clock.now += 1.0
     assert server.fetch() is not None and server.files.serial == _serial(renewed)
 
