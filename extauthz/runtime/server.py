@@ -301,6 +301,9 @@ class Server:
             },
             "cache_entries": len(self.cache) if self.cache is not None else 0,
             "jwks": {"ok": self.jwks.fetches_ok, "failed": self.jwks.fetches_failed},
+            "tls": None
+            if self.tls is None
+            else {"expiry": self.tls.files.not_after, "reloads": self.tls.reloads},
         }
 
     def request_stop(self) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
 
 from extauthz.config import Settings
 from extauthz.dev import envoy_config
@@ -213,6 +214,15 @@ def test_certificates_renewed_under_traffic(renewable: tuple[Stack, LocalCa]) ->
     assert presented_by_extauthz(stack, stack.pki.ca.parent) == _serial(last[SERVER_CERT])
     updates = envoy_admin(stack, "/stats?filter=^cluster\\.extauthz\\..*ssl_context_update_by_sds$")
     assert int(updates.split(":")[1]) >= 4, updates  # Envoy's SDS reloads
+    with urllib.request.urlopen(f"http://{stack.settings.metrics_listen}/metrics") as response:
+        metrics = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(response.read().decode())
+            for sample in family.samples
+        }
+    assert metrics["extauthz_tls_reloads_total"] == 4
+    expiry = x509.load_pem_x509_certificate(last[SERVER_CERT]).not_valid_after_utc.timestamp()
+    assert metrics["extauthz_tls_certificate_expiry_timestamp_seconds"] == expiry
     log = stack.extauthz.log.read_text()
     assert log.count("reloaded the certificate files") >= 4, log[-3000:]
     assert "cannot be used" not in log
