@@ -76,10 +76,13 @@ def _certificates(data: bytes, what: str, path: str) -> list[x509.Certificate]:
         found = x509.load_pem_x509_certificates(data)
     except ValueError as e:
         raise ConfigError(f"{what} {path} holds no readable certificate: {e}") from e
-    # (a block cut short after whole ones is skipped by the parser: a file still being written)
-    begins, ends = data.count(b"-----BEGIN CERTIFICATE-----"), data.count(b"-----END ")
-    if not len(found) == begins == ends == data.count(b"-----BEGIN "):
-        raise ConfigError(f"{what} {path} has an incomplete or foreign PEM block")
+    # (the parser skips a block cut short after whole ones: a file still being written)
+    begins = data.count(b"-----BEGIN CERTIFICATE-----")
+    ends = data.count(b"-----END CERTIFICATE-----")
+    if not (
+        len(found) == begins == ends and data.count(b"-----BEGIN ") == data.count(b"-----END ")
+    ):
+        raise ConfigError(f"{what} {path} has a PEM block cut short (still being written?)")
     return found
 
 
@@ -148,6 +151,7 @@ class ServerTls:
         self.reloads = 0
         self._known = signature if self._settled(signature) else None
         self._warned: Signature | None = None
+        self._failed = False
         self._looked_at = clock()
 
     @property
@@ -187,8 +191,10 @@ class ServerTls:
         the files changed into a usable set, None to keep the one in service. Never raises."""
         try:
             return self._fetch()
-        except Exception:  # a fetcher that raises would be logged by gRPC at every handshake
-            log.exception("TLS: checking the certificate files failed; keeping the current ones")
+        except Exception:  # (gRPC would log a fetcher's exception at every handshake)
+            if not self._failed:
+                self._failed = True  # once: this is a bug, not a state of the files
+                log.exception("TLS: looking at the certificate files failed; keeping them")
             return None
 
     def _fetch(self) -> Any | None:

@@ -222,7 +222,7 @@ def test_a_kubernetes_secret_swap_is_seen(tmp_path: Path, ca: LocalCa) -> None:
 
 
 def test_a_failing_look_never_raises_into_grpc(
-    tmp_path: Path, ca: LocalCa, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, ca: LocalCa, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _install(tmp_path, ca.files())
     clock = Clock()
@@ -232,8 +232,11 @@ def test_a_failing_look_never_raises_into_grpc(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(server, "_stat", broken)
-    clock.now += 1.0
-    assert server.fetch() is None
+    with caplog.at_level(logging.INFO, "extauthz.tls"):
+        for _ in range(3):
+            clock.now += 1.0
+            assert server.fetch() is None
+    assert caplog.text.count("looking at the certificate files failed") == 1
 
 
 def test_a_mismatched_key_is_refused_at_start(tmp_path: Path, ca: LocalCa) -> None:
@@ -241,3 +244,11 @@ def test_a_mismatched_key_is_refused_at_start(tmp_path: Path, ca: LocalCa) -> No
     _install(tmp_path, {**files, SERVER_KEY: ca.files()[SERVER_KEY]})
     with pytest.raises(ConfigError, match="does not belong to the certificate"):
         _reloading(tmp_path, Clock())
+
+
+def test_a_chain_file_holding_its_key_too_is_accepted(tmp_path: Path, ca: LocalCa) -> None:
+    """Some tools write the certificate and its key into one file: whole blocks of another
+    kind are no sign of a file being written."""
+    files = ca.files()
+    _install(tmp_path, {**files, SERVER_CERT: files[SERVER_CERT] + files[SERVER_KEY]})
+    assert _reloading(tmp_path, Clock()).files.serial == _serial(files)
