@@ -6,8 +6,10 @@ serves the management console and API (`extauthz admin`). Every route
 names its policy through `context_extensions: {route: NAME}`; the catch-all route names
 none, so extauthz answers 404 for it (fail closed).
 
-`envoy/envoy.yaml` is this module's output for docker-compose; a test keeps them equal:
+`envoy/envoy.yaml` is this module's output for docker-compose, and envoy/sds/ the SDS files
+its mutual TLS to extauthz reads; a test keeps them equal:
     python -m extauthz.dev.envoy_config --compose > envoy/envoy.yaml
+    python -m extauthz.dev.envoy_config --compose --sds-dir envoy/sds
 """
 
 from __future__ import annotations
@@ -96,22 +98,32 @@ def _address(ep: Endpoint) -> dict[str, Any]:
 @dataclass(frozen=True)
 class ClientTls:
     """Envoy's side of mutual TLS to extauthz: the CA that signed extauthz's certificate,
-    and Envoy's own client certificate and key (file paths as Envoy sees them)."""
+    and Envoy's own client certificate and key (file paths as Envoy sees them). Envoy reads
+    them through SDS files in `sds_dir` (`sds_files` writes them), which makes it reload
+    them when they change: a renewed certificate needs no restart."""
 
     ca: str
     cert: str
     key: str
     server_name: str  # SNI and the name extauthz's certificate must carry
+    sds_dir: str  # where the SDS files naming the three are (see sds_files)
 
 
 # docker-compose: the `certs` service (`extauthz certs`) writes these into a volume that
-# Envoy mounts read-only; extauthz requires Envoy's client certificate (mutual TLS)
+# Envoy mounts read-only; extauthz requires Envoy's client certificate (mutual TLS). The SDS
+# files are envoy/sds/ (mounted read-only too).
 COMPOSE_TLS = ClientTls(
     ca="/etc/envoy/certs/ca.crt",
     cert="/etc/envoy/certs/envoy.crt",
     key="/etc/envoy/certs/envoy.key",
     server_name="extauthz",
+    sds_dir="/etc/envoy/sds",
 )
+
+# Envoy's client certificate and the CA it checks extauthz's with: one SDS secret each, in
+# a file of its own (a file holds one secret), named here
+CLIENT_SECRET, CLIENT_SDS_FILE = "extauthz_client_certificate", "extauthz-client.yaml"
+CA_SECRET, CA_SDS_FILE = "extauthz_ca", "extauthz-ca.yaml"
 
 
 def _cluster(
@@ -159,28 +171,71 @@ def _cluster(
     return cluster
 
 
+def _sds_source(tls: ClientTls, file: str) -> dict[str, Any]:
+    """An SDS secret read from a file in `tls.sds_dir` (reloaded when that file is replaced)."""
+    return {
+        "path_config_source": {
+            "path": f"{tls.sds_dir}/{file}",
+            "watched_directory": {"path": tls.sds_dir},
+        },
+        "resource_api_version": "V3",
+    }
+
+
 def _tls_socket(tls: ClientTls) -> dict[str, Any]:
-    """Mutual TLS to extauthz: Envoy's certificate, and the name extauthz's must carry."""
+    """Mutual TLS to extauthz: Envoy's certificate and the CA it trusts, both through SDS
+    files (reloaded when renewed), and the name extauthz's certificate must carry."""
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "sni": tls.server_name,
             "common_tls_context": {
-                "tls_certificates": [
-                    {
-                        "certificate_chain": {"filename": tls.cert},
-                        "private_key": {"filename": tls.key},
-                    }
+                "tls_certificate_sds_secret_configs": [
+                    {"name": CLIENT_SECRET, "sds_config": _sds_source(tls, CLIENT_SDS_FILE)}
                 ],
-                "validation_context": {
-                    "trusted_ca": {"filename": tls.ca},
-                    "match_typed_subject_alt_names": [
-                        {"san_type": "DNS", "matcher": {"exact": tls.server_name}}
-                    ],
+                "combined_validation_context": {
+                    "default_validation_context": {
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"exact": tls.server_name}}
+                        ],
+                    },
+                    "validation_context_sds_secret_config": {
+                        "name": CA_SECRET,
+                        "sds_config": _sds_source(tls, CA_SDS_FILE),
+                    },
                 },
             },
         },
+    }
+
+
+def sds_files(tls: ClientTls) -> dict[str, str]:
+    """The SDS files `_tls_socket` names (file name in `tls.sds_dir` → YAML): Envoy's
+    certificate and key, and the CA bundle, each reloaded when anything is moved into the
+    directory that holds it (an atomic rename, or a Kubernetes Secret's `..data` swap)."""
+    secret = T + "extensions.transport_sockets.tls.v3.Secret"
+
+    def watched(path: str) -> dict[str, str]:
+        return {"path": str(Path(path).parent)}
+
+    certificate = {
+        "certificate_chain": {"filename": tls.cert},
+        "private_key": {"filename": tls.key},
+        "watched_directory": watched(tls.cert),
+    }
+    validation = {"trusted_ca": {"filename": tls.ca}, "watched_directory": watched(tls.ca)}
+    header = (
+        "# Envoy's mutual TLS to extauthz, read through SDS so that renewed files are reloaded.\n"
+        "# Generated by extauthz/dev/envoy_config.py (for envoy/sds/: --compose --sds-dir).\n"
+    )
+    files = {
+        CLIENT_SDS_FILE: {"@type": secret, "name": CLIENT_SECRET, "tls_certificate": certificate},
+        CA_SDS_FILE: {"@type": secret, "name": CA_SECRET, "validation_context": validation},
+    }
+    return {
+        name: header + yaml.safe_dump({"resources": [resource]}, sort_keys=False)
+        for name, resource in files.items()
     }
 
 
@@ -602,7 +657,10 @@ def bootstrap(
         admin_api["upstream_bind_config"] = {
             "source_address": {"address": console_source, "port_value": 0}
         }
+    # (SDS, which reads Envoy's certificate files, needs the node named)
+    node = {"node": {"id": "envoy", "cluster": "extauthz-gateway"}} if authz_tls else {}
     return {
+        **node,
         "admin": {"address": _address(ports.admin)},
         "static_resources": {
             "listeners": [
@@ -632,6 +690,9 @@ def bootstrap(
         },
     }
 
+
+TLS_COMMENT_KEY = "tls_certificate_sds_secret_configs:"
+OPTIONAL_COMMENTS = frozenset({TLS_COMMENT_KEY})  # (a config without mutual TLS has no place)
 
 # Comments put above the first place where the lines start with a key's lines (a line
 # ending in $ must be whole): the generated file reads as a template to copy.
@@ -680,6 +741,11 @@ COMMENTS: tuple[tuple[str, str], ...] = (
         "`extauthz admin --admin-trusted-proxies` reads for its failed-login limit.",
     ),
     (
+        TLS_COMMENT_KEY,
+        "Envoy's client certificate and the CA it trusts for extauthz's, read\n"
+        "through SDS files (envoy/sds/): renewed files are reloaded, no restart.",
+    ),
+    (
         "- name: extauthz",
         "extauthz over HTTP/2 (gRPC), health-checked with the gRPC health\n"
         "service; few streams per connection, each renewed after 1,000 requests,\n"
@@ -704,7 +770,8 @@ def _annotated(text: str) -> str:
                 lines[i:i] = [f"{indent}# {part}" for part in comment.splitlines()]
                 break
         else:
-            raise ValueError(f"no place for the comment on {key!r}")
+            if key not in OPTIONAL_COMMENTS:
+                raise ValueError(f"no place for the comment on {key!r}")
     return "\n".join(lines) + "\n"
 
 
@@ -774,8 +841,18 @@ if __name__ == "__main__":
         default="lua",
         help="LLM responses read by a Lua filter (default), or by extauthz over ext_proc",
     )
+    parser.add_argument(
+        "--sds-dir",
+        type=Path,
+        help="with --compose: write the SDS files its mutual TLS names into this directory",
+    )
     args = parser.parse_args()
-    if args.compose:
+    if args.sds_dir is not None and not args.compose:
+        parser.error("--sds-dir goes with --compose")
+    if args.compose and args.sds_dir is not None:
+        for name, text in sds_files(COMPOSE_TLS).items():
+            (args.sds_dir / name).write_text(text)
+    elif args.compose:
         print(render(COMPOSE, COMPOSE_TLS, args.route_identity, counting=args.counting), end="")
     else:
         ports = loopback_ports(args.base_port)

@@ -44,7 +44,7 @@ from extauthz.admin.sync import sync
 from extauthz.config import ENV_PREFIX, Settings
 from extauthz.core.policy import load_policy_file
 from extauthz.dev import DEFAULT_BASE_PORT, PORTS_USED
-from extauthz.dev.envoy_config import ClientTls, EnvoyPorts, loopback_ports, render
+from extauthz.dev.envoy_config import ClientTls, EnvoyPorts, loopback_ports, render, sds_files
 from extauthz.dev.local_pki import SERVER_NAME, make_local_pki
 from extauthz.dev.ports import free_ports_in_a_row, port_open
 from extauthz.errors import StackError, UsageError
@@ -254,8 +254,10 @@ class Stack:
         self.basic_secret = secrets.token_urlsafe(18)
         self.lock = StateLock(self.state_dir, base_port)  # (before anything is written)
         self.envoy_config = self.state_dir / "envoy.yaml"
-        # Envoy ↔ extauthz over mutual TLS, with a CA made for this stack only
+        # Envoy ↔ extauthz over mutual TLS, with a CA made for this stack only; both reload
+        # the files when they change (Envoy through the SDS files in envoy-sds/)
         self.pki = make_local_pki(self.state_dir / "tls")
+        self.sds_dir = self.state_dir / "envoy-sds"
         self.settings = self._serve_settings(settings or Settings(), base_port)
         self.redis = self._redis()
         self.extauthz = Child(
@@ -349,7 +351,9 @@ class Stack:
     def client_tls(self) -> ClientTls:
         """What Envoy presents to extauthz, and how it checks extauthz's certificate."""
         pki = self.pki
-        return ClientTls(str(pki.ca), str(pki.client_cert), str(pki.client_key), SERVER_NAME)
+        return ClientTls(
+            str(pki.ca), str(pki.client_cert), str(pki.client_key), SERVER_NAME, str(self.sds_dir)
+        )
 
     @property
     def external_url(self) -> str:
@@ -371,6 +375,9 @@ class Stack:
         """Start every part and wait until a request through Envoy reaches the model."""
         for child in self.children:
             child.log.write_bytes(b"")
+        self.sds_dir.mkdir(exist_ok=True)
+        for name, text in sds_files(self.client_tls).items():
+            (self.sds_dir / name).write_text(text)
         self.envoy_config.write_text(
             render(self.ports, self.client_tls, self.settings.route_identity, CONSOLE_SOURCE)
         )

@@ -239,6 +239,18 @@ class StateCollector:
         for result, count in s["jwks"].items():
             jwks.add_metric([result], count)
         yield jwks
+        tls = s.get("tls")  # (with TLS on the Check port only)
+        if tls is not None:
+            yield GaugeMetricFamily(
+                "extauthz_tls_certificate_expiry_timestamp_seconds",
+                "When the certificate the Check port presents to new connections expires",
+                value=tls["expiry"],
+            )
+            yield CounterMetricFamily(
+                "extauthz_tls_reloads",
+                "Renewed TLS files taken into service without a restart",
+                value=tls["reloads"],
+            )
 
 
 # --- one endpoint for N workers ------------------------------------------------------------
@@ -249,6 +261,7 @@ GAUGE_TOTALS: dict[str, Callable[[float, float], float]] = {
     "extauthz_redis_up": min,
     "extauthz_serving": min,
     "extauthz_auth_disabled": max,
+    "extauthz_tls_certificate_expiry_timestamp_seconds": min,  # a worker left behind shows
 }
 
 

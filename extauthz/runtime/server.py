@@ -151,6 +151,7 @@ class Server:
             read or check_input_reader(settings.route_identity),
         )
         self.port = 0
+        self.tls: tls.ServerTls | None = None
         self._stopping = threading.Event()
 
     def _authorizer(self) -> Authorizer:
@@ -201,10 +202,10 @@ class Server:
 
     def start(self) -> None:
         listen = self.settings.listen
-        credentials = tls.for_server(self.settings)
+        self.tls = tls.for_server(self.settings)  # (reloaded at handshakes when renewed)
         try:
-            if credentials is not None:
-                self.port = self.grpc_server.add_secure_port(listen, credentials)
+            if self.tls is not None:
+                self.port = self.grpc_server.add_secure_port(listen, self.tls.credentials())
             else:
                 self.port = self.grpc_server.add_insecure_port(listen)
         except RuntimeError as e:
@@ -298,6 +299,9 @@ class Server:
             },
             "cache_entries": len(self.cache) if self.cache is not None else 0,
             "jwks": {"ok": self.jwks.fetches_ok, "failed": self.jwks.fetches_failed},
+            "tls": None
+            if self.tls is None
+            else {"expiry": self.tls.files.not_after, "reloads": self.tls.reloads},
         }
 
     def request_stop(self) -> None:

@@ -30,6 +30,7 @@ from extauthz.dev.envoy_config import (
     ClientTls,
     loopback_ports,
     render,
+    sds_files,
 )
 from extauthz.dev.local_pki import make_local_pki
 from extauthz.dev.ports import port_open
@@ -293,15 +294,26 @@ def test_envoy_configs_validate(tmp_path: Path) -> None:
     local.write_text(render(loopback_ports(20000)))
     pki = make_local_pki(tmp_path / "tls")
     mutual = tmp_path / "mutual-tls.yaml"
-    mutual.write_text(
-        render(
-            loopback_ports(20000),
-            ClientTls(str(pki.ca), str(pki.client_cert), str(pki.client_key), "extauthz"),
+    sds = tmp_path / "sds"
+    sds.mkdir()
+    client_tls = ClientTls(
+        str(pki.ca), str(pki.client_cert), str(pki.client_key), "extauthz", str(sds)
+    )
+    for name, text in sds_files(client_tls).items():
+        (sds / name).write_text(text)
+    mutual.write_text(render(loopback_ports(20000), client_tls))
+    # the committed files, with their paths (compose mounts) pointed at real files
+    shipped = tmp_path / "shipped.yaml"
+    shipped_sds = tmp_path / "shipped-sds"
+    shipped_sds.mkdir()
+    for path in (REPO / "envoy/sds").iterdir():
+        text = path.read_text().replace("/etc/envoy/certs", str(pki.ca.parent))
+        (shipped_sds / path.name).write_text(text)
+    shipped.write_text(
+        committed.replace("/etc/envoy/certs/", f"{pki.ca.parent}/").replace(
+            "/etc/envoy/sds", str(shipped_sds)
         )
     )
-    # the committed file, with its certificate paths (a compose volume) pointed at real files
-    shipped = tmp_path / "shipped.yaml"
-    shipped.write_text(committed.replace("/etc/envoy/certs/", f"{pki.ca.parent}/"))
     for config in (shipped, local, mutual):
         result = subprocess.run(
             [envoy, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id"],

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from extauthz.cli import _parser
-from extauthz.dev.envoy_config import COMPOSE
+from extauthz.dev.envoy_config import COMPOSE, COMPOSE_TLS, sds_files
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -163,7 +163,31 @@ def test_the_check_port_speaks_mutual_tls() -> None:
     envoy_yaml = yaml.safe_load((REPO / "envoy/envoy.yaml").read_text())
     (cluster,) = [c for c in envoy_yaml["static_resources"]["clusters"] if c["name"] == "extauthz"]
     context = cluster["transport_socket"]["typed_config"]["common_tls_context"]
-    chain = context["tls_certificates"][0]
+    # Envoy reads its certificate and the CA through SDS files, which compose mounts
+    (client,) = context["tls_certificate_sds_secret_configs"]
+    validation = context["combined_validation_context"]["validation_context_sds_secret_config"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["envoy"]["volumes"]}
+    secrets: dict[str, Any] = {}
+    for config in (client, validation):
+        path = config["sds_config"]["path_config_source"]["path"]
+        assert mounted[path].startswith("./envoy/sds/"), path
+        (secret,) = yaml.safe_load((REPO / mounted[path]).read_text())["resources"]
+        assert secret["name"] == config["name"]
+        secrets[config["name"]] = secret
+    chain = secrets[client["name"]]["tls_certificate"]
     assert chain["certificate_chain"]["filename"] == "/etc/envoy/certs/envoy.crt"
     assert chain["private_key"]["filename"] == "/etc/envoy/certs/envoy.key"
-    assert context["validation_context"]["trusted_ca"]["filename"] == "/etc/envoy/certs/ca.crt"
+    assert chain["watched_directory"]["path"] == "/etc/envoy/certs"  # renewed: reloaded
+    trusted = secrets[validation["name"]]["validation_context"]
+    assert trusted["trusted_ca"]["filename"] == "/etc/envoy/certs/ca.crt"
+    assert trusted["watched_directory"]["path"] == "/etc/envoy/certs"
+
+
+def test_the_sds_files_are_generated() -> None:
+    """envoy/sds/ is extauthz/dev/envoy_config.py's output, as envoy/envoy.yaml is."""
+    expected = sds_files(COMPOSE_TLS)
+    assert sorted(p.name for p in (REPO / "envoy/sds").iterdir()) == sorted(expected)
+    for name, text in expected.items():
+        assert (REPO / "envoy/sds" / name).read_text() == text, (
+            "regenerate: python -m extauthz.dev.envoy_config --compose --sds-dir envoy/sds"
+        )

@@ -121,3 +121,26 @@ def test_decisions_counted_from_many_threads_add_up_exactly() -> None:
     # two workers' endpoints add up
     merged = merge_expositions([_text(m), _text(m)]).decode()
     assert 'extauthz_decisions_total{outcome="allow",reason="granted",route="r0"} 20000.0' in merged
+
+
+def test_the_tls_certificate_s_expiry_and_reloads() -> None:
+    """With TLS on the Check port: when the certificate served to new connections expires
+    (an alert before it does), and how many renewals were taken in; of several workers, the
+    earliest expiry (a worker that did not reload shows)."""
+    texts = []
+    for expiry, reloads in ((2_000_000_000, 1), (1_900_000_000, 0)):
+        m = Metrics()
+        m.watch(partial(dict, {**STATE, "tls": {"expiry": expiry, "reloads": reloads}}))
+        texts.append(_text(m))
+    assert "extauthz_tls_certificate_expiry_timestamp_seconds 2e+09" in texts[0]
+    assert "extauthz_tls_reloads_total 1.0" in texts[0]
+    merged = merge_expositions(texts).decode()
+    assert "extauthz_tls_certificate_expiry_timestamp_seconds 1.9e+09" in merged
+    assert "extauthz_tls_reloads_total 1.0" in merged
+    assert "extauthz_tls" not in _text(_watching(STATE))  # plaintext: none
+
+
+def _watching(state: dict[str, Any]) -> Metrics:
+    m = Metrics()
+    m.watch(lambda: state)
+    return m
