@@ -121,6 +121,7 @@ class Token(_Answer):
     kind: Literal["model", "management"]
     models: list[str] | None = Field(description="LLM models (names, prefix*); null: any")
     token_limit: str | None = Field(description="its own LLM token limit, e.g. 100000/d")
+    team: str | None = Field(description="the team it belongs to; null: none")
 
 
 class TokenPage(_Answer):

@@ -43,9 +43,11 @@ from extauthz.core.identity.base import (
     Identity,
     IdentityResult,
     Rejected,
+    TeamLookup,
     Throttled,
     TokenLookup,
     Unavailable,
+    no_teams,
 )
 from extauthz.core.jwt_verify import JwtVerify
 from extauthz.core.limits import REQUESTS, TOKENS, Limited, limits_for
@@ -72,6 +74,7 @@ __all__ = [  # re-exported: the decision's vocabulary
     "SCOPES_HEADER",
     "SUBJECT_HEADER",
     "Headers",
+    "TeamLookup",
     "TokenLookup",
 ]
 
@@ -153,11 +156,12 @@ def decide(
     lookup: TokenLookup,
     now: float,
     verify_jwt: JwtVerify | None = None,
+    teams: TeamLookup = no_teams,
 ) -> Decision:
     """Decide one request. `snapshot` is None when no policy could be loaded yet.
 
     `lookup` finds an opaque token's record by hash; `verify_jwt` checks a JWT against a
-    route's issuer settings (None: JWTs are refused).
+    route's issuer settings (None: JWTs are refused); `teams` finds a team's record by id.
     """
     if snapshot is None:
         return unavailable("no_policy")
@@ -184,7 +188,7 @@ def decide(
                 facts, route, INTERNAL, frozenset(), "internal",
                 limits=_per_address(facts, route, model), model=model,
             )  # fmt: skip
-    return _decide_protected(facts, route, snapshot, lookup, now, verify_jwt)
+    return _decide_protected(facts, route, snapshot, lookup, now, verify_jwt, teams)
 
 
 def auth_disabled(facts: RequestFacts) -> Decision:
@@ -200,26 +204,32 @@ def _decide_protected(
     lookup: TokenLookup,
     now: float,
     verify_jwt: JwtVerify | None,
+    teams: TeamLookup,
 ) -> Decision:
-    ctx = Context(route, snapshot, lookup, now, verify_jwt)
+    ctx = Context(route, snapshot, lookup, now, verify_jwt, teams)
     result = identify(parse_authorization(facts.authorization), ctx)  # 1. identity
     if isinstance(result, Identity):  # the common case first
         denied = authorize(result, route)  # 2. authorization
         if denied is not None:
             return denied
-        model = _model(facts, route, result.models, result.subject, result.valid_until)
+        team = result.team
+        team_models = team.models if team is not None else None
+        model = _model(facts, route, result.models, result.subject, result.valid_until, team_models)
         if isinstance(model, Decision):
             return model
         # a route's limit counts per caller: tokens by id, JWTs by issuer and subject (their
         # subjects are `jwt:<issuer>:<sub>`), never one in the other's counter
         caller = f"tok:{result.token_id}" if result.token_id else f"sub:{result.subject}"
+        team_id = team.id if team is not None else None
         limits = limits_for(  # (counted by the runtime, see Decision.limits)
-            REQUESTS, route.name, route.rate_limit, result.token_id, result.rate_limit, caller
-        )
+            REQUESTS, route.name, route.rate_limit, result.token_id, result.rate_limit, caller,
+            team_id, team.rate_limit if team is not None else None,
+        )  # fmt: skip
         if model is not None:  # (a request that names no model uses no LLM tokens)
             limits += limits_for(
-                TOKENS, route.name, route.token_limit, result.token_id, result.token_limit, caller
-            )
+                TOKENS, route.name, route.token_limit, result.token_id, result.token_limit,
+                caller, team_id, team.token_limit if team is not None else None,
+            )  # fmt: skip
         return _allow(  # 3. response
             facts, route, result.subject, result.scopes, result.reason, result.headers,
             until=result.valid_until, name=result.name, limits=limits, token_id=result.token_id,
@@ -267,6 +277,8 @@ def authorize(identity: Identity, route: RoutePolicy) -> Decision | None:
     `Decision.limits`: counting is state shared across processes, done by the runtime for
     every request, also for a remembered decision (see `limit_reached`).
     """
+    if identity.team_id is not None and identity.team is None:  # (deleted, or a typo by hand)
+        return _forbidden("unknown_team", identity.subject, until=identity.valid_until)
     grants = identity.grants
     if grants is not None and route.name not in grants and "*" not in grants:
         return _forbidden("route_not_granted", identity.subject, until=identity.valid_until)
@@ -296,10 +308,12 @@ def _model(
     allowed: frozenset[str] | None,
     subject: str,
     until: float | None = FOREVER,
+    team_allows: frozenset[str] | None = None,
 ) -> str | Decision | None:
     """On an `api: openai` route, the model the body asks for if the route serves it and
-    the credential may use it (`allowed`: its patterns, None: any); else the denial. None
-    where there is no model: not an LLM route, or a request that takes none (GET)."""
+    the credential may use it (`allowed`: its patterns, None: any; `team_allows`: its
+    team's, which it must match too); else the denial. None where there is no model: not an
+    LLM route, or a request that takes none (GET)."""
     if route.api is None:
         return None
     llm = facts.llm
@@ -320,6 +334,11 @@ def _model(
         return _model_denial(
             403, "model_not_allowed", f"this credential may not use {model!r}", subject, until
         )
+    if team_allows is not None and not model_allowed(team_allows, model):
+        return _model_denial(
+            403, "model_not_allowed", f"this credential's team may not use {model!r}", subject,
+            until,
+        )  # fmt: skip
     return model
 
 

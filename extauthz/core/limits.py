@@ -5,8 +5,9 @@ counter an allow takes from, one place that names the counters (docs/architectur
 A kind is a row: requests (a rate limit, `600/m`: each allow needs 1, never settled) and LLM
 tokens (a token limit, `100000/d`: each allow reserves its bound, settled from the
 response's usage). A scope is who a counter belongs to: the token itself (`token:<id>`), or
-the caller on a route (`route:<route>:<caller>`, the caller a token id, a JWT subject, or
-the client address where nobody is named). Every spec that applies to an allow must have
+a team, pooled over its tokens (`team:<id>`), or the caller on a route
+(`route:<route>:<caller>`, the caller a token id, a JWT subject, or the client address where
+nobody is named). Every spec that applies to an allow must have
 room for it, or none is taken (runtime/limiter.py, which leases from Redis).
 """
 
@@ -60,7 +61,7 @@ class Limited:
     """One counter an allow takes from: `kind` counted for `scope` under `limit`."""
 
     kind: Kind
-    scope: str  # "token:<id>" or "route:<route>:<caller>"
+    scope: str  # "token:<id>", "team:<id>" or "route:<route>:<caller>"
     limit: Window
     what: str  # for the 429 message: "this token", "route llm"
     lease: str = field(default="", compare=False)  # kind, scope and limit: a changed limit
@@ -78,12 +79,17 @@ def limits_for(
     token_id: str | None,
     token_limit: Window | None,
     caller: str,
+    team_id: str | None = None,
+    team_limit: Window | None = None,
 ) -> tuple[Limited, ...]:
-    """The counters of `kind` an allow on `route` takes from: the token's own limit, and the
-    route's per `caller` (a subject, or the client address when nobody is named)."""
+    """The counters of `kind` an allow on `route` takes from: the token's own limit, its
+    team's (pooled over the team's tokens), and the route's per `caller` (a subject, or the
+    client address when nobody is named)."""
     out: tuple[Limited, ...] = ()
     if token_limit is not None and token_id is not None:
         out += (Limited(kind, f"token:{token_id}", token_limit, "this token"),)
+    if team_limit is not None and team_id is not None:
+        out += (Limited(kind, f"team:{team_id}", team_limit, f"team {team_id}"),)
     if route_limit is not None:
         out += (Limited(kind, f"route:{route}:{caller}", route_limit, f"route {route}"),)
     return out

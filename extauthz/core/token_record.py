@@ -22,6 +22,8 @@ from extauthz.errors import MalformedRecord, shown
 _VISIBLE = re.compile(r"[!-~]{1,128}", re.ASCII)
 _LIST_FIELD = re.compile(r"[ !-~]{0,4096}", re.ASCII)
 MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second a date can show
+TEAM_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
+TEAM_ID_RULE = "1-63 of a-z, 0-9 and '-', not starting with '-'"
 
 # A token is a model token (field `kind` absent or `model`: valid at model routes only) or a
 # management token (`kind: management`: valid at the management API only). The management
@@ -59,6 +61,7 @@ class TokenRecord:
     models: frozenset[str] | None = None
     # LLM tokens (prompt + completion) it may use per window, on `api: openai` routes
     token_limit: TokenLimit | None = None
+    team: str | None = None  # the team it belongs to (its models and limits apply too)
 
     @property
     def management(self) -> bool:
@@ -90,6 +93,7 @@ class TokenRecord:
             "kind": self.kind,
             "models": None if self.models is None else sorted(self.models),
             "token_limit": str(self.token_limit) if self.token_limit else None,
+            "team": self.team,
         }
 
     def to_fields(self) -> dict[str, str]:
@@ -113,6 +117,8 @@ class TokenRecord:
             fields["models"] = ",".join(sorted(self.models))
         if self.token_limit is not None:
             fields["token_limit"] = str(self.token_limit)
+        if self.team is not None:
+            fields["team"] = self.team
         return fields
 
     @classmethod
@@ -145,17 +151,19 @@ class TokenRecord:
                 f"token record {token_id!r}: 'kind' is not {MODEL} or {MANAGEMENT}: "
                 f"{shown(kind, 64)}"
             )
+        owner = f"token record {token_id!r}"
         return cls(
             id=token_id,
             kind=kind,
-            routes=_list_field(fields, "routes", token_id),
-            scopes=_list_field(fields, "scopes", token_id),
-            expires_at=_int_field(fields, "expires_at", token_id),
+            routes=list_field(fields, "routes", owner),
+            scopes=list_field(fields, "scopes", owner),
+            expires_at=int_field(fields, "expires_at", owner),
             name=name,
-            created_at=_int_field(fields, "created_at", token_id),
-            rate_limit=_rate_limit_field(fields, token_id),
-            models=_models_field(fields, token_id),
-            token_limit=_token_limit_field(fields, token_id),
+            created_at=int_field(fields, "created_at", owner),
+            rate_limit=rate_limit_field(fields, owner),
+            models=models_field(fields, owner),
+            token_limit=token_limit_field(fields, owner),
+            team=team_field(fields, owner),
         )
 
 
@@ -169,18 +177,18 @@ def split_list(value: str) -> frozenset[str]:
     return frozenset(value.replace(",", " ").split(" ")) - {""}
 
 
-def _list_field(fields: Mapping[str, str], key: str, token_id: str) -> frozenset[str]:
+def list_field(fields: Mapping[str, str], key: str, owner: str) -> frozenset[str]:
     raw = fields.get(key, "")
     items = split_list(raw) if _LIST_FIELD.fullmatch(raw) else None
     if items is None or not all(_VISIBLE.fullmatch(item) for item in items):
         raise MalformedRecord(
-            f"token record {token_id!r}: {key!r} is not a list of visible ASCII names "
+            f"{owner}: {key!r} is not a list of visible ASCII names "
             "(comma or space separated, each at most 128 characters, 4096 in all)"
         )
     return items
 
 
-def _int_field(fields: Mapping[str, str], key: str, token_id: str) -> int | None:
+def int_field(fields: Mapping[str, str], key: str, owner: str) -> int | None:
     raw = fields.get(key, "").strip(" ")
     if not raw:
         return None
@@ -190,25 +198,24 @@ def _int_field(fields: Mapping[str, str], key: str, token_id: str) -> int | None
         value = None
     if value is None or not 0 <= value <= MAX_UNIX_SECONDS:
         raise MalformedRecord(
-            f"token record {token_id!r}: {key!r} is not unix seconds up to the year 9999: "
-            f"{shown(raw, 64)}"
+            f"{owner}: {key!r} is not unix seconds up to the year 9999: {shown(raw, 64)}"
         )
     return value
 
 
-def _models_field(fields: Mapping[str, str], token_id: str) -> frozenset[str] | None:
+def models_field(fields: Mapping[str, str], owner: str) -> frozenset[str] | None:
     """`models`: absent, any model; else names and `prefix*` patterns, comma- or
     space-separated (a present but empty field allows no model)."""
     if "models" not in fields:
         return None
-    items = _list_field(fields, "models", token_id)
+    items = list_field(fields, "models", owner)
     try:
         return frozenset(check_model_patterns(items))
     except ValueError as e:
-        raise MalformedRecord(f"token record {token_id!r}: {e}") from None
+        raise MalformedRecord(f"{owner}: {e}") from None
 
 
-def _rate_limit_field(fields: Mapping[str, str], token_id: str) -> RateLimit | None:
+def rate_limit_field(fields: Mapping[str, str], owner: str) -> RateLimit | None:
     raw = fields.get("rate_limit", "").strip(" ")
     if not raw:
         return None
@@ -216,11 +223,11 @@ def _rate_limit_field(fields: Mapping[str, str], token_id: str) -> RateLimit | N
         return RateLimit.parse(raw)
     except ValueError:
         raise MalformedRecord(
-            f"token record {token_id!r}: 'rate_limit' is not N/UNIT (e.g. 600/m): {shown(raw, 64)}"
+            f"{owner}: 'rate_limit' is not N/UNIT (e.g. 600/m): {shown(raw, 64)}"
         ) from None
 
 
-def _token_limit_field(fields: Mapping[str, str], token_id: str) -> TokenLimit | None:
+def token_limit_field(fields: Mapping[str, str], owner: str) -> TokenLimit | None:
     raw = fields.get("token_limit", "").strip(" ")
     if not raw:
         return None
@@ -228,6 +235,17 @@ def _token_limit_field(fields: Mapping[str, str], token_id: str) -> TokenLimit |
         return TokenLimit.parse(raw)
     except ValueError:
         raise MalformedRecord(
-            f"token record {token_id!r}: 'token_limit' is not N/UNIT (e.g. 100000/d): "
-            f"{shown(raw, 64)}"
+            f"{owner}: 'token_limit' is not N/UNIT (e.g. 100000/d): {shown(raw, 64)}"
         ) from None
+
+
+def team_field(fields: Mapping[str, str], owner: str) -> str | None:
+    """`team`: absent or empty, no team; else a team id (docs/teams.md)."""
+    raw = fields.get("team", "").strip(" ")
+    if not raw:
+        return None
+    if not TEAM_ID.fullmatch(raw):
+        raise MalformedRecord(
+            f"{owner}: 'team' is not a team id ({TEAM_ID_RULE}): {shown(raw, 64)}"
+        )
+    return raw

@@ -20,6 +20,7 @@ from extauthz.core.decision import (
     Decision,
     Outcome,
     RequestFacts,
+    TeamLookup,
     TokenLookup,
     auth_disabled,
     decide,
@@ -86,6 +87,7 @@ class Authorizer:
         self.disable_auth = disable_auth
         self.cache = cache
         self.lookup: TokenLookup = cache if cache is not None else store.token_record
+        self.teams: TeamLookup = cache.team if cache is not None else store.team_record
         self.jwks = jwks
         self.verify_jwt = JwtVerifier(jwks) if jwks is not None else None
         self.clock = clock
@@ -242,7 +244,7 @@ class Authorizer:
             wait = self.failures.retry_after(address)
             if wait is not None:
                 lookup = self._cache_only(wait)
-        decision = decide(facts, snapshot, lookup, now, self.verify_jwt)
+        decision = decide(facts, snapshot, lookup, now, self.verify_jwt, self.teams)
         if epoch is not None and decision.reusable_until is not None:
             until = min(decision.reusable_until, now + MEMO_TTL)
             size = text_size((facts.route, facts.authorization, facts.source_address, *sent))
@@ -257,7 +259,7 @@ class Authorizer:
             if cache is not None:
                 found, record = cache.cached(digest)
                 if found:
-                    return record
+                    return record  # type: ignore[no-any-return]
             raise TooManyFailures(retry_after)
 
         return lookup

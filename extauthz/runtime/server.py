@@ -120,6 +120,7 @@ class Server:
                 ttl=settings.cache_ttl,
                 stale_grace=settings.stale_grace,
                 health=self.redis,
+                fetch_team=self.store.team_record,
             )
             if settings.cache_ttl > 0
             else None

@@ -2,7 +2,8 @@
 
 One thread holds a Redis pub/sub connection subscribed to
 - keyspace notifications for `{prefix}token:*` (any change by anyone, `redis-cli` included:
-  hset, del, expire, expired, evicted...) → that token is dropped from the cache;
+  hset, del, expire, expired, evicted...) → that token is dropped from the cache; for
+  `{prefix}team:*` → that team;
 - keyspace notifications for `{prefix}policy` and the `{prefix}invalidate` channel (where
   the CLI and the sync job also publish) → the policy is reloaded at once.
 
@@ -71,6 +72,7 @@ class InvalidationListener:
         self.on_policy_change = on_policy_change
         self.fallback_ttl = fallback_ttl
         self.token_prefix = store.token_key("")
+        self.team_prefix = store.team_key("")
         self.primary = PrimaryNode(url, store.policy_key)
         # how `token revoke|rotate` knows this process: it waits for our acknowledgements
         self.server_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -122,7 +124,7 @@ class InvalidationListener:
         keyspace = f"__keyspace@{self.primary.db}__:"
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
-            pubsub.psubscribe(keyspace + self.token_prefix + "*")
+            pubsub.psubscribe(keyspace + self.token_prefix + "*", keyspace + self.team_prefix + "*")
             pubsub.subscribe(keyspace + self.store.policy_key, self.store.invalidate_channel)
             # subscribed: from here on no change can go unseen; then reload what may have
             # changed while we were not listening
@@ -179,6 +181,8 @@ class InvalidationListener:
             key = channel[len(keyspace) :]
             if key.startswith(self.token_prefix):
                 self.cache.invalidate(key[len(self.token_prefix) :])
+            elif key.startswith(self.team_prefix):
+                self.cache.invalidate_team(key[len(self.team_prefix) :])
             elif key == self.store.policy_key:
                 self.on_policy_change()
         elif channel == self.store.invalidate_channel:

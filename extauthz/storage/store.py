@@ -6,6 +6,8 @@ Data model (documented in docs/redis.md):
 
     {prefix}token:<sha256 hex of the token>   HASH  id, routes, scopes, name, created_at,
                                                     expires_at   (key TTL = expires_at)
+    {prefix}team:<team id>                    HASH  id, name, models, rate_limit, token_limit,
+                                                    created_at
     {prefix}policy                            HASH  version, snapshot (JSON), digest
     {prefix}servers:<server id>               STRING "1", expiring 3 s after the last heartbeat
     {prefix}rl:<counter>:<unit><window>       STRING permits taken in one rate-limit window
@@ -49,6 +51,7 @@ from redis.exceptions import (
 )
 
 from extauthz.core.policy import PolicySnapshot
+from extauthz.core.team_record import TeamRecord
 from extauthz.core.token_record import MAX_UNIX_SECONDS, TokenRecord
 from extauthz.errors import MalformedRecord, StoreError, StoreRefused, StoreUnavailable
 from extauthz.storage.client import LazyCluster, connect, follow_primary, key_prefix
@@ -122,6 +125,7 @@ class Store:
         self.client: Any = client
         self.prefix = prefix
         self._token_prefix = f"{prefix}token:"
+        self._team_prefix = f"{prefix}team:"
         self.policy_key = f"{prefix}policy"
         # servers listen here too: a token hash, "policy", or "*" (drop every cached token)
         self.invalidate_channel = f"{prefix}invalidate"
@@ -156,7 +160,14 @@ class Store:
             record = replace(record, lapses_at=read_at + pttl / 1000)
         return record
 
-    # --- rate limits ----------------------------------------------------------------------
+    def team_key(self, team_id: str) -> str:
+        return self._team_prefix + team_id
+
+    def team_record(self, team_id: str) -> TeamRecord | None:
+        """The record of a team, None when there is none (HGETALL)."""
+        with self.redis_errors(f"team key {team_id}: "), self._timed("hgetall"):
+            fields = self.client.hgetall(self._team_prefix + team_id)
+        return TeamRecord.from_fields(team_id, fields) if fields else None
 
     # --- limits (runtime/limiter.py) -----------------------------------------------------
 

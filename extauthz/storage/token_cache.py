@@ -1,4 +1,4 @@
-"""An in-process cache of token records in front of Redis, safe for revocation.
+"""An in-process cache of token (and team) records in front of Redis, safe for revocation.
 
 - Hits never touch Redis. Entries live at most `ttl` seconds (and never past the record's
   own `expires_at`: the decision checks expiry on every call anyway).
@@ -7,6 +7,8 @@
 - Concurrent misses for one hash share a single Redis fetch.
 - Invalidation comes from `invalidate()` (keyspace notifications, explicit messages): a
   fetch that raced with any invalidation is not cached.
+- Team records share the cache, its bounds and its epoch, under the key `team:<id>` (no
+  SHA-256 hex digest starts so): a changed team invalidates like a changed token.
 - The cache is only trusted while invalidations are being received and Redis answers
   (one shared RedisHealth says so); once either is not so, entries are served for at
   most `stale_grace` seconds (default 0: every lookup goes to Redis, which fails closed
@@ -19,13 +21,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from extauthz.core.bounded import BoundedDict, text_size
+from extauthz.core.team_record import TeamRecord
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord, StoreError, StoreUnavailable
 from extauthz.storage.redis_health import RedisHealth
 
 Fetch = Callable[[str], TokenRecord | None]
+FetchTeam = Callable[[str], TeamRecord | None]
+Record = TokenRecord | TeamRecord
+TEAM = "team:"  # the cache key of a team: TEAM + its id
+
+
+def _no_teams(team_id: str) -> TeamRecord | None:
+    return None
 
 
 @dataclass(slots=True)
@@ -42,7 +53,7 @@ class _Flight:
     def __init__(self, generation: int) -> None:
         self.generation = generation  # a later invalidation makes its answer too old to share
         self.done = threading.Event()
-        self.record: TokenRecord | None = None
+        self.record: Any = None
         self.error: BaseException | None = None
 
 
@@ -61,17 +72,17 @@ class TokenCache:
         stale_grace: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         health: RedisHealth | None = None,
+        fetch_team: FetchTeam = _no_teams,
     ) -> None:
         self.fetch = fetch
+        self.fetch_team = fetch_team
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.stale_grace = stale_grace
         self.clock = clock
         self.stats = CacheStats()
         # hash → (record, valid until) and hash → valid until; bounded by entries and bytes
-        self._records: BoundedDict[str, tuple[TokenRecord, float]] = BoundedDict(
-            max_entries, max_bytes
-        )
+        self._records: BoundedDict[str, tuple[Any, float]] = BoundedDict(max_entries, max_bytes)
         self._unknown: BoundedDict[str, float] = BoundedDict(max_negative, max_bytes // 16)
         self._flights: dict[str, _Flight] = {}
         self._lock = threading.Lock()
@@ -144,7 +155,7 @@ class TokenCache:
     def _usable(self, now: float) -> bool:
         return self._trusted or now - self._untrusted_since < self.stale_grace
 
-    def cached(self, digest: str) -> tuple[bool, TokenRecord | None]:
+    def cached(self, digest: str) -> tuple[bool, Any]:
         """(True, record or None) when the cache can answer without Redis, else (False, None)."""
         now = self.clock()
         if self._usable(now):
@@ -160,11 +171,21 @@ class TokenCache:
         found, record = self.cached(digest)
         if found:
             self.stats.hits += 1
-            return record
+            return record  # type: ignore[no-any-return]
         self.stats.misses += 1
-        return self._fetch_once(digest)
+        return self._fetch_once(digest)  # type: ignore[no-any-return]
 
-    def _fetch_once(self, digest: str) -> TokenRecord | None:
+    def team(self, team_id: str) -> TeamRecord | None:
+        """The record of a team (cached as tokens are), None when there is none."""
+        found, record = self.cached(TEAM + team_id)
+        if not found:
+            record = self._fetch_once(TEAM + team_id)
+        return record if isinstance(record, TeamRecord) else None
+
+    def invalidate_team(self, team_id: str) -> None:
+        self.invalidate(TEAM + team_id)
+
+    def _fetch_once(self, digest: str) -> Any:
         with self._lock:
             generation = self._generation
             flight = self._flights.get(digest)
@@ -181,7 +202,10 @@ class TokenCache:
                 raise StoreUnavailable("token lookup did not finish in time")
             return flight.record
         try:
-            record = self.fetch(digest)
+            if digest.startswith(TEAM):
+                record: Record | None = self.fetch_team(digest[len(TEAM) :])
+            else:
+                record = self.fetch(digest)
         except MalformedRecord as e:
             flight.error = e
             raise
@@ -199,7 +223,7 @@ class TokenCache:
                     del self._flights[digest]
             flight.done.set()
 
-    def _store(self, digest: str, record: TokenRecord | None, generation: int) -> None:
+    def _store(self, digest: str, record: Record | None, generation: int) -> None:
         with self._lock:
             if generation != self._generation or not self._trusted:
                 return  # an invalidation raced with the fetch, or nothing would tell us
@@ -207,9 +231,15 @@ class TokenCache:
             if record is None:
                 self._unknown.put(digest, now + self.negative_ttl, text_size((digest,)))
             else:
-                size = text_size((digest, record.id, record.name, *record.routes, *record.scopes))
-                self._records.put(digest, (record, now + self.ttl), size)
+                self._records.put(digest, (record, now + self.ttl), _size(digest, record))
             self.stats.evictions = self._records.evictions + self._unknown.evictions
 
     def __len__(self) -> int:
         return len(self._records) + len(self._unknown)
+
+
+def _size(key: str, record: Record) -> int:
+    """About what an entry holds, for the cache's byte bound."""
+    if isinstance(record, TeamRecord):
+        return text_size((key, record.id, record.name, *(record.models or ())))
+    return text_size((key, record.id, record.name, *record.routes, *record.scopes))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from extauthz.core.credentials import Credential
 from extauthz.core.rate_limit import RateLimit
+from extauthz.core.team_record import TeamRecord
 from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import TokenRecord
 
@@ -23,6 +24,14 @@ if TYPE_CHECKING:
 
 FOREVER = float("inf")
 TokenLookup = Callable[[str], TokenRecord | None]
+TeamLookup = Callable[[str], TeamRecord | None]  # by team id (may raise StoreError)
+
+
+def no_teams(team_id: str) -> TeamRecord | None:
+    """The team lookup where there is no store: no team exists."""
+    return None
+
+
 Headers = tuple[tuple[str, str], ...]
 
 
@@ -35,6 +44,7 @@ class Context:
     lookup: TokenLookup  # token record by SHA-256 hex (may raise StoreError, TooManyFailures)
     now: float
     verify_jwt: JwtVerify | None
+    teams: TeamLookup = no_teams
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +64,8 @@ class Identity:
     token_id: str | None = None  # a token or route secret (its usage is metered)
     models: frozenset[str] | None = None  # LLM models it may use (patterns); None: any
     token_limit: TokenLimit | None = None  # the token's own LLM token limit
+    team_id: str | None = None  # the team it names (403 unknown_team when there is none)
+    team: TeamRecord | None = None  # that team's record: its models and limits apply too
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,14 @@ def identify_secret(secret: str, ctx: Context) -> IdentityResult:
     until = record.valid_until()
     if ctx.now >= until:
         return Rejected("expired_token", "token expired", subject=record.id)
+    team = None
+    if record.team is not None:
+        try:
+            team = ctx.teams(record.team)
+        except MalformedRecord:
+            return Rejected("malformed_record", "invalid token", subject=record.id)
+        except StoreError:
+            return Unavailable("store_unavailable")
     return Identity(
         record.id,
         record.scopes,
@@ -45,4 +53,6 @@ def identify_secret(secret: str, ctx: Context) -> IdentityResult:
         token_id=record.id,
         models=record.models,
         token_limit=record.token_limit,
+        team_id=record.team,
+        team=team,
     )
