@@ -54,6 +54,34 @@ class TokenExists(UsageError):
         super().__init__(f"a token with id {shown(token_id)} already exists")
 
 
+class UnknownTeam(UsageError):
+    """No team with this id."""
+
+    def __init__(self, team_id: str) -> None:
+        self.team_id = team_id
+        super().__init__(f"no team with id {shown(team_id)}")
+
+
+class TeamExists(UsageError):
+    """A team with this id exists already (team create)."""
+
+    def __init__(self, team_id: str) -> None:
+        self.team_id = team_id
+        super().__init__(f"a team with id {shown(team_id)} already exists")
+
+
+class TeamHasTokens(UsageError):
+    """A team still has tokens (team delete without revoking them)."""
+
+    def __init__(self, team_id: str, count: int) -> None:
+        self.team_id = team_id
+        self.count = count
+        super().__init__(
+            f"team {shown(team_id)} still has {count} token{'s' if count != 1 else ''}: "
+            "revoke them, move them (`token update ID --team ...`) or pass --revoke-tokens"
+        )
+
+
 class BadImportLine(UsageError):
     """A line of a token import file is invalid; carries the file, line and field."""
 

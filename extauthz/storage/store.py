@@ -163,6 +163,10 @@ class Store:
     def team_key(self, team_id: str) -> str:
         return self._team_prefix + team_id
 
+    def team_tokens_key(self, team_id: str) -> str:
+        """The set of the ids of a team's tokens (storage/team_index.py)."""
+        return f"{self.prefix}team-tokens:{team_id}"
+
     def team_record(self, team_id: str) -> TeamRecord | None:
         """The record of a team, None when there is none (HGETALL)."""
         with self.redis_errors(f"team key {team_id}: "), self._timed("hgetall"):

@@ -521,6 +521,8 @@ class TokenIndex:
             pipe.expireat(key, record.expires_at)
         if seq is not None:  # a new token (its id may have been used before): last in order
             pipe.zadd(self.ids_key, {record.id: seq})
+        if record.team is not None:  # (left out of it lazily, see storage/team_index.py)
+            pipe.sadd(self.store.team_tokens_key(record.team), record.id)
 
     def _transaction(self, token_id: str, body: Callable[[Any], T]) -> T:
         """Run `body(pipe)` under WATCH of the id's entry (it reads, calls multi(), queues

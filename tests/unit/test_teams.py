@@ -4,26 +4,31 @@ limits pooled across the team's tokens, and the team in the token cache."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import fakeredis
 import pytest
 
+from extauthz.admin import audit, teams, tokens
 from extauthz.core.credentials import token_hash
 from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
 from extauthz.core.limits import REQUESTS, TOKENS
 from extauthz.core.llm import read_model_request
+from extauthz.core.llm_usage import Usage
 from extauthz.core.policy import PolicySnapshot, parse_policy
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.team_record import TeamRecord
 from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import MalformedRecord
+from extauthz.errors import InvalidValue, MalformedRecord, TeamExists, TeamHasTokens, UnknownTeam
 from extauthz.runtime.limiter import Limiter
+from extauthz.runtime.usage import UsageMeter
 from extauthz.storage.client import DECODING
 from extauthz.storage.redis_health import RedisHealth
 from extauthz.storage.store import Store
 from extauthz.storage.token_cache import TokenCache
+from extauthz.storage.token_index import TokenIndex
 
 START = 1_800_000_000.0
 POLICY = PolicySnapshot(
@@ -183,3 +188,89 @@ def test_a_team_is_cached_and_dropped_when_it_changes() -> None:
     cache.invalidate_team("acme")
     assert cache.current_epoch != epoch  # (decisions remembered before are not reused)
     assert cache.team("acme") == TEAM and fetched == ["acme", "nope", "acme"]
+
+
+# --- the lifecycle (admin/teams.py, storage/team_index.py) ---------------------------------
+
+
+def _store() -> Store:
+    return Store(fakeredis.FakeRedis(**DECODING), "extauthz:")
+
+
+def _member(store: Store, token_id: str, team: str | None) -> None:
+    record = TokenRecord(token_id, frozenset({"*"}), frozenset(), team=team)
+    TokenIndex(store).add(token_hash(token_id), record)
+
+
+def test_create_show_update_list() -> None:
+    store = _store()
+    made = teams.create(store, "acme", "Acme", ["small"], RateLimit(3, "m"), None, START)
+    assert made.record == TeamRecord("acme", "Acme", frozenset({"small"}), RateLimit(3, "m"),
+                                     None, int(START))  # fmt: skip
+    with pytest.raises(TeamExists):
+        teams.create(store, "acme")
+    teams.create(store, "beta", now=START + 1)
+    assert teams.show(store, "acme") == made.record
+    with pytest.raises(UnknownTeam):
+        teams.show(store, "nope")
+    with pytest.raises(InvalidValue, match="team"):
+        teams.show(store, "Not An Id")
+    changed = teams.update(store, "acme", models=None, token_limit=TokenLimit(500, "d"))
+    assert changed.record.models is None and changed.record.rate_limit == RateLimit(3, "m")
+    assert store.team_record("acme") == changed.record  # (what the servers read)
+    with pytest.raises(UnknownTeam):
+        teams.update(store, "nope", name="x")
+    assert [t.id for t in teams.listing(store) if isinstance(t, TeamRecord)] == ["acme", "beta"]
+    store.client.hset("extauthz:team:beta", "rate_limit", "fast")  # edited badly by hand
+    listed = list(teams.listing(store))
+    assert isinstance(listed[1], MalformedRecord) and "beta" in str(listed[1])
+    actions = [e["action"] for e in audit.tail(store, 10)]
+    assert actions.count("team.create") == 2 and "team.update" in actions
+
+
+def test_a_teams_tokens_are_found_without_a_scan_and_left_ones_are_dropped() -> None:
+    store = _store()
+    teams.create(store, "acme")
+    for token_id in ("t1", "t2", "t3"):
+        _member(store, token_id, "acme")
+    _member(store, "other", None)
+    assert teams.members(store, "acme") == ["t1", "t2", "t3"]
+    tokens.revoke(store, "t2")
+    TokenIndex(store).update("t3", lambda r: replace(r, team=None))  # moved out
+    assert teams.members(store, "acme") == ["t1"]
+    assert store.client.smembers("extauthz:team-tokens:acme") == {"t1"}
+
+
+def test_delete_is_refused_while_the_team_has_tokens_unless_they_are_revoked() -> None:
+    store = _store()
+    teams.create(store, "acme")
+    _member(store, "t1", "acme")
+    with pytest.raises(TeamHasTokens, match=r"1 token:.*--revoke-tokens"):
+        teams.delete(store, "acme")
+    assert store.team_record("acme") is not None
+    teams.delete(store, "acme", revoke_tokens=True)
+    assert store.team_record("acme") is None and not store.client.exists("extauthz:token-id:t1")
+    assert not store.client.exists("extauthz:team-tokens:acme")
+    assert list(teams.listing(store)) == []
+    with pytest.raises(UnknownTeam):
+        teams.delete(store, "acme")
+
+
+def test_a_teams_usage_is_its_tokens_summed_per_day_and_model() -> None:
+    store = _store()
+    teams.create(store, "acme")
+    _member(store, "t1", "acme")
+    _member(store, "t2", "acme")
+    meter = UsageMeter(store, flush_every=10**9)
+    for token_id in ("t1", "t2", "t2"):
+        meter.count(token_id, True, START, "small")
+    meter.charge("t1", "small", START, Usage(10, 5))
+    meter.charge("t2", "small", START, Usage(1, 2))
+    assert meter.flush()
+    used = teams.usage(store, "acme", 2, START)
+    assert used["tokens"] == 2 and len(used["days"]) == 2
+    today = used["days"][-1]
+    assert today["allowed"] == 3
+    small = today["models"]["small"]
+    assert small["requests"] == 3
+    assert small["prompt_tokens"] == 11 and small["completion_tokens"] == 7
