@@ -9,6 +9,10 @@
   model tokens whose routes are within its own (`*` only if it has `*`) and whose expiry is
   no later than its own. A token it could not have created does not exist for it (404), so
   no id is confirmed; asking to create or change into one it may not is 403.
+- A manager whose own token names a team (a *team manager*) manages exactly its team's
+  tokens within those bounds, and makes tokens only in its team; a manager without a team
+  makes and manages only tokens without one. It may read its team and the team's usage;
+  other teams do not exist for it (404). Only an admin creates, changes or deletes teams.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class Action(StrEnum):
     CREATE = "create"  # the target is the token as it would be made (or changed into)
     AUDIT = "audit"  # the audit log (no target)
     POLICY = "policy"  # the published routes (no target; never secrets)
+    TEAM_READ = "team_read"  # a team's record, its tokens' count, its usage (target: team id)
+    TEAM_WRITE = "team_write"  # create, update or delete a team (admin only)
 
 
 class Verdict(StrEnum):
@@ -44,6 +50,7 @@ class Manager:
     admin: bool
     routes: frozenset[str]
     expires_at: int | None  # unix seconds; None: never
+    team: str | None = None  # a team manager's team
 
     @classmethod
     def of(cls, record: TokenRecord) -> Manager | None:
@@ -54,7 +61,7 @@ class Manager:
         if record.lapses_at is not None:  # a key given a TTL by hand ends then
             lapse = int(record.lapses_at)
             expires = lapse if expires is None else min(expires, lapse)
-        return cls(record.id, ADMIN_SCOPE in record.scopes, record.routes, expires)
+        return cls(record.id, ADMIN_SCOPE in record.scopes, record.routes, expires, record.team)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,19 +71,20 @@ class Target:
     routes: frozenset[str]
     scopes: frozenset[str]
     expires_at: int | None
+    team: str | None = None
 
     @classmethod
     def of(cls, record: TokenRecord) -> Target:
         # a record's kind, or its scopes, make it a management token: either is enough
         scopes = record.scopes | ({ADMIN_SCOPE} if record.management else frozenset())
-        return cls(record.routes, scopes, record.expires_at)
+        return cls(record.routes, scopes, record.expires_at, record.team)
 
 
 def could_create(who: Manager, target: Target) -> bool:
     """Whether `who` could have made a token like `target`."""
     if who.admin:
         return True
-    if kind_of(target.scopes) != MODEL:
+    if kind_of(target.scopes) != MODEL or target.team != who.team:
         return False
     if "*" not in who.routes and ("*" in target.routes or not target.routes <= who.routes):
         return False
@@ -85,13 +93,22 @@ def could_create(who: Manager, target: Target) -> bool:
     return target.expires_at is not None and target.expires_at <= who.expires_at
 
 
-def decide(who: Manager, action: Action, target: Target | None = None) -> Verdict:
+def decide(
+    who: Manager, action: Action, target: Target | None = None, team: str | None = None
+) -> Verdict:
     """The one authorization question of the management plane.
 
     CREATE: `target` is the token to be made, or what an update would make of one (check
     the current token with UPDATE first). Other token actions: `target` is the token as
-    stored. AUDIT and POLICY take no target.
+    stored. AUDIT and POLICY take no target; TEAM_READ and TEAM_WRITE take the `team` id
+    (TEAM_WRITE of a new team: its id).
     """
+    if action is Action.TEAM_READ:
+        return Verdict.ALLOW if who.admin or team == who.team else Verdict.NOT_FOUND
+    if action is Action.TEAM_WRITE:
+        if who.admin:
+            return Verdict.ALLOW
+        return Verdict.FORBIDDEN if team == who.team else Verdict.NOT_FOUND
     if action is Action.AUDIT:
         return Verdict.ALLOW if who.admin else Verdict.FORBIDDEN
     if action is Action.POLICY:

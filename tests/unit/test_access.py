@@ -110,3 +110,67 @@ def test_a_managers_expiry_is_the_earlier_of_its_field_and_its_keys_ttl() -> Non
     late = Target.of(record("a", "", NOW + HOUR + 1))
     assert decide(who, Action.CREATE, late) is Verdict.FORBIDDEN
     assert decide(who, Action.CREATE, Target.of(record("a"))) is Verdict.FORBIDDEN  # never
+
+
+# --- team managers -------------------------------------------------------------------------
+
+
+def teamed(routes: str, scopes: str, team: str | None, kind: str = "model") -> TokenRecord:
+    base = record(routes, scopes, NOW + HOUR, kind)
+    return TokenRecord(
+        base.id, base.routes, base.scopes, base.expires_at, kind=base.kind, team=team
+    )
+
+
+TEAM_CALLERS = {
+    "admin": teamed("*", "admin", None, "management"),
+    "manager": teamed("*", "tokens:manage", None, "management"),
+    "acme-manager": teamed("a b", "tokens:manage", "acme", "management"),
+    "beta-manager": teamed("*", "tokens:manage", "beta", "management"),
+}
+TEAM_TARGETS = {
+    "plain-a": teamed("a", "", None),
+    "acme-a": teamed("a", "", "acme"),
+    "acme-c": teamed("c", "", "acme"),  # (outside the acme manager's routes)
+    "beta-a": teamed("a", "", "beta"),
+}
+TEAM_MANAGES = {
+    ("manager", "plain-a"),
+    ("acme-manager", "acme-a"),
+    ("beta-manager", "beta-a"),
+}
+
+
+@pytest.mark.parametrize(
+    ("caller", "target", "action"),
+    list(itertools.product(TEAM_CALLERS, TEAM_TARGETS, (*TOKEN_ACTIONS, Action.CREATE))),
+)
+def test_team_managers_act_on_exactly_their_teams_tokens(
+    caller: str, target: str, action: Action
+) -> None:
+    who = Manager.of(TEAM_CALLERS[caller])
+    assert who is not None
+    verdict = decide(who, action, Target.of(TEAM_TARGETS[target]))
+    if caller == "admin" or (caller, target) in TEAM_MANAGES:
+        assert verdict is Verdict.ALLOW
+    elif action is Action.CREATE:
+        assert verdict is Verdict.FORBIDDEN
+    else:
+        assert verdict is Verdict.NOT_FOUND  # (not its to know about)
+
+
+@pytest.mark.parametrize("caller", TEAM_CALLERS)
+@pytest.mark.parametrize("team", ["acme", "beta", "gamma"])
+def test_a_team_is_read_by_admins_and_its_managers_and_written_by_admins_only(
+    caller: str, team: str
+) -> None:
+    who = Manager.of(TEAM_CALLERS[caller])
+    assert who is not None
+    read = decide(who, Action.TEAM_READ, team=team)
+    write = decide(who, Action.TEAM_WRITE, team=team)
+    if caller == "admin":
+        assert read is write is Verdict.ALLOW
+    elif who.team == team:
+        assert (read, write) == (Verdict.ALLOW, Verdict.FORBIDDEN)
+    else:
+        assert read is write is Verdict.NOT_FOUND
