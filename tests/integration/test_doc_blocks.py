@@ -1,5 +1,6 @@
 """Documented shell blocks, run as written: the README's activation line, the policy sync,
-token and rate-limit commands (docs/policy.md, docs/tokens.md), against a real redis-server.
+token and rate-limit commands (docs/policy.md, docs/tokens.md) and the backup and restore of
+docs/operating.md, against a real redis-server.
 
 Each block runs in bash as a reader's shell runs it after `. .venv/bin/activate`: the
 virtualenv's bin directory first on PATH (so `extauthz` and `python` are the project's) and
@@ -9,6 +10,8 @@ the test's Redis as `--redis-url` would."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +111,39 @@ def test_rate_limit_and_usage_blocks(redis_server: RedisServer, tmp_path: Path) 
     assert json.loads(shown)["rate_limit"] == "100/s"
     usage = json.loads(run_block("token-usage", tmp_path, shell_env(tmp_path, url)).stdout)
     assert usage["id"] == "tok_1a2b3c4d5e6f" and len(usage["days"]) == 7
+
+
+@pytest.mark.redis
+def test_backup_and_restore_blocks(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Tokens of every kind and field, exported from one Redis and restored into an empty
+    one with the policy file: the same records, and the secrets work there."""
+    url = redis_server.url
+    sync_example(url)
+    made = {
+        "plain": run_cli(url, "token", "create", "--route", "densenet161", "--scope", "inference"),
+        "llm": run_cli(url, "token", "create", "--route", "llm", *LLM_FLAGS.split()),
+        "admin": run_cli(url, "token", "create", "--route", "*", "--scope", "admin"),
+    }
+    secrets = {name: r.stdout.strip().splitlines()[-1] for name, r in made.items()}
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    shutil.copy(REPO / "examples/policy.yaml", backup / "policy.yaml")
+    run_block("backup", backup, shell_env(tmp_path, url))
+
+    other = RedisServer(tmp_path, extra=("--notify-keyspace-events", "Kgx"))
+    other.start()
+    try:
+        env = shell_env(tmp_path, other.url, DENSENET161_SECRET=SECRET)
+        out = run_block("restore", backup, env).stdout
+        assert "wrote 3 tokens: 3 new" in out, out
+        assert (
+            run_cli(other.url, "token", "export").stdout == run_cli(url, "token", "export").stdout
+        )
+        assert other.cli("HGET", "extauthz:policy", "digest") == redis_server.cli(
+            "HGET", "extauthz:policy", "digest"
+        )
+        assert decide(other.url, "densenet161", secrets["plain"]) == "allow"
+        assert decide(other.url, "densenet161", SECRET) == "allow"  # the route secret, synced
+        assert os.path.getsize(backup / "tokens.jsonl") > 0
+    finally:
+        other.stop()

@@ -135,3 +135,28 @@ def test_every_server_flag_is_documented(command: str) -> None:
     page = (REPO / "docs/configuration.md").read_text()
     missing = sorted(f for f in flags_of(command) if f"`{f}`" not in page)
     assert not missing, f"extauthz {command}: flags not in docs/configuration.md: {missing}"
+
+
+def test_every_metric_is_in_the_operations_table() -> None:
+    """Each metric a server exposes (and the supervisor's own) has its row in
+    docs/operations.md, under the name Prometheus shows (counters with `_total`)."""
+    from extauthz.runtime.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.watch(
+        lambda: {
+            "policy_version": 1,
+            "redis_up": 1,
+            "auth_disabled": 0,
+            "serving": 1,
+            "cache": {},
+            "cache_entries": 0,
+            "jwks": {},
+        }
+    )
+    names = {"extauthz_workers_unscraped"}
+    for family in metrics.registry.collect():
+        names.add(family.name + ("_total" if family.type == "counter" else ""))
+    page = (REPO / "docs/operations.md").read_text()
+    missing = sorted(name for name in names if f"`{name}" not in page)
+    assert not missing, f"metrics not in docs/operations.md: {missing}"
