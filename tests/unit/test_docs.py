@@ -152,6 +152,7 @@ def test_every_metric_is_in_the_operations_table() -> None:
             "cache": {},
             "cache_entries": 0,
             "jwks": {},
+            "tls": {"expiry": 2e9, "reloads": 0},  # (with TLS on the Check port only)
         }
     )
     names = {"extauthz_workers_unscraped"}
