@@ -744,7 +744,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     stack.add_argument("--policy", help="policy file (default examples/policy.yaml)")
     stack.add_argument("--state-dir", default=".stack", help="logs, Redis data, envoy.yaml, TLS")
-    add_setting_flags(stack, "up")
+    # the stack runs one server process unless told otherwise (dev/stack.py)
+    add_setting_flags(
+        stack, "up", {"workers": "server processes of the stack's extauthz (default: 1; 0: 1)"}
+    )
     stack.set_defaults(func=_cmd_up)
     return parser
 

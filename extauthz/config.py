@@ -322,15 +322,18 @@ def join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def add_setting_flags(parser: Any, command: str) -> None:
+def add_setting_flags(parser: Any, command: str, help_for: Mapping[str, str] | None = None) -> None:
     """Add `--name` for every setting that `command` takes, with its help, default and
-    choices from the Settings field (values are converted and checked by load_settings)."""
+    choices from the Settings field (values are converted and checked by load_settings);
+    `help_for` replaces the help of settings the command treats otherwise (its own default)."""
     for f in fields(Settings):
         meta = f.metadata
         if command not in meta["commands"]:
             continue
         flags = ["--" + f.name.replace("_", "-"), *([meta["alias"]] if meta["alias"] else [])]
         text = f"{meta['help']} (default: {f.default if f.default != '' else 'none'})"
+        if help_for and f.name in help_for:
+            text = help_for[f.name]
         if f.default is False:
             parser.add_argument(
                 *flags, dest=f.name, action="store_const", const=True, help=meta["help"]

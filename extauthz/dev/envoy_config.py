@@ -499,8 +499,8 @@ def ext_authz_filter(
                 "allow_partial_message": False,
                 "pack_as_bytes": True,
             },
-            # send only what the decision reads; the request body only on LLM routes (per
-            # route: check_settings.with_request_body, see per_route_context)
+            # send only the headers the decision reads (the body goes on LLM routes only:
+            # every other route sets disable_request_body_buffering, see per_route_context)
             "allowed_headers": {
                 "patterns": [
                     *({"exact": header} for header in request_headers()),
@@ -729,7 +729,13 @@ COMMENTS: tuple[tuple[str, str], ...] = (
     ),
     ("failure_mode_allow:", "Never let a request through when extauthz cannot answer..."),
     ("status_on_error:", "...answer 503 instead."),
-    ("allowed_headers:", "Only what the decision reads goes to extauthz; never the body."),
+    (
+        "with_request_body:",
+        "The request body, whole and as raw bytes (over 1 MiB: 413), for the\n"
+        "LLM routes, which read the model from it; every other route turns this\n"
+        "off (disable_request_body_buffering), so their bodies are never sent.",
+    ),
+    ("allowed_headers:", "Only the headers the decision reads go to extauthz."),
     (
         "- name: console",
         "The management console and API (`extauthz admin`): no ext_authz\n"

@@ -446,7 +446,8 @@ extauthz local stack is up (logs in {stack.state_dir}); Ctrl-C stops it.
 
 Console  {stack.console_url}  (sign in with $ADMIN; the API is under /v1/ there)
 
-Demo credentials (shown once; valid 24 h); paste these exports into your shell:
+Demo credentials (shown once; valid 24 h); in another shell, run `. .venv/bin/activate`
+in the checkout, then paste these exports:
   export INFERENCE={inference}
   export MANAGEMENT={mgmt}
   export DEPLOYMENT_A={dep}
@@ -471,7 +472,7 @@ Try (the comment is the status you should see):
 LLM (OpenAI-compatible, the model named in the body; $LLM may use demo-small only):
   {llm_curl("demo-small")}   # 200
   {llm_curl("demo-large")}   # model_not_allowed: 403
-  .venv/bin/python - <<'EOF'
+  python - <<'EOF'
 import os, openai
 client = openai.OpenAI(base_url="{ext}/v1", api_key=os.environ["LLM"])
 hi = [{{"role": "user", "content": "hi"}}]

@@ -77,6 +77,17 @@ def test_token_bench_quick_smoke(tmp_path: Path) -> None:
     assert "| show |" in result.stdout
 
 
+def test_sizing_bench_smoke(tmp_path: Path) -> None:
+    require_binary("redis-server")
+    out = tmp_path / "sizing.json"
+    result = run_bench("sizing.py", "--tokens", "200", "--models", "2", "--json", str(out))
+    data = json.loads(out.read_text())
+    assert data["tokens"] == 200
+    assert data["audit_events"] == 202  # the sync, 200 tokens and one with every LLM field
+    assert all(data[key] > 0 for key in ("per_token", "per_token_day", "per_token_first_day"))
+    assert "per token used on a UTC day" in result.stdout
+
+
 def test_instruction_count_bench_smoke(tmp_path: Path) -> None:
     require_binary("redis-server")
     require_binary("valgrind")

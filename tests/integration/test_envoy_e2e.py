@@ -442,6 +442,35 @@ def test_readme_seed_scenarios(stack: Stack) -> None:
         assert out.stdout.strip() == expected.group(0), (line, out.stdout, out.stderr)
 
 
+def test_readme_demo_grpc_block(stack: Stack) -> None:
+    """The README's echo and gRPC calls, in an activated virtualenv: `python` is the one
+    whose bin directory holds `extauthz` (PATH as `. .venv/bin/activate` sets it)."""
+    demo = stack.mint_demo_tokens()
+    env = {
+        "INFERENCE": demo["inference"].token,
+        "MANAGEMENT": demo["management"].token,
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),  # this checkout's code, wherever .venv was made
+    }
+    lines = [line for line in readme_block("demo-grpc").splitlines() if line.strip()]
+    assert len(lines) == 4
+    for written in lines:
+        line = written.replace("127.0.0.1:10000", f"127.0.0.1:{stack.ports.external.port}")
+        command, _, comment = line.partition("#")
+        out = subprocess.run(
+            ["bash", "-c", command], capture_output=True, text=True, env=env, check=False
+        )
+        if command.startswith("curl "):  # the demo server's echo of what reached it
+            echoed = {k.lower(): v for k, v in json.loads(out.stdout)["headers"].items()}
+            assert echoed["x-extauthz-subject"] == demo["inference"].record.id, out.stdout
+            assert "authorization" not in echoed
+        elif comment.strip() == "OK":
+            assert out.returncode == 0 and json.loads(out.stdout), (line, out.stderr)
+        else:
+            assert out.returncode != 0, line
+            assert out.stderr.startswith(comment.strip() + ":"), (line, out.stderr)
+
+
 def test_the_check_port_answers_only_envoys_certificate(stack: Stack, tmp_path: Path) -> None:
     # the local stack runs Envoy → extauthz over mutual TLS (every test above went through it)
     assert "mutual TLS" in stack.extauthz.log.read_text()

@@ -70,6 +70,21 @@ def test_every_setting_has_help_and_a_command() -> None:
         assert f.metadata["commands"], f.name
 
 
+def test_up_help_gives_the_stacks_own_worker_default() -> None:
+    """`extauthz up` runs one server process unless told otherwise, whatever serve's default
+    (one per CPU) is: its --help says so."""
+    import io
+    import re
+    from contextlib import redirect_stdout
+
+    out = io.StringIO()
+    with redirect_stdout(out), pytest.raises(SystemExit):
+        _parser().parse_args(["up", "--help"])
+    text = " ".join(out.getvalue().split())
+    workers = re.search(r"--workers WORKERS (.*?) --", text)
+    assert workers and "(default: 1;" in workers.group(1), text
+
+
 @pytest.mark.parametrize("f", fields(Settings), ids=lambda f: f.name)
 def test_the_cli_is_generated_from_the_settings(f: Any) -> None:
     # every command that takes the setting has its flag, and the value reaches Settings
