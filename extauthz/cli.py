@@ -26,6 +26,7 @@ from extauthz.errors import (
     MalformedRecord,
     PolicyError,
     StoreUnavailable,
+    UnknownRoute,
     UnknownToken,
     UsageError,
     shown,
@@ -63,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _worded(error: ExtAuthzError) -> str:
     """A domain error in the words of this command line (flags, commands to run)."""
     match error:
+        case UnknownRoute(why=why, fix=fix):
+            return f"{why}: {fix}, or pass --allow-unknown-route if its policy comes later"
         case InvalidValue(field=field, value=value, rule=rule):
             if value is None:
                 return f"missing --{field}: {rule}"
@@ -186,6 +189,7 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.admin import tokens
 
     ttl = tokens.parse_ttl(args.ttl) if args.ttl is not None else None
+    llm_limit = args.token_limit  # (an empty value is given, and refused)
     issued = tokens.create(
         _store(settings),
         routes=args.route or (),
@@ -194,9 +198,10 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
         name=args.name or "",
         now=time.time(),
         token_id=args.id,
-        rate_limit=tokens.parse_rate_limit(args.rate_limit) if args.rate_limit else None,
+        rate_limit=None if args.rate_limit is None else tokens.parse_rate_limit(args.rate_limit),
         models=args.model,
-        token_limit=tokens.parse_token_limit(args.token_limit) if args.token_limit else None,
+        token_limit=None if llm_limit is None else tokens.parse_token_limit(llm_limit),
+        allow_unknown_route=args.allow_unknown_route,
     )
     _warn(issued.warnings)
     _print_issued(issued, args.json)
@@ -252,6 +257,7 @@ def _cmd_token_update(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.ttl is not None and args.no_expiry:
         raise UsageError("give --ttl or --no-expiry, not both")
+    llm_limit = args.token_limit  # (an empty value is given, and refused)
     updated = tokens.update(
         _store(settings),
         args.id,
@@ -260,11 +266,12 @@ def _cmd_token_update(args: argparse.Namespace, settings: Settings) -> int:
         name=args.name,
         ttl_seconds=tokens.parse_ttl(args.ttl) if args.ttl is not None else None,
         no_expiry=args.no_expiry,
-        rate_limit=tokens.parse_rate_limit(args.rate_limit) if args.rate_limit else "keep",
+        rate_limit="keep" if args.rate_limit is None else tokens.parse_rate_limit(args.rate_limit),
         now=time.time(),
         confirm=settings.ack_timeout,
         models=None if args.all_models else args.model or "keep",
-        token_limit=tokens.parse_token_limit(args.token_limit) if args.token_limit else "keep",
+        token_limit="keep" if llm_limit is None else tokens.parse_token_limit(llm_limit),
+        allow_unknown_route=args.allow_unknown_route,
     )
     _warn(updated.warnings)
     _print_record(updated.record, args.json)
@@ -333,7 +340,9 @@ def _cmd_token_import(args: argparse.Namespace, settings: Settings) -> int:
 
     store, now = _store(settings), time.time()
     entries = read_import_file(args.file, now)
-    plan = plan_import(store, entries, args.file, now, replace=args.replace)
+    plan = plan_import(
+        store, entries, args.file, now, args.replace, allow_unknown_route=args.allow_unknown_route
+    )
     _warn(plan.warnings)
     if not args.dry_run:
         from extauthz.admin.tokens import described
@@ -575,6 +584,26 @@ def _command(sub: Any, name: str, help: str, settings_of: str | None = None) -> 
     return parser
 
 
+def _allow_unknown_route(parser: Any) -> None:
+    parser.add_argument(
+        "--allow-unknown-route",
+        action="store_true",
+        help="accept routes the synced policy does not have (yet): without it they are "
+        "refused, as typos",
+    )
+
+
+def _add_import_parser(tsub: Any) -> None:
+    load = _command(tsub, "import", "load tokens from a JSON Lines file", "token")
+    load.add_argument("file", metavar="FILE")
+    load.add_argument("--dry-run", action="store_true", help="check and count, write nothing")
+    load.add_argument(
+        "--replace", action="store_true", help="an id with another secret: replace it"
+    )
+    _allow_unknown_route(load)
+    load.set_defaults(func=_cmd_token_import)
+
+
 def _add_token_parsers(sub: Any) -> None:
     token = sub.add_parser("token", help="create, list, show, update, rotate, revoke tokens")
     tsub = token.add_subparsers(metavar="ACTION")
@@ -596,6 +625,7 @@ def _add_token_parsers(sub: Any) -> None:
     create.add_argument(
         "--token-limit", help="LLM tokens per window: 100000/d (m, h, d, mo = UTC month)"
     )
+    _allow_unknown_route(create)
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=_cmd_token_create)
 
@@ -626,6 +656,7 @@ def _add_token_parsers(sub: Any) -> None:
             p.add_argument("--model", action="append", help="new LLM models (replace the old)")
             p.add_argument("--all-models", action="store_true", help="every model its routes serve")
             p.add_argument("--token-limit", help="100000/d (m, h, d, mo), or none to remove it")
+            _allow_unknown_route(p)
         if name == "rotate":
             p.add_argument("--grace", help="the old secret keeps working this long (e.g. 10m)")
 
@@ -640,13 +671,7 @@ def _add_token_parsers(sub: Any) -> None:
     export = _command(tsub, "export", "print tokens as JSON Lines (hashes, never secrets)", "token")
     export.add_argument("--route", help="only tokens that grant this route")
     export.set_defaults(func=_cmd_token_export)
-    load = _command(tsub, "import", "load tokens from a JSON Lines file", "token")
-    load.add_argument("file", metavar="FILE")
-    load.add_argument("--dry-run", action="store_true", help="check and count, write nothing")
-    load.add_argument(
-        "--replace", action="store_true", help="an id with another secret: replace it"
-    )
-    load.set_defaults(func=_cmd_token_import)
+    _add_import_parser(tsub)
 
 
 def _parser() -> argparse.ArgumentParser:
