@@ -7,6 +7,7 @@ and exits non-zero (2 for usage and configuration, 1 when Redis cannot be reache
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -524,13 +525,15 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's own log lines: this line says it
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from extauthz.runtime import tls
 
     target = args.target or settings.listen
-    if tls.enabled(settings.tls_cert, settings.tls_key, settings.tls_client_ca):
+    secure = tls.enabled(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    if secure:
         # the probe presents the server's own certificate and trusts the client CA: one CA
         # signing both (as `extauthz up` does), or --tls-ca for the one that signed the server
         credentials = tls.channel_credentials(
@@ -546,11 +549,47 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
         except grpc.RpcError as e:
-            _error(f"health check of {target} failed: {e.code().name}; is extauthz serve running?")
+            _error(_health_failure(target, e.code().name, secure, args))
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     print(status)
     return 0 if status == "SERVING" else 1
+
+
+def _health_failure(target: str, code: str, secure: bool, args: argparse.Namespace) -> str:
+    """Why a health probe failed, and what to give instead: what answers at the target
+    (TLS, plain gRPC, nothing) against what the probe spoke."""
+    from extauthz.config import split_address
+    from extauthz.runtime import tls
+
+    failed = f"health check of {target} failed ({code})"
+    if code == "NOT_FOUND":
+        return f"{failed}: it has no health status for service {args.service!r} (see --service)"
+    kind = None
+    if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        with contextlib.suppress(ValueError):  # (a target gRPC reads but not host:port)
+            host, port = split_address(target)
+            kind = tls.listener_kind(host or "127.0.0.1", port, args.timeout)
+    if kind == "none":
+        return f"{failed}: nothing accepts connections there; is extauthz serve running on it?"
+    if kind == "tls" and not secure:
+        return (
+            f"{failed}: the port speaks TLS; give the probe the server's TLS settings "
+            "(--tls-cert and --tls-key: a certificate its --tls-client-ca signed; --tls-client-ca "
+            "or --tls-ca: the CA of its certificate; or the same --config or EXTAUTHZ_TLS_*)"
+        )
+    if kind == "plain" and secure:
+        return (
+            f"{failed}: the port does not speak TLS; probe it without --tls-cert, --tls-key, "
+            "--tls-client-ca (and without those settings in --config or EXTAUTHZ_TLS_*)"
+        )
+    if kind == "tls":
+        return (
+            f"{failed}: the TLS handshake failed; check --tls-ca (the CA that signed the "
+            f"server's certificate), --tls-server-name (a name in it; now {args.tls_server_name}) "
+            "and that the server's --tls-client-ca signed --tls-cert"
+        )
+    return f"{failed}; is extauthz serve running there?"
 
 
 # --- up -------------------------------------------------------------------------------------
