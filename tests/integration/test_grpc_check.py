@@ -238,8 +238,7 @@ def test_health_says_which_tls_settings_the_port_needs(
         "EXTAUTHZ_TLS_KEY": str(pki.server_key),
         "EXTAUTHZ_TLS_CLIENT_CA": str(pki.ca),
     }
-    flags = ("--tls-cert", tls["EXTAUTHZ_TLS_CERT"], "--tls-key", tls["EXTAUTHZ_TLS_KEY"])
-    flags += ("--tls-client-ca", tls["EXTAUTHZ_TLS_CLIENT_CA"])
+    flags = [f"--{k[9:].lower().replace('_', '-')}={v}" for k, v in tls.items()]
     with extauthz_serve(redis_server.url, tmp_path / "tls.log", *flags) as (port, _):
         target = ("health", "--target", f"127.0.0.1:{port}")
         plain = run_cli(redis_server.url, *target, check=False)
