@@ -1,7 +1,8 @@
 """Command-line entry points only: parse arguments, call the modules, print, exit.
 
 Every mistake prints one line `extauthz: error: ...` saying what is wrong and how to fix it,
-and exits non-zero (2 for usage and configuration, 1 when Redis cannot be reached).
+and exits non-zero (2 for usage and configuration, 1 when Redis cannot be reached; 4 when a
+live server did not confirm a change; `check` exits 3 for a request it would deny).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import signal
@@ -215,9 +217,10 @@ def _cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
     if args.limit is not None and args.limit < 0:
         raise InvalidValue("limit", str(args.limit), "must be 0 or more")
     rows = tokens.listing(_store(settings), route=args.route, limit=args.limit)
+    first = next(rows, None)  # Redis answers (or the error is all that is printed) first
     if not args.json:
         print(f"{'ID':<20} {'ROUTES':<28} {'SCOPES':<22} {'EXPIRES':<20} {'LAST USED':<20} NAME")
-    for digest, record in rows:
+    for digest, record in itertools.chain(() if first is None else (first,), rows):
         if args.json:
             fields = (
                 {"error": str(record)} if isinstance(record, MalformedRecord) else record.to_json()
@@ -478,7 +481,7 @@ def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
-    from extauthz.core.decision import IDENTITY_PREFIX, RequestFacts, decide
+    from extauthz.core.decision import IDENTITY_PREFIX, Outcome, RequestFacts, decide
     from extauthz.runtime.jwks import JwksCache
     from extauthz.runtime.jwt_verifier import JwtVerifier
 
@@ -518,7 +521,25 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             }
         )
     )
-    return 0 if decision.status == 200 else 3
+    if decision.outcome is Outcome.ALLOW:
+        return 0
+    if decision.outcome is Outcome.DENY:
+        return EXIT_DENIED
+    hint = (
+        "no policy has been synced yet: run `extauthz sync POLICY.yaml`"
+        if decision.reason == "no_policy"
+        else "something it needs did not answer (Redis, a route's JWKS): check them and retry"
+    )
+    _error(f"not decided ({decision.reason}): {hint}")
+    return 1
+
+
+EXIT_DENIED = 3  # `check`: the request would be denied (0: allowed; 1: it cannot be decided)
+CHECK_EXITS = (
+    "Prints the decision as JSON. Exit status: 0 allowed; 3 denied (401, 403, 404, 429...); "
+    "1 not decided (no policy synced, Redis or a JWKS did not answer: status 503); "
+    "2 a usage mistake."
+)
 
 
 # --- health -----------------------------------------------------------------------------------
@@ -742,6 +763,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.set_defaults(func=_cmd_audit)
 
     check = _command(sub, "check", "what-if: decide one request offline")
+    check.description, check.epilog = "Decide one request as the server would.", CHECK_EXITS
     check.add_argument("--route", required=True)
     check.add_argument("--header", action="append", help="'name: value', repeatable")
     check.add_argument("--network", help="context extension network (e.g. internal)")
