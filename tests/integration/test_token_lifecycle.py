@@ -111,6 +111,7 @@ def test_torchserve_keys_migrate_with_the_readme_commands(
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "EXTAUTHZ_REDIS_URL": url,
         "HOME": str(tmp_path),
+        "PYTHONPATH": str(REPO),  # this checkout's code, whichever one the venv installed
     }
 
     def run_block() -> str:
@@ -199,3 +200,28 @@ def test_bad_input_is_one_line_and_changes_nothing(
     imported = run_cli(url, "token", "import", str(typo), "--allow-unknown-route")
     assert "1 new" in imported.stdout
     assert "route deploymnet-a (1 tokens) is not in the synced policy" in imported.stderr
+
+
+def test_the_documented_unknown_route_block(redis_server: RedisServer, tmp_path: Path) -> None:
+    url = redis_server.url
+    _sync(url)
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "EXTAUTHZ_REDIS_URL": url,
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(REPO),  # this checkout's code, whichever one the venv installed
+    }
+    script = "set -euo pipefail\n" + readme_block("unknown-route")
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    refused, token = result.stdout.splitlines()
+    assert refused == "exit 2" and token.startswith("eat_")
+    assert result.stderr.splitlines() == [
+        "extauthz: error: deploymnet-a is not a route of the synced policy (version 1; did you "
+        "mean deployment-a?): fix the name, or pass --allow-unknown-route if its policy comes "
+        "later",
+        "extauthz: warning: route later is not in the synced policy (a token for it answers 404 "
+        "until it is)",
+    ]
