@@ -248,11 +248,10 @@ def check_llm_fields(
     if routes & llm or ("*" in routes and llm):
         return ()
     maybe = sorted(r for r in routes if r not in known)  # unknown, and `*` (routes to come)
-    what = "a token limit" if token_limit is not None else "models"
     if allow_unknown and maybe:
         return (
-            f"{what} applies only on LLM routes (api: openai), and none of its routes is one "
-            f"yet: it counts once {' or '.join(maybe)} is one",
+            "its token limit and models take effect only on LLM routes (api: openai), and none "
+            f"of its routes is one yet: they do once {' or '.join(maybe)} is one",
         )
     if field is None:
         field = "token-limit" if token_limit is not None else "model"
@@ -451,7 +450,7 @@ def update(
                 "the other kind (a token made before kinds existed: run `extauthz token reindex`)",
             )
         if route_set is not None or new_llm_field:  # (an unrelated change is not refused)
-            field = None if new_llm_field else "route"
+            field = "model" if model_set is not None else None if new_llm_field else "route"
             llm_warnings[:] = check_llm_fields(
                 new.routes, policy, new.models, new.token_limit, allow_unknown_route, field
             )

@@ -194,8 +194,8 @@ def test_bad_input_is_one_line_and_changes_nothing(
     assert warned.stderr.splitlines() == [
         "extauthz: warning: route later is not in the synced policy (a token for it answers "
         "404 until it is)",
-        "extauthz: warning: a token limit applies only on LLM routes (api: openai), and none "
-        "of its routes is one yet: it counts once later is one",
+        "extauthz: warning: its token limit and models take effect only on LLM routes (api: "
+        "openai), and none of its routes is one yet: they do once later is one",
     ]
     imported = run_cli(url, "token", "import", str(typo), "--allow-unknown-route")
     assert "1 new" in imported.stdout

@@ -289,7 +289,7 @@ def test_llm_fields_need_an_llm_route(store: Store) -> None:
     assert tokens.create(store, ["*"], now=NOW, models=["m"]).warnings == ()  # llm among them
     # an unknown route allowed may become an LLM route: accepted, with a warning
     later = tokens.create(store, ["later"], now=NOW, token_limit=limit, allow_unknown_route=True)
-    assert "it counts once later is one" in later.warnings[-1]
+    assert "they do once later is one" in later.warnings[-1]
     # updates: new LLM fields, or new routes for the fields a token keeps
     tokens.create(store, ["llm"], token_id="both", now=NOW, token_limit=limit)
     with pytest.raises(InvalidValue) as info:
@@ -312,7 +312,7 @@ def test_star_with_llm_fields_needs_an_llm_route_in_the_policy(store: Store) -> 
     star = tokens.create(
         store, ["*"], now=NOW, token_limit=TokenLimit(5, "m"), allow_unknown_route=True
     )
-    assert "it counts once * is one" in star.warnings[0]
+    assert "they do once * is one" in star.warnings[0]
 
 
 @pytest.mark.parametrize(
