@@ -326,9 +326,6 @@ def create(
         raise InvalidValue("ttl", f"{ttl_seconds}s", "from 1s to 36500d")
     model_set = None if models is None else check_models(models)
     policy = store.load_policy()
-    unknown = unknown_routes(route_set, policy, allow_unknown_route)
-    warnings = unknown_route_warnings(unknown, policy)
-    warnings += check_llm_fields(route_set, policy, model_set, token_limit, allow_unknown_route)
     life = Lifetime.of(route_set, policy)
     default = life.default(now)
     if not_after is not None:
@@ -346,7 +343,10 @@ def create(
         token_limit=token_limit,
     )
     if check is not None:
-        check(record)
+        check(record)  # (may the caller make it at all: before whether it is right)
+    unknown = unknown_routes(route_set, policy, allow_unknown_route)
+    warnings = unknown_route_warnings(unknown, policy)
+    warnings += check_llm_fields(route_set, policy, model_set, token_limit, allow_unknown_route)
     token = new_token()
     TokenIndex(store).add(token_hash(token), record)
     audited = audit.record(store, actor, "token.create", token_id, described(record), now)
@@ -417,12 +417,8 @@ def update(
     if ttl_seconds is not None and no_expiry:
         raise InvalidValue("no-expiry", "", "give --ttl or --no-expiry, not both")
     policy = store.load_policy()
-    warnings: tuple[str, ...] = ()
-    if route_set is not None:
-        unknown = unknown_routes(route_set, policy, allow_unknown_route)
-        warnings = unknown_route_warnings(unknown, policy)
     new_llm_field = model_set is not None or isinstance(token_limit, TokenLimit)
-    llm_warnings: list[str] = []
+    warned: list[str] = []
 
     def change(record: TokenRecord) -> TokenRecord:
         new_routes = route_set if route_set is not None else record.routes
@@ -449,18 +445,24 @@ def update(
                 f"{record.id} is a {record.kind} token and stays one: make a new token for "
                 "the other kind (a token made before kinds existed: run `extauthz token reindex`)",
             )
+        if check is not None:
+            check(record, new)  # (may the caller make it at all: before whether it is right)
+        warned.clear()
+        if route_set is not None:
+            unknown = unknown_routes(route_set, policy, allow_unknown_route)
+            warned.extend(unknown_route_warnings(unknown, policy))
         if route_set is not None or new_llm_field:  # (an unrelated change is not refused)
             field = "model" if model_set is not None else None if new_llm_field else "route"
-            llm_warnings[:] = check_llm_fields(
-                new.routes, policy, new.models, new.token_limit, allow_unknown_route, field
+            warned.extend(
+                check_llm_fields(
+                    new.routes, policy, new.models, new.token_limit, allow_unknown_route, field
+                )
             )
-        if check is not None:
-            check(record, new)
         return new
 
     new, unconfirmed = TokenIndex(store).update(token_id, change, confirm)
     audited = audit.record(store, actor, "token.update", token_id, described(new), now)
-    return Updated(new, tuple(unconfirmed), warnings + tuple(llm_warnings) + _also(audited))
+    return Updated(new, tuple(unconfirmed), tuple(warned) + _also(audited))
 
 
 def _expiry(

@@ -109,6 +109,8 @@ def test_who_may_do_what(api: Api, redis_server: RedisServer) -> None:
     code, made = api.call("POST", "/v1/tokens", manager, {"routes": ["a"], "scopes": ["inference"]})
     assert code == 201 and made["token"].startswith("eat_")
     assert api.call("POST", "/v1/tokens", manager, {"routes": ["c"]})[0] == 403
+    # may it at all, before is it right: outside its routes is 403, published or not
+    assert api.call("POST", "/v1/tokens", manager, {"routes": ["a", "nope"]})[0] == 403
     assert api.call("POST", "/v1/tokens", manager, {"routes": ["*"]})[0] == 403
     assert api.call("POST", "/v1/tokens", manager, {"routes": ["a"], "scopes": ["admin"]})[0] == 403
     assert api.call("GET", f"/v1/tokens/{outside['id']}", manager)[0] == 404
