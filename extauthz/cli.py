@@ -1,7 +1,8 @@
 """Command-line entry points only: parse arguments, call the modules, print, exit.
 
 Every mistake prints one line `extauthz: error: ...` saying what is wrong and how to fix it,
-and exits non-zero (2 for usage and configuration, 1 when Redis cannot be reached).
+and exits non-zero (2 for usage and configuration, 1 when Redis cannot be reached; 4 when a
+live server did not confirm a change; `check` exits 3 for a request it would deny).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import signal
@@ -27,6 +29,7 @@ from extauthz.errors import (
     MalformedRecord,
     PolicyError,
     StoreUnavailable,
+    UnknownRoute,
     UnknownToken,
     UsageError,
     shown,
@@ -64,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _worded(error: ExtAuthzError) -> str:
     """A domain error in the words of this command line (flags, commands to run)."""
     match error:
+        case UnknownRoute(why=why, fix=fix):
+            return f"{why}: {fix}, or pass --allow-unknown-route if its policy comes later"
         case InvalidValue(field=field, value=value, rule=rule):
             if value is None:
                 return f"missing --{field}: {rule}"
@@ -211,6 +216,7 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.admin import tokens
 
     ttl = tokens.parse_ttl(args.ttl) if args.ttl is not None else None
+    llm_limit = args.token_limit  # (an empty value is given, and refused)
     issued = tokens.create(
         _store(settings),
         routes=args.route or (),
@@ -219,9 +225,10 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
         name=args.name or "",
         now=time.time(),
         token_id=args.id,
-        rate_limit=tokens.parse_rate_limit(args.rate_limit) if args.rate_limit else None,
+        rate_limit=None if args.rate_limit is None else tokens.parse_rate_limit(args.rate_limit),
         models=args.model,
-        token_limit=tokens.parse_token_limit(args.token_limit) if args.token_limit else None,
+        token_limit=None if llm_limit is None else tokens.parse_token_limit(llm_limit),
+        allow_unknown_route=args.allow_unknown_route,
     )
     _warn(issued.warnings)
     _print_issued(issued, args.json)
@@ -234,9 +241,10 @@ def _cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
     if args.limit is not None and args.limit < 0:
         raise InvalidValue("limit", str(args.limit), "must be 0 or more")
     rows = tokens.listing(_store(settings), route=args.route, limit=args.limit)
+    first = next(rows, None)  # Redis answers (or the error is all that is printed) first
     if not args.json:
         print(f"{'ID':<20} {'ROUTES':<28} {'SCOPES':<22} {'EXPIRES':<20} {'LAST USED':<20} NAME")
-    for digest, record in rows:
+    for digest, record in itertools.chain(() if first is None else (first,), rows):
         if args.json:
             fields = (
                 {"error": str(record)} if isinstance(record, MalformedRecord) else record.to_json()
@@ -277,6 +285,7 @@ def _cmd_token_update(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.ttl is not None and args.no_expiry:
         raise UsageError("give --ttl or --no-expiry, not both")
+    llm_limit = args.token_limit  # (an empty value is given, and refused)
     updated = tokens.update(
         _store(settings),
         args.id,
@@ -285,11 +294,12 @@ def _cmd_token_update(args: argparse.Namespace, settings: Settings) -> int:
         name=args.name,
         ttl_seconds=tokens.parse_ttl(args.ttl) if args.ttl is not None else None,
         no_expiry=args.no_expiry,
-        rate_limit=tokens.parse_rate_limit(args.rate_limit) if args.rate_limit else "keep",
+        rate_limit="keep" if args.rate_limit is None else tokens.parse_rate_limit(args.rate_limit),
         now=time.time(),
         confirm=settings.ack_timeout,
         models=None if args.all_models else args.model or "keep",
-        token_limit=tokens.parse_token_limit(args.token_limit) if args.token_limit else "keep",
+        token_limit="keep" if llm_limit is None else tokens.parse_token_limit(llm_limit),
+        allow_unknown_route=args.allow_unknown_route,
     )
     _warn(updated.warnings)
     _print_record(updated.record, args.json)
@@ -358,7 +368,9 @@ def _cmd_token_import(args: argparse.Namespace, settings: Settings) -> int:
 
     store, now = _store(settings), time.time()
     entries = read_import_file(args.file, now)
-    plan = plan_import(store, entries, args.file, now, replace=args.replace)
+    plan = plan_import(
+        store, entries, args.file, now, args.replace, allow_unknown_route=args.allow_unknown_route
+    )
     _warn(plan.warnings)
     if not args.dry_run:
         from extauthz.admin.tokens import described
@@ -493,7 +505,7 @@ def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
-    from extauthz.core.decision import IDENTITY_PREFIX, RequestFacts, decide
+    from extauthz.core.decision import IDENTITY_PREFIX, Outcome, RequestFacts, decide
     from extauthz.runtime.jwks import JwksCache
     from extauthz.runtime.jwt_verifier import JwtVerifier
 
@@ -533,20 +545,40 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             }
         )
     )
-    return 0 if decision.status == 200 else 3
+    if decision.outcome is Outcome.ALLOW:
+        return 0
+    if decision.outcome is Outcome.DENY:
+        return EXIT_DENIED
+    hint = (
+        "no policy has been synced yet: run `extauthz sync POLICY.yaml`"
+        if decision.reason == "no_policy"
+        else "something it needs did not answer (Redis, a route's JWKS): check them and retry"
+    )
+    _error(f"not decided ({decision.reason}): {hint}")
+    return 1
+
+
+EXIT_DENIED = 3  # `check`: the request would be denied (0: allowed; 1: it cannot be decided)
+CHECK_EXITS = (
+    "Prints the decision as JSON. Exit status: 0 allowed; 3 denied (401, 403, 404, 429...); "
+    "1 not decided (no policy synced, Redis or a JWKS did not answer: status 503); "
+    "2 a usage mistake."
+)
 
 
 # --- health -----------------------------------------------------------------------------------
 
 
 def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's own log lines: this line says it
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from extauthz.runtime import tls
 
     target = args.target or settings.listen
-    if tls.enabled(settings.tls_cert, settings.tls_key, settings.tls_client_ca):
+    secure = tls.enabled(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    if secure:
         # the probe presents the server's own certificate and trusts the client CA: one CA
         # signing both (as `extauthz up` does), or --tls-ca for the one that signed the server
         credentials = tls.channel_credentials(
@@ -562,11 +594,47 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
         except grpc.RpcError as e:
-            _error(f"health check of {target} failed: {e.code().name}; is extauthz serve running?")
+            _error(_health_failure(target, e.code().name, secure, args))
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     print(status)
     return 0 if status == "SERVING" else 1
+
+
+def _health_failure(target: str, code: str, secure: bool, args: argparse.Namespace) -> str:
+    """Why a health probe failed, and what to give instead: what answers at the target
+    (TLS, plain gRPC, nothing) against what the probe spoke."""
+    from extauthz.config import split_address
+    from extauthz.runtime import tls
+
+    failed = f"health check of {target} failed ({code})"
+    if code == "NOT_FOUND":
+        return f"{failed}: it has no health status for service {args.service!r} (see --service)"
+    kind = None
+    if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        with contextlib.suppress(ValueError):  # (a target gRPC reads but not host:port)
+            host, port = split_address(target)
+            kind = tls.listener_kind(host or "127.0.0.1", port, args.timeout)
+    if kind == "none":
+        return f"{failed}: nothing accepts connections there; is extauthz serve running on it?"
+    if kind == "tls" and not secure:
+        return (
+            f"{failed}: the port speaks TLS; give the probe the server's TLS settings "
+            "(--tls-cert and --tls-key: a certificate its --tls-client-ca signed; --tls-client-ca "
+            "or --tls-ca: the CA of its certificate; or the same --config or EXTAUTHZ_TLS_*)"
+        )
+    if kind == "plain" and secure:
+        return (
+            f"{failed}: the port does not speak TLS; probe it without --tls-cert, --tls-key, "
+            "--tls-client-ca (and without those settings in --config or EXTAUTHZ_TLS_*)"
+        )
+    if kind == "tls":
+        return (
+            f"{failed}: the TLS handshake failed; check --tls-ca (the CA that signed the "
+            f"server's certificate), --tls-server-name (a name in it; now {args.tls_server_name}) "
+            "and that the server's --tls-client-ca signed --tls-cert"
+        )
+    return f"{failed}; is extauthz serve running there?"
 
 
 # --- up -------------------------------------------------------------------------------------
@@ -600,6 +668,26 @@ def _command(sub: Any, name: str, help: str, settings_of: str | None = None) -> 
     return parser
 
 
+def _allow_unknown_route(parser: Any) -> None:
+    parser.add_argument(
+        "--allow-unknown-route",
+        action="store_true",
+        help="accept routes the synced policy does not have (yet): without it they are "
+        "refused, as typos",
+    )
+
+
+def _add_import_parser(tsub: Any) -> None:
+    load = _command(tsub, "import", "load tokens from a JSON Lines file", "token")
+    load.add_argument("file", metavar="FILE")
+    load.add_argument("--dry-run", action="store_true", help="check and count, write nothing")
+    load.add_argument(
+        "--replace", action="store_true", help="an id with another secret: replace it"
+    )
+    _allow_unknown_route(load)
+    load.set_defaults(func=_cmd_token_import)
+
+
 def _add_token_parsers(sub: Any) -> None:
     token = sub.add_parser("token", help="create, list, show, update, rotate, revoke tokens")
     tsub = token.add_subparsers(metavar="ACTION")
@@ -621,6 +709,7 @@ def _add_token_parsers(sub: Any) -> None:
     create.add_argument(
         "--token-limit", help="LLM tokens per window: 100000/d (m, h, d, mo = UTC month)"
     )
+    _allow_unknown_route(create)
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=_cmd_token_create)
 
@@ -651,6 +740,7 @@ def _add_token_parsers(sub: Any) -> None:
             p.add_argument("--model", action="append", help="new LLM models (replace the old)")
             p.add_argument("--all-models", action="store_true", help="every model its routes serve")
             p.add_argument("--token-limit", help="100000/d (m, h, d, mo), or none to remove it")
+            _allow_unknown_route(p)
         if name == "rotate":
             p.add_argument("--grace", help="the old secret keeps working this long (e.g. 10m)")
 
@@ -665,13 +755,7 @@ def _add_token_parsers(sub: Any) -> None:
     export = _command(tsub, "export", "print tokens as JSON Lines (hashes, never secrets)", "token")
     export.add_argument("--route", help="only tokens that grant this route")
     export.set_defaults(func=_cmd_token_export)
-    load = _command(tsub, "import", "load tokens from a JSON Lines file", "token")
-    load.add_argument("file", metavar="FILE")
-    load.add_argument("--dry-run", action="store_true", help="check and count, write nothing")
-    load.add_argument(
-        "--replace", action="store_true", help="an id with another secret: replace it"
-    )
-    load.set_defaults(func=_cmd_token_import)
+    _add_import_parser(tsub)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -719,6 +803,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.set_defaults(func=_cmd_audit)
 
     check = _command(sub, "check", "what-if: decide one request offline")
+    check.description, check.epilog = "Decide one request as the server would.", CHECK_EXITS
     check.add_argument("--route", required=True)
     check.add_argument("--header", action="append", help="'name: value', repeatable")
     check.add_argument("--network", help="context extension network (e.g. internal)")

@@ -38,6 +38,18 @@ class InvalidValue(UsageError):
         super().__init__(f"{given}: {rule}")
 
 
+class UnknownRoute(InvalidValue):
+    """A token for a route the synced policy does not have (a typo, or a policy still to
+    come). `why` and `fix` say so; each surface adds how to allow it anyway (its rule: the
+    API's words)."""
+
+    def __init__(self, route: str, why: str, fix: str) -> None:
+        self.why = why
+        self.fix = fix
+        allow = 'send "allow_unknown_route": true if its policy comes later'
+        super().__init__("route", route, f"{why}: {fix}, or {allow}")
+
+
 class UnknownToken(UsageError):
     """No token with this id is in the id index (one made by hand may exist: reindex)."""
 

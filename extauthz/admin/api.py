@@ -103,6 +103,9 @@ class NewToken(_Strict):
         default=None, max_length=256, description="LLM models (names, prefix*); null: any"
     )
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d")
+    allow_unknown_route: bool = Field(
+        default=False, description="accept routes the synced policy does not have (yet)"
+    )
 
 
 class TokenChange(_Strict):
@@ -115,6 +118,9 @@ class TokenChange(_Strict):
     models: list[str] | None = Field(default=None, max_length=256, description="new models")
     all_models: bool = False
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d or none")
+    allow_unknown_route: bool = Field(
+        default=False, description="accept new routes the synced policy does not have (yet)"
+    )
 
 
 class Rotation(_Strict):
@@ -335,6 +341,7 @@ def create_token(who: Who, store: Db, body: NewToken) -> dict[str, Any]:
         check=lambda record: _require(who, Action.CREATE, record),
         models=body.models,
         token_limit=tokens.parse_token_limit(body.token_limit) if body.token_limit else None,
+        allow_unknown_route=body.allow_unknown_route,
     )
     return {**issued.record.to_json(), "token": issued.token, "warnings": issued.warnings}
 
@@ -379,6 +386,7 @@ def update_token(who: Who, store: Db, token_id: str, body: TokenChange) -> dict[
         check=check,
         models=None if body.all_models else body.models if body.models is not None else "keep",
         token_limit=tokens.parse_token_limit(body.token_limit) if body.token_limit else "keep",
+        allow_unknown_route=body.allow_unknown_route,
     )
     return {**updated.record.to_json(), **_reported(updated.unconfirmed, updated.warnings)}
 

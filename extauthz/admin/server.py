@@ -12,11 +12,15 @@ listener also buffers each request whole before it reaches this server (envoy_co
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from extauthz.config import join_address
+from extauthz.errors import ConfigError
 
 
 def guarded_protocol(request_timeout: float) -> type[H11Protocol]:
@@ -64,7 +68,9 @@ def run(
     request_timeout: float,
     max_connections: int,
 ) -> None:
-    """Serve `app` until stopped. X-Forwarded-For is read only from `trusted_proxies`."""
+    """Serve `app` until stopped. X-Forwarded-For is read only from `trusted_proxies`.
+    ConfigError when the address cannot be listened on (before anything is served)."""
+    sock = listen(host, port)
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -76,4 +82,21 @@ def run(
         "timeout_keep_alive": min(5.0, request_timeout),
         "limit_concurrency": max_connections,
     }
-    uvicorn.run(app, **options)
+    uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port as uvicorn binds one (SO_REUSEADDR), bound here so that a
+    busy port is one line naming it (uvicorn logs the OSError and exits 3)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {join_address(host, port)} ({e.strerror or e}): stop what holds "
+            "it, or give --admin-listen another host:port"
+        ) from None
+    return sock

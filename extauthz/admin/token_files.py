@@ -6,7 +6,8 @@ One object per line: `id`, `routes`, `scopes`, optional `name`, `created_at`, `e
 null), and either `token` (the
 secret, hashed on import) or `sha256` (its hash, as export writes it). A token with scope
 `admin` or `tokens:manage` is a management token (kind follows from the scopes). An import reads and
-checks the whole file, then Redis (conflicts, caps), before it writes anything; what is
+checks the whole file, then Redis (conflicts, caps, routes the synced policy does not have),
+before it writes anything; what is
 already there as the file says is skipped, so importing a file twice changes nothing.
 """
 
@@ -26,18 +27,21 @@ from extauthz.admin.tokens import (
     Lifetime,
     check_id,
     check_kind,
+    check_llm_fields,
     check_models,
     check_name,
     check_routes,
     check_scopes,
     parse_rate_limit,
     parse_token_limit,
+    unknown_routes,
 )
 from extauthz.core.credentials import token_hash
+from extauthz.core.policy import PolicySnapshot
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import MAX_UNIX_SECONDS, TokenRecord
-from extauthz.errors import BadImportLine, InvalidValue, MalformedRecord, TokenExists
+from extauthz.errors import BadImportLine, InvalidValue, MalformedRecord, TokenExists, UnknownRoute
 from extauthz.storage.store import Store
 from extauthz.storage.token_index import PAGE, ImportItem, TokenIndex
 
@@ -135,12 +139,19 @@ def read_import_file(path: str, now: float) -> list[Entry]:
 
 
 def plan_import(
-    store: Store, entries: list[Entry], path: str, now: float, replace: bool = False
+    store: Store,
+    entries: list[Entry],
+    path: str,
+    now: float,
+    replace: bool = False,
+    allow_unknown_route: bool = False,
 ) -> ImportPlan:
     """Compare the entries with Redis: what to create, update, replace or leave.
 
     An id present with another secret is a conflict unless `replace`; a secret present
-    under another id always is; a life beyond a route's max_token_ttl is an error.
+    under another id always is; a life beyond a route's max_token_ttl is an error; so are a
+    route the synced policy does not have (unless `allow_unknown_route`: then a warning)
+    and LLM fields without an LLM route, as for `token create`.
     """
     index, policy, plan = TokenIndex(store), store.load_policy(), ImportPlan()
     unknown: dict[str, int] = {}
@@ -150,13 +161,13 @@ def plan_import(
         stored = index.records([e.digest for e in batch] + [d for d in current.values()])
         for entry in batch:
             record = entry.record
+            for route in _checked_routes(path, entry, policy, allow_unknown_route):
+                unknown[route] = unknown.get(route, 0) + 1
             life = Lifetime.of(record.routes, policy)
             try:
                 life.check("expires_at", None, record.expires_at, now)
             except InvalidValue as e:
                 raise BadImportLine(path, entry.line, "expires_at", e.rule) from None
-            for route in life.unknown_routes:
-                unknown[route] = unknown.get(route, 0) + 1
             route_secret = policy.secrets.get(entry.digest) if policy is not None else None
             if route_secret is not None:  # (it would never be looked up as this token)
                 raise BadImportLine(
@@ -166,12 +177,32 @@ def plan_import(
                     f"this secret is the route secret {route_secret.id!r} of the policy",
                 )
             plan_one(plan, entry, current.get(record.id), stored, path, replace, now)
-    if policy is None:
-        plan.warnings.append("no policy published yet: routes not checked")
-    plan.warnings += [
-        f"route {r} ({n} tokens) is not in the published policy" for r, n in unknown.items()
-    ]
+    counted = [f"{r} ({n} tokens)" for r, n in sorted(unknown.items())]
+    if policy is None and counted:
+        plan.warnings.append(f"no policy synced yet: routes not checked: {', '.join(counted)}")
+    elif counted:
+        plan.warnings += [f"route {c} is not in the synced policy" for c in counted]
     return plan
+
+
+ALLOW_FLAG = "or pass --allow-unknown-route if its policy comes later"
+
+
+def _checked_routes(
+    path: str, entry: Entry, policy: PolicySnapshot | None, allow_unknown: bool
+) -> tuple[str, ...]:
+    """The entry's routes the policy does not have (allowed); BadImportLine when one is
+    refused, or when its LLM fields have no LLM route (tokens.py's rules)."""
+    record = entry.record
+    try:
+        unknown = unknown_routes(record.routes, policy, allow_unknown)
+        check_llm_fields(record.routes, policy, record.models, record.token_limit, allow_unknown)
+    except UnknownRoute as e:
+        raise BadImportLine(path, entry.line, "routes", f"{e.why}: {e.fix}, {ALLOW_FLAG}") from None
+    except InvalidValue as e:
+        field = "token_limit" if e.field == "token-limit" else "models"
+        raise BadImportLine(path, entry.line, field, e.rule) from None
+    return unknown
 
 
 def plan_one(

@@ -8,6 +8,7 @@ A route's `max_token_ttl` (policy file) caps the life of every token for it.
 
 from __future__ import annotations
 
+import difflib
 import math
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -26,10 +27,10 @@ from extauthz.core.credentials import (
 from extauthz.core.durations import MAX_SECONDS, format_duration, parse_duration
 from extauthz.core.llm import check_model_patterns
 from extauthz.core.policy import PolicySnapshot, RoutePolicy
-from extauthz.core.rate_limit import RateLimit
+from extauthz.core.rate_limit import RateLimit, ZeroLimit
 from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import MANAGEMENT, MANAGEMENT_SCOPES, TokenRecord, kind_of
-from extauthz.errors import InvalidValue, MalformedRecord
+from extauthz.errors import InvalidValue, MalformedRecord, UnknownRoute
 from extauthz.storage.store import Store, utc_date
 from extauthz.storage.token_index import Reindexed, TokenIndex
 
@@ -102,21 +103,37 @@ Check = Callable[[TokenRecord], None]  # raises when the caller may not make thi
 
 
 def parse_rate_limit(text: str) -> RateLimit | None:
-    """`600/m` → RateLimit; `none` → None (no limit of its own)."""
+    """`600/m` → RateLimit; `none` → None (no limit of its own). `0/m` is refused: it would
+    refuse every request, and some read it as "no limit"."""
     if text == "none":
         return None
     try:
         return RateLimit.parse(text)
+    except ZeroLimit:
+        raise InvalidValue(
+            "rate-limit",
+            text,
+            "0 would refuse every request (it does not mean no limit): give none (or nothing) "
+            "for no limit of its own, or revoke the token to stop it",
+        ) from None
     except ValueError as e:
         raise InvalidValue("rate-limit", text, f"{e}, or none") from None
 
 
 def parse_token_limit(text: str) -> TokenLimit | None:
-    """`100000/d` → TokenLimit; `none` → None (no LLM token limit of its own)."""
+    """`100000/d` → TokenLimit; `none` → None (no LLM token limit of its own). `0/d` is
+    refused, as for rate limits."""
     if text == "none":
         return None
     try:
         return TokenLimit.parse(text)
+    except ZeroLimit:
+        raise InvalidValue(
+            "token-limit",
+            text,
+            "0 would refuse every LLM request (it does not mean no limit): give none (or "
+            "nothing) for no token limit of its own, or revoke the token to stop it",
+        ) from None
     except ValueError as e:
         raise InvalidValue("token-limit", text, f"{e}, or none") from None
 
@@ -129,12 +146,11 @@ def check_id(token_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Lifetime:
-    """What the policy says about a token's routes: the cap on its life (the smallest
-    `max_token_ttl` among them; for `*`, among every route), and the routes it does not know."""
+    """What the policy says about a token's life: the cap (the smallest `max_token_ttl`
+    among its routes; for `*`, among every route)."""
 
     cap: int | None  # seconds
     capped_by: str  # the route whose cap it is
-    unknown_routes: tuple[str, ...]
 
     @classmethod
     def of(cls, routes: Iterable[str], policy: PolicySnapshot | None) -> Lifetime:
@@ -145,8 +161,7 @@ class Lifetime:
         )
         caps = [(r.max_token_ttl, r.name) for r in applying if r.max_token_ttl is not None]
         cap, by = min(caps) if caps else (None, "")
-        unknown = () if policy is None else tuple(r for r in routes if r != "*" and r not in known)
-        return cls(cap, by, unknown)
+        return cls(cap, by)
 
     def default(self, now: float) -> int | None:
         """The expires_at of a token given no ttl: the cap's full life, or never."""
@@ -163,11 +178,95 @@ class Lifetime:
                 f"give a --ttl of {cap} or less",
             )
 
-    def warnings(self) -> tuple[str, ...]:
-        return tuple(
-            f"route {r} is not in the published policy (a token for it answers 404 until it is)"
-            for r in self.unknown_routes
+
+# --- a token's routes against the synced policy ---------------------------------------------
+#
+# A route the synced policy does not have is refused (a typo would mint a token that answers
+# 404, possibly never expiring), unless the caller allows unknown routes: their policy comes
+# later. With no policy synced at all every named route is unknown; `*` names none and is
+# always accepted. LLM-only fields (models, token_limit) need a route that is an LLM route
+# (`api: openai`): a known one, or, when unknown routes are allowed, one that may become
+# one (an unknown route, or `*` for the routes a later policy adds).
+
+
+def unknown_routes(
+    routes: Iterable[str], policy: PolicySnapshot | None, allow_unknown: bool = False
+) -> tuple[str, ...]:
+    """The named routes the synced policy does not have (sorted); UnknownRoute for the first
+    of them unless `allow_unknown`."""
+    known: Mapping[str, RoutePolicy] = policy.routes if policy is not None else {}
+    unknown = tuple(sorted(r for r in routes if r != "*" and r not in known))
+    if unknown and not allow_unknown:
+        route = unknown[0]
+        if policy is None:
+            raise UnknownRoute(
+                route,
+                f"{route} is not a known route: no policy has been synced yet",
+                "run `extauthz sync POLICY.yaml` first",
+            )
+        close = difflib.get_close_matches(route, list(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise UnknownRoute(
+            route,
+            f"{route} is not a route of the synced policy (version {policy.version}{hint})",
+            "fix the name",
         )
+    return unknown
+
+
+def unknown_route_warnings(
+    unknown: tuple[str, ...], policy: PolicySnapshot | None
+) -> tuple[str, ...]:
+    """What a token for allowed unknown routes is told."""
+    if policy is None:
+        return tuple(
+            f"route {r} is not checked: no policy has been synced yet (a token for it answers "
+            "404 until a policy has it)"
+            for r in unknown
+        )
+    return tuple(
+        f"route {r} is not in the synced policy (a token for it answers 404 until it is)"
+        for r in unknown
+    )
+
+
+def check_llm_fields(
+    routes: frozenset[str],
+    policy: PolicySnapshot | None,
+    models: frozenset[str] | None,
+    token_limit: TokenLimit | None,
+    allow_unknown: bool = False,
+    field: str | None = None,
+) -> tuple[str, ...]:
+    """Refuse `models` or `token_limit` on a token none of whose routes is an LLM route
+    (`api: openai`), unless `allow_unknown` and a route may become one (then a warning).
+    `field`: the field to name (default: the LLM field given)."""
+    if models is None and token_limit is None:
+        return ()
+    known: Mapping[str, RoutePolicy] = policy.routes if policy is not None else {}
+    llm = policy.llm_routes if policy is not None else frozenset()
+    if routes & llm or ("*" in routes and llm):
+        return ()
+    maybe = sorted(r for r in routes if r not in known)  # unknown, and `*` (routes to come)
+    if allow_unknown and maybe:
+        return (
+            "its token limit and models take effect only on LLM routes (api: openai), and none "
+            f"of its routes is one yet: they do once {' or '.join(maybe)} is one",
+        )
+    if field is None:
+        field = "token-limit" if token_limit is not None else "model"
+    value = {
+        "token-limit": str(token_limit),
+        "model": ",".join(sorted(models or ())),
+    }.get(field, ",".join(sorted(routes)))
+    grants = "every route of the synced policy" if "*" in routes else ", ".join(sorted(routes))
+    raise InvalidValue(
+        field,
+        value,
+        f"token limits and models apply only on LLM routes (api: openai in the policy), and "
+        f"none of its routes ({grants}) is one: leave them out (token limit none, all models), "
+        "or give the token an LLM route",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,17 +311,22 @@ def create(
     check: Check | None = None,
     models: Iterable[str] | None = None,
     token_limit: TokenLimit | None = None,
+    allow_unknown_route: bool = False,
 ) -> IssuedToken:
     """Mint a token for `routes` (or `*`) with `scopes`, expiring after ttl (or the routes'
     max_token_ttl; else never). `not_after`: without a ttl it expires then at the latest
-    (a manager's own expiry); `check(record)` may refuse the record before it is written."""
+    (a manager's own expiry); `check(record)` may refuse the record before it is written.
+    A route the synced policy does not have, and LLM fields without an LLM route, are
+    refused unless `allow_unknown_route` (see `unknown_routes`)."""
     route_set, scope_set = check_routes(routes), check_scopes(scopes)
     kind = check_kind(scope_set)
     check_name(name)
     token_id = check_id(token_id) if token_id is not None else "tok_" + secrets.token_hex(6)
     if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_SECONDS:
         raise InvalidValue("ttl", f"{ttl_seconds}s", "from 1s to 36500d")
-    life = Lifetime.of(route_set, store.load_policy())
+    model_set = None if models is None else check_models(models)
+    policy = store.load_policy()
+    life = Lifetime.of(route_set, policy)
     default = life.default(now)
     if not_after is not None:
         default = not_after if default is None else min(default, not_after)
@@ -235,15 +339,18 @@ def create(
         created_at=int(now),
         rate_limit=rate_limit,
         kind=kind,
-        models=None if models is None else check_models(models),
+        models=model_set,
         token_limit=token_limit,
     )
     if check is not None:
-        check(record)
+        check(record)  # (may the caller make it at all: before whether it is right)
+    unknown = unknown_routes(route_set, policy, allow_unknown_route)
+    warnings = unknown_route_warnings(unknown, policy)
+    warnings += check_llm_fields(route_set, policy, model_set, token_limit, allow_unknown_route)
     token = new_token()
     TokenIndex(store).add(token_hash(token), record)
     audited = audit.record(store, actor, "token.create", token_id, described(record), now)
-    return IssuedToken(token, record, warnings=life.warnings() + _also(audited))
+    return IssuedToken(token, record, warnings=warnings + _also(audited))
 
 
 def described(record: TokenRecord) -> dict[str, Any]:
@@ -294,12 +401,14 @@ def update(
     check: Callable[[TokenRecord, TokenRecord], None] | None = None,
     models: Iterable[str] | str | None = "keep",
     token_limit: TokenLimit | str | None = "keep",  # noqa: S107 (not a secret)
+    allow_unknown_route: bool = False,
 ) -> Updated:
     """Change a token's record (not its secret); every server drops its cached copy.
     `rate_limit`, `token_limit`: a limit, None (remove it) or "keep"; `models`: names and
     patterns, None (any model) or "keep". `check(current, new)` may refuse
     the change; it runs inside the transaction, on the record as it is then. A token's kind
-    (model or management) never changes."""
+    (model or management) never changes. New routes the synced policy does not have, and
+    LLM fields given or kept without an LLM route, are refused as by `create`."""
     route_set = check_routes(routes) if routes is not None else None
     model_set = check_models(models) if models is not None and not isinstance(models, str) else None
     scope_set = check_scopes(scopes) if scopes is not None else None
@@ -308,6 +417,8 @@ def update(
     if ttl_seconds is not None and no_expiry:
         raise InvalidValue("no-expiry", "", "give --ttl or --no-expiry, not both")
     policy = store.load_policy()
+    new_llm_field = model_set is not None or isinstance(token_limit, TokenLimit)
+    warned: list[str] = []
 
     def change(record: TokenRecord) -> TokenRecord:
         new_routes = route_set if route_set is not None else record.routes
@@ -335,13 +446,23 @@ def update(
                 "the other kind (a token made before kinds existed: run `extauthz token reindex`)",
             )
         if check is not None:
-            check(record, new)
+            check(record, new)  # (may the caller make it at all: before whether it is right)
+        warned.clear()
+        if route_set is not None:
+            unknown = unknown_routes(route_set, policy, allow_unknown_route)
+            warned.extend(unknown_route_warnings(unknown, policy))
+        if route_set is not None or new_llm_field:  # (an unrelated change is not refused)
+            field = "model" if model_set is not None else None if new_llm_field else "route"
+            warned.extend(
+                check_llm_fields(
+                    new.routes, policy, new.models, new.token_limit, allow_unknown_route, field
+                )
+            )
         return new
 
     new, unconfirmed = TokenIndex(store).update(token_id, change, confirm)
     audited = audit.record(store, actor, "token.update", token_id, described(new), now)
-    warnings = Lifetime.of(route_set, policy).warnings() if route_set is not None else ()
-    return Updated(new, tuple(unconfirmed), warnings + _also(audited))
+    return Updated(new, tuple(unconfirmed), tuple(warned) + _also(audited))
 
 
 def _expiry(

@@ -13,11 +13,37 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-_NOTATION = re.compile(r"([1-9][0-9]{0,11})/([smhd])", re.ASCII)
+_NOTATION = re.compile(r"([0-9]+)/([a-z]+)", re.ASCII)
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-RULE = "use N/UNIT: a whole number of requests per s, m, h or d (e.g. 600/m)"
+MAX_COUNT = 10**12 - 1
+RULE = (
+    f"use N/UNIT, e.g. 600/m: N requests, a whole number from 1 to {MAX_COUNT} "
+    "(digits 0-9), per s, m, h or d"
+)
+ZERO_RULE = "0 would refuse every request (it does not mean no limit): leave the limit out"
+
+
+class ZeroLimit(ValueError):
+    """`0/UNIT`: a limit that allows nothing (refused: it reads as "no limit" to some)."""
+
+
+def parse_notation(
+    text: str, units: Iterable[str], maximum: int, rule: str, zero: str
+) -> tuple[int, str]:
+    """`N/UNIT` (surrounding whitespace ignored) → (N, UNIT) with 1 <= N <= maximum and UNIT
+    one of `units`; ZeroLimit (message `zero`) for N = 0, else ValueError (message `rule`)."""
+    m = _NOTATION.fullmatch(text.strip())
+    if m is None or m.group(2) not in units:
+        raise ValueError(rule)
+    digits = m.group(1).lstrip("0")
+    if not digits:
+        raise ZeroLimit(zero)
+    if len(digits) > len(str(maximum)) or int(digits) > maximum:
+        raise ValueError(rule)
+    return int(digits), m.group(2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +59,9 @@ class RateLimit:
 
     @classmethod
     def parse(cls, text: str) -> RateLimit:
-        """`600/m` → RateLimit(600, "m"); ValueError (message: RULE) otherwise."""
-        m = _NOTATION.fullmatch(text.strip())
-        if m is None:
-            raise ValueError(RULE)
-        return cls(int(m.group(1)), m.group(2))
+        """`600/m` → RateLimit(600, "m"); ZeroLimit for `0/m`, ValueError (message: RULE)
+        otherwise."""
+        return cls(*parse_notation(text, UNIT_SECONDS, MAX_COUNT, RULE, ZERO_RULE))
 
     def window(self, now: float) -> tuple[int, float, float]:
         """The aligned window `now` falls in: its index, its first second and the first

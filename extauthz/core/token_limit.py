@@ -10,13 +10,19 @@ by every process through Redis, is runtime/limiter.py.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-_NOTATION = re.compile(r"([1-9][0-9]{0,14})/(mo|m|h|d)", re.ASCII)
+from extauthz.core.rate_limit import parse_notation
+
 _FIXED_SECONDS = {"m": 60, "h": 3600, "d": 86400}
-RULE = "use N/UNIT: a whole number of LLM tokens per m, h, d or mo (month), e.g. 100000/d"
+UNITS = ("m", "h", "d", "mo")
+MAX_COUNT = 10**15 - 1
+RULE = (
+    f"use N/UNIT, e.g. 100000/d: N LLM tokens, a whole number from 1 to {MAX_COUNT} "
+    "(digits 0-9), per m, h, d or mo (month)"
+)
+ZERO_RULE = "0 would refuse every LLM request (it does not mean no limit): leave the limit out"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +34,9 @@ class TokenLimit:
 
     @classmethod
     def parse(cls, text: str) -> TokenLimit:
-        """`100000/d` → TokenLimit(100000, "d"); ValueError (message: RULE) otherwise."""
-        m = _NOTATION.fullmatch(text.strip())
-        if m is None:
-            raise ValueError(RULE)
-        return cls(int(m.group(1)), m.group(2))
+        """`100000/d` → TokenLimit(100000, "d"); ZeroLimit for `0/d`, ValueError (message:
+        RULE) otherwise."""
+        return cls(*parse_notation(text, UNITS, MAX_COUNT, RULE, ZERO_RULE))
 
     def window(self, now: float) -> tuple[int, float, float]:
         """The window `now` falls in: its index, its first second and the first after it."""

@@ -405,11 +405,21 @@ class Stack:
         )
 
     def mint_demo_tokens(self) -> dict[str, tokens.IssuedToken]:
-        """The seed scenarios' tokens and the first admin token, each valid for a day."""
+        """The seed scenarios' tokens and the first admin token, each valid for a day. Their
+        routes are those of examples/policy.yaml: a `--policy` of one's own may lack them
+        (their banner commands then answer 404), so routes it does not have are allowed."""
         store, now = self.store(), time.time()
         return {
             key: tokens.create(
-                store, routes, scopes, 86400, name, now, actor="cli:extauthz-up", models=models
+                store,
+                routes,
+                scopes,
+                86400,
+                name,
+                now,
+                actor="cli:extauthz-up",
+                models=models,
+                allow_unknown_route=True,
             )
             for key, routes, scopes, name, models in DEMO_TOKENS
         }

@@ -17,13 +17,16 @@ errors (fail closed).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from cryptography import x509
@@ -260,3 +263,29 @@ def channel_credentials(ca: str, cert: str, key: str) -> Any:
         private_key=_read(key, "--tls-key") if key else None,
         certificate_chain=_read(cert, "--tls-cert") if cert else None,
     )
+
+
+def listener_kind(host: str, port: int, timeout: float) -> Literal["tls", "plain", "none"]:
+    """What answers at host:port, for a failed probe's message: a TLS server ("tls": it
+    answers a TLS ClientHello with a TLS record), something else ("plain": gRPC without
+    TLS closes or answers HTTP/2), or nothing accepts the connection ("none"). Nothing is
+    verified: this only names which settings to give."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()  # writes the ClientHello into `outgoing`
+    try:
+        sock = socket.create_connection((host, port), timeout)
+    except OSError:  # refused, unreachable, a name that does not resolve
+        return "none"
+    with sock:
+        try:
+            sock.sendall(outgoing.read())
+            first = sock.recv(3)
+        except OSError:  # accepted, then reset or silent: not a TLS server
+            return "plain"
+    # a TLS record: content type handshake (22) or alert (21), protocol version 3.x
+    return "tls" if len(first) == 3 and first[0] in (21, 22) and first[1] == 3 else "plain"

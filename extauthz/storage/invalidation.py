@@ -33,7 +33,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoPermissionError, RedisClusterException
 
-from extauthz.errors import StoreError
+from extauthz.errors import StoreError, StoreRefused
 from extauthz.storage.client import PrimaryNode, redact_url
 from extauthz.storage.store import Store
 from extauthz.storage.token_cache import TokenCache
@@ -210,11 +210,16 @@ class InvalidationListener:
         except StoreError as e:
             if not self._heartbeat_failing:
                 self._heartbeat_failing = True
+                why = (  # a timeout is no reason to look at the ACL
+                    "the Redis ACL user needs the rights listed in docs/operations.md"
+                    if isinstance(e, StoreRefused)
+                    else "Redis did not answer in time, or cannot be reached: retried every second"
+                )
                 log.warning(
-                    "cannot register in %s (%s): `token revoke` will not wait for this "
-                    "server (the Redis ACL user needs the rights listed in docs/operations.md)",
+                    "cannot register in %s (%s): `token revoke` will not wait for this server (%s)",
                     self.store.servers_prefix + self.server_id,
                     e,
+                    why,
                 )
 
     def _leave(self) -> None:

@@ -35,6 +35,7 @@ routes:
   b: {access: protected}
   c: {access: protected}
   capped: {access: protected, max_token_ttl: 1h}
+  llm: {access: protected, api: openai}
 """
 
 
@@ -75,6 +76,8 @@ def test_who_may_do_what(api: Api, redis_server: RedisServer) -> None:
     code, made = api.call("POST", "/v1/tokens", manager, {"routes": ["a"], "scopes": ["inference"]})
     assert code == 201 and made["token"].startswith("eat_")
     assert api.call("POST", "/v1/tokens", manager, {"routes": ["c"]})[0] == 403
+    # may it at all, before is it right: outside its routes is 403, published or not
+    assert api.call("POST", "/v1/tokens", manager, {"routes": ["a", "nope"]})[0] == 403
     assert api.call("POST", "/v1/tokens", manager, {"routes": ["*"]})[0] == 403
     assert api.call("POST", "/v1/tokens", manager, {"routes": ["a"], "scopes": ["admin"]})[0] == 403
     assert api.call("GET", f"/v1/tokens/{outside['id']}", manager)[0] == 404
@@ -141,6 +144,12 @@ def test_bad_input_is_400_with_the_field_and_writes_nothing(
         ({"routes": ["a"], "ttl": "9" * 15 + "d"}, None, "ttl"),
         (None, b"[" * 10_000, ""),
         (None, b'{"routes": ["a"], "name": "' + b"x" * 70_000 + b'"}', "body larger"),
+        # mistakes refused: a typo in a route, LLM fields on a route that counts no LLM tokens
+        ({"routes": ["a", "lmm"]}, None, "route: lmm is not a route of the synced policy"),
+        ({"routes": ["a"], "token_limit": "50/m"}, None, "token_limit: token limits and models"),
+        ({"routes": ["a"], "models": ["demo"]}, None, "model: token limits and models apply"),
+        ({"routes": ["llm"], "token_limit": "0/d"}, None, "token_limit: 0 would refuse every"),
+        ({"routes": ["a"], "allow_unknown_route": None}, None, "allow_unknown_route"),
     ]
     for body, raw, field in cases:
         code, reply = api.call("POST", "/v1/tokens", admin, body, raw)
@@ -161,17 +170,43 @@ def test_bad_input_is_400_with_the_field_and_writes_nothing(
         conn.close()
     assert redis_server.cli("DEBUG", "DIGEST") == before
     policy = api.call("GET", "/v1/policy", admin)[1]
-    assert sorted(policy["routes"]) == ["a", "b", "c", "capped"]
+    assert sorted(policy["routes"]) == ["a", "b", "c", "capped", "llm"]
     with urllib.request.urlopen(api.base + "/openapi.json", timeout=5) as resp:
         spec = json.loads(resp.read())
     assert "/v1/tokens/{token_id}/rotate" in spec["paths"]
     # a token limit set, changed and removed through the API
-    code, made = api.call("POST", "/v1/tokens", admin, {"routes": ["a"], "token_limit": "50/m"})
+    code, made = api.call("POST", "/v1/tokens", admin, {"routes": ["llm"], "token_limit": "50/m"})
     assert code == 201 and made["token_limit"] == "50/m"
     path = f"/v1/tokens/{made['id']}"
     assert api.call("PATCH", path, admin, {"token_limit": "9/mo"})[1]["token_limit"] == "9/mo"
     assert api.call("PATCH", path, admin, {"name": "n"})[1]["token_limit"] == "9/mo"
     assert api.call("PATCH", path, admin, {"token_limit": "none"})[1]["token_limit"] is None
+
+
+def test_unknown_routes_are_refused_unless_the_body_allows_them(
+    api: Api, redis_server: RedisServer
+) -> None:
+    admin = _token(redis_server.url, "--route", "*", "--scope", "admin")["token"]
+    code, reply = api.call("POST", "/v1/tokens", admin, {"routes": ["later"]})
+    assert (code, reply["error"]) == (400, "invalid_request")
+    assert reply["message"] == (
+        "route: later is not a route of the synced policy (version 1): fix the name, or send "
+        '"allow_unknown_route": true if its policy comes later'
+    )
+    body = {"routes": ["later"], "token_limit": "9/d", "allow_unknown_route": True}
+    code, made = api.call("POST", "/v1/tokens", admin, body)
+    assert code == 201 and made["routes"] == ["later"] and made["token_limit"] == "9/d"
+    assert "route later is not in the synced policy" in made["warnings"][0]
+    assert "they do once later is one" in made["warnings"][1]
+    path = f"/v1/tokens/{made['id']}"
+    code, reply = api.call("PATCH", path, admin, {"routes": ["a", "soon"]})
+    assert code == 400 and "soon is not a route of the synced policy" in reply["message"]
+    code, reply = api.call("PATCH", path, admin, {"routes": ["a"]})  # keeps its token limit
+    assert code == 400 and reply["message"].startswith("route: token limits and models apply")
+    change = {"routes": ["a", "soon"], "token_limit": "none", "allow_unknown_route": True}
+    code, changed = api.call("PATCH", path, admin, change)
+    assert code == 200 and changed["routes"] == ["a", "soon"] and changed["token_limit"] is None
+    assert "route soon is not in the synced policy" in changed["warnings"][0]
 
 
 def test_failed_authentications_are_limited_per_address(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,14 @@ def test_usage_errors(redis_server: RedisServer, tmp_path: Path) -> None:
         (("token", "create"), "missing --route: a token needs at least one"),
         (("token", "create", "--route", "m", "--ttl", "soon"), "invalid --ttl 'soon'"),
         (("check", "--route", "m", "--header", "authorization Bearer x"), "has no colon"),
+        # no policy synced: a named route is refused (`*` names none), and so are LLM fields
+        (
+            ("token", "create", "--route", "m"),
+            "m is not a known route: no policy has been synced yet: run `extauthz sync "
+            "POLICY.yaml` first, or pass --allow-unknown-route if its policy comes later",
+        ),
+        (("token", "create", "--route", "*", "--model", "x"), "invalid --model 'x': token limits"),
+        (("token", "create", "--route", "m", "--rate-limit", "0/s"), "invalid --rate-limit '0/s'"),
     ]
     for args, fragment in cases:
         result = run_cli(url, *args, check=False)
@@ -46,16 +55,15 @@ def test_usage_errors(redis_server: RedisServer, tmp_path: Path) -> None:
 def test_redis_unreachable(tmp_path: Path) -> None:
     url = f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0"
     result = run_cli(url, "token", "list", check=False)
-    assert result.returncode == 1
+    assert result.returncode == 1 and result.stdout == ""  # not even the header
     line = one_line_error(result.stderr)
     assert "cannot reach Redis at redis://:***@127.0.0.1" in line
     assert "s3cret-pass" not in line
 
 
 def test_token_lifecycle_plain_output(redis_server: RedisServer) -> None:
-    out = run_cli(
-        redis_server.url, "token", "create", "--route", "m", "--id", "ci-1", "--name", "ci"
-    ).stdout
+    create = ("token", "create", "--route", "m", "--allow-unknown-route")  # (no policy here)
+    out = run_cli(redis_server.url, *create, "--id", "ci-1", "--name", "ci").stdout
     token = out.strip().splitlines()[-1]
     assert token.startswith("eat_")
     shown = run_cli(redis_server.url, "token", "show", "ci-1").stdout
@@ -98,3 +106,53 @@ def test_a_reader_that_stops_early_gets_no_traceback(redis_server: RedisServer) 
         proc.stdout.close()  # as head does
         assert proc.wait(timeout=30) == 141  # 128 + SIGPIPE, as other commands exit
         assert proc.stderr.read() == b""
+
+
+CHECK_POLICY = """
+version: 1
+routes:
+  open: {access: public}
+  m: {access: protected}
+"""
+
+
+def test_check_exits_0_allowed_3_denied_1_not_decided(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url
+    undecided = run_cli(url, "check", "--route", "m", check=False)  # no policy yet
+    assert undecided.returncode == 1 and json.loads(undecided.stdout)["status"] == 503
+    assert "not decided (no_policy): no policy has been synced yet: run `extauthz sync" in (
+        one_line_error(undecided.stderr)
+    )
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(CHECK_POLICY)
+    run_cli(url, "sync", str(policy))
+    token = json.loads(run_cli(url, "token", "create", "--route", "m", "--json").stdout)["token"]
+    bearer = ("--header", f"authorization: Bearer {token}")
+    for args, code, status in (
+        (("--route", "open"), 0, 200),
+        (("--route", "m", *bearer), 0, 200),
+        (("--route", "m"), 3, 401),
+        (("--route", "m", "--header", "authorization: Bearer eat_nope"), 3, 401),
+        (("--route", "nope", *bearer), 3, 404),
+    ):
+        result = run_cli(url, "check", *args, check=False)
+        assert (result.returncode, json.loads(result.stdout)["status"]) == (code, status), args
+        assert result.stderr == ""
+    assert "0 allowed; 3 denied" in run_cli(url, "check", "--help").stdout
+
+
+def test_admin_on_a_busy_port_is_one_line_and_exit_2(redis_server: RedisServer) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            redis_server.url, "admin", "--admin-listen", f"127.0.0.1:{port}", check=False
+        )
+    assert result.returncode == 2 and result.stdout == ""
+    assert one_line_error(result.stderr) == (
+        f"extauthz: error: cannot listen on 127.0.0.1:{port} (Address already in use): stop "
+        "what holds it, or give --admin-listen another host:port"
+    )

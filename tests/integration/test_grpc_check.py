@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from extauthz.dev.local_pki import make_local_pki
 from tests.support.check import CheckClient, reply_headers, upstream_headers
 from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, stop, wait_for
 
@@ -183,7 +184,8 @@ def test_redis_down_is_503_then_recovers(stack: tuple[RedisServer, CheckClient, 
     assert client.status("embedder") == 404
     redis_server.start()  # same port, empty data set: the token is gone, the policy is kept
     assert client.status("deployment-a", bearer) == 401
-    tok2 = create_token(redis_server.url, "--route", "deployment-a")
+    # (Redis lost the policy, the server keeps its copy: the route is unknown to token create)
+    tok2 = create_token(redis_server.url, "--route", "deployment-a", "--allow-unknown-route")
     assert client.status("deployment-a", f"Bearer {tok2['token']}") == 200
 
 
@@ -226,6 +228,43 @@ def test_health_and_graceful_shutdown(redis_server: RedisServer, tmp_path: Path)
     )
     assert down.returncode == 1 and "health check of" in down.stderr
     assert "stopped" in (tmp_path / "s.log").read_text()
+
+
+def test_health_says_which_tls_settings_the_port_needs(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    pki = make_local_pki(tmp_path / "pki")
+    tls = {
+        "EXTAUTHZ_TLS_CERT": str(pki.server_cert),
+        "EXTAUTHZ_TLS_KEY": str(pki.server_key),
+        "EXTAUTHZ_TLS_CLIENT_CA": str(pki.ca),
+    }
+    flags = [f"--{k[9:].lower().replace('_', '-')}={v}" for k, v in tls.items()]
+    with extauthz_serve(redis_server.url, tmp_path / "tls.log", *flags) as (port, _):
+        target = ("health", "--target", f"127.0.0.1:{port}")
+        plain = run_cli(redis_server.url, *target, check=False)
+        assert plain.returncode == 1 and plain.stdout == ""
+        assert one_line(plain.stderr) == (
+            f"extauthz: error: health check of 127.0.0.1:{port} failed (UNAVAILABLE): the port "
+            "speaks TLS; give the probe the server's TLS settings (--tls-cert and --tls-key: a "
+            "certificate its --tls-client-ca signed; --tls-client-ca or --tls-ca: the CA of its "
+            "certificate; or the same --config or EXTAUTHZ_TLS_*)"
+        )
+        assert run_cli(redis_server.url, *target, env=tls).stdout == "SERVING\n"
+        wrong = run_cli(redis_server.url, *target, "--tls-server-name", "x", env=tls, check=False)
+        assert "the TLS handshake failed; check --tls-ca" in one_line(wrong.stderr)
+    with extauthz_serve(redis_server.url, tmp_path / "plain.log") as (port, _):
+        target = ("health", "--target", f"127.0.0.1:{port}")
+        secure = run_cli(redis_server.url, *target, env=tls, check=False)
+        assert secure.returncode == 1
+        assert "the port does not speak TLS; probe it without --tls-cert" in one_line(secure.stderr)
+    gone = run_cli(redis_server.url, *target, check=False)
+    assert "nothing accepts connections there; is extauthz serve running" in one_line(gone.stderr)
+
+
+def one_line(stderr: str) -> str:
+    (line,) = stderr.splitlines()  # (no gRPC log lines around it)
+    return line
 
 
 def test_serve_reports_a_busy_port(redis_server: RedisServer, tmp_path: Path) -> None:

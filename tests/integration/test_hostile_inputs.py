@@ -154,6 +154,12 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
         (("--scope", "inference,management"), "invalid --scope"),
         (("--scope", "a\x1bb"), "invalid --scope"),
         (("--route", "a b"), "invalid --route"),
+        (("--rate-limit", "0/m"), "0 would refuse every request (it does not mean no limit)"),
+        (("--rate-limit", ""), "invalid --rate-limit '': use N/UNIT"),
+        (("--token-limit", "0/d"), "0 would refuse every LLM request"),
+        (("--token-limit", "\u0661\u0660/d"), "(digits 0-9)"),
+        (("--token-limit=-5/d",), "a whole number from 1 to 999999999999999"),
+        (("--token-limit", "1e3/d"), "invalid --token-limit '1e3/d'"),
     ],
 )
 def test_token_create_refuses_absurd_values_and_writes_nothing(
@@ -168,7 +174,8 @@ def test_token_create_refuses_absurd_values_and_writes_nothing(
 
 
 def test_the_longest_ttl_is_written_with_its_redis_expiry(redis_server: RedisServer) -> None:
-    out = run_cli(redis_server.url, "token", "create", "--route", "m", "--ttl", "36500d", "--json")
+    create = ("token", "create", "--route", "m", "--allow-unknown-route")  # (no policy here)
+    out = run_cli(redis_server.url, *create, "--ttl", "36500d", "--json")
     record = json.loads(out.stdout)
     assert record["expires_at"] > 0
     (key,) = redis_server.cli("--scan", "--pattern", "extauthz:token:*").split()
@@ -178,7 +185,8 @@ def test_the_longest_ttl_is_written_with_its_redis_expiry(redis_server: RedisSer
 
 def test_printable_names_keep_their_characters(redis_server: RedisServer) -> None:
     name = "Zoë's notebook — 東京"
-    run_cli(redis_server.url, "token", "create", "--route", "m", "--id", "t1", "--name", name)
+    create = ("token", "create", "--route", "m", "--allow-unknown-route")  # (no policy here)
+    run_cli(redis_server.url, *create, "--id", "t1", "--name", name)
     assert name in run_cli(redis_server.url, "token", "show", "t1").stdout
 
 

@@ -142,6 +142,7 @@ def successes(api: Api, redis: RedisServer, admin: str, manager: str, target: st
         "rate_limit": "60/m",
         "models": ["gpt-small"],
         "token_limit": "5000/d",
+        "allow_unknown_route": True,
     }
     status, made = api.call("POST", "/v1/tokens", admin, body)
     assert status == 201 and made["token"].startswith("eat_") and made["warnings"]

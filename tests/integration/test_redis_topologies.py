@@ -227,7 +227,8 @@ def test_cluster_scenarios_and_failover(cluster: ClusterSetup, tmp_path: Path) -
     # the default prefix gained a hash tag: every key lives in the slot of "extauthz"
     owner = cluster.owner_of(prefix + "policy")
     assert cli(owner.port, "HGET", prefix + "policy", "version") == "1"
-    assert run_cli(reader, "token", "create", "--route", "x", check=False).returncode != 0
+    denied = run_cli(reader, "token", "create", "--route", "deployment-a", check=False)
+    assert denied.returncode == 1 and "Redis refused" in denied.stderr
 
     with extauthz_serve(reader, tmp_path / "s.log", *SERVE) as (port, _):
         client = CheckClient(port)
@@ -330,7 +331,8 @@ def test_a_confirmed_revoke_survives_the_primarys_crash(tmp_path: Path) -> None:
     replica.start()
     try:
         wait_for(lambda: "master_link_status:up" in replica.cli("INFO", "replication"), 10, "sync")
-        made = json.loads(run_cli(primary.url, "token", "create", "--route", "m", "--json").stdout)
+        create = ("token", "create", "--route", "m", "--allow-unknown-route", "--json")
+        made = json.loads(run_cli(primary.url, *create).stdout)  # (no policy here)
         key = f"extauthz:token:{token_hash(made['token'])}"
         assert replicated(primary.port, "extauthz:marker")
         replica.cli("REPLICAOF", "NO", "ONE")  # detached: the revoke is not sent to it yet
@@ -359,6 +361,7 @@ def test_a_confirmed_revoke_survives_the_primarys_crash(tmp_path: Path) -> None:
 
 
 def test_a_revoke_without_a_replica_says_so(redis_server: RedisServer) -> None:
-    made = json.loads(run_cli(redis_server.url, "token", "create", "--route", "m", "--json").stdout)
+    create = ("token", "create", "--route", "m", "--allow-unknown-route", "--json")  # (no policy)
+    made = json.loads(run_cli(redis_server.url, *create).stdout)
     result = run_cli(redis_server.url, "token", "revoke", made["id"])
     assert result.returncode == 0 and "no replica" in result.stderr

@@ -111,6 +111,7 @@ def test_torchserve_keys_migrate_with_the_readme_commands(
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "EXTAUTHZ_REDIS_URL": url,
         "HOME": str(tmp_path),
+        "PYTHONPATH": str(REPO),  # this checkout's code, whichever one the venv installed
     }
 
     def run_block() -> str:
@@ -148,6 +149,11 @@ def test_bad_input_is_one_line_and_changes_nothing(
     before = redis_server.cli("DEBUG", "DIGEST")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x1", "routes": ["deployment-a"], "token": "aaaaaaaaaa"}\n{oops\n')
+    typo = tmp_path / "typo.jsonl"
+    typo.write_text('{"id": "x1", "routes": ["deploymnet-a"], "token": "aaaaaaaaaa"}\n')
+    unknown = "is not a route of the synced policy (version 1; did you mean deployment-a?): fix"
+    allow = "or pass --allow-unknown-route if its policy comes later"
+    llm_only = "token limits and models apply only on LLM routes (api: openai in the policy)"
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     cases = [
@@ -163,6 +169,17 @@ def test_bad_input_is_one_line_and_changes_nothing(
         (("token", "usage", "short", "--days", "0"), "invalid --days '0'"),
         (("token", "usage", "short", "--days", "99999999999"), "invalid --days"),
         (("audit", "--limit", "0"), "invalid --limit '0'"),
+        # mistakes refused, not warned: a typo in a route, LLM fields where they count nothing
+        (
+            ("token", "create", "--route", "deploymnet-a"),
+            f"deploymnet-a {unknown} the name, {allow}",
+        ),
+        (("token", "update", "short", "--route", "deploymnet-a"), f"{unknown} the name, {allow}"),
+        (("token", "import", str(typo)), f"{typo}:1: routes: deploymnet-a {unknown}"),
+        (("token", "create", "--route", "deployment-a", "--token-limit", "9/d"), llm_only),
+        (("token", "create", "--route", "deployment-a", "--model", "demo-small"), llm_only),
+        (("token", "update", "short", "--token-limit", "9/d"), "invalid --token-limit '9/d'"),
+        (("token", "create", "--route", "llm", "--token-limit", "0/d"), "it does not mean no"),
     ]
     for args, fragment in cases:
         result = run_cli(url, *args, check=False)
@@ -171,5 +188,40 @@ def test_bad_input_is_one_line_and_changes_nothing(
         assert len(lines) == 1 and lines[0].startswith("extauthz: error: "), result.stderr
         assert fragment in lines[0], (fragment, lines[0])
     assert redis_server.cli("DEBUG", "DIGEST") == before
-    warned = run_cli(url, "token", "create", "--route", "later", "--json")
-    assert "warning: route later is not in the published policy" in warned.stderr
+    # a route whose policy comes later: allowed when asked for, with a warning
+    later = ("--route", "later", "--allow-unknown-route", "--token-limit", "9/d", "--json")
+    warned = run_cli(url, "token", "create", *later)
+    assert warned.stderr.splitlines() == [
+        "extauthz: warning: route later is not in the synced policy (a token for it answers "
+        "404 until it is)",
+        "extauthz: warning: its token limit and models take effect only on LLM routes (api: "
+        "openai), and none of its routes is one yet: they do once later is one",
+    ]
+    imported = run_cli(url, "token", "import", str(typo), "--allow-unknown-route")
+    assert "1 new" in imported.stdout
+    assert "route deploymnet-a (1 tokens) is not in the synced policy" in imported.stderr
+
+
+def test_the_documented_unknown_route_block(redis_server: RedisServer, tmp_path: Path) -> None:
+    url = redis_server.url
+    _sync(url)
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "EXTAUTHZ_REDIS_URL": url,
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(REPO),  # this checkout's code, whichever one the venv installed
+    }
+    script = "set -euo pipefail\n" + readme_block("unknown-route")
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    refused, token = result.stdout.splitlines()
+    assert refused == "exit 2" and token.startswith("eat_")
+    assert result.stderr.splitlines() == [
+        "extauthz: error: deploymnet-a is not a route of the synced policy (version 1; did you "
+        "mean deployment-a?): fix the name, or pass --allow-unknown-route if its policy comes "
+        "later",
+        "extauthz: warning: route later is not in the synced policy (a token for it answers 404 "
+        "until it is)",
+    ]

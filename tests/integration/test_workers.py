@@ -196,14 +196,18 @@ def test_revoke_names_a_server_that_does_not_confirm(
         assert server_id == f"{socket.gethostname()}:{proc.pid}"
         for command in ("revoke", "rotate"):
             tok = json.loads(
-                run_cli(redis_server.url, "token", "create", "--route", "m", "--json").stdout
+                run_cli(
+                    redis_server.url, "token", "create", "--route", "deployment-a", "--json"
+                ).stdout
             )
             result = run_cli(redis_server.url, "token", command, tok["id"], "--json")
             # confirmed by the server; this Redis has no replica, which is all it says
             warnings = result.stderr.splitlines()
             assert result.returncode == 0 and all("no replica" in w for w in warnings), warnings
             tok = json.loads(
-                run_cli(redis_server.url, "token", "create", "--route", "m", "--json").stdout
+                run_cli(
+                    redis_server.url, "token", "create", "--route", "deployment-a", "--json"
+                ).stdout
             )
             os.kill(proc.pid, signal.SIGSTOP)  # hung: alive, registered, silent
             try:

@@ -36,6 +36,7 @@ from extauthz.core.token_record import TokenRecord
 from extauthz.errors import BadImportLine, InvalidValue, MalformedRecord, PolicyError
 from extauthz.storage.store import Store
 from extauthz.storage.token_index import TokenIndex
+from tests.support.policies import publish_routes
 
 NOW = 1_800_000_000.0
 BIG = "x" * (SMALL_BODY + 10)  # makes a body take the scanner's way, not the full parse
@@ -279,6 +280,7 @@ def test_policy_and_records_check_models() -> None:
 
 
 def test_token_models_through_create_update_export_import(store: Store, tmp_path: Path) -> None:
+    publish_routes(store, llm=["llm"])
     made = tokens.create(store, ["llm"], models=["small", "big-*"], token_id="m1", now=NOW)
     assert made.record.models == frozenset({"small", "big-*"})
     assert store.token_record(token_hash(made.token)).models == frozenset({"small", "big-*"})  # type: ignore[union-attr]
@@ -305,6 +307,7 @@ def test_token_models_through_create_update_export_import(store: Store, tmp_path
 
 
 def test_usage_is_counted_per_model(store: Store) -> None:
+    publish_routes(store, llm=["llm"])
     from extauthz.runtime.usage import UsageMeter
 
     now = time.time()

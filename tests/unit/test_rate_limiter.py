@@ -17,7 +17,7 @@ from extauthz.core.credentials import token_hash
 from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
 from extauthz.core.limits import REQUESTS, TOKENS, Limited
 from extauthz.core.policy import parse_policy
-from extauthz.core.rate_limit import RateLimit, client_key
+from extauthz.core.rate_limit import RateLimit, ZeroLimit, client_key
 from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord
@@ -38,11 +38,30 @@ def test_notation(text: str, count: int, seconds: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "600", "0/m", "-1/m", "600/w", "600/min", "1.5/s", "600 / m", "٣/s", "9" * 13 + "/s"],
-)
+    ["", "600", "-1/m", "+1/m", "600/w", "600/min", "1.5/s", "1e3/s", "600 / m", "٣/s", "١٠/s",
+     "600/M", "9" * 13 + "/s", "1" + "0" * 5000 + "/s", "600/m\x00", "1_000/s"],
+)  # fmt: skip
 def test_notation_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="N/UNIT"):
+    with pytest.raises(ValueError, match="N/UNIT") as info:
         RateLimit.parse(text)
+    assert "from 1 to 999999999999 (digits 0-9)" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["0/m", "00/s", "0/d"])
+def test_zero_is_refused_saying_what_it_would_mean(text: str) -> None:
+    with pytest.raises(ZeroLimit, match="0 would refuse every request"):
+        RateLimit.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [(" 600/m\n", RateLimit(600, "m")), ("0600/m", RateLimit(600, "m")),
+     ("999999999999/d", RateLimit(999999999999, "d"))],
+)  # fmt: skip
+def test_surrounding_whitespace_and_leading_zeros_are_read_as_written(
+    text: str, limit: RateLimit
+) -> None:
+    assert RateLimit.parse(text) == limit
 
 
 def test_windows_are_aligned_to_the_epoch() -> None:

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 import pytest
+import redis
 
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import StoreUnavailable
-from extauthz.storage.invalidation import missing_flags
+from extauthz.storage.invalidation import InvalidationListener, missing_flags
+from extauthz.storage.store import Store
 from extauthz.storage.token_cache import TokenCache
 
 REC = TokenRecord("t1", frozenset({"m"}), frozenset())
@@ -186,3 +189,30 @@ def test_a_lookup_after_an_invalidation_never_joins_an_older_fetch() -> None:
     assert results == {"leader": REC, "after": None}
     assert calls[0] == 2
     assert cache("h1") is None  # the leader's stale answer was not cached either
+
+
+@pytest.mark.parametrize(
+    ("error", "said", "not_said"),
+    [
+        (redis.TimeoutError("Timeout reading from socket"), "did not answer in time", "ACL"),
+        (redis.exceptions.NoPermissionError("no permissions"), "ACL user needs", "in time"),
+    ],
+)
+def test_a_failed_registration_names_its_cause(
+    store: Store, caplog: pytest.LogCaptureFixture, error: Exception, said: str, not_said: str
+) -> None:
+    """A Redis timeout at registration is a timeout, not missing ACL rights."""
+
+    def fails(*args: object, **kw: object) -> None:
+        raise error
+
+    store.client.set = fails
+    listener = InvalidationListener(
+        "redis://127.0.0.1:1/0", store, TokenCache(lambda _: None), print
+    )
+    with caplog.at_level(logging.WARNING, "extauthz"):
+        listener._heartbeat()
+        listener._heartbeat()  # said once, not every beat
+    (line,) = [r.getMessage() for r in caplog.records if "cannot register" in r.getMessage()]
+    assert said in line and not_said not in line
+    assert "`token revoke` will not wait for this server" in line

@@ -16,6 +16,7 @@ from extauthz.core.policy import PolicySnapshot, parse_policy
 from extauthz.errors import BadImportLine
 from extauthz.storage.store import Store
 from extauthz.storage.token_index import TokenIndex
+from tests.support.policies import publish_routes
 
 NOW = 1_800_000_000
 SECRET = "s3cret-key-1"
@@ -37,6 +38,7 @@ GOOD = {"id": "k1", "routes": ["m"], "scopes": ["inference"], "token": SECRET}
 
 
 def test_import_twice_changes_nothing_and_the_secret_works(store: Store, tmp_path: Path) -> None:
+    publish_routes(store, "m")
     path = _write(
         tmp_path / "t.jsonl",
         GOOD,
@@ -54,6 +56,7 @@ def test_import_twice_changes_nothing_and_the_secret_works(store: Store, tmp_pat
 
 
 def test_export_then_import_elsewhere_round_trips(store: Store, tmp_path: Path) -> None:
+    publish_routes(store, "m")
     a = tokens.create(store, ["m"], ["inference"], ttl_seconds=3600, name="é", now=NOW)
     tokens.create(store, ["*"], token_id="b", now=NOW)
     lines = list(export_lines(store))
@@ -61,6 +64,7 @@ def test_export_then_import_elsewhere_round_trips(store: Store, tmp_path: Path) 
     assert [json.loads(x)["id"] for x in lines] == [a.record.id, "b"]
     path = _write(tmp_path / "e.jsonl", *lines)
     other = Store(store.client, "other:")
+    publish_routes(other, "m")
     _import(other, path)
     assert tokens.show(other, a.record.id) == a.record
     assert other.token_record(token_hash(a.token)) == a.record
@@ -70,6 +74,7 @@ def test_export_then_import_elsewhere_round_trips(store: Store, tmp_path: Path) 
 def test_an_id_with_another_secret_is_a_conflict_unless_replace(
     store: Store, tmp_path: Path
 ) -> None:
+    publish_routes(store, "m")
     old = tokens.create(store, ["m"], token_id="k1", now=NOW)
     path = _write(tmp_path / "t.jsonl", GOOD)
     with pytest.raises(BadImportLine, match=r"t.jsonl:1: id: a token with id 'k1' already"):
@@ -81,6 +86,7 @@ def test_an_id_with_another_secret_is_a_conflict_unless_replace(
 
 
 def test_a_secret_of_another_id_is_always_a_conflict(store: Store, tmp_path: Path) -> None:
+    publish_routes(store, "m")
     other = tokens.create(store, ["m"], token_id="other", now=NOW)
     path = _write(tmp_path / "t.jsonl", {**GOOD, "token": other.token})
     with pytest.raises(BadImportLine, match="this secret belongs to token 'other'"):
@@ -88,6 +94,7 @@ def test_a_secret_of_another_id_is_always_a_conflict(store: Store, tmp_path: Pat
 
 
 def test_a_changed_record_is_updated_in_place(store: Store, tmp_path: Path) -> None:
+    publish_routes(store, "m", "n")
     _import(store, _write(tmp_path / "a.jsonl", GOOD))
     assert "1 updated" in _import(store, _write(tmp_path / "b.jsonl", {**GOOD, "routes": ["n"]}))
     assert tokens.show(store, "k1").routes == {"n"}
@@ -103,9 +110,49 @@ def test_max_token_ttl_applies_to_imports(store: Store, tmp_path: Path) -> None:
     entries = read_import_file(ok, NOW)
     plan = plan_import(store, entries, ok, NOW)
     assert plan.count("create") == 1 and plan.warnings == []
-    unknown = _write(tmp_path / "u.jsonl", {**GOOD, "routes": ["later"]})
-    plan = plan_import(store, read_import_file(unknown, NOW), unknown, NOW)
-    assert plan.warnings == ["route later (1 tokens) is not in the published policy"]
+
+
+def test_a_route_the_policy_does_not_have_is_refused_unless_allowed(
+    store: Store, tmp_path: Path
+) -> None:
+    publish_routes(store, "m", "web", llm=["llm"])
+    path = _write(
+        tmp_path / "u.jsonl", GOOD, {**GOOD, "id": "k2", "routes": ["m", "lmm"], "token": "x" * 8}
+    )
+    with pytest.raises(BadImportLine) as info:
+        _import(store, path)
+    assert str(info.value) == (
+        f"{path}:2: routes: lmm is not a route of the synced policy (version 1; did you mean "
+        "llm?): fix the name, or pass --allow-unknown-route if its policy comes later"
+    )
+    assert store.client.keys("extauthz:token*") == []  # nothing written
+    entries = read_import_file(path, NOW)
+    plan = plan_import(store, entries, path, NOW, allow_unknown_route=True)
+    assert plan.count("create") == 2
+    assert plan.warnings == ["route lmm (1 tokens) is not in the synced policy"]
+    # LLM fields need an LLM route (or, allowed, one that may become one)
+    for field, value in (("token_limit", "9/h"), ("models", ["demo*"])):
+        llm = _write(tmp_path / "l.jsonl", {**GOOD, "routes": ["web"], field: value})
+        with pytest.raises(BadImportLine, match=rf":1: {field}: token limits and models apply"):
+            _import(store, llm)
+    fine = _write(tmp_path / "f.jsonl", {**GOOD, "routes": ["web", "llm"], "token_limit": "9/h"})
+    assert "1 new" in _import(store, fine)
+
+
+def test_with_no_policy_synced_named_routes_are_refused(store: Store, tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "t.jsonl", {**GOOD, "routes": ["*"]}, {**GOOD, "id": "k2", "token": "x" * 8}
+    )
+    with pytest.raises(BadImportLine) as info:
+        _import(store, path)
+    assert str(info.value).endswith(
+        ":2: routes: m is not a known route: no policy has been synced yet: run `extauthz sync "
+        "POLICY.yaml` first, or pass --allow-unknown-route if its policy comes later"
+    )
+    plan = plan_import(store, read_import_file(path, NOW), path, NOW, allow_unknown_route=True)
+    assert plan.warnings == ["no policy synced yet: routes not checked: m (1 tokens)"]
+    only_star = _write(tmp_path / "s.jsonl", {**GOOD, "routes": ["*"]})
+    assert "1 new" in _import(store, only_star)
 
 
 @pytest.mark.parametrize(
@@ -168,6 +215,7 @@ def test_bytes_that_are_not_utf8(store: Store, tmp_path: Path) -> None:
 
 
 def test_replace_also_ends_a_rotation_grace(store: Store, tmp_path: Path) -> None:
+    publish_routes(store, "m")
     first = tokens.create(store, ["m"], token_id="k1", ttl_seconds=3600, now=NOW)
     second = tokens.rotate(store, "k1", grace_seconds=600, now=NOW)
     assert store.token_record(token_hash(first.token)) is not None  # in its grace

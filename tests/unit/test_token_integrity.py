@@ -22,6 +22,7 @@ from extauthz.core.policy import parse_policy
 from extauthz.errors import BadImportLine, StoreUnavailable, UnknownToken
 from extauthz.storage.store import Store
 from extauthz.storage.token_index import ImportItem, TokenIndex
+from tests.support.policies import publish_routes
 
 POLICY = """
 version: 1
@@ -51,6 +52,7 @@ def _import(store: Store, path: Path, lines: list[dict[str, Any]], **kw: Any) ->
 
 def _rotated(store: Store) -> tuple[str, str]:
     """A token rotated with a 1 h grace: (old secret, new secret)."""
+    publish_routes(store, "m")
     old = tokens.create(store, ["m"], ["inference"], token_id="g", now=_now()).token
     new = tokens.rotate(store, "g", grace_seconds=3600, now=_now()).token
     return old, new
@@ -87,6 +89,7 @@ def test_every_lifecycle_path_reaches_a_secret_in_grace(
 
 
 def test_a_failed_audit_write_delivers_the_change_and_the_secret(store: Store) -> None:
+    publish_routes(store, "m")
     store.client.set("extauthz:audit", "not a stream")
     made = tokens.create(store, ["m"], token_id="a1", now=_now())
     assert made.token and any("audit" in w for w in made.warnings)
@@ -115,6 +118,7 @@ def test_import_refuses_a_route_secret(
 def test_import_audits_each_token_with_its_write_also_when_interrupted(
     store: Store, tmp_path: Path
 ) -> None:
+    publish_routes(store, "m")
     lines = [{"id": f"t{i}", "routes": ["m"], "sha256": f"{i:064x}"} for i in range(1_200)]
     real = store.client.pipeline
     calls = {"n": 0}
@@ -139,6 +143,7 @@ def test_import_audits_each_token_with_its_write_also_when_interrupted(
 
 
 def test_hand_edited_index_entries_and_records_never_stop_the_tools(store: Store) -> None:
+    publish_routes(store, "m")
     tokens.create(store, ["m"], token_id="ok", now=_now())
     tokens.create(store, ["m"], token_id="bad-entry", now=_now())
     bad = tokens.create(store, ["m"], token_id="bad-time", now=_now())
@@ -201,6 +206,7 @@ def test_the_cli_actor_is_one_field_whatever_the_user_name(
 @pytest.mark.parametrize("score", ["+inf", "-inf", "99999999999999", "-1"])
 def test_hand_written_usage_numbers_never_crash_a_reader(store: Store, score: str) -> None:
     """Issue #22, 20: last-used and day counters written by hand."""
+    publish_routes(store, "m")
     now = _now()
     tokens.create(store, ["m"], token_id="u", now=now)
     store.client.execute_command("ZADD", "extauthz:usage:last-used", score, "u")

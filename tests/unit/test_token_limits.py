@@ -24,6 +24,7 @@ from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
 from extauthz.core.limits import TOKENS, Limited
 from extauthz.core.llm import DEFAULT_MAX_TOKENS, INVALID, apply_splices, read_model_request
 from extauthz.core.policy import PolicySnapshot, parse_policy
+from extauthz.core.rate_limit import ZeroLimit
 from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import (
@@ -42,6 +43,7 @@ from extauthz.runtime.limiter import (
 from extauthz.storage.client import DECODING
 from extauthz.storage.store import Store
 from extauthz.storage.token_index import TokenIndex
+from tests.support.policies import publish_routes
 
 START = 1_800_000_000.0  # an aligned minute (and hour)
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
@@ -60,12 +62,33 @@ def test_notation(text: str, count: int, unit: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "50", "0/m", "-1/m", "50/s", "50/w", "50/month", "1.5/m", "50 / m", "٣/m", "5/M",
-     "9" * 16 + "/d", "50/mo/m", "50/m\x00"],
+    ["", "50", "-1/m", "+5/d", "50/s", "50/w", "50/month", "1.5/m", "1e3/d", "50 / m", "٣/m",
+     "١٠/d", "5/M", "9" * 16 + "/d", "9" * 5000 + "/d", "50/mo/m", "50/m\x00", "1_000/d"],
 )  # fmt: skip
 def test_notation_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="N/UNIT"):
+    with pytest.raises(ValueError, match="N/UNIT") as info:
         TokenLimit.parse(text)
+    assert "from 1 to 999999999999999 (digits 0-9)" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["0/d", "000/mo"])
+def test_zero_is_refused_saying_what_it_would_mean(text: str) -> None:
+    with pytest.raises(ZeroLimit, match="0 would refuse every LLM request"):
+        TokenLimit.parse(text)
+    with pytest.raises(InvalidValue) as info:  # the CLI and the API: what to do instead
+        tokens.parse_token_limit(text)
+    assert info.value.field == "token-limit"
+    assert info.value.rule == (
+        "0 would refuse every LLM request (it does not mean no limit): give none (or nothing) "
+        "for no token limit of its own, or revoke the token to stop it"
+    )
+    with pytest.raises(InvalidValue, match=r"0 would refuse every request .* give none"):
+        tokens.parse_rate_limit(text.replace("mo", "m"))
+
+
+def test_whitespace_around_and_leading_zeros_are_read_as_written() -> None:
+    assert TokenLimit.parse(" 0100000/d\t") == TokenLimit(100000, "d")
+    assert TokenLimit.parse("999999999999999/mo") == TokenLimit(999999999999999, "mo")
 
 
 def test_windows_fixed_units_align_to_the_epoch_and_months_to_the_calendar() -> None:
@@ -505,6 +528,7 @@ def test_three_processes_never_pass_the_limit_and_use_most_of_it(seed: int) -> N
 
 
 def test_token_limit_through_create_update_export_import(store: Store, tmp_path: Path) -> None:
+    publish_routes(store, llm=["llm"])
     now = START
     made = tokens.create(store, ["llm"], token_id="l1", now=now, token_limit=TokenLimit(50, "m"))
     assert store.token_record(token_hash(made.token)).token_limit == TokenLimit(50, "m")  # type: ignore[union-attr]
@@ -526,7 +550,7 @@ def test_token_limit_through_create_update_export_import(store: Store, tmp_path:
             read_import_file(str(path), now)
 
 
-@pytest.mark.parametrize("text", ["50/s", "lots", "0/m", "50/m/m", "1e3/m", "\x1b[2J"])
+@pytest.mark.parametrize("text", ["50/s", "lots", "", "-5/m", "50/m/m", "1e3/m", "\x1b[2J"])
 def test_a_bad_token_limit_names_the_flag_and_the_rule(text: str) -> None:
     with pytest.raises(InvalidValue, match="token-limit") as e:
         tokens.parse_token_limit(text)

@@ -8,14 +8,24 @@ import pytest
 from extauthz.admin import tokens
 from extauthz.core.credentials import token_hash
 from extauthz.core.policy import PolicySnapshot, parse_policy
+from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import InvalidValue, MalformedRecord, TokenExists, UnknownToken, UsageError
+from extauthz.errors import (
+    InvalidValue,
+    MalformedRecord,
+    TokenExists,
+    UnknownRoute,
+    UnknownToken,
+    UsageError,
+)
 from extauthz.storage.store import Store
+from tests.support.policies import publish_routes
 
 NOW = 1_800_000_000
 
 
 def test_create_stores_only_the_hash(store: Store) -> None:
+    publish_routes(store, "model")
     issued = tokens.create(store, ["model"], ["inference"], ttl_seconds=3600, name="ci", now=NOW)
     key = f"extauthz:token:{token_hash(issued.token)}"
     assert store.client.keys("extauthz:token:*") == [key]
@@ -39,6 +49,7 @@ def test_create_stores_only_the_hash(store: Store) -> None:
 
 
 def test_list_show_revoke(store: Store) -> None:
+    publish_routes(store, "m1")
     a = tokens.create(store, ["m1"], token_id="a", now=NOW)
     tokens.create(store, ["*"], ["management"], token_id="b", now=NOW)
     rows = list(tokens.listing(store))
@@ -53,6 +64,7 @@ def test_list_show_revoke(store: Store) -> None:
 
 
 def test_list_in_creation_order_with_route_filter_and_limit(store: Store) -> None:
+    publish_routes(store, "r1", "r2")
     for i in range(1203):  # more than two pages
         tokens.create(store, ["r1" if i % 3 else "r2"], token_id=f"t{i:04}", now=NOW)
     tokens.create(store, ["*"], token_id="star", now=NOW)
@@ -65,6 +77,7 @@ def test_list_in_creation_order_with_route_filter_and_limit(store: Store) -> Non
 
 
 def test_tokens_gone_behind_the_index_back_are_never_shown_and_are_cleaned(store: Store) -> None:
+    publish_routes(store, "m")
     a = tokens.create(store, ["m"], token_id="a", now=NOW)
     tokens.create(store, ["m"], token_id="b", now=NOW)
     store.client.delete(store.token_key(token_hash(a.token)))  # redis-cli DEL, or expiry
@@ -81,6 +94,7 @@ def test_tokens_gone_behind_the_index_back_are_never_shown_and_are_cleaned(store
 
 
 def test_rotate_keeps_record_and_kills_old_secret(store: Store) -> None:
+    publish_routes(store, "m")
     old = tokens.create(store, ["m"], ["inference"], ttl_seconds=60, token_id="r", now=NOW)
     new = tokens.rotate(store, "r")
     assert new.token != old.token
@@ -91,6 +105,7 @@ def test_rotate_keeps_record_and_kills_old_secret(store: Store) -> None:
 
 
 def test_rotate_with_grace_keeps_the_old_secret_until_the_grace_ends(store: Store) -> None:
+    publish_routes(store, "m")
     now = time.time()
     old = tokens.create(store, ["m"], ttl_seconds=3600, token_id="g", now=now)
     new = tokens.rotate(store, "g", grace_seconds=600, now=now)
@@ -115,6 +130,7 @@ def test_rotate_with_grace_keeps_the_old_secret_until_the_grace_ends(store: Stor
 
 
 def test_grace_longer_than_the_tokens_life_is_refused(store: Store) -> None:
+    publish_routes(store, "m")
     tokens.create(store, ["m"], ttl_seconds=300, token_id="short", now=NOW)
     before = store.client.dump(store.client.hget("extauthz:token-id:short", "sha256"))
     with pytest.raises(InvalidValue, match=r"longer than the token's remaining life \(5m\)"):
@@ -123,6 +139,7 @@ def test_grace_longer_than_the_tokens_life_is_refused(store: Store) -> None:
 
 
 def test_update_changes_the_record_not_the_secret(store: Store) -> None:
+    publish_routes(store, "m", "n")
     t = tokens.create(store, ["m"], ["inference"], name="a", token_id="u", now=NOW)
     updated = tokens.update(
         store, "u", routes=["m", "n"], scopes=["management"], name="b", ttl_seconds=60, now=NOW
@@ -144,6 +161,7 @@ def test_update_changes_the_record_not_the_secret(store: Store) -> None:
 
 
 def test_reindex_adds_tokens_made_by_hand(store: Store) -> None:
+    publish_routes(store, "m")
     made = tokens.create(store, ["m"], token_id="made", now=NOW)
     store.client.hset(store.token_key("1" * 64), mapping={"id": "hand", "routes": "m"})
     store.client.pexpire(store.token_key("1" * 64), 50_000)
@@ -165,6 +183,7 @@ def test_reindex_adds_tokens_made_by_hand(store: Store) -> None:
 
 
 def test_an_explicit_id_that_is_taken_is_refused(store: Store) -> None:
+    publish_routes(store, "m")
     first = tokens.create(store, ["m"], token_id="same", now=NOW)
     with pytest.raises(TokenExists):
         tokens.create(store, ["m"], token_id="same", now=NOW)
@@ -207,13 +226,93 @@ def test_max_token_ttl_caps_create_and_update(store: Store) -> None:
     assert moved.record.expires_at == NOW + 3600
 
 
-def test_routes_not_in_the_policy_are_a_warning(store: Store) -> None:
+def test_a_route_the_policy_does_not_have_is_refused_unless_allowed(store: Store) -> None:
     _policy(store, CAPPED)
-    issued = tokens.create(store, ["free", "later"], now=NOW)
-    assert issued.warnings == (
-        "route later is not in the published policy (a token for it answers 404 until it is)",
+    with pytest.raises(UnknownRoute) as info:
+        tokens.create(store, ["free", "lnog"], now=NOW)  # a typo
+    assert (info.value.field, info.value.value) == ("route", "lnog")
+    assert (
+        info.value.why == "lnog is not a route of the synced policy (version 1; did you mean long?)"
     )
-    assert tokens.update(store, issued.record.id, routes=["soon"], now=NOW).warnings
+    assert info.value.fix == "fix the name"
+    assert "lnog" in info.value.rule and '"allow_unknown_route": true' in info.value.rule  # API
+    assert store.client.keys("extauthz:token*") == []  # nothing written
+    issued = tokens.create(store, ["free", "later"], now=NOW, allow_unknown_route=True)
+    assert issued.warnings == (
+        "route later is not in the synced policy (a token for it answers 404 until it is)",
+    )
+    token_id = issued.record.id
+    with pytest.raises(UnknownRoute, match="soon is not a route of the synced policy"):
+        tokens.update(store, token_id, routes=["soon"], now=NOW)
+    assert tokens.show(store, token_id).routes == {"free", "later"}
+    moved = tokens.update(store, token_id, routes=["soon"], now=NOW, allow_unknown_route=True)
+    assert moved.warnings and "route soon" in moved.warnings[0]
+    # a change that leaves the routes alone is not refused for them
+    assert tokens.update(store, token_id, name="renamed", now=NOW).warnings == ()
+
+
+def test_with_no_policy_synced_named_routes_are_refused_and_star_is_not(store: Store) -> None:
+    with pytest.raises(UnknownRoute) as info:
+        tokens.create(store, ["m"], now=NOW)
+    assert info.value.why == "m is not a known route: no policy has been synced yet"
+    assert info.value.fix == "run `extauthz sync POLICY.yaml` first"
+    assert store.client.keys("extauthz:token*") == []
+    first_admin = tokens.create(store, ["*"], ["admin"], now=NOW)  # names no route
+    assert first_admin.warnings == ()
+    later = tokens.create(store, ["m"], now=NOW, allow_unknown_route=True)
+    assert later.warnings == (
+        "route m is not checked: no policy has been synced yet (a token for it answers 404 "
+        "until a policy has it)",
+    )
+
+
+LLM_POLICY = """
+version: 1
+routes:
+  web: {access: protected}
+  llm: {access: protected, api: openai}
+"""
+
+
+def test_llm_fields_need_an_llm_route(store: Store) -> None:
+    _policy(store, LLM_POLICY)
+    limit = TokenLimit(1000, "d")
+    with pytest.raises(InvalidValue) as info:
+        tokens.create(store, ["web"], now=NOW, token_limit=limit)
+    assert (info.value.field, info.value.value) == ("token-limit", "1000/d")
+    assert "none of its routes (web) is one" in info.value.rule
+    with pytest.raises(InvalidValue) as info:
+        tokens.create(store, ["web"], now=NOW, models=["gpt-4o", "demo*"])
+    assert (info.value.field, info.value.value) == ("model", "demo*,gpt-4o")
+    assert store.client.keys("extauthz:token*") == []
+    assert tokens.create(store, ["web", "llm"], now=NOW, token_limit=limit).warnings == ()
+    assert tokens.create(store, ["*"], now=NOW, models=["m"]).warnings == ()  # llm among them
+    # an unknown route allowed may become an LLM route: accepted, with a warning
+    later = tokens.create(store, ["later"], now=NOW, token_limit=limit, allow_unknown_route=True)
+    assert "they do once later is one" in later.warnings[-1]
+    # updates: new LLM fields, or new routes for the fields a token keeps
+    tokens.create(store, ["llm"], token_id="both", now=NOW, token_limit=limit)
+    with pytest.raises(InvalidValue) as info:
+        tokens.update(store, "both", routes=["web"], now=NOW)
+    assert (info.value.field, info.value.value) == ("route", "web")
+    assert tokens.show(store, "both").routes == {"llm"}
+    moved = tokens.update(store, "both", routes=["web"], token_limit=None, now=NOW)
+    assert (moved.record.routes, moved.record.token_limit) == (frozenset({"web"}), None)
+    with pytest.raises(InvalidValue, match="none of its routes"):
+        tokens.update(store, "both", token_limit=limit, now=NOW)
+    with pytest.raises(InvalidValue, match="none of its routes"):
+        tokens.update(store, "both", models=["m"], now=NOW)
+    assert tokens.update(store, "both", models=None, token_limit=None, now=NOW).warnings == ()
+
+
+def test_star_with_llm_fields_needs_an_llm_route_in_the_policy(store: Store) -> None:
+    _policy(store, CAPPED)  # no LLM route
+    with pytest.raises(InvalidValue, match=r"none of its routes \(every route of the synced"):
+        tokens.create(store, ["*"], now=NOW, token_limit=TokenLimit(5, "m"))
+    star = tokens.create(
+        store, ["*"], now=NOW, token_limit=TokenLimit(5, "m"), allow_unknown_route=True
+    )
+    assert "they do once * is one" in star.warnings[0]
 
 
 @pytest.mark.parametrize(

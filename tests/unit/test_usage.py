@@ -14,6 +14,7 @@ from extauthz.core.credentials import token_hash
 from extauthz.errors import UnknownToken
 from extauthz.runtime.usage import MAX_PENDING, UsageMeter
 from extauthz.storage.store import Store
+from tests.support.policies import publish_routes
 
 DAY = 86400
 TODAY = int(time.time() // DAY) - 1  # yesterday: real dates (Redis expires the day hashes)
@@ -97,6 +98,7 @@ def test_pending_counts_are_bounded(store: Store) -> None:
 
 
 def test_token_usage_report(store: Store) -> None:
+    publish_routes(store, "m")
     issued = tokens.create(store, ["m"], token_id="u1", now=NOW)
     own_key = store.token_key(token_hash(issued.token))
     before = store.client.dump(own_key)
