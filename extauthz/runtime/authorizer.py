@@ -12,6 +12,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from extauthz.core.bounded import BoundedDict, text_size
@@ -25,6 +26,7 @@ from extauthz.core.decision import (
     auth_disabled,
     decide,
     shown_request_id,
+    unavailable,
 )
 from extauthz.core.limits import REFUSALS
 from extauthz.core.policy import EMPTY_SNAPSHOT, PolicySnapshot
@@ -34,9 +36,11 @@ from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.runtime.envoy_check import client_of, llm_request_of
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.jwt_verifier import JwtVerifier
+from extauthz.runtime.limiter import METADATA_KEY as TOKEN_LIMITS_KEY
 from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.logs import LogSampler
 from extauthz.runtime.metrics import Metrics, count_value
+from extauthz.runtime.tickets import TICKET_KEY, Tickets
 from extauthz.runtime.usage import UsageMeter
 from extauthz.storage.store import PolicyVersion, Store
 from extauthz.storage.token_cache import TokenCache
@@ -74,14 +78,17 @@ class Authorizer:
         failures: FailureLimiter | None = None,
         limiter: Limiter | None = None,
         usage: UsageMeter | None = None,
+        tickets: Tickets | None = None,
     ) -> None:
         """`failures`: failed authentications per client address (429 past its limit);
         `limiter`: counts the limits an allow carries, requests and LLM tokens (None: they
         are not enforced); `usage`: meters tokens' allowed and rate-limited requests (None:
-        off)."""
+        off); `tickets`: signs what an LLM allow hands to the counting of its response
+        (None: unsigned, as in tests of the decision alone)."""
         self.store = store
         self.failures = failures
         self.limiter = limiter
+        self.tickets = tickets
         self.usage = usage
         self.metrics = metrics
         self.disable_auth = disable_auth
@@ -128,6 +135,8 @@ class Authorizer:
             decision = self._decide(facts, now, snapshot, peer)
         if decision.limits and self.limiter is not None:  # every time, also when remembered
             decision = self.limiter.admit(decision, now)
+        if decision.model is not None and self.tickets is not None:  # (LLM routes only)
+            decision = self._signed(decision)
         outcome = decision.outcome
         if decision.token_id is not None and self.usage is not None:
             if outcome is _ALLOW:
@@ -155,6 +164,21 @@ class Authorizer:
         if outcome is not _ALLOW or _debug_enabled(_DEBUG):
             self._log(facts, decision, headers.get("x-request-id", ""))
         return decision
+
+    def _signed(self, decision: Decision) -> Decision:
+        """An LLM allow with its ticket (runtime/tickets.py); while the key cannot be read,
+        one under a token limit is refused (its reservation could not be settled) and any
+        other goes unsigned (its usage is not counted)."""
+        if decision.outcome is not _ALLOW or self.tickets is None:
+            return decision
+        fields = dict(decision.metadata)
+        reserved = fields.get(TOKEN_LIMITS_KEY, "")
+        ticket = self.tickets.sign(
+            fields.get("token_id", ""), fields.get("route", ""), decision.model or "", reserved
+        )
+        if ticket is None:
+            return unavailable("token_limit_unavailable") if reserved else decision
+        return replace(decision, metadata=(*decision.metadata, (TICKET_KEY, ticket)))
 
     @property
     def reused(self) -> int:

@@ -55,6 +55,7 @@ from extauthz.core.llm_usage import (
 from extauthz.runtime.limiter import METADATA_KEY as TOKEN_LIMITS_KEY
 from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.metrics import Metrics
+from extauthz.runtime.tickets import TICKET_KEY, Tickets
 from extauthz.runtime.usage import UsageMeter
 
 log = logging.getLogger("extauthz.llm")
@@ -162,6 +163,7 @@ class Exchange:
         self.route = ""
         self.model = ""
         self.token_limits = ""  # the reservation to settle (the Limiter's metadata)
+        self.ticket = ""  # their signature (runtime/tickets.py)
         self.status = 0
         self.stream: StreamUsage | None = None  # an SSE response
         self.body = bytearray()  # a JSON response, up to MAX_JSON_BODY
@@ -176,6 +178,7 @@ class Exchange:
                 self.route = values.get("route", "")
                 self.model = values.get("model", "")
                 self.token_limits = values.get(TOKEN_LIMITS_KEY, "")
+                self.ticket = values.get(TICKET_KEY, "")
         kind = message.WhichOneof("request")
         if kind == "response_headers":
             for header in message.response_headers.headers.headers:
@@ -213,8 +216,10 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         max_streams: int,
         clock: Callable[[], float] = time.time,
         limiter: Limiter | None = None,
+        tickets: Tickets | None = None,
     ) -> None:
         self.usage = usage
+        self.tickets = tickets
         self.metrics = metrics
         self.limiter = limiter
         self.clock = clock
@@ -361,6 +366,7 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             exchange.token_limits,
             exchange.status,
             exchange.usage(),
+            exchange.ticket,
         )
 
     def charge(
@@ -371,10 +377,16 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         token_limits: str,
         status: int,
         used: Usage | None,
+        ticket: str = "",
     ) -> None:
         """One LLM response ended (`status`, `used`: its usage, None when unreadable):
         settle its reservation (ext_authz's `token_limits` metadata) and charge its tokens
-        to the caller, the metrics and usage."""
+        to the caller, the metrics and usage. With `tickets`, a record whose `ticket` does
+        not verify is not counted at all (its reservation stays)."""
+        tickets = self.tickets
+        if tickets is not None and not tickets.valid(token_id, route, model, token_limits, ticket):
+            self._uncounted("unsigned")
+            return
         if token_limits and self.limiter is not None:
             # a success is charged its usage; one whose usage cannot be read (or only
             # estimated from its chunks) keeps its whole reservation, and so does a response

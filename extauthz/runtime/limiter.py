@@ -13,7 +13,9 @@ record or ext_proc, possibly in another process): the reservation goes back into
 process's budget and the real usage is taken from it; usage beyond the reservation is a
 debt of the window in which the response ended. A response whose usage cannot be read is
 never settled: its whole reservation stays taken. `sync` (every policy poll) pays debts
-into Redis and, in a window that is full, gives unused budgets back for others to lease.
+into Redis and gives unused budgets back for others to lease where the window is full or
+this process has not leased from it lately (settlements that arrived here for allows
+another process made).
 
 Guarantee: what is taken from Redis never exceeds N (a lease is only what is left), so the
 requests admitted in a window never exceed N, and neither do the tokens of admitted requests
@@ -42,6 +44,7 @@ from extauthz.storage.store import Store
 log = logging.getLogger("extauthz.limits")
 
 RECHECK_FULL = 0.25  # seconds before a full window's counter is asked again
+IDLE_GIVE_BACK = 2.0  # seconds without a lease after which a budget's units go back
 MAX_LEASES = 4  # leases one admission may ask for per counter
 WARN_EVERY = 60.0  # seconds between warnings that Redis did not take a sync
 RETRY_AFTER_ERROR = 1.0  # seconds before Redis is asked again for a counter it failed
@@ -223,10 +226,10 @@ class Limiter:
             return
         try:
             need, counters = json.loads(metadata)
-            entries = [
-                (_settled(c), TokenLimit.parse(str(lim)), float(int(e))) for c, lim, e in counters
-            ]
+            entries = [_entry(c, lim, e) for c, lim, e in counters]
             need = int(need)
+            if not 0 <= need <= min(limit.count for _, limit, _ in entries):
+                raise ValueError(need)
         except (ValueError, TypeError, OverflowError, RecursionError):
             log.warning("token_limits metadata unreadable: the usage is not settled")
             return
@@ -248,7 +251,10 @@ class Limiter:
         payments: list[tuple[_Budget, int]] = []
         with self._lock:
             for name, budget in self._budgets.items():
-                full = final or budget.full
+                # a budget this process has not leased lately holds what responses settled
+                # here gave back (their Check ran in another process): others may need it
+                idle = now - budget.leased_at > IDLE_GIVE_BACK
+                full = final or budget.full or idle
                 if budget.held < 0 or (budget.held > 0 and now < budget.ends and full):
                     payments.append((budget, -budget.held))
                     budget.held = 0
@@ -276,10 +282,19 @@ class Limiter:
 
 
 _SETTLED = f"{TOKENS.prefix}:"  # the counters whose reservations are settled
+MAX_WINDOW_END = 253_402_300_800.0  # 10000-01-01: no window ends later
 
 
-def _settled(name: object) -> str:
-    """A counter named in settle metadata: a token-limit counter, else ValueError."""
+def _entry(name: object, limit: object, ends: object) -> tuple[str, TokenLimit, float]:
+    """A counter named in settle metadata: a token-limit counter, its limit and the end of
+    the window its name says; else ValueError."""
     if not isinstance(name, str) or not name.startswith(_SETTLED) or "|" in name:
         raise ValueError(name)
-    return name
+    parsed = TokenLimit.parse(str(limit))
+    end = float(int(str(ends)))
+    if not 0 < end < MAX_WINDOW_END or parsed.window(end - 1)[2] != end:
+        raise ValueError(ends)
+    index, _, _ = parsed.window(end - 1)
+    if not name.endswith(f":{parsed.unit}{index}"):
+        raise ValueError(name)
+    return name, parsed, end

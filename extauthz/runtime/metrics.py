@@ -81,7 +81,8 @@ class Metrics:
         self.llm_uncounted = Counter(
             "extauthz_llm_uncounted",
             "LLM responses whose tokens were not counted, by reason (no_usage: none or not "
-            "believable; too_many_streams: more streams at once than --ext-proc-streams)",
+            "believable; too_many_streams: more streams at once than --ext-proc-streams; "
+            "unsigned: a record without this deployment's ticket)",
             ["reason"],
             registry=self.registry,
         )

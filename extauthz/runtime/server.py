@@ -39,6 +39,7 @@ from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.policy_watcher import PolicyWatcher
+from extauthz.runtime.tickets import Tickets
 from extauthz.runtime.usage import UsageMeter
 from extauthz.runtime.usage_records import UsageRecords
 from extauthz.storage.invalidation import InvalidationListener
@@ -133,6 +134,7 @@ class Server:
             else None
         )
         self.limiter = Limiter(self.store, settings.rate_limit_on_error)
+        self.tickets = Tickets(self.store)
         self.authorizer = self._authorizer()
         self.watcher = PolicyWatcher(
             self.authorizer, settings.policy_refresh, self.redis, self._on_poll
@@ -168,6 +170,7 @@ class Server:
             else None,
             limiter=self.limiter,
             usage=self.usage,
+            tickets=self.tickets,
         )
 
     def _grpc_server(
@@ -194,6 +197,7 @@ class Server:
                 self.metrics,
                 self.settings.ext_proc_streams,
                 limiter=self.limiter,
+                tickets=self.tickets,
             )
             external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
             # (Envoy's access log: one record per LLM response its Lua filter read)

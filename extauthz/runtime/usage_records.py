@@ -24,6 +24,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from extauthz.core.llm_usage import MAX_TOKENS, USAGE_NAMESPACE, Usage, usage_of
 from extauthz.runtime.ext_proc import EXT_AUTHZ_NAMESPACE, UsageProcessor
 from extauthz.runtime.limiter import METADATA_KEY as TOKEN_LIMITS_KEY
+from extauthz.runtime.tickets import TICKET_KEY
 
 log = logging.getLogger("extauthz.llm")
 NAMESPACE = USAGE_NAMESPACE  # what the Lua filter writes
@@ -83,4 +84,5 @@ class UsageRecords(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
             authz.get(TOKEN_LIMITS_KEY, ""),
             status,
             used,
+            authz.get(TICKET_KEY, ""),
         )

@@ -191,6 +191,19 @@ class Store:
                 total = int(self.client.decrby(key, over))
         return want - max(over, 0), total
 
+    def ticket_secret(self, candidate: str) -> str:
+        """The key that signs LLM tickets (runtime/tickets.py), `{prefix}tl:ticket-key`:
+        `candidate` becomes it if there is none yet (SET NX), then it is read (GET)."""
+        key = f"{self.prefix}tl:ticket-key"
+        with self.redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(key, candidate, nx=True)
+            pipe.get(key)
+            _, found = pipe.execute()
+        if not isinstance(found, str) or len(found) < 32:
+            raise MalformedRecord(f"{key} is not a key of at least 32 characters")
+        return found
+
     def add_units(self, counter: str, units: int, ends: float) -> None:
         """Add `units` (a debt; negative: a budget given back) to a limit's counter."""
         key = f"{self.prefix}{counter}"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from extauthz.core.credentials import token_hash
+from extauthz.runtime.tickets import Tickets
 from extauthz.storage.store import open_store
 from tests.support.check import CheckClient
 from tests.support.procs import REPO, RedisServer, extauthz_serve, live_servers, run_cli, wait_for
@@ -67,6 +68,8 @@ def test_documented_acl_users(tmp_path: Path) -> None:
             # LLM token budgets, leased the same way with the server's user
             store = open_store(reader, "extauthz:", 2.0)
             assert store.take_units("tl:token:x:m1", 5, 3, time.time() + 60) == (3, 3)
+            # the key that signs LLM tickets: made and read with the server's user
+            assert (Tickets(store).sign("x", "llm", "m", "") or "").startswith("v1:")
             # a team read, and a change to it seen through the team key's notifications
             in_team = f"Bearer {teamed['token']}"
             assert client.status("deployment-a", in_team) == 200

@@ -7,6 +7,7 @@ import gzip
 import json
 from typing import Any
 
+import fakeredis
 import pytest
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
@@ -23,9 +24,11 @@ from extauthz.core.token_limit import TokenLimit
 from extauthz.runtime.ext_proc import EXT_AUTHZ_NAMESPACE, UsageProcessor
 from extauthz.runtime.limiter import METADATA_KEY, Limiter
 from extauthz.runtime.metrics import Metrics
+from extauthz.runtime.tickets import TICKET_KEY, Tickets
 from extauthz.runtime.usage import UsageMeter
 from extauthz.runtime.usage_records import NAMESPACE as RECORDS_NAMESPACE
 from extauthz.runtime.usage_records import UsageRecords
+from extauthz.storage.client import DECODING
 from extauthz.storage.store import Store
 
 START = 1_800_000_000.0
@@ -398,3 +401,48 @@ def test_a_refusal_gives_the_reservation_back_a_failure_keeps_it(
     UsageRecords(processor).StreamAccessLogs(iter([_record(authz, {"v": "1"}, status)]), None)
     again = Decision(Outcome.ALLOW, 200, "granted", limits=(LIMIT,), reserve=1000)
     assert (limiter.admit(again, START + 1).outcome is Outcome.ALLOW) is given_back
+
+
+def _signed(tickets: Tickets, authz: dict[str, str]) -> dict[str, str]:
+    ticket = tickets.sign(
+        authz["token_id"], authz["route"], authz["model"], authz.get(METADATA_KEY, "")
+    )
+    assert ticket is not None and ticket.startswith("v1:")
+    return {**authz, TICKET_KEY: ticket}
+
+
+def test_only_records_of_this_deployments_allows_are_counted(store: Store) -> None:
+    """Whoever reaches the Check port cannot settle reservations or charge usage of its
+    own: a record must carry the ticket the allow was signed with, over what it names."""
+    limiter = Limiter(store)
+    meter = UsageMeter(store, flush_every=10**9)
+    tickets = Tickets(store)
+    processor = UsageProcessor(
+        meter, Metrics(), 4, clock=lambda: START, limiter=limiter, tickets=tickets
+    )
+    records = UsageRecords(processor)
+    authz = {"token_id": "t1", "route": "llm", "model": "m", METADATA_KEY: _reserved(limiter)}
+    usage = {"v": "1", "usage": '{"prompt_tokens":1,"completion_tokens":1}', "complete": "1"}
+    signed = _signed(tickets, authz)
+    forged = [
+        authz,  # no ticket
+        {**signed, "token_id": "t2"},  # charged to another token
+        {**signed, "model": "other"},
+        {**signed, METADATA_KEY: signed[METADATA_KEY].replace("600", "999999")},  # credit
+        {**signed, TICKET_KEY: "v1:" + "0" * 64},
+        _signed(Tickets(_other_store()), authz),  # another deployment's key
+    ]
+    records.StreamAccessLogs(iter([_record(f, usage) for f in forged]), None)
+    meter.flush()
+    assert store.llm_token_usage("t1", [int(START // 86400)])[0] == {}
+    assert store.llm_token_usage("t2", [int(START // 86400)])[0] == {}
+    again = Decision(Outcome.ALLOW, 200, "granted", limits=(LIMIT,), reserve=401)
+    assert limiter.admit(again, START + 1).status == 429  # nothing was given back
+    records.StreamAccessLogs(iter([_record(signed, usage)]), None)  # the real one counts
+    assert limiter.admit(again, START + 1).outcome is Outcome.ALLOW
+    # (the second tickets object of this deployment reads the same key from Redis)
+    assert Tickets(store).valid("t1", "llm", "m", authz[METADATA_KEY], signed[TICKET_KEY])
+
+
+def _other_store() -> Store:
+    return Store(fakeredis.FakeRedis(**DECODING), "extauthz:")

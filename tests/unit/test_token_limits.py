@@ -609,3 +609,49 @@ def test_a_route_default_cap_bounds_requests_that_name_none() -> None:
 def test_a_default_cap_counts_every_choice_asked_for() -> None:
     body = b'{"model": "m", "n": 3}'
     assert read_model_request(body).bound(100) == len(body) + 300
+
+
+def test_what_responses_settle_in_another_process_goes_back_for_every_process() -> None:
+    """Allows made in A, their responses settled in B (the access log's one stream): B gives
+    what they did not use back to Redis at its next sync, so the limit stays usable."""
+    store = _store()
+    a, b = Limiter(store), Limiter(store)
+    limit = Limited(TOKENS, "token:t1", TokenLimit(10_000, "m"), "this token")
+    admitted = 0
+    for i in range(200):
+        now = START + i * 0.25
+        answer = a.admit(_allow(900, limit), now)
+        if answer.outcome is Outcome.ALLOW:
+            admitted += 1
+            b.settle(_metadata(answer), 100, now)
+        a.sync(now)
+        b.sync(now)
+    assert admitted >= 90  # 100 tokens each of 10 000: most of the window's requests
+    assert admitted * 100 <= 10_000
+
+
+@pytest.mark.parametrize(
+    "counters",
+    [
+        '[["tl:token:t1:m30000000", "1000/m", 1800000061]]',  # not the window's end
+        '[["tl:token:t1:m29999999", "1000/m", 1800000060]]',  # another window's counter
+        '[["tl:token:t1:h30000000", "1000/m", 1800000060]]',  # another unit's
+        '[["tl:token:t1:mo1", "1000/mo", 1000000000000000]]',  # after the year 9999
+        '[["tl:token:t1:m30000000", "1000/m", -60]]',
+    ],
+)
+def test_settle_refuses_counters_that_do_not_name_their_window(counters: str) -> None:
+    store = _store()
+    limiter = Limiter(store)
+    limiter.settle(f"[600, {counters}]", 0, START)
+    limiter.sync(START, final=True)
+    assert [k for k in store.client.scan_iter("extauthz:tl:*")] == []
+
+
+@pytest.mark.parametrize("need", [-600, 1001, 10**18])
+def test_settle_refuses_a_reservation_no_limit_could_have_made(need: int) -> None:
+    store = _store()
+    limiter = Limiter(store)
+    limiter.settle(f'[{need}, [["tl:token:t1:m30000000", "1000/m", 1800000060]]]', 0, START)
+    limiter.sync(START, final=True)
+    assert [k for k in store.client.scan_iter("extauthz:tl:*")] == []
