@@ -32,6 +32,7 @@ from extauthz.storage.store import PolicyVersion, Store
 
 MAX_SECRET_BYTES = 64 << 10  # a route secret is a password, not a file's worth of data
 WATCH_INTERVAL = 10.0  # seconds between two looks at the file and the published version
+MAX_BACKOFF = 300.0  # seconds between looks while another writer keeps publishing
 log = logging.getLogger("extauthz.sync")
 
 
@@ -41,6 +42,7 @@ class SyncResult:
 
     version: int
     changed: bool
+    digest: str = ""  # of the snapshot published (or found the same) by this sync
     added: list[str] = field(default_factory=list)
     changed_routes: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -112,8 +114,10 @@ def sync(
     dry_run: bool = False,
     env: Mapping[str, str] | None = None,
     actor: str | None = None,
+    replace_malformed: bool = False,
 ) -> SyncResult:
-    """Publish `doc` as the next policy version (unless nothing changed or dry_run)."""
+    """Publish `doc` as the next policy version (unless nothing changed or dry_run); with
+    `replace_malformed`, over a published snapshot that cannot be read."""
     secrets = resolve_secrets(doc, env)
     results: list[SyncResult] = []
 
@@ -122,7 +126,7 @@ def sync(
         results.append(result)
         return snapshot if result.changed and not dry_run else None
 
-    store.update_policy(plan)
+    store.update_policy(plan, replace_malformed)
     result = results[-1]
     if result.changed and not dry_run:
         routes = {
@@ -177,6 +181,7 @@ def _plan(
         ),
         secrets_removed=sorted(set(old_by_id) - set(new_by_id)),
     )
+    result.digest = snapshot.digest()
     if not result.changed:
         result.version = current.version if current else 0
     return result, snapshot
@@ -215,19 +220,34 @@ def watch(
     """Sync `path` now, then every `interval` seconds where the file, a secret file it names
     or the published version changed, until `stop` is set. A file that fails validation and
     a Redis that cannot be reached are logged (once per distinct message) and retried; what
-    was published stays. A look that finds nothing changed costs one stat per file and one
-    HMGET."""
+    was published stays. A published snapshot that cannot be read is replaced. Another
+    writer that keeps publishing something else (a second watcher of another file) is
+    logged once, and the watcher backs off (up to MAX_BACKOFF) while it goes on. A look that
+    finds nothing changed costs one stat per file and one HMGET."""
     paths = [path]
     seen: _Seen | None = None
     problem = ""
+    fights = 0  # publishes by another writer in a row
     while True:
+        wait = interval
         try:
-            files = tuple(_file_state(p) for p in paths)
-            if seen is None or seen.files != files or seen.published != store.policy_version():
+            files = tuple(_file_state(p) for p in paths)  # (before reading: an edit after
+            published = store.policy_version()  # this is seen at the next look)
+            if seen is None or seen.files != files or seen.published != published:
+                foreign = seen is not None and seen.files == files and published is not None
+                fights = fights + 1 if foreign else 0
+                if fights == 2:
+                    log.error(
+                        "another writer keeps publishing a policy other than %s (version %s): "
+                        "is a second watcher running with another file? backing off",
+                        path,
+                        published.version if published else "none",
+                    )
                 doc = load_policy_file(path)
                 paths = [path, *(s.from_file for s in doc.secrets if s.from_file is not None)]
-                files = tuple(_file_state(p) for p in paths)
-                result = sync(store, doc, prune=prune, env=env)
+                if len(paths) > len(files):  # (secret files now named: their state, as read)
+                    files = tuple(_file_state(p) for p in paths)
+                result = sync(store, doc, prune=prune, env=env, replace_malformed=True)
                 if result.changed:
                     log.info(
                         "published policy version %d from %s (%s)",
@@ -237,7 +257,9 @@ def watch(
                     )
                 for warning in (*doc.warnings, *result.warnings):
                     log.warning("%s", warning)
-                seen = _Seen(files, store.policy_version())
+                seen = _Seen(files, PolicyVersion(result.version, result.digest))
+            else:
+                fights = 0
             if problem:
                 log.info("policy %s in sync again", path)
             problem = ""
@@ -246,5 +268,7 @@ def watch(
                 log.error("cannot sync %s (%s): the published policy stays", path, e)
             problem = str(e)
             seen = None  # (looked at again next time: the file may be fixed, Redis back)
-        if stop.wait(interval):
+        if fights >= 2:
+            wait = min(MAX_BACKOFF, interval * 2 ** min(fights - 1, 16))
+        if stop.wait(wait):
             return

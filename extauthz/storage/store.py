@@ -361,17 +361,29 @@ class Store:
         except (ValueError, KeyError, TypeError, MalformedRecord) as e:
             raise MalformedRecord(f"{self.policy_key} snapshot is malformed: {e}") from e
 
-    def update_policy(self, plan: Callable[[PolicySnapshot | None], PolicySnapshot | None]) -> None:
+    def update_policy(
+        self,
+        plan: Callable[[PolicySnapshot | None], PolicySnapshot | None],
+        replace_malformed: bool = False,
+    ) -> None:
         """Optimistic transaction: `plan(current)` gives the snapshot to publish, or None.
 
         The new snapshot replaces the old in one HSET inside MULTI, under WATCH: if another
-        writer publishes meanwhile, `plan` runs again on top of that version.
+        writer publishes meanwhile, `plan` runs again on top of that version. A published
+        snapshot that cannot be read raises MalformedRecord, or with `replace_malformed` is
+        planned over as if there were none.
         """
         with self.redis_errors(), self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(self.policy_key)
-                    current = self._parse_snapshot(pipe.hget(self.policy_key, "snapshot"))
+                    text = pipe.hget(self.policy_key, "snapshot")
+                    try:
+                        current = self._parse_snapshot(text)
+                    except MalformedRecord:
+                        if not replace_malformed:
+                            raise
+                        current = None
                     snapshot = plan(current)
                     if snapshot is None:
                         return
