@@ -13,7 +13,7 @@ import pytest
 from extauthz.admin import sync as sync_module
 from extauthz.admin.sync import sync
 from extauthz.core.credentials import token_hash
-from extauthz.core.policy import parse_policy
+from extauthz.core.policy import load_policy_file, parse_policy
 from extauthz.errors import MalformedRecord, PolicyError
 from extauthz.storage.store import Store
 
@@ -125,7 +125,8 @@ def test_an_edit_made_while_the_file_is_read_is_published(
 ) -> None:
     policy = tmp_path / "p.yaml"
     policy.write_text("version: 1\nroutes:\n  a: {access: public}\n")
-    real, edited = sync_module.load_policy_file, []
+    real = load_policy_file
+    edited: list[bool] = []
 
     def read_then_edit(path: str) -> Any:
         doc = real(path)
