@@ -28,6 +28,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 import yaml
 
 from extauthz.admin import tokens
@@ -47,7 +49,7 @@ from extauthz.dev import DEFAULT_BASE_PORT, PORTS_USED
 from extauthz.dev.envoy_config import ClientTls, EnvoyPorts, loopback_ports, render, sds_files
 from extauthz.dev.local_pki import SERVER_NAME, make_local_pki
 from extauthz.dev.ports import free_ports_in_a_row, port_open
-from extauthz.errors import StackError, UsageError
+from extauthz.errors import StackError, StoreError, UsageError
 from extauthz.runtime.supervisor import stop_on_signals
 from extauthz.storage.invalidation import REQUIRED_FLAGS
 from extauthz.storage.store import DEFAULT_PREFIX, Store, open_store
@@ -199,7 +201,20 @@ class StateLock:
 
     @staticmethod
     def _take(path: Path, create: bool) -> Any:
-        file = open(path, "a+" if create else "r+")  # noqa: SIM115 (held while the stack runs)
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_CREAT if create else 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as e:
+            raise StackError(
+                f"cannot use {path} as the stack's lock ({e.strerror}): remove it, or pass "
+                "another --state-dir"
+            ) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StackError(
+                f"{path} is not a regular file: remove it, or pass another --state-dir"
+            )
+        file = os.fdopen(fd, "r+")
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -396,6 +411,19 @@ class Stack:
     def start_redis(self) -> None:
         self.redis.start()
         _wait(lambda: port_open(self.redis_port), 10, "redis-server", [self.redis])
+        # the Redis answering must be ours (another stack started at the same moment may
+        # have bound the port first): nothing is written to another stack's Redis
+        try:
+            answered = self.store().client.config_get("dir").get("dir", "")
+        except (redis.RedisError, OSError, StoreError) as e:  # (not ours to write to)
+            answered = f"unknown ({e})"
+        mine = str(self.state_dir / "redis")
+        if self.redis.exit_code() is not None or answered != mine:
+            raise StackError(
+                f"port {self.redis_port} (Redis) is answered by another redis-server (its "
+                f"dir: {answered}): another stack started at the same moment? pass another "
+                "--base-port"
+            )
 
     def sync_policy(self) -> None:
         sync(
