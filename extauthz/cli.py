@@ -30,6 +30,7 @@ from extauthz.errors import (
     PolicyError,
     StoreUnavailable,
     UnknownRoute,
+    UnknownTeam,
     UnknownToken,
     UsageError,
     shown,
@@ -78,6 +79,8 @@ def _worded(error: ExtAuthzError) -> str:
                 f"{error} (see `extauthz token list`; a token made with redis-cli is found "
                 "after `extauthz token reindex`)"
             )
+        case UnknownTeam():
+            return f"{error} (see `extauthz team list`; `extauthz team create ID` makes one)"
     return str(error)
 
 
@@ -161,6 +164,128 @@ def _sync_watch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- team -----------------------------------------------------------------------------------
+
+
+def _team_limits(args: argparse.Namespace, keep: Any) -> dict[str, Any]:
+    """The team fields given on the command line (`keep` where one was not; `none`
+    removes a limit, `--model none` the model list)."""
+    from extauthz.admin import tokens
+
+    def limit(text: str | None, parse: Any) -> Any:
+        if text is None:
+            return keep
+        return None if text == "none" else parse(text)
+
+    models: Any = keep if args.model is None else None if args.model == ["none"] else args.model
+    return {
+        "name": keep if args.name is None else args.name,
+        "models": models,
+        "rate_limit": limit(args.rate_limit, tokens.parse_rate_limit),
+        "token_limit": limit(args.token_limit, tokens.parse_token_limit),
+    }
+
+
+def _print_team(record: Any, args: argparse.Namespace, count: int | None = None) -> None:
+    shown = record.to_json()
+    if count is not None:
+        shown["tokens"] = count
+    if args.json:
+        print(json.dumps(shown))
+        return
+    for key, value in shown.items():
+        text = "any" if key == "models" and value is None else value
+        if isinstance(text, list):
+            text = ", ".join(text)
+        print(_shown(f"{key + ':':<13}{'-' if text is None else text}"))
+
+
+def _cmd_team_create(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin import teams
+
+    given = _team_limits(args, None)
+    made = teams.create(
+        _store(settings), args.id, given["name"] or "", given["models"], given["rate_limit"],
+        given["token_limit"], time.time(),
+    )  # fmt: skip
+    _warn(made.warnings)
+    _print_team(made.record, args)
+    return 0
+
+
+def _cmd_team_update(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin import teams
+
+    given = _team_limits(args, teams.UNCHANGED)
+    changed = teams.update(_store(settings), args.id, now=time.time(), **given)
+    _warn(changed.warnings)
+    _print_team(changed.record, args)
+    return 0
+
+
+def _cmd_team_show(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin import teams
+
+    store = _store(settings)
+    record = teams.show(store, args.id)
+    _print_team(record, args, len(teams.members(store, args.id)))
+    return 0
+
+
+def _cmd_team_list(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin import teams
+
+    rows = iter(teams.listing(_store(settings)))
+    first = next(rows, None)  # Redis answers (or the error is all that is printed) first
+    if not args.json:
+        print(f"{'ID':<24} {'RATE LIMIT':<12} {'TOKEN LIMIT':<14} {'MODELS':<24} NAME")
+    for record in itertools.chain(() if first is None else (first,), rows):
+        if isinstance(record, MalformedRecord):
+            print(json.dumps({"error": str(record)}) if args.json else _shown(f"? {record}"))
+        elif args.json:
+            print(json.dumps(record.to_json()))
+        else:
+            models = "any" if record.models is None else ",".join(sorted(record.models))
+            print(
+                _shown(
+                    f"{record.id:<24} {record.rate_limit or '-'!s:<12} "
+                    f"{record.token_limit or '-'!s:<14} {models:<24} {record.name}"
+                )
+            )
+    return 0
+
+
+def _cmd_team_usage(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin import teams
+
+    if not 1 <= args.days <= 366:
+        raise InvalidValue("days", str(args.days), "from 1 to 366")
+    report = teams.usage(_store(settings), args.id, args.days, time.time())
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(_shown(f"team:   {report['id']} ({report['tokens']} tokens)"))
+    print(f"{'DATE':<12} {'ALLOWED':>10} {'RATE LIMITED':>13}")
+    for day in report["days"]:
+        print(f"{day['date']:<12} {day['allowed']:>10} {day['rate_limited']:>13}")
+        for model, counts in day.get("models", {}).items():
+            used = (
+                f"   LLM tokens: {counts.get('prompt_tokens', 0)} prompt, "
+                f"{counts.get('completion_tokens', 0)} completion"
+            )
+            print(_shown(f"  {model:<10} {counts.get('requests', 0):>10}{used}"))
+    return 0
+
+
+def _cmd_team_delete(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin import teams
+
+    deleted = teams.delete(_store(settings), args.id, args.revoke_tokens, time.time())
+    _warn(deleted.warnings)
+    print(json.dumps({"id": args.id, "deleted": True}) if args.json else f"deleted team {args.id}")
+    return 0
+
+
 # --- token ----------------------------------------------------------------------------------
 
 
@@ -229,6 +354,7 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
         models=args.model,
         token_limit=None if llm_limit is None else tokens.parse_token_limit(llm_limit),
         allow_unknown_route=args.allow_unknown_route,
+        team=args.team,
     )
     _warn(issued.warnings)
     _print_issued(issued, args.json)
@@ -300,6 +426,7 @@ def _cmd_token_update(args: argparse.Namespace, settings: Settings) -> int:
         models=None if args.all_models else args.model or "keep",
         token_limit="keep" if llm_limit is None else tokens.parse_token_limit(llm_limit),
         allow_unknown_route=args.allow_unknown_route,
+        team="keep" if args.team is None else None if args.team == "none" else args.team,
     )
     _warn(updated.warnings)
     _print_record(updated.record, args.json)
@@ -709,6 +836,7 @@ def _add_token_parsers(sub: Any) -> None:
     create.add_argument(
         "--token-limit", help="LLM tokens per window: 100000/d (m, h, d, mo = UTC month)"
     )
+    create.add_argument("--team", help="the team it belongs to (its models and limits apply too)")
     _allow_unknown_route(create)
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=_cmd_token_create)
@@ -740,6 +868,7 @@ def _add_token_parsers(sub: Any) -> None:
             p.add_argument("--model", action="append", help="new LLM models (replace the old)")
             p.add_argument("--all-models", action="store_true", help="every model its routes serve")
             p.add_argument("--token-limit", help="100000/d (m, h, d, mo), or none to remove it")
+            p.add_argument("--team", help="move it into a team, or none to take it out")
             _allow_unknown_route(p)
         if name == "rotate":
             p.add_argument("--grace", help="the old secret keeps working this long (e.g. 10m)")
@@ -756,6 +885,41 @@ def _add_token_parsers(sub: Any) -> None:
     export.add_argument("--route", help="only tokens that grant this route")
     export.set_defaults(func=_cmd_token_export)
     _add_import_parser(tsub)
+
+
+def _add_team_parsers(sub: Any) -> None:
+    team = sub.add_parser("team", help="create, list, show, update, delete teams")
+    tsub = team.add_subparsers(metavar="ACTION")
+    for name, func, text in (
+        ("create", _cmd_team_create, "make a team: its tokens share its models and limits"),
+        ("update", _cmd_team_update, "change a team's name, models or limits"),
+        ("show", _cmd_team_show, "show one team and how many tokens it has"),
+        ("usage", _cmd_team_usage, "a team's requests and LLM tokens per UTC day and model"),
+        ("delete", _cmd_team_delete, "delete a team (refused while it has tokens)"),
+    ):
+        p = _command(tsub, name, text, "token")
+        p.add_argument("id", metavar="ID")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+        if name in ("create", "update"):
+            p.add_argument("--name", help="a label for humans")
+            p.add_argument(
+                "--model",
+                action="append",
+                help="an LLM model its tokens may use: a name or prefix*, repeatable "
+                + ("(default: any)" if name == "create" else "(replace the old; none: any)"),
+            )
+            p.add_argument("--rate-limit", help="requests per window for all its tokens: 600/m")
+            p.add_argument("--token-limit", help="LLM tokens per window for all its tokens")
+        if name == "usage":
+            p.add_argument("--days", type=int, default=7, help="this many days up to today")
+        if name == "delete":
+            p.add_argument(
+                "--revoke-tokens", action="store_true", help="revoke its tokens first (audited)"
+            )
+    listing = _command(tsub, "list", "list teams in creation order", "token")
+    listing.add_argument("--json", action="store_true", help="JSON Lines: one object a line")
+    listing.set_defaults(func=_cmd_team_list)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -788,6 +952,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.set_defaults(func=_cmd_sync)
 
     _add_token_parsers(sub)
+    _add_team_parsers(sub)
 
     certs = _command(
         sub, "certs", "make a CA and certificates for mutual TLS between Envoy and extauthz"

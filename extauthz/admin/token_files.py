@@ -2,8 +2,8 @@
 
 One object per line: `id`, `routes`, `scopes`, optional `name`, `created_at`, `expires_at`
 (unix seconds), `rate_limit` (`600/m`, or null), `models` (LLM models: names and
-`prefix*`; absent or null: every model) and `token_limit` (LLM tokens, `100000/d`, or
-null), and either `token` (the
+`prefix*`; absent or null: every model), `token_limit` (LLM tokens, `100000/d`, or
+null) and `team` (an existing team's id, or null), and either `token` (the
 secret, hashed on import) or `sha256` (its hash, as export writes it). A token with scope
 `admin` or `tokens:manage` is a management token (kind follows from the scopes). An import reads and
 checks the whole file, then Redis (conflicts, caps, routes the synced policy does not have),
@@ -40,7 +40,7 @@ from extauthz.core.credentials import token_hash
 from extauthz.core.policy import PolicySnapshot
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_limit import TokenLimit
-from extauthz.core.token_record import MAX_UNIX_SECONDS, TokenRecord
+from extauthz.core.token_record import MAX_UNIX_SECONDS, TEAM_ID, TEAM_ID_RULE, TokenRecord
 from extauthz.errors import BadImportLine, InvalidValue, MalformedRecord, TokenExists, UnknownRoute
 from extauthz.storage.store import Store
 from extauthz.storage.token_index import PAGE, ImportItem, TokenIndex
@@ -57,6 +57,7 @@ FIELDS = (
     "rate_limit",
     "models",
     "token_limit",
+    "team",
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{8,4096}=*", re.ASCII)  # what a Bearer token can be
@@ -82,6 +83,8 @@ def export_lines(store: Store, route: str | None = None) -> Iterator[str]:
             line["models"] = sorted(record.models)
         if record.token_limit is not None:
             line["token_limit"] = str(record.token_limit)
+        if record.team is not None:
+            line["team"] = record.team
         line["sha256"] = digest
         yield json.dumps(line, ensure_ascii=False)
 
@@ -155,6 +158,7 @@ def plan_import(
     """
     index, policy, plan = TokenIndex(store), store.load_policy(), ImportPlan()
     unknown: dict[str, int] = {}
+    teams: dict[str, bool] = {}  # team id → it exists (each looked up once)
     for start in range(0, len(entries), PAGE):
         batch = entries[start : start + PAGE]
         current = index.known(e.record.id for e in batch)
@@ -163,6 +167,14 @@ def plan_import(
             record = entry.record
             for route in _checked_routes(path, entry, policy, allow_unknown_route):
                 unknown[route] = unknown.get(route, 0) + 1
+            team = record.team
+            if team is not None:
+                if team not in teams:
+                    teams[team] = store.team_record(team) is not None
+                if not teams[team]:
+                    raise BadImportLine(
+                        path, entry.line, "team", f"no team {team!r}: `extauthz team create` it"
+                    )
             life = Lifetime.of(record.routes, policy)
             try:
                 life.check("expires_at", None, record.expires_at, now)
@@ -276,6 +288,7 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
             rate_limit=_rate_limit(data),
             models=None if data.get("models") is None else check_models(_names(data, "models")),
             token_limit=_token_limit(data),
+            team=_team(data),
         )
     except InvalidValue as e:
         field = {
@@ -333,6 +346,15 @@ def _token_limit(data: dict[str, Any]) -> TokenLimit | None:
     if not isinstance(value, str):
         raise InvalidValue("token-limit", None, "must be a string such as 100000/d, or null")
     return parse_token_limit(value)
+
+
+def _team(data: dict[str, Any]) -> str | None:
+    value = data.get("team")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not TEAM_ID.fullmatch(value):
+        raise InvalidValue("team", None, f"must be a team id ({TEAM_ID_RULE}), or null")
+    return value
 
 
 def _name(data: dict[str, Any]) -> str:

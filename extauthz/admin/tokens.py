@@ -29,8 +29,15 @@ from extauthz.core.llm import check_model_patterns
 from extauthz.core.policy import PolicySnapshot, RoutePolicy
 from extauthz.core.rate_limit import RateLimit, ZeroLimit
 from extauthz.core.token_limit import TokenLimit
-from extauthz.core.token_record import MANAGEMENT, MANAGEMENT_SCOPES, TokenRecord, kind_of
-from extauthz.errors import InvalidValue, MalformedRecord, UnknownRoute
+from extauthz.core.token_record import (
+    MANAGEMENT,
+    MANAGEMENT_SCOPES,
+    TEAM_ID,
+    TEAM_ID_RULE,
+    TokenRecord,
+    kind_of,
+)
+from extauthz.errors import InvalidValue, MalformedRecord, UnknownRoute, UnknownTeam
 from extauthz.storage.store import Store, utc_date
 from extauthz.storage.token_index import Reindexed, TokenIndex
 
@@ -136,6 +143,33 @@ def parse_token_limit(text: str) -> TokenLimit | None:
         ) from None
     except ValueError as e:
         raise InvalidValue("token-limit", text, f"{e}, or none") from None
+
+
+def check_management_fields(
+    kind: str, models: object, rate_limit: object, token_limit: object
+) -> None:
+    """Models and limits mean nothing on a management token (it calls no model and is not
+    counted): they are refused there, not kept to limit nothing."""
+    if kind != MANAGEMENT:
+        return
+    for flag, value in (
+        ("model", models),
+        ("rate-limit", rate_limit),
+        ("token-limit", token_limit),
+    ):
+        if value is not None:
+            shown = ",".join(sorted(value)) if isinstance(value, (set, frozenset, list)) else value
+            raise InvalidValue(
+                flag, str(shown), f"a management token takes no --{flag} (it calls no model)"
+            )
+
+
+def check_team(store: Store, team_id: str) -> None:
+    """The team must exist (UnknownTeam: `extauthz team create` it first)."""
+    if not TEAM_ID.fullmatch(team_id):
+        raise InvalidValue("team", team_id, TEAM_ID_RULE)
+    if store.team_record(team_id) is None:
+        raise UnknownTeam(team_id)
 
 
 def check_id(token_id: str) -> str:
@@ -312,14 +346,19 @@ def create(
     models: Iterable[str] | None = None,
     token_limit: TokenLimit | None = None,
     allow_unknown_route: bool = False,
+    team: str | None = None,
 ) -> IssuedToken:
     """Mint a token for `routes` (or `*`) with `scopes`, expiring after ttl (or the routes'
     max_token_ttl; else never). `not_after`: without a ttl it expires then at the latest
     (a manager's own expiry); `check(record)` may refuse the record before it is written.
     A route the synced policy does not have, and LLM fields without an LLM route, are
-    refused unless `allow_unknown_route` (see `unknown_routes`)."""
+    refused unless `allow_unknown_route` (see `unknown_routes`). `team`: an existing team's
+    id (its models and limits apply too)."""
     route_set, scope_set = check_routes(routes), check_scopes(scopes)
     kind = check_kind(scope_set)
+    check_management_fields(kind, models, rate_limit, token_limit)
+    if team is not None:
+        check_team(store, team)
     check_name(name)
     token_id = check_id(token_id) if token_id is not None else "tok_" + secrets.token_hex(6)
     if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_SECONDS:
@@ -341,6 +380,7 @@ def create(
         kind=kind,
         models=model_set,
         token_limit=token_limit,
+        team=team,
     )
     if check is not None:
         check(record)  # (may the caller make it at all: before whether it is right)
@@ -364,6 +404,7 @@ def described(record: TokenRecord) -> dict[str, Any]:
         "kind": record.kind,
         "models": None if record.models is None else sorted(record.models),
         "token_limit": str(record.token_limit) if record.token_limit else None,
+        "team": record.team,
     }
 
 
@@ -402,13 +443,15 @@ def update(
     models: Iterable[str] | str | None = "keep",
     token_limit: TokenLimit | str | None = "keep",  # noqa: S107 (not a secret)
     allow_unknown_route: bool = False,
+    team: str | None = "keep",
 ) -> Updated:
     """Change a token's record (not its secret); every server drops its cached copy.
     `rate_limit`, `token_limit`: a limit, None (remove it) or "keep"; `models`: names and
     patterns, None (any model) or "keep". `check(current, new)` may refuse
     the change; it runs inside the transaction, on the record as it is then. A token's kind
     (model or management) never changes. New routes the synced policy does not have, and
-    LLM fields given or kept without an LLM route, are refused as by `create`."""
+    LLM fields given or kept without an LLM route, are refused as by `create`. `team`: an
+    existing team's id, None (no team) or "keep"."""
     route_set = check_routes(routes) if routes is not None else None
     model_set = check_models(models) if models is not None and not isinstance(models, str) else None
     scope_set = check_scopes(scopes) if scopes is not None else None
@@ -416,6 +459,8 @@ def update(
         check_name(name)
     if ttl_seconds is not None and no_expiry:
         raise InvalidValue("no-expiry", "", "give --ttl or --no-expiry, not both")
+    if team is not None and team != "keep":
+        check_team(store, team)
     policy = store.load_policy()
     new_llm_field = model_set is not None or isinstance(token_limit, TokenLimit)
     warned: list[str] = []
@@ -437,7 +482,9 @@ def update(
             rate_limit=record.rate_limit if isinstance(rate_limit, str) else rate_limit,
             models=record.models if isinstance(models, str) else model_set,
             token_limit=record.token_limit if isinstance(token_limit, str) else token_limit,
+            team=record.team if team == "keep" else team,
         )
+        check_management_fields(record.kind, new.models, new.rate_limit, new.token_limit)
         if scope_set is not None and check_kind(scope_set) != record.kind:
             raise InvalidValue(
                 "scope",
