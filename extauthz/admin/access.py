@@ -101,14 +101,14 @@ def decide(
     CREATE: `target` is the token to be made, or what an update would make of one (check
     the current token with UPDATE first). Other token actions: `target` is the token as
     stored. AUDIT and POLICY take no target; TEAM_READ and TEAM_WRITE take the `team` id
-    (TEAM_WRITE of a new team: its id).
+    (TEAM_WRITE of a new team: None).
     """
     if action is Action.TEAM_READ:
         return Verdict.ALLOW if who.admin or team == who.team else Verdict.NOT_FOUND
-    if action is Action.TEAM_WRITE:
+    if action is Action.TEAM_WRITE:  # (team None: a new team)
         if who.admin:
             return Verdict.ALLOW
-        return Verdict.FORBIDDEN if team == who.team else Verdict.NOT_FOUND
+        return Verdict.FORBIDDEN if team is None or team == who.team else Verdict.NOT_FOUND
     if action is Action.AUDIT:
         return Verdict.ALLOW if who.admin else Verdict.FORBIDDEN
     if action is Action.POLICY:

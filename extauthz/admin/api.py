@@ -30,29 +30,40 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from extauthz import __version__
-from extauthz.admin import audit, tokens
+from extauthz.admin import audit, teams, tokens
 from extauthz.admin.access import Action, Manager, Target, Verdict, decide
 from extauthz.admin.schema import (
     COMMON_ERRORS,
     NOT_FOUND,
+    NOT_FOUND_TEAM,
+    TEAM_CONFLICT,
     AuditTail,
+    ChangedTeam,
     ChangedToken,
     IssuedToken,
     Policy,
     Revocation,
     RotatedToken,
+    Team,
+    TeamDeleted,
+    TeamList,
+    TeamUsage,
     Token,
     TokenPage,
     Usage,
 )
 from extauthz.core.credentials import BearerCredential, parse_authorization, token_hash
+from extauthz.core.team_record import TeamRecord
 from extauthz.core.token_record import MANAGEMENT_SCOPES, TokenRecord
 from extauthz.errors import (
     InvalidValue,
     MalformedRecord,
     StoreError,
     StoreUnavailable,
+    TeamExists,
+    TeamHasTokens,
     TokenExists,
+    UnknownTeam,
     UnknownToken,
     UsageError,
 )
@@ -103,6 +114,9 @@ class NewToken(_Strict):
         default=None, max_length=256, description="LLM models (names, prefix*); null: any"
     )
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d")
+    team: str | None = Field(
+        default=None, max_length=63, description="its team (a team manager's: its own)"
+    )
     allow_unknown_route: bool = Field(
         default=False, description="accept routes the synced policy does not have (yet)"
     )
@@ -118,9 +132,27 @@ class TokenChange(_Strict):
     models: list[str] | None = Field(default=None, max_length=256, description="new models")
     all_models: bool = False
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d or none")
+    team: str | None = Field(default=None, max_length=63, description="move it into this team")
+    no_team: bool = Field(default=False, description="take it out of its team")
     allow_unknown_route: bool = Field(
         default=False, description="accept new routes the synced policy does not have (yet)"
     )
+
+
+class NewTeam(_Strict):
+    id: str = Field(max_length=63, description="a-z, 0-9 and '-', not starting with '-'")
+    name: str = Field(default="", max_length=256)
+    models: list[str] | None = Field(default=None, max_length=256, description="null: any")
+    rate_limit: str | None = Field(default=None, max_length=32, description="600/m")
+    token_limit: str | None = Field(default=None, max_length=32, description="100000/d")
+
+
+class TeamChange(_Strict):
+    name: str | None = Field(default=None, max_length=256)
+    models: list[str] | None = Field(default=None, max_length=256, description="new models")
+    all_models: bool = False
+    rate_limit: str | None = Field(default=None, max_length=32, description="600/m or none")
+    token_limit: str | None = Field(default=None, max_length=32, description="100000/d or none")
 
 
 class Rotation(_Strict):
@@ -156,7 +188,7 @@ def _app() -> AdminApp:
         generate_unique_id_function=_operation_id,
     )
     _errors(app)
-    for router in (tokens_api, policy_api, audit_api):
+    for router in (tokens_api, teams_api, policy_api, audit_api):
         app.include_router(router)
     return app
 
@@ -264,10 +296,20 @@ def _require(who: Manager, action: Action, target: TokenRecord | None = None) ->
         raise ApiError(403, "forbidden", _FORBIDDEN[action])
 
 
+def _require_team(who: Manager, action: Action, team_id: str | None) -> None:
+    """Ask `access.decide` about a team: 404 for one the caller may not see."""
+    verdict = decide(who, action, team=team_id)
+    if verdict is Verdict.NOT_FOUND:
+        raise ApiError(404, "not_found", f"no team with id {team_id!r}")
+    if verdict is Verdict.FORBIDDEN:
+        raise ApiError(403, "forbidden", _FORBIDDEN[action])
+
+
 _FORBIDDEN = {
-    Action.CREATE: "a manager may give only model tokens for its own routes, expiring no later "
-    "than itself",
+    Action.CREATE: "a manager may give only model tokens for its own routes (and team), "
+    "expiring no later than itself",
     Action.AUDIT: "the audit log is for admin tokens",
+    Action.TEAM_WRITE: "teams are created, changed and deleted by admin tokens",
 }
 
 
@@ -282,6 +324,7 @@ Db = Annotated[Store, Depends(_store)]
 # Each answer goes through its model (response_model; exclude_unset: a key the code leaves
 # out stays out); the errors every operation may answer are the routers'.
 tokens_api = APIRouter(prefix="/v1/tokens", tags=["tokens"], responses=COMMON_ERRORS)
+teams_api = APIRouter(prefix="/v1/teams", tags=["teams"], responses=COMMON_ERRORS)
 policy_api = APIRouter(prefix="/v1/policy", tags=["policy"], responses=COMMON_ERRORS)
 audit_api = APIRouter(prefix="/v1/audit", tags=["audit"], responses=COMMON_ERRORS)
 
@@ -342,6 +385,7 @@ def create_token(who: Who, store: Db, body: NewToken) -> dict[str, Any]:
         models=body.models,
         token_limit=tokens.parse_token_limit(body.token_limit) if body.token_limit else None,
         allow_unknown_route=body.allow_unknown_route,
+        team=body.team if body.team is not None else who.team,
     )
     return {**issued.record.to_json(), "token": issued.token, "warnings": issued.warnings}
 
@@ -387,6 +431,7 @@ def update_token(who: Who, store: Db, token_id: str, body: TokenChange) -> dict[
         models=None if body.all_models else body.models if body.models is not None else "keep",
         token_limit=tokens.parse_token_limit(body.token_limit) if body.token_limit else "keep",
         allow_unknown_route=body.allow_unknown_route,
+        team=None if body.no_team else body.team if body.team is not None else "keep",
     )
     return {**updated.record.to_json(), **_reported(updated.unconfirmed, updated.warnings)}
 
@@ -447,6 +492,144 @@ def token_usage(
     LLM use per model (a revoked token's while its counts are kept)."""
     _owned(store, who, token_id, Action.USAGE)
     return tokens.usage(store, token_id, days, time.time())
+
+
+# --- teams --------------------------------------------------------------------------------
+
+
+def _team_id(team_id: str) -> str:
+    """A path's team id; 404 for one no team could have (nothing looked up)."""
+    try:
+        return teams.check_team_id(team_id)
+    except InvalidValue:
+        raise ApiError(404, "not_found", f"no team with id {team_id!r}") from None
+
+
+def _known_team(store: Store, team_id: str) -> Any:
+    try:
+        return teams.show(store, team_id)
+    except UnknownTeam:
+        raise ApiError(404, "not_found", f"no team with id {team_id!r}") from None
+
+
+@teams_api.get("", response_model=TeamList, response_description="The teams it may see.")
+def list_teams(who: Who, store: Db) -> dict[str, Any]:
+    """The teams the caller may see, in creation order (a team manager: its own)."""
+    shown = [
+        t.to_json()
+        for t in teams.listing(store)
+        if isinstance(t, TeamRecord) and decide(who, Action.TEAM_READ, team=t.id) == "allow"
+    ]
+    return {"teams": shown}
+
+
+@teams_api.post(
+    "",
+    status_code=201,
+    response_model=ChangedTeam,
+    responses=TEAM_CONFLICT,
+    response_description="The new team.",
+)
+def create_team(who: Who, store: Db, body: NewTeam) -> dict[str, Any]:
+    """Make a team (admin tokens only)."""
+    _require_team(who, Action.TEAM_WRITE, None)
+    made = teams.create(
+        store,
+        body.id,
+        body.name,
+        body.models,
+        tokens.parse_rate_limit(body.rate_limit) if body.rate_limit else None,
+        tokens.parse_token_limit(body.token_limit) if body.token_limit else None,
+        time.time(),
+        who.id,
+    )
+    return {**made.record.to_json(), "warnings": list(made.warnings)}
+
+
+@teams_api.get(
+    "/{team_id}",
+    response_model=Team,
+    responses=NOT_FOUND_TEAM,
+    response_description="The team, and how many tokens it has.",
+)
+def get_team(who: Who, store: Db, team_id: str) -> dict[str, Any]:
+    """One team (admins; its own team managers)."""
+    _require_team(who, Action.TEAM_READ, _team_id(team_id))
+    record = _known_team(store, team_id)
+    return {**record.to_json(), "tokens": len(teams.members(store, team_id))}
+
+
+@teams_api.patch(
+    "/{team_id}",
+    response_model=ChangedTeam,
+    responses=NOT_FOUND_TEAM,
+    response_description="Changed: every server applies it within a second.",
+)
+def update_team(who: Who, store: Db, team_id: str, body: TeamChange) -> dict[str, Any]:
+    """Change a team (admin tokens only); fields left out are kept."""
+    _require_team(who, Action.TEAM_WRITE, _team_id(team_id))
+    _known_team(store, team_id)
+
+    def limit(text: str | None, parse: Any) -> Any:
+        if text is None:
+            return teams.UNCHANGED
+        return None if text == "none" else parse(text)
+
+    try:
+        changed = teams.update(
+            store,
+            team_id,
+            name=teams.UNCHANGED if body.name is None else body.name,
+            models=None if body.all_models else teams.UNCHANGED if body.models is None
+            else body.models,
+            rate_limit=limit(body.rate_limit, tokens.parse_rate_limit),
+            token_limit=limit(body.token_limit, tokens.parse_token_limit),
+            now=time.time(),
+            actor=who.id,
+        )  # fmt: skip
+    except UnknownTeam:  # (deleted meanwhile)
+        raise ApiError(404, "not_found", f"no team with id {team_id!r}") from None
+    return {**changed.record.to_json(), "warnings": list(changed.warnings)}
+
+
+@teams_api.delete(
+    "/{team_id}",
+    response_model=TeamDeleted,
+    responses={**NOT_FOUND_TEAM, **TEAM_CONFLICT},
+    response_description="Deleted (with its tokens, when `revoke_tokens`).",
+)
+def delete_team(
+    who: Who,
+    store: Db,
+    team_id: str,
+    revoke_tokens: Annotated[bool, Query(description="revoke its tokens first")] = False,
+) -> dict[str, Any]:
+    """Delete a team (admin tokens only): refused (409) while it has tokens, unless
+    `revoke_tokens`."""
+    _require_team(who, Action.TEAM_WRITE, _team_id(team_id))
+    _known_team(store, team_id)
+    try:
+        deleted = teams.delete(store, team_id, revoke_tokens, time.time(), who.id)
+    except UnknownTeam:
+        raise ApiError(404, "not_found", f"no team with id {team_id!r}") from None
+    return {"id": team_id, "deleted": True, "warnings": list(deleted.warnings)}
+
+
+@teams_api.get(
+    "/{team_id}/usage",
+    response_model=TeamUsage,
+    response_model_exclude_unset=True,
+    responses=NOT_FOUND_TEAM,
+    response_description="Its tokens' requests and LLM tokens per UTC day and model.",
+)
+def team_usage(
+    who: Who, store: Db, team_id: str, days: Annotated[int, Query(ge=1, le=366)] = 7
+) -> dict[str, Any]:
+    """A team's usage: its tokens' summed per UTC day, per model (admins; its own team
+    managers)."""
+    _require_team(who, Action.TEAM_READ, _team_id(team_id))
+    _known_team(store, team_id)
+    return teams.usage(store, team_id, days, time.time())
 
 
 @policy_api.get(
@@ -552,6 +735,15 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(TokenExists)
     async def exists(request: Request, e: TokenExists) -> JSONResponse:
         return reply(409, "conflict", str(e))
+
+    @app.exception_handler(TeamExists)
+    async def team_exists(request: Request, e: TeamExists) -> JSONResponse:
+        return reply(409, "conflict", str(e))
+
+    @app.exception_handler(TeamHasTokens)
+    async def team_has_tokens(request: Request, e: TeamHasTokens) -> JSONResponse:
+        message = str(e).replace("pass --revoke-tokens", "pass revoke_tokens=true")
+        return reply(409, "conflict", message)
 
     @app.exception_handler(UsageError)
     async def usage(request: Request, e: UsageError) -> JSONResponse:

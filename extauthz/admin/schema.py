@@ -59,6 +59,12 @@ class Unavailable(Error):
     error: Literal["unavailable"]
 
 
+class TeamConflict(Error):
+    """A team change that cannot be made as things are, or a record edited by hand."""
+
+    error: Literal["conflict", "malformed_record"]
+
+
 Responses = dict[int | str, dict[str, Any]]
 
 # The statuses any /v1/ operation may answer: the body limit and authentication come before
@@ -192,6 +198,58 @@ class Usage(_Answer):
     id: str
     last_used: UnixSeconds | None
     days: list[UsageDay] = Field(description="oldest first, today (UTC) last")
+
+
+# --- teams --------------------------------------------------------------------------------
+
+
+class Team(_Answer):
+    """A team's record (docs/teams.md): what its tokens share."""
+
+    id: str
+    name: str
+    models: list[str] | None = Field(description="LLM models its tokens may use; null: any")
+    rate_limit: str | None = Field(description="requests per window, for all its tokens")
+    token_limit: str | None = Field(description="LLM tokens per window, for all its tokens")
+    created_at: UnixSeconds | None
+    tokens: int | None = Field(default=None, description="how many tokens it has")
+
+
+class ChangedTeam(Team):
+    warnings: list[str] = Field(description="e.g. its audit event not written")
+
+
+class TeamDeleted(_Answer):
+    id: str
+    deleted: Literal[True]
+    warnings: list[str] = Field(description="e.g. a revoked token's audit event not written")
+
+
+class TeamList(_Answer):
+    teams: list[Team] = Field(description="in creation order")
+
+
+class TeamUsage(_Answer):
+    id: str
+    tokens: int = Field(description="its tokens now (their usage is summed)")
+    days: list[UsageDay] = Field(description="oldest first, today (UTC) last")
+
+
+NOT_FOUND_TEAM: Responses = {
+    404: {
+        "model": NotFound,
+        "description": "No team with this id, or one the caller may not see (a team manager "
+        "sees its own team only).",
+    },
+}
+TEAM_CONFLICT: Responses = {
+    409: {
+        "model": TeamConflict,
+        "description": "`conflict`: a team with this id exists (create), or the team still "
+        "has tokens (delete without `revoke_tokens`); `malformed_record`: a record edited "
+        "by hand.",
+    },
+}
 
 
 # --- policy and audit ---------------------------------------------------------------------

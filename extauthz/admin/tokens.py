@@ -357,8 +357,6 @@ def create(
     route_set, scope_set = check_routes(routes), check_scopes(scopes)
     kind = check_kind(scope_set)
     check_management_fields(kind, models, rate_limit, token_limit)
-    if team is not None:
-        check_team(store, team)
     check_name(name)
     token_id = check_id(token_id) if token_id is not None else "tok_" + secrets.token_hex(6)
     if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_SECONDS:
@@ -384,6 +382,8 @@ def create(
     )
     if check is not None:
         check(record)  # (may the caller make it at all: before whether it is right)
+    if team is not None:
+        check_team(store, team)
     unknown = unknown_routes(route_set, policy, allow_unknown_route)
     warnings = unknown_route_warnings(unknown, policy)
     warnings += check_llm_fields(route_set, policy, model_set, token_limit, allow_unknown_route)
@@ -459,8 +459,6 @@ def update(
         check_name(name)
     if ttl_seconds is not None and no_expiry:
         raise InvalidValue("no-expiry", "", "give --ttl or --no-expiry, not both")
-    if team is not None and team != "keep":
-        check_team(store, team)
     policy = store.load_policy()
     new_llm_field = model_set is not None or isinstance(token_limit, TokenLimit)
     warned: list[str] = []
@@ -494,6 +492,8 @@ def update(
             )
         if check is not None:
             check(record, new)  # (may the caller make it at all: before whether it is right)
+        if team is not None and team not in ("keep", record.team):
+            check_team(store, team)
         warned.clear()
         if route_set is not None:
             unknown = unknown_routes(route_set, policy, allow_unknown_route)

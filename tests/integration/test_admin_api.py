@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from extauthz.admin import tokens
+from extauthz.admin import teams, tokens
 from extauthz.core.credentials import token_hash
 from extauthz.dev.ports import free_port, port_open
 from extauthz.storage.store import open_store
@@ -328,6 +328,62 @@ def test_a_manager_sees_and_acts_on_only_what_it_could_have_created(
     assert "1 tokens with scope admin" in run_cli(redis_server.url, "token", "reindex").stdout
     assert redis_server.cli("HGET", key, "kind") == "management"
     assert api.call("GET", "/v1/tokens", legacy)[0] == 200
+    store.close()
+
+
+def test_a_team_manager_acts_on_exactly_its_teams_tokens(
+    api: Api, redis_server: RedisServer
+) -> None:
+    """A manager whose token names a team makes tokens only in it (by default there), sees
+    and acts on exactly its team's tokens (404 for the rest, other teams included), reads
+    its team and its usage, and never changes a team."""
+    store = open_store(redis_server.url, "extauthz:", 2.0)
+    now = time.time()
+    for team in ("acme", "beta"):
+        teams.create(store, team, models=["small"], now=now)
+
+    def made(routes: str, scopes: str = "", ttl: int | None = 600, **kw: Any) -> Any:
+        return tokens.create(store, routes.split(), scopes.split(), ttl, now=now, **kw)
+
+    lead = made("a llm", "tokens:manage", 3600, team="acme")
+    ours = made("a", team="acme", token_id="ours")
+    theirs = made("a", team="beta", token_id="theirs")
+    loose = made("a", token_id="loose")  # (no team)
+    code, child = api.call("POST", "/v1/tokens", lead.token, {"routes": ["a"]})
+    assert code == 201 and child["team"] == "acme"  # (in its team by default)
+    for body in ({"routes": ["a"], "team": "beta"}, {"routes": ["b"]}):
+        code, reply = api.call("POST", "/v1/tokens", lead.token, body)
+        assert code == 403 and reply["error"] == "forbidden", body
+    # a team it may not see is refused as any other: nothing tells it which teams exist
+    code, reply = api.call("POST", "/v1/tokens", lead.token, {"routes": ["a"], "team": "zeta"})
+    assert code == 403, reply
+    listed = {t["id"] for t in api.call("GET", "/v1/tokens", lead.token)[1]["tokens"]}
+    assert listed == {"ours", child["id"]}
+    for target in (theirs, loose):
+        tid = target.record.id
+        assert api.call("GET", f"/v1/tokens/{tid}", lead.token)[0] == 404
+        assert api.call("DELETE", f"/v1/tokens/{tid}", lead.token)[0] == 404
+    # it cannot move one of its own out of its team, or into another
+    code, _ = api.call("PATCH", f"/v1/tokens/{ours.record.id}", lead.token, {"no_team": True})
+    assert code == 403
+    code, _ = api.call("PATCH", f"/v1/tokens/{ours.record.id}", lead.token, {"team": "beta"})
+    assert code == 403
+    assert api.call("PATCH", f"/v1/tokens/{ours.record.id}", lead.token, {"name": "n"})[0] == 200
+    # its team: read, never written; other teams do not exist for it
+    assert api.call("GET", "/v1/teams/acme", lead.token)[1]["tokens"] == 3  # (itself too)
+    assert api.call("GET", "/v1/teams/acme/usage", lead.token)[0] == 200
+    assert [t["id"] for t in api.call("GET", "/v1/teams", lead.token)[1]["teams"]] == ["acme"]
+    assert api.call("PATCH", "/v1/teams/acme", lead.token, {"name": "x"})[0] == 403
+    assert api.call("DELETE", "/v1/teams/acme", lead.token)[0] == 403
+    assert api.call("GET", "/v1/teams/beta", lead.token)[0] == 404
+    assert api.call("POST", "/v1/teams", lead.token, {"id": "new"})[0] == 403
+    # fields that mean nothing on a management token are refused
+    admin = made("*", "admin", None)
+    code, reply = api.call(
+        "POST", "/v1/tokens", admin.token,
+        {"routes": ["a"], "scopes": ["tokens:manage"], "rate_limit": "5/m"},
+    )  # fmt: skip
+    assert code == 400 and "management token" in reply["message"]
     store.close()
 
 

@@ -62,6 +62,7 @@ def test_every_operation_answers_every_documented_status_as_documented(
             assert api.send(method, path, admin, body, chunked=True)[0] == 400
 
         successes(api, redis_server, admin, manager, target)
+        teams_(api, redis_server, admin, manager)
         refusals(api, admin, manager)
         malformed(api, redis_server, admin)
 
@@ -108,13 +109,69 @@ def operations(api: Api, token_id: str) -> list[tuple[str, str, object]]:
         ("POST", "/v1/tokens"): {"routes": ["a"]},
         ("PATCH", "/v1/tokens/{token_id}"): {"name": "renamed"},
         ("POST", "/v1/tokens/{token_id}/rotate"): {},
+        ("POST", "/v1/teams"): {"id": "probe"},
+        ("PATCH", "/v1/teams/{team_id}"): {"name": "renamed"},
     }
     calls: list[tuple[str, str, object]] = []
     for template, methods in api.conformance.document["paths"].items():
         for method in methods:
             key = (method.upper(), template)
-            calls.append((key[0], template.replace("{token_id}", token_id), bodies.get(key)))
+            path = template.replace("{token_id}", token_id).replace("{team_id}", TEAM)
+            calls.append((key[0], path, bodies.get(key)))
     return calls
+
+
+TEAM = "acme"  # (made by `teams`, deleted at its end and made again for the 429s and 503s)
+
+
+def teams_(api: Api, redis: RedisServer, admin: str, manager: str) -> None:
+    """The team operations: successes, conflicts, what a manager may not do, ids nobody
+    has, and records edited by hand."""
+    made = {"id": TEAM, "name": "Acme", "models": ["gpt-small"], "rate_limit": "100/m"}
+    status, team = api.call("POST", "/v1/teams", admin, made)
+    assert status == 201 and team["rate_limit"] == "100/m" and team["warnings"] == []
+    assert api.call("POST", "/v1/teams", admin, made)[1]["error"] == "conflict"
+    assert api.call("POST", "/v1/teams", admin, {"id": "Not An Id"})[0] == 400
+    status, member = api.call("POST", "/v1/tokens", admin, {"routes": ["llm"], "team": TEAM})
+    assert status == 201 and member["team"] == TEAM
+    assert api.call("POST", "/v1/tokens", admin, {"routes": ["a"], "team": "nope"})[0] == 400
+    status, listed = api.call("GET", "/v1/teams", admin)
+    assert status == 200 and [t["id"] for t in listed["teams"]] == [TEAM]
+    assert api.call("GET", "/v1/teams", manager)[1]["teams"] == []  # (not its team)
+    status, shown = api.call("GET", f"/v1/teams/{TEAM}", admin)
+    assert status == 200 and shown["tokens"] == 1
+    change = {"token_limit": "5000/d", "all_models": True, "rate_limit": "none"}
+    status, changed = api.call("PATCH", f"/v1/teams/{TEAM}", admin, change)
+    assert status == 200 and changed["models"] is None and changed["rate_limit"] is None
+    status, usage = api.call("GET", f"/v1/teams/{TEAM}/usage?days=2", admin)
+    assert status == 200 and usage["tokens"] == 1 and len(usage["days"]) == 2
+    # a manager without a team: may not write teams (403), does not see this one (404)
+    assert api.call("POST", "/v1/teams", manager, {"id": "mine"})[0] == 403
+    for method, suffix, body in (("GET", "", None), ("PATCH", "", {"name": "x"}),
+                                 ("DELETE", "", None), ("GET", "/usage", None)):  # fmt: skip
+        status, reply = api.call(method, f"/v1/teams/{TEAM}{suffix}", manager, body)
+        assert (status, reply["error"]) == (404, "not_found"), (method, suffix)
+        status, reply = api.call(method, f"/v1/teams/nobody{suffix}", admin, body)
+        assert (status, reply["error"]) == (404, "not_found"), (method, suffix)
+    # edited by hand: 409 on every team operation that reads it
+    redis.cli("HSET", f"extauthz:team:{TEAM}", "rate_limit", "lots")
+    for method, suffix, body in (("GET", "", None), ("PATCH", "", {"name": "x"}),
+                                 ("DELETE", "", None), ("GET", "/usage", None)):  # fmt: skip
+        status, reply = api.call(method, f"/v1/teams/{TEAM}{suffix}", admin, body)
+        assert (status, reply["error"]) == (409, "malformed_record"), (method, suffix, reply)
+    redis.cli("HDEL", f"extauthz:team:{TEAM}", "rate_limit")
+    redis.cli("RENAME", "extauthz:team-ids", "extauthz:team-ids:kept")
+    redis.cli("SET", "extauthz:team-ids", "edited by hand")
+    assert api.call("GET", "/v1/teams", admin)[1]["error"] == "malformed_record"
+    redis.cli("DEL", "extauthz:team-ids")
+    redis.cli("RENAME", "extauthz:team-ids:kept", "extauthz:team-ids")
+    # deleted: refused while it has tokens, then with them
+    status, reply = api.call("DELETE", f"/v1/teams/{TEAM}", admin)
+    assert (status, reply["error"]) == (409, "conflict") and "revoke_tokens" in reply["message"]
+    status, deleted = api.call("DELETE", f"/v1/teams/{TEAM}?revoke_tokens=true", admin)
+    assert status == 200 and deleted["deleted"] is True
+    assert api.call("GET", f"/v1/tokens/{member['id']}", admin)[0] == 404
+    assert api.call("POST", "/v1/teams", admin, {"id": TEAM})[0] == 201  # (for what follows)
 
 
 def successes(api: Api, redis: RedisServer, admin: str, manager: str, target: str) -> None:

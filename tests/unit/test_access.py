@@ -168,6 +168,8 @@ def test_a_team_is_read_by_admins_and_its_managers_and_written_by_admins_only(
     assert who is not None
     read = decide(who, Action.TEAM_READ, team=team)
     write = decide(who, Action.TEAM_WRITE, team=team)
+    create = decide(who, Action.TEAM_WRITE, team=None)
+    assert create is (Verdict.ALLOW if caller == "admin" else Verdict.FORBIDDEN)
     if caller == "admin":
         assert read is write is Verdict.ALLOW
     elif who.team == team:

@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from openapi_spec_validator import validate
 
 from extauthz.admin import schema
-from extauthz.admin.api import audit_api, openapi_document, policy_api, tokens_api
+from extauthz.admin.api import audit_api, openapi_document, policy_api, teams_api, tokens_api
 from extauthz.core.policy import Access, JwtSettings, RoutePolicy
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.route_match import MatchRule
@@ -57,7 +57,7 @@ def test_it_is_valid_openapi_and_names_every_route_of_the_api() -> None:
     validate(DOCUMENT)
     routes = {
         (method, route.path)
-        for router in (tokens_api, policy_api, audit_api)
+        for router in (tokens_api, teams_api, policy_api, audit_api)
         for route in router.routes
         if isinstance(route, APIRoute)
         for method in route.methods or ()
@@ -81,9 +81,11 @@ def test_no_operation_lists_422_and_every_one_its_errors_in_the_one_shape() -> N
     for method, path, operation in OPERATIONS:
         responses = operation["responses"]
         assert "422" not in responses, (method, path)
-        expected = dict(ERRORS)
-        if "{token_id}" in path:
+        expected: dict[int, str | list[str]] = dict(ERRORS)
+        if "{token_id}" in path or "{team_id}" in path:
             expected[404] = "not_found"
+        if (method, path) in (("POST", "/v1/teams"), ("DELETE", "/v1/teams/{team_id}")):
+            expected[409] = ["conflict", "malformed_record"]  # (exists / has tokens)
         errors = {int(s): r for s, r in responses.items() if int(s) >= 400}
         assert set(errors) == set(expected), (method, path)
         for status, response in errors.items():
@@ -91,13 +93,15 @@ def test_no_operation_lists_422_and_every_one_its_errors_in_the_one_shape() -> N
             error = schemas[ref.rpartition("/")[2]]
             assert sorted(error["required"]) == ["error", "message"], ref
             assert error["additionalProperties"] is False
-            assert error["properties"]["error"]["const"] == expected[status], (path, status)
+            code = error["properties"]["error"]
+            assert code.get("const", code.get("enum")) == expected[status], (path, status)
         assert all(r.get("description") for r in responses.values()), (method, path)
     successes = {
         (method, path): sorted(int(s) for s in op["responses"] if int(s) < 400)
         for method, path, op in OPERATIONS
     }
     assert successes.pop(("POST", "/v1/tokens")) == [201]
+    assert successes.pop(("POST", "/v1/teams")) == [201]
     assert successes.pop(("DELETE", "/v1/tokens/{token_id}")) == [200, 204]
     assert set(map(tuple, successes.values())) == {(200,)}
 
