@@ -268,6 +268,7 @@ class Jwt(_Answer):
     scopes_claim: str
     subject_claim: str
     models_claim: str | None
+    team_claim: str | None
     algorithms: list[str]
     leeway_seconds: int
     forward_claims: list[list[str]] = Field(description="[claim path, header] pairs")

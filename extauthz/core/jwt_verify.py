@@ -25,6 +25,7 @@ class JwtIdentity:
     headers: tuple[tuple[str, str], ...]  # forwarded claims
     expires_at: float
     models: frozenset[str] | None = None  # from `models_claim` (None: no such setting)
+    team: str | None = None  # from `team_claim` (None: no team named); as sent, not checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,14 @@ def models_from(value: Any) -> frozenset[str]:
     return frozenset(allowed)
 
 
+def _team_from(value: Any) -> str | None:
+    """A team claim: absent (or null) → no team; anything else is the team named, as text
+    (a value that is no team id names a team that cannot exist: the decision refuses it)."""
+    if value is None:
+        return None
+    return value if isinstance(value, str) else "?"
+
+
 def _seconds(value: Any) -> float | None:
     """A NumericDate claim as float; None when absent or not a finite number."""
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
@@ -122,6 +131,9 @@ def verify_with_keys(token: str, settings: JwtSettings, keys: KeySet, now: float
         models=None
         if settings.models_claim is None
         else models_from(claim(claims, settings.models_claim)),
+        team=None
+        if settings.team_claim is None
+        else _team_from(claim(claims, settings.team_claim)),
     )
 
 

@@ -62,6 +62,7 @@ class JwtSettings:
     scopes_claim: str = "scope"
     subject_claim: str = "sub"
     models_claim: str | None = None  # a claim listing the models it may use (LLM routes)
+    team_claim: str | None = None  # a claim naming the caller's team (docs/teams.md)
     algorithms: tuple[str, ...] = JWT_ALGORITHMS
     leeway_seconds: int = 30
     # (claim path, header): claims forwarded to the model; headers are x-extauthz-*
@@ -135,6 +136,7 @@ class RoutePolicy:
                 "scopes_claim": jwt.scopes_claim,
                 "subject_claim": jwt.subject_claim,
                 "models_claim": jwt.models_claim,
+                "team_claim": jwt.team_claim,
                 "algorithms": list(jwt.algorithms),
                 "leeway_seconds": jwt.leeway_seconds,
                 "forward_claims": [list(pair) for pair in jwt.forward_claims],
@@ -169,6 +171,7 @@ class RoutePolicy:
                 scopes_claim=jwt.get("scopes_claim", "scope"),
                 subject_claim=jwt.get("subject_claim", "sub"),
                 models_claim=jwt.get("models_claim"),
+                team_claim=jwt.get("team_claim"),
                 algorithms=tuple(jwt.get("algorithms", JWT_ALGORITHMS)),
                 leeway_seconds=int(jwt.get("leeway_seconds", 30)),
                 forward_claims=tuple((c, h) for c, h in jwt.get("forward_claims", ())),
@@ -306,6 +309,7 @@ _JWT_KEYS = (
     "scopes_claim",
     "subject_claim",
     "models_claim",
+    "team_claim",
     "algorithms",
     "leeway_seconds",
     "forward_claims",
@@ -737,7 +741,10 @@ def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> J
         if required not in fields:
             raise r.error(key_node, f"{path}.{required}", f"missing ({what})")
     text: dict[str, str] = {}
-    for key in ("issuer", "jwks_uri", "jwks_file", "scopes_claim", "subject_claim", "models_claim"):
+    for key in (
+        "issuer", "jwks_uri", "jwks_file", "scopes_claim", "subject_claim", "models_claim",
+        "team_claim",
+    ):  # fmt: skip
         if key in fields:
             text[key] = r.string(fields[key][1], f"{path}.{key}")
     if "jwks_uri" in text and "jwks_file" in text:
@@ -763,7 +770,7 @@ def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> J
     forward: tuple[tuple[str, str], ...] = ()
     if "forward_claims" in fields:
         forward = _forward_claims(r, f"{path}.forward_claims", fields["forward_claims"][1])
-    for key in ("scopes_claim", "subject_claim", "models_claim"):
+    for key in ("scopes_claim", "subject_claim", "models_claim", "team_claim"):
         if key in text and not CLAIM_PATH.fullmatch(text[key]):
             raise r.error(
                 fields[key][1], f"{path}.{key}", "not a claim path (e.g. scope, realm_access.roles)"
@@ -784,6 +791,7 @@ def _parse_jwt(r: _Reader, path: str, key_node: yaml.Node, node: yaml.Node) -> J
         scopes_claim=text.get("scopes_claim", "scope"),
         subject_claim=text.get("subject_claim", "sub"),
         models_claim=text.get("models_claim"),
+        team_claim=text.get("team_claim"),
         algorithms=algorithms,
         leeway_seconds=leeway,
     )

@@ -13,6 +13,7 @@ import pytest
 from extauthz.admin import audit, teams, tokens
 from extauthz.core.credentials import token_hash
 from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
+from extauthz.core.jwt_verify import JwtIdentity
 from extauthz.core.limits import REQUESTS, TOKENS
 from extauthz.core.llm import read_model_request
 from extauthz.core.llm_usage import Usage
@@ -21,7 +22,14 @@ from extauthz.core.rate_limit import RateLimit
 from extauthz.core.team_record import TeamRecord
 from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import TokenRecord
-from extauthz.errors import InvalidValue, MalformedRecord, TeamExists, TeamHasTokens, UnknownTeam
+from extauthz.errors import (
+    InvalidValue,
+    MalformedRecord,
+    PolicyError,
+    TeamExists,
+    TeamHasTokens,
+    UnknownTeam,
+)
 from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.usage import UsageMeter
 from extauthz.storage.client import DECODING
@@ -274,3 +282,58 @@ def test_a_teams_usage_is_its_tokens_summed_per_day_and_model() -> None:
     small = today["models"]["small"]
     assert small["requests"] == 3
     assert small["prompt_tokens"] == 11 and small["completion_tokens"] == 7
+
+
+# --- JWT callers ---------------------------------------------------------------------------
+
+JWT_POLICY = PolicySnapshot(
+    1,
+    parse_policy(
+        "version: 1\nroutes:\n"
+        "  llm:\n    access: protected\n    api: openai\n    credentials: [jwt]\n"
+        "    jwt: {issuer: 'https://idp.example', audiences: [m], jwks_file: /dev/null,"
+        " team_claim: org.team}\n"
+    ).routes,
+)
+
+
+def _no_tokens(digest: str) -> TokenRecord | None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("team", "status", "reason"),
+    [
+        ("acme", 200, "granted_jwt"),
+        (None, 200, "granted_jwt"),  # (no team named: no team)
+        ("gone", 403, "unknown_team"),
+        ("Not An Id", 403, "unknown_team"),
+        ("?", 403, "unknown_team"),  # (a claim that is not a string)
+    ],
+)
+def test_a_jwt_claim_places_its_caller_in_a_team(
+    team: str | None, status: int, reason: str
+) -> None:
+    def verify(token: str, settings: Any, now: float) -> JwtIdentity:
+        assert settings.team_claim == "org.team"
+        return JwtIdentity("alice", frozenset(), (), now + 60, team=team)
+
+    llm = read_model_request(b'{"model": "small", "max_tokens": 10}')
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+    facts = RequestFacts("llm", authorization=f"Bearer {jwt}", llm=llm)
+    decided = decide(facts, JWT_POLICY, _no_tokens, START, verify, {"acme": TEAM}.get)
+    assert (decided.status, decided.reason) == (status, reason)
+    if team == "acme":
+        assert "team:acme" in [x.scope for x in decided.limits]
+        large = read_model_request(b'{"model": "large", "max_tokens": 10}')
+        refused = decide(facts._replace(llm=large), JWT_POLICY, _no_tokens, START, verify,
+                         {"acme": TEAM}.get)  # fmt: skip
+        assert refused.reason == "model_not_allowed"  # (the team's models)
+
+
+def test_team_claim_is_a_claim_path_named_with_file_and_line() -> None:
+    with pytest.raises(PolicyError, match=r":7: routes.r.jwt.team_claim: not a claim path"):
+        parse_policy(
+            "version: 1\nroutes:\n  r:\n    access: protected\n    credentials: [jwt]\n    jwt:\n"
+            "      {issuer: 'https://i.example', audiences: [a], team_claim: 'a b'}\n"
+        )

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from extauthz.core.credentials import BearerCredential, Credential, looks_like_jwt
 from extauthz.core.identity.base import Context, Identity, IdentityResult, Rejected, Unavailable
 from extauthz.core.jwt_verify import JwtIdentity, JwtRejected, JwtUnavailable
+from extauthz.core.token_record import TEAM_ID
+from extauthz.errors import MalformedRecord, StoreError
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,14 @@ class JwtBearer:
             case JwtIdentity() as jwt:
                 # namespaced: a JWT subject never shares a token id's counters or header value
                 subject = f"jwt:{settings.issuer}:{jwt.subject}"
+                team = None
+                if jwt.team is not None and TEAM_ID.fullmatch(jwt.team):
+                    try:
+                        team = ctx.teams(jwt.team)
+                    except MalformedRecord:
+                        pass  # (a team edited badly by hand: as one that does not exist)
+                    except StoreError:
+                        return Unavailable("store_unavailable")
                 return Identity(
                     subject,
                     jwt.scopes,
@@ -43,6 +53,8 @@ class JwtBearer:
                     jwt.headers,
                     valid_until=None,
                     models=jwt.models,
+                    team_id=jwt.team,
+                    team=team,
                 )
         return None  # pragma: no cover (the match is exhaustive)
 
