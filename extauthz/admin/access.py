@@ -59,7 +59,9 @@ class Manager:
             return None
         expires = record.expires_at
         if record.lapses_at is not None:  # a key given a TTL by hand ends then
-            lapse = int(record.lapses_at)
+            # (read time + PTTL lands a millisecond either side of an EXPIREAT second: the
+            # nearest second, or a token made with the manager's own expiry "outlives" it)
+            lapse = round(record.lapses_at)
             expires = lapse if expires is None else min(expires, lapse)
         return cls(record.id, ADMIN_SCOPE in record.scopes, record.routes, expires, record.team)
 

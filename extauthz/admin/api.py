@@ -375,15 +375,19 @@ def create_token(who: Who, store: Db, body: NewToken) -> dict[str, Any]:
         store,
         body.routes,
         body.scopes,
-        ttl_seconds=tokens.parse_ttl(body.ttl) if body.ttl else None,
+        ttl_seconds=tokens.parse_ttl(body.ttl) if body.ttl is not None else None,
         name=body.name,
         now=time.time(),
-        rate_limit=tokens.parse_rate_limit(body.rate_limit) if body.rate_limit else None,
+        rate_limit=tokens.parse_rate_limit(body.rate_limit)
+        if body.rate_limit is not None
+        else None,
         actor=who.id,
         not_after=None if who.admin else who.expires_at,
         check=lambda record: _require(who, Action.CREATE, record),
         models=body.models,
-        token_limit=tokens.parse_token_limit(body.token_limit) if body.token_limit else None,
+        token_limit=tokens.parse_token_limit(body.token_limit)
+        if body.token_limit is not None
+        else None,
         allow_unknown_route=body.allow_unknown_route,
         team=body.team if body.team is not None else who.team,
     )
@@ -421,15 +425,19 @@ def update_token(who: Who, store: Db, token_id: str, body: TokenChange) -> dict[
         routes=body.routes,
         scopes=body.scopes,
         name=body.name,
-        ttl_seconds=tokens.parse_ttl(body.ttl) if body.ttl else None,
+        ttl_seconds=tokens.parse_ttl(body.ttl) if body.ttl is not None else None,
         no_expiry=body.no_expiry,
-        rate_limit=tokens.parse_rate_limit(body.rate_limit) if body.rate_limit else "keep",
+        rate_limit=tokens.parse_rate_limit(body.rate_limit)
+        if body.rate_limit is not None
+        else "keep",
         now=time.time(),
         confirm=2.0,
         actor=who.id,
         check=check,
         models=None if body.all_models else body.models if body.models is not None else "keep",
-        token_limit=tokens.parse_token_limit(body.token_limit) if body.token_limit else "keep",
+        token_limit=tokens.parse_token_limit(body.token_limit)
+        if body.token_limit is not None
+        else "keep",
         allow_unknown_route=body.allow_unknown_route,
         team=None if body.no_team else body.team if body.team is not None else "keep",
     )
@@ -538,8 +546,8 @@ def create_team(who: Who, store: Db, body: NewTeam) -> dict[str, Any]:
         body.id,
         body.name,
         body.models,
-        tokens.parse_rate_limit(body.rate_limit) if body.rate_limit else None,
-        tokens.parse_token_limit(body.token_limit) if body.token_limit else None,
+        tokens.parse_rate_limit(body.rate_limit) if body.rate_limit is not None else None,
+        tokens.parse_token_limit(body.token_limit) if body.token_limit is not None else None,
         time.time(),
         who.id,
     )

@@ -71,7 +71,7 @@ def check_routes(routes: Iterable[str]) -> frozenset[str]:
             raise InvalidValue(
                 "route", route, "use letters, digits, '.', '_', '-' (at most 128), or '*' for all"
             )
-    return route_set
+    return _fits("route", route_set)
 
 
 def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
@@ -81,15 +81,33 @@ def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
             raise InvalidValue(
                 "scope", scope, "use letters, digits, '.', '_', ':', '/', '-' (at most 128)"
             )
-    return scope_set
+    return _fits("scope", scope_set)
 
 
 def check_models(models: Iterable[str]) -> frozenset[str]:
     """LLM models a token may use: names and `prefix*` (core/llm.py)."""
     try:
-        return frozenset(check_model_patterns(models))
+        patterns = frozenset(check_model_patterns(models))
     except ValueError as e:
         raise InvalidValue("model", None, str(e)) from None
+    for pattern in patterns:
+        if len(pattern) > MAX_ITEM:  # (what a record holds: core/token_record.py)
+            raise InvalidValue("model", pattern, f"at most {MAX_ITEM} characters in a token")
+    return _fits("model", patterns)
+
+
+MAX_ITEM = 128  # characters of one route, scope or model in a record
+MAX_LIST = 4096  # characters of a record's list field, commas included
+
+
+def _fits(flag: str, items: frozenset[str]) -> frozenset[str]:
+    """Items a record can hold: a list field of at most MAX_LIST characters (a record
+    beyond it would be refused when read, a token that only ever answers 401)."""
+    if sum(len(item) + 1 for item in items) - 1 > MAX_LIST:
+        raise InvalidValue(
+            flag, f"{len(items)} items", f"at most {MAX_LIST} characters in all, commas included"
+        )
+    return items
 
 
 def check_kind(scopes: frozenset[str]) -> str:

@@ -150,6 +150,14 @@ def test_bad_input_is_400_with_the_field_and_writes_nothing(
         ({"routes": ["a"], "models": ["demo"]}, None, "model: token limits and models apply"),
         ({"routes": ["llm"], "token_limit": "0/d"}, None, "token_limit: 0 would refuse every"),
         ({"routes": ["a"], "allow_unknown_route": None}, None, "allow_unknown_route"),
+        # empty values are given values (refused), never taken for "none given"
+        ({"routes": ["a"], "rate_limit": ""}, None, "rate_limit"),
+        ({"routes": ["llm"], "token_limit": ""}, None, "token_limit"),
+        ({"routes": ["a"], "ttl": ""}, None, "ttl"),
+        # what a record could not hold (a token that would only ever answer 401)
+        ({"routes": ["llm"], "models": ["m" * 200]}, None, "model"),
+        ({"routes": ["a"], "scopes": [f"s{i:03}" + "x" * 120 for i in range(40)]}, None, "scope"),
+        ({"routes": ["a"], "team": "nope"}, None, "no team with id 'nope'"),
     ]
     for body, raw, field in cases:
         code, reply = api.call("POST", "/v1/tokens", admin, body, raw)

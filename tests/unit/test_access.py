@@ -176,3 +176,17 @@ def test_a_team_is_read_by_admins_and_its_managers_and_written_by_admins_only(
         assert (read, write) == (Verdict.ALLOW, Verdict.FORBIDDEN)
     else:
         assert read is write is Verdict.NOT_FOUND
+
+
+@pytest.mark.parametrize("noise", [-0.0009, -0.0004, 0.0, 0.0004, 0.0009])
+def test_a_managers_key_ttl_read_a_millisecond_early_or_late_is_its_expiry(noise: float) -> None:
+    """Read time + PTTL lands a millisecond either side of the EXPIREAT second: a token made
+    with the manager's own expiry is within it, every time."""
+    base = record("a", "tokens:manage", NOW + HOUR, kind="management")
+    lapsing = TokenRecord(
+        base.id, base.routes, base.scopes, base.expires_at, kind=base.kind,
+        lapses_at=NOW + HOUR + noise,
+    )  # fmt: skip
+    who = Manager.of(lapsing)
+    assert who is not None and who.expires_at == NOW + HOUR
+    assert decide(who, Action.CREATE, Target.of(record("a", "", NOW + HOUR))) is Verdict.ALLOW

@@ -345,3 +345,28 @@ def test_wrong_type_key_is_malformed(store: Store) -> None:
     store.client.set("extauthz:token:" + "1" * 64, "not a hash")
     with pytest.raises(MalformedRecord):
         store.token_record("1" * 64)
+
+
+@pytest.mark.parametrize(
+    ("scopes", "models"),
+    [
+        ([f"s{i:03}" + "x" * 124 for i in range(31)], None),  # 31 x 129 - 1 = 3998 characters
+        ([], ["m" * 128, "n" * 128]),
+        (["a" * 128], [f"model-{i:04}" for i in range(400)]),  # 400 x 11 - 1 = 4399: refused
+        ([f"s{i:03}" + "x" * 124 for i in range(32)], None),  # 32 x 129 - 1 = 4127: refused
+        ([], ["m" * 129]),  # refused
+    ],
+)
+def test_every_token_made_can_be_read_back(
+    store: Store, scopes: list[str], models: list[str] | None
+) -> None:
+    """What create accepts is what a record can hold: never a token that only answers 401."""
+    publish_routes(store, llm=["llm"])
+    try:
+        issued = tokens.create(store, ["llm"], scopes, models=models, now=time.time())
+    except InvalidValue as e:
+        assert "at most" in e.rule
+        return
+    found = store.token_record(token_hash(issued.token))
+    assert found is not None and found.scopes == issued.record.scopes
+    assert found.models == issued.record.models
