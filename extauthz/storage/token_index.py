@@ -331,7 +331,9 @@ class TokenIndex:
                     previous = None
                     if item.old_digest is not None:
                         pipe.delete(self.store.token_key(item.old_digest))
-                        if grace is not None:
+                        # (a secret in grace goes, unless it is the one being written: an
+                        # export from before a rotation, replaced back)
+                        if grace is not None and grace[0] != item.digest:
                             pipe.delete(self.store.token_key(grace[0]))
                     elif grace is not None:  # an update: the old secret gets it too
                         previous = grace[0]

@@ -223,3 +223,18 @@ def test_replace_also_ends_a_rotation_grace(store: Store, tmp_path: Path) -> Non
     assert store.token_record(token_hash(first.token)) is None
     assert store.token_record(token_hash(second.token)) is None
     assert store.token_record(token_hash(SECRET)) is not None
+
+
+def test_replacing_a_token_with_the_secret_it_had_before_its_rotation_keeps_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """An export from before a rotation, imported with --replace during the grace: the old
+    secret is written back as the token's, never deleted as "the secret in grace"."""
+    publish_routes(store, "m")
+    first = tokens.create(store, ["m"], token_id="k1", ttl_seconds=3600, now=NOW)
+    (before,) = [json.loads(line) for line in export_lines(store)]
+    second = tokens.rotate(store, "k1", grace_seconds=600, now=NOW)
+    assert "1 replaced" in _import(store, _write(tmp_path / "t.jsonl", before), replace=True)
+    assert store.token_record(token_hash(first.token)) is not None  # the token, whole again
+    assert store.token_record(token_hash(second.token)) is None
+    assert tokens.show(store, "k1").id == "k1"
