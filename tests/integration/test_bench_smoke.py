@@ -136,3 +136,15 @@ def test_llm_scale_bench_smoke(tmp_path: Path) -> None:
     run_bench("llm_scale.py", "--streams", "10", "--chunks", "10", "--json", str(out))
     data = json.loads(out.read_text())
     assert data["ok"] == 10 and data["counted_exactly"], data
+
+
+def test_teams_bench_smoke(tmp_path: Path) -> None:
+    require_binary("redis-server")
+    out = tmp_path / "teams.json"
+    result = run_bench(
+        "teams.py", "--sizes", "5,50", "--members", "5", "--repeat", "2", "--json", str(out)
+    )
+    data = json.loads(out.read_text())
+    assert [row["teams"] for row in data["rows"]] == [6, 51]  # (and the measured team)
+    assert all(row[key] > 0 for row in data["rows"] for key in ("show", "members", "usage"))
+    assert "time ratios" in result.stdout
