@@ -384,9 +384,14 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         to the caller, the metrics and usage. With `tickets`, a record whose `ticket` does
         not verify is not counted at all (its reservation stays)."""
         tickets = self.tickets
-        if tickets is not None and not tickets.valid(token_id, route, model, token_limits, ticket):
-            self._uncounted("unsigned")
-            return
+        if tickets is not None:
+            nonce = tickets.verified(token_id, route, model, token_limits, ticket)
+            if nonce is None:
+                self._uncounted("unsigned")
+                return
+            if not tickets.claim(nonce, token_limits, self.clock()):
+                self._uncounted("counted_already")
+                return
         if token_limits and self.limiter is not None:
             # a success is charged its usage; one whose usage cannot be read (or only
             # estimated from its chunks) keeps its whole reservation, and so does a response

@@ -204,6 +204,14 @@ class Store:
             raise MalformedRecord(f"{key} is not a key of at least 32 characters")
         return found
 
+    def claim_ticket(self, nonce: str, until: int) -> bool:
+        """Claim an LLM record's nonce (`{prefix}tl:settled:<nonce>`, SET NX, expiring at
+        `until`): True the first time, False ever after (runtime/tickets.py)."""
+        with self.redis_errors():
+            return bool(
+                self.client.set(f"{self.prefix}tl:settled:{nonce}", "1", nx=True, exat=until)
+            )
+
     def add_units(self, counter: str, units: int, ends: float) -> None:
         """Add `units` (a debt; negative: a budget given back) to a limit's counter."""
         key = f"{self.prefix}{counter}"

@@ -440,6 +440,12 @@ def test_only_records_of_this_deployments_allows_are_counted(store: Store) -> No
     assert limiter.admit(again, START + 1).status == 429  # nothing was given back
     records.StreamAccessLogs(iter([_record(signed, usage)]), None)  # the real one counts
     assert limiter.admit(again, START + 1).outcome is Outcome.ALLOW
+    # sent again (a refusal: its reservation would come back whole): counted once only
+    records.StreamAccessLogs(iter([_record(signed, usage, 400)] * 3), None)
+    assert limiter.admit(again, START + 1).status == 429  # (nothing more given back)
+    meter.flush()
+    charged = store.llm_token_usage("t1", [int(START // 86400)])[0]
+    assert charged == {"m": {"prompt_tokens": 1, "completion_tokens": 1}}
     # (the second tickets object of this deployment reads the same key from Redis)
     assert Tickets(store).valid("t1", "llm", "m", authz[METADATA_KEY], signed[TICKET_KEY])
 
