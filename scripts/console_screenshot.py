@@ -1,5 +1,6 @@
 """Takes docs/console.png, the README's screenshot of the console: a local stack with a few
-tokens and two weeks of usage, signed in as admin in Debian's headless chromium.
+teams, tokens and two weeks of usage (requests, LLM models and tokens), signed in as admin
+in Debian's headless chromium, on the Teams page with a team opened.
 
     .venv/bin/python scripts/console_screenshot.py [docs/console.png]
 """
@@ -16,25 +17,46 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from extauthz.admin import tokens
+from extauthz.admin import teams, tokens
 from extauthz.config import Settings
 from extauthz.dev.stack import Stack, free_base_port
+from extauthz.storage.store import TOKEN_KINDS
 
-TOKENS = (  # name, routes, scopes, ttl days, rate limit, requests a day
-    ("iris classifier (prod)", ["densenet161"], ["inference"], 90, "600/m", 5200),
-    ("batch scoring job", ["densenet161"], ["inference"], 30, None, 1800),
-    ("deployment A CI", ["deployment-a"], [], 7, "60/m", 300),
-    ("model ops", ["densenet161-management"], ["management"], 30, None, 40),
-    ("team A developers", ["deployment-a", "deployment-b"], ["tokens:manage"], 30, None, 0),
+TEAMS = (  # id, name, models, rate limit, LLM token limit
+    ("research", "Research", ["demo-*"], "1200/m", "2000000/d"),
+    ("support-bots", "Support bots", ["demo-small"], "300/m", "500000/d"),
+    ("acme", "Acme Corp (pilot)", None, None, "100000/d"),
 )
+SHOWN = "research"  # the team the screenshot opens
+TOKENS = (  # name, routes, scopes, team, ttl days, rate limit, requests a day, {model: share}
+    ("iris classifier (prod)", ["densenet161"], ["inference"], None, 90, "600/m", 5200, {}),
+    ("batch scoring job", ["densenet161"], ["inference"], None, 30, None, 1800, {}),
+    ("notebooks", ["llm"], [], "research", 30, "60/m", 900, {"demo-small": 0.7, "demo-large": 0.3}),
+    ("eval pipeline", ["llm"], [], "research", 7, None, 400, {"demo-large": 1.0}),
+    ("research leads", ["llm"], ["tokens:manage"], "research", 30, None, 0, {}),
+    ("support bot", ["llm"], [], "support-bots", 30, "120/m", 1500, {"demo-small": 1.0}),
+    ("deployment A CI", ["deployment-a"], [], None, 7, "60/m", 300, {}),
+)  # fmt: skip
+WORDS = {"demo-small": (420, 160), "demo-large": (900, 380)}  # prompt, completion per request
 
 
-def seed(stack: Stack) -> str:
-    """The tokens and their usage; returns the id whose usage the screenshot shows."""
+def seed(stack: Stack) -> None:
+    """The teams, the tokens and their usage: made-up figures, written as the servers'
+    usage flush writes them."""
     store, now, rng = stack.store(), time.time(), random.Random(7)  # noqa: S311 (made-up usage figures)
     today = int(now // 86400)
-    shown = ""
-    for name, routes, scopes, days, limit, daily in TOKENS:
+    for team_id, name, models, rate, limit in TEAMS:
+        teams.create(
+            store,
+            team_id,
+            name,
+            models,
+            tokens.parse_rate_limit(rate) if rate else None,
+            tokens.parse_token_limit(limit) if limit else None,
+            now,
+            "cli:alice",
+        )
+    for name, routes, scopes, team, days, limit, daily, split in TOKENS:
         made = tokens.create(
             store,
             routes,
@@ -44,18 +66,29 @@ def seed(stack: Stack) -> str:
             ttl_seconds=days * 86400,
             rate_limit=tokens.parse_rate_limit(limit) if limit else None,
             actor="cli:alice",
+            team=team,
         )
-        shown = shown or made.record.id
-        if daily:
-            counts = {
-                (made.record.id, day): [
-                    int(daily * rng.uniform(0.6, 1.3) * (0.5 if (day + 3) % 7 < 2 else 1)),
-                    rng.choice([0, 0, 0, rng.randint(5, 90)]) if limit else 0,
+        if not daily:
+            continue
+        token_id = made.record.id
+        counts: dict[tuple[str, int], list[int]] = {}
+        models: dict[tuple[str, int, str], int] = {}
+        charged: dict[tuple[str, int, str], list[int]] = {}
+        for day in range(today - 13, today + 1):
+            allowed = int(daily * rng.uniform(0.6, 1.3) * (0.5 if (day + 3) % 7 < 2 else 1))
+            limited = rng.choice([0, 0, 0, rng.randint(5, 90)]) if limit else 0
+            counts[token_id, day] = [allowed, limited]
+            for model, share in split.items():
+                n = int(allowed * share)
+                prompt, completion = WORDS[model]
+                models[token_id, day, model] = n
+                kinds = [
+                    int(n * prompt * rng.uniform(0.7, 1.3)),
+                    int(n * completion * rng.uniform(0.7, 1.3)),
                 ]
-                for day in range(today - 13, today + 1)
-            }
-            store.add_usage(counts, {made.record.id: now - rng.uniform(5, 3000)}, 90)
-    return shown
+                charged[token_id, day, model] = kinds + [0] * (len(TOKEN_KINDS) - 2)
+        store.add_usage(f"screenshot-{token_id}", counts, 90, models=models, tokens=charged)
+        store.raise_last_used({token_id: now - rng.uniform(5, 3000)})
 
 
 def main(out: Path) -> None:
@@ -63,7 +96,7 @@ def main(out: Path) -> None:
         stack = Stack(free_base_port(), Path(state), Path("examples/policy.yaml"), Settings())
         stack.start()
         try:
-            shown = seed(stack)
+            seed(stack)
             admin = tokens.create(
                 stack.store(), ["*"], ["admin"], name="console admin", now=time.time()
             ).token
@@ -77,14 +110,21 @@ def main(out: Path) -> None:
                 options.add_argument(flag)
             driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
             try:
-                driver.get(stack.console_url)
+                driver.get(f"{stack.console_url}#teams/{SHOWN}")
                 driver.find_element(By.ID, "login-token").send_keys(admin + "\n")
-                time.sleep(1.0)
-                row = driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{shown}"]')
-                row.find_element(By.CSS_SELECTOR, "button[aria-label^='Usage']").click()
-                time.sleep(0.8)
-                height = driver.execute_script("return document.body.scrollHeight")
-                driver.set_window_size(1280, min(int(height) + 20, 1800))
+                deadline = time.monotonic() + 10
+                while not driver.find_elements(By.CSS_SELECTOR, "#team-chart .model g.day") or (
+                    "…" in driver.find_element(By.ID, "teams-body").text  # (token counts)
+                ):
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the team's usage chart did not render")
+                    time.sleep(0.1)
+                time.sleep(0.5)
+                # the whole page: its height, plus what the window's frame takes of it
+                height, frame = driver.execute_script(
+                    "return [document.documentElement.scrollHeight, outerHeight - innerHeight]"
+                )
+                driver.set_window_size(1280, min(int(height) + int(frame), 2400))
                 driver.execute_script("window.scrollTo(0, 0)")
                 time.sleep(0.3)
                 driver.save_screenshot(str(out))

@@ -69,6 +69,7 @@ from extauthz.errors import (
 )
 from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.storage.store import Store
+from extauthz.storage.team_index import TeamIndex
 from extauthz.storage.token_index import TokenIndex
 
 MAX_BODY_BYTES = 64 << 10
@@ -346,21 +347,37 @@ def _owned(store: Store, who: Manager, token_id: str, action: Action) -> TokenRe
     return record
 
 
-@tokens_api.get("", response_model=TokenPage, response_description="A page of tokens.")
+@tokens_api.get(
+    "",
+    response_model=TokenPage,
+    responses=NOT_FOUND_TEAM,
+    response_description="A page of tokens.",
+)
 def list_tokens(
     who: Who,
     store: Db,
     route: Annotated[str | None, Query(description="only tokens that grant this route")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the page before")] = None,
+    team: Annotated[
+        str | None, Query(max_length=63, description="only the tokens of this team")
+    ] = None,
 ) -> dict[str, Any]:
     """The tokens the caller may see, in creation order, a page at a time (a page may hold
-    fewer than `limit`: those it may not see are left out)."""
-    records, next_cursor = TokenIndex(store).page(_cursor(cursor), limit, route)
+    fewer than `limit`: those it may not see are left out). With `team`: that team's (404
+    for a team the caller may not see, or none has)."""
+    among = None
+    if team is not None:
+        _require_team(who, Action.TEAM_READ, _team_id(team))
+        _known_team(store, team)
+        among = TeamIndex(store).member_ids(team)
+    records, next_cursor = TokenIndex(store).page(_cursor(cursor), limit, route, among)
     shown = [
         r.to_json()
         for r in records
-        if isinstance(r, TokenRecord) and decide(who, Action.READ, Target.of(r)) == "allow"
+        if isinstance(r, TokenRecord)
+        and (team is None or r.team == team)  # (an id left in the team's set: moved since)
+        and decide(who, Action.READ, Target.of(r)) == "allow"
     ]
     return {"tokens": shown, "next_cursor": _cursor_text(next_cursor)}
 

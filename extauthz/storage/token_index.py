@@ -207,20 +207,32 @@ class TokenIndex:
                 return
 
     def page(
-        self, after: float | None, count: int, route: str | None = None
+        self,
+        after: float | None,
+        count: int,
+        route: str | None = None,
+        among: list[str] | None = None,
     ) -> tuple[list[TokenRecord | MalformedRecord], float | None]:
         """One page for an API: up to `count` entries after creation position `after`
-        (`route`: only tokens that grant it, so a page may hold fewer), and the position
-        the next page starts after (None: this was the last)."""
+        (`route`: only tokens that grant it, so a page may hold fewer; `among`: only these
+        ids, e.g. a team's), and the position the next page starts after (None: the last)."""
         with self.store.redis_errors():
-            entries = self.client.zrangebyscore(
-                self.ids_key,
-                "-inf" if after is None else f"({after!r}",
-                "+inf",
-                start=0,
-                num=count + 1,  # one more: is there a next page at all?
-                withscores=True,
-            )
+            if among is not None:
+                scores = self.client.zmscore(self.ids_key, among) if among else []
+                entries = sorted(
+                    ((i, s) for i, s in zip(among, scores, strict=True) if s is not None),
+                    key=lambda entry: entry[1],
+                )
+                entries = [e for e in entries if after is None or e[1] > after][: count + 1]
+            else:
+                entries = self.client.zrangebyscore(
+                    self.ids_key,
+                    "-inf" if after is None else f"({after!r}",
+                    "+inf",
+                    start=0,
+                    num=count + 1,  # one more: is there a next page at all?
+                    withscores=True,
+                )
         more = len(entries) > count
         entries = entries[:count]
         records = [

@@ -385,6 +385,10 @@ def test_a_team_manager_acts_on_exactly_its_teams_tokens(
     assert api.call("DELETE", "/v1/teams/acme", lead.token)[0] == 403
     assert api.call("GET", "/v1/teams/beta", lead.token)[0] == 404
     assert api.call("POST", "/v1/teams", lead.token, {"id": "new"})[0] == 403
+    # ?team=: its team's tokens it may see (not its own management token), no other team's
+    listed = {t["id"] for t in api.call("GET", "/v1/tokens?team=acme", lead.token)[1]["tokens"]}
+    assert listed == {"ours", child["id"]}
+    assert api.call("GET", "/v1/tokens?team=beta", lead.token)[0] == 404
     # fields that mean nothing on a management token are refused
     admin = made("*", "admin", None)
     code, reply = api.call(
@@ -392,6 +396,35 @@ def test_a_team_manager_acts_on_exactly_its_teams_tokens(
         {"routes": ["a"], "scopes": ["tokens:manage"], "rate_limit": "5/m"},
     )  # fmt: skip
     assert code == 400 and "management token" in reply["message"]
+    store.close()
+
+
+def test_a_teams_tokens_are_listed_by_the_server_a_page_at_a_time(
+    api: Api, redis_server: RedisServer
+) -> None:
+    """GET /v1/tokens?team=: the team's tokens in creation order, paged like the full
+    list; a token moved out since (its id still in the team's set) is not among them."""
+    store = open_store(redis_server.url, "extauthz:", 2.0)
+    now = time.time()
+    admin = tokens.create(store, ["*"], ["admin"], now=now).token
+    teams.create(store, "acme", now=now)
+    ids = []
+    for n in range(5):
+        tokens.create(store, ["a"], now=now, token_id=f"other{n}")  # (interleaved, no team)
+        ids.append(tokens.create(store, ["a"], now=now, team="acme", token_id=f"t{n}").record.id)
+    tokens.update(store, "t2", team=None, now=now)  # moved out: its id stays in the set
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        status, page = api.call("GET", f"/v1/tokens?team=acme&limit=2{cursor}", admin)
+        assert status == 200 and all(t["team"] == "acme" for t in page["tokens"])
+        seen += [t["id"] for t in page["tokens"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+    assert seen == ["t0", "t1", "t3", "t4"]
+    status, page = api.call("GET", "/v1/tokens?team=acme&route=b", admin)
+    assert (status, page["tokens"]) == (200, [])
     store.close()
 
 

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from extauthz.admin import tokens
+from extauthz.admin import teams, tokens
 from extauthz.config import Settings
 from extauthz.core.credentials import token_hash
 from extauthz.dev.stack import Stack
+from extauthz.storage.store import TOKEN_KINDS
 from tests.support.procs import local_stack, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
@@ -65,6 +66,12 @@ def admin_token(stack: Stack) -> str:
 
 def model_status(stack: Stack, token: str) -> int:
     return request(stack.ports.external.port, "/predictions/densenet161", "POST", bearer(token))[0]
+
+
+def chat(stack: Stack, secret: str, model: str) -> int:
+    body = json.dumps({"model": model, "messages": []}).encode()
+    headers = {**bearer(secret), "Content-Type": "application/json"}
+    return request(stack.ports.external.port, "/v1/chat/completions", "POST", headers, body)[0]
 
 
 def test_console_and_api_behind_envoy(stack: Stack) -> None:
@@ -360,12 +367,7 @@ def test_the_create_dialog_picks_llm_models(stack: Stack, browser: Any) -> None:
     page.wait(lambda: page("#secret-dialog").is_displayed(), "the secret")
     secret = page("#secret-value").get_attribute("value")
 
-    def chat(model: str) -> int:
-        body = json.dumps({"model": model, "messages": []}).encode()
-        headers = {**bearer(secret), "Content-Type": "application/json"}
-        return request(stack.ports.external.port, "/v1/chat/completions", "POST", headers, body)[0]
-
-    assert chat("demo-small") == 200 and chat("demo-large") == 403
+    assert chat(stack, secret, "demo-small") == 200 and chat(stack, secret, "demo-large") == 403
     page("#secret-dialog [data-close]").click()
     page.wait(lambda: "model:demo-small" in page.text("#tokens-body"), "the model in the list")
 
@@ -395,3 +397,198 @@ def test_console_signs_out_when_its_token_is_revoked(stack: Stack, browser: Any)
     page.wait(lambda: page("#login").is_displayed(), "the sign-in form")
     assert "refused" in page.text("#login-error")
     assert browser.execute_script("return sessionStorage.length") == 0
+
+
+# --- teams ----------------------------------------------------------------------------------
+
+
+def sign_in(stack: Stack, browser: Any, token: str, hash_: str = "") -> Page:
+    page = Page(browser)
+    browser.get(stack.console_url + hash_)
+    page.type("#login-token", token + "\n")
+    page.wait(lambda: page("#app").is_displayed(), "the signed-in console")
+    page.wait(lambda: "Signed in ·" in page.text("#session-label"), "the caller's role")
+    return page
+
+
+def elements(browser: Any, css: str) -> list[Any]:
+    return list(browser.find_elements("css selector", css))
+
+
+def test_console_teams_create_member_usage_edit_delete(stack: Stack, browser: Any) -> None:
+    """An admin makes a team on the Teams page, a token in it from the create dialog (used
+    through the real Envoy), sees it among the team's members and the team's usage per
+    model, edits the team and deletes it (refused with its token, then with it revoked)."""
+    from selenium.webdriver.support.select import Select
+
+    page = sign_in(stack, browser, admin_token(stack))
+    page('#nav a[href="#teams"]').click()
+    page.wait(lambda: page("#view-teams").is_displayed(), "the Teams page")
+    assert not page("#view-tokens").is_displayed()
+    page("#new-team").click()
+    page.wait(lambda: page("#team-dialog").is_displayed(), "the team dialog")
+    page.type("#team-id", "Not An Id")
+    page("#team-form button[type=submit]").click()
+    page.wait(lambda: "team" in page.text("#team-error"), "the refusal")  # (the API's 400)
+    page.type("#team-id", "acme")
+    page.type("#team-name", "Acme Corp")
+    page.type("#team-models", "demo-small")
+    page.type("#team-rate", "600/m")
+    page.type("#team-token-limit", "1000000/d")
+    page("#team-form button[type=submit]").click()
+    page.wait(lambda: "Team Acme Corp · acme" in page.text("#team-title"), "the team's page")
+    assert browser.execute_script("return location.hash") == "#teams/acme"
+    assert "600/m" in page.text("#team-facts") and "demo-small" in page.text("#team-facts")
+    row = page.wait(lambda: page('#teams-body tr[data-id="acme"]'), "the team's row")
+    assert "Acme Corp" in row.text and "1000000/d" in row.text
+
+    # a token in the team, from the create dialog; it works through the real Envoy
+    page('#nav a[href="#tokens"]').click()
+    page("#new-token").click()
+    page.wait(lambda: page("#create-dialog").is_displayed(), "the create dialog")
+    team_select = Select(page("#create-team"))
+    assert [o.get_attribute("value") for o in team_select.options][:1] == [""]  # (no team)
+    team_select.select_by_value("acme")
+    page.type("#create-name", "acme bot")
+    page.type("#create-routes", "llm")
+    page("#create-form button[type=submit]").click()
+    page.wait(lambda: page("#secret-dialog").is_displayed(), "the secret")
+    secret = page("#secret-value").get_attribute("value")
+    token_id = page.text("#secret-id")
+    assert stack.store().token_record(token_hash(secret)).team == "acme"  # type: ignore[union-attr]
+    page("#secret-dialog [data-close]").click()
+    assert [chat(stack, secret, "demo-small") for _ in range(2)] == [200, 200]
+    assert chat(stack, secret, "demo-large") == 403  # (the team's models)
+    page.wait(lambda: "acme" in page.row(token_id).text, "the team in the token list")
+
+    def counted() -> bool:
+        today = tokens.usage(stack.store(), token_id, 1, time.time())["days"][0]
+        return bool(today.get("models", {}).get("demo-small", {}).get("requests") == 2)
+
+    wait_for(counted, 10, "the usage flush")
+    # the token's page: its team, its usage per model
+    page.row(token_id).find_element("css selector", "button[aria-label^='Usage']").click()
+    page.wait(lambda: "Team\nacme" in page.text("#usage-facts"), "the token's team")
+    page.wait(lambda: elements(browser, '#usage-models .model[data-model="demo-small"]'), "split")
+    assert "2 requests" in page.text('#usage-models .model[data-model="demo-small"] h4')
+
+    # its team's page: the member, and the usage chart per model and day
+    page.row(token_id).find_element("css selector", "td a").click()  # (the team's link)
+    page.wait(lambda: page("#view-teams").is_displayed(), "the Teams page")
+    page.wait(lambda: page(f'#members-body tr[data-id="{token_id}"]'), "the member")
+    assert "acme bot" in page.text("#members-body")
+    page.wait(lambda: "1 token" in page.text("#team-usage-summary"), "the team's usage")
+    chart = '#team-chart .model[data-model="demo-small"]'
+    days = elements(browser, f'{chart} g.day[data-model="demo-small"]')
+    assert len(days) == 2 * 7  # (requests and LLM tokens, per day)
+    last = days[6].find_element("css selector", "title").get_attribute("textContent")
+    assert last.endswith(": 2 requests"), last
+    Select(page("#team-days")).select_by_visible_text("30")
+    page.wait(lambda: len(elements(browser, f"{chart} g.day")) == 2 * 30, "30 days")
+    assert "30 days" in page.text("#team-usage-summary")
+
+    # edit: a new name, its request limit removed
+    page('#team-actions button[aria-label="Edit team acme"]').click()
+    page.wait(lambda: page("#team-dialog").is_displayed(), "the team dialog")
+    assert page("#team-rate").get_attribute("value") == "600/m"
+    assert not page("#team-id").is_enabled()
+    page.type("#team-name", "Acme Industries")
+    page("#team-rate").clear()
+    page("#team-form button[type=submit]").click()
+    page.wait(lambda: "Acme Industries" in page.text("#team-title"), "the new name")
+    page.wait(lambda: "Request limit\nnone" in page.text("#team-facts"), "the limit removed")
+    shown = teams.show(stack.store(), "acme")
+    assert (shown.name, shown.rate_limit, str(shown.token_limit)) == (
+        "Acme Industries",
+        None,
+        "1000000/d",
+    )
+
+    # delete: asks first; with a token it says the API's 409, then revokes it with the team
+    page('#team-actions button[aria-label="Delete team acme"]').click()
+    page.wait(lambda: page("#delete-team-dialog").is_displayed(), "the confirmation")
+    assert page("#delete-team-choice").is_displayed() and "1 token" in page.text(
+        "#delete-team-choice"
+    )
+    page("#delete-team-form button.danger").click()
+    page.wait(lambda: "revoke_tokens" in page.text("#delete-team-error"), "the 409 message")
+    assert chat(stack, secret, "demo-small") == 200  # (nothing happened)
+    page("#delete-team-revoke").click()
+    page("#delete-team-form button.danger").click()
+    page.wait(lambda: "Deleted team acme" in page.text("#teams-notice"), "the deletion")
+    page.wait(lambda: not elements(browser, '#teams-body tr[data-id="acme"]'), "the row gone")
+    assert not page("#team").is_displayed()
+    assert chat(stack, secret, "demo-small") == 401
+    log = browser.get_log("browser")
+    assert [e for e in log if e["level"] == "SEVERE" and e["source"] != "network"] == []
+
+
+def test_a_team_manager_sees_its_team_only_and_read_only(stack: Stack, browser: Any) -> None:
+    store, now = stack.store(), time.time()
+    for team in ("mgr-a", "mgr-b"):
+        teams.create(store, team, name=f"Team {team}", now=now)
+    lead = tokens.create(store, ["llm"], ["tokens:manage"], 3600, now=now, team="mgr-a")
+    ours = tokens.create(store, ["llm"], [], 600, name="ours", now=now, team="mgr-a")
+    theirs = tokens.create(store, ["llm"], [], 600, name="theirs", now=now, team="mgr-b")
+
+    page = sign_in(stack, browser, lead.token, "#teams")
+    assert "manager of team mgr-a" in page.text("#session-label")
+    page.wait(lambda: elements(browser, "#teams-body tr[data-id]"), "the teams")
+    assert [r.get_attribute("data-id") for r in elements(browser, "#teams-body tr")] == ["mgr-a"]
+    assert not page("#new-team").is_displayed()
+    assert elements(browser, "#teams-body button") == []  # (no Edit, no Delete)
+    page('#teams-body a[aria-label="Open team mgr-a"]').click()
+    page.wait(lambda: page(f'#members-body tr[data-id="{ours.record.id}"]'), "its member")
+    assert theirs.record.id not in page.text("#members-body")
+    assert elements(browser, "#team-actions button") == []
+    page("body").send_keys("n")  # (the shortcut makes no team either)
+    assert not page("#team-dialog").is_displayed()
+    # another team: does not exist for it
+    browser.execute_script("location.hash = '#teams/mgr-b'")
+    page.wait(lambda: "no team with id 'mgr-b'" in page.text("#members-status"), "the 404")
+    assert "Team mgr-b" not in page.text("#teams-body")
+    # its tokens are made in its team: the dialog's choice is fixed to it
+    page('#nav a[href="#tokens"]').click()
+    page("#new-token").click()
+    page.wait(lambda: page("#create-dialog").is_displayed(), "the create dialog")
+    choice = page("#create-team")
+    options = [o.get_attribute("value") for o in choice.find_elements("css selector", "option")]
+    assert options == ["mgr-a"] and not choice.is_enabled()
+    page.type("#create-routes", "llm")
+    page.type("#create-ttl", "10m")  # (within its own expiry)
+    page("#create-form button[type=submit]").click()
+    page.wait(lambda: page("#secret-dialog").is_displayed(), "the secret")
+    made = stack.store().token_record(token_hash(page("#secret-value").get_attribute("value")))
+    assert made is not None and made.team == "mgr-a"
+    # and the API refuses it a change to its team, whatever a page would send
+    body = json.dumps({"name": "x"}).encode()
+    headers = {**bearer(lead.token), "Content-Type": "application/json"}
+    assert request(stack.ports.console.port, "/v1/teams/mgr-a", "PATCH", headers, body)[0] == 403
+
+
+def test_console_shows_team_and_model_names_as_text(stack: Stack, browser: Any) -> None:
+    """A team's name and a model's name (the caller's request named it) are user input:
+    on the Teams page, the team's page, its usage chart and the create dialog they are text."""
+
+    store, now = stack.store(), time.time()
+    name = '<img src=x onerror="window.pwned=1">'
+    model = "<img/src=x/onerror=window.pwned=2>"
+    teams.create(store, "hostile", name=name, models=[model], now=now)
+    member = tokens.create(store, ["llm"], name=name, now=now, team="hostile").record.id
+    today = int(now // 86400)
+    charged = [5] + [0] * (len(TOKEN_KINDS) - 1)
+    store.add_usage(
+        "console-hostile", {(member, today): [3, 0]}, 2,
+        models={(member, today, model): 3}, tokens={(member, today, model): charged},
+    )  # fmt: skip
+    page = sign_in(stack, browser, admin_token(stack), "#teams/hostile")
+    page.wait(lambda: name in page.text("#team-title"), "the name, as text")
+    page.wait(lambda: elements(browser, "#team-chart .model g.day"), "the chart")
+    assert page("#team-chart .model").get_attribute("data-model") == model
+    assert model in page.text("#team-chart") and model in page.text("#team-facts")
+    assert name in page.text("#teams-body") and name in page.text("#members-body")
+    page('#nav a[href="#tokens"]').click()
+    page("#new-token").click()
+    page.wait(lambda: name in page("#create-team").get_attribute("textContent"), "the option")
+    assert browser.execute_script("return window.pwned === undefined")
+    assert elements(browser, "img") == []

@@ -140,6 +140,11 @@ def teams_(api: Api, redis: RedisServer, admin: str, manager: str) -> None:
     assert api.call("GET", "/v1/teams", manager)[1]["teams"] == []  # (not its team)
     status, shown = api.call("GET", f"/v1/teams/{TEAM}", admin)
     assert status == 200 and shown["tokens"] == 1
+    status, page = api.call("GET", f"/v1/tokens?team={TEAM}", admin)
+    assert status == 200 and [t["id"] for t in page["tokens"]] == [member["id"]]
+    for who, team in ((manager, TEAM), (admin, "nobody"), (admin, "Not-An-Id")):
+        status, reply = api.call("GET", f"/v1/tokens?team={team}", who)
+        assert (status, reply["error"]) == (404, "not_found"), (team, reply)
     change = {"token_limit": "5000/d", "all_models": True, "rate_limit": "none"}
     status, changed = api.call("PATCH", f"/v1/teams/{TEAM}", admin, change)
     assert status == 200 and changed["models"] is None and changed["rate_limit"] is None
