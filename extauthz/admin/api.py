@@ -514,8 +514,13 @@ def token_usage(
     who: Who, store: Db, token_id: str, days: Annotated[int, Query(ge=1, le=366)] = 7
 ) -> dict[str, Any]:
     """A token's allowed and rate-limited requests for the last `days` UTC days, and its
-    LLM use per model (a revoked token's while its counts are kept)."""
-    _owned(store, who, token_id, Action.USAGE)
+    LLM use per model (for an admin, a revoked token's while its counts are kept, as
+    `token usage` shows it; a manager cannot tell a revoked token was its own)."""
+    try:
+        _owned(store, who, token_id, Action.USAGE)
+    except ApiError as e:
+        if not (who.admin and e.status == 404):
+            raise
     return tokens.usage(store, token_id, days, time.time())
 
 

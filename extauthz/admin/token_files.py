@@ -5,7 +5,8 @@ One object per line: `id`, `routes`, `scopes`, optional `name`, `created_at`, `e
 `prefix*`; absent or null: every model), `token_limit` (LLM tokens, `100000/d`, or
 null) and `team` (an existing team's id, or null), and either `token` (the
 secret, hashed on import) or `sha256` (its hash, as export writes it). A token with scope
-`admin` or `tokens:manage` is a management token (kind follows from the scopes). An import reads and
+`admin` or `tokens:manage` is a management token (kind follows from the scopes; export writes
+`kind`, and an import line's `kind` must agree with its scopes). An import reads and
 checks the whole file, then Redis (conflicts, caps, routes the synced policy does not have),
 before it writes anything; what is
 already there as the file says is skipped, so importing a file twice changes nothing.
@@ -58,6 +59,7 @@ FIELDS = (
     "models",
     "token_limit",
     "team",
+    "kind",
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{8,4096}=*", re.ASCII)  # what a Bearer token can be
@@ -73,6 +75,7 @@ def export_lines(store: Store, route: str | None = None) -> Iterator[str]:
             continue
         line: dict[str, Any] = {"id": record.id, "routes": sorted(record.routes)}
         line["scopes"] = sorted(record.scopes)
+        line["kind"] = record.kind  # (a model token given a management scope by hand stays one)
         if record.name:
             line["name"] = record.name
         line["created_at"] = record.created_at
@@ -281,7 +284,7 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
             id=check_id(_text(data, "id")),
             routes=check_routes(_names(data, "routes")),
             scopes=(scopes := check_scopes(_names(data, "scopes", required=False))),
-            kind=check_kind(scopes),
+            kind=_kind(data, check_kind(scopes)),
             name=_name(data),
             created_at=_time(data, "created_at", 0, None),  # None: kept, or the import's time
             expires_at=_time(data, "expires_at", math.floor(now) + 1, None),
@@ -346,6 +349,20 @@ def _token_limit(data: dict[str, Any]) -> TokenLimit | None:
     if not isinstance(value, str):
         raise InvalidValue("token-limit", None, "must be a string such as 100000/d, or null")
     return parse_token_limit(value)
+
+
+def _kind(data: dict[str, Any], implied: str) -> str:
+    """`kind`, where given, must be what the scopes make the token: a record exported as a
+    model token is never imported as a management one (nor the other way round)."""
+    given = data.get("kind")
+    if given is not None and given != implied:
+        raise InvalidValue(
+            "kind",
+            str(given),
+            f"its scopes make it a {implied} token: fix the scopes or the kind (a model "
+            "token never holds admin or tokens:manage)",
+        )
+    return implied
 
 
 def _team(data: dict[str, Any]) -> str | None:

@@ -98,7 +98,8 @@ def test_a_token_made_by_the_api_works_at_once_and_stops_when_deleted(
 ) -> None:
     url = redis_server.url
     admin = _token(url, "--route", "*", "--scope", "admin")["token"]
-    with extauthz_serve(url, tmp_path / "s.log", "--auth-failure-burst", "0") as (port, _):
+    serve = ("--auth-failure-burst", "0", "--usage-flush", "0.2")
+    with extauthz_serve(url, tmp_path / "s.log", *serve) as (port, _):
         client = CheckClient(port)
         code, made = api.call("POST", "/v1/tokens", admin, {"routes": ["a"], "name": "nb"})
         assert code == 201
@@ -118,6 +119,14 @@ def test_a_token_made_by_the_api_works_at_once_and_stops_when_deleted(
         wait_for(lambda: client.status("b", bearer) == 401, 1.0, "deleted")
         assert client.status("b", f"Bearer {rotated['token']}") == 401
         assert api.call("GET", f"/v1/tokens/{made['id']}", admin)[0] == 404
+
+        # its usage stays readable by an admin, as `token usage` shows it
+        def used() -> int:
+            code, usage = api.call("GET", f"/v1/tokens/{made['id']}/usage?days=1", admin)
+            return usage["days"][0]["allowed"] if code == 200 else -1
+
+        wait_for(lambda: used() == 3, 15, "the revoked token's usage")  # (its three allows)
+        assert api.call("GET", "/v1/tokens/nobody-ever/usage", admin)[0] == 404
         client.close()
 
 

@@ -238,3 +238,24 @@ def test_replacing_a_token_with_the_secret_it_had_before_its_rotation_keeps_it(
     assert store.token_record(token_hash(first.token)) is not None  # the token, whole again
     assert store.token_record(token_hash(second.token)) is None
     assert tokens.show(store, "k1").id == "k1"
+
+
+def test_a_model_token_given_admin_by_hand_is_never_imported_as_an_admin(
+    store: Store, tmp_path: Path
+) -> None:
+    """A record made by hand as a model token with scope admin is no admin (its kind says
+    model); exported and imported, it must not become one."""
+    publish_routes(store, "m")
+    store.client.hset(
+        store.token_key(token_hash("hand-made-secret")),
+        mapping={"id": "hand", "routes": "m", "scopes": "admin"},
+    )
+    TokenIndex(store).reindex()
+    store.client.hset(store.token_key(token_hash("hand-made-secret")), "kind", "model")
+    (line,) = [json.loads(x) for x in export_lines(store)]
+    assert line["kind"] == "model" and line["scopes"] == ["admin"]
+    store.client.flushall()
+    publish_routes(store, "m")
+    with pytest.raises(BadImportLine, match=r"t.jsonl:1: kind: its scopes make it a management"):
+        _import(store, _write(tmp_path / "t.jsonl", line))
+    assert store.token_record(token_hash("hand-made-secret")) is None
