@@ -35,7 +35,8 @@ def test_a_ticket_verifies_for_its_fields_only_and_each_is_new() -> None:
         ("t1", "llm", "m", LIMITS.replace("600", "60")),
     ):
         assert tickets.verified(*fields, one) is None  # fmt: skip
-    for forged in ("", "v1:", "v2:" + one[3:], one[:-1] + "0", one.replace(":", "::", 1)):
+    other_last = "1" if one[-1] == "0" else "0"  # (a changed last digit, whatever it was)
+    for forged in ("", "v1:", "v2:" + one[3:], one[:-1] + other_last, one.replace(":", "::", 1)):
         assert tickets.verified("t1", "llm", "m", LIMITS, forged) is None
 
 
