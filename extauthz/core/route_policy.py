@@ -84,7 +84,8 @@ class RoutePolicy:
     def reads_source_address(self) -> bool:
         """Whether its decision depends on the client's address: private routes (internal
         networks) and per-address rate limits (public routes; private ones answer internal
-        callers without credentials). Elsewhere the address plays no part (design.md §3)."""
+        callers without credentials). Elsewhere the address plays no part
+        (docs/design.md#the-decision)."""
         return self.access is Access.PRIVATE or (
             self.access is Access.PUBLIC
             and (self.rate_limit is not None or self.token_limit is not None)

@@ -1,5 +1,5 @@
 """The README is the front door (at most 400 lines) and every link in it and in docs/
-reaches a file, and a heading there when it names one (issue #23)."""
+reaches a file, and a heading there when it names one."""
 
 from __future__ import annotations
 
