@@ -1,4 +1,5 @@
-"""What reading an LLM request's model from its body costs per Check (issue #24).
+"""What reading an LLM request's model from its body costs per Check
+(docs/llm.md#reading-the-body-costs-little).
 
 Times the real gRPC request reader and handler (as bench/decision_path.py does) on three
 requests with a valid token, measured alternately in each round: a body-less Check on a

@@ -1,6 +1,6 @@
-"""LLM token limits across processes (issue #25): reservations never let a window's tokens
-pass the limit, most of the limit is used under twice the load, and the warm path makes
-almost no Redis calls.
+"""LLM token limits across processes (docs/llm.md#token-limits-and-budgets): reservations never
+let a window's tokens pass the limit, most of the limit is used under twice the load, and the
+warm path makes almost no Redis calls.
 
 Starts a real redis-server and P `extauthz serve` processes, and plays Envoy against them
 over gRPC: S client threads per process send Checks with an OpenAI chat body (`max_tokens`

@@ -1,5 +1,5 @@
 """Counting at scale: many concurrent LLM streams through the real Envoy (its Lua filter and
-usage log) and one extauthz process, each counted exactly (docs/llm.md, "Figures").
+usage log) and one extauthz process, each counted exactly (docs/llm.md#figures).
 
 A model server and a client written in C (`bench/sseload.c`, built here with the system's C
 compiler) so that the load costs the machine little: `--streams` concurrent chat streams

@@ -1,5 +1,5 @@
-"""Redis memory per token, per active token and UTC day, and per model (docs/operating.md,
-"Sizing"), measured on a private redis-server with the project's own code.
+"""Redis memory per token, per active token and UTC day, and per model
+(docs/operating.md#sizing), measured on a private redis-server with the project's own code.
 
 It syncs examples/policy.yaml, then:
 1. creates N tokens with `extauthz.admin.tokens.create` (what `token create` and the API

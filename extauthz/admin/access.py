@@ -1,5 +1,5 @@
-"""Who may do what in the management plane, pure: one function every endpoint asks
-(contract: design.md §16).
+"""Who may do what in the management plane, pure: one function every endpoint asks (the
+contract: docs/design.md#management-plane-authorization).
 
 - Only a management token (record `kind: management`) calls the management API; a model
   token never does, whatever scopes it holds.

@@ -1,6 +1,7 @@
 """`extauthz admin`: the management API, JSON under `/v1/`, OpenAPI at `/openapi.json`
-(contract: design.md §12, §16). A thin HTTP shell over admin/tokens.py, admin/audit.py and
-the store; it runs as its own process (uvicorn), never inside the gRPC workers.
+(docs/tokens.md#management-api, docs/design.md#management-plane-authorization). A thin HTTP
+shell over admin/tokens.py, admin/audit.py and the store; it runs as its own process (uvicorn),
+never inside the gRPC workers.
 
 The OpenAPI document is the API (published as docs/openapi.json): every answer goes through
 its model (admin/schema.py), every operation lists the statuses it really answers, with the

@@ -15,7 +15,7 @@ import jwt
 
 from extauthz.core.jwks_keys import KeySet
 from extauthz.core.llm import check_model_patterns
-from extauthz.core.policy import JwtSettings
+from extauthz.core.route_policy import JwtSettings
 
 
 @dataclass(frozen=True, slots=True)

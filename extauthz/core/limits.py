@@ -1,6 +1,6 @@
-"""Limits, pure: one table of what is counted (kind) and for whom (scope), one spec per
-counter an allow takes from, one place that names the counters (docs/architecture.md,
-"A new limit kind or scope").
+"""Limits, pure: one table of what is counted (kind) and for whom (scope), one spec per counter
+an allow takes from, one place that names the counters (docs/architecture.md#where-things-go: a
+new limit kind or scope; docs/design.md#limits).
 
 A kind is a row: requests (a rate limit, `600/m`: each allow needs 1, never settled) and LLM
 tokens (a token limit, `100000/d`: each allow reserves its bound, settled from the

@@ -2,7 +2,7 @@
 strictly, and model name patterns.
 
 A limit is a promise about what the model server does, so a request is refused wherever a
-server could read it otherwise than extauthz does (docs/llm.md, "What a limit promises"):
+server could read it otherwise than extauthz does (docs/llm.md#what-a-limit-promises):
 - one place names the model: the top-level string `"model"` of a JSON body (Content-Type
   application/json; a gateway that does not forward the header fails closed), once; never
   a query parameter, never a top-level key that case-folds to one extauthz reads (Go

@@ -1,7 +1,7 @@
-"""Route identity by match rules (`serve --route-identity match`, design.md §14): for
-gateways that cannot name the route in the CheckRequest (Istio CUSTOM, the Gateway API
-ExternalAuth filter), the policy file's `routes.NAME.match: [{host, path_prefix}]` rules
-name it from the request's host and path.
+"""Route identity by match rules (`serve --route-identity match`,
+docs/design.md#route-identity): for gateways that cannot name the route in the CheckRequest
+(Istio CUSTOM, the Gateway API ExternalAuth filter), the policy file's `routes.NAME.match:
+[{host, path_prefix}]` rules name it from the request's host and path.
 
 - Hosts are compared lower-cased, without a port or a trailing dot; a rule without a host
   matches any host. A request's host that is not a DNS name or an IP address with an

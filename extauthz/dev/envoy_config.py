@@ -278,8 +278,9 @@ def per_route_context(extensions: dict[str, str], with_body: bool = False) -> di
 
     The filter turns body buffering on (`with_request_body`, raw bytes) and every route but
     the LLM ones turns it off here: Envoy takes `pack_as_bytes` from the filter only (a
-    per-route `with_request_body` sends the body as a string with invalid UTF-8 replaced,
-    envoyproxy/envoy#35623), and extauthz must see the bytes the model server will read."""
+    per-route `with_request_body` sends the body as a string with invalid UTF-8 replaced:
+    https://github.com/envoyproxy/envoy/issues/35623), and extauthz must see the bytes the
+    model server will read."""
     settings: dict[str, Any] = {}
     if extensions:
         settings["context_extensions"] = extensions

@@ -1,5 +1,6 @@
--- extauthz on LLM routes, inside Envoy (docs/llm.md, "Counting"): the request body edits
--- extauthz's decision asks for, and the usage of the response read as it streams past.
+-- extauthz on LLM routes, inside Envoy (docs/llm.md#tokens-counted-from-responses): the
+-- request body edits extauthz's decision asks for, and the usage of the response read as it
+-- streams past.
 -- extauthz/dev/envoy_config.py puts this file into the Envoy config (a Lua filter after
 -- ext_authz, disabled on every other route). Nothing here waits for extauthz: the usage is
 -- written to dynamic metadata (`extauthz.usage`), and the access log sends one record per

@@ -51,8 +51,8 @@ GATEWAY_ANNOTATION = "extauthz-route"  # HTTPRoute gateway.envoyproxy.io/extauth
 
 def facts_from_check_request(request: Any, route_identity: str = "context") -> RequestFacts:
     """Extract what the decision needs from a parsed Envoy CheckRequest (where the client
-    is included); the route's name from the one source `route_identity` names (design.md
-    §14), never from another."""
+    is included); the route's name from the one source `route_identity` names, never from
+    another (docs/design.md#route-identity)."""
     facts = _read(request.attributes, route_identity, None)[0]
     address, network = client_of(request.attributes)
     return facts._replace(

@@ -1,5 +1,6 @@
 """Limits counted across every process sharing one Redis, from leased budgets: one limiter
-for every kind and scope of core/limits.py (docs/architecture.md, "Limits").
+for every kind and scope of core/limits.py (docs/architecture.md#where-things-go; what it
+promises: docs/design.md#limits).
 
 Each counter has one Redis key per window, `{prefix}<kind>:<scope>:<unit><window>`: what
 processes have taken from the window. A process leases a budget (one INCRBY that never
@@ -19,7 +20,7 @@ another process made).
 
 Guarantee: what is taken from Redis never exceeds N (a lease is only what is left), so the
 requests admitted in a window never exceed N, and neither do the tokens of admitted requests
-while the model server keeps to the caps it was sent (docs/llm.md, "What a limit promises").
+while the model server keeps to the caps it was sent (docs/llm.md#what-a-limit-promises).
 While a budget lasts, admission and settlement make no Redis call: a lease covers about
 `Kind.lease_seconds` of what this process sees, at most 1/`Kind.max_lease_share` of N beyond
 the request's need. When Redis cannot answer, admission fails closed (503) unless

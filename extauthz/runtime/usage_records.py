@@ -1,4 +1,5 @@
-"""LLM responses counted inside Envoy (docs/llm.md, "Counting"): one record per response.
+"""LLM responses counted inside Envoy (docs/llm.md#tokens-counted-from-responses): one record
+per response.
 
 Envoy's Lua filter on LLM routes (extauthz/dev/llm_usage.lua) reads each response as it
 streams past and writes what it found into dynamic metadata `extauthz.usage`: `usage` (the

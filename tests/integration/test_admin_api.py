@@ -112,7 +112,7 @@ def test_a_token_made_by_the_api_works_at_once_and_stops_when_deleted(
         assert client.status("b", bearer) == 200 and client.status("a", bearer) == 403
         usage = api.call("GET", f"/v1/tokens/{made['id']}/usage?days=3", admin)
         assert usage[0] == 200 and len(usage[1]["days"]) == 3
-        # done; this Redis has no replica, which the answer says (issue #22, 16)
+        # done; this Redis has no replica, which the answer says (docs/security.md#security-model)
         code, revoked = api.call("DELETE", f"/v1/tokens/{made['id']}", admin)
         assert code == 200 and "no replica" in revoked["warnings"][0]
         assert revoked["revoked"] == 2 and revoked["unconfirmed"] == []
@@ -248,7 +248,7 @@ def test_failed_authentications_are_limited_per_address(
         api = Api(port)
         statuses = [api.call("GET", "/v1/tokens", "eat_guess")[0] for _ in range(6)]
         assert statuses[:3] == [401, 401, 401] and statuses[-1] == 429
-        # issue #22, 14: a valid credential is never refused by the limit, from the very
+        # a valid credential is never refused by the limit, from the very
         # address that flooded it; X-Forwarded-For from a client that is not a trusted
         # proxy (here: any loopback client) names nobody else
         assert api.call("GET", "/v1/tokens", admin)[0] == 200
@@ -260,7 +260,7 @@ def test_failed_authentications_are_limited_per_address(
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(req, timeout=5)
             assert refused.value.code == 429
-        # issue #22, 13: slow clients (headers or body a byte at a time) cannot hold the
+        # slow clients (headers or body a byte at a time) cannot hold the
         # server: the admin is answered at once, and they are cut after the deadline
         slow = []
         for i in range(200):
@@ -292,9 +292,10 @@ def test_failed_authentications_are_limited_per_address(
 def test_a_manager_sees_and_acts_on_only_what_it_could_have_created(
     api: Api, redis_server: RedisServer
 ) -> None:
-    """Issue #22, 1-3: a delegated manager never reaches an admin, a peer manager, a token
-    outside its routes or one that outlives it (404: not even its existence); a model token
-    never manages, whatever its scopes; a manager's tokens never outlive it."""
+    """A delegated manager never reaches an admin, a peer manager, a token outside its routes
+    or one that outlives it (404: not even its existence); a model token never manages,
+    whatever its scopes; a manager's tokens never outlive it
+    (docs/design.md#management-plane-authorization)."""
     store = open_store(redis_server.url, "extauthz:", 2.0)
 
     def made(routes: str, scopes: str = "", ttl: int | None = None, **kw: Any) -> Any:
@@ -440,8 +441,8 @@ def test_a_teams_tokens_are_listed_by_the_server_a_page_at_a_time(
 def test_pages_end_with_a_null_cursor_and_errors_are_json(
     api: Api, redis_server: RedisServer
 ) -> None:
-    """Issue #22, 8: the page after the last is never reached through a cursor; a bad cursor
-    is 400; every error is JSON with the security headers."""
+    """The page after the last is never reached through a cursor; a bad cursor is 400; every
+    error is JSON with the security headers."""
     store = open_store(redis_server.url, "extauthz:", 2.0)
     admin = tokens.create(store, ["*"], ["admin"], now=time.time()).token
     for _ in range(13):
@@ -478,9 +479,9 @@ def test_pages_end_with_a_null_cursor_and_errors_are_json(
 def test_a_change_is_delivered_with_what_went_wrong_around_it(
     api: Api, redis_server: RedisServer
 ) -> None:
-    """Issue #22, 6 and 18: with the audit stream unwritable, a create and a rotate still
-    deliver their secret (with a warning), and a server that does not confirm a change is
-    named in the answer instead of dropped."""
+    """With the audit stream unwritable, a create and a rotate still deliver their secret (with
+    a warning), and a server that does not confirm a change is named in the answer instead of
+    dropped."""
     url = redis_server.url
     admin = _token(url, "--route", "*", "--scope", "admin")["token"]
     redis_server.cli("DEL", "extauthz:audit")

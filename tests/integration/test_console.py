@@ -320,8 +320,8 @@ def test_console_login_create_copy_rotate_revoke(
 
 
 def test_the_create_dialog_says_what_a_route_needs(stack: Stack, browser: Any) -> None:
-    """Issue #23, 7: a new user picks a route that needs a scope; the dialog says so and
-    offers it, and the token made with it gets 200 through the real Envoy (without: 403)."""
+    """A new user picks a route that needs a scope; the dialog says so and offers it, and the
+    token made with it gets 200 through the real Envoy (without: 403)."""
     page = Page(browser)
     browser.get(stack.console_url)
     page.type("#login-token", admin_token(stack) + "\n")
@@ -351,8 +351,8 @@ def test_the_create_dialog_says_what_a_route_needs(stack: Stack, browser: Any) -
 
 
 def test_the_create_dialog_picks_llm_models(stack: Stack, browser: Any) -> None:
-    """Issue #24: the dialog offers the LLM route's models; the token made with one gets
-    200 for it and 403 for the other through the real Envoy."""
+    """The dialog offers the LLM route's models; the token made with one gets 200 for it and
+    403 for the other through the real Envoy."""
     page = Page(browser)
     browser.get(stack.console_url)
     page.type("#login-token", admin_token(stack) + "\n")

@@ -1,4 +1,5 @@
-"""LLM tokens counted to the token at scale, and token limits across processes (issue #25).
+"""LLM tokens counted to the token at scale, and token limits across processes
+(docs/llm.md#tokens-counted-from-responses, docs/llm.md#token-limits-and-budgets).
 
 1. Through the real Envoy and `extauthz serve --workers 3` (the local stack): 1,000 mixed
    requests (chat JSON,

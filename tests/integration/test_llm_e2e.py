@@ -1,4 +1,4 @@
-"""LLM endpoints through the real Envoy and extauthz (issue #24): the official `openai`
+"""LLM endpoints through the real Envoy and extauthz (docs/llm.md): the official `openai`
 client against the demo server's OpenAI-compatible API, the model read from the body that
 Envoy sends on the `llm` route only."""
 
@@ -207,11 +207,11 @@ def test_usage_and_metrics_per_model(stack: Stack) -> None:
 
 
 def test_tokens_are_counted_from_responses(stack: Stack) -> None:
-    """Issue #25: Envoy streams each LLM response past extauthz (ext_proc), which charges
-    the tokens its usage reports to the caller, per day and model. The `llm` route has
-    `stream_usage: require`: a stream that does not ask for a usage chunk is asked for one
-    (and does not see it); one whose `stream_options` say no is counted one token per
-    content chunk, marked estimated."""
+    """Envoy streams each LLM response past extauthz
+    (docs/llm.md#tokens-counted-from-responses), which charges the tokens its usage reports to
+    the caller, per day and model. The `llm` route has `stream_usage: require`: a stream that
+    does not ask for a usage chunk is asked for one (and does not see it); one whose
+    `stream_options` say no is counted one token per content chunk, marked estimated."""
     issued = tokens.create(stack.store(), ["llm"], now=time.time())
     both = client(stack, issued.token)
     messages: Any = [{"role": "user", "content": "count these five words"}]

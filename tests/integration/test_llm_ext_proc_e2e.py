@@ -1,7 +1,7 @@
-"""Counting over Envoy's ext_proc filter, as gateways that run it do (docs/llm.md, "Gateways
-that run ext_proc instead"), through the real Envoy and extauthz against the demo server:
-the generated ext_proc config (`envoy_config --counting ext-proc`) and a counting filter
-written the way gateways generate one (not observability mode, request headers skipped),
+"""Counting over Envoy's ext_proc filter, as gateways that run it do
+(docs/llm.md#tokens-counted-from-responses), through the real Envoy and extauthz against the
+demo server: the generated ext_proc config (`envoy_config --counting ext-proc`) and a counting
+filter written the way gateways generate one (not observability mode, request headers skipped),
 which must count too."""
 
 from __future__ import annotations

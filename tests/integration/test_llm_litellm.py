@@ -1,8 +1,8 @@
-"""LLM endpoints against an OpenAI-compatible server this project did not write (issue #24):
-LiteLLM's proxy (mock responses for demo-small and demo-large, real OpenAI API, real usage
-objects and stream usage chunks), behind the real Envoy and extauthz, driven by the official
-`openai` client. LiteLLM lives in a virtualenv of its own (`.venv-litellm`, pinned by
-requirements/litellm.lock, made by scripts/install-deps.sh)."""
+"""LLM endpoints against an OpenAI-compatible server this project did not write
+(docs/llm.md#try-it): LiteLLM's proxy (mock responses for demo-small and demo-large, real
+OpenAI API, real usage objects and stream usage chunks), behind the real Envoy and extauthz,
+driven by the official `openai` client. LiteLLM lives in a virtualenv of its own
+(`.venv-litellm`, pinned by requirements/litellm.lock, made by scripts/install-deps.sh)."""
 
 from __future__ import annotations
 
@@ -137,8 +137,8 @@ def test_litellm_streams_with_its_usage_chunk(gateway: tuple[Stack, int]) -> Non
 
 
 def test_tokens_counted_equal_litellms_own_usage(gateway: tuple[Stack, int]) -> None:
-    """Issue #25: the tokens extauthz charges equal the usage LiteLLM reports, to the token,
-    for answers and for streams with a usage chunk."""
+    """The tokens extauthz charges equal the usage LiteLLM reports, to the token, for answers
+    and for streams with a usage chunk."""
     stack, port = gateway
     issued = tokens.create(stack.store(), ["llm"], now=time.time())
     both = openai.OpenAI(

@@ -1,9 +1,9 @@
 """LLM responses from a hostile or broken model server, through the real Envoy and its Lua
-filter, to extauthz's records (docs/llm.md, "Counting"): huge lines, lines with no end,
-bytes that are not UTF-8, deep nesting, events split a byte at a time, CRLF. Whatever the
-server sends, the client gets it as sent (less the usage chunk extauthz asked for), Envoy
-and extauthz stay up, a usage that can be read is charged, and one that cannot leaves the
-request's whole reservation charged."""
+filter, to extauthz's records (docs/llm.md#tokens-counted-from-responses): huge lines, lines
+with no end, bytes that are not UTF-8, deep nesting, events split a byte at a time, CRLF.
+Whatever the server sends, the client gets it as sent (less the usage chunk extauthz asked
+for), Envoy and extauthz stay up, a usage that can be read is charged, and one that cannot
+leaves the request's whole reservation charged."""
 
 from __future__ import annotations
 

@@ -180,9 +180,10 @@ def test_json_logs_never_contain_secrets(redis_server: RedisServer, tmp_path: Pa
 def test_the_compose_certificates_give_mutual_tls(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """Issue #22, 15: what docker-compose runs: `extauthz certs`, then `serve` and its health
-    check with the TLS settings from the environment. A client without Envoy's certificate
-    gets no answer; one that serves TLS without a client CA is warned about."""
+    """What docker-compose runs (docs/security.md#security-model, mutual TLS): `extauthz
+    certs`, then `serve` and its health check with the TLS settings from the environment. A
+    client without Envoy's certificate gets no answer; one that serves TLS without a client CA
+    is warned about."""
     certs = tmp_path / "certs"
 
     def make() -> str:

@@ -1,4 +1,4 @@
-"""Data kept (docs/operations.md, "Backup and restore"): a real redis-server run with the
+"""Data kept (docs/operating.md#backup-and-restore): a real redis-server run with the
 shipped deployments' own flags keeps every token and the policy across an unclean restart,
 and `extauthz sync --watch` keeps the policy published: after Redis comes back empty, after
 the file changes, through a file that fails validation."""

@@ -316,11 +316,11 @@ def create_token_quietly(url: str) -> bool:
 
 
 def test_a_confirmed_revoke_survives_the_primarys_crash(tmp_path: Path) -> None:
-    """Issue #22, 16: `token revoke` returns only once a replica holds the deletion. Here the
-    replica is detached while the revoke is written and re-attached only after it; the
-    primary is killed (SIGKILL) the moment the command returns and the replica promoted:
-    the token is gone there. Had the command not waited, the primary would die before the
-    replica was re-attached."""
+    """`token revoke` returns only once a replica holds the deletion
+    (docs/security.md#security-model, revocation is confirmed). Here the replica is detached
+    while the revoke is written and re-attached only after it; the primary is killed (SIGKILL)
+    the moment the command returns and the replica promoted: the token is gone there. Had the
+    command not waited, the primary would die before the replica was re-attached."""
     primary = RedisServer(tmp_path / "p")
     replica = RedisServer(tmp_path / "r")
     for server in (primary, replica):

@@ -1,6 +1,6 @@
-"""The release a user installs (issue #23): `python -m build` makes a wheel that carries the
-console; installed into a fresh virtualenv, `extauthz admin` serves the console page from
-it, and `extauthz --version` is the one version."""
+"""The release a user installs (README.md#dependencies): `python -m build` makes a wheel that
+carries the console; installed into a fresh virtualenv, `extauthz admin` serves the console
+page from it, and `extauthz --version` is the one version."""
 
 from __future__ import annotations
 

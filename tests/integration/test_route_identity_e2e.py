@@ -1,6 +1,7 @@
-"""Each `--route-identity` mode through the real Envoy (design.md §14): route metadata as we
-document it, route metadata as Envoy Gateway generates it, and match rules behind an Envoy
-with ext_authz on the whole listener and no per-route settings, as Istio generates it."""
+"""Each `--route-identity` mode through the real Envoy (docs/design.md#route-identity): route
+metadata as we document it, route metadata as Envoy Gateway generates it, and match rules
+behind an Envoy with ext_authz on the whole listener and no per-route settings, as Istio
+generates it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tests.support.procs import REPO, local_stack
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
 # the example policy, a host-specific route for the match mode, and a public rule for any
-# host that covers its paths (issue #22, 12: what a weaker rule must never catch)
+# host that covers its paths (what a weaker rule must never catch)
 IRIS = """
   iris:
     access: protected

@@ -1,7 +1,7 @@
-"""LLM token limits through the real Envoy, extauthz (Check and ext_proc) and Redis (issue
-#25): admission from the tokens the responses used, the 429 before the model, the
-remaining tokens on allowed responses, reservations from `max_tokens` settled by the
-response's usage."""
+"""LLM token limits through the real Envoy, extauthz (Check and ext_proc) and Redis
+(docs/llm.md#token-limits-and-budgets): admission from the tokens the responses used, the 429
+before the model, the remaining tokens on allowed responses, reservations from `max_tokens`
+settled by the response's usage."""
 
 from __future__ import annotations
 

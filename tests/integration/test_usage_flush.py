@@ -1,5 +1,5 @@
-"""Usage flushes against a real redis-server with a tight Redis timeout (issue #22,
-7 and 22): a flush of 100,000 (token, day) pairs is written whole and exactly once."""
+"""Usage flushes against a real redis-server with a tight Redis timeout (docs/policy.md#usage):
+a flush of 100,000 (token, day) pairs is written whole and exactly once."""
 
 from __future__ import annotations
 

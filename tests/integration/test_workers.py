@@ -266,8 +266,8 @@ def test_one_scrape_returns_the_totals_of_every_worker(
 def test_the_failure_limit_is_per_server_not_per_worker(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """Issue #22, 17: with 3 workers a client address still gets one burst in all (each
-    worker holds its share), not three."""
+    """With 3 workers a client address still gets one burst in all (each worker holds its
+    share), not three."""
     run_cli(redis_server.url, "sync", str(REPO / "examples/policy.yaml"), env=ENV)
     serve = ("--workers", "3", "--auth-failure-burst", "12", "--auth-failure-rate", "0.01")
     with extauthz_serve(redis_server.url, tmp_path / "s.log", *serve) as (port, proc):

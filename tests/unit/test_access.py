@@ -1,5 +1,5 @@
 """The management plane's one authorization function, table-tested: caller × target × action
-(design.md §16, issue #22: 1-3)."""
+(docs/design.md#management-plane-authorization)."""
 
 from __future__ import annotations
 

@@ -133,9 +133,9 @@ def test_only_the_external_listener_is_published_on_every_interface() -> None:
 
 
 def test_the_console_listener_holds_no_slow_client() -> None:
-    """Issue #22, 13: the console listener bounds how long a request may take to arrive and
-    buffers each whole (at most the API's 64 KiB) before it goes to `extauthz admin`, so
-    slow clients hold no upstream connection."""
+    """The console listener bounds how long a request may take to arrive and buffers each whole
+    (at most the API's 64 KiB) before it goes to `extauthz admin`, so slow clients hold no
+    upstream connection."""
     envoy_yaml = yaml.safe_load((REPO / "envoy/envoy.yaml").read_text())
     (console,) = [
         listener
@@ -150,8 +150,8 @@ def test_the_console_listener_holds_no_slow_client() -> None:
 
 
 def test_the_check_port_speaks_mutual_tls() -> None:
-    """Issue #22, 15: extauthz answers only Envoy's client certificate; both read the files
-    the `certs` service writes, each key owned by the one user that reads it."""
+    """extauthz answers only Envoy's client certificate; both read the files the `certs`
+    service writes, each key owned by the one user that reads it."""
     env = SERVICES["extauthz"]["environment"]
     assert env["EXTAUTHZ_TLS_CERT"] == "/certs/extauthz.crt"
     assert env["EXTAUTHZ_TLS_KEY"] == "/certs/extauthz.key"

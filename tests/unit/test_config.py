@@ -170,7 +170,8 @@ def test_trusted_proxies_are_addresses_or_networks(value: str) -> None:
         load_settings({"admin_trusted_proxies": value}, env={})
 
 
-# Each command line of the contract (design.md §7, §11, §12), as written there.
+# Command lines users and scripts rely on (docs/design.md#what-users-and-scripts-rely-on), as
+# the pages it names write them.
 CONTRACT = [
     "serve --listen 127.0.0.1:9001 --redis-url redis://r:6379/0 --workers 2 "
     "--metrics-listen 127.0.0.1:9102 --log-format json --config c.yaml",

@@ -1,4 +1,5 @@
-"""The decision table (design.md §3), every access type × credential state."""
+"""The decision table (README.md#how-a-request-is-decided, docs/design.md#the-decision), every
+access type × credential state."""
 
 from __future__ import annotations
 
@@ -149,7 +150,7 @@ TABLE = [
     ("both", "Basic " + base64.b64encode(b"\xff\xfe:x").decode(), {}, 401, "malformed_credential"),
     ("basic-only", f"Bearer {GOOD}", {}, 401, "unsupported_scheme"),
     ("basic-only", basic("paperspace", ROUTE_SECRET), {}, 403, "route_not_granted"),
-    # JWT verification is issue #4: fails closed for now
+    # without a JWT verifier (verify_jwt None) a JWT fails closed
     ("jwt-only", "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", {}, 401, "jwt_unsupported"),
     ("jwt-only", f"Bearer {GOOD}", {}, 401, "unsupported_scheme"),
 ]
@@ -308,7 +309,7 @@ def test_route_with_bearer_and_jwt_routes_by_shape() -> None:
 
 def test_a_jwt_subject_never_shares_a_token_ids_counter_or_header() -> None:
     """A JWT whose `sub` equals a token id is another caller: its own route counter and
-    subject (issue #22, 4)."""
+    subject (docs/design.md#the-decision)."""
     limited = RoutePolicy(
         "limited",
         Access.PROTECTED,

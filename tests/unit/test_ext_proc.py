@@ -1,5 +1,6 @@
-"""The ext_proc service (issue #25) fed Envoy's messages directly: what it charges, what it
-settles, and what it says when it cannot count (the real Envoy: tests/integration)."""
+"""The ext_proc service (docs/llm.md#tokens-counted-from-responses) fed Envoy's messages
+directly: what it charges, what it settles, and what it says when it cannot count (the real
+Envoy: tests/integration)."""
 
 from __future__ import annotations
 

@@ -178,9 +178,9 @@ def test_every_pod_is_locked_down() -> None:
 
 
 def test_the_check_port_speaks_mutual_tls() -> None:
-    """Issue #22, 15: cert-manager issues extauthz's certificate (with the names the gateway
-    and the probes dial) and the gateway's client certificate from one CA; extauthz requires
-    client certificates and reads the files from the Secret it mounts."""
+    """cert-manager issues extauthz's certificate (with the names the gateway and the probes
+    dial) and the gateway's client certificate from one CA; extauthz requires client
+    certificates and reads the files from the Secret it mounts."""
     server = find("Certificate", "extauthz-server")
     client = find("Certificate", "extauthz-gateway-client")
     ca = find("Certificate", "extauthz-ca")

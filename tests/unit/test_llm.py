@@ -1,4 +1,4 @@
-"""LLM endpoints (issue #24, design.md §15): the model from the request body, the route's
+"""LLM endpoints (docs/llm.md): the model from the request body, the route's
 models, a credential's models, and the decisions they make."""
 
 from __future__ import annotations

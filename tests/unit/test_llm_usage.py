@@ -1,5 +1,5 @@
-"""Token usage read from LLM responses (issue #25): JSON bodies and SSE streams read chunk by
-chunk, lying usage objects, odd streams."""
+"""Token usage read from LLM responses (docs/llm.md#tokens-counted-from-responses): JSON bodies
+and SSE streams read chunk by chunk, lying usage objects, odd streams."""
 
 from __future__ import annotations
 

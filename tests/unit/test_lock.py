@@ -1,6 +1,6 @@
-"""The lock files agree with pyproject.toml (issue #23): every dependency is pinned, at a
-version its specifier allows, with hashes; the runtime lock and the dev lock pin shared
-packages alike; the installers and the Dockerfile use them."""
+"""The lock files agree with pyproject.toml (README.md#dependencies): every dependency is
+pinned, at a version its specifier allows, with hashes; the runtime lock and the dev lock pin
+shared packages alike; the installers and the Dockerfile use them."""
 
 from __future__ import annotations
 

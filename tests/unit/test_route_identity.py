@@ -1,5 +1,6 @@
-"""Route identity behind gateways (design.md §14): where the route's name comes from in each
-`--route-identity` mode, the policy's match rules, and that every mode fails closed."""
+"""Route identity behind gateways (docs/design.md#route-identity): where the route's name comes
+from in each `--route-identity` mode, the policy's match rules, and that every mode fails
+closed."""
 
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def test_longest_prefix_on_segment_boundaries(
         "/v2/models/iris\\x", "/v2/models/iris;x=1", "/v2/models/iris%00", "/v2/models/iris\x00",
         "/v2/models/iris\r\n", "/v2/models/iris\x1b", "/v2/models/iris#frag", "v2/models/iris",
         "", "*", "http://models.example.com/v2/models/iris",
-        # any escape at all (issue #22, 12): decoded, these name the protected model
+        # any escape at all: decoded, these name the protected model
         "/v2/models/ir%69s/infer", "/v2/%6dodels/iris/infer", "/v2/models/iris/%41",
         "/v2/models/%25", "/v2/models/iris%", "/v2/models/iris/caf\u00e9", "/v2/models/ｉris",
     ],
@@ -122,8 +123,8 @@ def test_canonical_paths_that_look_odd_still_match(matcher: RouteMatcher) -> Non
     ],
 )
 def test_hosts_that_are_not_names_match_nothing(matcher: RouteMatcher, host: str) -> None:
-    """Issue #22, 12: an odd host never falls back to the rules for any host (the public
-    `/v2/models` here), let alone reaches the protected model."""
+    """An odd host never falls back to the rules for any host (the public `/v2/models` here),
+    let alone reaches the protected model."""
     for path in ("/v2/models/iris/infer", "/v2/models", "/"):
         assert matcher.resolve(host, path) is None, (host, path)
 

@@ -1,7 +1,7 @@
-"""Data integrity of the token lifecycle (issue #22, 5, 6, 9-11, 19-21): every path that
-changes a token acts on a secret of it in rotation grace; a failed audit write never loses
-a change or its secret; imports audit each token in the same transaction as its write; keys
-and events edited by hand into odd shapes are reported, never a crash."""
+"""Data integrity of the token lifecycle (docs/tokens.md): every path that changes a token acts
+on a secret of it in rotation grace; a failed audit write never loses a change or its secret;
+imports audit each token in the same transaction as its write; keys and events edited by hand
+into odd shapes are reported, never a crash."""
 
 from __future__ import annotations
 
@@ -205,7 +205,7 @@ def test_the_cli_actor_is_one_field_whatever_the_user_name(
 
 @pytest.mark.parametrize("score", ["+inf", "-inf", "99999999999999", "-1"])
 def test_hand_written_usage_numbers_never_crash_a_reader(store: Store, score: str) -> None:
-    """Issue #22, 20: last-used and day counters written by hand."""
+    """Last-used and day counters written by hand."""
     publish_routes(store, "m")
     now = _now()
     tokens.create(store, ["m"], token_id="u", now=now)

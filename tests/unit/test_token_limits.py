@@ -1,6 +1,6 @@
-"""LLM token limits (issue #25, design.md §15): the notation and its windows, the bound a
-request's body sets, the counters a decision is admitted against, and the leased budgets
-shared by several processes through one Redis (fakeredis here; real Redis and Envoy in
+"""LLM token limits (docs/llm.md#token-limits-and-budgets): the notation and its windows, the
+bound a request's body sets, the counters a decision is admitted against, and the leased
+budgets shared by several processes through one Redis (fakeredis here; real Redis and Envoy in
 tests/integration/test_token_limits_e2e.py)."""
 
 from __future__ import annotations

@@ -126,8 +126,8 @@ def test_token_usage_report(store: Store) -> None:
 
 
 def test_a_partly_failed_flush_never_counts_twice(store: Store) -> None:
-    """Issue #22, 7: with `usage:last-used` of the wrong type every flush used to re-add the
-    whole batch (4, 7, 10 ...). The counts are written once; last-used is retried alone."""
+    """With `usage:last-used` of the wrong type every flush used to re-add the whole batch
+    (4, 7, 10 ...). The counts are written once; last-used is retried alone."""
     store.client.set("extauthz:usage:last-used", "x")
     meter = UsageMeter(store)
     for _ in range(4):
@@ -181,8 +181,8 @@ class LosesReplies:
 
 
 def test_a_batch_whose_reply_was_lost_is_not_added_again(store: Store) -> None:
-    """Issue #22, 7 and 22: a flush of 2,500 pairs in batches of 1,000; the second batch's
-    reply is lost after Redis wrote it. The next flush adds the rest, never a pair twice."""
+    """A flush of 2,500 pairs in batches of 1,000; the second batch's reply is lost after Redis
+    wrote it. The next flush adds the rest, never a pair twice."""
     client = LosesReplies(store.client, 0)
     meter = UsageMeter(Store(client, "extauthz:"))  # type: ignore[arg-type]
     for i in range(2_500):

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from extauthz.core.credentials import Credential
+from extauthz.core.jwt_verify import JwtVerify
 from extauthz.core.rate_limit import RateLimit
+from extauthz.core.route_policy import PolicySnapshot, RoutePolicy
 from extauthz.core.team_record import TeamRecord
 from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import TokenRecord
-
-if TYPE_CHECKING:
-    from extauthz.core.jwt_verify import JwtVerify
-    from extauthz.core.policy import PolicySnapshot, RoutePolicy
 
 FOREVER = float("inf")
 TokenLookup = Callable[[str], TokenRecord | None]
