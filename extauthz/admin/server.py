@@ -1,11 +1,14 @@
 """`extauthz admin` as a process: uvicorn serving the API (api.py), guarded against slow
 clients.
 
-uvicorn has no deadline for reading a request: a client that sends its headers or its body
-a byte at a time holds a connection (and, behind a proxy, the proxy's upstream slots) for
-as long as it likes. Here each request must arrive whole within `request_timeout` seconds
-of its first byte (or of the connection's start), else the connection is closed; at most
-`max_connections` are held at once (uvicorn answers 503 past that). Behind Envoy the console
+uvicorn has no deadline for reading a request, nor for a client reading the answer: a
+client that sends its headers or its body a byte at a time, or pipelines requests and never
+reads what comes back, holds a connection (and the answers buffered for it, and behind a
+proxy the proxy's upstream slots) for as long as it likes. Here each request must arrive
+whole within `request_timeout` seconds of its first byte (or of the connection's start),
+and an answer that fills the connection's send buffer must be read within as long again,
+else the connection is closed (its buffer dropped); at most `max_connections` are held at
+once (uvicorn answers 503 past that). Behind Envoy the console
 listener also buffers each request whole before it reaches this server (envoy_config.py).
 """
 
@@ -24,10 +27,27 @@ from extauthz.errors import ConfigError
 
 
 def guarded_protocol(request_timeout: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a deadline on receiving each request."""
+    """uvicorn's h11 protocol with a deadline on receiving each request, and one on the
+    client reading an answer it lets pile up."""
 
     class Guarded(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
+        _write_deadline: asyncio.TimerHandle | None = None
+
+        def pause_writing(self) -> None:  # (the send buffer is over its high-water mark)
+            super().pause_writing()
+            if self._write_deadline is None:
+                self._write_deadline = self.loop.call_later(request_timeout, self._not_read)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._write_deadline is not None:
+                self._write_deadline.cancel()
+                self._write_deadline = None
+
+        def _not_read(self) -> None:
+            self._write_deadline = None
+            self.transport.abort()  # (what it did not read is dropped, not kept for it)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -43,9 +63,10 @@ def guarded_protocol(request_timeout: float) -> type[H11Protocol]:
                 self._deadline = None
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
+            for timer in (self._deadline, self._write_deadline):
+                if timer is not None:
+                    timer.cancel()
+            self._deadline = self._write_deadline = None
             super().connection_lost(exc)
 
         def _arm(self) -> None:

@@ -4,6 +4,7 @@ OpenAPI document."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -287,6 +288,43 @@ def test_failed_authentications_are_limited_per_address(
         assert time.monotonic() - started < 5
     finally:
         stop(proc)
+
+
+def test_clients_that_never_read_their_answers_cannot_hold_the_server(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Connections that pipeline requests for the console's script and never read the
+    answers are cut (RST: the answers they did not read are dropped, not kept for them)
+    once their send buffer has stayed full for the request timeout; the admin is answered
+    (at the latest once they are cut: until then they may hold the server's slots)."""
+    admin = _token(redis_server.url, "--route", "*", "--scope", "admin")["token"]
+    flags = ("--admin-max-connections", "20", "--admin-request-timeout", "1")
+    with admin_server(redis_server.url, tmp_path / "admin.log", *flags) as api:
+        with urllib.request.urlopen(api.base + "/console.js", timeout=5) as resp:
+            one_answer = len(resp.read())
+        asked = 2000
+        hogs = []
+        for _ in range(10):
+            conn = socket.socket()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            conn.connect(("127.0.0.1", api.port))
+            conn.setblocking(False)
+            request = b"GET /console.js HTTP/1.1\r\nHost: x\r\n\r\n"
+            with contextlib.suppress(BlockingIOError):
+                for _ in range(asked):
+                    conn.send(request)
+            hogs.append(conn)
+        wait_for(lambda: api.send("GET", "/v1/tokens", admin)[0] == 200, 5, "the admin answered")
+        time.sleep(2)  # (1 s with a full buffer, and some)
+        for conn in hogs:  # what is left to read: what was on its way when it was cut
+            conn.setblocking(True)
+            conn.settimeout(5)
+            read = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := conn.recv(1 << 16):
+                    read += len(chunk)
+            assert read < asked * one_answer / 4, f"{read} bytes: the server kept its answers"
+            conn.close()
 
 
 def test_a_manager_sees_and_acts_on_only_what_it_could_have_created(
