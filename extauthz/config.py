@@ -153,7 +153,8 @@ class Settings:
     admin_request_timeout: float = setting(
         10.0,
         "seconds a client of the management API has to send a whole request (headers and "
-        "body) before its connection is closed: slow clients cannot hold the server",
+        "body), and to read an answer that fills its connection's buffer, before its "
+        "connection is closed: slow clients cannot hold the server",
         ("admin",),
         maximum=300,
     )
