@@ -6,9 +6,9 @@ Check's dynamic metadata names whom a response is charged to and what its reserv
 the response's usage (the access-log record of the Lua filter, or ext_proc), on the Check
 port. So the allow carries `ticket`: `v1:<nonce>:<HMAC-SHA256>` over a random nonce and those
 fields, with a key every extauthz process sharing one Redis reads from
-`{prefix}tl:ticket-key` (made once, at random, by the first that needs it). A record is
+`{prefix}tickets:key` (made once, at random, by the first that needs it). A record is
 counted only if its ticket verifies, and only once: the first record of a nonce claims it in
-Redis (`{prefix}tl:settled:<nonce>`, SET NX, kept until the reservation's window ends, an
+Redis (`{prefix}tickets:counted:<nonce>`, SET NX, kept until the reservation's window ends, an
 hour without one), so a record sent again settles and charges nothing. A record that fails
 either is not counted (its reservation stays: fail closed).
 

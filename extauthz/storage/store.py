@@ -192,9 +192,9 @@ class Store:
         return want - max(over, 0), total
 
     def ticket_secret(self, candidate: str) -> str:
-        """The key that signs LLM tickets (runtime/tickets.py), `{prefix}tl:ticket-key`:
+        """The key that signs LLM tickets (runtime/tickets.py), `{prefix}tickets:key`:
         `candidate` becomes it if there is none yet (SET NX), then it is read (GET)."""
-        key = f"{self.prefix}tl:ticket-key"
+        key = f"{self.prefix}tickets:key"
         with self.redis_errors():
             pipe = self.client.pipeline(transaction=False)
             pipe.set(key, candidate, nx=True)
@@ -205,11 +205,11 @@ class Store:
         return found
 
     def claim_ticket(self, nonce: str, until: int) -> bool:
-        """Claim an LLM record's nonce (`{prefix}tl:settled:<nonce>`, SET NX, expiring at
+        """Claim an LLM record's nonce (`{prefix}tickets:counted:<nonce>`, SET NX, expiring at
         `until`): True the first time, False ever after (runtime/tickets.py)."""
         with self.redis_errors():
             return bool(
-                self.client.set(f"{self.prefix}tl:settled:{nonce}", "1", nx=True, exat=until)
+                self.client.set(f"{self.prefix}tickets:counted:{nonce}", "1", nx=True, exat=until)
             )
 
     def add_units(self, counter: str, units: int, ends: float) -> None:

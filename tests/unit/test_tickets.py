@@ -45,9 +45,9 @@ def test_a_nonce_is_claimed_once_until_its_window_ends() -> None:
     tickets = Tickets(store)
     assert tickets.claim("a" * 24, LIMITS, NOW) is True
     assert tickets.claim("a" * 24, LIMITS, NOW) is False
-    assert store.client.expiretime("extauthz:tl:settled:" + "a" * 24) == 1800000060 + 60
+    assert store.client.expiretime("extauthz:tickets:counted:" + "a" * 24) == 1800000060 + 60
     assert tickets.claim("b" * 24, "", NOW) is True  # (no reservation: an hour)
-    assert store.client.expiretime("extauthz:tl:settled:" + "b" * 24) == int(NOW) + 3600 + 60
+    assert store.client.expiretime("extauthz:tickets:counted:" + "b" * 24) == int(NOW) + 3600 + 60
 
 
 def test_a_key_made_anew_is_read_again_by_processes_that_held_the_old_one() -> None:
@@ -55,7 +55,7 @@ def test_a_key_made_anew_is_read_again_by_processes_that_held_the_old_one() -> N
     clock = [100.0]
     old = Tickets(store, lambda: clock[0])
     assert old.sign("t1", "llm", "m", "") is not None
-    store.client.delete("extauthz:tl:ticket-key")  # (lost: a Redis without persistence)
+    store.client.delete("extauthz:tickets:key")  # (lost: a Redis without persistence)
     new = Tickets(store)
     ticket = new.sign("t1", "llm", "m", "")
     assert ticket is not None
