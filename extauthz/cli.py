@@ -265,15 +265,7 @@ def _cmd_team_usage(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(report))
         return 0
     print(_shown(f"team:   {report['id']} ({report['tokens']} tokens)"))
-    print(f"{'DATE':<12} {'ALLOWED':>10} {'RATE LIMITED':>13}")
-    for day in report["days"]:
-        print(f"{day['date']:<12} {day['allowed']:>10} {day['rate_limited']:>13}")
-        for model, counts in day.get("models", {}).items():
-            used = (
-                f"   LLM tokens: {counts.get('prompt_tokens', 0)} prompt, "
-                f"{counts.get('completion_tokens', 0)} completion"
-            )
-            print(_shown(f"  {model:<10} {counts.get('requests', 0):>10}{used}"))
+    _print_days(report["days"])
     return 0
 
 
@@ -444,8 +436,15 @@ def _cmd_token_usage(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"id:        {_shown(report['id'])}")
     print(f"last used: {_when(report['last_used'], 'never')}")
+    _print_days(report["days"])
+    return 0
+
+
+def _print_days(days: list[dict[str, Any]]) -> None:
+    """Usage per UTC day (token usage, team usage): requests, and per model its requests
+    and LLM tokens."""
     print(f"{'DATE':<12} {'ALLOWED':>10} {'RATE LIMITED':>13}")
-    for day in report["days"]:
+    for day in days:
         print(f"{day['date']:<12} {day['allowed']:>10} {day['rate_limited']:>13}")
         for model, counts in day.get("models", {}).items():
             tokens_used = ""
@@ -456,8 +455,7 @@ def _cmd_token_usage(args: argparse.Namespace, settings: Settings) -> int:
                 )
                 estimated = counts.get("estimated_completion_tokens", 0)
                 tokens_used += f", {estimated} estimated" if estimated else ""
-            print(f"  {_shown(model):<10} {counts['requests']:>10}{tokens_used}")
-    return 0
+            print(f"  {_shown(model):<10} {counts.get('requests', 0):>10}{tokens_used}")
 
 
 def _cmd_token_reindex(args: argparse.Namespace, settings: Settings) -> int:

@@ -156,3 +156,46 @@ def test_admin_on_a_busy_port_is_one_line_and_exit_2(redis_server: RedisServer) 
         f"extauthz: error: cannot listen on 127.0.0.1:{port} (Address already in use): stop "
         "what holds it, or give --admin-listen another host:port"
     )
+
+
+def test_team_commands(redis_server: RedisServer) -> None:
+    """`extauthz team …` against a real redis-server: made, shown, listed, changed, used,
+    deleted; each mistake one line and exit 2."""
+    url = redis_server.url
+    run_cli(url, "sync", str(REPO / "examples/policy.yaml"), env={"DENSENET161_SECRET": "x" * 16})
+    made = json.loads(
+        run_cli(url, "team", "create", "acme", "--name", "Acme", "--model", "demo-small",
+                "--rate-limit", "100/m", "--token-limit", "5000/d", "--json").stdout
+    )  # fmt: skip
+    assert (made["models"], made["rate_limit"], made["token_limit"]) == (
+        ["demo-small"], "100/m", "5000/d"
+    )  # fmt: skip
+    token = json.loads(
+        run_cli(url, "token", "create", "--route", "llm", "--team", "acme", "--json").stdout
+    )
+    assert token["team"] == "acme"
+    shown = json.loads(run_cli(url, "team", "show", "acme", "--json").stdout)
+    assert shown["tokens"] == 1
+    assert "acme" in run_cli(url, "team", "list").stdout
+    changed = json.loads(
+        run_cli(url, "team", "update", "acme", "--model", "none", "--rate-limit", "none",
+                "--json").stdout
+    )  # fmt: skip
+    assert changed["models"] is None and changed["rate_limit"] is None
+    usage = json.loads(run_cli(url, "team", "usage", "acme", "--days", "2", "--json").stdout)
+    assert usage["tokens"] == 1 and len(usage["days"]) == 2
+    for args, says in (
+        (("team", "create", "acme"), "already exists"),
+        (("team", "create", "Not An Id"), "invalid --team"),
+        (("team", "show", "nope"), "no team with id 'nope' (see `extauthz team list`"),
+        (("team", "delete", "acme"), "still has 1 token: revoke them, move them"),
+        (("team", "usage", "acme", "--days", "0"), "invalid --days"),
+        (("token", "create", "--route", "llm", "--team", "nope"), "no team with id 'nope'"),
+        (("token", "create", "--route", "*", "--scope", "admin", "--model", "m"),
+         "a management token takes no --model"),
+    ):  # fmt: skip
+        result = run_cli(url, *args, check=False)
+        assert result.returncode == 2, (args, result)
+        assert result.stderr.count("\n") == 1 and says in result.stderr, (args, result.stderr)
+    assert "deleted team acme" in run_cli(url, "team", "delete", "acme", "--revoke-tokens").stdout
+    assert run_cli(url, "token", "show", token["id"], check=False).returncode == 2
