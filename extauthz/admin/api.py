@@ -331,6 +331,20 @@ policy_api = APIRouter(prefix="/v1/policy", tags=["policy"], responses=COMMON_ER
 audit_api = APIRouter(prefix="/v1/audit", tags=["audit"], responses=COMMON_ERRORS)
 
 
+def _still(who: Manager, token_id: str, action: Action) -> Callable[[TokenRecord | None], None]:
+    """The check a change runs inside its transaction: the token as it is then must still
+    be the caller's to act on (a record that cannot be read: an admin's only)."""
+
+    def check(record: TokenRecord | None) -> None:
+        if record is None:
+            if not who.admin:
+                raise ApiError(404, "not_found", f"no token with id {token_id!r}")
+            return
+        _require(who, action, record)
+
+    return check
+
+
 def _owned(store: Store, who: Manager, token_id: str, action: Action) -> TokenRecord | None:
     """The token, if `who` may do `action` to it; None for a record that cannot be read
     (edited by hand) when an admin revokes it: revoke removes what it can name."""
@@ -479,7 +493,8 @@ def update_token(who: Who, store: Db, token_id: str, body: TokenChange) -> dict[
 def revoke_token(who: Who, store: Db, token_id: str) -> Response:
     """Revoke a token (and a secret of it still in rotation grace)."""
     _owned(store, who, token_id, Action.REVOKE)
-    revoked = tokens.revoke(store, token_id, confirm=2.0, actor=who.id)
+    check = _still(who, token_id, Action.REVOKE)
+    revoked = tokens.revoke(store, token_id, confirm=2.0, actor=who.id, check=check)
     if not revoked.unconfirmed and not revoked.warnings:
         return Response(status_code=204)
     # done, with something the caller must know: which servers may still accept it
@@ -499,7 +514,8 @@ def rotate_token(
     """A new secret for the same token; the old one stops at once, or after `grace`."""
     _owned(store, who, token_id, Action.ROTATE)
     grace = tokens.parse_ttl(body.grace, "grace") if body and body.grace else None
-    issued = tokens.rotate(store, token_id, 2.0, grace, time.time(), actor=who.id)
+    check = _still(who, token_id, Action.ROTATE)
+    issued = tokens.rotate(store, token_id, 2.0, grace, time.time(), actor=who.id, check=check)
     reported = _reported(issued.unconfirmed, issued.warnings)
     return {**issued.record.to_json(), "token": issued.token, **reported}
 

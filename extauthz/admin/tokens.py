@@ -547,9 +547,11 @@ def rotate(
     grace_seconds: int | None = None,
     now: float = 0,
     actor: str | None = None,
+    check: Callable[[TokenRecord | None], None] | None = None,
 ) -> IssuedToken:
     """A new secret for the same id and record. The old secret stops at once, or after
-    `grace_seconds` (confirmed by every live server within `confirm` s, as for `revoke`)."""
+    `grace_seconds` (confirmed by every live server within `confirm` s, as for `revoke`).
+    `check(record)` may refuse it (inside the transaction, on the record as it is then)."""
     index = TokenIndex(store)
     grace_until = None
     if grace_seconds is not None:
@@ -564,22 +566,29 @@ def rotate(
             )
         grace_until = math.ceil(now + grace_seconds)
     token = new_token()
-    record, unconfirmed = index.rotate(token_id, token_hash(token), grace_until, confirm)
+    record, unconfirmed = index.rotate(token_id, token_hash(token), grace_until, confirm, check)
     durable = store.replicated(confirm or 1.0)
     detail = {"grace_until": grace_until}
     audited = audit.record(store, actor, "token.rotate", token_id, detail, now)
     return IssuedToken(token, record, tuple(unconfirmed), _also(durable) + _also(audited))
 
 
-def revoke(store: Store, token_id: str, confirm: float = 0, actor: str | None = None) -> Revoked:
-    """Delete the token (and a secret of it still in rotation grace).
+def revoke(
+    store: Store,
+    token_id: str,
+    confirm: float = 0,
+    actor: str | None = None,
+    check: Callable[[TokenRecord | None], None] | None = None,
+) -> Revoked:
+    """Delete the token (and a secret of it still in rotation grace); `check(record)` may
+    refuse it, inside the transaction (None: a record that cannot be read).
 
     With `confirm` > 0, return only once every live server has confirmed that it dropped
     them from its cache, or after `confirm` seconds (those that did not are named). It also
     waits (as long) for a replica to hold the deletion, so that a failover cannot bring the
     token back; without one it warns.
     """
-    count, unconfirmed = TokenIndex(store).revoke(token_id, confirm)
+    count, unconfirmed = TokenIndex(store).revoke(token_id, confirm, check)
     durable = store.replicated(confirm or 1.0)
     audited = audit.record(store, actor, "token.revoke", token_id, {"secrets": count})
     return Revoked(count, tuple(unconfirmed), _also(durable) + _also(audited))

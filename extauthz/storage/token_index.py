@@ -137,15 +137,23 @@ class TokenIndex:
         return new, self.store.confirm(confirm, *changed)
 
     def rotate(
-        self, token_id: str, new_digest: str, grace_until: int | None, confirm: float = 0
+        self,
+        token_id: str,
+        new_digest: str,
+        grace_until: int | None,
+        confirm: float = 0,
+        check: Callable[[TokenRecord | None], None] | None = None,
     ) -> tuple[TokenRecord, list[str]]:
         """A new secret for the id. The old one stops at once, or at `grace_until` (unix
-        seconds); a secret still in an earlier grace stops at once."""
+        seconds); a secret still in an earlier grace stops at once. `check(record)` may
+        refuse it, on the record as it is inside the transaction."""
 
         def write(pipe: Any) -> IndexedToken:
             found = self._read(pipe, token_id)
             if found is None:
                 raise UnknownToken(token_id)
+            if check is not None:
+                check(found.record)
             pipe.multi()
             self._write_token(pipe, new_digest, found.record)
             old_key = self.store.token_key(found.digest)
@@ -164,11 +172,23 @@ class TokenIndex:
         changed = [found.digest] + ([found.previous] if found.previous else [])
         return found.record, self.store.confirm(confirm, new_digest, *changed)
 
-    def revoke(self, token_id: str, confirm: float = 0) -> tuple[int, list[str]]:
+    def revoke(
+        self,
+        token_id: str,
+        confirm: float = 0,
+        check: Callable[[TokenRecord | None], None] | None = None,
+    ) -> tuple[int, list[str]]:
         """Delete the token, any secret of it in rotation grace, and its index entry.
-        Returns (secrets deleted, servers that did not confirm)."""
+        Returns (secrets deleted, servers that did not confirm). `check(record)` may refuse
+        it, on the record as it is inside the transaction (None: one that cannot be read)."""
 
         def write(pipe: Any) -> list[str]:
+            if check is not None:
+                try:
+                    current = self._read(pipe, token_id)
+                except MalformedRecord:
+                    current = None
+                check(current.record if current is not None else None)
             # The record is not parsed: one edited by hand into any shape can still be
             # revoked by the id its entry names (its key's own `id` field must agree).
             try:

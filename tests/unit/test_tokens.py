@@ -370,3 +370,32 @@ def test_every_token_made_can_be_read_back(
     found = store.token_record(token_hash(issued.token))
     assert found is not None and found.scopes == issued.record.scopes
     assert found.models == issued.record.models
+
+
+class Refused(Exception):
+    """What a check raises (the API's is its 404)."""
+
+
+@pytest.mark.parametrize("action", ["revoke", "rotate"])
+def test_revoke_and_rotate_ask_their_check_of_the_token_as_it_is_then(
+    store: Store, action: str
+) -> None:
+    """The caller's right is asked inside the transaction, of the record as it is then: a
+    token moved out of a manager's routes since the manager looked is not its to revoke."""
+    publish_routes(store, "a", "b")
+    made = tokens.create(store, ["a"], token_id="t", now=time.time())
+    seen: list[frozenset[str] | None] = []
+
+    def only_route_a(record: TokenRecord | None) -> None:
+        seen.append(None if record is None else record.routes)
+        if record is None or record.routes != {"a"}:
+            raise Refused("not yours")
+
+    tokens.update(store, "t", routes=["b"], now=time.time())  # (meanwhile, by an admin)
+    with pytest.raises(Refused):
+        if action == "revoke":
+            tokens.revoke(store, "t", check=only_route_a)
+        else:
+            tokens.rotate(store, "t", now=time.time(), check=only_route_a)
+    assert seen == [frozenset({"b"})]
+    assert store.token_record(token_hash(made.token)) is not None  # untouched
