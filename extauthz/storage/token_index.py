@@ -450,10 +450,13 @@ class TokenIndex:
         alive = dict(zip(entries, pipe.execute(), strict=True))
         todo: list[tuple[str, str, int]] = []
         claimed: set[str] = set()
+        indexed: list[str] = []  # ids whose entry names this secret (listed, unless lost)
         for digest, (token_id, pttl) in found.items():
             if digest not in entries:
                 continue
             current, previous = entries[digest]
+            if digest == current:
+                indexed.append(token_id)
             if digest in (current, previous):
                 continue
             if (current and alive[digest]) or token_id in claimed:
@@ -461,6 +464,7 @@ class TokenIndex:
                 continue
             claimed.add(token_id)
             todo.append((digest, token_id, pttl))
+        self._relist(pipe, indexed, result)
         if not todo:
             return
         seq = int(self.client.incrby(self.seq_key, len(todo))) - len(todo)
@@ -474,6 +478,21 @@ class TokenIndex:
             pipe.zadd(self.ids_key, {token_id: seq})
         pipe.execute()
         result.added += len(todo)
+
+    def _relist(self, pipe: Any, token_ids: list[str], result: Reindexed) -> None:
+        """Put indexed ids missing from the creation order (`token-ids` lost or edited by
+        hand) back at its end, so that `token list` finds them again."""
+        for token_id in token_ids:
+            pipe.zscore(self.ids_key, token_id)
+        scores = pipe.execute(raise_on_error=False) if token_ids else []
+        missing = [t for t, score in zip(token_ids, scores, strict=True) if score is None]
+        if not missing:
+            return
+        seq = int(self.client.incrby(self.seq_key, len(missing))) - len(missing)
+        for offset, token_id in enumerate(missing, 1):
+            pipe.zadd(self.ids_key, {token_id: seq + offset})
+        pipe.execute()
+        result.added += len(missing)
 
     # --- helpers --------------------------------------------------------------------------
 

@@ -399,3 +399,14 @@ def test_revoke_and_rotate_ask_their_check_of_the_token_as_it_is_then(
             tokens.rotate(store, "t", now=time.time(), check=only_route_a)
     assert seen == [frozenset({"b"})]
     assert store.token_record(token_hash(made.token)) is not None  # untouched
+
+
+def test_reindex_lists_again_the_tokens_of_a_lost_creation_order(store: Store) -> None:
+    publish_routes(store, "a")
+    made = [tokens.create(store, ["a"], now=time.time()).record.id for _ in range(3)]
+    store.client.delete("extauthz:token-ids")  # (lost, or deleted by hand)
+    assert [r.id for _, r in tokens.listing(store) if isinstance(r, TokenRecord)] == []
+    assert tokens.reindex(store).added == 3
+    listed = [r.id for _, r in tokens.listing(store) if isinstance(r, TokenRecord)]
+    assert sorted(listed) == sorted(made)
+    assert tokens.reindex(store).added == 0  # (nothing more to do)
