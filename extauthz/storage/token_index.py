@@ -103,6 +103,7 @@ class TokenIndex:
             current = pipe.hget(self.id_key(record.id), "sha256")
             if current and current != digest and pipe.exists(self.store.token_key(current)):
                 raise TokenExists(record.id)
+            self._check_types(pipe, record)
             seq = int(pipe.incr(self.seq_key))  # (at once: the pipeline is watching)
             pipe.multi()
             self._write_token(pipe, digest, record)
@@ -349,6 +350,7 @@ class TokenIndex:
         new = sum(1 for item in items if item.action == "create")
         audit_key = f"{self.store.prefix}audit"
         with self.store.redis_errors():
+            self._check_types(self.client, None, audit_key if audit is not None else None)
             seq = int(self.client.incrby(self.seq_key, new)) - new if new else 0
             for start in range(0, len(items), PAGE):
                 batch = items[start : start + PAGE]
@@ -478,6 +480,23 @@ class TokenIndex:
             pipe.zadd(self.ids_key, {token_id: seq})
         pipe.execute()
         result.added += len(todo)
+
+    def _check_types(self, conn: Any, record: TokenRecord | None, audit: str | None = None) -> None:
+        """MalformedRecord, before anything is written, when a key a write adds to is not of
+        its type (edited by hand): inside MULTI/EXEC Redis would run every other command and
+        fail that one alone, leaving tokens written and their order or audit not."""
+        expected = {self.ids_key: "zset"}
+        if audit is not None:
+            expected[audit] = "stream"
+        if record is not None and record.team is not None:
+            expected[self.store.team_tokens_key(record.team)] = "set"
+        for key, kind in expected.items():
+            found = conn.type(key)
+            if found not in (kind, "none"):
+                raise MalformedRecord(
+                    f"{key} is a {found}, not a {kind} (edited by hand): nothing was written; "
+                    "fix or delete it by hand (docs/redis.md)"
+                )
 
     def _relist(self, pipe: Any, token_ids: list[str], result: Reindexed) -> None:
         """Put indexed ids missing from the creation order (`token-ids` lost or edited by

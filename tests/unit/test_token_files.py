@@ -13,7 +13,7 @@ from extauthz.admin import tokens
 from extauthz.admin.token_files import export_lines, plan_import, read_import_file
 from extauthz.core.credentials import token_hash
 from extauthz.core.policy import PolicySnapshot, parse_policy
-from extauthz.errors import BadImportLine
+from extauthz.errors import BadImportLine, MalformedRecord
 from extauthz.storage.store import Store
 from extauthz.storage.token_index import TokenIndex
 from tests.support.policies import publish_routes
@@ -259,3 +259,16 @@ def test_a_model_token_given_admin_by_hand_is_never_imported_as_an_admin(
     with pytest.raises(BadImportLine, match=r"t.jsonl:1: kind: its scopes make it a management"):
         _import(store, _write(tmp_path / "t.jsonl", line))
     assert store.token_record(token_hash("hand-made-secret")) is None
+
+
+def test_an_audit_log_of_the_wrong_type_refuses_an_import_before_anything_is_written(
+    store: Store, tmp_path: Path
+) -> None:
+    publish_routes(store, "m")
+    store.client.set("extauthz:audit", "edited by hand")
+    path = _write(tmp_path / "t.jsonl", GOOD)
+    entries = read_import_file(path, NOW)
+    plan = plan_import(store, entries, path, NOW)
+    with pytest.raises(MalformedRecord, match="audit is a string, not a stream"):
+        TokenIndex(store).write_many(plan.items, audit=lambda batch: [])
+    assert store.token_record(token_hash(SECRET)) is None

@@ -410,3 +410,16 @@ def test_reindex_lists_again_the_tokens_of_a_lost_creation_order(store: Store) -
     listed = [r.id for _, r in tokens.listing(store) if isinstance(r, TokenRecord)]
     assert sorted(listed) == sorted(made)
     assert tokens.reindex(store).added == 0  # (nothing more to do)
+
+
+def test_a_key_of_the_wrong_type_refuses_a_create_before_anything_is_written(
+    store: Store,
+) -> None:
+    """Inside MULTI/EXEC Redis runs every other command and fails the one on a key of the
+    wrong type: the token would live, out of the list. So it is refused before."""
+    publish_routes(store, "a")
+    store.client.set("extauthz:token-ids", "edited by hand")
+    before = set(store.client.keys("extauthz:token:*"))
+    with pytest.raises(MalformedRecord, match="token-ids is a string, not a zset"):
+        tokens.create(store, ["a"], now=time.time())
+    assert set(store.client.keys("extauthz:token:*")) == before
