@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -120,15 +119,8 @@ def test_1000_mixed_requests_are_counted_to_the_token(stack: Stack) -> None:
         wait_for(lambda: counted() == expected, 15, "every response's tokens in Redis")
     except TimeoutError:
         assert counted() == expected
-    # more than one of the 3 server processes decided and counted (each serves its own
-    # metrics on the port after the supervisor's + its index)
-    host, port = stack.settings.metrics_listen.rsplit(":", 1)
-    busy = 0
-    for i in range(3):
-        with urllib.request.urlopen(f"http://{host}:{int(port) + 1 + i}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        busy += 'extauthz_llm_tokens_total{kind="prompt"' in text
-    assert busy >= 2, busy
+    # (which of the 3 server processes decided and counted is the kernel's choice of
+    # Envoy's few connections: counting across processes is what the tests below pin)
 
 
 def twice_the_load(

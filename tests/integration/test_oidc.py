@@ -163,7 +163,8 @@ def test_idp_down(oidc: tuple[LocalIdP, CheckClient, Path]) -> None:
     assert client.status("iris", bearer(rsa.sign(claims(idp.issuer, sub="user-2")))) == 200
     started = time.monotonic()
     assert client.status("iris", bearer(SigningKey("rsa-9").sign(claims(idp.issuer)))) == 401
-    assert time.monotonic() - started < 0.25
+    # (KEY_WAIT, 0.1 s, not the 3 s fetch timeout; a loaded 2-core machine adds a little)
+    assert time.monotonic() - started < 1.0
     # a route whose IdP was never reached cannot decide: 503, never 401 or 200
     resp = client.check("idp-never-reached", bearer(rsa.sign(claims(idp.issuer))))
     assert resp.WhichOneof("http_response") == "error_response"
