@@ -104,10 +104,12 @@ def test_decision_path_bench_smoke() -> None:
     require_binary("valgrind")
     result = run_bench("decision_path.py", "--calls", "300", "--rounds", "1")
     assert "| whole handler, limit + usage |" in result.stdout
-    # one stage counted under callgrind, as --instructions counts each
+    # one stage counted under callgrind, as --instructions counts each (one run: each is a
+    # half-minute valgrind start; parsing a request is ~10,600 instructions, the empty
+    # stage ~1,000)
     from bench.decision_path import instructions
 
-    assert instructions("plain", "parse", 50) > instructions("plain", "noop", 50) + 1_000
+    assert instructions("plain", "parse", 10) > 3_000
 
 
 def test_llm_body_bench_smoke(tmp_path: Path) -> None:
