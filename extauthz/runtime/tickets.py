@@ -125,7 +125,3 @@ class Tickets:
         except StoreError as e:
             log.warning("cannot claim an LLM record in Redis (%s): not counted", e)
             return False
-
-    def valid(self, token_id: str, route: str, model: str, token_limits: str, ticket: str) -> bool:
-        """Whether `ticket` verifies (without claiming it)."""
-        return self.verified(token_id, route, model, token_limits, ticket) is not None

@@ -448,7 +448,8 @@ def test_only_records_of_this_deployments_allows_are_counted(store: Store) -> No
     charged = store.llm_token_usage("t1", [int(START // 86400)])[0]
     assert charged == {"m": {"prompt_tokens": 1, "completion_tokens": 1}}
     # (the second tickets object of this deployment reads the same key from Redis)
-    assert Tickets(store).valid("t1", "llm", "m", authz[METADATA_KEY], signed[TICKET_KEY])
+    nonce = Tickets(store).verified("t1", "llm", "m", authz[METADATA_KEY], signed[TICKET_KEY])
+    assert nonce is not None
 
 
 def _other_store() -> Store:
