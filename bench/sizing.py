@@ -27,10 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,13 +37,13 @@ sys.path.insert(0, str(REPO))
 
 import redis  # noqa: E402
 
+from bench.private_redis import private_redis  # noqa: E402
 from extauthz.admin import tokens  # noqa: E402
 from extauthz.admin.sync import sync  # noqa: E402
 from extauthz.core.llm_usage import Usage  # noqa: E402
 from extauthz.core.policy import load_policy_file  # noqa: E402
 from extauthz.core.rate_limit import RateLimit  # noqa: E402
 from extauthz.core.token_limit import TokenLimit  # noqa: E402
-from extauthz.dev.ports import free_port, wait_port  # noqa: E402
 from extauthz.runtime.usage import UsageMeter  # noqa: E402
 from extauthz.storage.store import open_store  # noqa: E402
 
@@ -187,24 +184,11 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=3)
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
-    redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        raise SystemExit("bench: redis-server not found (apt-get install redis-server)")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="extauthz-sizing-") as tmp:
-        proc = subprocess.Popen(
-            [redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            wait_port(port)
-            client = redis.Redis(port=port)
-            os.environ.pop("EXTAUTHZ_REDIS_URL", None)
-            data = measure(f"redis://127.0.0.1:{port}/0", client, args.tokens, args.models)
-            data["redis_version"] = client.info("server")["redis_version"]
-        finally:
-            proc.terminate()
-            proc.wait()
+    with private_redis("extauthz-sizing-") as (port, _):
+        client = redis.Redis(port=port)
+        os.environ.pop("EXTAUTHZ_REDIS_URL", None)
+        data = measure(f"redis://127.0.0.1:{port}/0", client, args.tokens, args.models)
+        data["redis_version"] = client.info("server")["redis_version"]
     print(render(data))
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=2))

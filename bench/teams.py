@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -33,10 +30,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.private_redis import private_redis  # noqa: E402
 from extauthz.admin import teams, tokens  # noqa: E402
 from extauthz.admin.sync import sync  # noqa: E402
 from extauthz.core.policy import load_policy_file  # noqa: E402
-from extauthz.dev.ports import free_port, wait_port  # noqa: E402
 from extauthz.runtime.usage import UsageMeter  # noqa: E402
 from extauthz.storage.store import Store, open_store  # noqa: E402
 
@@ -115,25 +112,12 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        raise SystemExit("bench: redis-server not found (apt-get install redis-server)")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="extauthz-teams-") as tmp:
-        proc = subprocess.Popen(
-            [redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            wait_port(port)
-            os.environ.pop("EXTAUTHZ_REDIS_URL", None)
-            store = open_store(f"redis://127.0.0.1:{port}/0", "extauthz:", 5.0)
-            doc = load_policy_file(str(REPO / "examples/policy.yaml"))
-            sync(store, doc, env={"DENSENET161_SECRET": "bench-secret-value"})
-            rows = [measure(store, size, args.members, args.repeat) for size in sizes]
-        finally:
-            proc.terminate()
-            proc.wait()
+    with private_redis("extauthz-teams-") as (port, _):
+        os.environ.pop("EXTAUTHZ_REDIS_URL", None)
+        store = open_store(f"redis://127.0.0.1:{port}/0", "extauthz:", 5.0)
+        doc = load_policy_file(str(REPO / "examples/policy.yaml"))
+        sync(store, doc, env={"DENSENET161_SECRET": "bench-secret-value"})
+        rows = [measure(store, size, args.members, args.repeat) for size in sizes]
     print(render(rows, args.members))
     if args.json:
         Path(args.json).write_text(json.dumps({"members": args.members, "rows": rows}, indent=2))

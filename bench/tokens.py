@@ -16,11 +16,9 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,8 +28,8 @@ sys.path.insert(0, str(REPO))
 
 import redis  # noqa: E402
 
+from bench.private_redis import private_redis  # noqa: E402
 from extauthz.core.credentials import token_hash  # noqa: E402
-from extauthz.dev.ports import free_port, wait_port  # noqa: E402
 
 BATCH = 10_000
 BY_ID = ("show", "update", "rotate", "revoke")
@@ -147,28 +145,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
-    redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        raise SystemExit("bench: redis-server not found (apt-get install redis-server)")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="extauthz-tokens-") as tmp:
-        proc = subprocess.Popen(
-            [redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            wait_port(port)
-            url = f"redis://127.0.0.1:{port}/0"
-            client = redis.Redis(port=port)
-            os.environ.pop("EXTAUTHZ_REDIS_URL", None)
-            data = {
-                "sizes": [measure(url, client, n, args.repeat) for n in sorted(args.sizes)],
-                "import": import_figure(url, client, args.import_size, Path(tmp)),
-                "machine": {"cpus": os.cpu_count(), "maxrss_unit": "KiB"},
-            }
-        finally:
-            proc.terminate()
-            proc.wait()
+    with private_redis("extauthz-tokens-") as (port, tmp):
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis(port=port)
+        os.environ.pop("EXTAUTHZ_REDIS_URL", None)
+        data = {
+            "sizes": [measure(url, client, n, args.repeat) for n in sorted(args.sizes)],
+            "import": import_figure(url, client, args.import_size, tmp),
+            "machine": {"cpus": os.cpu_count(), "maxrss_unit": "KiB"},
+        }
     print(render(data))
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=2))
