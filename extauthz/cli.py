@@ -171,18 +171,14 @@ def _team_limits(args: argparse.Namespace, keep: Any) -> dict[str, Any]:
     """The team fields given on the command line (`keep` where one was not; `none`
     removes a limit, `--model none` the model list)."""
     from extauthz.admin import tokens
-
-    def limit(text: str | None, parse: Any) -> Any:
-        if text is None:
-            return keep
-        return None if text == "none" else parse(text)
+    from extauthz.admin.teams import limit_change
 
     models: Any = keep if args.model is None else None if args.model == ["none"] else args.model
     return {
         "name": keep if args.name is None else args.name,
         "models": models,
-        "rate_limit": limit(args.rate_limit, tokens.parse_rate_limit),
-        "token_limit": limit(args.token_limit, tokens.parse_token_limit),
+        "rate_limit": limit_change(args.rate_limit, tokens.parse_rate_limit, keep),
+        "token_limit": limit_change(args.token_limit, tokens.parse_token_limit, keep),
     }
 
 

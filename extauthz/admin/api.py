@@ -617,11 +617,6 @@ def update_team(who: Who, store: Db, team_id: str, body: TeamChange) -> dict[str
     _require_team(who, Action.TEAM_WRITE, _team_id(team_id))
     _known_team(store, team_id)
 
-    def limit(text: str | None, parse: Any) -> Any:
-        if text is None:
-            return teams.UNCHANGED
-        return None if text == "none" else parse(text)
-
     try:
         changed = teams.update(
             store,
@@ -629,8 +624,8 @@ def update_team(who: Who, store: Db, team_id: str, body: TeamChange) -> dict[str
             name=teams.UNCHANGED if body.name is None else body.name,
             models=None if body.all_models else teams.UNCHANGED if body.models is None
             else body.models,
-            rate_limit=limit(body.rate_limit, tokens.parse_rate_limit),
-            token_limit=limit(body.token_limit, tokens.parse_token_limit),
+            rate_limit=teams.limit_change(body.rate_limit, tokens.parse_rate_limit),
+            token_limit=teams.limit_change(body.token_limit, tokens.parse_token_limit),
             now=time.time(),
             actor=who.id,
         )  # fmt: skip

@@ -4,7 +4,7 @@ notifications on the team's key drop it from every server's cache)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,6 +19,14 @@ from extauthz.storage.team_index import TeamIndex
 from extauthz.storage.token_index import TokenIndex
 
 UNCHANGED: Any = object()  # update: a field not given
+
+
+def limit_change(text: str | None, parse: Callable[[str], Any], keep: Any = UNCHANGED) -> Any:
+    """A limit as the CLI or an API body gives it: absent → `keep`, `none` → None (no
+    limit), else `parse(text)`."""
+    if text is None:
+        return keep
+    return None if text == "none" else parse(text)
 
 
 def check_team_id(team_id: str) -> str:
