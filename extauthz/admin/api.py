@@ -649,8 +649,7 @@ def delete_team(
     """Delete a team (admin tokens only): refused (409) while it has tokens, unless
     `revoke_tokens`."""
     _require_team(who, Action.TEAM_WRITE, _team_id(team_id))
-    _known_team(store, team_id)
-    try:
+    try:  # (teams.delete reads the team first: unknown → 404, edited by hand → 409)
         deleted = teams.delete(store, team_id, revoke_tokens, time.time(), who.id)
     except UnknownTeam:
         raise ApiError(404, "not_found", f"no team with id {team_id!r}") from None
@@ -670,8 +669,10 @@ def team_usage(
     """A team's usage: its tokens' summed per UTC day, per model (admins; its own team
     managers)."""
     _require_team(who, Action.TEAM_READ, _team_id(team_id))
-    _known_team(store, team_id)
-    return teams.usage(store, team_id, days, time.time())
+    try:  # (teams.usage reads the team first: unknown → 404, edited by hand → 409)
+        return teams.usage(store, team_id, days, time.time())
+    except UnknownTeam:
+        raise ApiError(404, "not_found", f"no team with id {team_id!r}") from None
 
 
 @policy_api.get(
