@@ -179,6 +179,7 @@ def _team_limits(args: argparse.Namespace, keep: Any) -> dict[str, Any]:
         "models": models,
         "rate_limit": limit_change(args.rate_limit, tokens.parse_rate_limit, keep),
         "token_limit": limit_change(args.token_limit, tokens.parse_token_limit, keep),
+        "budget": limit_change(args.budget, tokens.parse_budget, keep),
     }
 
 
@@ -202,7 +203,7 @@ def _cmd_team_create(args: argparse.Namespace, settings: Settings) -> int:
     given = _team_limits(args, None)
     made = teams.create(
         _store(settings), args.id, given["name"] or "", given["models"], given["rate_limit"],
-        given["token_limit"], time.time(),
+        given["token_limit"], time.time(), budget=given["budget"],
     )  # fmt: skip
     _warn(made.warnings)
     _print_team(made.record, args)
@@ -343,6 +344,7 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
         token_limit=None if llm_limit is None else tokens.parse_token_limit(llm_limit),
         allow_unknown_route=args.allow_unknown_route,
         team=args.team,
+        budget=None if args.budget is None else tokens.parse_budget(args.budget),
     )
     _warn(issued.warnings)
     _print_issued(issued, args.json)
@@ -415,6 +417,7 @@ def _cmd_token_update(args: argparse.Namespace, settings: Settings) -> int:
         token_limit="keep" if llm_limit is None else tokens.parse_token_limit(llm_limit),
         allow_unknown_route=args.allow_unknown_route,
         team="keep" if args.team is None else None if args.team == "none" else args.team,
+        budget="keep" if args.budget is None else tokens.parse_budget(args.budget),
     )
     _warn(updated.warnings)
     _print_record(updated.record, args.json)
@@ -451,6 +454,8 @@ def _print_days(days: list[dict[str, Any]]) -> None:
                 )
                 estimated = counts.get("estimated_completion_tokens", 0)
                 tokens_used += f", {estimated} estimated" if estimated else ""
+            if "cost_usd" in counts:
+                tokens_used += f"   ${counts['cost_usd']:.6f}"
             print(f"  {_shown(model):<10} {counts.get('requests', 0):>10}{tokens_used}")
 
 
@@ -584,6 +589,42 @@ def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
         settings.admin_request_timeout,
         settings.admin_max_connections,
     )
+    return 0
+
+
+MAX_PRICE_FILE = 64 << 20  # LiteLLM's cost map is a few MB
+
+
+def _cmd_prices_import(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the `prices:` YAML for models of LiteLLM's cost map."""
+    from extauthz.core.prices import litellm_prices
+    from extauthz.files import describe, read_regular_file
+
+    try:
+        table = json.loads(read_regular_file(args.file, MAX_PRICE_FILE))
+    except OSError as e:
+        raise UsageError(f"cannot read {_shown(args.file)}: {describe(e)}") from None
+    except (ValueError, RecursionError):
+        raise UsageError(
+            f"{_shown(args.file)} is not JSON: give LiteLLM's model_prices_and_context_window.json"
+        ) from None
+    if not isinstance(table, dict):
+        raise UsageError(
+            f"{_shown(args.file)}: expected a JSON object of models (LiteLLM's cost map)"
+        )
+    try:
+        found = litellm_prices(table, args.model or ())
+    except ValueError as e:
+        raise InvalidValue("model", ",".join(args.model or ()), str(e)) from None
+    if not found:
+        raise UsageError(
+            f"no model of {_shown(args.file)} with input and output prices matches "
+            f"{' '.join(args.model or ('(any)',))}: check the names (exact, or prefix*)"
+        )
+    print("prices:  # USD per million tokens (extauthz prices import)")
+    for model, price in found.items():
+        values = ", ".join(f"{key}: {value}" for key, value in price.items())
+        print(f"  {json.dumps(model)}: {{{values}}}")
     return 0
 
 
@@ -809,6 +850,20 @@ def _add_import_parser(tsub: Any) -> None:
     load.set_defaults(func=_cmd_token_import)
 
 
+def _add_llm_flags(parser: Any) -> None:
+    """`token create`'s LLM fields: models, token limit, budget."""
+    parser.add_argument(
+        "--model",
+        action="append",
+        help="LLM model it may use on api: openai routes: a name or prefix*, repeatable "
+        "(default: every model its routes serve)",
+    )
+    parser.add_argument(
+        "--token-limit", help="LLM tokens per window: 100000/d (m, h, d, mo = UTC month)"
+    )
+    parser.add_argument("--budget", help="USD of LLM use per window: 50/mo (h, d, mo = UTC month)")
+
+
 def _add_token_parsers(sub: Any) -> None:
     token = sub.add_parser("token", help="create, list, show, update, rotate, revoke tokens")
     tsub = token.add_subparsers(metavar="ACTION")
@@ -821,15 +876,7 @@ def _add_token_parsers(sub: Any) -> None:
     create.add_argument("--name", help="a label for humans")
     create.add_argument("--id", help="token id (default: generated tok_...)")
     create.add_argument("--rate-limit", help="requests per window: 600/m (s, m, h, d)")
-    create.add_argument(
-        "--model",
-        action="append",
-        help="LLM model it may use on api: openai routes: a name or prefix*, repeatable "
-        "(default: every model its routes serve)",
-    )
-    create.add_argument(
-        "--token-limit", help="LLM tokens per window: 100000/d (m, h, d, mo = UTC month)"
-    )
+    _add_llm_flags(create)
     create.add_argument("--team", help="the team it belongs to (its models and limits apply too)")
     _allow_unknown_route(create)
     create.add_argument("--json", action="store_true")
@@ -862,6 +909,7 @@ def _add_token_parsers(sub: Any) -> None:
             p.add_argument("--model", action="append", help="new LLM models (replace the old)")
             p.add_argument("--all-models", action="store_true", help="every model its routes serve")
             p.add_argument("--token-limit", help="100000/d (m, h, d, mo), or none to remove it")
+            p.add_argument("--budget", help="USD per window: 50/mo (h, d, mo), or none")
             p.add_argument("--team", help="move it into a team, or none to take it out")
             _allow_unknown_route(p)
         if name == "rotate":
@@ -905,6 +953,7 @@ def _add_team_parsers(sub: Any) -> None:
             )
             p.add_argument("--rate-limit", help="requests per window for all its tokens: 600/m")
             p.add_argument("--token-limit", help="LLM tokens per window for all its tokens")
+            p.add_argument("--budget", help="USD of LLM use per window for all its tokens: 500/mo")
         if name == "usage":
             p.add_argument("--days", type=int, default=7, help="this many days up to today")
         if name == "delete":
@@ -947,6 +996,16 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_token_parsers(sub)
     _add_team_parsers(sub)
+    prices = sub.add_parser("prices", help="model prices for budgets")
+    psub = prices.add_subparsers(metavar="ACTION")
+    convert = psub.add_parser(
+        "import", help="print the policy's prices: for models of LiteLLM's cost map"
+    )
+    convert.add_argument("file", metavar="FILE", help="model_prices_and_context_window.json")
+    convert.add_argument(
+        "--model", action="append", help="a model name or prefix*, repeatable (default: all)"
+    )
+    convert.set_defaults(func=_cmd_prices_import)
 
     certs = _command(
         sub, "certs", "make a CA and certificates for mutual TLS between Envoy and extauthz"

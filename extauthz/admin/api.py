@@ -116,6 +116,7 @@ class NewToken(_Strict):
         default=None, max_length=256, description="LLM models (names, prefix*); null: any"
     )
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d")
+    budget: str | None = Field(default=None, max_length=32, description="USD: 50/mo, 0.25/h")
     team: str | None = Field(
         default=None, max_length=63, description="its team (a team manager's: its own)"
     )
@@ -134,6 +135,7 @@ class TokenChange(_Strict):
     models: list[str] | None = Field(default=None, max_length=256, description="new models")
     all_models: bool = False
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d or none")
+    budget: str | None = Field(default=None, max_length=32, description="50/mo or none")
     team: str | None = Field(default=None, max_length=63, description="move it into this team")
     no_team: bool = Field(default=False, description="take it out of its team")
     allow_unknown_route: bool = Field(
@@ -147,6 +149,7 @@ class NewTeam(_Strict):
     models: list[str] | None = Field(default=None, max_length=256, description="null: any")
     rate_limit: str | None = Field(default=None, max_length=32, description="600/m")
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d")
+    budget: str | None = Field(default=None, max_length=32, description="USD: 50/mo, 0.25/h")
 
 
 class TeamChange(_Strict):
@@ -155,6 +158,7 @@ class TeamChange(_Strict):
     all_models: bool = False
     rate_limit: str | None = Field(default=None, max_length=32, description="600/m or none")
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d or none")
+    budget: str | None = Field(default=None, max_length=32, description="50/mo or none")
 
 
 class Rotation(_Strict):
@@ -422,6 +426,7 @@ def create_token(who: Who, store: Db, body: NewToken) -> dict[str, Any]:
         else None,
         allow_unknown_route=body.allow_unknown_route,
         team=body.team if body.team is not None else who.team,
+        budget=tokens.parse_budget(body.budget) if body.budget is not None else None,
     )
     return {**issued.record.to_json(), "token": issued.token, "warnings": issued.warnings}
 
@@ -472,6 +477,7 @@ def update_token(who: Who, store: Db, token_id: str, body: TokenChange) -> dict[
         else "keep",
         allow_unknown_route=body.allow_unknown_route,
         team=None if body.no_team else body.team if body.team is not None else "keep",
+        budget=tokens.parse_budget(body.budget) if body.budget is not None else "keep",
     )
     return {**updated.record.to_json(), **_reported(updated.unconfirmed, updated.warnings)}
 
@@ -589,6 +595,7 @@ def create_team(who: Who, store: Db, body: NewTeam) -> dict[str, Any]:
         tokens.parse_token_limit(body.token_limit) if body.token_limit is not None else None,
         time.time(),
         who.id,
+        tokens.parse_budget(body.budget) if body.budget is not None else None,
     )
     return {**made.record.to_json(), "warnings": list(made.warnings)}
 
@@ -626,6 +633,7 @@ def update_team(who: Who, store: Db, team_id: str, body: TeamChange) -> dict[str
             else body.models,
             rate_limit=teams.limit_change(body.rate_limit, tokens.parse_rate_limit),
             token_limit=teams.limit_change(body.token_limit, tokens.parse_token_limit),
+            budget=teams.limit_change(body.budget, tokens.parse_budget),
             now=time.time(),
             actor=who.id,
         )  # fmt: skip
@@ -690,6 +698,7 @@ def policy(who: Who, store: Db) -> dict[str, Any]:
     return {
         "version": snapshot.version,
         "routes": {name: r.to_json() for name, r in sorted(snapshot.routes.items())},
+        **snapshot.prices.to_json(),
     }
 
 

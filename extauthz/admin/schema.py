@@ -128,6 +128,7 @@ class Token(_Answer):
     models: list[str] | None = Field(description="LLM models (names, prefix*); null: any")
     token_limit: str | None = Field(description="its own LLM token limit, e.g. 100000/d")
     team: str | None = Field(description="the team it belongs to; null: none")
+    budget: str | None = Field(description="its own budget in USD, e.g. $50/mo")
 
 
 class TokenPage(_Answer):
@@ -183,6 +184,9 @@ class ModelUsage(_Answer):
     estimated_completion_tokens: int | None = None
     cached_prompt_tokens: int | None = None
     reasoning_tokens: int | None = None
+    cost_usd: float | None = Field(
+        default=None, description="what its counted responses cost, at the policy's prices"
+    )
 
 
 class UsageDay(_Answer):
@@ -212,6 +216,7 @@ class Team(_Answer):
     rate_limit: str | None = Field(description="requests per window, for all its tokens")
     token_limit: str | None = Field(description="LLM tokens per window, for all its tokens")
     created_at: UnixSeconds | None
+    budget: str | None = Field(description="USD per window, for all its tokens, e.g. $500/mo")
     tokens: int | None = Field(default=None, description="how many tokens it has")
 
 
@@ -290,12 +295,27 @@ class Route(_Answer):
     token_limit: str | None = None
     stream_usage: str | None = None
     default_max_tokens: int | None = None
+    budget: str | None = None
     jwt: Jwt | None = None
+
+
+class ModelPrice(_Answer):
+    """USD per million tokens, as decimal text."""
+
+    input: str
+    output: str
+    cached_input: str
 
 
 class Policy(_Answer):
     version: int = Field(description="0: no policy was ever published")
     routes: dict[str, Route]
+    prices: dict[str, ModelPrice] | None = Field(
+        default=None, description="per model name or prefix*: what budgets are counted with"
+    )
+    unpriced: str | None = Field(
+        default=None, description="deny (403 model_unpriced under a budget) or free"
+    )
 
 
 class AuditEvent(_Answer):

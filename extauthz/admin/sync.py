@@ -162,7 +162,7 @@ def _plan(
         secrets = dict(secrets)
         secrets.update({h: r for h, r in old_secrets.items() if r.id not in file_ids})
     version = (current.version if current else 0) + 1
-    snapshot = PolicySnapshot(version, routes, doc.internal_networks, secrets)
+    snapshot = PolicySnapshot(version, routes, doc.internal_networks, secrets, doc.prices)
 
     old_by_id = {r.id: (h, r) for h, r in old_secrets.items()}
     new_by_id = {r.id: (h, r) for h, r in secrets.items()}

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from extauthz.core.budget import Budget
 from extauthz.core.credentials import MAX_NAME_LENGTH
 from extauthz.core.llm import check_model_patterns
 from extauthz.core.rate_limit import RateLimit
@@ -62,6 +63,7 @@ class TokenRecord:
     # LLM tokens (prompt + completion) it may use per window, on `api: openai` routes
     token_limit: TokenLimit | None = None
     team: str | None = None  # the team it belongs to (its models and limits apply too)
+    budget: Budget | None = None  # USD of LLM use per window, priced (docs/llm.md)
 
     @property
     def management(self) -> bool:
@@ -94,6 +96,7 @@ class TokenRecord:
             "models": None if self.models is None else sorted(self.models),
             "token_limit": str(self.token_limit) if self.token_limit else None,
             "team": self.team,
+            "budget": str(self.budget) if self.budget else None,
         }
 
     def to_fields(self) -> dict[str, str]:
@@ -119,6 +122,8 @@ class TokenRecord:
             fields["token_limit"] = str(self.token_limit)
         if self.team is not None:
             fields["team"] = self.team
+        if self.budget is not None:
+            fields["budget"] = str(self.budget)
         return fields
 
     @classmethod
@@ -164,6 +169,7 @@ class TokenRecord:
             models=models_field(fields, owner),
             token_limit=token_limit_field(fields, owner),
             team=team_field(fields, owner),
+            budget=budget_field(fields, owner),
         )
 
 
@@ -236,6 +242,18 @@ def token_limit_field(fields: Mapping[str, str], owner: str) -> TokenLimit | Non
     except ValueError:
         raise MalformedRecord(
             f"{owner}: 'token_limit' is not N/UNIT (e.g. 100000/d): {shown(raw, 64)}"
+        ) from None
+
+
+def budget_field(fields: Mapping[str, str], owner: str) -> Budget | None:
+    raw = fields.get("budget", "").strip(" ")
+    if not raw:
+        return None
+    try:
+        return Budget.parse(raw)
+    except ValueError:
+        raise MalformedRecord(
+            f"{owner}: 'budget' is not AMOUNT/UNIT in USD (e.g. 50/mo): {shown(raw, 64)}"
         ) from None
 
 

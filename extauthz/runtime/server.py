@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from extauthz.config import Settings
 from extauthz.core.decision import Outcome
 from extauthz.core.llm import MAX_BODY_BYTES
+from extauthz.core.prices import NO_PRICES, PriceTable
 from extauthz.errors import ConfigError
 from extauthz.runtime import tls
 from extauthz.runtime.auth_failures import FailureLimiter
@@ -173,6 +174,11 @@ class Server:
             tickets=self.tickets,
         )
 
+    def _prices(self) -> PriceTable:
+        """The model prices of the policy this process decides with (usage in dollars)."""
+        snapshot = self.authorizer.snapshot
+        return snapshot.prices if snapshot is not None else NO_PRICES
+
     def _grpc_server(
         self, reuse_port: bool, check: CheckHandler, read: Callable[[bytes], Any]
     ) -> grpc.Server:
@@ -198,6 +204,7 @@ class Server:
                 self.settings.ext_proc_streams,
                 limiter=self.limiter,
                 tickets=self.tickets,
+                prices=self._prices,
             )
             external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
             # (Envoy's access log: one record per LLM response its Lua filter read)

@@ -19,6 +19,7 @@ from openapi_spec_validator import validate
 
 from extauthz.admin import schema
 from extauthz.admin.api import audit_api, openapi_document, policy_api, teams_api, tokens_api
+from extauthz.core.budget import Budget
 from extauthz.core.policy import Access, JwtSettings, RoutePolicy
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.route_match import MatchRule
@@ -158,6 +159,7 @@ def _every_field_set() -> RoutePolicy:
         token_limit=TokenLimit.parse("10/d"),
         stream_usage="require",
         default_max_tokens=5,
+        budget=Budget.parse("5/d"),
     )
 
 
@@ -175,7 +177,9 @@ def test_the_models_cover_what_the_code_builds() -> None:
     schema.Route.model_validate(shown)
     record = TokenRecord("t", frozenset({"a"}), frozenset(), expires_at=1, name="n", created_at=0)
     assert set(record.to_json()) == set(schema.Token.model_fields), "update admin/schema.py Token"
-    assert set(TOKEN_KINDS) | {"requests"} == set(schema.ModelUsage.model_fields)
+    # (usage shows what responses cost in USD, counted in micro-dollars)
+    shown_kinds = {"cost_usd" if kind == "cost_microusd" else kind for kind in TOKEN_KINDS}
+    assert shown_kinds | {"requests"} == set(schema.ModelUsage.model_fields)
 
 
 def _check(status: int, body: Any, method: str = "GET", path: str = "/v1/tokens/t") -> None:

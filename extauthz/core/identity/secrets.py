@@ -55,4 +55,5 @@ def identify_secret(secret: str, ctx: Context) -> IdentityResult:
         token_limit=record.token_limit,
         team_id=record.team,
         team=team,
+        budget=record.budget,
     )
