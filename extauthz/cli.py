@@ -861,7 +861,7 @@ def _add_llm_flags(parser: Any) -> None:
     parser.add_argument(
         "--token-limit", help="LLM tokens per window: 100000/d (m, h, d, mo = UTC month)"
     )
-    parser.add_argument("--budget", help="USD of LLM use per window: 50/mo (h, d, mo = UTC month)")
+    parser.add_argument("--budget", help="USD of LLM use per window: 50/mo (m, h, d, mo = UTC month)")
 
 
 def _add_token_parsers(sub: Any) -> None:
@@ -909,7 +909,7 @@ def _add_token_parsers(sub: Any) -> None:
             p.add_argument("--model", action="append", help="new LLM models (replace the old)")
             p.add_argument("--all-models", action="store_true", help="every model its routes serve")
             p.add_argument("--token-limit", help="100000/d (m, h, d, mo), or none to remove it")
-            p.add_argument("--budget", help="USD per window: 50/mo (h, d, mo), or none")
+            p.add_argument("--budget", help="USD per window: 50/mo (m, h, d, mo), or none")
             p.add_argument("--team", help="move it into a team, or none to take it out")
             _allow_unknown_route(p)
         if name == "rotate":
