@@ -79,11 +79,13 @@ class PolicyDocument:
     internal_networks: tuple[IPNetwork, ...] = ()
     secrets: tuple[SecretSpec, ...] = ()
     warnings: tuple[str, ...] = ()  # legal, but worth a look (sync prints them)
+    on_leak: str = "revoke"  # a secret reported leaked: revoke it, or only notify
 
 
 # --- parsing the YAML file -----------------------------------------------------------------
 
-_TOP_KEYS = ("version", "internal_networks", "routes", "secrets")
+_TOP_KEYS = ("version", "internal_networks", "routes", "secrets", "on_leak")
+ON_LEAK = ("revoke", "notify")  # docs/security.md#when-a-key-leaks
 _ROUTE_KEYS = (
     "access",
     "credentials",
@@ -265,7 +267,13 @@ def parse_policy(text: str, file: str = "<policy>") -> PolicyDocument:
         routes[name] = _parse_route(r, name, key_node, value_node)
 
     secrets = _parse_secrets(r, top["secrets"][1], routes) if "secrets" in top else ()
-    return PolicyDocument(file, routes, networks, secrets, _shadowing(r, routes))
+    on_leak = "revoke"
+    if "on_leak" in top:
+        node = top["on_leak"][1]
+        on_leak = r.string(node, "on_leak")
+        if on_leak not in ON_LEAK:
+            raise r.error(node, "on_leak", f"{on_leak!r} is not revoke or notify")
+    return PolicyDocument(file, routes, networks, secrets, _shadowing(r, routes), on_leak)
 
 
 def _shadowing(r: _Reader, routes: Mapping[str, RoutePolicy]) -> tuple[str, ...]:

@@ -184,6 +184,7 @@ class PolicySnapshot:
     routes: Mapping[str, RoutePolicy]
     internal_networks: tuple[IPNetwork, ...] = ()
     secrets: Mapping[str, TokenRecord] = field(default_factory=dict)  # sha256 hex → record
+    on_leak: str = "revoke"  # a secret reported leaked: "revoke" it, or only "notify"
 
     def is_internal_address(self, address: str) -> bool:
         if not self.internal_networks or not address:
@@ -227,6 +228,8 @@ class PolicySnapshot:
                 "internal_networks": [str(n) for n in self.internal_networks],
                 "routes": {name: r.to_json() for name, r in sorted(self.routes.items())},
                 "secrets": {h: r.to_fields() for h, r in sorted(self.secrets.items())},
+                # (only when not the default: snapshots published before it keep their digest)
+                **({"on_leak": self.on_leak} if self.on_leak != "revoke" else {}),
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -243,7 +246,14 @@ class PolicySnapshot:
             routes={n: RoutePolicy.from_json(n, r) for n, r in data["routes"].items()},
             internal_networks=tuple(ipaddress.ip_network(n) for n in data["internal_networks"]),
             secrets={h: TokenRecord.from_fields(f) for h, f in data.get("secrets", {}).items()},
+            on_leak=_on_leak(data.get("on_leak", "revoke")),
         )
+
+
+def _on_leak(value: object) -> str:
+    if value not in ("revoke", "notify"):
+        raise MalformedRecord(f"on_leak {shown(str(value), 32)} is not revoke or notify")
+    return str(value)
 
 
 EMPTY_SNAPSHOT = PolicySnapshot(version=0, routes={})
