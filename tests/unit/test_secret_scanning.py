@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from extauthz.admin import leaks, tokens
@@ -32,37 +31,12 @@ from extauthz.core.secret_scanning import (
 )
 from extauthz.errors import BadLeakReport, BadSignature, ConfigError, PolicyError
 from extauthz.storage.store import Store
-
-
-def _pem(key: Any) -> str:
-    return str(
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-
-
-def _document(*entries: tuple[str, Any, bool]) -> bytes:
-    """GitHub's published shape: {"public_keys": [{key_identifier, key, is_current}]}."""
-    return json.dumps(
-        {
-            "public_keys": [
-                {"key_identifier": kid, "key": _pem(key), "is_current": current}
-                for kid, key, current in entries
-            ]
-        }
-    ).encode()
-
-
-def sign(key: ec.EllipticCurvePrivateKey, body: bytes) -> str:
-    """As GitHub signs a report: ECDSA P-256, SHA-256 of the raw body, DER, base64."""
-    return base64.b64encode(key.sign(body, ec.ECDSA(hashes.SHA256()))).decode()
-
+from tests.support.github_signing import keys_document, public_pem, sign
 
 OLD = ec.generate_private_key(ec.SECP256R1())
 NEW = ec.generate_private_key(ec.SECP256R1())
 OTHER = ec.generate_private_key(ec.SECP256R1())
-KEYS = parse_keys(_document(("old-id", OLD, False), ("new-id", NEW, True)), "keys.json")
+KEYS = parse_keys(keys_document(("old-id", OLD, False), ("new-id", NEW, True)), "keys.json")
 BODY = b'[{"source":"commit","token":"eat_x","type":"extauthz_token","url":"https://github.com/o/r/blob/1/f"}]'
 
 
@@ -113,17 +87,21 @@ def test_what_is_not_githubs_signature_is_refused(
         (b'{"public_keys": [{"key_identifier": "a\\u001b", "key": "x"}]}', "printable"),
         (b'{"public_keys": [{"key_identifier": "a", "key": 7}]}', "public_keys[0].key: not a"),
         (b'{"public_keys": [{"key_identifier": "a", "key": "PEM?"}]}', "not a PEM public key"),
-        (_document(("a", rsa.generate_private_key(65537, 2048), True)), "not an ECDSA P-256"),
-        (_document(("a", ec.generate_private_key(ec.SECP384R1()), True)), "not an ECDSA P-256"),
-        (_document(("a", ed25519.Ed25519PrivateKey.generate(), True)), "not an ECDSA P-256"),
-        (_document(("a", NEW, True), ("a", OLD, False)), "listed twice"),
+        (keys_document(("a", rsa.generate_private_key(65537, 2048), True)), "not an ECDSA P-256"),
+        (keys_document(("a", ec.generate_private_key(ec.SECP384R1()), True)), "not an ECDSA P-256"),
+        (keys_document(("a", ed25519.Ed25519PrivateKey.generate(), True)), "not an ECDSA P-256"),
+        (keys_document(("a", NEW, True), ("a", OLD, False)), "listed twice"),
         (
             json.dumps(
-                {"public_keys": [{"key_identifier": "a", "key": _pem(NEW), "is_current": "yes"}]}
+                {
+                    "public_keys": [
+                        {"key_identifier": "a", "key": public_pem(NEW), "is_current": "yes"}
+                    ]
+                }
             ).encode(),
             "is_current",
         ),
-        (_document(*[(str(i), NEW, True) for i in range(65)]), "more than 64"),
+        (keys_document(*[(str(i), NEW, True) for i in range(65)]), "more than 64"),
     ],
 )
 def test_a_keys_file_not_of_githubs_shape_is_one_line_naming_the_entry(
@@ -140,10 +118,10 @@ def test_the_keys_file_is_read_again_when_it_changes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "keys.json"
-    path.write_bytes(_document(("old-id", OLD, True)))
+    path.write_bytes(keys_document(("old-id", OLD, True)))
     keys = leaks.KeysFile(str(path))
     assert set(keys.keys().by_id) == {"old-id"}
-    path.write_bytes(_document(("old-id", OLD, False), ("new-id", NEW, True)))
+    path.write_bytes(keys_document(("old-id", OLD, False), ("new-id", NEW, True)))
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # (whatever the clock's grain)
     assert set(keys.keys().by_id) == {"old-id", "new-id"}
     # a broken refresh: logged once, the keys read before stay
