@@ -216,3 +216,22 @@ def test_token_leaked_by_hand(stack: Stack) -> None:
     (event,) = [e for e in _leaked_events(stack) if e["target"] == "pasted"]
     assert event["detail"]["url"] == "https://paste.example/x"  # type: ignore[index]
     assert str(event["actor"]).startswith("cli:")
+
+
+def test_a_keys_file_that_cannot_be_used_stops_the_admin_with_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "keys.json"
+    broken.write_text('{"public_keys": [{"key_identifier": "k", "key": "not PEM"}]}')
+    for path, fragment in (
+        (broken, "public_keys[0].key: not a PEM public key"),
+        (tmp_path / "missing.json", "cannot read it"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "extauthz", "admin", "--secret-scanning-keys", str(path),
+             "--redis-url", "redis://127.0.0.1:1/0"],
+            capture_output=True, text=True, cwd=REPO, timeout=60,
+        )  # fmt: skip
+        lines = result.stderr.splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert (
+            lines[0].startswith("extauthz: error: --secret-scanning-keys") and fragment in lines[0]
+        )
