@@ -543,6 +543,45 @@ def _cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
     return _unconfirmed("revoked", revoked.unconfirmed, settings)
 
 
+EXIT_NOT_OURS = 3  # `token leaked`: no token of ours has this secret (nothing done)
+
+
+def _cmd_token_leaked(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin import audit, leaks
+    from extauthz.core.secret_scanning import Match
+
+    secret = args.secret
+    if secret == "-":  # noqa: S105 (the word for stdin, not a password)
+        line = sys.stdin.buffer.readline(8194).decode("utf-8", "surrogateescape")
+        secret = line.removesuffix("\n").removesuffix("\r")
+        if len(secret) > 8192:
+            raise InvalidValue("secret", "(from stdin)", "at most 8192 characters, one line")
+    if not secret:
+        raise InvalidValue("secret", "", "give the leaked secret, or - to read it from stdin")
+    match = Match(secret, "", args.url or "", "manual")
+    handled = leaks.report(
+        _store(settings), [match], actor=audit.cli_actor(), confirm=settings.ack_timeout
+    )
+    token_id = handled.found.get(match.digest)
+    label = handled.feedback[0]["label"]
+    if args.json:
+        shown = {"id": token_id, "label": label, "on_leak": handled.on_leak}
+        unconfirmed = list(handled.unconfirmed)
+        print(json.dumps({**shown, "revoked": handled.revoked, "unconfirmed": unconfirmed}))
+    elif label == "false_positive":
+        print("not ours: no token has this secret (nothing done)")
+    elif token_id is None:
+        print("a route secret of the policy: change it in the policy file and sync")
+    elif handled.on_leak == "revoke":
+        print(f"revoked {_shown(token_id or '(a token key without an id)')}")
+    else:
+        print(f"kept {_shown(token_id or '(a token key without an id)')} (on_leak: notify)")
+    _warn(handled.warnings)
+    if label == "false_positive":
+        return EXIT_NOT_OURS
+    return _unconfirmed("revoked", handled.unconfirmed, settings)
+
+
 def _cmd_token_rotate(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.admin import tokens
 
@@ -581,8 +620,13 @@ def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
         else None
     )
     host, port = split_address(settings.admin_listen)
+    keys = None
+    if settings.secret_scanning_keys:  # (unusable: one line now, not a 401 for every report)
+        from extauthz.admin.leaks import KeysFile
+
+        keys = KeysFile(settings.secret_scanning_keys)
     server.run(
-        create_app(_store(settings), failures),
+        create_app(_store(settings), failures, keys),
         host or "127.0.0.1",
         port,
         split_networks(settings.admin_trusted_proxies) or [],
@@ -814,6 +858,12 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 
+LEAKED_EXITS = (
+    "exit codes: 0 ours: revoked (or kept, on_leak: notify) and audited; 3 not ours: nothing "
+    "done; 4 revoked, but a live server did not confirm; 2 usage; 1 Redis"
+)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its mistakes said in the CLI's one-line form (not a usage block)."""
 
@@ -861,7 +911,20 @@ def _add_llm_flags(parser: Any) -> None:
     parser.add_argument(
         "--token-limit", help="LLM tokens per window: 100000/d (m, h, d, mo = UTC month)"
     )
-    parser.add_argument("--budget", help="USD of LLM use per window: 50/mo (m, h, d, mo = UTC month)")
+    parser.add_argument(
+        "--budget", help="USD of LLM use per window: 50/mo (m, h, d, mo = UTC month)"
+    )
+
+
+def _add_leaked_parser(tsub: Any) -> None:
+    what = "a secret was exposed: revoke its token (policy on_leak) and audit it"
+    leaked = _command(tsub, "leaked", what, "token")
+    add_setting_flags(leaked, "leaked")  # --ack-timeout
+    leaked.add_argument("secret", metavar="SECRET|-", help="the secret; - reads one line of stdin")
+    leaked.add_argument("--url", help="where it was found (for the audit event)")
+    leaked.add_argument("--json", action="store_true")
+    leaked.epilog = LEAKED_EXITS
+    leaked.set_defaults(func=_cmd_token_leaked)
 
 
 def _add_token_parsers(sub: Any) -> None:
@@ -915,6 +978,7 @@ def _add_token_parsers(sub: Any) -> None:
         if name == "rotate":
             p.add_argument("--grace", help="the old secret keeps working this long (e.g. 10m)")
 
+    _add_leaked_parser(tsub)
     usage = _command(tsub, "usage", "a token's requests per UTC day and last use", "token")
     usage.add_argument("id", metavar="ID")
     usage.add_argument("--days", type=int, default=7, help="this many days up to today")

@@ -163,6 +163,12 @@ class Settings:
         "connections the management API holds at once; more are answered 503",
         ("admin",),
     )
+    secret_scanning_keys: str = setting(
+        "",
+        "GitHub's secret scanning public keys (the JSON GitHub publishes), read again when "
+        "the file changes: POST /v1/secret-scanning answers reports they sign; empty: off",
+        ("admin",),
+    )
     rate_limit_on_error: str = setting(
         "deny",
         "when Redis cannot count a rate limit: deny (503) or allow (let it through uncounted)",
@@ -178,7 +184,7 @@ class Settings:
     ack_timeout: float = setting(
         2.0,
         "seconds to wait for every live server to confirm; 0: do not wait",
-        ("update", "revoke", "rotate"),
+        ("update", "revoke", "rotate", "leaked"),
         zero_ok=True,
         maximum=60.0,
     )

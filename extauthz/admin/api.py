@@ -28,20 +28,23 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from extauthz import __version__
-from extauthz.admin import audit, teams, tokens
+from extauthz.admin import audit, leaks, teams, tokens
 from extauthz.admin.access import Action, Manager, Target, Verdict, decide
 from extauthz.admin.schema import (
     COMMON_ERRORS,
     NOT_FOUND,
     NOT_FOUND_TEAM,
+    SCANNING_ERRORS,
     TEAM_CONFLICT,
     AuditTail,
     ChangedTeam,
     ChangedToken,
     IssuedToken,
+    LeakFeedback,
     Policy,
     Revocation,
     RotatedToken,
@@ -52,11 +55,14 @@ from extauthz.admin.schema import (
     Token,
     TokenPage,
     Usage,
+    leak_report_schema,
 )
+from extauthz.core import secret_scanning
 from extauthz.core.credentials import BearerCredential, parse_authorization, token_hash
 from extauthz.core.team_record import TeamRecord
 from extauthz.core.token_record import MANAGEMENT_SCOPES, TokenRecord
 from extauthz.errors import (
+    BadSignature,
     InvalidValue,
     MalformedRecord,
     StoreError,
@@ -194,7 +200,7 @@ def _app() -> AdminApp:
         generate_unique_id_function=_operation_id,
     )
     _errors(app)
-    for router in (tokens_api, teams_api, policy_api, audit_api):
+    for router in (tokens_api, teams_api, policy_api, audit_api, scanning_api):
         app.include_router(router)
     return app
 
@@ -219,9 +225,16 @@ status. A failure of the server itself is 500 `internal_error` in the same shape
 """
 
 
-def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
-    """The API on `store`; `failures` limits failed authentications per client address."""
+def create_app(
+    store: Store,
+    failures: FailureLimiter | None = None,
+    scanning_keys: leaks.KeysFile | None = None,
+) -> FastAPI:
+    """The API on `store`; `failures` limits failed authentications per client address;
+    `scanning_keys`: GitHub's keys, for secret scanning reports (None: they are all 401)."""
     app = _app()
+    app.state.failures = failures
+    app.state.scanning_keys = scanning_keys
 
     def caller(request: Request) -> Manager:
         # A valid credential is never refused by the failed-authentication limit (a flood
@@ -709,6 +722,90 @@ def audit_tail(
     """The newest `limit` audit events, oldest first (admin tokens only: else 403)."""
     _require(who, Action.AUDIT)
     return {"events": audit.tail(store, limit)}
+
+
+# --- secret scanning -----------------------------------------------------------------------
+
+# No bearer token: GitHub's signature over the body is the credential (checked before the
+# body is parsed or anything is looked up).
+scanning_api = APIRouter(
+    prefix="/v1/secret-scanning", tags=["secret scanning"], responses=SCANNING_ERRORS
+)
+
+
+@scanning_api.post(
+    "",
+    response_model=LeakFeedback,
+    response_description="The feedback array: one label per match, in the report's order.",
+    openapi_extra={
+        "security": [],
+        "parameters": [
+            {
+                "name": name,
+                "in": "header",
+                "required": True,
+                "description": description,
+                "schema": {"type": "string", "maxLength": limit},
+            }
+            for name, description, limit in (
+                (
+                    "Github-Public-Key-Identifier",
+                    "the `key_identifier` of the GitHub key that signed the body",
+                    secret_scanning.MAX_KEY_ID,
+                ),
+                (
+                    "Github-Public-Key-Signature",
+                    "base64 of the DER ECDSA P-256 SHA-256 signature over the raw body",
+                    secret_scanning.MAX_SIGNATURE,
+                ),
+            )
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": leak_report_schema()}},
+        },
+    },
+)
+async def secret_scanning_report(request: Request) -> Any:
+    """A GitHub secret scanning report (docs/security.md#when-a-key-leaks): each secret of
+    ours in it is revoked (or, with `on_leak: notify` in the policy, kept) and audited as
+    `token.leaked`. The signature headers are the credential: GitHub's keys are those in
+    `--secret-scanning-keys`."""
+    keys_file: leaks.KeysFile | None = request.app.state.scanning_keys
+    failures: FailureLimiter | None = request.app.state.failures
+    body = await request.body()
+    try:
+        if keys_file is None:
+            raise BadSignature("secret scanning is off: this server has no --secret-scanning-keys")
+        key_ids = request.headers.getlist(secret_scanning.KEY_ID_HEADER)
+        signatures = request.headers.getlist(secret_scanning.SIGNATURE_HEADER)
+        if len(key_ids) > 1 or len(signatures) > 1:
+            raise BadSignature("signature headers given more than once")
+        secret_scanning.verify(
+            keys_file.keys(),
+            key_ids[0] if key_ids else None,
+            signatures[0] if signatures else None,
+            body,
+        )
+    except BadSignature as e:
+        address = request.client.host if request.client else ""
+        if failures is not None:
+            if failures.retry_after(address) is not None:
+                raise ApiError(429, "rate_limited", "too many bad signatures; retry later") from e
+            failures.failed(address)
+        leaks.log.warning("secret scanning report from %s refused: %s", address, e)
+        raise ApiError(401, "unauthorized", str(e)) from e
+    matches = secret_scanning.parse_report(body)
+    handled = await run_in_threadpool(
+        leaks.report,
+        request.app.state.store,
+        matches,
+        actor=leaks.GITHUB_ACTOR,
+        confirm=2.0,
+    )
+    for warning in handled.warnings:
+        leaks.log.warning("%s", warning)
+    return handled.feedback
 
 
 def _reported(unconfirmed: tuple[str, ...], warnings: tuple[str, ...]) -> dict[str, Any]:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from extauthz.core.secret_scanning import MAX_FIELD, MAX_MATCHES
 
 UnixSeconds = int
 
@@ -329,3 +331,57 @@ class AuditEvent(_Answer):
 
 class AuditTail(_Answer):
     events: list[AuditEvent] = Field(description="oldest first")
+
+
+# --- secret scanning (docs/security.md#when-a-key-leaks) ---------------------------------
+
+
+class LeakLabel(_Answer):
+    token_hash: str = Field(description="SHA-256 of the raw token, lowercase hex")
+    token_type: str = Field(description="the match's type, as GitHub sent it")
+    label: Literal["true_positive", "false_positive"] = Field(
+        description="true_positive: a secret of ours (revoked, or kept with on_leak: notify)"
+    )
+
+
+class LeakFeedback(RootModel[list[LeakLabel]]):
+    """GitHub's feedback array: one entry per match reported, in its order."""
+
+
+def leak_report_schema() -> dict[str, Any]:
+    """The request body GitHub sends: a JSON array of matches (other keys are ignored)."""
+    return {
+        "type": "array",
+        "maxItems": MAX_MATCHES,
+        "items": {
+            "type": "object",
+            "required": ["token"],
+            "properties": {
+                name: {"type": "string", "maxLength": limit}
+                if name == "token"
+                else {"type": ["string", "null"], "maxLength": limit}
+                for name, limit in MAX_FIELD.items()
+            },
+        },
+    }
+
+
+SCANNING_ERRORS: Responses = {
+    400: COMMON_ERRORS[400]
+    | {
+        "description": "Signed, but not a report: not a JSON array of objects with a string "
+        "`token` (the message names the entry), a field too long, more than 1,000 matches, a "
+        "body over 64 KiB or sent chunked. Nothing was looked up.",
+    },
+    401: {
+        "model": Unauthorized,
+        "description": "No or a bad `Github-Public-Key-Signature`, or a key id not in "
+        "`--secret-scanning-keys` (or none configured). Nothing was looked up.",
+    },
+    429: COMMON_ERRORS[429]
+    | {
+        "description": "Too many bad signatures from this client address "
+        "(`--auth-failure-burst`, `--auth-failure-rate`); a valid signature is never refused.",
+    },
+    503: COMMON_ERRORS[503],
+}

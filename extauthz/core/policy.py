@@ -90,13 +90,17 @@ class PolicyDocument:
     secrets: tuple[SecretSpec, ...] = ()
     warnings: tuple[str, ...] = ()  # legal, but worth a look (sync prints them)
     prices: PriceTable = NO_PRICES  # `prices:` and `unpriced:`
+    on_leak: str = "revoke"  # a secret reported leaked: revoke it, or only notify
 
 
 # --- parsing the YAML file -----------------------------------------------------------------
 
-_TOP_KEYS = ("version", "internal_networks", "routes", "secrets", "prices", "unpriced")
+_TOP_KEYS = (
+    "version", "internal_networks", "routes", "secrets", "prices", "unpriced", "on_leak"
+)  # fmt: skip
 _PRICE_KEYS = ("input", "output", "cached_input")
 MAX_PRICES = 10_000  # models priced in one file
+ON_LEAK = ("revoke", "notify")  # docs/security.md#when-a-key-leaks
 _ROUTE_KEYS = (
     "access",
     "credentials",
@@ -280,7 +284,15 @@ def parse_policy(text: str, file: str = "<policy>") -> PolicyDocument:
 
     secrets = _parse_secrets(r, top["secrets"][1], routes) if "secrets" in top else ()
     prices = _parse_prices(r, top)
-    return PolicyDocument(file, routes, networks, secrets, _shadowing(r, routes), prices)
+    on_leak = "revoke"
+    if "on_leak" in top:
+        node = top["on_leak"][1]
+        on_leak = r.string(node, "on_leak")
+        if on_leak not in ON_LEAK:
+            raise r.error(node, "on_leak", f"{on_leak!r} is not revoke or notify")
+    return PolicyDocument(
+        file, routes, networks, secrets, _shadowing(r, routes), prices=prices, on_leak=on_leak
+    )
 
 
 def _parse_prices(r: _Reader, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> PriceTable:

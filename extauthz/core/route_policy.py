@@ -195,6 +195,7 @@ class PolicySnapshot:
     internal_networks: tuple[IPNetwork, ...] = ()
     secrets: Mapping[str, TokenRecord] = field(default_factory=dict)  # sha256 hex → record
     prices: PriceTable = NO_PRICES  # model prices (budgets), and what unpriced models cost
+    on_leak: str = "revoke"  # a secret reported leaked: "revoke" it, or only "notify"
 
     def is_internal_address(self, address: str) -> bool:
         if not self.internal_networks or not address:
@@ -238,8 +239,11 @@ class PolicySnapshot:
             "routes": {name: r.to_json() for name, r in sorted(self.routes.items())},
             "secrets": {h: r.to_fields() for h, r in sorted(self.secrets.items())},
         }
-        if self.prices != NO_PRICES:  # (a snapshot without prices reads as it always did)
+        # (only when not the default: snapshots published before them keep their digest)
+        if self.prices != NO_PRICES:
             data.update(self.prices.to_json())
+        if self.on_leak != "revoke":
+            data["on_leak"] = self.on_leak
         return json.dumps(
             data,
             sort_keys=True,
@@ -258,7 +262,14 @@ class PolicySnapshot:
             internal_networks=tuple(ipaddress.ip_network(n) for n in data["internal_networks"]),
             secrets={h: TokenRecord.from_fields(f) for h, f in data.get("secrets", {}).items()},
             prices=PriceTable.from_json(data),
+            on_leak=_on_leak(data.get("on_leak", "revoke")),
         )
+
+
+def _on_leak(value: object) -> str:
+    if value not in ("revoke", "notify"):
+        raise MalformedRecord(f"on_leak {shown(str(value), 32)} is not revoke or notify")
+    return str(value)
 
 
 EMPTY_SNAPSHOT = PolicySnapshot(version=0, routes={})
