@@ -53,7 +53,12 @@ from extauthz.admin.schema import (
     TokenPage,
     Usage,
 )
-from extauthz.core.credentials import BearerCredential, parse_authorization, token_hash
+from extauthz.core.credentials import (
+    BearerCredential,
+    checksum_fails,
+    parse_authorization,
+    token_hash,
+)
 from extauthz.core.team_record import TeamRecord
 from extauthz.core.token_record import MANAGEMENT_SCOPES, TokenRecord
 from extauthz.errors import (
@@ -226,7 +231,7 @@ def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
         address = request.client.host if request.client else ""
         credential = parse_authorization(request.headers.get("authorization"))
         record = None
-        if isinstance(credential, BearerCredential):
+        if isinstance(credential, BearerCredential) and not checksum_fails(credential.token):
             try:
                 record = store.token_record(token_hash(credential.token))
             except MalformedRecord:

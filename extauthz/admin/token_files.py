@@ -37,7 +37,7 @@ from extauthz.admin.tokens import (
     parse_token_limit,
     unknown_routes,
 )
-from extauthz.core.credentials import token_hash
+from extauthz.core.credentials import checksum_fails, token_hash
 from extauthz.core.policy import PolicySnapshot
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_limit import TokenLimit
@@ -312,6 +312,8 @@ def _digest(data: dict[str, Any], bad: Any) -> str:
         token = data["token"]
         if not isinstance(token, str) or not _TOKEN.fullmatch(token):
             raise bad("token", "8 to 4096 characters of A-Z a-z 0-9 - . _ ~ + / (and = at the end)")
+        if checksum_fails(token):  # (it would be refused unread: docs/tokens.md#secret-format)
+            raise bad("token", "eat_ and 38 base62 characters, but its checksum is wrong")
         return token_hash(token)
     digest = data["sha256"]
     if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
