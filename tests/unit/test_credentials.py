@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import zlib
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +26,7 @@ from extauthz.core.credentials import (
 )
 from extauthz.core.token_record import TokenRecord
 from extauthz.errors import MalformedRecord
+from tests.support.readme import readme_block
 
 
 def b64(text: bytes) -> str:
@@ -165,3 +169,18 @@ def test_record_round_trip_and_hand_written_fields() -> None:
 def test_malformed_records(fields: dict[str, str]) -> None:
     with pytest.raises(MalformedRecord):
         TokenRecord.from_fields(fields)
+
+
+def test_the_documented_check_agrees_with_ours() -> None:
+    namespace: dict[str, Any] = {}
+    exec(readme_block("secret-checksum", "python"), namespace)  # noqa: S102 (our own docs)
+    is_key = namespace["is_extauthz_key"]
+    for _ in range(500):
+        t = new_token()
+        assert is_key(t) and not checksum_fails(t)
+        assert not is_key(_flip(t, 10)) and checksum_fails(_flip(t, 10))
+    assert not is_key("eat_" + secrets.token_urlsafe(32))
+    # the example secret on that page is a valid one
+    page = (Path(__file__).resolve().parents[2] / "docs/tokens.md").read_text()
+    examples = re.findall(r"^eat_[0-9A-Za-z]{38}$", page, re.M)
+    assert examples and all(is_key(e) for e in examples)
