@@ -56,8 +56,10 @@ def create(
     token_limit: TokenLimit | None = None,
     now: float = 0,
     actor: str | None = None,
+    allowed_cidrs: Iterable[str] | None = None,
 ) -> Changed:
-    """A new team (TeamExists when the id is taken)."""
+    """A new team (TeamExists when the id is taken); `allowed_cidrs`: the client networks
+    its tokens may be used from (None: any)."""
     tokens.check_name(name)
     record = TeamRecord(
         check_team_id(team_id),
@@ -66,6 +68,7 @@ def create(
         rate_limit,
         token_limit,
         int(now),
+        None if allowed_cidrs is None else tokens.check_cidrs(allowed_cidrs),
     )
     TeamIndex(store).create(record)
     audited = audit.record(store, actor, "team.create", team_id, described(record), now)
@@ -82,6 +85,7 @@ def update(
     token_limit: TokenLimit | None = UNCHANGED,
     now: float = 0,
     actor: str | None = None,
+    allowed_cidrs: Iterable[str] | None = UNCHANGED,
 ) -> Changed:
     """Change what is given (None removes models or a limit); every server applies it within
     a second."""
@@ -96,6 +100,9 @@ def update(
         changes["rate_limit"] = rate_limit
     if token_limit is not UNCHANGED:
         changes["token_limit"] = token_limit
+    if allowed_cidrs is not UNCHANGED:
+        cidrs = allowed_cidrs
+        changes["allowed_cidrs"] = None if cidrs is None else tokens.check_cidrs(cidrs)
     record = TeamIndex(store).update(team_id, lambda current: replace(current, **changes))
     audited = audit.record(store, actor, "team.update", team_id, described(record), now)
     return Changed(record, _also(audited))

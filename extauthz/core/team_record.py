@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from extauthz.core.cidrs import AllowedCidrs
 from extauthz.core.credentials import MAX_NAME_LENGTH
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_limit import TokenLimit
 from extauthz.core.token_record import (
     TEAM_ID,
     TEAM_ID_RULE,
+    cidrs_field,
     int_field,
     models_field,
     rate_limit_field,
@@ -37,6 +39,7 @@ class TeamRecord:
     rate_limit: RateLimit | None = None  # requests per window, pooled over its tokens
     token_limit: TokenLimit | None = None  # LLM tokens per window, pooled over its tokens
     created_at: int | None = None
+    allowed_cidrs: AllowedCidrs | None = None  # client networks its tokens may be used from
 
     def to_json(self) -> dict[str, Any]:
         """The record as the CLI and the management API show it."""
@@ -47,6 +50,7 @@ class TeamRecord:
             "rate_limit": str(self.rate_limit) if self.rate_limit else None,
             "token_limit": str(self.token_limit) if self.token_limit else None,
             "created_at": self.created_at,
+            "allowed_cidrs": self.allowed_cidrs.texts() if self.allowed_cidrs else None,
         }
 
     def to_fields(self) -> dict[str, str]:
@@ -63,6 +67,8 @@ class TeamRecord:
             fields["token_limit"] = str(self.token_limit)
         if self.created_at is not None:
             fields["created_at"] = str(self.created_at)
+        if self.allowed_cidrs is not None:
+            fields["allowed_cidrs"] = str(self.allowed_cidrs)
         return fields
 
     @classmethod
@@ -87,4 +93,5 @@ class TeamRecord:
             rate_limit=rate_limit_field(fields, owner),
             token_limit=token_limit_field(fields, owner),
             created_at=int_field(fields, "created_at", owner),
+            allowed_cidrs=cidrs_field(fields, owner),
         )

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from extauthz.core.cidrs import AllowedCidrs
 from extauthz.core.credentials import MAX_NAME_LENGTH
 from extauthz.core.llm import check_model_patterns
 from extauthz.core.rate_limit import RateLimit
@@ -62,6 +63,7 @@ class TokenRecord:
     # LLM tokens (prompt + completion) it may use per window, on `api: openai` routes
     token_limit: TokenLimit | None = None
     team: str | None = None  # the team it belongs to (its models and limits apply too)
+    allowed_cidrs: AllowedCidrs | None = None  # client networks it may be used from; None: any
 
     @property
     def management(self) -> bool:
@@ -94,6 +96,7 @@ class TokenRecord:
             "models": None if self.models is None else sorted(self.models),
             "token_limit": str(self.token_limit) if self.token_limit else None,
             "team": self.team,
+            "allowed_cidrs": self.allowed_cidrs.texts() if self.allowed_cidrs else None,
         }
 
     def to_fields(self) -> dict[str, str]:
@@ -119,6 +122,8 @@ class TokenRecord:
             fields["token_limit"] = str(self.token_limit)
         if self.team is not None:
             fields["team"] = self.team
+        if self.allowed_cidrs is not None:
+            fields["allowed_cidrs"] = str(self.allowed_cidrs)
         return fields
 
     @classmethod
@@ -164,6 +169,7 @@ class TokenRecord:
             models=models_field(fields, owner),
             token_limit=token_limit_field(fields, owner),
             team=team_field(fields, owner),
+            allowed_cidrs=cidrs_field(fields, owner),
         )
 
 
@@ -249,3 +255,17 @@ def team_field(fields: Mapping[str, str], owner: str) -> str | None:
             f"{owner}: 'team' is not a team id ({TEAM_ID_RULE}): {shown(raw, 64)}"
         )
     return raw
+
+
+def cidrs_field(fields: Mapping[str, str], owner: str) -> AllowedCidrs | None:
+    """`allowed_cidrs`: absent or empty, any address; else networks, comma- or
+    space-separated (docs/tokens.md#allowed-addresses), parsed once here."""
+    raw = fields.get("allowed_cidrs", "")
+    if not raw.strip(" "):
+        return None
+    if len(raw) > 4096:
+        raise MalformedRecord(f"{owner}: 'allowed_cidrs' is longer than 4096 characters")
+    try:
+        return AllowedCidrs.parse(sorted(split_list(raw), key=raw.find))
+    except ValueError as e:
+        raise MalformedRecord(f"{owner}: 'allowed_cidrs': {e}") from None

@@ -61,4 +61,5 @@ def identify_secret(secret: str, ctx: Context) -> IdentityResult:
         token_limit=record.token_limit,
         team_id=record.team,
         team=team,
+        allowed_cidrs=record.allowed_cidrs,
     )
