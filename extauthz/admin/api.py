@@ -124,6 +124,9 @@ class NewToken(_Strict):
     team: str | None = Field(
         default=None, max_length=63, description="its team (a team manager's: its own)"
     )
+    allowed_cidrs: list[str] | None = Field(
+        default=None, max_length=32, description="client networks it may be used from; null: any"
+    )
     allow_unknown_route: bool = Field(
         default=False, description="accept routes the synced policy does not have (yet)"
     )
@@ -141,6 +144,10 @@ class TokenChange(_Strict):
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d or none")
     team: str | None = Field(default=None, max_length=63, description="move it into this team")
     no_team: bool = Field(default=False, description="take it out of its team")
+    allowed_cidrs: list[str] | None = Field(
+        default=None, max_length=32, description="new client networks (replace the old)"
+    )
+    any_address: bool = Field(default=False, description="remove allowed_cidrs")
     allow_unknown_route: bool = Field(
         default=False, description="accept new routes the synced policy does not have (yet)"
     )
@@ -152,6 +159,9 @@ class NewTeam(_Strict):
     models: list[str] | None = Field(default=None, max_length=256, description="null: any")
     rate_limit: str | None = Field(default=None, max_length=32, description="600/m")
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d")
+    allowed_cidrs: list[str] | None = Field(
+        default=None, max_length=32, description="client networks its tokens may use; null: any"
+    )
 
 
 class TeamChange(_Strict):
@@ -160,6 +170,10 @@ class TeamChange(_Strict):
     all_models: bool = False
     rate_limit: str | None = Field(default=None, max_length=32, description="600/m or none")
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d or none")
+    allowed_cidrs: list[str] | None = Field(
+        default=None, max_length=32, description="new client networks (replace the old)"
+    )
+    any_address: bool = Field(default=False, description="remove allowed_cidrs")
 
 
 class Rotation(_Strict):
@@ -244,6 +258,8 @@ def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
                     )
                 failures.failed(address)
             raise ApiError(401, "unauthorized", "a valid admin or tokens:manage token is required")
+        if record.allowed_cidrs is not None and not record.allowed_cidrs.allows(address):
+            raise ApiError(403, "address_not_allowed", "this token may not be used from here")
         who = Manager.of(record)
         if who is None:
             hint = (
@@ -427,6 +443,7 @@ def create_token(who: Who, store: Db, body: NewToken) -> dict[str, Any]:
         else None,
         allow_unknown_route=body.allow_unknown_route,
         team=body.team if body.team is not None else who.team,
+        allowed_cidrs=body.allowed_cidrs,
     )
     return {**issued.record.to_json(), "token": issued.token, "warnings": issued.warnings}
 
@@ -477,6 +494,7 @@ def update_token(who: Who, store: Db, token_id: str, body: TokenChange) -> dict[
         else "keep",
         allow_unknown_route=body.allow_unknown_route,
         team=None if body.no_team else body.team if body.team is not None else "keep",
+        allowed_cidrs=None if body.any_address else body.allowed_cidrs or "keep",
     )
     return {**updated.record.to_json(), **_reported(updated.unconfirmed, updated.warnings)}
 
@@ -594,6 +612,7 @@ def create_team(who: Who, store: Db, body: NewTeam) -> dict[str, Any]:
         tokens.parse_token_limit(body.token_limit) if body.token_limit is not None else None,
         time.time(),
         who.id,
+        allowed_cidrs=body.allowed_cidrs,
     )
     return {**made.record.to_json(), "warnings": list(made.warnings)}
 
@@ -633,6 +652,8 @@ def update_team(who: Who, store: Db, team_id: str, body: TeamChange) -> dict[str
             token_limit=teams.limit_change(body.token_limit, tokens.parse_token_limit),
             now=time.time(),
             actor=who.id,
+            allowed_cidrs=None if body.any_address else teams.UNCHANGED
+            if body.allowed_cidrs is None else body.allowed_cidrs,
         )  # fmt: skip
     except UnknownTeam:  # (deleted meanwhile)
         raise ApiError(404, "not_found", f"no team with id {team_id!r}") from None

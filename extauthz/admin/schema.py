@@ -128,6 +128,9 @@ class Token(_Answer):
     models: list[str] | None = Field(description="LLM models (names, prefix*); null: any")
     token_limit: str | None = Field(description="its own LLM token limit, e.g. 100000/d")
     team: str | None = Field(description="the team it belongs to; null: none")
+    allowed_cidrs: list[str] | None = Field(
+        description="client networks it may be used from (elsewhere: 403); null: any"
+    )
 
 
 class TokenPage(_Answer):
@@ -212,6 +215,9 @@ class Team(_Answer):
     rate_limit: str | None = Field(description="requests per window, for all its tokens")
     token_limit: str | None = Field(description="LLM tokens per window, for all its tokens")
     created_at: UnixSeconds | None
+    allowed_cidrs: list[str] | None = Field(
+        description="client networks its tokens may be used from (elsewhere: 403); null: any"
+    )
     tokens: int | None = Field(default=None, description="how many tokens it has")
 
 

@@ -3,7 +3,8 @@
 One object per line: `id`, `routes`, `scopes`, optional `name`, `created_at`, `expires_at`
 (unix seconds), `rate_limit` (`600/m`, or null), `models` (LLM models: names and
 `prefix*`; absent or null: every model), `token_limit` (LLM tokens, `100000/d`, or
-null) and `team` (an existing team's id, or null), and either `token` (the
+null), `team` (an existing team's id, or null), `allowed_cidrs` (client networks, or
+null: any address), and either `token` (the
 secret, hashed on import) or `sha256` (its hash, as export writes it). A token with scope
 `admin` or `tokens:manage` is a management token (kind follows from the scopes; export writes
 `kind`, and an import line's `kind` must agree with its scopes). An import reads and
@@ -26,6 +27,7 @@ from typing import Any, BinaryIO
 
 from extauthz.admin.tokens import (
     Lifetime,
+    check_cidrs,
     check_id,
     check_kind,
     check_llm_fields,
@@ -60,6 +62,7 @@ FIELDS = (
     "token_limit",
     "team",
     "kind",
+    "allowed_cidrs",
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{8,4096}=*", re.ASCII)  # what a Bearer token can be
@@ -88,6 +91,8 @@ def export_lines(store: Store, route: str | None = None) -> Iterator[str]:
             line["token_limit"] = str(record.token_limit)
         if record.team is not None:
             line["team"] = record.team
+        if record.allowed_cidrs is not None:
+            line["allowed_cidrs"] = record.allowed_cidrs.texts()
         line["sha256"] = digest
         yield json.dumps(line, ensure_ascii=False)
 
@@ -292,6 +297,9 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
             models=None if data.get("models") is None else check_models(_names(data, "models")),
             token_limit=_token_limit(data),
             team=_team(data),
+            allowed_cidrs=None
+            if data.get("allowed_cidrs") is None
+            else check_cidrs(_names(data, "allowed_cidrs")),
         )
     except InvalidValue as e:
         field = {
@@ -300,6 +308,8 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
             "rate-limit": "rate_limit",
             "model": "models",
             "token-limit": "token_limit",
+            "allow-cidr": "allowed_cidrs",
+            "allowed_cidr": "allowed_cidrs",
         }.get(e.field)
         raise bad(field or e.field, e.rule) from None
     return Entry(number, _digest(data, bad), record)
