@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import time
 from collections.abc import Iterator
+from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,73 @@ def test_import_refuses_a_secret_whose_checksum_fails(
     assert result.returncode != 0
     assert "checksum is wrong" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- allowed_cidrs ----------------------------------------------------------------------------
+
+
+def test_allow_cidr_cli_round_trip(redis_server: RedisServer, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    run_cli(redis_server.url, "sync", str(policy))
+    url = redis_server.url
+    run_cli(url, "team", "create", "lab", "--allow-cidr", "10.0.0.0/8", "--json")
+    made = create(url, "--id", "ci", "--route", "model", "--team", "lab",
+                  "--allow-cidr", "192.0.2.0/24", "--allow-cidr", "2001:db8::/32")  # fmt: skip
+    assert made["allowed_cidrs"] == ["192.0.2.0/24", "2001:db8::/32"]
+    fields = redis_server.cli(
+        "HGET", f"extauthz:token:{token_hash(made['token'])}", "allowed_cidrs"
+    )
+    assert fields.strip() == "192.0.2.0/24,2001:db8::/32"  # as docs/redis.md says
+    exported = run_cli(url, "token", "export").stdout
+    assert json.loads(exported)["allowed_cidrs"] == ["192.0.2.0/24", "2001:db8::/32"]
+    updated = json.loads(run_cli(url, "token", "update", "ci", "--name", "x", "--json").stdout)
+    assert updated["allowed_cidrs"] == made["allowed_cidrs"]  # kept when not given
+    cleared = run_cli(url, "token", "update", "ci", "--allow-cidr", "none", "--json").stdout
+    assert json.loads(cleared)["allowed_cidrs"] is None
+    team = json.loads(run_cli(url, "team", "show", "lab", "--json").stdout)
+    assert team["allowed_cidrs"] == ["10.0.0.0/8"]
+    run_cli(url, "team", "update", "lab", "--allow-cidr", "none")
+    assert json.loads(run_cli(url, "team", "show", "lab", "--json").stdout)["allowed_cidrs"] is None
+    for args in (
+        ("token", "create", "--route", "model", "--allow-cidr", "10.0.0.1/8"),
+        ("team", "update", "lab", "--allow-cidr", "bogus"),
+    ):
+        result = run_cli(url, *args, check=False)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "allow-cidr" in result.stderr
+
+
+@pytest.mark.envoy
+def test_allowed_cidrs_through_envoy_from_two_loopback_addresses(tmp_path: Path) -> None:
+    from extauthz.admin import teams, tokens
+    from extauthz.config import Settings
+    from tests.support.procs import local_stack
+
+    with local_stack(tmp_path / "stack", Settings(auth_failure_burst=100000)) as stack:
+        store = stack.store()
+        now = time.time()
+        bound = tokens.create(store, ["densenet161"], ["inference"], now=now,
+                              allowed_cidrs=["127.0.0.1"]).token  # fmt: skip
+        teams.create(store, "lab", allowed_cidrs=["127.0.0.1/32"])
+        member = tokens.create(store, ["densenet161"], ["inference"], now=now, team="lab").token
+        free = tokens.create(store, ["densenet161"], ["inference"], now=now).token
+        port = stack.ports.external.port
+
+        def post(token: str, source: str) -> tuple[int, str]:
+            conn = HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+            try:
+                conn.request("POST", "/predictions/densenet161", body=b"{}",
+                             headers={"authorization": f"Bearer {token}"})  # fmt: skip
+                resp = conn.getresponse()
+                return resp.status, resp.read().decode()
+            finally:
+                conn.close()
+
+        for _ in range(3):  # alternating: each address keeps its own answer (the memo)
+            for token in (bound, member):
+                assert post(token, "127.0.0.1")[0] == 200
+                status, body = post(token, "127.0.0.2")
+                assert status == 403 and json.loads(body)["error"] == "address_not_allowed"
+            assert post(free, "127.0.0.2")[0] == 200
