@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from http.client import HTTPConnection
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,8 +66,8 @@ def basic(password: str) -> str:
     return "Basic " + base64.b64encode(f"paperspace:{password}".encode()).decode()
 
 
-def create(url: str, *args: str) -> dict[str, str]:
-    data: dict[str, str] = json.loads(run_cli(url, "token", "create", *args, "--json").stdout)
+def create(url: str, *args: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(run_cli(url, "token", "create", *args, "--json").stdout)
     return data
 
 
