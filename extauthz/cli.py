@@ -180,7 +180,14 @@ def _team_limits(args: argparse.Namespace, keep: Any) -> dict[str, Any]:
         "rate_limit": limit_change(args.rate_limit, tokens.parse_rate_limit, keep),
         "token_limit": limit_change(args.token_limit, tokens.parse_token_limit, keep),
         "budget": limit_change(args.budget, tokens.parse_budget, keep),
+        "allowed_cidrs": _cidrs_given(args.allow_cidr, keep),
     }
+
+
+def _cidrs_given(values: list[str] | None, keep: Any) -> Any:
+    """`--allow-cidr` values: `keep` when none is given, None for `--allow-cidr none` (any
+    address), else the list (checked by admin/tokens.check_cidrs)."""
+    return keep if values is None else None if values == ["none"] else values
 
 
 def _print_team(record: Any, args: argparse.Namespace, count: int | None = None) -> None:
@@ -204,6 +211,7 @@ def _cmd_team_create(args: argparse.Namespace, settings: Settings) -> int:
     made = teams.create(
         _store(settings), args.id, given["name"] or "", given["models"], given["rate_limit"],
         given["token_limit"], time.time(), budget=given["budget"],
+        allowed_cidrs=given["allowed_cidrs"],
     )  # fmt: skip
     _warn(made.warnings)
     _print_team(made.record, args)
@@ -345,6 +353,7 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
         allow_unknown_route=args.allow_unknown_route,
         team=args.team,
         budget=None if args.budget is None else tokens.parse_budget(args.budget),
+        allowed_cidrs=_cidrs_given(args.allow_cidr, None),
     )
     _warn(issued.warnings)
     _print_issued(issued, args.json)
@@ -418,6 +427,7 @@ def _cmd_token_update(args: argparse.Namespace, settings: Settings) -> int:
         allow_unknown_route=args.allow_unknown_route,
         team="keep" if args.team is None else None if args.team == "none" else args.team,
         budget="keep" if args.budget is None else tokens.parse_budget(args.budget),
+        allowed_cidrs=_cidrs_given(args.allow_cidr, "keep"),
     )
     _warn(updated.warnings)
     _print_record(updated.record, args.json)
@@ -900,8 +910,9 @@ def _add_import_parser(tsub: Any) -> None:
     load.set_defaults(func=_cmd_token_import)
 
 
-def _add_llm_flags(parser: Any) -> None:
-    """`token create`'s LLM fields: models, token limit, budget."""
+def _add_limit_flags(parser: Any) -> None:
+    """`token create`'s limits, LLM fields and team."""
+    parser.add_argument("--rate-limit", help="requests per window: 600/m (s, m, h, d)")
     parser.add_argument(
         "--model",
         action="append",
@@ -938,12 +949,10 @@ def _add_token_parsers(sub: Any) -> None:
     )
     create.add_argument("--name", help="a label for humans")
     create.add_argument("--id", help="token id (default: generated tok_...)")
-    create.add_argument("--rate-limit", help="requests per window: 600/m (s, m, h, d)")
-    _add_llm_flags(create)
-    create.add_argument("--team", help="the team it belongs to (its models and limits apply too)")
+    _add_limit_flags(create)
     _allow_unknown_route(create)
     create.add_argument("--json", action="store_true")
-    create.set_defaults(func=_cmd_token_create)
+    _allow_cidr(create, "").set_defaults(func=_cmd_token_create)
 
     listing = _command(tsub, "list", "list tokens in creation order (never secrets)", "token")
     listing.add_argument("--route", help="only tokens that grant this route")
@@ -974,6 +983,7 @@ def _add_token_parsers(sub: Any) -> None:
             p.add_argument("--token-limit", help="100000/d (m, h, d, mo), or none to remove it")
             p.add_argument("--budget", help="USD per window: 50/mo (m, h, d, mo), or none")
             p.add_argument("--team", help="move it into a team, or none to take it out")
+            _allow_cidr(p, " (replace the old; none: any address)")
             _allow_unknown_route(p)
         if name == "rotate":
             p.add_argument("--grace", help="the old secret keeps working this long (e.g. 10m)")
@@ -991,6 +1001,18 @@ def _add_token_parsers(sub: Any) -> None:
     export.add_argument("--route", help="only tokens that grant this route")
     export.set_defaults(func=_cmd_token_export)
     _add_import_parser(tsub)
+
+
+def _allow_cidr(parser: argparse.ArgumentParser, more: str) -> argparse.ArgumentParser:
+    """Add `--allow-cidr` to `parser` (returned)."""
+    parser.add_argument(
+        "--allow-cidr",
+        action="append",
+        metavar="CIDR",
+        help="a client network it may be used from (203.0.113.0/24, 2001:db8::/32), "
+        f"repeatable; elsewhere: 403 (default: any address){more}",
+    )
+    return parser
 
 
 def _add_team_parsers(sub: Any) -> None:
@@ -1018,6 +1040,7 @@ def _add_team_parsers(sub: Any) -> None:
             p.add_argument("--rate-limit", help="requests per window for all its tokens: 600/m")
             p.add_argument("--token-limit", help="LLM tokens per window for all its tokens")
             p.add_argument("--budget", help="USD of LLM use per window for all its tokens: 500/mo")
+            _allow_cidr(p, " (replace the old; none: any address)" if name == "update" else "")
         if name == "usage":
             p.add_argument("--days", type=int, default=7, help="this many days up to today")
         if name == "delete":

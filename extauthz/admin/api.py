@@ -58,7 +58,12 @@ from extauthz.admin.schema import (
     leak_report_schema,
 )
 from extauthz.core import secret_scanning
-from extauthz.core.credentials import BearerCredential, parse_authorization, token_hash
+from extauthz.core.credentials import (
+    BearerCredential,
+    checksum_fails,
+    parse_authorization,
+    token_hash,
+)
 from extauthz.core.team_record import TeamRecord
 from extauthz.core.token_record import MANAGEMENT_SCOPES, TokenRecord
 from extauthz.errors import (
@@ -126,6 +131,9 @@ class NewToken(_Strict):
     team: str | None = Field(
         default=None, max_length=63, description="its team (a team manager's: its own)"
     )
+    allowed_cidrs: list[str] | None = Field(
+        default=None, max_length=32, description="client networks it may be used from; null: any"
+    )
     allow_unknown_route: bool = Field(
         default=False, description="accept routes the synced policy does not have (yet)"
     )
@@ -144,6 +152,10 @@ class TokenChange(_Strict):
     budget: str | None = Field(default=None, max_length=32, description="50/mo or none")
     team: str | None = Field(default=None, max_length=63, description="move it into this team")
     no_team: bool = Field(default=False, description="take it out of its team")
+    allowed_cidrs: list[str] | None = Field(
+        default=None, max_length=32, description="new client networks (replace the old)"
+    )
+    any_address: bool = Field(default=False, description="remove allowed_cidrs")
     allow_unknown_route: bool = Field(
         default=False, description="accept new routes the synced policy does not have (yet)"
     )
@@ -156,6 +168,9 @@ class NewTeam(_Strict):
     rate_limit: str | None = Field(default=None, max_length=32, description="600/m")
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d")
     budget: str | None = Field(default=None, max_length=32, description="USD: 50/mo, 0.25/h")
+    allowed_cidrs: list[str] | None = Field(
+        default=None, max_length=32, description="client networks its tokens may use; null: any"
+    )
 
 
 class TeamChange(_Strict):
@@ -165,6 +180,10 @@ class TeamChange(_Strict):
     rate_limit: str | None = Field(default=None, max_length=32, description="600/m or none")
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d or none")
     budget: str | None = Field(default=None, max_length=32, description="50/mo or none")
+    allowed_cidrs: list[str] | None = Field(
+        default=None, max_length=32, description="new client networks (replace the old)"
+    )
+    any_address: bool = Field(default=False, description="remove allowed_cidrs")
 
 
 class Rotation(_Strict):
@@ -243,7 +262,7 @@ def create_app(
         address = request.client.host if request.client else ""
         credential = parse_authorization(request.headers.get("authorization"))
         record = None
-        if isinstance(credential, BearerCredential):
+        if isinstance(credential, BearerCredential) and not checksum_fails(credential.token):
             try:
                 record = store.token_record(token_hash(credential.token))
             except MalformedRecord:
@@ -256,6 +275,8 @@ def create_app(
                     )
                 failures.failed(address)
             raise ApiError(401, "unauthorized", "a valid admin or tokens:manage token is required")
+        if record.allowed_cidrs is not None and not record.allowed_cidrs.allows(address):
+            raise ApiError(403, "address_not_allowed", "this token may not be used from here")
         who = Manager.of(record)
         if who is None:
             hint = (
@@ -440,6 +461,7 @@ def create_token(who: Who, store: Db, body: NewToken) -> dict[str, Any]:
         allow_unknown_route=body.allow_unknown_route,
         team=body.team if body.team is not None else who.team,
         budget=tokens.parse_budget(body.budget) if body.budget is not None else None,
+        allowed_cidrs=body.allowed_cidrs,
     )
     return {**issued.record.to_json(), "token": issued.token, "warnings": issued.warnings}
 
@@ -491,6 +513,7 @@ def update_token(who: Who, store: Db, token_id: str, body: TokenChange) -> dict[
         allow_unknown_route=body.allow_unknown_route,
         team=None if body.no_team else body.team if body.team is not None else "keep",
         budget=tokens.parse_budget(body.budget) if body.budget is not None else "keep",
+        allowed_cidrs=None if body.any_address else body.allowed_cidrs or "keep",
     )
     return {**updated.record.to_json(), **_reported(updated.unconfirmed, updated.warnings)}
 
@@ -609,6 +632,7 @@ def create_team(who: Who, store: Db, body: NewTeam) -> dict[str, Any]:
         time.time(),
         who.id,
         tokens.parse_budget(body.budget) if body.budget is not None else None,
+        allowed_cidrs=body.allowed_cidrs,
     )
     return {**made.record.to_json(), "warnings": list(made.warnings)}
 
@@ -649,6 +673,8 @@ def update_team(who: Who, store: Db, team_id: str, body: TeamChange) -> dict[str
             budget=teams.limit_change(body.budget, tokens.parse_budget),
             now=time.time(),
             actor=who.id,
+            allowed_cidrs=None if body.any_address else teams.UNCHANGED
+            if body.allowed_cidrs is None else body.allowed_cidrs,
         )  # fmt: skip
     except UnknownTeam:  # (deleted meanwhile)
         raise ApiError(404, "not_found", f"no team with id {team_id!r}") from None

@@ -131,6 +131,9 @@ class Token(_Answer):
     token_limit: str | None = Field(description="its own LLM token limit, e.g. 100000/d")
     team: str | None = Field(description="the team it belongs to; null: none")
     budget: str | None = Field(description="its own budget in USD, e.g. $50/mo")
+    allowed_cidrs: list[str] | None = Field(
+        description="client networks it may be used from (elsewhere: 403); null: any"
+    )
 
 
 class TokenPage(_Answer):
@@ -219,6 +222,9 @@ class Team(_Answer):
     token_limit: str | None = Field(description="LLM tokens per window, for all its tokens")
     created_at: UnixSeconds | None
     budget: str | None = Field(description="USD per window, for all its tokens, e.g. $500/mo")
+    allowed_cidrs: list[str] | None = Field(
+        description="client networks its tokens may be used from (elsewhere: 403); null: any"
+    )
     tokens: int | None = Field(default=None, description="how many tokens it has")
 
 

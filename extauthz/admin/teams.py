@@ -58,8 +58,10 @@ def create(
     now: float = 0,
     actor: str | None = None,
     budget: Budget | None = None,
+    allowed_cidrs: Iterable[str] | None = None,
 ) -> Changed:
-    """A new team (TeamExists when the id is taken)."""
+    """A new team (TeamExists when the id is taken); `allowed_cidrs`: the client networks
+    its tokens may be used from (None: any)."""
     tokens.check_name(name)
     record = TeamRecord(
         check_team_id(team_id),
@@ -69,6 +71,7 @@ def create(
         token_limit,
         int(now),
         budget,
+        None if allowed_cidrs is None else tokens.check_cidrs(allowed_cidrs),
     )
     TeamIndex(store).create(record)
     audited = audit.record(store, actor, "team.create", team_id, described(record), now)
@@ -86,6 +89,7 @@ def update(
     now: float = 0,
     actor: str | None = None,
     budget: Budget | None = UNCHANGED,
+    allowed_cidrs: Iterable[str] | None = UNCHANGED,
 ) -> Changed:
     """Change what is given (None removes models or a limit); every server applies it within
     a second."""
@@ -102,6 +106,9 @@ def update(
         changes["token_limit"] = token_limit
     if budget is not UNCHANGED:
         changes["budget"] = budget
+    if allowed_cidrs is not UNCHANGED:
+        cidrs = allowed_cidrs
+        changes["allowed_cidrs"] = None if cidrs is None else tokens.check_cidrs(cidrs)
     record = TeamIndex(store).update(team_id, lambda current: replace(current, **changes))
     audited = audit.record(store, actor, "team.update", team_id, described(record), now)
     return Changed(record, _also(audited))

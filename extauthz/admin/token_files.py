@@ -5,6 +5,8 @@ One object per line: `id`, `routes`, `scopes`, optional `name`, `created_at`, `e
 `prefix*`; absent or null: every model), `token_limit` (LLM tokens, `100000/d`, or
 null), `budget` (USD of LLM use, `50/mo`, or null) and `team` (an existing team's id, or
 null), and either `token` (the
+null), `team` (an existing team's id, or null), `allowed_cidrs` (client networks, or
+null: any address), and either `token` (the
 secret, hashed on import) or `sha256` (its hash, as export writes it). A token with scope
 `admin` or `tokens:manage` is a management token (kind follows from the scopes; export writes
 `kind`, and an import line's `kind` must agree with its scopes). An import reads and
@@ -27,6 +29,7 @@ from typing import Any, BinaryIO
 
 from extauthz.admin.tokens import (
     Lifetime,
+    check_cidrs,
     check_id,
     check_kind,
     check_llm_fields,
@@ -40,7 +43,7 @@ from extauthz.admin.tokens import (
     unknown_routes,
 )
 from extauthz.core.budget import Budget
-from extauthz.core.credentials import token_hash
+from extauthz.core.credentials import checksum_fails, token_hash
 from extauthz.core.policy import PolicySnapshot
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_limit import TokenLimit
@@ -64,6 +67,7 @@ FIELDS = (
     "team",
     "budget",
     "kind",
+    "allowed_cidrs",
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{8,4096}=*", re.ASCII)  # what a Bearer token can be
@@ -94,6 +98,8 @@ def export_lines(store: Store, route: str | None = None) -> Iterator[str]:
             line["team"] = record.team
         if record.budget is not None:
             line["budget"] = str(record.budget)
+        if record.allowed_cidrs is not None:
+            line["allowed_cidrs"] = record.allowed_cidrs.texts()
         line["sha256"] = digest
         yield json.dumps(line, ensure_ascii=False)
 
@@ -302,6 +308,9 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
             token_limit=_token_limit(data),
             team=_team(data),
             budget=_budget(data),
+            allowed_cidrs=None
+            if data.get("allowed_cidrs") is None
+            else check_cidrs(_names(data, "allowed_cidrs")),
         )
     except InvalidValue as e:
         field = {
@@ -310,6 +319,8 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
             "rate-limit": "rate_limit",
             "model": "models",
             "token-limit": "token_limit",
+            "allow-cidr": "allowed_cidrs",
+            "allowed_cidr": "allowed_cidrs",
         }.get(e.field)
         raise bad(field or e.field, e.rule) from None
     return Entry(number, _digest(data, bad), record)
@@ -322,6 +333,8 @@ def _digest(data: dict[str, Any], bad: Any) -> str:
         token = data["token"]
         if not isinstance(token, str) or not _TOKEN.fullmatch(token):
             raise bad("token", "8 to 4096 characters of A-Z a-z 0-9 - . _ ~ + / (and = at the end)")
+        if checksum_fails(token):  # (it would be refused unread: docs/tokens.md#secret-format)
+            raise bad("token", "eat_ and 38 base62 characters, but its checksum is wrong")
         return token_hash(token)
     digest = data["sha256"]
     if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):

@@ -17,6 +17,7 @@ from typing import Any
 
 from extauthz.admin import audit
 from extauthz.core.budget import Budget
+from extauthz.core.cidrs import AllowedCidrs
 from extauthz.core.credentials import (
     MAX_NAME_LENGTH,
     ROUTE_NAME,
@@ -99,6 +100,14 @@ def check_models(models: Iterable[str]) -> frozenset[str]:
 
 MAX_ITEM = 128  # characters of one route, scope or model in a record
 MAX_LIST = 4096  # characters of a record's list field, commas included
+
+
+def check_cidrs(items: Iterable[str]) -> AllowedCidrs:
+    """`--allow-cidr` values (API `allowed_cidrs`): 1 to 32 networks, strictly parsed."""
+    try:
+        return AllowedCidrs.parse(items)
+    except ValueError as e:
+        raise InvalidValue("allow-cidr", None, str(e)) from None
 
 
 def _fits(flag: str, items: frozenset[str]) -> frozenset[str]:
@@ -388,14 +397,17 @@ def create(
     allow_unknown_route: bool = False,
     team: str | None = None,
     budget: Budget | None = None,
+    allowed_cidrs: Iterable[str] | None = None,
 ) -> IssuedToken:
     """Mint a token for `routes` (or `*`) with `scopes`, expiring after ttl (or the routes'
     max_token_ttl; else never). `not_after`: without a ttl it expires then at the latest
     (a manager's own expiry); `check(record)` may refuse the record before it is written.
     A route the synced policy does not have, and LLM fields without an LLM route, are
     refused unless `allow_unknown_route` (see `unknown_routes`). `team`: an existing team's
-    id (its models and limits apply too)."""
+    id (its models and limits apply too). `allowed_cidrs`: the client networks it may be
+    used from (None: any)."""
     route_set, scope_set = check_routes(routes), check_scopes(scopes)
+    cidrs = None if allowed_cidrs is None else check_cidrs(allowed_cidrs)
     kind = check_kind(scope_set)
     check_management_fields(kind, models, rate_limit, token_limit, budget)
     check_name(name)
@@ -421,6 +433,7 @@ def create(
         token_limit=token_limit,
         team=team,
         budget=budget,
+        allowed_cidrs=cidrs,
     )
     if check is not None:
         check(record)  # (may the caller make it at all: before whether it is right)
@@ -450,6 +463,7 @@ def described(record: TokenRecord) -> dict[str, Any]:
         "token_limit": str(record.token_limit) if record.token_limit else None,
         "team": record.team,
         "budget": str(record.budget) if record.budget else None,
+        "allowed_cidrs": record.allowed_cidrs.texts() if record.allowed_cidrs else None,
     }
 
 
@@ -490,6 +504,7 @@ def update(
     allow_unknown_route: bool = False,
     team: str | None = "keep",
     budget: Budget | str | None = "keep",
+    allowed_cidrs: Iterable[str] | str | None = "keep",
 ) -> Updated:
     """Change a token's record (not its secret); every server drops its cached copy.
     `rate_limit`, `token_limit`, `budget`: a limit, None (remove it) or "keep"; `models`: names and
@@ -497,8 +512,11 @@ def update(
     the change; it runs inside the transaction, on the record as it is then. A token's kind
     (model or management) never changes. New routes the synced policy does not have, and
     LLM fields given or kept without an LLM route, are refused as by `create`. `team`: an
-    existing team's id, None (no team) or "keep"."""
+    existing team's id, None (no team) or "keep". `allowed_cidrs`: networks, None (any
+    address) or "keep"."""
     route_set = check_routes(routes) if routes is not None else None
+    keep_cidrs = isinstance(allowed_cidrs, str)
+    cidrs = None if keep_cidrs or allowed_cidrs is None else check_cidrs(allowed_cidrs)
     model_set = check_models(models) if models is not None and not isinstance(models, str) else None
     scope_set = check_scopes(scopes) if scopes is not None else None
     if name is not None:
@@ -530,6 +548,7 @@ def update(
             token_limit=record.token_limit if isinstance(token_limit, str) else token_limit,
             team=record.team if team == "keep" else team,
             budget=record.budget if isinstance(budget, str) else budget,
+            allowed_cidrs=record.allowed_cidrs if keep_cidrs else cidrs,
         )
         check_management_fields(
             record.kind, new.models, new.rate_limit, new.token_limit, new.budget

@@ -213,10 +213,14 @@ def _decide_protected(
     ctx = Context(route, snapshot, lookup, now, verify_jwt, teams)
     result = identify(parse_authorization(facts.authorization), ctx)  # 1. identity
     if isinstance(result, Identity):  # the common case first
+        team = result.team
+        if result.allowed_cidrs is not None or (team is not None and team.allowed_cidrs):
+            denied = address_check(result, facts.source_address)  # before any limit
+            if denied is not None:
+                return denied
         denied = authorize(result, route)  # 2. authorization
         if denied is not None:
             return denied
-        team = result.team
         team_models = team.models if team is not None else None
         model = _model(facts, route, result.models, result.subject, result.valid_until, team_models)
         if isinstance(model, Decision):
@@ -291,6 +295,27 @@ def authorize(identity: Identity, route: RoutePolicy) -> Decision | None:
         return _forbidden("route_not_granted", identity.subject, until=identity.valid_until)
     if route.scopes and route.scopes.isdisjoint(identity.scopes):
         return _forbidden("missing_scope", identity.subject, until=identity.valid_until)
+    return None
+
+
+ADDRESS_NOT_ALLOWED = "address_not_allowed"
+_ADDRESS_BODY = json.dumps(
+    {"error": ADDRESS_NOT_ALLOWED, "message": "this credential may not be used from this address"}
+)
+
+
+def address_check(identity: Identity, address: str) -> Decision | None:
+    """A token's `allowed_cidrs` and its team's (both, where both are set): None when
+    `address` (the client's, as the per-address limits count it) is in them, else 403
+    `address_not_allowed` (no limit taken). An address not read ("") is in none: the
+    runtime reads it and decides again (runtime/authorizer.py)."""
+    team = identity.team
+    for cidrs in (identity.allowed_cidrs, team.allowed_cidrs if team is not None else None):
+        if cidrs is not None and not cidrs.allows(address):
+            return Decision(
+                Outcome.DENY, 403, ADDRESS_NOT_ALLOWED, (_JSON,), body=_ADDRESS_BODY,
+                subject=identity.subject, reusable_until=identity.valid_until,
+            )  # fmt: skip
     return None
 
 

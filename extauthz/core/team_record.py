@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extauthz.core.budget import Budget
+from extauthz.core.cidrs import AllowedCidrs
 from extauthz.core.credentials import MAX_NAME_LENGTH
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_limit import TokenLimit
@@ -21,6 +22,7 @@ from extauthz.core.token_record import (
     TEAM_ID,
     TEAM_ID_RULE,
     budget_field,
+    cidrs_field,
     int_field,
     models_field,
     rate_limit_field,
@@ -40,6 +42,7 @@ class TeamRecord:
     token_limit: TokenLimit | None = None  # LLM tokens per window, pooled over its tokens
     created_at: int | None = None
     budget: Budget | None = None  # USD of LLM use per window, pooled over its tokens
+    allowed_cidrs: AllowedCidrs | None = None  # client networks its tokens may be used from
 
     def to_json(self) -> dict[str, Any]:
         """The record as the CLI and the management API show it."""
@@ -51,6 +54,7 @@ class TeamRecord:
             "token_limit": str(self.token_limit) if self.token_limit else None,
             "budget": str(self.budget) if self.budget else None,
             "created_at": self.created_at,
+            "allowed_cidrs": self.allowed_cidrs.texts() if self.allowed_cidrs else None,
         }
 
     def to_fields(self) -> dict[str, str]:
@@ -69,6 +73,8 @@ class TeamRecord:
             fields["budget"] = str(self.budget)
         if self.created_at is not None:
             fields["created_at"] = str(self.created_at)
+        if self.allowed_cidrs is not None:
+            fields["allowed_cidrs"] = str(self.allowed_cidrs)
         return fields
 
     @classmethod
@@ -94,4 +100,5 @@ class TeamRecord:
             token_limit=token_limit_field(fields, owner),
             budget=budget_field(fields, owner),
             created_at=int_field(fields, "created_at", owner),
+            allowed_cidrs=cidrs_field(fields, owner),
         )

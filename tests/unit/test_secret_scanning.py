@@ -46,25 +46,29 @@ def test_a_signature_made_as_github_makes_it_verifies_with_every_listed_key() ->
     assert verify(KEYS, "old-id", sign(OLD, BODY), BODY) == "old-id"  # not current: still ours
 
 
+_BAD_SIGNATURES = [
+    ("new-id", sign(NEW, BODY), BODY + b" ", "does not verify"),  # tampered body
+    ("new-id", sign(NEW, BODY), BODY.replace(b"eat_x", b"eat_y"), "does not verify"),
+    ("old-id", sign(NEW, BODY), BODY, "does not verify"),  # another listed key's id
+    ("new-id", sign(OTHER, BODY), BODY, "does not verify"),  # a key GitHub never listed
+    ("nobody", sign(NEW, BODY), BODY, "unknown Github-Public-Key-Identifier"),
+    ("new-id", None, BODY, "no Github-Public-Key"),
+    (None, sign(NEW, BODY), BODY, "no Github-Public-Key"),
+    ("", "", BODY, "no Github-Public-Key"),
+    ("new-id", "not base64!", BODY, "does not verify"),
+    ("new-id", sign(NEW, BODY)[:-4], BODY, "does not verify"),  # cut
+    ("new-id", base64.b64encode(b"\x30\x02\x01").decode(), BODY, "does not verify"),  # bad DER
+    ("new-id", base64.b64encode(b"x" * 64).decode(), BODY, "does not verify"),  # raw r||s
+    ("new-id", "A" * 10_000, BODY, "longer than"),
+    ("x" * 10_000, sign(NEW, BODY), BODY, "longer than"),
+    ("new-id\x00", sign(NEW, BODY), BODY, "unknown"),
+]
+
+
 @pytest.mark.parametrize(
     ("key_id", "signature", "body", "why"),
-    [
-        ("new-id", sign(NEW, BODY), BODY + b" ", "does not verify"),  # tampered body
-        ("new-id", sign(NEW, BODY), BODY.replace(b"eat_x", b"eat_y"), "does not verify"),
-        ("old-id", sign(NEW, BODY), BODY, "does not verify"),  # another listed key's id
-        ("new-id", sign(OTHER, BODY), BODY, "does not verify"),  # a key GitHub never listed
-        ("nobody", sign(NEW, BODY), BODY, "unknown Github-Public-Key-Identifier"),
-        ("new-id", None, BODY, "no Github-Public-Key"),
-        (None, sign(NEW, BODY), BODY, "no Github-Public-Key"),
-        ("", "", BODY, "no Github-Public-Key"),
-        ("new-id", "not base64!", BODY, "does not verify"),
-        ("new-id", sign(NEW, BODY)[:-4], BODY, "does not verify"),  # cut
-        ("new-id", base64.b64encode(b"\x30\x02\x01").decode(), BODY, "does not verify"),  # bad DER
-        ("new-id", base64.b64encode(b"x" * 64).decode(), BODY, "does not verify"),  # raw r||s
-        ("new-id", "A" * 10_000, BODY, "longer than"),
-        ("x" * 10_000, sign(NEW, BODY), BODY, "longer than"),
-        ("new-id\x00", sign(NEW, BODY), BODY, "unknown"),
-    ],
+    _BAD_SIGNATURES,
+    ids=[f"{i}-{case[3]}" for i, case in enumerate(_BAD_SIGNATURES)],  # (signatures: random)
 )
 def test_what_is_not_githubs_signature_is_refused(
     key_id: str | None, signature: str | None, body: bytes, why: str
@@ -73,36 +77,36 @@ def test_what_is_not_githubs_signature_is_refused(
         verify(KEYS, key_id, signature, body)
 
 
+_BAD_KEY_FILES = [
+    (b"", "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    (b"[" * 100_000, "not JSON"),
+    (b"[]", '"public_keys" list'),
+    (b'{"public_keys": {}}', '"public_keys" list'),
+    (b'{"public_keys": []}', "empty"),
+    (b'{"public_keys": [1]}', "public_keys[0]: not an object"),
+    (b'{"public_keys": [{"key": "x"}]}', "public_keys[0].key_identifier"),
+    (b'{"public_keys": [{"key_identifier": "a\\u001b", "key": "x"}]}', "printable"),
+    (b'{"public_keys": [{"key_identifier": "a", "key": 7}]}', "public_keys[0].key: not a"),
+    (b'{"public_keys": [{"key_identifier": "a", "key": "PEM?"}]}', "not a PEM public key"),
+    (keys_document(("a", rsa.generate_private_key(65537, 2048), True)), "not an ECDSA P-256"),
+    (keys_document(("a", ec.generate_private_key(ec.SECP384R1()), True)), "not an ECDSA P-256"),
+    (keys_document(("a", ed25519.Ed25519PrivateKey.generate(), True)), "not an ECDSA P-256"),
+    (keys_document(("a", NEW, True), ("a", OLD, False)), "listed twice"),
+    (
+        json.dumps(
+            {"public_keys": [{"key_identifier": "a", "key": public_pem(NEW), "is_current": "yes"}]}
+        ).encode(),
+        "is_current",
+    ),
+    (keys_document(*[(str(i), NEW, True) for i in range(65)]), "more than 64"),
+]
+
+
 @pytest.mark.parametrize(
     ("document", "fragment"),
-    [
-        (b"", "not JSON"),
-        (b"\xff\xfe", "not JSON"),
-        (b"[" * 100_000, "not JSON"),
-        (b"[]", '"public_keys" list'),
-        (b'{"public_keys": {}}', '"public_keys" list'),
-        (b'{"public_keys": []}', "empty"),
-        (b'{"public_keys": [1]}', "public_keys[0]: not an object"),
-        (b'{"public_keys": [{"key": "x"}]}', "public_keys[0].key_identifier"),
-        (b'{"public_keys": [{"key_identifier": "a\\u001b", "key": "x"}]}', "printable"),
-        (b'{"public_keys": [{"key_identifier": "a", "key": 7}]}', "public_keys[0].key: not a"),
-        (b'{"public_keys": [{"key_identifier": "a", "key": "PEM?"}]}', "not a PEM public key"),
-        (keys_document(("a", rsa.generate_private_key(65537, 2048), True)), "not an ECDSA P-256"),
-        (keys_document(("a", ec.generate_private_key(ec.SECP384R1()), True)), "not an ECDSA P-256"),
-        (keys_document(("a", ed25519.Ed25519PrivateKey.generate(), True)), "not an ECDSA P-256"),
-        (keys_document(("a", NEW, True), ("a", OLD, False)), "listed twice"),
-        (
-            json.dumps(
-                {
-                    "public_keys": [
-                        {"key_identifier": "a", "key": public_pem(NEW), "is_current": "yes"}
-                    ]
-                }
-            ).encode(),
-            "is_current",
-        ),
-        (keys_document(*[(str(i), NEW, True) for i in range(65)]), "more than 64"),
-    ],
+    _BAD_KEY_FILES,
+    ids=[f"{i}-{case[1]}" for i, case in enumerate(_BAD_KEY_FILES)],  # (keys: random)
 )
 def test_a_keys_file_not_of_githubs_shape_is_one_line_naming_the_entry(
     document: bytes, fragment: str

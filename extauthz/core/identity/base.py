@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from extauthz.core.budget import Budget
+from extauthz.core.cidrs import AllowedCidrs
 from extauthz.core.credentials import Credential
 from extauthz.core.jwt_verify import JwtVerify
 from extauthz.core.rate_limit import RateLimit
@@ -66,6 +67,7 @@ class Identity:
     team_id: str | None = None  # the team it names (403 unknown_team when there is none)
     team: TeamRecord | None = None  # that team's record: its models and limits apply too
     budget: Budget | None = None  # the token's own budget (USD per window)
+    allowed_cidrs: AllowedCidrs | None = None  # the token's client networks; None: any
 
 
 @dataclass(frozen=True, slots=True)
