@@ -122,12 +122,14 @@ class Webhooks:
         clock: Callable[[], float] = time.time,
         poll: float = POLL,
         timeout: float = TIMEOUT,
+        claim_ms: int = CLAIM_MS,
     ) -> None:
         self.config = config
         self.queue = WebhookQueue(store)
         self.clock = clock
         self.poll = poll
         self.timeout = timeout
+        self.claim_ms = claim_ms
         self.sender = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.tasks: list[Task] = []  # run by the sender thread after each round
         self._outbox: deque[tuple[str, str, Mapping[str, Any], float, int]] = deque()
@@ -233,7 +235,7 @@ class Webhooks:
         for webhook_id in self.queue.due(self.clock(), BATCH):
             if self._stopping.is_set():
                 break
-            event = self.queue.claim(webhook_id, self.sender, CLAIM_MS)
+            event = self.queue.claim(webhook_id, self.sender, self.claim_ms)
             if event is None:
                 continue
             first = event.first
