@@ -1,4 +1,4 @@
-"""The events extauthz sends as webhooks (runtime/webhooks.py; docs/webhooks.md#events):
+"""The events extauthz sends as webhooks (runtime/webhooks.py; docs/webhooks.md#what-is-sent):
 
 - `budget.threshold`: a budget or token limit (every limit kind whose allows are settled:
   LLM tokens, money) reached 50 %, 80 % or 100 % of its window. The limiter calls

@@ -7,6 +7,7 @@ start with one line."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from extauthz.config import load_settings
+from extauthz.core import webhooks as wh
 from extauthz.core.decision import Decision, Outcome
 from extauthz.core.limits import TOKENS, Limited
 from extauthz.core.token_limit import TokenLimit
@@ -26,7 +29,16 @@ from extauthz.runtime.alerts import ExpiryScan, budget_hook
 from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.webhooks import Webhooks, webhook_config
 from extauthz.storage.store import Store, open_store
-from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, stop, wait_for
+from tests.support.procs import (
+    REPO,
+    RedisServer,
+    extauthz_serve,
+    require_binary,
+    run_cli,
+    stop,
+    wait_for,
+)
+from tests.support.readme import readme_block
 from tests.support.webhooks import Receiver, new_secret
 
 pytestmark = pytest.mark.redis
@@ -260,3 +272,94 @@ def test_the_expiry_scan_runs_in_one_process_at_a_time(redis_server: RedisServer
     assert len(emitted) == 1 and emitted[0].startswith("token.expiring:soon:")
     scans[0](now + 1)  # (not its turn yet)
     assert len(emitted) == 1
+
+
+# --- the documentation, as written ----------------------------------------------------------
+
+
+def test_the_documented_secret_and_receiver_work(tmp_path: Path, redis_server: RedisServer) -> None:
+    subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + readme_block("webhook-secret")],
+        cwd=tmp_path, check=True, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    secret_file = tmp_path / "webhook-secret"
+    assert oct(secret_file.stat().st_mode & 0o777) == "0o600"
+    assert len(wh.parse_secret(secret_file.read_text())) == 32
+    namespace: dict[str, Any] = {}
+    cwd = Path.cwd()
+    os.chdir(tmp_path)  # (the block reads webhook-secret where it runs)
+    try:
+        exec(readme_block("webhook-verify", lang="python"), namespace)  # noqa: S102 (our docs)
+    finally:
+        os.chdir(cwd)
+    received: list[dict[str, Any]] = []
+
+    class Documented(Receiver):  # (the documented receive() checks what the server sends)
+        def verify(self, body: bytes, headers: dict[str, str]) -> Any:
+            received.append(namespace["receive"](body, headers))
+            return super().verify(body, headers)
+
+    with Documented(secret_file.read_text().strip()) as receiver:
+        webhooks = _webhooks(redis_server, receiver, secret_file)
+        webhooks.emit("token.leaked", "token.leaked:t9:1", {"token_id": "t9"})
+        webhooks.round()
+    assert [r["data"] for r in received] == [{"token_id": "t9"}]
+    with pytest.raises(WebhookVerificationError):
+        namespace["receive"](b'{"type":"forged"}', {"webhook-id": "x", "webhook-timestamp":
+                             str(int(time.time())), "webhook-signature": "v1,AAAA"})  # fmt: skip
+
+
+def test_the_documented_redis_cli_commands(tmp_path: Path, redis_server: RedisServer) -> None:
+    secret, secret_file = new_secret(tmp_path)
+    receiver = Receiver(secret)  # (not started: nothing answers, the event waits)
+    webhooks = _webhooks(redis_server, receiver, secret_file)
+    webhooks.emit("token.expiring", "token.expiring:t1:1900000000", {"token_id": "t1"})
+    webhooks.flush()
+    receiver.server.server_close()
+    redis_server.cli("ZADD", "extauthz:webhooks:due", "XX", str(time.time() + 3600),
+                     "token.expiring:t1:1900000000")  # fmt: skip
+    cli = require_binary("redis-cli")
+    script = (
+        f'redis-cli() {{ "{cli}" -p {redis_server.port} "$@"; }}\nset -euo pipefail\n'
+        + readme_block("redis-cli-webhooks")
+    )
+    out = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    ).stdout  # fmt: skip
+    assert out.startswith("1\ntoken.expiring:t1:1900000000\n")
+    assert '"type":"token.expiring"' in out
+    due = float(redis_server.cli("ZSCORE", "extauthz:webhooks:due", "token.expiring:t1:1900000000"))
+    assert due <= time.time() + 1  # due again now
+
+
+def test_the_documented_server_acl_user_can_send(tmp_path: Path) -> None:
+    acl = tmp_path / "users.acl"
+    acl.write_text("user default on nopass ~* &* +@all\n" + readme_block("redis-acl", lang=""))
+    server = RedisServer(tmp_path, extra=("--aclfile", str(acl)))
+    server.start()
+    try:
+        admin = f"redis://extauthz-admin:CHANGE-ME-admin@127.0.0.1:{server.port}/0"
+        server_user = f"redis://extauthz-server:CHANGE-ME-server@127.0.0.1:{server.port}/0"
+        run_cli(admin, "token", "create", "--route", "m", "--allow-unknown-route", "--id",
+                "soon", "--ttl", "1d")  # fmt: skip
+        secret, secret_file = new_secret(tmp_path)
+        with Receiver(secret, fail_first=1) as receiver:
+            config = webhook_config(
+                load_settings(
+                    {"webhook_url": receiver.url, "webhook_secret_file": str(secret_file)}, env={}
+                )
+            )
+            assert config is not None
+            store = open_store(server_user, "extauthz:", 5.0)
+            webhooks = Webhooks(config, store, poll=0.1)
+            webhooks.tasks.append(ExpiryScan(store, webhooks.emit, 7 * 86400, webhooks.sender))
+            webhooks.start()
+            try:  # queued, claimed, failed, retried, delivered; the scan's lease and reads
+                wait_for(lambda: len(receiver.delivered()) == 1, 20, "token.expiring")
+            finally:
+                webhooks.stop()
+        assert [a.status for a in receiver.attempts] == [500, 200]
+        assert webhooks.queue_length == 0 and not receiver.bad
+    finally:
+        server.stop()

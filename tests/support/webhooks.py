@@ -55,7 +55,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 try:
-                    receiver.webhook.verify(body, headers)
+                    receiver.verify(body, headers)
                     status = receiver._status(headers["webhook-id"])
                 except (WebhookVerificationError, ValueError, KeyError) as e:
                     with receiver.lock:
@@ -82,6 +82,10 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def verify(self, body: bytes, headers: dict[str, str]) -> Any:
+        """The event of a delivery; WebhookVerificationError when it does not verify."""
+        return self.webhook.verify(body, headers)
 
     def _status(self, webhook_id: str) -> int:
         with self.lock:
