@@ -77,6 +77,10 @@ def webhook_config(settings: Any) -> WebhookConfig | None:
     line for a bad URL or duration, or a secret file that is missing, unreadable, empty or
     not `whsec_<base64>` (the message never quotes the file's content)."""
     url, path = settings.webhook_url, settings.webhook_secret_file
+    try:
+        warning = parse_duration(settings.expiry_warning)
+    except ValueError as e:
+        raise ConfigError(f"--expiry-warning {settings.expiry_warning!r}: {e}") from None
     if not url:
         if path:
             raise ConfigError("--webhook-secret-file needs --webhook-url (where alerts go)")
@@ -98,10 +102,6 @@ def webhook_config(settings: Any) -> WebhookConfig | None:
         ) from None
     except ValueError as e:
         raise ConfigError(f"--webhook-secret-file {path}: {e}") from None
-    try:
-        warning = parse_duration(settings.expiry_warning)
-    except ValueError as e:
-        raise ConfigError(f"--expiry-warning {settings.expiry_warning!r}: {e}") from None
     return WebhookConfig(url, key, warning)
 
 
