@@ -29,6 +29,7 @@ from extauthz.runtime.alerts import ExpiryScan, budget_hook
 from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.webhooks import Webhooks, webhook_config
 from extauthz.storage.store import Store, open_store
+from tests.support.admin_api import admin_server
 from tests.support.procs import (
     REPO,
     RedisServer,
@@ -363,3 +364,18 @@ def test_the_documented_server_acl_user_can_send(tmp_path: Path) -> None:
         assert webhooks.queue_length == 0 and not receiver.bad
     finally:
         server.stop()
+
+
+def test_admin_sends_and_stops_cleanly(tmp_path: Path, redis_server: RedisServer) -> None:
+    secret, secret_file = new_secret(tmp_path)
+    _create(redis_server, "--id", "soon", "--ttl", "2d")
+    log = tmp_path / "admin.log"
+    with Receiver(secret) as receiver:
+        flags = ("--webhook-url", receiver.url, "--webhook-secret-file", str(secret_file))
+        with admin_server(redis_server.url, log, *flags):
+            wait_for(lambda: len(receiver.delivered()) == 1, 20, "token.expiring from admin")
+    (webhook_id,) = receiver.delivered()
+    assert webhook_id.startswith("token.expiring:soon:")
+    text = log.read_text()
+    assert "sending alerts to 127.0.0.1:" in text and "Traceback" not in text
+    assert secret[6:] not in text and "receiver-secret" not in text

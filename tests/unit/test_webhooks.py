@@ -26,7 +26,7 @@ from extauthz.errors import ConfigError
 from extauthz.runtime.alerts import BudgetAlerts
 from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.logs import redact
-from extauthz.runtime.webhooks import webhook_config
+from extauthz.runtime.webhooks import WebhookConfig, Webhooks, emit, install, webhook_config
 from extauthz.storage.client import DECODING
 from extauthz.storage.store import Store
 
@@ -293,3 +293,38 @@ def test_a_jump_past_several_thresholds_announces_each() -> None:
     assert [e[2]["threshold"] for e in emitted] == [50, 80, 100]
     alerts.on_total(Limited(REQUESTS, "team:t", RateLimit(10, "m"), "team t"), 10, START + 60)
     assert len(emitted) == 3
+
+
+# --- the outbox: the request path never waits for Redis -------------------------------------
+
+
+def test_while_redis_is_down_events_wait_in_memory_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = fakeredis.FakeServer()
+    store = Store(fakeredis.FakeRedis(server=server, **DECODING), "extauthz:")
+    config = WebhookConfig("http://127.0.0.1:9/", bytes(32))
+    webhooks = Webhooks(config, store, clock=lambda: START)
+    server.connected = False
+    assert all(webhooks.emit("test.event", f"e{i}", {"n": i}) for i in range(3))  # (no Redis)
+    assert webhooks.flush() is False
+    monkeypatch.setattr("extauthz.runtime.webhooks.MAX_OUTBOX", 4)
+    assert webhooks.emit("test.event", "e3", {"n": 3}) is True
+    assert webhooks.emit("test.event", "e4", {"n": 4}) is False  # full: dropped, counted
+    assert webhooks.dropped["outbox_full"] == 1
+    server.connected = True
+    webhooks.emit("test.event", "e0", {"n": 0})  # (the same event again: queued once)
+    assert webhooks.flush() is True and webhooks.queued == 4
+    assert store.client.zrange("extauthz:webhooks:due", 0, -1) == ["e0", "e1", "e2", "e3"]
+    assert json.loads(store.client.hget("extauthz:webhooks:event:e2", "body")) == {
+        "type": "test.event",
+        "timestamp": "2027-01-15T08:00:00Z",
+        "data": {"n": 2},
+    }
+    webhooks.emit("test.event", "bad", {"n": float("inf")})  # not JSON: dropped, counted
+    assert webhooks.flush() is True and webhooks.dropped["not_json"] == 1
+
+
+def test_emit_without_a_sender_is_a_no_op() -> None:
+    install(None)
+    assert emit("token.leaked", "token.leaked:t1:1", {"token_id": "t1"}) is False
