@@ -6,6 +6,7 @@ start with one line."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -17,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from extauthz.admin import tokens
 from extauthz.config import load_settings
 from extauthz.core import webhooks as wh
+from extauthz.core.credentials import token_hash
 from extauthz.core.decision import Decision, Outcome
 from extauthz.core.limits import TOKENS, Limited
 from extauthz.core.token_limit import TokenLimit
@@ -30,6 +34,7 @@ from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.webhooks import Webhooks, webhook_config
 from extauthz.storage.store import Store, open_store
 from tests.support.admin_api import admin_server
+from tests.support.github_signing import keys_document, sign
 from tests.support.procs import (
     REPO,
     RedisServer,
@@ -379,3 +384,37 @@ def test_admin_sends_and_stops_cleanly(tmp_path: Path, redis_server: RedisServer
     text = log.read_text()
     assert "sending alerts to 127.0.0.1:" in text and "Traceback" not in text
     assert secret[6:] not in text and "receiver-secret" not in text
+
+
+def test_a_leak_reported_to_admin_is_sent_once(tmp_path: Path, redis_server: RedisServer) -> None:
+    github = ec.generate_private_key(ec.SECP256R1())
+    keys = tmp_path / "github-keys.json"
+    keys.write_bytes(keys_document(("b" * 64, github, True)))
+    store = open_store(redis_server.url, "extauthz:", 5.0)
+    issued = tokens.create(
+        store, ["m"], token_id="leaky", now=time.time(), allow_unknown_route=True
+    )
+    secret, secret_file = new_secret(tmp_path)
+    found = {"token": issued.token, "type": "extauthz_token", "source": "commit",
+             "url": "https://github.com/octo/repo/blob/0123abc/config.py"}  # fmt: skip
+    body = json.dumps([found]).encode()
+    headers = {"Github-Public-Key-Identifier": "b" * 64, "Github-Public-Key-Signature": ""}
+    with Receiver(secret) as receiver:
+        flags = ("--webhook-url", receiver.url, "--webhook-secret-file", str(secret_file),
+                 "--secret-scanning-keys", str(keys))  # fmt: skip
+        with admin_server(redis_server.url, tmp_path / "admin.log", *flags) as api:
+            for _ in range(2):  # (GitHub may send a report again: one event)
+                headers["Github-Public-Key-Signature"] = sign(github, body)
+                status, _ = api.send("POST", "/v1/secret-scanning", raw=body, headers=headers)
+                assert status == 200
+            wait_for(lambda: len(receiver.delivered()) == 1, 20, "token.leaked")
+            time.sleep(1.0)  # (time for a second event, were one queued)
+    ((webhook_id, copies),) = receiver.delivered().items()
+    assert webhook_id.startswith("token.leaked:leaky:") and len(copies) == 1
+    event = copies[0].event
+    assert event["type"] == "token.leaked"
+    assert event["data"]["token_id"] == "leaky" and event["data"]["url"] == found["url"]
+    assert event["data"]["on_leak"] == "revoke" and event["data"]["source"] == "commit"
+    assert issued.token not in copies[0].body.decode()
+    assert token_hash(issued.token) not in copies[0].body.decode()
+    store.close()

@@ -18,8 +18,9 @@ from standardwebhooks.webhooks import Webhook
 
 from extauthz.config import load_settings
 from extauthz.core import webhooks as wh
+from extauthz.core.budget import Budget
 from extauthz.core.decision import Decision, Outcome
-from extauthz.core.limits import REQUESTS, TOKENS, Limited
+from extauthz.core.limits import MONEY, REQUESTS, TOKENS, Limited
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_limit import TokenLimit
 from extauthz.errors import ConfigError
@@ -328,3 +329,13 @@ def test_while_redis_is_down_events_wait_in_memory_in_order(
 def test_emit_without_a_sender_is_a_no_op() -> None:
     install(None)
     assert emit("token.leaked", "token.leaked:t1:1", {"token_id": "t1"}) is False
+
+
+def test_money_budgets_are_announced_in_their_own_words() -> None:
+    emitted = Emitted()
+    budget = Limited(MONEY, "team:acme", Budget.parse("$50/mo"), "team acme")
+    BudgetAlerts(emitted).on_total(budget, 40_000_000, START + 60)
+    assert [(e[1], e[2]["kind"], e[2]["limit"], e[2]["count"]) for e in emitted] == [
+        ("budget.threshold:bl:team:acme:mo24324:50", "budget", "$50/mo", 50_000_000),
+        ("budget.threshold:bl:team:acme:mo24324:80", "budget", "$50/mo", 50_000_000),
+    ]
