@@ -106,11 +106,13 @@ def _setup_logging(settings: Settings) -> None:
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.runtime import tls
     from extauthz.runtime.supervisor import default_workers, supervise
+    from extauthz.runtime.webhooks import webhook_config
 
     _setup_logging(settings)
     workers = settings.workers or default_workers()
     if workers > 1:
         tls.for_server(settings)  # unreadable files: one line now, not a crash loop of workers
+        webhook_config(settings)
         return supervise(settings, workers)
     from extauthz.runtime.server import serve
 
@@ -621,9 +623,12 @@ def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.admin import server
     from extauthz.admin.api import create_app
     from extauthz.config import split_address, split_networks
+    from extauthz.runtime.alerts import webhooks_for
     from extauthz.runtime.auth_failures import FailureLimiter
 
     _setup_logging(settings)
+    store = _store(settings)
+    webhooks = webhooks_for(settings, store)  # (token.leaked, token.expiring)
     failures = (
         FailureLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
         if settings.auth_failure_burst > 0
@@ -635,14 +640,20 @@ def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
         from extauthz.admin.leaks import KeysFile
 
         keys = KeysFile(settings.secret_scanning_keys)
-    server.run(
-        create_app(_store(settings), failures, keys),
-        host or "127.0.0.1",
-        port,
-        split_networks(settings.admin_trusted_proxies) or [],
-        settings.admin_request_timeout,
-        settings.admin_max_connections,
-    )
+    if webhooks is not None:
+        webhooks.start()
+    try:
+        server.run(
+            create_app(store, failures, keys),
+            host or "127.0.0.1",
+            port,
+            split_networks(settings.admin_trusted_proxies) or [],
+            settings.admin_request_timeout,
+            settings.admin_max_connections,
+        )
+    finally:
+        if webhooks is not None:
+            webhooks.stop()
     return 0
 
 

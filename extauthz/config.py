@@ -30,6 +30,7 @@ SERVE = ("serve", "up")  # `up` passes these to the stack's server...
 STACK_OWNED = ("serve",)  # ...but sets these itself (where it listens, its TLS files)
 TLS = ("serve", "health")
 LOGGING = (*SERVE, "sync")  # (`sync --watch` logs what it publishes)
+ALERTS = (*SERVE, "admin")  # processes that send webhooks (docs/webhooks.md)
 
 
 def setting(
@@ -192,6 +193,19 @@ class Settings:
     tls_key: str = setting("", "PEM private key of --tls-cert", TLS, secret=True)
     tls_client_ca: str = setting(
         "", "PEM CA of the clients allowed to call: mutual TLS (only Envoy answers)", TLS
+    )
+    webhook_url: str = setting(
+        "",
+        "send alerts (budget thresholds, expiring and leaked tokens) as Standard Webhooks to "
+        "this http:// or https:// URL; empty: none (docs/webhooks.md)",
+        ALERTS,
+        secret=True,
+    )
+    webhook_secret_file: str = setting(
+        "", "file holding the webhooks' signing secret, whsec_<base64>", ALERTS
+    )
+    expiry_warning: str = setting(
+        "7d", "send token.expiring this long before a token expires (s, m, h or d)", ALERTS
     )
 
     @property

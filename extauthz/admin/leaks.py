@@ -11,6 +11,7 @@ token ids, and the URL and source GitHub names.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -29,6 +30,7 @@ from extauthz.core.secret_scanning import (
 )
 from extauthz.errors import ConfigError, MalformedRecord
 from extauthz.files import describe, read_regular_file
+from extauthz.runtime import webhooks
 from extauthz.storage.store import Store
 from extauthz.storage.token_index import TokenIndex
 
@@ -118,8 +120,9 @@ def notify_leaked(
 ) -> str | None:
     """The one place a leaked secret of ours is told about: the audit event `token.leaked`
     (target the token id; detail: where GitHub found it, its type, and what was done:
-    `revoke`, `notify` or `route_secret`) and a log line. The `token.leaked` webhook is to
-    be sent from here too. Returns a warning when the audit event was not written."""
+    `revoke`, `notify` or `route_secret`), a log line, and the `token.leaked` webhook where
+    this process sends them (docs/webhooks.md; one per token and place found). Returns a
+    warning when the audit event was not written."""
     detail: dict[str, Any] = {
         "url": match.url,
         "source": match.source,
@@ -135,6 +138,10 @@ def notify_leaked(
         {"revoke": f"revoked ({secrets} secrets)", "notify": "kept working (on_leak: notify)"}.get(
             action, "a route secret: change it in the policy file"
         ),
+    )
+    where = hashlib.sha256(f"{match.type}\n{match.url}\n{match.source}".encode()).hexdigest()
+    webhooks.emit(
+        "token.leaked", f"token.leaked:{token_id}:{where[:16]}", {"token_id": token_id, **detail}
     )
     return audit.record(store, actor, "token.leaked", token_id, detail, now)
 

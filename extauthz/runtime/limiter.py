@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from extauthz.core.bounded import ENTRY_OVERHEAD, BoundedDict
@@ -82,8 +83,15 @@ class _Budget:
 class Limiter:
     """Admits allows against every limit they carry; settles what LLM responses used."""
 
-    def __init__(self, store: Store, on_error: str = "deny") -> None:
+    def __init__(
+        self,
+        store: Store,
+        on_error: str = "deny",
+        on_total: Callable[[Limited, int, float], None] | None = None,
+    ) -> None:
         self.store = store
+        # after each lease: the limit, the window's total in Redis, the window's end (alerts)
+        self.on_total = on_total
         self.allow_on_error = on_error == "allow"
         self._budgets: BoundedDict[str, _Budget] = BoundedDict(MAX_BUDGETS, MAX_BUDGET_BYTES)
         # lease → its budget in the window last asked for: the warm path's one lookup
@@ -176,6 +184,8 @@ class Limiter:
                 with self._lock:
                     budget.failed_until = now + RETRY_AFTER_ERROR
                 return None
+            if self.on_total is not None:  # (what budget.seen is set to below)
+                self.on_total(limited, total, budget.ends)
             give = 0
             with self._lock:
                 if budget.leased_at:  # what the last lease held has been used since

@@ -274,6 +274,7 @@ GAUGE_TOTALS: dict[str, Callable[[float, float], float]] = {
     "extauthz_serving": min,
     "extauthz_auth_disabled": max,
     "extauthz_tls_certificate_expiry_timestamp_seconds": min,  # a worker left behind shows
+    "extauthz_webhooks_queue_length": max,  # (one queue in Redis, seen by every worker)
 }
 
 

@@ -27,6 +27,7 @@ from extauthz.core.llm import MAX_BODY_BYTES
 from extauthz.core.prices import NO_PRICES, PriceTable
 from extauthz.errors import ConfigError
 from extauthz.runtime import tls
+from extauthz.runtime.alerts import budget_hook, webhooks_for
 from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.runtime.authorizer import Authorizer
 from extauthz.runtime.envoy_check import (
@@ -134,13 +135,18 @@ class Server:
             if settings.usage_flush > 0
             else None
         )
-        self.limiter = Limiter(self.store, settings.rate_limit_on_error)
+        self.webhooks = webhooks_for(settings, self.store)  # (None without --webhook-url)
+        self.limiter = Limiter(
+            self.store, settings.rate_limit_on_error, on_total=budget_hook(self.webhooks)
+        )
         self.tickets = Tickets(self.store)
         self.authorizer = self._authorizer()
         self.watcher = PolicyWatcher(
             self.authorizer, settings.policy_refresh, self.redis, self._on_poll
         )
         self.metrics.watch(self._state)
+        if self.webhooks is not None:
+            self.metrics.registry.register(self.webhooks)
         self.serving = False
         self._warned_disabled_at = 0.0
         self.listener = (
@@ -233,6 +239,8 @@ class Server:
         self._warn_if_disabled()
         self.jwks.start()
         self.watcher.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         if self.listener is not None:
             self.listener.start()
         self.grpc_server.start()
@@ -333,6 +341,8 @@ class Server:
         if self.usage is not None:
             self.usage.flush()  # nothing counted is lost on SIGTERM
         self.limiter.sync(time.time(), final=True)  # debts paid, budgets given back
+        if self.webhooks is not None:
+            self.webhooks.stop()  # (what the outbox holds goes to Redis)
         if self.listener is not None:
             self.listener.stop()
         self.jwks.stop()
