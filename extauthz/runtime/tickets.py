@@ -40,7 +40,7 @@ VERSION = "2"
 RETRY_AFTER_ERROR = 1.0  # seconds before Redis is asked again for the key after a failure
 MAX_RECORD_AGE = 2 * 3600  # seconds after its allow a response's record is still counted
 MAX_SKEW = 300  # seconds a ticket may seem to come from the future (clocks of two hosts)
-CLAIM_EVERY = 0.25  # seconds between two batches of claims
+CLAIM_EVERY = 1.0  # seconds between two batches of claims (4 Redis commands each)
 WARN_EVERY = 60.0
 
 
@@ -73,6 +73,7 @@ class Tickets:
         self._lock = threading.Lock()
         self._failed_until = 0.0
         self._reread_at = 0.0
+        self._expiring: set[int] = set()  # hours whose claims set this process gave an expiry
         self._warned_at = -WARN_EVERY
 
     def _secret(self, reread: bool = False) -> bytes | None:
@@ -150,8 +151,11 @@ class Tickets:
         for hour, nonces in hours.items():
             unique = list(dict.fromkeys(nonces))
             keep_until = (hour + 1) * 3600 + MAX_RECORD_AGE + MAX_SKEW
+            expiring = hour in self._expiring  # (this process gave the set its expiry)
             try:
-                new = self.store.claim_tickets(hour, unique, keep_until)
+                new = self.store.claim_tickets(hour, unique, None if expiring else keep_until)
+                if not expiring:
+                    self._expiring = {h for h in self._expiring if h > hour - 4} | {hour}
             except StoreError as e:
                 log.warning(
                     "cannot claim %d LLM records in Redis (%s): not counted", len(unique), e
@@ -199,10 +203,8 @@ class Claims:
                     self._wake.wait()
                 if not self._pending:
                     return
-                wait = self._last + CLAIM_EVERY - time.monotonic()
-                if wait > 0 and not self._stopping:
-                    # (more records join this batch meanwhile; drain's notify is no reason
-                    # to cut the wait short, and at worst claims a little sooner)
+                deadline = self._last + CLAIM_EVERY  # (records that come meanwhile join)
+                while not self._stopping and (wait := deadline - time.monotonic()) > 0:
                     self._wake.wait(wait)
                 batch, self._pending = self._pending, []
             self._last = time.monotonic()

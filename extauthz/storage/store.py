@@ -180,13 +180,13 @@ class Store:
         """Lease up to `want` units from a limit's counter (`{prefix}<counter>`, expiring a
         minute after `ends`) without leaving it past `limit`: (units granted, the counter's
         total after). One round trip; two when it would pass the limit (what was over is
-        given back at once)."""
+        given back at once). The expiry is set when the lease made the counter (one command
+        a lease while its window lasts: the warm path's Redis budget)."""
         key = f"{self.prefix}{counter}"
         with self.redis_errors(), self._timed("incrby"):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.incrby(key, want)
-            pipe.expireat(key, int(ends) + 60)
-            total = int(pipe.execute()[0])
+            total = int(self.client.incrby(key, want))
+            if total == want:  # (new, or back at 0: it gets its expiry; again is harmless)
+                self.client.expireat(key, int(ends) + 60)
             over = min(want, total - max(limit, total - want))
             if over > 0:
                 total = int(self.client.decrby(key, over))
@@ -205,17 +205,18 @@ class Store:
             raise MalformedRecord(f"{key} is not a key of at least 32 characters")
         return found
 
-    def claim_tickets(self, hour: int, nonces: list[str], until: int) -> list[bool]:
+    def claim_tickets(self, hour: int, nonces: list[str], until: int | None) -> list[bool]:
         """Claim LLM records' nonces issued in `hour` (the set `{prefix}tickets:counted:<hour>`,
-        expiring at `until`), in one MULTI/EXEC: for each, True the first time, False ever
-        after (runtime/tickets.py)."""
+        expiring at `until`; None: its expiry was set already), in one MULTI/EXEC: for each,
+        True the first time, False ever after (runtime/tickets.py)."""
         key = f"{self.prefix}tickets:counted:{hour}"
         with self.redis_errors():
             pipe = self.client.pipeline(transaction=True)
             pipe.smismember(key, nonces)
             pipe.sadd(key, *nonces)
-            pipe.expireat(key, until)
-            seen, _, _ = pipe.execute()
+            if until is not None:
+                pipe.expireat(key, until)
+            seen = pipe.execute()[0]
         return [not s for s in seen]
 
     def add_units(self, counter: str, units: int, ends: float) -> None:

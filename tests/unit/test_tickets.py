@@ -78,7 +78,7 @@ def test_claims_are_batched_and_a_lone_record_is_claimed_at_once() -> None:
     calls: list[int] = []
     real = store.claim_tickets
 
-    def counted(hour: int, nonces: list[str], until: int) -> list[bool]:
+    def counted(hour: int, nonces: list[str], until: int | None) -> list[bool]:
         calls.append(len(nonces))
         return real(hour, nonces, until)
 

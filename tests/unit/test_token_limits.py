@@ -456,6 +456,9 @@ class _Down:
     def pipeline(self, **_: Any) -> Any:
         raise redis.ConnectionError("down")
 
+    def incrby(self, *_: Any) -> Any:
+        raise redis.ConnectionError("down")
+
 
 def test_redis_down_fails_closed_unless_told_to_allow() -> None:
     closed = Limiter(_store(_Down()))
