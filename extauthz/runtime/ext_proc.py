@@ -56,6 +56,7 @@ from extauthz.runtime.limiter import METADATA_KEY as TOKEN_LIMITS_KEY
 from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.tickets import TICKET_KEY, Tickets
+from extauthz.runtime.tracing import TRACE_KEY
 from extauthz.runtime.usage import UsageMeter
 
 log = logging.getLogger("extauthz.llm")
@@ -164,6 +165,7 @@ class Exchange:
         self.model = ""
         self.token_limits = ""  # the reservation to settle (the Limiter's metadata)
         self.ticket = ""  # their signature (runtime/tickets.py)
+        self.trace = ""  # the Check's span (runtime/tracing.py), with --otlp-endpoint
         self.status = 0
         self.stream: StreamUsage | None = None  # an SSE response
         self.body = bytearray()  # a JSON response, up to MAX_JSON_BODY
@@ -179,6 +181,7 @@ class Exchange:
                 self.model = values.get("model", "")
                 self.token_limits = values.get(TOKEN_LIMITS_KEY, "")
                 self.ticket = values.get(TICKET_KEY, "")
+                self.trace = values.get(TRACE_KEY, "")
         kind = message.WhichOneof("request")
         if kind == "response_headers":
             for header in message.response_headers.headers.headers:
@@ -227,6 +230,9 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._missed: dict[str, int] = {}  # uncounted responses since the last warning
         self._warned_at = -WARN_EVERY
         self._lock = threading.Lock()
+        # a response's tokens were charged: (traceparent, token id, route, model, status,
+        # usage) → its span (runtime/tracing.py, with --otlp-endpoint)
+        self.on_charge: Callable[[str, str, str, str, int, Usage], None] | None = None
 
     def _take(self) -> bool:
         """A stream slot, if one is free."""
@@ -367,6 +373,7 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             exchange.status,
             exchange.usage(),
             exchange.ticket,
+            exchange.trace,
         )
 
     def charge(
@@ -378,11 +385,13 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         status: int,
         used: Usage | None,
         ticket: str = "",
+        trace: str = "",
     ) -> None:
         """One LLM response ended (`status`, `used`: its usage, None when unreadable):
         settle its reservation (ext_authz's `token_limits` metadata) and charge its tokens
         to the caller, the metrics and usage. With `tickets`, a record whose `ticket` does
-        not verify is not counted at all (its reservation stays)."""
+        not verify is not counted at all (its reservation stays). `trace`: the Check's
+        traceparent, for the span of a charged response (`on_charge`)."""
         tickets = self.tickets
         if tickets is not None:
             nonce = tickets.verified(token_id, route, model, token_limits, ticket)
@@ -411,3 +420,5 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             self.metrics.llm_tokens(route, model, used)
         if self.usage is not None and token_id:
             self.usage.charge(token_id, model, self.clock(), used)
+        if self.on_charge is not None:
+            self.on_charge(trace, token_id, route, model, status, used)
