@@ -96,7 +96,10 @@ def otlp_target(text: str) -> OtlpTarget:
     if not text.isprintable() or " " in text:
         raise ValueError(f"expected an OTLP endpoint URL, got {text!r}")
     if "://" not in text:
-        name, number = split_address(text)
+        try:
+            name, number = split_address(text)
+        except ValueError:
+            name, number = "", 0
         if not name or not number:
             raise ValueError(f"expected host:port (OTLP/gRPC) or a URL, got {text!r}")
         return OtlpTarget("grpc", name, number, tls=False)

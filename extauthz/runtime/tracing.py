@@ -103,11 +103,11 @@ def usage_attributes(
     return attributes
 
 
-def traceparent_of(metadata: Iterable[tuple[str, str]]) -> str | None:
-    """The `traceparent` in a gRPC call's metadata (None: none, or too long to be one)."""
+def traceparent_of(metadata: Iterable[tuple[str, Any]]) -> str | None:
+    """The `traceparent` in a gRPC call's metadata (None: none)."""
     for key, value in metadata:
         if key == TRACE_KEY:
-            return value if isinstance(value, str) and len(value) <= MAX_TRACEPARENT else None
+            return value if isinstance(value, str) else None
     return None
 
 
@@ -140,7 +140,7 @@ class Tracing:
 
     def parent(self, traceparent: str | None) -> Any:
         """The context a span continues: the one `traceparent` names, else none (a root)."""
-        if not traceparent:
+        if not traceparent or len(traceparent) > MAX_TRACEPARENT:
             return None
         return self._propagator.extract({TRACE_KEY: traceparent}, getter=self._getter)
 

@@ -48,7 +48,7 @@ def _value(any_value: Any) -> Any:
     return getattr(any_value, kind) if kind else None
 
 
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
     """An OTLP/gRPC receiver keeping every span it is sent."""
 
     def __init__(self) -> None:
@@ -88,7 +88,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[mi
 def collector() -> Iterator[tuple[Collector, int]]:
     receiver = Collector()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     yield receiver, port
@@ -97,7 +97,10 @@ def collector() -> Iterator[tuple[Collector, int]]:
 
 def fast_flush(config: dict[str, Any]) -> dict[str, Any]:
     """Envoy's tracer sends its spans every 100 ms (5 s by default)."""
-    layer = {"tracing.opentelemetry.flush_interval_ms": 100, "tracing.opentelemetry.min_flush_spans": 1}
+    layer = {
+        "tracing.opentelemetry.flush_interval_ms": 100,
+        "tracing.opentelemetry.min_flush_spans": 1,
+    }
     config["layered_runtime"] = {"layers": [{"name": "fast-flush", "static_layer": layer}]}
     return config
 
@@ -235,8 +238,12 @@ def test_an_unsampled_request_makes_no_extauthz_span(
     with envoy_in_front(stack, tmp_path, counting="ext-proc", edit=unsampled) as port:
         made = tokens.create(stack.store(), ["llm"], now=time.time())
         one_request(port, made.token)
-        charged = lambda: tokens.usage(stack.store(), made.record.id, 1, time.time())["days"][0]  # noqa: E731
-        wait_for(lambda: "demo-small" in charged().get("models", {}), 10, "the response charged")
+
+        def charged() -> bool:
+            day = tokens.usage(stack.store(), made.record.id, 1, time.time())["days"][0]
+            return "demo-small" in day.get("models", {})
+
+        wait_for(charged, 10, "the response charged")
         time.sleep(1.0)  # (ten of extauthz's export batches)
     mine = [
         s
