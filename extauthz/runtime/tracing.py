@@ -17,7 +17,8 @@ ended on the handler's thread and exported in batches by the SDK's own thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from extauthz.config import OtlpTarget
@@ -111,6 +112,23 @@ def traceparent_of(metadata: Iterable[tuple[str, Any]]) -> str | None:
     return None
 
 
+# a W3C traceparent of version 00 (what Envoy sends); the SDK reads every other form
+_VERSION_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
+
+
+def unsampled(traceparent: str) -> bool:
+    """Whether `traceparent` is a valid one whose sampled flag is off: no span follows it
+    (a bad one is not: it starts a trace of its own)."""
+    found = _VERSION_00.fullmatch(traceparent)
+    return (
+        found is not None
+        and not int(found[3], 16) & 1
+        and found[1] != _NO_TRACE
+        and found[2] != _NO_SPAN
+    )
+
+
 class Tracing:
     """The tracer provider of one server process, its batch exporter, and what makes spans."""
 
@@ -152,33 +170,36 @@ class Tracing:
 
     def check_handler(self, authorizer: Authorizer) -> CheckFunction:
         """server.check_handler with a span around each decision; an LLM allow carries the
-        span's traceparent in its dynamic metadata (TRACE_KEY)."""
+        span's traceparent in its dynamic metadata (TRACE_KEY). A call whose parent is not
+        sampled makes no span and never enters the SDK (the traceparent goes on as it came)."""
         decide = authorizer.decide
         start = self.tracer.start_span
         parent = self.parent
         traceparent = self.traceparent
         server = self._server
 
+        def answer(decision: Decision, headers: Mapping[str, str], trace: str | None) -> bytes:
+            if decision.outcome is not _ALLOW:
+                return check_response_bytes(decision, headers.get("x-request-id", ""))
+            found = known_response_bytes(id(decision))
+            data = found[1] if found is not None and found[0] is decision else None
+            if data is None:
+                data = check_response_bytes(decision)
+            if decision.model is not None and trace:  # (its response's usage span goes on)
+                data += metadata_bytes(TRACE_KEY, trace)
+            return data
+
         def check(read: CheckInput, context: Any) -> bytes:
             facts, headers, attributes = read
-            span = start(
-                "extauthz.check",
-                parent(traceparent_of(context.invocation_metadata())),
-                server,
-            )
+            given = traceparent_of(context.invocation_metadata())
+            if given is not None and unsampled(given):
+                return answer(decide(facts, headers, attributes), headers, given)
+            span = start("extauthz.check", parent(given), server)
             try:
                 decision = decide(facts, headers, attributes)
                 if span.is_recording():
                     span.set_attributes(check_attributes(facts, decision))
-                if decision.outcome is not _ALLOW:
-                    return check_response_bytes(decision, headers.get("x-request-id", ""))
-                found = known_response_bytes(id(decision))
-                data = found[1] if found is not None and found[0] is decision else None
-                if data is None:
-                    data = check_response_bytes(decision)
-                if decision.model is not None:  # (its response's usage span continues it)
-                    data += metadata_bytes(TRACE_KEY, traceparent(span))
-                return data
+                return answer(decision, headers, traceparent(span))
             except Exception as e:
                 span.record_exception(e)
                 raise
@@ -192,6 +213,8 @@ class Tracing:
     ) -> None:
         """An LLM response's tokens were charged (UsageProcessor.charge): its span, a child
         of the Check's span `trace` names (ext_authz's metadata), sampled as it was."""
+        if trace and unsampled(trace):
+            return
         span = self.tracer.start_span("extauthz.llm.usage", self.parent(trace or None))
         if span.is_recording():
             span.set_attributes(usage_attributes(token_id, route, model, status, used))

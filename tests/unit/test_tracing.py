@@ -33,7 +33,7 @@ from extauthz.errors import ConfigError
 from extauthz.runtime.authorizer import Authorizer
 from extauthz.runtime.envoy_check import CheckResponse
 from extauthz.runtime.ext_proc import UsageProcessor
-from extauthz.runtime.tracing import TRACE_KEY, Tracing, credential_kind
+from extauthz.runtime.tracing import TRACE_KEY, Tracing, credential_kind, unsampled
 from extauthz.runtime.usage_records import UsageRecords
 from extauthz.storage.store import Store
 from tests.unit.test_ext_proc import _record
@@ -184,6 +184,24 @@ def test_an_unsampled_parent_means_no_span_and_an_unsampled_traceparent_onwards(
     assert onwards.startswith(f"00-{TRACE_ID}-") and onwards.endswith("-00")
     tracing.charged(onwards, issued.record.id, "llm", "demo-small", 200, Usage(3, 4))
     assert spans(tracing, exported) == []  # (nor for its response)
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "not_sampled"),
+    [
+        (UNSAMPLED, True),
+        (f"00-{TRACE_ID}-{PARENT_ID}-02", True),  # (flags other than sampled)
+        (SAMPLED, False),
+        (f"00-{TRACE_ID}-{PARENT_ID}-03", False),
+        (f"00-{'0' * 32}-{PARENT_ID}-00", False),  # invalid: a root span, not none
+        (f"00-{TRACE_ID}-{'0' * 16}-00", False),
+        (f"01-{TRACE_ID}-{PARENT_ID}-00", False),  # (another version: the SDK reads it)
+        (UNSAMPLED + " ", False),
+        (UNSAMPLED.upper(), False),
+    ],
+)
+def test_unsampled_traceparents_skip_the_sdk(traceparent: str, not_sampled: bool) -> None:
+    assert unsampled(traceparent) is not_sampled
 
 
 @pytest.mark.parametrize(
