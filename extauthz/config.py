@@ -68,7 +68,7 @@ def setting(
 
 @dataclass(frozen=True)
 class OtlpTarget:
-    """Where traces go (`--otlp-endpoint`, docs/operating.md#traces): an OTLP receiver over
+    """Where traces go (`--otlp-endpoint`, docs/operations.md#traces): an OTLP receiver over
     gRPC (`path` empty) or over HTTP (`path`: where it takes traces, /v1/traces)."""
 
     protocol: str  # "grpc" or "http"

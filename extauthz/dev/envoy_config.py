@@ -449,7 +449,7 @@ def tracing(target: OtlpTarget, cluster: str = OTEL_CLUSTER) -> dict[str, Any]:
     """An HttpConnectionManager's `tracing`: Envoy's OpenTelemetry tracer, spans sent over
     OTLP (gRPC or HTTP, as `target` names) to the collector at `cluster`. Every request is
     sampled (random_sampling 100%; Envoy continues a client's `traceparent`). ext_authz's
-    call gets a child span whose traceparent extauthz continues (docs/operating.md#traces)."""
+    call gets a child span whose traceparent extauthz continues (docs/operations.md#traces)."""
     provider: dict[str, Any] = {
         "@type": T + "config.trace.v3.OpenTelemetryConfig",
         "service_name": "envoy",

@@ -1,13 +1,14 @@
-"""Traces (docs/operating.md#traces): with `--otlp-endpoint`, a span per Check
+"""Traces (docs/operations.md#traces): with `--otlp-endpoint`, a span per Check
 (`extauthz.check`) and per counted LLM response (`extauthz.llm.usage`), sent over OTLP.
 
 A Check's span is a child of the span whose W3C `traceparent` Envoy sends in the call's gRPC
-metadata (Envoy's ext_authz call, when Envoy traces), and sampled as it is (ParentBased: an
-unsampled parent means no span); a call without one, or with one that is not valid W3C trace
-context, starts a trace of its own (a root span). An LLM allow carries its span's
-`traceparent` in ext_authz's dynamic metadata, which reaches the counting of its response
-(ext_proc's forwarded metadata, or the access-log record): the usage span is a child of the
-Check's, in the same trace, sampled as it was.
+metadata (Envoy's span of its ext_authz call), and only when that parent is sampled: an
+unsampled parent, none (Envoy does not trace the request: it sends none, e.g., for a client's
+malformed `traceparent`) or one that is not a valid version-00 traceparent means no span,
+and the SDK is not entered. So Envoy's sampling decides, never a client. An LLM allow carries
+its span's `traceparent` in ext_authz's dynamic metadata, which reaches the counting of its
+response (ext_proc's forwarded metadata, or the access-log record): the usage span is a
+child of the Check's, in the same trace.
 
 Nothing of this runs without the flag: the server builds `Tracing` only when it is given
 (the OpenTelemetry SDK is imported then, not at the start of every command), and its Check
@@ -34,7 +35,6 @@ from extauthz.runtime.envoy_check import (
 )
 
 TRACE_KEY = "traceparent"  # ext_authz's dynamic metadata: the Check span, for the usage span
-MAX_TRACEPARENT = 256  # (a W3C traceparent is 55 characters; longer ones are ignored)
 SERVICE_NAME = "extauthz"
 MAX_ATTRIBUTE = 128  # characters of a value read from the request (a route's name)
 # allow and denial reasons that name a JWT (every other credential is told by its scheme)
@@ -112,18 +112,18 @@ def traceparent_of(metadata: Iterable[tuple[str, Any]]) -> str | None:
     return None
 
 
-# a W3C traceparent of version 00 (what Envoy sends); the SDK reads every other form
+# a W3C traceparent of version 00, what Envoy sends (its trace id, span id and flags)
 _VERSION_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 
 
-def unsampled(traceparent: str) -> bool:
-    """Whether `traceparent` is a valid one whose sampled flag is off: no span follows it
-    (a bad one is not: it starts a trace of its own)."""
+def sampled(traceparent: str) -> bool:
+    """Whether `traceparent` is a valid version-00 one with its sampled flag on: only then
+    does a span follow it."""
     found = _VERSION_00.fullmatch(traceparent)
     return (
         found is not None
-        and not int(found[3], 16) & 1
+        and int(found[3], 16) & 1 == 1
         and found[1] != _NO_TRACE
         and found[2] != _NO_SPAN
     )
@@ -135,43 +135,57 @@ class Tracing:
     def __init__(self, target: OtlpTarget, exporter: Any = None) -> None:
         """`exporter`: where spans go (tests pass an in-memory one); default: OTLP to
         `target` over gRPC or HTTP, as it names."""
-        from opentelemetry.propagators.textmap import DefaultGetter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-        from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+        from opentelemetry.trace import (
+            NonRecordingSpan,
+            SpanContext,
+            SpanKind,
+            TraceFlags,
+            format_span_id,
+            format_trace_id,
+            set_span_in_context,
+        )
 
         self.target = target
         self.provider = TracerProvider(
-            sampler=ParentBased(ALWAYS_ON),
+            # (a root is never made: `parent` answers a sampled parent only)
+            sampler=ParentBased(ALWAYS_OFF),
             resource=Resource.create({"service.name": SERVICE_NAME}),
         )
         self.provider.add_span_processor(BatchSpanProcessor(exporter or _exporter(target)))
         self.tracer = self.provider.get_tracer("extauthz")
-        self._propagator = TraceContextTextMapPropagator()
-        self._getter = DefaultGetter()
+
+        def remote(trace: int, span: int, flags: int) -> Any:
+            """The context of Envoy's span (a remote parent)."""
+            return set_span_in_context(
+                NonRecordingSpan(SpanContext(trace, span, True, TraceFlags(flags)))
+            )
+
+        self._context = remote
         self._server = SpanKind.SERVER
         self._trace_id = format_trace_id
         self._span_id = format_span_id
 
-    def parent(self, traceparent: str | None) -> Any:
-        """The context a span continues: the one `traceparent` names, else none (a root)."""
-        if not traceparent or len(traceparent) > MAX_TRACEPARENT:
+    def parent(self, traceparent: str) -> Any:
+        """The context a span continues: the one a sampled `traceparent` names (else None:
+        no span)."""
+        if not sampled(traceparent):
             return None
-        return self._propagator.extract({TRACE_KEY: traceparent}, getter=self._getter)
+        _, trace, span, flags = traceparent.split("-")
+        return self._context(int(trace, 16), int(span, 16), int(flags, 16))
 
     def traceparent(self, span: Any) -> str:
-        """A span's W3C traceparent (its sampled flag too)."""
+        """A span's W3C traceparent (sampled: spans are made only so)."""
         context = span.get_span_context()
-        flags = "01" if context.trace_flags.sampled else "00"
-        return f"00-{self._trace_id(context.trace_id)}-{self._span_id(context.span_id)}-{flags}"
+        return f"00-{self._trace_id(context.trace_id)}-{self._span_id(context.span_id)}-01"
 
     def check_handler(self, authorizer: Authorizer) -> CheckFunction:
         """server.check_handler with a span around each decision; an LLM allow carries the
-        span's traceparent in its dynamic metadata (TRACE_KEY). A call whose parent is not
-        sampled makes no span and never enters the SDK (the traceparent goes on as it came)."""
+        span's traceparent in its dynamic metadata (TRACE_KEY). A call without a sampled
+        parent makes no span and never enters the SDK."""
         decide = authorizer.decide
         start = self.tracer.start_span
         parent = self.parent
@@ -192,13 +206,13 @@ class Tracing:
         def check(read: CheckInput, context: Any) -> bytes:
             facts, headers, attributes = read
             given = traceparent_of(context.invocation_metadata())
-            if given is not None and unsampled(given):
-                return answer(decide(facts, headers, attributes), headers, given)
-            span = start("extauthz.check", parent(given), server)
+            above = parent(given) if given is not None else None
+            if above is None:  # (no span: the SDK is not entered)
+                return answer(decide(facts, headers, attributes), headers, None)
+            span = start("extauthz.check", above, server)
             try:
                 decision = decide(facts, headers, attributes)
-                if span.is_recording():
-                    span.set_attributes(check_attributes(facts, decision))
+                span.set_attributes(check_attributes(facts, decision))
                 return answer(decision, headers, traceparent(span))
             except Exception as e:
                 span.record_exception(e)
@@ -212,12 +226,12 @@ class Tracing:
         self, trace: str, token_id: str, route: str, model: str, status: int, used: Usage
     ) -> None:
         """An LLM response's tokens were charged (UsageProcessor.charge): its span, a child
-        of the Check's span `trace` names (ext_authz's metadata), sampled as it was."""
-        if trace and unsampled(trace):
+        of the Check's span `trace` names (ext_authz's metadata; none: no span)."""
+        above = self.parent(trace)
+        if above is None:
             return
-        span = self.tracer.start_span("extauthz.llm.usage", self.parent(trace or None))
-        if span.is_recording():
-            span.set_attributes(usage_attributes(token_id, route, model, status, used))
+        span = self.tracer.start_span("extauthz.llm.usage", above)
+        span.set_attributes(usage_attributes(token_id, route, model, status, used))
         span.end()
 
     def shutdown(self) -> None:

@@ -1,4 +1,4 @@
-"""One trace from the client to the model (docs/operating.md#traces): the real Envoy with its
+"""One trace from the client to the model (docs/operations.md#traces): the real Envoy with its
 OpenTelemetry tracer, the real `extauthz serve --otlp-endpoint`, the demo LLM server, and an
 OTLP collector written here (opentelemetry-proto's TraceService over gRPC on 127.0.0.1).
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -222,8 +223,10 @@ def test_a_trace_counted_over_ext_proc(
 def test_an_unsampled_request_makes_no_extauthz_span(
     stack: Stack, collector: tuple[Collector, int], tmp_path: Any
 ) -> None:
-    """Envoy samples none (random_sampling 0%): it still sends the unsampled traceparent, and
-    extauthz, sampling as its parent, makes no span for the Check nor for the usage."""
+    """Envoy samples none (random_sampling 0%): it sends an unsampled traceparent, and
+    extauthz, sampling as its parent, makes no span for the Check nor for the usage. A
+    client's own traceparent, sampled or malformed (Envoy then sends none), changes
+    nothing: the client does not decide what extauthz traces."""
     target = otlp_target(f"127.0.0.1:{collector[1]}")
 
     def unsampled(config: dict[str, Any]) -> dict[str, Any]:
@@ -238,6 +241,13 @@ def test_an_unsampled_request_makes_no_extauthz_span(
     with envoy_in_front(stack, tmp_path, counting="ext-proc", edit=unsampled) as port:
         made = tokens.create(stack.store(), ["llm"], now=time.time())
         one_request(port, made.token)
+        for sent in (f"00-{'ab' * 16}-{'cd' * 8}-01", f"00-{'ab' * 17}-{'cd' * 8}-01", "x"):
+            listing = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/models",
+                headers={"authorization": f"Bearer {made.token}", "traceparent": sent},
+            )
+            with urllib.request.urlopen(listing, timeout=10) as answer:
+                assert answer.status == 200
 
         def charged() -> bool:
             day = tokens.usage(stack.store(), made.record.id, 1, time.time())["days"][0]
