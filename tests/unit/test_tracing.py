@@ -372,3 +372,66 @@ def test_no_opentelemetry_sdk_without_the_flag() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_spans_reach_a_collector_over_otlp(protocol: str) -> None:
+    """The real exporters, to receivers written here on 127.0.0.1: OTLP/HTTP (protobuf
+    posted to /v1/traces) and OTLP/gRPC (the TraceService)."""
+    import threading
+    from concurrent import futures
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: list[Any] = []
+    Request = trace_service_pb2.ExportTraceServiceRequest
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append((self.path, self.headers["content-type"], Request.FromString(body)))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.end_headers()
+            self.wfile.write(trace_service_pb2.ExportTraceServiceResponse().SerializeToString())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Service(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            received.append(("Export", "grpc", request))
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    if protocol == "http":
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        endpoint, stop = f"http://127.0.0.1:{server.server_port}", server.shutdown
+    else:
+        grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), grpc_server)  # type: ignore[no-untyped-call]
+        endpoint = f"127.0.0.1:{grpc_server.add_insecure_port('127.0.0.1:0')}"
+        grpc_server.start()
+        stop = lambda: grpc_server.stop(0)  # noqa: E731
+    try:
+        tracing = Tracing(otlp_target(endpoint))
+        tracing.charged(SAMPLED, "t1", "llm", "demo-small", 200, Usage(30, 70))
+        tracing.shutdown()  # (exports what is left)
+    finally:
+        stop()
+    ((path, kind, request),) = received
+    assert (path, kind) == (
+        ("/v1/traces", "application/x-protobuf") if protocol == "http" else ("Export", "grpc")
+    )
+    (resource,) = request.resource_spans
+    service = {a.key: a.value.string_value for a in resource.resource.attributes}
+    assert service["service.name"] == "extauthz"
+    (span,) = resource.scope_spans[0].spans
+    assert span.name == "extauthz.llm.usage" and span.trace_id.hex() == TRACE_ID
+    assert span.parent_span_id.hex() == PARENT_ID
+    tokens_used = {
+        a.key: a.value.int_value for a in span.attributes if a.key.startswith("gen_ai.usage")
+    }
+    assert tokens_used == {"gen_ai.usage.input_tokens": 30, "gen_ai.usage.output_tokens": 70}
