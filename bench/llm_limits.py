@@ -11,7 +11,11 @@ in tokens: `--load` times the limit per window. A request is counted in the wind
 admitted in; the window's total is the sum of its requests' real usage.
 
     python bench/llm_limits.py [--processes 3] [--streams 8] [--limit 2000] [--windows 2]
-                               [--load 2] [--json FILE]
+                               [--load 2] [--budget USD] [--json FILE]
+
+`--budget 1` holds the token to a budget of $1/m instead (docs/llm.md#budgets-in-dollars):
+the model is priced at PRICE (USD per million input, output and cached input tokens), the
+clients report cached prompt tokens, and windows are summed in micro-dollars of real usage.
 
 `--hostile` plays clients that try every way around a limit instead (no cap, a `null` cap,
 `n`, a stream that hides its usage, coerced or case-folded caps, a model in the query); the
@@ -48,8 +52,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc  # noqa: E402
 
 from extauthz.admin import tokens  # noqa: E402
 from extauthz.admin.sync import sync  # noqa: E402
+from extauthz.core.budget import Budget  # noqa: E402
 from extauthz.core.llm import apply_splices  # noqa: E402
 from extauthz.core.policy import parse_policy  # noqa: E402
+from extauthz.core.prices import Price  # noqa: E402
 from extauthz.core.token_limit import TokenLimit  # noqa: E402
 from extauthz.runtime.envoy_check import CheckRequest  # noqa: E402
 from extauthz.runtime.ext_proc import EXT_AUTHZ_NAMESPACE  # noqa: E402
@@ -57,6 +63,8 @@ from extauthz.storage.store import open_store  # noqa: E402
 from tests.support.procs import RedisServer, extauthz_serve  # noqa: E402
 
 POLICY = "version: 1\nroutes:\n  llm: {access: protected, api: openai}\n"
+PRICE = Price(10_000_000, 30_000_000, 5_000_000)  # $10, $30, $5 per million tokens
+PRICES = "prices:\n  demo: {input: 10, output: 30, cached_input: 5}\n"
 WORDS = [
     "Explain",
     "how",
@@ -171,16 +179,20 @@ class Result:
 class Cluster:
     """Redis and P extauthz processes, a token with `limit`, gRPC stubs to every process."""
 
-    def __init__(self, work: Path, processes: int, limit: str) -> None:
+    def __init__(self, work: Path, processes: int, limit: str, budget: bool = False) -> None:
         self.stack = ExitStack()
         self.redis = RedisServer(work)
         self.redis.start()
         self.stack.callback(self.redis.stop)
         store = open_store(self.redis.url, "extauthz:", 2.0)
-        sync(store, parse_policy(POLICY))
+        sync(store, parse_policy(POLICY + (PRICES if budget else "")))
+        # budget: usage is counted in micro-dollars at PRICE
+        self.price = PRICE if budget else None
         self.token = tokens.create(
-            store, ["llm"], now=time.time(), token_limit=TokenLimit.parse(limit)
-        ).token
+            store, ["llm"], now=time.time(),
+            token_limit=None if budget else TokenLimit.parse(limit),
+            budget=Budget.parse(limit) if budget else None,
+        ).token  # fmt: skip
         self.checks, self.processors = [], []
         for i in range(processes):
             port, _ = self.stack.enter_context(
@@ -254,6 +266,12 @@ def client(
         else:
             usage = {"prompt_tokens": prompt, "completion_tokens": rng.randint(cap // 2, cap)}
             used = prompt + usage["completion_tokens"]
+        if cluster.price is not None and usage is not None:
+            cached = rng.randint(0, prompt // 2)
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
+            used = cluster.price.cost(prompt, used - prompt, cached)
+        elif cluster.price is not None:  # (hidden usage: charged its reservation, counted so)
+            used = cluster.price.cost(prompt, used - prompt)
         time.sleep(generation)
         processor = rng.choice(cluster.processors)
         for _ in processor.Process(response_messages(answer.dynamic_metadata, usage), timeout=5):
@@ -303,14 +321,20 @@ def reservation_row(
     windows: int,
     load: float,
     hostile: bool = False,
+    budget: float | None = None,
 ) -> dict[str, Any]:
-    """P processes x S streams against `limit`/m for `windows` whole minutes at `load` times
-    the limit: the tokens of each window, the most over the limit, the least used."""
-    cluster = Cluster(work, processes, f"{limit}/m")
+    """P processes x S streams against `limit`/m (or a budget of $`budget`/m) for `windows`
+    whole minutes at `load` times the limit: the tokens (micro-dollars) of each window, the
+    most over the limit, the least used."""
+    notation = f"{limit}/m" if budget is None else f"${budget}/m"
+    cluster = Cluster(work, processes, notation, budget is not None)
     try:
         mean_used = 4 + 40 + 80 * 0.75  # (prompt words + template, completion ~ 3/4 of the cap)
         if hostile:
             mean_used = 600  # (a mix of refused tricks and answers up to the cap they get)
+        if budget is not None:  # (in micro-dollars: prompt, 1/4 cached, and completion)
+            limit = Budget.parse(notation).count
+            mean_used = PRICE.cost(44, int(mean_used) - 44, 11)
         requests_per_second = load * limit / 60 / mean_used
         interval = processes * streams / requests_per_second
         time.sleep(60 - time.time() % 60)  # from a window's start
@@ -321,7 +345,8 @@ def reservation_row(
     return {
         "processes": processes,
         "streams": streams,
-        "limit": f"{limit}/m",
+        "limit": notation,
+        "unit": "tokens" if budget is None else "micro-dollars",
         "load": load,
         "hostile": hostile,
         "admitted_per_trick": result.tricks,
@@ -334,9 +359,12 @@ def reservation_row(
     }
 
 
-def warm_row(work: Path, processes: int, streams: int, seconds: float) -> dict[str, Any]:
-    """Unthrottled clients under a limit nobody reaches: Redis commands per LLM request."""
-    cluster = Cluster(work, processes, "1000000000/d")
+def warm_row(
+    work: Path, processes: int, streams: int, seconds: float, budget: bool = False
+) -> dict[str, Any]:
+    """Unthrottled clients under a limit (or budget) nobody reaches: Redis commands per LLM
+    request."""
+    cluster = Cluster(work, processes, "1000000/d" if budget else "1000000000/d", budget)
     try:
         time.sleep(1.0)
         before = cluster.commands()
@@ -368,14 +396,17 @@ def main() -> None:
     parser.add_argument("--load", type=float, default=2.0)
     parser.add_argument("--warm-seconds", type=float, default=10.0)
     parser.add_argument("--hostile", action="store_true", help="clients that try every trick")
+    parser.add_argument("--budget", type=float, help="a budget of $BUDGET/m instead")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    priced = args.budget is not None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        warm = warm_row(work, args.processes, args.streams, args.warm_seconds)
+        warm = warm_row(work, args.processes, args.streams, args.warm_seconds, priced)
         limited = reservation_row(
-            work, args.processes, args.streams, args.limit, args.windows, args.load, args.hostile
-        )
+            work, args.processes, args.streams, args.limit, args.windows, args.load, args.hostile,
+            args.budget,
+        )  # fmt: skip
     data = {"reservation": limited, "warm": warm}
     print(json.dumps(data, indent=2))
     if args.json:

@@ -106,11 +106,13 @@ def _setup_logging(settings: Settings) -> None:
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.runtime import tls
     from extauthz.runtime.supervisor import default_workers, supervise
+    from extauthz.runtime.webhooks import webhook_config
 
     _setup_logging(settings)
     workers = settings.workers or default_workers()
     if workers > 1:
         tls.for_server(settings)  # unreadable files: one line now, not a crash loop of workers
+        webhook_config(settings)
         return supervise(settings, workers)
     from extauthz.runtime.server import serve
 
@@ -179,7 +181,15 @@ def _team_limits(args: argparse.Namespace, keep: Any) -> dict[str, Any]:
         "models": models,
         "rate_limit": limit_change(args.rate_limit, tokens.parse_rate_limit, keep),
         "token_limit": limit_change(args.token_limit, tokens.parse_token_limit, keep),
+        "budget": limit_change(args.budget, tokens.parse_budget, keep),
+        "allowed_cidrs": _cidrs_given(args.allow_cidr, keep),
     }
+
+
+def _cidrs_given(values: list[str] | None, keep: Any) -> Any:
+    """`--allow-cidr` values: `keep` when none is given, None for `--allow-cidr none` (any
+    address), else the list (checked by admin/tokens.check_cidrs)."""
+    return keep if values is None else None if values == ["none"] else values
 
 
 def _print_team(record: Any, args: argparse.Namespace, count: int | None = None) -> None:
@@ -202,7 +212,8 @@ def _cmd_team_create(args: argparse.Namespace, settings: Settings) -> int:
     given = _team_limits(args, None)
     made = teams.create(
         _store(settings), args.id, given["name"] or "", given["models"], given["rate_limit"],
-        given["token_limit"], time.time(),
+        given["token_limit"], time.time(), budget=given["budget"],
+        allowed_cidrs=given["allowed_cidrs"],
     )  # fmt: skip
     _warn(made.warnings)
     _print_team(made.record, args)
@@ -343,6 +354,8 @@ def _cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
         token_limit=None if llm_limit is None else tokens.parse_token_limit(llm_limit),
         allow_unknown_route=args.allow_unknown_route,
         team=args.team,
+        budget=None if args.budget is None else tokens.parse_budget(args.budget),
+        allowed_cidrs=_cidrs_given(args.allow_cidr, None),
     )
     _warn(issued.warnings)
     _print_issued(issued, args.json)
@@ -415,6 +428,8 @@ def _cmd_token_update(args: argparse.Namespace, settings: Settings) -> int:
         token_limit="keep" if llm_limit is None else tokens.parse_token_limit(llm_limit),
         allow_unknown_route=args.allow_unknown_route,
         team="keep" if args.team is None else None if args.team == "none" else args.team,
+        budget="keep" if args.budget is None else tokens.parse_budget(args.budget),
+        allowed_cidrs=_cidrs_given(args.allow_cidr, "keep"),
     )
     _warn(updated.warnings)
     _print_record(updated.record, args.json)
@@ -451,6 +466,8 @@ def _print_days(days: list[dict[str, Any]]) -> None:
                 )
                 estimated = counts.get("estimated_completion_tokens", 0)
                 tokens_used += f", {estimated} estimated" if estimated else ""
+            if "cost_usd" in counts:
+                tokens_used += f"   ${counts['cost_usd']:.6f}"
             print(f"  {_shown(model):<10} {counts.get('requests', 0):>10}{tokens_used}")
 
 
@@ -538,6 +555,45 @@ def _cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
     return _unconfirmed("revoked", revoked.unconfirmed, settings)
 
 
+EXIT_NOT_OURS = 3  # `token leaked`: no token of ours has this secret (nothing done)
+
+
+def _cmd_token_leaked(args: argparse.Namespace, settings: Settings) -> int:
+    from extauthz.admin import audit, leaks
+    from extauthz.core.secret_scanning import Match
+
+    secret = args.secret
+    if secret == "-":  # noqa: S105 (the word for stdin, not a password)
+        line = sys.stdin.buffer.readline(8194).decode("utf-8", "surrogateescape")
+        secret = line.removesuffix("\n").removesuffix("\r")
+        if len(secret) > 8192:
+            raise InvalidValue("secret", "(from stdin)", "at most 8192 characters, one line")
+    if not secret:
+        raise InvalidValue("secret", "", "give the leaked secret, or - to read it from stdin")
+    match = Match(secret, "", args.url or "", "manual")
+    handled = leaks.report(
+        _store(settings), [match], actor=audit.cli_actor(), confirm=settings.ack_timeout
+    )
+    token_id = handled.found.get(match.digest)
+    label = handled.feedback[0]["label"]
+    if args.json:
+        shown = {"id": token_id, "label": label, "on_leak": handled.on_leak}
+        unconfirmed = list(handled.unconfirmed)
+        print(json.dumps({**shown, "revoked": handled.revoked, "unconfirmed": unconfirmed}))
+    elif label == "false_positive":
+        print("not ours: no token has this secret (nothing done)")
+    elif token_id is None:
+        print("a route secret of the policy: change it in the policy file and sync")
+    elif handled.on_leak == "revoke":
+        print(f"revoked {_shown(token_id or '(a token key without an id)')}")
+    else:
+        print(f"kept {_shown(token_id or '(a token key without an id)')} (on_leak: notify)")
+    _warn(handled.warnings)
+    if label == "false_positive":
+        return EXIT_NOT_OURS
+    return _unconfirmed("revoked", handled.unconfirmed, settings)
+
+
 def _cmd_token_rotate(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.admin import tokens
 
@@ -567,23 +623,73 @@ def _cmd_admin(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.admin import server
     from extauthz.admin.api import create_app
     from extauthz.config import split_address, split_networks
+    from extauthz.runtime.alerts import webhooks_for
     from extauthz.runtime.auth_failures import FailureLimiter
 
     _setup_logging(settings)
+    store = _store(settings)
+    webhooks = webhooks_for(settings, store)  # (token.leaked, token.expiring)
     failures = (
         FailureLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
         if settings.auth_failure_burst > 0
         else None
     )
     host, port = split_address(settings.admin_listen)
-    server.run(
-        create_app(_store(settings), failures),
-        host or "127.0.0.1",
-        port,
-        split_networks(settings.admin_trusted_proxies) or [],
-        settings.admin_request_timeout,
-        settings.admin_max_connections,
-    )
+    keys = None
+    if settings.secret_scanning_keys:  # (unusable: one line now, not a 401 for every report)
+        from extauthz.admin.leaks import KeysFile
+
+        keys = KeysFile(settings.secret_scanning_keys)
+    if webhooks is not None:
+        webhooks.start()
+    try:
+        server.run(
+            create_app(store, failures, keys),
+            host or "127.0.0.1",
+            port,
+            split_networks(settings.admin_trusted_proxies) or [],
+            settings.admin_request_timeout,
+            settings.admin_max_connections,
+        )
+    finally:
+        if webhooks is not None:
+            webhooks.stop()
+    return 0
+
+
+MAX_PRICE_FILE = 64 << 20  # LiteLLM's cost map is a few MB
+
+
+def _cmd_prices_import(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the `prices:` YAML for models of LiteLLM's cost map."""
+    from extauthz.core.prices import litellm_prices
+    from extauthz.files import describe, read_regular_file
+
+    try:
+        table = json.loads(read_regular_file(args.file, MAX_PRICE_FILE))
+    except OSError as e:
+        raise UsageError(f"cannot read {_shown(args.file)}: {describe(e)}") from None
+    except (ValueError, RecursionError):
+        raise UsageError(
+            f"{_shown(args.file)} is not JSON: give LiteLLM's model_prices_and_context_window.json"
+        ) from None
+    if not isinstance(table, dict):
+        raise UsageError(
+            f"{_shown(args.file)}: expected a JSON object of models (LiteLLM's cost map)"
+        )
+    try:
+        found = litellm_prices(table, args.model or ())
+    except ValueError as e:
+        raise InvalidValue("model", ",".join(args.model or ()), str(e)) from None
+    if not found:
+        raise UsageError(
+            f"no model of {_shown(args.file)} with input and output prices matches "
+            f"{' '.join(args.model or ('(any)',))}: check the names (exact, or prefix*)"
+        )
+    print("prices:  # USD per million tokens (extauthz prices import)")
+    for model, price in found.items():
+        values = ", ".join(f"{key}: {value}" for key, value in price.items())
+        print(f"  {json.dumps(model)}: {{{values}}}")
     return 0
 
 
@@ -773,6 +879,12 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 
+LEAKED_EXITS = (
+    "exit codes: 0 ours: revoked (or kept, on_leak: notify) and audited; 3 not ours: nothing "
+    "done; 4 revoked, but a live server did not confirm; 2 usage; 1 Redis"
+)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its mistakes said in the CLI's one-line form (not a usage block)."""
 
@@ -809,6 +921,34 @@ def _add_import_parser(tsub: Any) -> None:
     load.set_defaults(func=_cmd_token_import)
 
 
+def _add_limit_flags(parser: Any) -> None:
+    """`token create`'s limits, LLM fields and team."""
+    parser.add_argument("--rate-limit", help="requests per window: 600/m (s, m, h, d)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        help="LLM model it may use on api: openai routes: a name or prefix*, repeatable "
+        "(default: every model its routes serve)",
+    )
+    parser.add_argument(
+        "--token-limit", help="LLM tokens per window: 100000/d (m, h, d, mo = UTC month)"
+    )
+    parser.add_argument(
+        "--budget", help="USD of LLM use per window: 50/mo (m, h, d, mo = UTC month)"
+    )
+
+
+def _add_leaked_parser(tsub: Any) -> None:
+    what = "a secret was exposed: revoke its token (policy on_leak) and audit it"
+    leaked = _command(tsub, "leaked", what, "token")
+    add_setting_flags(leaked, "leaked")  # --ack-timeout
+    leaked.add_argument("secret", metavar="SECRET|-", help="the secret; - reads one line of stdin")
+    leaked.add_argument("--url", help="where it was found (for the audit event)")
+    leaked.add_argument("--json", action="store_true")
+    leaked.epilog = LEAKED_EXITS
+    leaked.set_defaults(func=_cmd_token_leaked)
+
+
 def _add_token_parsers(sub: Any) -> None:
     token = sub.add_parser("token", help="create, list, show, update, rotate, revoke tokens")
     tsub = token.add_subparsers(metavar="ACTION")
@@ -820,20 +960,10 @@ def _add_token_parsers(sub: Any) -> None:
     )
     create.add_argument("--name", help="a label for humans")
     create.add_argument("--id", help="token id (default: generated tok_...)")
-    create.add_argument("--rate-limit", help="requests per window: 600/m (s, m, h, d)")
-    create.add_argument(
-        "--model",
-        action="append",
-        help="LLM model it may use on api: openai routes: a name or prefix*, repeatable "
-        "(default: every model its routes serve)",
-    )
-    create.add_argument(
-        "--token-limit", help="LLM tokens per window: 100000/d (m, h, d, mo = UTC month)"
-    )
-    create.add_argument("--team", help="the team it belongs to (its models and limits apply too)")
+    _add_limit_flags(create)
     _allow_unknown_route(create)
     create.add_argument("--json", action="store_true")
-    create.set_defaults(func=_cmd_token_create)
+    _allow_cidr(create, "").set_defaults(func=_cmd_token_create)
 
     listing = _command(tsub, "list", "list tokens in creation order (never secrets)", "token")
     listing.add_argument("--route", help="only tokens that grant this route")
@@ -862,11 +992,14 @@ def _add_token_parsers(sub: Any) -> None:
             p.add_argument("--model", action="append", help="new LLM models (replace the old)")
             p.add_argument("--all-models", action="store_true", help="every model its routes serve")
             p.add_argument("--token-limit", help="100000/d (m, h, d, mo), or none to remove it")
+            p.add_argument("--budget", help="USD per window: 50/mo (m, h, d, mo), or none")
             p.add_argument("--team", help="move it into a team, or none to take it out")
+            _allow_cidr(p, " (replace the old; none: any address)")
             _allow_unknown_route(p)
         if name == "rotate":
             p.add_argument("--grace", help="the old secret keeps working this long (e.g. 10m)")
 
+    _add_leaked_parser(tsub)
     usage = _command(tsub, "usage", "a token's requests per UTC day and last use", "token")
     usage.add_argument("id", metavar="ID")
     usage.add_argument("--days", type=int, default=7, help="this many days up to today")
@@ -879,6 +1012,18 @@ def _add_token_parsers(sub: Any) -> None:
     export.add_argument("--route", help="only tokens that grant this route")
     export.set_defaults(func=_cmd_token_export)
     _add_import_parser(tsub)
+
+
+def _allow_cidr(parser: argparse.ArgumentParser, more: str) -> argparse.ArgumentParser:
+    """Add `--allow-cidr` to `parser` (returned)."""
+    parser.add_argument(
+        "--allow-cidr",
+        action="append",
+        metavar="CIDR",
+        help="a client network it may be used from (203.0.113.0/24, 2001:db8::/32), "
+        f"repeatable; elsewhere: 403 (default: any address){more}",
+    )
+    return parser
 
 
 def _add_team_parsers(sub: Any) -> None:
@@ -905,6 +1050,8 @@ def _add_team_parsers(sub: Any) -> None:
             )
             p.add_argument("--rate-limit", help="requests per window for all its tokens: 600/m")
             p.add_argument("--token-limit", help="LLM tokens per window for all its tokens")
+            p.add_argument("--budget", help="USD of LLM use per window for all its tokens: 500/mo")
+            _allow_cidr(p, " (replace the old; none: any address)" if name == "update" else "")
         if name == "usage":
             p.add_argument("--days", type=int, default=7, help="this many days up to today")
         if name == "delete":
@@ -947,6 +1094,16 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_token_parsers(sub)
     _add_team_parsers(sub)
+    prices = sub.add_parser("prices", help="model prices for budgets")
+    psub = prices.add_subparsers(metavar="ACTION")
+    convert = psub.add_parser(
+        "import", help="print the policy's prices: for models of LiteLLM's cost map"
+    )
+    convert.add_argument("file", metavar="FILE", help="model_prices_and_context_window.json")
+    convert.add_argument(
+        "--model", action="append", help="a model name or prefix*, repeatable (default: all)"
+    )
+    convert.set_defaults(func=_cmd_prices_import)
 
     certs = _command(
         sub, "certs", "make a CA and certificates for mutual TLS between Envoy and extauthz"

@@ -31,6 +31,7 @@ SERVE = ("serve", "up")  # `up` passes these to the stack's server...
 STACK_OWNED = ("serve",)  # ...but sets these itself (where it listens, its TLS files)
 TLS = ("serve", "health")
 LOGGING = (*SERVE, "sync")  # (`sync --watch` logs what it publishes)
+ALERTS = (*SERVE, "admin")  # processes that send webhooks (docs/webhooks.md)
 
 
 def setting(
@@ -232,6 +233,12 @@ class Settings:
         "connections the management API holds at once; more are answered 503",
         ("admin",),
     )
+    secret_scanning_keys: str = setting(
+        "",
+        "GitHub's secret scanning public keys (the JSON GitHub publishes), read again when "
+        "the file changes: POST /v1/secret-scanning answers reports they sign; empty: off",
+        ("admin",),
+    )
     rate_limit_on_error: str = setting(
         "deny",
         "when Redis cannot count a rate limit: deny (503) or allow (let it through uncounted)",
@@ -247,7 +254,7 @@ class Settings:
     ack_timeout: float = setting(
         2.0,
         "seconds to wait for every live server to confirm; 0: do not wait",
-        ("update", "revoke", "rotate"),
+        ("update", "revoke", "rotate", "leaked"),
         zero_ok=True,
         maximum=60.0,
     )
@@ -261,6 +268,19 @@ class Settings:
     tls_key: str = setting("", "PEM private key of --tls-cert", TLS, secret=True)
     tls_client_ca: str = setting(
         "", "PEM CA of the clients allowed to call: mutual TLS (only Envoy answers)", TLS
+    )
+    webhook_url: str = setting(
+        "",
+        "send alerts (budget thresholds, expiring and leaked tokens) as Standard Webhooks to "
+        "this http:// or https:// URL; empty: none (docs/webhooks.md)",
+        ALERTS,
+        secret=True,
+    )
+    webhook_secret_file: str = setting(
+        "", "file holding the webhooks' signing secret, whsec_<base64>", ALERTS
+    )
+    expiry_warning: str = setting(
+        "7d", "send token.expiring this long before a token expires (s, m, h or d)", ALERTS
     )
 
     @property

@@ -146,5 +146,14 @@ class JwksError(ExtAuthzError):
     """A JWKS or discovery document could not be fetched or has no usable key."""
 
 
+class BadSignature(ExtAuthzError):
+    """A secret scanning report whose signature does not verify against the keys in
+    --secret-scanning-keys (→ 401; nothing in it is read)."""
+
+
+class BadLeakReport(UsageError):
+    """A signed secret scanning report that is not the documented shape (→ 400)."""
+
+
 class StackError(ExtAuthzError):
     """A part of the local stack could not be found or started."""

@@ -28,20 +28,23 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from extauthz import __version__
-from extauthz.admin import audit, teams, tokens
+from extauthz.admin import audit, leaks, teams, tokens
 from extauthz.admin.access import Action, Manager, Target, Verdict, decide
 from extauthz.admin.schema import (
     COMMON_ERRORS,
     NOT_FOUND,
     NOT_FOUND_TEAM,
+    SCANNING_ERRORS,
     TEAM_CONFLICT,
     AuditTail,
     ChangedTeam,
     ChangedToken,
     IssuedToken,
+    LeakFeedback,
     Policy,
     Revocation,
     RotatedToken,
@@ -52,11 +55,19 @@ from extauthz.admin.schema import (
     Token,
     TokenPage,
     Usage,
+    leak_report_schema,
 )
-from extauthz.core.credentials import BearerCredential, parse_authorization, token_hash
+from extauthz.core import secret_scanning
+from extauthz.core.credentials import (
+    BearerCredential,
+    checksum_fails,
+    parse_authorization,
+    token_hash,
+)
 from extauthz.core.team_record import TeamRecord
 from extauthz.core.token_record import MANAGEMENT_SCOPES, TokenRecord
 from extauthz.errors import (
+    BadSignature,
     InvalidValue,
     MalformedRecord,
     StoreError,
@@ -116,8 +127,12 @@ class NewToken(_Strict):
         default=None, max_length=256, description="LLM models (names, prefix*); null: any"
     )
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d")
+    budget: str | None = Field(default=None, max_length=32, description="USD: 50/mo, 0.25/h")
     team: str | None = Field(
         default=None, max_length=63, description="its team (a team manager's: its own)"
+    )
+    allowed_cidrs: list[str] | None = Field(
+        default=None, max_length=32, description="client networks it may be used from; null: any"
     )
     allow_unknown_route: bool = Field(
         default=False, description="accept routes the synced policy does not have (yet)"
@@ -134,8 +149,13 @@ class TokenChange(_Strict):
     models: list[str] | None = Field(default=None, max_length=256, description="new models")
     all_models: bool = False
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d or none")
+    budget: str | None = Field(default=None, max_length=32, description="50/mo or none")
     team: str | None = Field(default=None, max_length=63, description="move it into this team")
     no_team: bool = Field(default=False, description="take it out of its team")
+    allowed_cidrs: list[str] | None = Field(
+        default=None, max_length=32, description="new client networks (replace the old)"
+    )
+    any_address: bool = Field(default=False, description="remove allowed_cidrs")
     allow_unknown_route: bool = Field(
         default=False, description="accept new routes the synced policy does not have (yet)"
     )
@@ -147,6 +167,10 @@ class NewTeam(_Strict):
     models: list[str] | None = Field(default=None, max_length=256, description="null: any")
     rate_limit: str | None = Field(default=None, max_length=32, description="600/m")
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d")
+    budget: str | None = Field(default=None, max_length=32, description="USD: 50/mo, 0.25/h")
+    allowed_cidrs: list[str] | None = Field(
+        default=None, max_length=32, description="client networks its tokens may use; null: any"
+    )
 
 
 class TeamChange(_Strict):
@@ -155,6 +179,11 @@ class TeamChange(_Strict):
     all_models: bool = False
     rate_limit: str | None = Field(default=None, max_length=32, description="600/m or none")
     token_limit: str | None = Field(default=None, max_length=32, description="100000/d or none")
+    budget: str | None = Field(default=None, max_length=32, description="50/mo or none")
+    allowed_cidrs: list[str] | None = Field(
+        default=None, max_length=32, description="new client networks (replace the old)"
+    )
+    any_address: bool = Field(default=False, description="remove allowed_cidrs")
 
 
 class Rotation(_Strict):
@@ -190,7 +219,7 @@ def _app() -> AdminApp:
         generate_unique_id_function=_operation_id,
     )
     _errors(app)
-    for router in (tokens_api, teams_api, policy_api, audit_api):
+    for router in (tokens_api, teams_api, policy_api, audit_api, scanning_api):
         app.include_router(router)
     return app
 
@@ -215,9 +244,16 @@ status. A failure of the server itself is 500 `internal_error` in the same shape
 """
 
 
-def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
-    """The API on `store`; `failures` limits failed authentications per client address."""
+def create_app(
+    store: Store,
+    failures: FailureLimiter | None = None,
+    scanning_keys: leaks.KeysFile | None = None,
+) -> FastAPI:
+    """The API on `store`; `failures` limits failed authentications per client address;
+    `scanning_keys`: GitHub's keys, for secret scanning reports (None: they are all 401)."""
     app = _app()
+    app.state.failures = failures
+    app.state.scanning_keys = scanning_keys
 
     def caller(request: Request) -> Manager:
         # A valid credential is never refused by the failed-authentication limit (a flood
@@ -226,7 +262,7 @@ def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
         address = request.client.host if request.client else ""
         credential = parse_authorization(request.headers.get("authorization"))
         record = None
-        if isinstance(credential, BearerCredential):
+        if isinstance(credential, BearerCredential) and not checksum_fails(credential.token):
             try:
                 record = store.token_record(token_hash(credential.token))
             except MalformedRecord:
@@ -239,6 +275,8 @@ def create_app(store: Store, failures: FailureLimiter | None = None) -> FastAPI:
                     )
                 failures.failed(address)
             raise ApiError(401, "unauthorized", "a valid admin or tokens:manage token is required")
+        if record.allowed_cidrs is not None and not record.allowed_cidrs.allows(address):
+            raise ApiError(403, "address_not_allowed", "this token may not be used from here")
         who = Manager.of(record)
         if who is None:
             hint = (
@@ -422,6 +460,8 @@ def create_token(who: Who, store: Db, body: NewToken) -> dict[str, Any]:
         else None,
         allow_unknown_route=body.allow_unknown_route,
         team=body.team if body.team is not None else who.team,
+        budget=tokens.parse_budget(body.budget) if body.budget is not None else None,
+        allowed_cidrs=body.allowed_cidrs,
     )
     return {**issued.record.to_json(), "token": issued.token, "warnings": issued.warnings}
 
@@ -472,6 +512,8 @@ def update_token(who: Who, store: Db, token_id: str, body: TokenChange) -> dict[
         else "keep",
         allow_unknown_route=body.allow_unknown_route,
         team=None if body.no_team else body.team if body.team is not None else "keep",
+        budget=tokens.parse_budget(body.budget) if body.budget is not None else "keep",
+        allowed_cidrs=None if body.any_address else body.allowed_cidrs or "keep",
     )
     return {**updated.record.to_json(), **_reported(updated.unconfirmed, updated.warnings)}
 
@@ -589,6 +631,8 @@ def create_team(who: Who, store: Db, body: NewTeam) -> dict[str, Any]:
         tokens.parse_token_limit(body.token_limit) if body.token_limit is not None else None,
         time.time(),
         who.id,
+        tokens.parse_budget(body.budget) if body.budget is not None else None,
+        allowed_cidrs=body.allowed_cidrs,
     )
     return {**made.record.to_json(), "warnings": list(made.warnings)}
 
@@ -626,8 +670,11 @@ def update_team(who: Who, store: Db, team_id: str, body: TeamChange) -> dict[str
             else body.models,
             rate_limit=teams.limit_change(body.rate_limit, tokens.parse_rate_limit),
             token_limit=teams.limit_change(body.token_limit, tokens.parse_token_limit),
+            budget=teams.limit_change(body.budget, tokens.parse_budget),
             now=time.time(),
             actor=who.id,
+            allowed_cidrs=None if body.any_address else teams.UNCHANGED
+            if body.allowed_cidrs is None else body.allowed_cidrs,
         )  # fmt: skip
     except UnknownTeam:  # (deleted meanwhile)
         raise ApiError(404, "not_found", f"no team with id {team_id!r}") from None
@@ -690,6 +737,7 @@ def policy(who: Who, store: Db) -> dict[str, Any]:
     return {
         "version": snapshot.version,
         "routes": {name: r.to_json() for name, r in sorted(snapshot.routes.items())},
+        **snapshot.prices.to_json(),
     }
 
 
@@ -700,6 +748,90 @@ def audit_tail(
     """The newest `limit` audit events, oldest first (admin tokens only: else 403)."""
     _require(who, Action.AUDIT)
     return {"events": audit.tail(store, limit)}
+
+
+# --- secret scanning -----------------------------------------------------------------------
+
+# No bearer token: GitHub's signature over the body is the credential (checked before the
+# body is parsed or anything is looked up).
+scanning_api = APIRouter(
+    prefix="/v1/secret-scanning", tags=["secret scanning"], responses=SCANNING_ERRORS
+)
+
+
+@scanning_api.post(
+    "",
+    response_model=LeakFeedback,
+    response_description="The feedback array: one label per match, in the report's order.",
+    openapi_extra={
+        "security": [],
+        "parameters": [
+            {
+                "name": name,
+                "in": "header",
+                "required": True,
+                "description": description,
+                "schema": {"type": "string", "maxLength": limit},
+            }
+            for name, description, limit in (
+                (
+                    "Github-Public-Key-Identifier",
+                    "the `key_identifier` of the GitHub key that signed the body",
+                    secret_scanning.MAX_KEY_ID,
+                ),
+                (
+                    "Github-Public-Key-Signature",
+                    "base64 of the DER ECDSA P-256 SHA-256 signature over the raw body",
+                    secret_scanning.MAX_SIGNATURE,
+                ),
+            )
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": leak_report_schema()}},
+        },
+    },
+)
+async def secret_scanning_report(request: Request) -> Any:
+    """A GitHub secret scanning report (docs/security.md#when-a-key-leaks): each secret of
+    ours in it is revoked (or, with `on_leak: notify` in the policy, kept) and audited as
+    `token.leaked`. The signature headers are the credential: GitHub's keys are those in
+    `--secret-scanning-keys`."""
+    keys_file: leaks.KeysFile | None = request.app.state.scanning_keys
+    failures: FailureLimiter | None = request.app.state.failures
+    body = await request.body()
+    try:
+        if keys_file is None:
+            raise BadSignature("secret scanning is off: this server has no --secret-scanning-keys")
+        key_ids = request.headers.getlist(secret_scanning.KEY_ID_HEADER)
+        signatures = request.headers.getlist(secret_scanning.SIGNATURE_HEADER)
+        if len(key_ids) > 1 or len(signatures) > 1:
+            raise BadSignature("signature headers given more than once")
+        secret_scanning.verify(
+            keys_file.keys(),
+            key_ids[0] if key_ids else None,
+            signatures[0] if signatures else None,
+            body,
+        )
+    except BadSignature as e:
+        address = request.client.host if request.client else ""
+        if failures is not None:
+            if failures.retry_after(address) is not None:
+                raise ApiError(429, "rate_limited", "too many bad signatures; retry later") from e
+            failures.failed(address)
+        leaks.log.warning("secret scanning report from %s refused: %s", address, e)
+        raise ApiError(401, "unauthorized", str(e)) from e
+    matches = secret_scanning.parse_report(body)
+    handled = await run_in_threadpool(
+        leaks.report,
+        request.app.state.store,
+        matches,
+        actor=leaks.GITHUB_ACTOR,
+        confirm=2.0,
+    )
+    for warning in handled.warnings:
+        leaks.log.warning("%s", warning)
+    return handled.feedback
 
 
 def _reported(unconfirmed: tuple[str, ...], warnings: tuple[str, ...]) -> dict[str, Any]:

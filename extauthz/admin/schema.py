@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from extauthz.core.secret_scanning import MAX_FIELD, MAX_MATCHES
 
 UnixSeconds = int
 
@@ -128,6 +130,10 @@ class Token(_Answer):
     models: list[str] | None = Field(description="LLM models (names, prefix*); null: any")
     token_limit: str | None = Field(description="its own LLM token limit, e.g. 100000/d")
     team: str | None = Field(description="the team it belongs to; null: none")
+    budget: str | None = Field(description="its own budget in USD, e.g. $50/mo")
+    allowed_cidrs: list[str] | None = Field(
+        description="client networks it may be used from (elsewhere: 403); null: any"
+    )
 
 
 class TokenPage(_Answer):
@@ -183,6 +189,9 @@ class ModelUsage(_Answer):
     estimated_completion_tokens: int | None = None
     cached_prompt_tokens: int | None = None
     reasoning_tokens: int | None = None
+    cost_usd: float | None = Field(
+        default=None, description="what its counted responses cost, at the policy's prices"
+    )
 
 
 class UsageDay(_Answer):
@@ -212,6 +221,10 @@ class Team(_Answer):
     rate_limit: str | None = Field(description="requests per window, for all its tokens")
     token_limit: str | None = Field(description="LLM tokens per window, for all its tokens")
     created_at: UnixSeconds | None
+    budget: str | None = Field(description="USD per window, for all its tokens, e.g. $500/mo")
+    allowed_cidrs: list[str] | None = Field(
+        description="client networks its tokens may be used from (elsewhere: 403); null: any"
+    )
     tokens: int | None = Field(default=None, description="how many tokens it has")
 
 
@@ -290,12 +303,27 @@ class Route(_Answer):
     token_limit: str | None = None
     stream_usage: str | None = None
     default_max_tokens: int | None = None
+    budget: str | None = None
     jwt: Jwt | None = None
+
+
+class ModelPrice(_Answer):
+    """USD per million tokens, as decimal text."""
+
+    input: str
+    output: str
+    cached_input: str
 
 
 class Policy(_Answer):
     version: int = Field(description="0: no policy was ever published")
     routes: dict[str, Route]
+    prices: dict[str, ModelPrice] | None = Field(
+        default=None, description="per model name or prefix*: what budgets are counted with"
+    )
+    unpriced: str | None = Field(
+        default=None, description="deny (403 model_unpriced under a budget) or free"
+    )
 
 
 class AuditEvent(_Answer):
@@ -309,3 +337,57 @@ class AuditEvent(_Answer):
 
 class AuditTail(_Answer):
     events: list[AuditEvent] = Field(description="oldest first")
+
+
+# --- secret scanning (docs/security.md#when-a-key-leaks) ---------------------------------
+
+
+class LeakLabel(_Answer):
+    token_hash: str = Field(description="SHA-256 of the raw token, lowercase hex")
+    token_type: str = Field(description="the match's type, as GitHub sent it")
+    label: Literal["true_positive", "false_positive"] = Field(
+        description="true_positive: a secret of ours (revoked, or kept with on_leak: notify)"
+    )
+
+
+class LeakFeedback(RootModel[list[LeakLabel]]):
+    """GitHub's feedback array: one entry per match reported, in its order."""
+
+
+def leak_report_schema() -> dict[str, Any]:
+    """The request body GitHub sends: a JSON array of matches (other keys are ignored)."""
+    return {
+        "type": "array",
+        "maxItems": MAX_MATCHES,
+        "items": {
+            "type": "object",
+            "required": ["token"],
+            "properties": {
+                name: {"type": "string", "maxLength": limit}
+                if name == "token"
+                else {"type": ["string", "null"], "maxLength": limit}
+                for name, limit in MAX_FIELD.items()
+            },
+        },
+    }
+
+
+SCANNING_ERRORS: Responses = {
+    400: COMMON_ERRORS[400]
+    | {
+        "description": "Signed, but not a report: not a JSON array of objects with a string "
+        "`token` (the message names the entry), a field too long, more than 1,000 matches, a "
+        "body over 64 KiB or sent chunked. Nothing was looked up.",
+    },
+    401: {
+        "model": Unauthorized,
+        "description": "No or a bad `Github-Public-Key-Signature`, or a key id not in "
+        "`--secret-scanning-keys` (or none configured). Nothing was looked up.",
+    },
+    429: COMMON_ERRORS[429]
+    | {
+        "description": "Too many bad signatures from this client address "
+        "(`--auth-failure-burst`, `--auth-failure-rate`); a valid signature is never refused.",
+    },
+    503: COMMON_ERRORS[503],
+}

@@ -51,9 +51,10 @@ class SyncResult:
     secrets_changed: list[str] = field(default_factory=list)
     secrets_removed: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. the audit event not written
+    on_leak: str | None = None  # the new on_leak, when it changes
 
     def lines(self) -> list[str]:
-        out: list[str] = []
+        out: list[str] = [f"~ on_leak {self.on_leak}"] if self.on_leak else []
         for label, names in (
             ("+ route", self.added),
             ("~ route", self.changed_routes),
@@ -140,6 +141,8 @@ def sync(
             "removed": result.secrets_removed,
         }
         detail = {"file": doc.file, "routes": routes, "secrets": secrets_detail}
+        if result.on_leak:
+            detail["on_leak"] = result.on_leak
         warning = audit.record(store, actor, "policy.sync", f"version {result.version}", detail)
         if warning is not None:
             result.warnings.append(warning)
@@ -162,7 +165,9 @@ def _plan(
         secrets = dict(secrets)
         secrets.update({h: r for h, r in old_secrets.items() if r.id not in file_ids})
     version = (current.version if current else 0) + 1
-    snapshot = PolicySnapshot(version, routes, doc.internal_networks, secrets)
+    snapshot = PolicySnapshot(
+        version, routes, doc.internal_networks, secrets, prices=doc.prices, on_leak=doc.on_leak
+    )
 
     old_by_id = {r.id: (h, r) for h, r in old_secrets.items()}
     new_by_id = {r.id: (h, r) for h, r in secrets.items()}
@@ -180,6 +185,7 @@ def _plan(
             i for i in new_by_id if i in old_by_id and new_by_id[i] != old_by_id[i]
         ),
         secrets_removed=sorted(set(old_by_id) - set(new_by_id)),
+        on_leak=doc.on_leak if doc.on_leak != (current.on_leak if current else "revoke") else None,
     )
     result.digest = snapshot.digest()
     if not result.changed:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from extauthz.admin import audit, tokens
+from extauthz.core.budget import Budget
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.team_record import TeamRecord
 from extauthz.core.token_limit import TokenLimit
@@ -56,8 +57,11 @@ def create(
     token_limit: TokenLimit | None = None,
     now: float = 0,
     actor: str | None = None,
+    budget: Budget | None = None,
+    allowed_cidrs: Iterable[str] | None = None,
 ) -> Changed:
-    """A new team (TeamExists when the id is taken)."""
+    """A new team (TeamExists when the id is taken); `allowed_cidrs`: the client networks
+    its tokens may be used from (None: any)."""
     tokens.check_name(name)
     record = TeamRecord(
         check_team_id(team_id),
@@ -66,6 +70,8 @@ def create(
         rate_limit,
         token_limit,
         int(now),
+        budget,
+        None if allowed_cidrs is None else tokens.check_cidrs(allowed_cidrs),
     )
     TeamIndex(store).create(record)
     audited = audit.record(store, actor, "team.create", team_id, described(record), now)
@@ -82,6 +88,8 @@ def update(
     token_limit: TokenLimit | None = UNCHANGED,
     now: float = 0,
     actor: str | None = None,
+    budget: Budget | None = UNCHANGED,
+    allowed_cidrs: Iterable[str] | None = UNCHANGED,
 ) -> Changed:
     """Change what is given (None removes models or a limit); every server applies it within
     a second."""
@@ -96,6 +104,11 @@ def update(
         changes["rate_limit"] = rate_limit
     if token_limit is not UNCHANGED:
         changes["token_limit"] = token_limit
+    if budget is not UNCHANGED:
+        changes["budget"] = budget
+    if allowed_cidrs is not UNCHANGED:
+        cidrs = allowed_cidrs
+        changes["allowed_cidrs"] = None if cidrs is None else tokens.check_cidrs(cidrs)
     record = TeamIndex(store).update(team_id, lambda current: replace(current, **changes))
     audited = audit.record(store, actor, "team.update", team_id, described(record), now)
     return Changed(record, _also(audited))
@@ -141,6 +154,8 @@ def usage(store: Store, team_id: str, days: int, now: float) -> dict[str, Any]:
                 into = total.setdefault("models", {}).setdefault(model, {})
                 for key, value in counts.items():
                     into[key] = into.get(key, 0) + value
+                    if key == "cost_usd":  # (dollars to the micro-dollar, as counted)
+                        into[key] = round(into[key], 6)
     if not ids:
         today = int(now // 86400)
         summed = [

@@ -3,7 +3,10 @@
 One object per line: `id`, `routes`, `scopes`, optional `name`, `created_at`, `expires_at`
 (unix seconds), `rate_limit` (`600/m`, or null), `models` (LLM models: names and
 `prefix*`; absent or null: every model), `token_limit` (LLM tokens, `100000/d`, or
-null) and `team` (an existing team's id, or null), and either `token` (the
+null), `budget` (USD of LLM use, `50/mo`, or null) and `team` (an existing team's id, or
+null), and either `token` (the
+null), `team` (an existing team's id, or null), `allowed_cidrs` (client networks, or
+null: any address), and either `token` (the
 secret, hashed on import) or `sha256` (its hash, as export writes it). A token with scope
 `admin` or `tokens:manage` is a management token (kind follows from the scopes; export writes
 `kind`, and an import line's `kind` must agree with its scopes). An import reads and
@@ -26,6 +29,7 @@ from typing import Any, BinaryIO
 
 from extauthz.admin.tokens import (
     Lifetime,
+    check_cidrs,
     check_id,
     check_kind,
     check_llm_fields,
@@ -33,11 +37,13 @@ from extauthz.admin.tokens import (
     check_name,
     check_routes,
     check_scopes,
+    parse_budget,
     parse_rate_limit,
     parse_token_limit,
     unknown_routes,
 )
-from extauthz.core.credentials import token_hash
+from extauthz.core.budget import Budget
+from extauthz.core.credentials import checksum_fails, token_hash
 from extauthz.core.policy import PolicySnapshot
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_limit import TokenLimit
@@ -59,7 +65,9 @@ FIELDS = (
     "models",
     "token_limit",
     "team",
+    "budget",
     "kind",
+    "allowed_cidrs",
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{8,4096}=*", re.ASCII)  # what a Bearer token can be
@@ -88,6 +96,10 @@ def export_lines(store: Store, route: str | None = None) -> Iterator[str]:
             line["token_limit"] = str(record.token_limit)
         if record.team is not None:
             line["team"] = record.team
+        if record.budget is not None:
+            line["budget"] = str(record.budget)
+        if record.allowed_cidrs is not None:
+            line["allowed_cidrs"] = record.allowed_cidrs.texts()
         line["sha256"] = digest
         yield json.dumps(line, ensure_ascii=False)
 
@@ -211,11 +223,14 @@ def _checked_routes(
     record = entry.record
     try:
         unknown = unknown_routes(record.routes, policy, allow_unknown)
-        check_llm_fields(record.routes, policy, record.models, record.token_limit, allow_unknown)
+        check_llm_fields(
+            record.routes, policy, record.models, record.token_limit, allow_unknown,
+            budget=record.budget,
+        )  # fmt: skip
     except UnknownRoute as e:
         raise BadImportLine(path, entry.line, "routes", f"{e.why}: {e.fix}, {ALLOW_FLAG}") from None
     except InvalidValue as e:
-        field = "token_limit" if e.field == "token-limit" else "models"
+        field = {"token-limit": "token_limit", "budget": "budget"}.get(e.field, "models")
         raise BadImportLine(path, entry.line, field, e.rule) from None
     return unknown
 
@@ -292,6 +307,10 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
             models=None if data.get("models") is None else check_models(_names(data, "models")),
             token_limit=_token_limit(data),
             team=_team(data),
+            budget=_budget(data),
+            allowed_cidrs=None
+            if data.get("allowed_cidrs") is None
+            else check_cidrs(_names(data, "allowed_cidrs")),
         )
     except InvalidValue as e:
         field = {
@@ -300,6 +319,8 @@ def _entry(path: str, number: int, raw: bytes, now: float) -> Entry:
             "rate-limit": "rate_limit",
             "model": "models",
             "token-limit": "token_limit",
+            "allow-cidr": "allowed_cidrs",
+            "allowed_cidr": "allowed_cidrs",
         }.get(e.field)
         raise bad(field or e.field, e.rule) from None
     return Entry(number, _digest(data, bad), record)
@@ -312,6 +333,8 @@ def _digest(data: dict[str, Any], bad: Any) -> str:
         token = data["token"]
         if not isinstance(token, str) or not _TOKEN.fullmatch(token):
             raise bad("token", "8 to 4096 characters of A-Z a-z 0-9 - . _ ~ + / (and = at the end)")
+        if checksum_fails(token):  # (it would be refused unread: docs/tokens.md#secret-format)
+            raise bad("token", "eat_ and 38 base62 characters, but its checksum is wrong")
         return token_hash(token)
     digest = data["sha256"]
     if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
@@ -349,6 +372,15 @@ def _token_limit(data: dict[str, Any]) -> TokenLimit | None:
     if not isinstance(value, str):
         raise InvalidValue("token-limit", None, "must be a string such as 100000/d, or null")
     return parse_token_limit(value)
+
+
+def _budget(data: dict[str, Any]) -> Budget | None:
+    value = data.get("budget")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidValue("budget", None, "must be a string such as 50/mo, or null")
+    return parse_budget(value)
 
 
 def _kind(data: dict[str, Any], implied: str) -> str:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from extauthz.admin import audit
+from extauthz.core.budget import Budget
+from extauthz.core.cidrs import AllowedCidrs
 from extauthz.core.credentials import (
     MAX_NAME_LENGTH,
     ROUTE_NAME,
@@ -100,6 +102,14 @@ MAX_ITEM = 128  # characters of one route, scope or model in a record
 MAX_LIST = 4096  # characters of a record's list field, commas included
 
 
+def check_cidrs(items: Iterable[str]) -> AllowedCidrs:
+    """`--allow-cidr` values (API `allowed_cidrs`): 1 to 32 networks, strictly parsed."""
+    try:
+        return AllowedCidrs.parse(items)
+    except ValueError as e:
+        raise InvalidValue("allow-cidr", None, str(e)) from None
+
+
 def _fits(flag: str, items: frozenset[str]) -> frozenset[str]:
     """Items a record can hold: a list field of at most MAX_LIST characters (a record
     beyond it would be refused when read, a token that only ever answers 401)."""
@@ -163,8 +173,26 @@ def parse_token_limit(text: str) -> TokenLimit | None:
         raise InvalidValue("token-limit", text, f"{e}, or none") from None
 
 
+def parse_budget(text: str) -> Budget | None:
+    """`50/mo`, `$0.25/h` → Budget; `none` → None (no budget of its own). An amount of 0 is
+    refused, as for limits."""
+    if text == "none":
+        return None
+    try:
+        return Budget.parse(text)
+    except ZeroLimit:
+        raise InvalidValue(
+            "budget",
+            text,
+            "0 would refuse every priced LLM request (it does not mean no budget): give none "
+            "(or nothing) for no budget of its own, or revoke the token to stop it",
+        ) from None
+    except ValueError as e:
+        raise InvalidValue("budget", text, f"{e}, or none") from None
+
+
 def check_management_fields(
-    kind: str, models: object, rate_limit: object, token_limit: object
+    kind: str, models: object, rate_limit: object, token_limit: object, budget: object = None
 ) -> None:
     """Models and limits mean nothing on a management token (it calls no model and is not
     counted): they are refused there, not kept to limit nothing."""
@@ -174,6 +202,7 @@ def check_management_fields(
         ("model", models),
         ("rate-limit", rate_limit),
         ("token-limit", token_limit),
+        ("budget", budget),
     ):
         if value is not None:
             shown = ",".join(sorted(value)) if isinstance(value, (set, frozenset, list)) else value
@@ -289,11 +318,12 @@ def check_llm_fields(
     token_limit: TokenLimit | None,
     allow_unknown: bool = False,
     field: str | None = None,
+    budget: Budget | None = None,
 ) -> tuple[str, ...]:
-    """Refuse `models` or `token_limit` on a token none of whose routes is an LLM route
-    (`api: openai`), unless `allow_unknown` and a route may become one (then a warning).
-    `field`: the field to name (default: the LLM field given)."""
-    if models is None and token_limit is None:
+    """Refuse `models`, `token_limit` or `budget` on a token none of whose routes is an LLM
+    route (`api: openai`), unless `allow_unknown` and a route may become one (then a
+    warning). `field`: the field to name (default: the LLM field given)."""
+    if models is None and token_limit is None and budget is None:
         return ()
     known: Mapping[str, RoutePolicy] = policy.routes if policy is not None else {}
     llm = policy.llm_routes if policy is not None else frozenset()
@@ -306,17 +336,18 @@ def check_llm_fields(
             f"of its routes is one yet: they do once {' or '.join(maybe)} is one",
         )
     if field is None:
-        field = "token-limit" if token_limit is not None else "model"
+        field = "token-limit" if token_limit is not None else "budget" if budget else "model"
     value = {
         "token-limit": str(token_limit),
+        "budget": str(budget),
         "model": ",".join(sorted(models or ())),
     }.get(field, ",".join(sorted(routes)))
     grants = "every route of the synced policy" if "*" in routes else ", ".join(sorted(routes))
     raise InvalidValue(
         field,
         value,
-        f"token limits and models apply only on LLM routes (api: openai in the policy), and "
-        f"none of its routes ({grants}) is one: leave them out (token limit none, all models), "
+        f"token limits, budgets and models apply only on LLM routes (api: openai in the "
+        f"policy), and none of its routes ({grants}) is one: leave them out (none, all models), "
         "or give the token an LLM route",
     )
 
@@ -365,16 +396,20 @@ def create(
     token_limit: TokenLimit | None = None,
     allow_unknown_route: bool = False,
     team: str | None = None,
+    budget: Budget | None = None,
+    allowed_cidrs: Iterable[str] | None = None,
 ) -> IssuedToken:
     """Mint a token for `routes` (or `*`) with `scopes`, expiring after ttl (or the routes'
     max_token_ttl; else never). `not_after`: without a ttl it expires then at the latest
     (a manager's own expiry); `check(record)` may refuse the record before it is written.
     A route the synced policy does not have, and LLM fields without an LLM route, are
     refused unless `allow_unknown_route` (see `unknown_routes`). `team`: an existing team's
-    id (its models and limits apply too)."""
+    id (its models and limits apply too). `allowed_cidrs`: the client networks it may be
+    used from (None: any)."""
     route_set, scope_set = check_routes(routes), check_scopes(scopes)
+    cidrs = None if allowed_cidrs is None else check_cidrs(allowed_cidrs)
     kind = check_kind(scope_set)
-    check_management_fields(kind, models, rate_limit, token_limit)
+    check_management_fields(kind, models, rate_limit, token_limit, budget)
     check_name(name)
     token_id = check_id(token_id) if token_id is not None else "tok_" + secrets.token_hex(6)
     if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_SECONDS:
@@ -397,6 +432,8 @@ def create(
         models=model_set,
         token_limit=token_limit,
         team=team,
+        budget=budget,
+        allowed_cidrs=cidrs,
     )
     if check is not None:
         check(record)  # (may the caller make it at all: before whether it is right)
@@ -404,7 +441,9 @@ def create(
         check_team(store, team)
     unknown = unknown_routes(route_set, policy, allow_unknown_route)
     warnings = unknown_route_warnings(unknown, policy)
-    warnings += check_llm_fields(route_set, policy, model_set, token_limit, allow_unknown_route)
+    warnings += check_llm_fields(
+        route_set, policy, model_set, token_limit, allow_unknown_route, budget=budget
+    )
     token = new_token()
     TokenIndex(store).add(token_hash(token), record)
     audited = audit.record(store, actor, "token.create", token_id, described(record), now)
@@ -423,6 +462,8 @@ def described(record: TokenRecord) -> dict[str, Any]:
         "models": None if record.models is None else sorted(record.models),
         "token_limit": str(record.token_limit) if record.token_limit else None,
         "team": record.team,
+        "budget": str(record.budget) if record.budget else None,
+        "allowed_cidrs": record.allowed_cidrs.texts() if record.allowed_cidrs else None,
     }
 
 
@@ -462,15 +503,20 @@ def update(
     token_limit: TokenLimit | str | None = "keep",  # noqa: S107 (not a secret)
     allow_unknown_route: bool = False,
     team: str | None = "keep",
+    budget: Budget | str | None = "keep",
+    allowed_cidrs: Iterable[str] | str | None = "keep",
 ) -> Updated:
     """Change a token's record (not its secret); every server drops its cached copy.
-    `rate_limit`, `token_limit`: a limit, None (remove it) or "keep"; `models`: names and
+    `rate_limit`, `token_limit`, `budget`: a limit, None (remove it) or "keep"; `models`: names and
     patterns, None (any model) or "keep". `check(current, new)` may refuse
     the change; it runs inside the transaction, on the record as it is then. A token's kind
     (model or management) never changes. New routes the synced policy does not have, and
     LLM fields given or kept without an LLM route, are refused as by `create`. `team`: an
-    existing team's id, None (no team) or "keep"."""
+    existing team's id, None (no team) or "keep". `allowed_cidrs`: networks, None (any
+    address) or "keep"."""
     route_set = check_routes(routes) if routes is not None else None
+    keep_cidrs = isinstance(allowed_cidrs, str)
+    cidrs = None if keep_cidrs or allowed_cidrs is None else check_cidrs(allowed_cidrs)
     model_set = check_models(models) if models is not None and not isinstance(models, str) else None
     scope_set = check_scopes(scopes) if scopes is not None else None
     if name is not None:
@@ -478,7 +524,9 @@ def update(
     if ttl_seconds is not None and no_expiry:
         raise InvalidValue("no-expiry", "", "give --ttl or --no-expiry, not both")
     policy = store.load_policy()
-    new_llm_field = model_set is not None or isinstance(token_limit, TokenLimit)
+    new_llm_field = (
+        model_set is not None or isinstance(token_limit, TokenLimit) or isinstance(budget, Budget)
+    )
     warned: list[str] = []
 
     def change(record: TokenRecord) -> TokenRecord:
@@ -499,8 +547,12 @@ def update(
             models=record.models if isinstance(models, str) else model_set,
             token_limit=record.token_limit if isinstance(token_limit, str) else token_limit,
             team=record.team if team == "keep" else team,
+            budget=record.budget if isinstance(budget, str) else budget,
+            allowed_cidrs=record.allowed_cidrs if keep_cidrs else cidrs,
         )
-        check_management_fields(record.kind, new.models, new.rate_limit, new.token_limit)
+        check_management_fields(
+            record.kind, new.models, new.rate_limit, new.token_limit, new.budget
+        )
         if scope_set is not None and check_kind(scope_set) != record.kind:
             raise InvalidValue(
                 "scope",
@@ -520,7 +572,13 @@ def update(
             field = "model" if model_set is not None else None if new_llm_field else "route"
             warned.extend(
                 check_llm_fields(
-                    new.routes, policy, new.models, new.token_limit, allow_unknown_route, field
+                    new.routes,
+                    policy,
+                    new.models,
+                    new.token_limit,
+                    allow_unknown_route,
+                    field,
+                    new.budget,
                 )
             )
         return new
@@ -630,7 +688,16 @@ def _models_of(
     names = sorted(set(requests) | set(charged))
     if not names:
         return {}
-    return {"models": {m: {"requests": requests.get(m, 0), **charged.get(m, {})} for m in names}}
+    return {"models": {m: _model_day(requests.get(m, 0), charged.get(m, {})) for m in names}}
+
+
+def _model_day(requests: int, charged: dict[str, int]) -> dict[str, Any]:
+    """One model's day: requests, its LLM tokens, and their cost in USD (not micro-dollars)."""
+    out: dict[str, Any] = {"requests": requests, **charged}
+    cost = out.pop("cost_microusd", None)
+    if cost is not None:
+        out["cost_usd"] = cost / 1e6
+    return out
 
 
 def reindex(store: Store, actor: str | None = None) -> Reindexed:

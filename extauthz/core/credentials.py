@@ -8,10 +8,20 @@ import binascii
 import hashlib
 import re
 import secrets
+import string
+import zlib
 from dataclasses import dataclass
 
 TOKEN_PREFIX = "eat_"  # noqa: S105 (a prefix, not a password)
-TOKEN_BYTES = 32  # 256 bits of randomness
+# The secret format (docs/tokens.md#secret-format): `eat_`, 32 random base62 characters
+# (190 bits), then 6 base62 characters of the CRC32 of those 32. A secret of exactly this
+# shape whose checksum fails is refused without a lookup. Secrets minted before it are
+# `eat_` + 43 URL-safe base64 characters (47 in all, never 42): they keep working.
+BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase  # 0-9A-Za-z
+TOKEN_RANDOM_CHARS = 32
+TOKEN_CHECKSUM_CHARS = 6
+TOKEN_LENGTH = len(TOKEN_PREFIX) + TOKEN_RANDOM_CHARS + TOKEN_CHECKSUM_CHARS  # 42
+CHECKSUMMED_TOKEN = re.compile(r"eat_[0-9A-Za-z]{38}", re.ASCII)
 # Longer Authorization values are refused before any parsing or hashing (a JWT with many
 # claims stays well below this).
 MAX_AUTHORIZATION_LENGTH = 8192
@@ -103,8 +113,32 @@ def _parse_basic(encoded: str) -> Credential:
 
 
 def new_token() -> str:
-    """A fresh random token: the `eat_` prefix and 256 bits, URL-safe base64."""
-    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+    """A fresh random token: `eat_`, 32 random base62 characters and their checksum."""
+    body = "".join(secrets.choice(BASE62) for _ in range(TOKEN_RANDOM_CHARS))
+    return TOKEN_PREFIX + body + token_checksum(body)
+
+
+def token_checksum(body: str) -> str:
+    """The 6 characters that end a secret: the CRC32 (zlib's, IEEE 802.3) of `body`'s ASCII
+    bytes (the 32 random characters, not the prefix) in base62, most significant first,
+    padded with leading `0`s (62**6 > 2**32)."""
+    high, low = divmod(zlib.crc32(body.encode("ascii")), 3844)
+    high, middle = divmod(high, 3844)  # (high < 3844: 62**6 > 2**32)
+    return _BASE62_PAIRS[high] + _BASE62_PAIRS[middle] + _BASE62_PAIRS[low]
+
+
+_BASE62_PAIRS = [a + b for a in BASE62 for b in BASE62]  # 3844 = 62**2 two-digit numerals
+
+
+def checksum_fails(secret: str) -> bool:
+    """True for a secret of the checksummed form (exactly `eat_` + 38 base62 characters)
+    whose last 6 characters are not the checksum of the 32 before them: it cannot be one
+    we minted, so it is refused without looking it up. False for any other secret (older
+    tokens, route secrets, a valid checksum)."""
+    if len(secret) != TOKEN_LENGTH or not CHECKSUMMED_TOKEN.fullmatch(secret):
+        return False
+    cut = TOKEN_LENGTH - TOKEN_CHECKSUM_CHARS
+    return secret[cut:] != token_checksum(secret[len(TOKEN_PREFIX) : cut])
 
 
 def token_hash(token: str) -> str:

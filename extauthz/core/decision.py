@@ -50,7 +50,7 @@ from extauthz.core.identity.base import (
     no_teams,
 )
 from extauthz.core.jwt_verify import JwtVerify
-from extauthz.core.limits import REQUESTS, TOKENS, Limited, limits_for
+from extauthz.core.limits import MONEY, REQUESTS, TOKENS, Limited, limits_for
 from extauthz.core.llm import (
     DEFAULT_MAX_TOKENS,
     INVALID,
@@ -61,6 +61,7 @@ from extauthz.core.llm import (
 )
 from extauthz.core.llm_usage import ASK_FOR_USAGE
 from extauthz.core.policy import Access, PolicySnapshot, RoutePolicy
+from extauthz.core.prices import FREE, NO_PRICES, Price, PriceTable, usd_text
 from extauthz.core.rate_limit import client_key
 
 ANONYMOUS = "anonymous"
@@ -144,8 +145,11 @@ class Decision:
     token_id: str | None = field(default=None, compare=False)
     # `api: openai` routes: the model allowed (usage and metrics per model)
     model: str | None = field(default=None, compare=False)
-    # ALLOW with a model under a token limit: the tokens it reserves (its bound)
+    # ALLOW with a model under a token limit or budget: the tokens it reserves (its bound)
     reserve: int = field(default=0, compare=False)
+    # ALLOW with a model under a budget: the micro-dollars it reserves, at `price`
+    cost: int = field(default=0, compare=False)
+    price: Price | None = field(default=None, compare=False)
     # ALLOW: headers added to the response sent to the client (the tokens left)
     response_headers: Headers = ()
 
@@ -174,7 +178,7 @@ def decide(
             return model
         return _allow(
             facts, route, ANONYMOUS, frozenset(), "public",
-            limits=_per_address(facts, route, model), model=model,
+            limits=_per_address(facts, route, model), model=model, prices=snapshot.prices,
         )  # fmt: skip
     if route.access is Access.PRIVATE:
         internal = facts.network == INTERNAL or snapshot.is_internal_address(facts.source_address)
@@ -186,7 +190,7 @@ def decide(
                 return model
             return _allow(
                 facts, route, INTERNAL, frozenset(), "internal",
-                limits=_per_address(facts, route, model), model=model,
+                limits=_per_address(facts, route, model), model=model, prices=snapshot.prices,
             )  # fmt: skip
     return _decide_protected(facts, route, snapshot, lookup, now, verify_jwt, teams)
 
@@ -209,10 +213,14 @@ def _decide_protected(
     ctx = Context(route, snapshot, lookup, now, verify_jwt, teams)
     result = identify(parse_authorization(facts.authorization), ctx)  # 1. identity
     if isinstance(result, Identity):  # the common case first
+        team = result.team
+        if result.allowed_cidrs is not None or (team is not None and team.allowed_cidrs):
+            denied = address_check(result, facts.source_address)  # before any limit
+            if denied is not None:
+                return denied
         denied = authorize(result, route)  # 2. authorization
         if denied is not None:
             return denied
-        team = result.team
         team_models = team.models if team is not None else None
         model = _model(facts, route, result.models, result.subject, result.valid_until, team_models)
         if isinstance(model, Decision):
@@ -229,11 +237,14 @@ def _decide_protected(
             limits += limits_for(
                 TOKENS, route.name, route.token_limit, result.token_id, result.token_limit,
                 caller, team_id, team.token_limit if team is not None else None,
+            ) + limits_for(
+                MONEY, route.name, route.budget, result.token_id, result.budget,
+                caller, team_id, team.budget if team is not None else None,
             )  # fmt: skip
         return _allow(  # 3. response
             facts, route, result.subject, result.scopes, result.reason, result.headers,
             until=result.valid_until, name=result.name, limits=limits, token_id=result.token_id,
-            model=model,
+            model=model, prices=snapshot.prices,
         )  # fmt: skip
     match result:
         case Rejected(reason=reason, description=text, presented=shown, subject=who) as no:
@@ -284,6 +295,27 @@ def authorize(identity: Identity, route: RoutePolicy) -> Decision | None:
         return _forbidden("route_not_granted", identity.subject, until=identity.valid_until)
     if route.scopes and route.scopes.isdisjoint(identity.scopes):
         return _forbidden("missing_scope", identity.subject, until=identity.valid_until)
+    return None
+
+
+ADDRESS_NOT_ALLOWED = "address_not_allowed"
+_ADDRESS_BODY = json.dumps(
+    {"error": ADDRESS_NOT_ALLOWED, "message": "this credential may not be used from this address"}
+)
+
+
+def address_check(identity: Identity, address: str) -> Decision | None:
+    """A token's `allowed_cidrs` and its team's (both, where both are set): None when
+    `address` (the client's, as the per-address limits count it) is in them, else 403
+    `address_not_allowed` (no limit taken). An address not read ("") is in none: the
+    runtime reads it and decides again (runtime/authorizer.py)."""
+    team = identity.team
+    for cidrs in (identity.allowed_cidrs, team.allowed_cidrs if team is not None else None):
+        if cidrs is not None and not cidrs.allows(address):
+            return Decision(
+                Outcome.DENY, 403, ADDRESS_NOT_ALLOWED, (_JSON,), body=_ADDRESS_BODY,
+                subject=identity.subject, reusable_until=identity.valid_until,
+            )  # fmt: skip
     return None
 
 
@@ -386,6 +418,7 @@ def _allow(
     limits: tuple[Limited, ...] = (),
     token_id: str | None = None,
     model: str | None = None,
+    prices: PriceTable = NO_PRICES,
 ) -> Decision:
     scope_list = ",".join(sorted(scopes))
     if model is not None:
@@ -406,7 +439,8 @@ def _allow(
     )
     if name:
         metadata += (("token_name", name),)
-    reserve = 0
+    reserve = cost = 0
+    price: Price | None = None
     llm = facts.llm
     if model is not None and llm is not None:
         metadata += (("model", model),)
@@ -415,8 +449,8 @@ def _allow(
         metadata += (("api", llm.api),)  # (where the response's usage is)
         # where a limit applies every request gets an output cap: a finite bound
         default = route.default_max_tokens
-        token_limits = [limited for limited in limits if limited.kind is TOKENS]
-        if default is None and token_limits:
+        settled = [limited for limited in limits if limited.kind.settled]
+        if default is None and settled:
             default = DEFAULT_MAX_TOKENS
         edits: tuple[tuple[str, object], ...] = llm.cap_edits(default)
         asks = llm.stream and llm.usage_asked and not llm.stream_options
@@ -425,11 +459,22 @@ def _allow(
             metadata += ((STRIP_KEY, "1"),)  # (and the client does not see that chunk)
         if edits:
             metadata += ((EDIT_KEY, llm.splices(edits)),)
-        if token_limits:
+        if settled:
             reserve = llm.bound(default) or 0
-            for limited in token_limits:
-                if reserve > limited.limit.count:  # (waiting would never help)
-                    return request_too_large(reserve, limited, subject, token_id, until)
+            if any(limited.kind is MONEY for limited in settled):
+                price = prices.of(model)
+                if price is None:
+                    if prices.unpriced != "free":
+                        return _model_denial(
+                            403, "model_unpriced", f"{model!r} has no price, and a budget "
+                            "applies here: the policy's prices: must name it", subject, until,
+                        )  # fmt: skip
+                    price = FREE
+                cost = price.reserve(llm.size, reserve - llm.size)
+            for limited in settled:
+                need = reserve if limited.kind is TOKENS else cost
+                if need > limited.limit.count:  # (waiting would never help)
+                    return request_too_large(need, limited, subject, token_id, until)
     return Decision(
         Outcome.ALLOW,
         200,
@@ -443,17 +488,21 @@ def _allow(
         token_id=token_id,
         model=model,
         reserve=reserve,
+        cost=cost,
+        price=price,
     )
 
 
 def _per_address(facts: RequestFacts, route: RoutePolicy, model: str | None) -> tuple[Limited, ...]:
     """A route's limits for a caller nobody names: counted per client address."""
     tokens = route.token_limit if model is not None else None
-    if route.rate_limit is None and tokens is None:
+    budget = route.budget if model is not None else None
+    if route.rate_limit is None and tokens is None and budget is None:
         return ()
     caller = f"addr:{client_key(facts.source_address)}"
     limits = limits_for(REQUESTS, route.name, route.rate_limit, None, None, caller)
-    return limits + limits_for(TOKENS, route.name, tokens, None, None, caller)
+    limits += limits_for(TOKENS, route.name, tokens, None, None, caller)
+    return limits + limits_for(MONEY, route.name, budget, None, None, caller)
 
 
 def _not_found(reason: str) -> Decision:
@@ -496,12 +545,20 @@ def limit_reached(limited: Limited, retry_after: float, window: float, allow: De
 def request_too_large(
     bound: int, limited: Limited, subject: str, token_id: str | None, until: float | None
 ) -> Decision:
-    """413: a request whose bound alone is more than a token limit allows in a window (it
-    could never be admitted: no Retry-After)."""
-    message = (
-        f"this request may use up to {bound} tokens (body bytes + output cap x choices), more "
-        f"than the token limit {limited.limit} of {limited.what}: set a smaller output cap"
-    )
+    """413: a request whose bound alone is more than a token limit or budget allows in a
+    window (it could never be admitted: no Retry-After); `bound`: tokens, or micro-dollars
+    for a budget."""
+    if limited.kind is MONEY:
+        message = (
+            f"this request may cost up to ${usd_text(bound)} (body bytes + output cap x "
+            f"choices, at the model's prices), more than the budget {limited.limit} of "
+            f"{limited.what}: set a smaller output cap"
+        )
+    else:
+        message = (
+            f"this request may use up to {bound} tokens (body bytes + output cap x choices), "
+            f"more than the token limit {limited.limit} of {limited.what}: set a smaller output cap"
+        )
     return Decision(
         Outcome.DENY,
         413,

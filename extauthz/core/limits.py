@@ -2,9 +2,11 @@
 an allow takes from, one place that names the counters (docs/architecture.md#where-things-go: a
 new limit kind or scope; docs/design.md#limits).
 
-A kind is a row: requests (a rate limit, `600/m`: each allow needs 1, never settled) and LLM
+A kind is a row: requests (a rate limit, `600/m`: each allow needs 1, never settled), LLM
 tokens (a token limit, `100000/d`: each allow reserves its bound, settled from the
-response's usage). A scope is who a counter belongs to: the token itself (`token:<id>`), or
+response's usage) and money (a budget, `$50/mo`: each allow reserves its bound priced at the
+model's prices, in micro-dollars, settled from the response's usage priced alike). A scope
+is who a counter belongs to: the token itself (`token:<id>`), or
 a team, pooled over its tokens (`team:<id>`), or the caller on a route
 (`route:<route>:<caller>`, the caller a token id, a JWT subject, or the client address where
 nobody is named). Every spec that applies to an allow must have
@@ -52,7 +54,8 @@ REQUESTS = Kind(
 TOKENS = Kind(
     "tokens", "tl", "token_limit_reached", "token_limit_unavailable", "token limit", 1.0, 20, True
 )
-KINDS = (REQUESTS, TOKENS)
+MONEY = Kind("budget", "bl", "budget_exhausted", "budget_unavailable", "budget", 1.0, 20, True)
+KINDS = (REQUESTS, TOKENS, MONEY)
 REFUSALS = frozenset(kind.reason for kind in KINDS)  # (metered as rate-limited requests)
 
 

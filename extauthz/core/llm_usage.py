@@ -32,6 +32,9 @@ class Usage:
     reasoning_tokens: int = 0  # of the completion tokens, the model's reasoning
 
 
+NOTHING_USED = Usage(0, 0)  # a response the model server refused (a 4xx): it used nothing
+
+
 def _count(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
         return value

@@ -16,11 +16,21 @@ from dataclasses import dataclass
 
 import yaml
 
+from extauthz.core.budget import Budget
 from extauthz.core.credentials import ROUTE_NAME, SCOPE_NAME, TOKEN_ID
 from extauthz.core.durations import parse_duration
 from extauthz.core.headers import IDENTITY_HEADERS
 from extauthz.core.identity import KINDS
 from extauthz.core.llm import MAX_CAP, check_model_patterns
+from extauthz.core.prices import (
+    MAX_PRICE,
+    NO_PRICES,
+    PRICE_RULE,
+    UNPRICED,
+    Price,
+    PriceTable,
+    parse_usd,
+)
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.route_match import (
     HOST_NAME,
@@ -79,11 +89,18 @@ class PolicyDocument:
     internal_networks: tuple[IPNetwork, ...] = ()
     secrets: tuple[SecretSpec, ...] = ()
     warnings: tuple[str, ...] = ()  # legal, but worth a look (sync prints them)
+    prices: PriceTable = NO_PRICES  # `prices:` and `unpriced:`
+    on_leak: str = "revoke"  # a secret reported leaked: revoke it, or only notify
 
 
 # --- parsing the YAML file -----------------------------------------------------------------
 
-_TOP_KEYS = ("version", "internal_networks", "routes", "secrets")
+_TOP_KEYS = (
+    "version", "internal_networks", "routes", "secrets", "prices", "unpriced", "on_leak"
+)  # fmt: skip
+_PRICE_KEYS = ("input", "output", "cached_input")
+MAX_PRICES = 10_000  # models priced in one file
+ON_LEAK = ("revoke", "notify")  # docs/security.md#when-a-key-leaks
 _ROUTE_KEYS = (
     "access",
     "credentials",
@@ -98,6 +115,7 @@ _ROUTE_KEYS = (
     "token_limit",
     "stream_usage",
     "default_max_tokens",
+    "budget",
 )
 _JWT_KEYS = (
     "issuer",
@@ -265,7 +283,59 @@ def parse_policy(text: str, file: str = "<policy>") -> PolicyDocument:
         routes[name] = _parse_route(r, name, key_node, value_node)
 
     secrets = _parse_secrets(r, top["secrets"][1], routes) if "secrets" in top else ()
-    return PolicyDocument(file, routes, networks, secrets, _shadowing(r, routes))
+    prices = _parse_prices(r, top)
+    on_leak = "revoke"
+    if "on_leak" in top:
+        node = top["on_leak"][1]
+        on_leak = r.string(node, "on_leak")
+        if on_leak not in ON_LEAK:
+            raise r.error(node, "on_leak", f"{on_leak!r} is not revoke or notify")
+    return PolicyDocument(
+        file, routes, networks, secrets, _shadowing(r, routes), prices=prices, on_leak=on_leak
+    )
+
+
+def _parse_prices(r: _Reader, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> PriceTable:
+    """`prices:` (model or `prefix*` → USD per million input, output, cached input tokens)
+    and `unpriced: deny|free`."""
+    unpriced = "deny"
+    if "unpriced" in top:
+        node = top["unpriced"][1]
+        unpriced = r.string(node, "unpriced")
+        if unpriced not in UNPRICED:
+            raise r.error(node, "unpriced", "deny (403 model_unpriced under a budget) or free")
+    prices: dict[str, Price] = {}
+    if "prices" in top:
+        entries = r.mapping(top["prices"][1], "prices", ())
+        if len(entries) > MAX_PRICES:
+            raise r.error(top["prices"][1], "prices", f"more than {MAX_PRICES} models")
+        for model, (key_node, node) in entries.items():
+            path = f"prices.{model}"
+            try:
+                check_model_patterns([model])
+            except ValueError as e:
+                raise r.error(key_node, path, str(e)) from None
+            fields = r.mapping(node, path, _PRICE_KEYS)
+            values: dict[str, int] = {}
+            for name, (_, value_node) in fields.items():
+                values[name] = _usd(r, value_node, f"{path}.{name}")
+            for needed in ("input", "output"):
+                if needed not in values:
+                    raise r.error(key_node, f"{path}.{needed}", "missing (USD per million tokens)")
+            cached = values.get("cached_input", values["input"])
+            prices[model] = Price(values["input"], values["output"], cached)
+    return PriceTable(prices, unpriced)
+
+
+def _usd(r: _Reader, node: yaml.Node, key: str) -> int:
+    """A price: a plain YAML number (int or float, no exponent) in USD per million tokens."""
+    tags = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    if not isinstance(node, yaml.ScalarNode) or node.tag not in tags:
+        raise r.error(node, key, f"must be a number: {PRICE_RULE}")
+    try:
+        return parse_usd(str(node.value), MAX_PRICE, PRICE_RULE)
+    except ValueError as e:
+        raise r.error(node, key, str(e)) from None
 
 
 def _shadowing(r: _Reader, routes: Mapping[str, RoutePolicy]) -> tuple[str, ...]:
@@ -373,6 +443,7 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
     match = _parse_match(r, f"{path}.match", fields["match"][1]) if "match" in fields else ()
     api, models, token_limit, stream_usage = _parse_api(r, path, fields)
     default_max_tokens = _parse_default_cap(r, path, fields, api)
+    budget = _parse_budget(r, path, fields, api)
     return RoutePolicy(
         name,
         access,
@@ -389,7 +460,24 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
         token_limit,
         stream_usage,
         default_max_tokens,
+        budget,
     )
+
+
+def _parse_budget(
+    r: _Reader, path: str, fields: dict[str, tuple[yaml.Node, yaml.Node]], api: str | None
+) -> Budget | None:
+    """`budget: AMOUNT/UNIT`: USD of LLM use per caller on the route."""
+    if "budget" not in fields:
+        return None
+    key, node = fields["budget"]
+    where = f"{path}.budget"
+    if api is None:
+        raise r.error(key, where, "only for a route with api: openai")
+    try:
+        return Budget.parse(r.string(node, where))
+    except ValueError as e:
+        raise r.error(node, where, str(e)) from None
 
 
 def _parse_default_cap(

@@ -18,9 +18,11 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
+from extauthz.core.budget import Budget
 from extauthz.core.credentials import ROUTE_NAME
 from extauthz.core.durations import MAX_SECONDS
 from extauthz.core.llm import check_model_patterns
+from extauthz.core.prices import NO_PRICES, PriceTable
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.route_match import MatchRule, RouteMatcher
 from extauthz.core.token_limit import TokenLimit
@@ -79,6 +81,7 @@ class RoutePolicy:
     stream_usage: str = "count"
     # the output cap added to requests that name none (what a token limit reserves for them)
     default_max_tokens: int | None = None
+    budget: Budget | None = None  # USD of LLM use per caller on this route, priced
 
     @property
     def reads_source_address(self) -> bool:
@@ -88,7 +91,11 @@ class RoutePolicy:
         (docs/design.md#the-decision)."""
         return self.access is Access.PRIVATE or (
             self.access is Access.PUBLIC
-            and (self.rate_limit is not None or self.token_limit is not None)
+            and (
+                self.rate_limit is not None
+                or self.token_limit is not None
+                or self.budget is not None
+            )
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -115,6 +122,8 @@ class RoutePolicy:
             out["stream_usage"] = self.stream_usage
         if self.default_max_tokens is not None:
             out["default_max_tokens"] = self.default_max_tokens
+        if self.budget is not None:
+            out["budget"] = str(self.budget)
         if self.jwt is not None:
             jwt = self.jwt
             out["jwt"] = {
@@ -150,6 +159,7 @@ class RoutePolicy:
             token_limit=TokenLimit.parse(data["token_limit"]) if data.get("token_limit") else None,
             stream_usage=data.get("stream_usage", "count"),
             default_max_tokens=data.get("default_max_tokens"),
+            budget=Budget.parse(data["budget"]) if data.get("budget") else None,
             jwt=None
             if jwt is None
             else JwtSettings(
@@ -184,6 +194,8 @@ class PolicySnapshot:
     routes: Mapping[str, RoutePolicy]
     internal_networks: tuple[IPNetwork, ...] = ()
     secrets: Mapping[str, TokenRecord] = field(default_factory=dict)  # sha256 hex → record
+    prices: PriceTable = NO_PRICES  # model prices (budgets), and what unpriced models cost
+    on_leak: str = "revoke"  # a secret reported leaked: "revoke" it, or only "notify"
 
     def is_internal_address(self, address: str) -> bool:
         if not self.internal_networks or not address:
@@ -221,13 +233,19 @@ class PolicySnapshot:
         return hashlib.sha256(replace(self, version=0).to_json().encode()).hexdigest()
 
     def to_json(self) -> str:
+        data: dict[str, Any] = {
+            "version": self.version,
+            "internal_networks": [str(n) for n in self.internal_networks],
+            "routes": {name: r.to_json() for name, r in sorted(self.routes.items())},
+            "secrets": {h: r.to_fields() for h, r in sorted(self.secrets.items())},
+        }
+        # (only when not the default: snapshots published before them keep their digest)
+        if self.prices != NO_PRICES:
+            data.update(self.prices.to_json())
+        if self.on_leak != "revoke":
+            data["on_leak"] = self.on_leak
         return json.dumps(
-            {
-                "version": self.version,
-                "internal_networks": [str(n) for n in self.internal_networks],
-                "routes": {name: r.to_json() for name, r in sorted(self.routes.items())},
-                "secrets": {h: r.to_fields() for h, r in sorted(self.secrets.items())},
-            },
+            data,
             sort_keys=True,
             separators=(",", ":"),
         )
@@ -243,7 +261,15 @@ class PolicySnapshot:
             routes={n: RoutePolicy.from_json(n, r) for n, r in data["routes"].items()},
             internal_networks=tuple(ipaddress.ip_network(n) for n in data["internal_networks"]),
             secrets={h: TokenRecord.from_fields(f) for h, f in data.get("secrets", {}).items()},
+            prices=PriceTable.from_json(data),
+            on_leak=_on_leak(data.get("on_leak", "revoke")),
         )
+
+
+def _on_leak(value: object) -> str:
+    if value not in ("revoke", "notify"):
+        raise MalformedRecord(f"on_leak {shown(str(value), 32)} is not revoke or notify")
+    return str(value)
 
 
 EMPTY_SNAPSHOT = PolicySnapshot(version=0, routes={})

@@ -40,16 +40,22 @@ class TokenLimit:
 
     def window(self, now: float) -> tuple[int, float, float]:
         """The window `now` falls in: its index, its first second and the first after it."""
-        seconds = _FIXED_SECONDS.get(self.unit)
-        if seconds is not None:
-            index = int(now // seconds)
-            return index, float(index * seconds), float((index + 1) * seconds)
-        day = datetime.fromtimestamp(now, UTC)
-        index = day.year * 12 + day.month - 1
-        return index, _month_start(index), _month_start(index + 1)
+        return calendar_window(self.unit, now)
 
     def __str__(self) -> str:
         return f"{self.count}/{self.unit}"
+
+
+def calendar_window(unit: str, now: float) -> tuple[int, float, float]:
+    """The window of `unit` (m, h, d aligned to the UTC epoch; mo: the UTC calendar month)
+    `now` falls in: its index, its first second and the first after it."""
+    seconds = _FIXED_SECONDS.get(unit)
+    if seconds is not None:
+        index = int(now // seconds)
+        return index, float(index * seconds), float((index + 1) * seconds)
+    day = datetime.fromtimestamp(now, UTC)
+    index = day.year * 12 + day.month - 1
+    return index, _month_start(index), _month_start(index + 1)
 
 
 def _month_start(index: int) -> float:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from extauthz.core.budget import Budget
+from extauthz.core.cidrs import AllowedCidrs
 from extauthz.core.credentials import MAX_NAME_LENGTH
 from extauthz.core.llm import check_model_patterns
 from extauthz.core.rate_limit import RateLimit
@@ -62,6 +64,8 @@ class TokenRecord:
     # LLM tokens (prompt + completion) it may use per window, on `api: openai` routes
     token_limit: TokenLimit | None = None
     team: str | None = None  # the team it belongs to (its models and limits apply too)
+    budget: Budget | None = None  # USD of LLM use per window, priced (docs/llm.md)
+    allowed_cidrs: AllowedCidrs | None = None  # client networks it may be used from; None: any
 
     @property
     def management(self) -> bool:
@@ -94,6 +98,8 @@ class TokenRecord:
             "models": None if self.models is None else sorted(self.models),
             "token_limit": str(self.token_limit) if self.token_limit else None,
             "team": self.team,
+            "budget": str(self.budget) if self.budget else None,
+            "allowed_cidrs": self.allowed_cidrs.texts() if self.allowed_cidrs else None,
         }
 
     def to_fields(self) -> dict[str, str]:
@@ -119,6 +125,10 @@ class TokenRecord:
             fields["token_limit"] = str(self.token_limit)
         if self.team is not None:
             fields["team"] = self.team
+        if self.budget is not None:
+            fields["budget"] = str(self.budget)
+        if self.allowed_cidrs is not None:
+            fields["allowed_cidrs"] = str(self.allowed_cidrs)
         return fields
 
     @classmethod
@@ -164,6 +174,8 @@ class TokenRecord:
             models=models_field(fields, owner),
             token_limit=token_limit_field(fields, owner),
             team=team_field(fields, owner),
+            budget=budget_field(fields, owner),
+            allowed_cidrs=cidrs_field(fields, owner),
         )
 
 
@@ -239,6 +251,18 @@ def token_limit_field(fields: Mapping[str, str], owner: str) -> TokenLimit | Non
         ) from None
 
 
+def budget_field(fields: Mapping[str, str], owner: str) -> Budget | None:
+    raw = fields.get("budget", "").strip(" ")
+    if not raw:
+        return None
+    try:
+        return Budget.parse(raw)
+    except ValueError:
+        raise MalformedRecord(
+            f"{owner}: 'budget' is not AMOUNT/UNIT in USD (e.g. 50/mo): {shown(raw, 64)}"
+        ) from None
+
+
 def team_field(fields: Mapping[str, str], owner: str) -> str | None:
     """`team`: absent or empty, no team; else a team id (docs/teams.md)."""
     raw = fields.get("team", "").strip(" ")
@@ -249,3 +273,17 @@ def team_field(fields: Mapping[str, str], owner: str) -> str | None:
             f"{owner}: 'team' is not a team id ({TEAM_ID_RULE}): {shown(raw, 64)}"
         )
     return raw
+
+
+def cidrs_field(fields: Mapping[str, str], owner: str) -> AllowedCidrs | None:
+    """`allowed_cidrs`: absent or empty, any address; else networks, comma- or
+    space-separated (docs/tokens.md#allowed-addresses), parsed once here."""
+    raw = fields.get("allowed_cidrs", "")
+    if not raw.strip(" "):
+        return None
+    if len(raw) > 4096:
+        raise MalformedRecord(f"{owner}: 'allowed_cidrs' is longer than 4096 characters")
+    try:
+        return AllowedCidrs.parse(sorted(split_list(raw), key=raw.find))
+    except ValueError as e:
+        raise MalformedRecord(f"{owner}: 'allowed_cidrs': {e}") from None

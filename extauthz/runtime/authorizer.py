@@ -17,6 +17,7 @@ from typing import Any
 
 from extauthz.core.bounded import BoundedDict, text_size
 from extauthz.core.decision import (
+    ADDRESS_NOT_ALLOWED,
     NO_HEADERS,
     Decision,
     Outcome,
@@ -54,6 +55,7 @@ _debug_enabled = log.isEnabledFor
 _DEBUG = logging.DEBUG
 watch_log = logging.getLogger("extauthz.policy")
 _LIMITED = REFUSALS  # refusals counted as rate-limited
+_ADDRESS_NOT_ALLOWED = ADDRESS_NOT_ALLOWED
 
 MEMO_TTL = 1.0  # seconds a remembered decision lives at most (beyond that: decided afresh)
 MEMO_MAX_ENTRIES = 10_000
@@ -133,6 +135,8 @@ class Authorizer:
                     facts = facts._replace(source_address=address, network=network)
                     peer = None
             decision = self._decide(facts, now, snapshot, peer)
+            if decision.reason == _ADDRESS_NOT_ALLOWED and peer is not None:
+                facts, decision = self._with_address(facts, now, snapshot, peer)
         if decision.limits and self.limiter is not None:  # every time, also when remembered
             decision = self.limiter.admit(decision, now)
         if decision.model is not None and self.tickets is not None:  # (LLM routes only)
@@ -274,6 +278,17 @@ class Authorizer:
             size = text_size((facts.route, facts.authorization, facts.source_address, *sent))
             self._memo.put(facts, (decision, epoch, snapshot, until), size)
         return decision
+
+    def _with_address(
+        self, facts: RequestFacts, now: float, snapshot: PolicySnapshot | None, peer: Any
+    ) -> tuple[RequestFacts, Decision]:
+        """A token bound to networks (`allowed_cidrs`) was decided without the client's
+        address (not read on most routes: "" is in no network): read it, decide again. Both
+        answers are remembered, each under its own facts: the one without the address is
+        always this 403, the one with it is for that address only."""
+        address, network = client_of(peer)
+        facts = facts._replace(source_address=address, network=network)
+        return facts, self._decide(facts, now, snapshot, None)
 
     def _cache_only(self, retry_after: float) -> TokenLookup:
         """The lookup for a client over its failure limit: what the cache knows, else 429."""

@@ -47,11 +47,13 @@ from extauthz.core.llm import apply_splices
 from extauthz.core.llm_usage import (
     EDIT_FILTER_METADATA,
     MAX_JSON_BODY,
+    NOTHING_USED,
     StreamUsage,
     Usage,
     UsageChunkRemover,
     json_usage,
 )
+from extauthz.core.prices import NO_PRICES, PriceTable
 from extauthz.runtime.limiter import METADATA_KEY as TOKEN_LIMITS_KEY
 from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.metrics import Metrics
@@ -220,8 +222,10 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         clock: Callable[[], float] = time.time,
         limiter: Limiter | None = None,
         tickets: Tickets | None = None,
+        prices: Callable[[], PriceTable] = lambda: NO_PRICES,
     ) -> None:
         self.usage = usage
+        self.prices = prices
         self.tickets = tickets
         self.metrics = metrics
         self.limiter = limiter
@@ -407,18 +411,21 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             # that may have cost the model all the same (no status: the client went away
             # first; 408, 5xx: a timeout or a failure after it worked); a refusal (another
             # 4xx) used nothing
-            known = used is not None and not used.estimated
-            spent = used.prompt_tokens + used.completion_tokens if known and used else None
+            spent = used if used is not None and not used.estimated else None
             if 400 <= status < 500 and status != 408:
-                spent = 0
+                spent = NOTHING_USED
             self.limiter.settle(token_limits, spent, self.clock())
         if used is None or not 200 <= status < 300:
             if model and 200 <= status < 300:
                 self._uncounted("no_usage")
             return
+        price = self.prices().of(model)  # (what it cost at the prices in force now)
+        cost = None
+        if price is not None and not used.estimated:
+            cost = price.cost(used.prompt_tokens, used.completion_tokens, used.cached_tokens)
         if self.metrics is not None:
-            self.metrics.llm_tokens(route, model, used)
+            self.metrics.llm_tokens(route, model, used, cost)
         if self.usage is not None and token_id:
-            self.usage.charge(token_id, model, self.clock(), used)
+            self.usage.charge(token_id, model, self.clock(), used, cost or 0)
         if self.on_charge is not None:
             self.on_charge(trace, token_id, route, model, status, used)

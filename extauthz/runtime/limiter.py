@@ -33,11 +33,15 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from extauthz.core.bounded import ENTRY_OVERHEAD, BoundedDict
+from extauthz.core.budget import Budget
 from extauthz.core.decision import Decision, limit_reached, unavailable
-from extauthz.core.limits import TOKENS, Limited, Window, counter
+from extauthz.core.limits import MONEY, TOKENS, Kind, Limited, Window, counter
+from extauthz.core.llm_usage import Usage
+from extauthz.core.prices import Price, usd_text
 from extauthz.core.token_limit import TokenLimit
 from extauthz.errors import StoreError
 from extauthz.storage.store import Store
@@ -53,6 +57,7 @@ MAX_BUDGETS = 100_000
 MAX_BUDGET_BYTES = 32 << 20
 LIMIT_HEADER = "x-ratelimit-limit-tokens"  # (OpenAI's names: clients know them)
 REMAINING_HEADER = "x-ratelimit-remaining-tokens"
+BUDGET_HEADER = "x-extauthz-budget-remaining"  # USD left of the tightest budget that applied
 METADATA_KEY = "token_limits"  # dynamic metadata: what settle needs, as JSON
 _NO_ROOM = "no room"
 
@@ -78,8 +83,15 @@ class _Budget:
 class Limiter:
     """Admits allows against every limit they carry; settles what LLM responses used."""
 
-    def __init__(self, store: Store, on_error: str = "deny") -> None:
+    def __init__(
+        self,
+        store: Store,
+        on_error: str = "deny",
+        on_total: Callable[[Limited, int, float], None] | None = None,
+    ) -> None:
         self.store = store
+        # after each lease: the limit, the window's total in Redis, the window's end (alerts)
+        self.on_total = on_total
         self.allow_on_error = on_error == "allow"
         self._budgets: BoundedDict[str, _Budget] = BoundedDict(MAX_BUDGETS, MAX_BUDGET_BYTES)
         # lease → its budget in the window last asked for: the warm path's one lookup
@@ -102,7 +114,8 @@ class Limiter:
         for limited in decision.limits:
             need = 1
             if limited.kind.settled:
-                need, settled = reserve, True
+                need = reserve if limited.kind is TOKENS else decision.cost
+                settled = True
             budget = current(limited.lease)
             if budget is not None and budget.starts <= now < budget.ends:
                 with lock:  # (the warm path: units held in memory)
@@ -123,20 +136,26 @@ class Limiter:
             return limit_reached(limited, ends - now, ends - starts, decision)
         if not settled:
             return decision
-        budgets = [b for b, _ in taken if b.counter.startswith(_SETTLED)]
-        if not budgets:  # (Redis could not count, and on_error is allow)
+        tokens = [b for b, _ in taken if b.counter.startswith(_TOKEN_COUNTERS)]
+        money = [b for b, _ in taken if b.counter.startswith(_MONEY_COUNTERS)]
+        if not tokens and not money:  # (Redis could not count, and on_error is allow)
             return decision
-        least = min(budgets, key=lambda b: b.limit.count - b.seen + b.held)
-        # (held may include settled reservations the last lease's total does not show)
-        remaining = min(least.limit.count, max(0, least.limit.count - least.seen + least.held))
-        settle = json.dumps([reserve, [[b.counter, str(b.limit), int(b.ends)] for b in budgets]])
+        settle: list[object] = [reserve, [[b.counter, str(b.limit), int(b.ends)] for b in tokens]]
+        headers: tuple[tuple[str, str], ...] = ()
+        if tokens:
+            least, remaining = _tightest(tokens)
+            headers = ((LIMIT_HEADER, str(least.limit.count)), (REMAINING_HEADER, str(remaining)))
+        if money and decision.price is not None:
+            headers += ((BUDGET_HEADER, usd_text(_tightest(money)[1])),)
+            settle += [
+                decision.cost,
+                [[b.counter, str(b.limit), int(b.ends)] for b in money],
+                decision.price.to_metadata(),
+            ]
         return replace(
             decision,
-            metadata=(*decision.metadata, (METADATA_KEY, settle)),
-            response_headers=(
-                (LIMIT_HEADER, str(least.limit.count)),
-                (REMAINING_HEADER, str(remaining)),
-            ),
+            metadata=(*decision.metadata, (METADATA_KEY, json.dumps(settle))),
+            response_headers=headers,
         )
 
     def _take(self, limited: Limited, need: int, now: float) -> _Budget | str | None:
@@ -165,6 +184,8 @@ class Limiter:
                 with self._lock:
                     budget.failed_until = now + RETRY_AFTER_ERROR
                 return None
+            if self.on_total is not None:  # (what budget.seen is set to below)
+                self.on_total(limited, total, budget.ends)
             give = 0
             with self._lock:
                 if budget.leased_at:  # what the last lease held has been used since
@@ -218,29 +239,27 @@ class Limiter:
 
     # --- settlement (the access-log record, or ext_proc) ----------------------------------
 
-    def settle(self, metadata: str, used: int | None, now: float) -> None:
-        """A response ended at `now` having used `used` tokens: its reservation (ext_authz's
-        `token_limits` metadata, from any process) goes back, `used` is taken; what it used
-        beyond the reservation is owed by the window `now` falls in. None: what it used is
-        not known; the reservation stays taken."""
+    def settle(self, metadata: str, used: Usage | None, now: float) -> None:
+        """A response ended at `now` having used `used`: its reservations (ext_authz's
+        `token_limits` metadata, from any process: tokens, and micro-dollars at the prices
+        it names) go back, what it used is taken; what it used beyond a reservation is owed
+        by the window `now` falls in. None: what it used is not known; the reservations
+        stay taken."""
         if used is None:
             return
         try:
-            need, counters = json.loads(metadata)
-            entries = [_entry(c, lim, e) for c, lim, e in counters]
-            need = int(need)
-            if not 0 <= need <= min(limit.count for _, limit, _ in entries):
-                raise ValueError(need)
-        except (ValueError, TypeError, OverflowError, RecursionError):
+            groups = _reservations(metadata, used)
+        except (ValueError, TypeError, OverflowError, RecursionError, IndexError):
             log.warning("token_limits metadata unreadable: the usage is not settled")
             return
         with self._lock:
-            for name, limit, ends in entries:
-                self._kept(name, limit, ends).held += max(0, need - used)
-                if used > need:  # (to the window the response ended in, not the one it began)
-                    scope = name.removeprefix(_SETTLED).rpartition(":")[0]
-                    ended, ended_at = counter(TOKENS, scope, limit, now)
-                    self._kept(ended, limit, ended_at).held -= used - need
+            for kind, need, spent, entries in groups:
+                for name, limit, ends in entries:
+                    self._kept(name, limit, ends).held += max(0, need - spent)
+                    if spent > need:  # (to the window the response ended in, not its first)
+                        scope = name.removeprefix(f"{kind.prefix}:").rpartition(":")[0]
+                        ended, ended_at = counter(kind, scope, limit, now)
+                        self._kept(ended, limit, ended_at).held -= spent - need
 
     # --- sync (every policy poll) ---------------------------------------------------------
 
@@ -282,16 +301,50 @@ class Limiter:
         return True
 
 
-_SETTLED = f"{TOKENS.prefix}:"  # the counters whose reservations are settled
+_TOKEN_COUNTERS = f"{TOKENS.prefix}:"  # the counters whose reservations are settled
+_MONEY_COUNTERS = f"{MONEY.prefix}:"
 MAX_WINDOW_END = 253_402_300_800.0  # 10000-01-01: no window ends later
+_Entries = list[tuple[str, Window, float]]
 
 
-def _entry(name: object, limit: object, ends: object) -> tuple[str, TokenLimit, float]:
-    """A counter named in settle metadata: a token-limit counter, its limit and the end of
-    the window its name says; else ValueError."""
-    if not isinstance(name, str) or not name.startswith(_SETTLED) or "|" in name:
+def _tightest(budgets: list[_Budget]) -> tuple[_Budget, int]:
+    """The budget with the least left, and what is left of it (never above its limit)."""
+    least = min(budgets, key=lambda b: b.limit.count - b.seen + b.held)
+    # (held may include settled reservations the last lease's total does not show)
+    return least, min(least.limit.count, max(0, least.limit.count - least.seen + least.held))
+
+
+def _reservations(metadata: str, used: Usage) -> list[tuple[Kind, int, int, _Entries]]:
+    """What settle metadata reserved, per kind: (kind, reserved, what `used` takes, its
+    counters): `[tokens, [counter...]]`, then for budgets `micro-dollars, [counter...],
+    price`; else ValueError."""
+    parsed = json.loads(metadata)
+    if not isinstance(parsed, list) or len(parsed) not in (2, 5):
+        raise ValueError(metadata)
+    tokens = used.prompt_tokens + used.completion_tokens
+    groups = [(TOKENS, _need(parsed[0]), tokens, [_entry(TOKENS, *c) for c in parsed[1]])]
+    if len(parsed) == 5:
+        price = Price.from_metadata(parsed[4])
+        cost = price.cost(used.prompt_tokens, used.completion_tokens, used.cached_tokens)
+        groups.append((MONEY, _need(parsed[2]), cost, [_entry(MONEY, *c) for c in parsed[3]]))
+    for _, need, _, entries in groups:
+        if entries and need > min(limit.count for _, limit, _ in entries):
+            raise ValueError(need)
+    return groups
+
+
+def _need(value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(value)
+    return value
+
+
+def _entry(kind: Kind, name: object, limit: object, ends: object) -> tuple[str, Window, float]:
+    """A counter named in settle metadata: a counter of `kind` (tokens or money), its limit
+    and the end of the window its name says; else ValueError."""
+    if not isinstance(name, str) or not name.startswith(f"{kind.prefix}:") or "|" in name:
         raise ValueError(name)
-    parsed = TokenLimit.parse(str(limit))
+    parsed: Window = (Budget if kind is MONEY else TokenLimit).parse(str(limit))
     end = float(int(str(ends)))
     if not 0 < end < MAX_WINDOW_END or parsed.window(end - 1)[2] != end:
         raise ValueError(ends)

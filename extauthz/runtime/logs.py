@@ -19,6 +19,7 @@ from typing import Any
 REDACTED = "[redacted]"
 _PATTERNS = (
     re.compile(r"eat_[A-Za-z0-9_\-]{8,}"),  # our tokens
+    re.compile(r"whsec_[A-Za-z0-9+/=]{8,}"),  # webhook signing secrets
     re.compile(r"eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*"),  # JWTs
     re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"),
     re.compile(r"(?i)\b(authorization|cookie|password|secret)([\"']?\s*[:=]\s*)[^\s,;}]+"),

@@ -78,6 +78,13 @@ class Metrics:
             ["route", "model", "kind"],
             registry=self.registry,
         )
+        self.llm_cost_counter = Counter(
+            "extauthz_llm_cost_usd",
+            "What counted LLM responses cost in USD at the policy's prices, by route and model "
+            "(models without a price are not counted here)",
+            ["route", "model"],
+            registry=self.registry,
+        )
         self.llm_uncounted = Counter(
             "extauthz_llm_uncounted",
             "LLM responses whose tokens were not counted, by reason (no_usage: none or not "
@@ -89,12 +96,15 @@ class Metrics:
         )
         self.decision = self.tally.add  # (route, outcome, reason, seconds): once per Check
 
-    def llm_tokens(self, route: str, model: str, used: Any) -> None:
-        """Tokens one LLM response used (`used`: core.llm_usage.Usage)."""
+    def llm_tokens(self, route: str, model: str, used: Any, cost: int | None = None) -> None:
+        """Tokens one LLM response used (`used`: core.llm_usage.Usage), and what they cost
+        in micro-dollars (None: the model has no price)."""
         model = self._model_label(route, model)
         self.llm_token_counter.labels(route, model, "prompt").inc(used.prompt_tokens)
         kind = "estimated_completion" if used.estimated else "completion"
         self.llm_token_counter.labels(route, model, kind).inc(used.completion_tokens)
+        if cost is not None:
+            self.llm_cost_counter.labels(route, model).inc(cost / 1e6)
 
     def _model_label(self, route: str, model: str) -> str:
         seen = self._model_labels.setdefault(route, set())
@@ -264,6 +274,7 @@ GAUGE_TOTALS: dict[str, Callable[[float, float], float]] = {
     "extauthz_serving": min,
     "extauthz_auth_disabled": max,
     "extauthz_tls_certificate_expiry_timestamp_seconds": min,  # a worker left behind shows
+    "extauthz_webhooks_queue_length": max,  # (one queue in Redis, seen by every worker)
 }
 
 

@@ -24,8 +24,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from extauthz.config import Settings, otlp_target
 from extauthz.core.decision import Outcome
 from extauthz.core.llm import MAX_BODY_BYTES
+from extauthz.core.prices import NO_PRICES, PriceTable
 from extauthz.errors import ConfigError
 from extauthz.runtime import tls
+from extauthz.runtime.alerts import budget_hook, webhooks_for
 from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.runtime.authorizer import Authorizer
 from extauthz.runtime.envoy_check import (
@@ -134,7 +136,10 @@ class Server:
             if settings.usage_flush > 0
             else None
         )
-        self.limiter = Limiter(self.store, settings.rate_limit_on_error)
+        self.webhooks = webhooks_for(settings, self.store)  # (None without --webhook-url)
+        self.limiter = Limiter(
+            self.store, settings.rate_limit_on_error, on_total=budget_hook(self.webhooks)
+        )
         self.tickets = Tickets(self.store)
         self.authorizer = self._authorizer()
         # --otlp-endpoint: spans (runtime/tracing.py); without it no tracing code runs
@@ -145,6 +150,8 @@ class Server:
             self.authorizer, settings.policy_refresh, self.redis, self._on_poll
         )
         self.metrics.watch(self._state)
+        if self.webhooks is not None:
+            self.metrics.registry.register(self.webhooks)
         self.serving = False
         self._warned_disabled_at = 0.0
         self.listener = (
@@ -180,6 +187,11 @@ class Server:
             tickets=self.tickets,
         )
 
+    def _prices(self) -> PriceTable:
+        """The model prices of the policy this process decides with (usage in dollars)."""
+        snapshot = self.authorizer.snapshot
+        return snapshot.prices if snapshot is not None else NO_PRICES
+
     def _grpc_server(
         self, reuse_port: bool, check: CheckHandler, read: Callable[[bytes], Any]
     ) -> grpc.Server:
@@ -205,6 +217,7 @@ class Server:
                 self.settings.ext_proc_streams,
                 limiter=self.limiter,
                 tickets=self.tickets,
+                prices=self._prices,
             )
             if self.tracing is not None:
                 processor.on_charge = self.tracing.charged
@@ -235,6 +248,8 @@ class Server:
         self._warn_if_disabled()
         self.jwks.start()
         self.watcher.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         if self.listener is not None:
             self.listener.start()
         self.grpc_server.start()
@@ -335,6 +350,8 @@ class Server:
         if self.usage is not None:
             self.usage.flush()  # nothing counted is lost on SIGTERM
         self.limiter.sync(time.time(), final=True)  # debts paid, budgets given back
+        if self.webhooks is not None:
+            self.webhooks.stop()  # (what the outbox holds goes to Redis)
         if self.listener is not None:
             self.listener.stop()
         self.jwks.stop()

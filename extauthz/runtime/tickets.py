@@ -46,9 +46,10 @@ def _payload(nonce: str, token_id: str, route: str, model: str, token_limits: st
 def _claim_until(token_limits: str, now: float) -> int:
     """Until when a nonce stays claimed: its reservation's window end (+60 s), else an hour."""
     try:
-        _, counters = json.loads(token_limits)
+        reserved = json.loads(token_limits)  # [tokens, counters] (+ [cost, counters, price])
+        counters = reserved[1] + (reserved[3] if len(reserved) == 5 else [])
         ends = max(int(end) for _, _, end in counters)
-    except (ValueError, TypeError, OverflowError, RecursionError):
+    except (ValueError, TypeError, OverflowError, RecursionError, IndexError, KeyError):
         ends = int(now) + UNRESERVED_CLAIM
     return max(ends + 60, int(now) + 60)
 

@@ -81,8 +81,9 @@ class UsageMeter:
         finally:
             lock.release()
 
-    def charge(self, token_id: str, model: str, now: float, used: Usage) -> None:
-        """LLM tokens a response of this token's used (ext_proc, after the response)."""
+    def charge(self, token_id: str, model: str, now: float, used: Usage, cost: int = 0) -> None:
+        """LLM tokens a response of this token's used (ext_proc, after the response), and
+        what they cost in micro-dollars."""
         key = (token_id, int(now // DAY), model)
         with self._lock:
             counts = self._tokens.get(key)
@@ -95,6 +96,7 @@ class UsageMeter:
             counts[2 if used.estimated else 1] += used.completion_tokens
             counts[3] += used.cached_tokens
             counts[4] += used.reasoning_tokens
+            counts[5] += cost
 
     def maybe_flush(self) -> None:
         """Flush if `flush_every` seconds have passed since the last one."""

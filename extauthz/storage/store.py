@@ -91,6 +91,7 @@ TOKEN_KINDS = (
     "estimated_completion_tokens",
     "cached_prompt_tokens",
     "reasoning_tokens",
+    "cost_microusd",  # what they cost, in micro-dollars (models with a price)
 )
 
 

@@ -209,6 +209,43 @@ class TokenIndex:
         digests = self._transaction(token_id, write)
         return len(digests), self.store.confirm(confirm, *digests)
 
+    # --- leaked secrets (admin/leaks.py) ----------------------------------------------------
+
+    def owners(self, digests: Iterable[str]) -> dict[str, str]:
+        """The hashes among `digests` that have a token key, each with the id its record
+        names ("" when none can be read: a key edited by hand is still a secret of ours);
+        one round trip for them all."""
+        wanted = list(dict.fromkeys(digests))
+        with self.store.redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for digest in wanted:
+                pipe.exists(self.store.token_key(digest))
+                pipe.hget(self.store.token_key(digest), "id")
+            replies = pipe.execute(raise_on_error=False) if wanted else []
+            found = {}
+            for i, digest in enumerate(wanted):
+                exists, token_id = replies[2 * i], replies[2 * i + 1]
+                if isinstance(exists, Exception):
+                    raise exists  # (EXISTS knows no wrong type: an error of Redis itself)
+                if exists:  # (an HGET of a key that is not a hash: its error, no id)
+                    found[digest] = token_id.strip(" ") if isinstance(token_id, str) else ""
+        return found
+
+    def revoke_secret(self, digest: str, token_id: str) -> int:
+        """Revoke what a leaked secret opens: the token `token_id` (its record's id) with
+        every secret of it and its entry, and the leaked key itself whatever the index says
+        (made by hand, or a record that cannot be read). Returns the secrets deleted; the
+        invalidations are published (Store.confirm waits for them)."""
+        count = 0
+        if token_id and usable_id(token_id):
+            with contextlib.suppress(UnknownToken):
+                count, _ = self.revoke(token_id)
+        with self.store.redis_errors():
+            deleted = int(self.client.delete(self.store.token_key(digest)))
+        if deleted:
+            self.store.publish(digest)
+        return count + deleted
+
     # --- many tokens ----------------------------------------------------------------------
 
     def stream(self) -> Iterator[tuple[str, str, TokenRecord | MalformedRecord]]:

@@ -74,6 +74,31 @@ def test_readme_activation_block(tmp_path: Path) -> None:
     assert out.startswith("extauthz "), out
 
 
+def test_prices_import_block(tmp_path: Path) -> None:
+    """`extauthz prices import` prints a `prices:` block the policy reads as LiteLLM priced
+    those models (docs/llm.md#budgets-in-dollars); a mistake is one line, exit 2."""
+    from extauthz.core.policy import parse_policy
+    from extauthz.core.prices import Price
+
+    out = run_block("prices-import", REPO, shell_env(tmp_path)).stdout
+    doc = parse_policy("version: 1\nroutes: {}\n" + out)
+    assert doc.prices.of("gpt-4o-mini") == Price(150_000, 600_000, 75_000)
+    assert doc.prices.of("claude-sonnet-4-5") is not None
+    assert doc.prices.of("gpt-4o") is None  # (not asked for)
+    for args, says in (
+        (["missing.json"], "cannot read"),
+        (["README.md"], "is not JSON"),
+        (["tests/fixtures/litellm_prices.json", "--model", "nothing-like-it"], "no model"),
+        (["tests/fixtures/litellm_prices.json", "--model", "a*b"], "invalid --model"),
+    ):
+        result = subprocess.run(
+            [str(VENV_BIN / "extauthz"), "prices", "import", *args], cwd=REPO,
+            env=shell_env(tmp_path), capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2 and result.stdout == "", (args, result)
+        assert len(result.stderr.strip().splitlines()) == 1 and says in result.stderr, result
+
+
 @pytest.mark.redis
 def test_policy_sync_block(redis_server: RedisServer, tmp_path: Path) -> None:
     out = run_block("policy-sync", REPO, shell_env(tmp_path, redis_server.url)).stdout

@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from extauthz.admin import tokens
 from extauthz.core.credentials import token_hash
 from extauthz.storage.store import open_store
 from tests.support.admin_api import Api, admin_server
+from tests.support.github_signing import keys_document, sign
 from tests.support.procs import REPO, RedisServer, run_cli, wait_for
 
 pytestmark = pytest.mark.redis
@@ -48,13 +50,18 @@ def test_every_operation_answers_every_documented_status_as_documented(
     manager = tokens.create(store, ["a", "b"], ["tokens:manage"], 3600, now=now).token
     model = tokens.create(store, ["a"], ["inference"], now=now).token
     target = tokens.create(store, ["a"], name="target", now=now).record.id
-    with admin_server(url, tmp_path / "admin.log") as api:
+    keys = tmp_path / "github-keys.json"
+    keys.write_bytes(keys_document((GITHUB_KEY_ID, GITHUB, True)))
+    scanning = ("--secret-scanning-keys", str(keys))
+    with admin_server(url, tmp_path / "admin.log", *scanning) as api:
         served = api.conformance.document
         committed = json.loads((REPO / "docs/openapi.json").read_text())
         assert served == committed, "the server's /openapi.json is not docs/openapi.json"
         calls = operations(api, target)
 
         for method, path, body in calls:
+            if path == SCANNING:  # (no bearer token: its own refusals, in secret_scanning)
+                continue
             assert api.send(method, path, None, body)[0] == 401
             assert api.send(method, path, "eat_" + "x" * 43, body)[0] == 401
             assert api.send(method, path, model, body)[0] == 403
@@ -65,6 +72,7 @@ def test_every_operation_answers_every_documented_status_as_documented(
         teams_(api, redis_server, admin, manager)
         refusals(api, admin, manager)
         malformed(api, redis_server, admin)
+        secret_scanning(api, model)
 
         # a revocation confirmed by a replica (and no live server left unconfirmed): 204
         replica = RedisServer(tmp_path, extra=("--replicaof", "127.0.0.1", str(redis_server.port)))
@@ -86,7 +94,7 @@ def test_every_operation_answers_every_documented_status_as_documented(
 
     # failed authentications from one address: 429 on every operation
     with admin_server(url, tmp_path / "limited.log", "--auth-failure-burst", "1",
-                      "--auth-failure-rate", "0.001") as limited:  # fmt: skip
+                      "--auth-failure-rate", "0.001", *scanning) as limited:  # fmt: skip
         assert limited.send("GET", "/v1/policy", "eat_guess")[0] == 401
         for method, path, body in operations(limited, target):
             assert limited.send(method, path, "eat_guess", body)[0] == 429
@@ -95,6 +103,10 @@ def test_every_operation_answers_every_documented_status_as_documented(
         # Redis gone: 503 on every operation, even for a token that was valid
         redis_server.stop()
         for method, path, body in operations(limited, target):
+            if path == SCANNING:  # (signed: a bad signature would be a 429 here)
+                raw = json.dumps(body).encode()
+                assert limited.send("POST", path, raw=raw, headers=signed(raw))[0] == 503
+                continue
             assert limited.send(method, path, admin, body)[0] == 503
         api.conformance.seen |= limited.conformance.seen
     store.close()
@@ -111,6 +123,7 @@ def operations(api: Api, token_id: str) -> list[tuple[str, str, object]]:
         ("POST", "/v1/tokens/{token_id}/rotate"): {},
         ("POST", "/v1/teams"): {"id": "probe"},
         ("PATCH", "/v1/teams/{team_id}"): {"name": "renamed"},
+        ("POST", SCANNING): [{"token": "eat_x", "type": "t", "url": "", "source": "content"}],
     }
     calls: list[tuple[str, str, object]] = []
     for template, methods in api.conformance.document["paths"].items():
@@ -119,6 +132,39 @@ def operations(api: Api, token_id: str) -> list[tuple[str, str, object]]:
             path = template.replace("{token_id}", token_id).replace("{team_id}", TEAM)
             calls.append((key[0], path, bodies.get(key)))
     return calls
+
+
+SCANNING = "/v1/secret-scanning"
+GITHUB = ec.generate_private_key(ec.SECP256R1())
+GITHUB_KEY_ID = "f" * 64
+
+
+def signed(body: bytes) -> dict[str, str]:
+    """The headers GitHub sends with a report."""
+    return {
+        "Github-Public-Key-Identifier": GITHUB_KEY_ID,
+        "Github-Public-Key-Signature": sign(GITHUB, body),
+    }
+
+
+def secret_scanning(api: Api, model: str) -> None:
+    """GitHub's reports: the feedback for a signed one (a live token revoked), 400 for a
+    signed body that is not a report, 401 for what GitHub did not sign."""
+    report = json.dumps([{"token": model, "type": "extauthz_token", "url": "https://github.com/x",
+                          "source": "commit"}, {"token": "eat_other", "type": "t"}]).encode()  # fmt: skip
+    status, text = api.send("POST", SCANNING, raw=report, headers=signed(report))
+    labels = [f["label"] for f in json.loads(text)]
+    assert (status, labels) == (200, ["true_positive", "false_positive"]), text
+    for raw in (b"[", b'{"token": "x"}', b'[{"token": 1}]'):
+        status, text = api.send("POST", SCANNING, raw=raw, headers=signed(raw))
+        assert (status, json.loads(text)["error"]) == (400, "invalid_request"), text
+    for headers in ({}, {**signed(report), "Github-Public-Key-Identifier": "e" * 64},
+                    {**signed(b"[]")}):  # fmt: skip
+        status, text = api.send("POST", SCANNING, raw=report, headers=headers)
+        assert (status, json.loads(text)["error"]) == (401, "unauthorized"), text
+    # the body limit and chunked bodies, as for every operation
+    assert api.send("POST", SCANNING, raw=b"[" + b" " * (64 << 10) + b"]")[0] == 400
+    assert api.send("POST", SCANNING, chunked=True, headers=signed(b"{}"))[0] == 400
 
 
 TEAM = "acme"  # (made by `teams`, deleted at its end and made again for the 429s and 503s)

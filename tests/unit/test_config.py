@@ -110,6 +110,7 @@ def test_the_cli_is_generated_from_the_settings(f: Any) -> None:
             "revoke": ["token", "revoke", "t1"],
             "update": ["token", "update", "t1"],
             "rotate": ["token", "rotate", "t1"],
+            "leaked": ["token", "leaked", "-"],
         }[command]
         flag = "--" + f.name.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]

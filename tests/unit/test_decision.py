@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from extauthz.core.credentials import token_hash
+from extauthz.core.credentials import new_token, token_hash
 from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
 from extauthz.core.jwt_verify import JwtIdentity, JwtRejected, JwtResult, JwtUnavailable
 from extauthz.core.policy import Access, JwtSettings, PolicySnapshot, RoutePolicy
@@ -184,6 +184,47 @@ def test_public_allow_is_anonymous_and_still_overwrites_identity() -> None:
     assert dict(d.headers)["x-extauthz-subject"] == "anonymous"
     assert dict(d.headers)["x-extauthz-scopes"] == ""
     assert "authorization" in d.remove_headers
+
+
+def test_a_failed_checksum_is_refused_without_a_lookup() -> None:
+    good = new_token()
+    bad = good[:-1] + ("A" if good[-1] != "A" else "B")
+    TOKENS[token_hash(good)] = TokenRecord(
+        "t-new", frozenset({"model", "both"}), frozenset({"inference"})
+    )
+    TOKENS[token_hash(bad)] = TOKENS[token_hash(good)]  # (were it looked up, it would pass)
+    asked: list[str] = []
+
+    def counted(digest: str) -> TokenRecord | None:
+        asked.append(digest)
+        return lookup(digest)
+
+    try:
+        for auth in (f"Bearer {bad}", basic("paperspace", bad)):
+            route = "model" if auth.startswith("Bearer") else "both"
+            d = decide(RequestFacts(route, authorization=auth), SNAPSHOT, counted, NOW)
+            unknown = decide(
+                RequestFacts(route, authorization=auth.replace(bad, "eat_unknown")),
+                SNAPSHOT, lookup, NOW,
+            )  # fmt: skip
+            assert (d.status, d.reason) == (401, "bad_checksum")
+            # the client sees exactly what an unknown token gets
+            assert (d.headers, d.body) == (unknown.headers, unknown.body)
+        assert asked == []
+        ok = decide(RequestFacts("model", authorization=f"Bearer {good}"), SNAPSHOT, counted, NOW)
+        assert ok.status == 200 and asked == [token_hash(good)]
+    finally:
+        del TOKENS[token_hash(good)], TOKENS[token_hash(bad)]
+
+
+def test_a_route_secret_of_the_checksummed_shape_still_works() -> None:
+    # route secrets are the operator's own text: the policy's are found before any checksum
+    odd = "eat_" + "Q" * 38
+    snapshot = PolicySnapshot(
+        1, ROUTES, secrets={token_hash(odd): TokenRecord("odd", frozenset({"both"}), frozenset())}
+    )
+    d = decide(RequestFacts("both", authorization=basic("paperspace", odd)), snapshot, down, NOW)
+    assert d.status == 200
 
 
 def test_unauthorized_challenges() -> None:

@@ -18,7 +18,15 @@ from fastapi.routing import APIRoute
 from openapi_spec_validator import validate
 
 from extauthz.admin import schema
-from extauthz.admin.api import audit_api, openapi_document, policy_api, teams_api, tokens_api
+from extauthz.admin.api import (
+    audit_api,
+    openapi_document,
+    policy_api,
+    scanning_api,
+    teams_api,
+    tokens_api,
+)
+from extauthz.core.budget import Budget
 from extauthz.core.policy import Access, JwtSettings, RoutePolicy
 from extauthz.core.rate_limit import RateLimit
 from extauthz.core.route_match import MatchRule
@@ -57,7 +65,7 @@ def test_it_is_valid_openapi_and_names_every_route_of_the_api() -> None:
     validate(DOCUMENT)
     routes = {
         (method, route.path)
-        for router in (tokens_api, teams_api, policy_api, audit_api)
+        for router in (tokens_api, teams_api, policy_api, audit_api, scanning_api)
         for route in router.routes
         if isinstance(route, APIRoute)
         for method in route.methods or ()
@@ -72,7 +80,15 @@ def test_every_operation_takes_the_bearer_token() -> None:
     scheme = DOCUMENT["components"]["securitySchemes"]["bearer"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     for method, path, operation in OPERATIONS:
+        if (method, path) == SCANNING:  # GitHub's signature is its credential
+            assert operation["security"] == [], (method, path)
+            headers = {p["name"] for p in operation["parameters"] if p["required"]}
+            assert headers == {"Github-Public-Key-Identifier", "Github-Public-Key-Signature"}
+            continue
         assert operation.get("security") == [{"bearer": []}], (method, path)
+
+
+SCANNING = ("POST", "/v1/secret-scanning")
 
 
 def test_no_operation_lists_422_and_every_one_its_errors_in_the_one_shape() -> None:
@@ -86,6 +102,8 @@ def test_no_operation_lists_422_and_every_one_its_errors_in_the_one_shape() -> N
             expected[404] = "not_found"  # (the list: ?team= of a team it may not see)
         if (method, path) in (("POST", "/v1/teams"), ("DELETE", "/v1/teams/{team_id}")):
             expected[409] = ["conflict", "malformed_record"]  # (exists / has tokens)
+        if (method, path) == SCANNING:  # (no token: no 403; it reads no record: no 409)
+            expected = {s: e for s, e in ERRORS.items() if s not in (403, 409)}
         errors = {int(s): r for s, r in responses.items() if int(s) >= 400}
         assert set(errors) == set(expected), (method, path)
         for status, response in errors.items():
@@ -158,6 +176,7 @@ def _every_field_set() -> RoutePolicy:
         token_limit=TokenLimit.parse("10/d"),
         stream_usage="require",
         default_max_tokens=5,
+        budget=Budget.parse("5/d"),
     )
 
 
@@ -175,7 +194,9 @@ def test_the_models_cover_what_the_code_builds() -> None:
     schema.Route.model_validate(shown)
     record = TokenRecord("t", frozenset({"a"}), frozenset(), expires_at=1, name="n", created_at=0)
     assert set(record.to_json()) == set(schema.Token.model_fields), "update admin/schema.py Token"
-    assert set(TOKEN_KINDS) | {"requests"} == set(schema.ModelUsage.model_fields)
+    # (usage shows what responses cost in USD, counted in micro-dollars)
+    shown_kinds = {"cost_usd" if kind == "cost_microusd" else kind for kind in TOKEN_KINDS}
+    assert shown_kinds | {"requests"} == set(schema.ModelUsage.model_fields)
 
 
 def _check(status: int, body: Any, method: str = "GET", path: str = "/v1/tokens/t") -> None:

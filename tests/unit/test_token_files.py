@@ -133,7 +133,9 @@ def test_a_route_the_policy_does_not_have_is_refused_unless_allowed(
     # LLM fields need an LLM route (or, allowed, one that may become one)
     for field, value in (("token_limit", "9/h"), ("models", ["demo*"])):
         llm = _write(tmp_path / "l.jsonl", {**GOOD, "routes": ["web"], field: value})
-        with pytest.raises(BadImportLine, match=rf":1: {field}: token limits and models apply"):
+        with pytest.raises(
+            BadImportLine, match=rf":1: {field}: token limits, budgets and models apply"
+        ):
             _import(store, llm)
     fine = _write(tmp_path / "f.jsonl", {**GOOD, "routes": ["web", "llm"], "token_limit": "9/h"})
     assert "1 new" in _import(store, fine)

@@ -23,6 +23,7 @@ from extauthz.core.credentials import token_hash
 from extauthz.core.decision import Decision, Outcome, RequestFacts, decide
 from extauthz.core.limits import TOKENS, Limited
 from extauthz.core.llm import DEFAULT_MAX_TOKENS, INVALID, apply_splices, read_model_request
+from extauthz.core.llm_usage import Usage
 from extauthz.core.policy import PolicySnapshot, parse_policy
 from extauthz.core.rate_limit import ZeroLimit
 from extauthz.core.token_limit import TokenLimit
@@ -319,7 +320,7 @@ def test_reservations_never_pass_the_limit_and_the_429_says_when_to_retry() -> N
     assert headers[LIMIT_HEADER] == "1000" and headers[REMAINING_HEADER] == "100"
     # the responses used less: what they did not use is admitted again
     for decision in admitted:
-        limiter.settle(_metadata(decision), 120, START + 11)
+        limiter.settle(_metadata(decision), Usage(120, 0), START + 11)
     assert limiter.admit(_allow(300, LIMIT), START + 12).outcome is Outcome.ALLOW
     # the next window starts afresh
     assert limiter.admit(_allow(900, LIMIT), START + 60).outcome is Outcome.ALLOW
@@ -330,7 +331,7 @@ def test_a_request_without_a_cap_is_admitted_until_the_count_reaches_the_limit()
     limiter = Limiter(store)
     first = limiter.admit(_allow(1, LIMIT), START)
     assert first.outcome is Outcome.ALLOW
-    limiter.settle(_metadata(first), 1500, START + 1)  # it used more than the limit
+    limiter.settle(_metadata(first), Usage(1500, 0), START + 1)  # it used more than the limit
     limiter.sync(START + 1)  # the debt is paid into Redis
     assert int(store.client.get("extauthz:tl:token:t1:m30000000") or 0) >= 1000
     other = Limiter(store)  # another process learns it from Redis
@@ -342,7 +343,7 @@ def test_usage_beyond_a_reservation_is_owed_by_the_window_the_response_ends_in()
     store = _store()
     limiter = Limiter(store)
     first = limiter.admit(_allow(100, LIMIT), START + 58)  # a long stream at :58
-    limiter.settle(_metadata(first), 2500, START + 61)  # ends in the next minute
+    limiter.settle(_metadata(first), Usage(2500, 0), START + 61)  # ends in the next minute
     limiter.sync(START + 61)
     begun = int(store.client.get("extauthz:tl:token:t1:m30000000") or 0)
     ended = int(store.client.get("extauthz:tl:token:t1:m30000001") or 0)
@@ -359,7 +360,7 @@ def test_remaining_tokens_never_exceed_the_limit(steps: list[tuple[int, int]]) -
         answer = limiter.admit(_allow(reserve, limit), START + 1)
         if answer.outcome is Outcome.ALLOW:
             assert 0 <= int(dict(answer.response_headers)[REMAINING_HEADER]) <= 200
-            limiter.settle(_metadata(answer), min(used, reserve), START + 1)
+            limiter.settle(_metadata(answer), Usage(min(used, reserve), 0), START + 1)
 
 
 def _decided(route: str, body: bytes, path: str = "/v1/chat/completions", **kw: Any) -> Decision:
@@ -436,7 +437,7 @@ def test_settled_by_another_process_and_given_back_when_the_window_is_full() -> 
     held = a.admit(_allow(600, LIMIT), START)
     assert held.outcome is Outcome.ALLOW
     assert b.admit(_allow(600, LIMIT), START).status == 429  # only ~400 left in Redis
-    b.settle(_metadata(held), 100, START + 1)  # the response passed b: b holds 500
+    b.settle(_metadata(held), Usage(100, 0), START + 1)  # the response passed b: b holds 500
     assert a.admit(_allow(600, LIMIT), START + 1.5).status == 429  # Redis has 400 left
     b.sync(START + 1.5)  # the window is full: b gives its 500 back
     assert a.admit(_allow(600, LIMIT), START + 1.6).status == 429  # (a asks again later)
@@ -471,7 +472,7 @@ def test_redis_down_fails_closed_unless_told_to_allow() -> None:
 )  # fmt: skip
 def test_unreadable_metadata_is_not_settled_and_breaks_nothing(metadata: str) -> None:
     limiter = Limiter(_store())
-    limiter.settle(metadata, 10, START)
+    limiter.settle(metadata, Usage(10, 0), START)
     limiter.sync(START)
     assert limiter.admit(_allow(5, LIMIT), START).outcome is Outcome.ALLOW
 
@@ -486,7 +487,7 @@ def test_a_warm_budget_makes_few_redis_calls() -> None:
     for _ in range(2000):  # 100 requests a second of ~150 tokens
         now += 0.01
         answer = limiter.admit(_allow(200, big), now)
-        limiter.settle(_metadata(answer), 150, now)
+        limiter.settle(_metadata(answer), Usage(150, 0), now)
     assert len(calls) / 2000 <= 0.1, len(calls)
 
 
@@ -508,7 +509,7 @@ def test_three_processes_never_pass_the_limit_and_use_most_of_it(seed: int) -> N
         proc = rng.choice(procs)
         if in_flight and rng.random() < 0.5:
             metadata, spent = in_flight.pop(rng.randrange(len(in_flight)))
-            rng.choice(procs).settle(metadata, spent, now)  # any process may settle
+            rng.choice(procs).settle(metadata, Usage(spent, 0), now)  # any process may settle
             continue
         bound = rng.randint(40, 160)
         offered += bound
@@ -564,7 +565,7 @@ def test_a_debt_redis_did_not_take_is_paid_at_the_next_sync(
     store = _store()
     limiter = Limiter(store)
     first = limiter.admit(_allow(1, LIMIT), START)
-    limiter.settle(_metadata(first), 400, START + 1)
+    limiter.settle(_metadata(first), Usage(400, 0), START + 1)
     real = store.add_units
 
     def down(*_: Any) -> None:
@@ -623,7 +624,7 @@ def test_what_responses_settle_in_another_process_goes_back_for_every_process() 
         answer = a.admit(_allow(900, limit), now)
         if answer.outcome is Outcome.ALLOW:
             admitted += 1
-            b.settle(_metadata(answer), 100, now)
+            b.settle(_metadata(answer), Usage(100, 0), now)
         a.sync(now)
         b.sync(now)
     assert admitted >= 90  # 100 tokens each of 10 000: most of the window's requests
@@ -643,7 +644,7 @@ def test_what_responses_settle_in_another_process_goes_back_for_every_process() 
 def test_settle_refuses_counters_that_do_not_name_their_window(counters: str) -> None:
     store = _store()
     limiter = Limiter(store)
-    limiter.settle(f"[600, {counters}]", 0, START)
+    limiter.settle(f"[600, {counters}]", Usage(0, 0), START)
     limiter.sync(START, final=True)
     assert [k for k in store.client.scan_iter("extauthz:tl:*")] == []
 
@@ -652,6 +653,8 @@ def test_settle_refuses_counters_that_do_not_name_their_window(counters: str) ->
 def test_settle_refuses_a_reservation_no_limit_could_have_made(need: int) -> None:
     store = _store()
     limiter = Limiter(store)
-    limiter.settle(f'[{need}, [["tl:token:t1:m30000000", "1000/m", 1800000060]]]', 0, START)
+    limiter.settle(
+        f'[{need}, [["tl:token:t1:m30000000", "1000/m", 1800000060]]]', Usage(0, 0), START
+    )
     limiter.sync(START, final=True)
     assert [k for k in store.client.scan_iter("extauthz:tl:*")] == []

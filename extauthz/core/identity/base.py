@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from extauthz.core.budget import Budget
+from extauthz.core.cidrs import AllowedCidrs
 from extauthz.core.credentials import Credential
 from extauthz.core.jwt_verify import JwtVerify
 from extauthz.core.rate_limit import RateLimit
@@ -64,6 +66,8 @@ class Identity:
     token_limit: TokenLimit | None = None  # the token's own LLM token limit
     team_id: str | None = None  # the team it names (403 unknown_team when there is none)
     team: TeamRecord | None = None  # that team's record: its models and limits apply too
+    budget: Budget | None = None  # the token's own budget (USD per window)
+    allowed_cidrs: AllowedCidrs | None = None  # the token's client networks; None: any
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@ from the policy snapshot first, then token records (cache, else Redis)."""
 
 from __future__ import annotations
 
-from extauthz.core.credentials import token_hash
+from extauthz.core.credentials import checksum_fails, token_hash
 from extauthz.core.identity.base import (
     Context,
     Identity,
@@ -16,10 +16,16 @@ from extauthz.errors import MalformedRecord, StoreError, TooManyFailures
 
 
 def identify_secret(secret: str, ctx: Context) -> IdentityResult:
-    """The identity a secret stands for, by its SHA-256."""
+    """The identity a secret stands for, by its SHA-256: a route secret of the policy, else
+    a token record. A token of the checksummed form whose checksum fails is refused as an
+    unknown one is, without a lookup (no Redis command, no cache entry)."""
     digest = token_hash(secret)
     try:
-        record = ctx.snapshot.secrets.get(digest) or ctx.lookup(digest)
+        record = ctx.snapshot.secrets.get(digest)
+        if record is None:
+            if checksum_fails(secret):
+                return Rejected("bad_checksum", "invalid token")
+            record = ctx.lookup(digest)
     except MalformedRecord:
         return Rejected("malformed_record", "invalid token")
     except StoreError:  # unavailable, refused, any other error reply: fail closed
@@ -55,4 +61,6 @@ def identify_secret(secret: str, ctx: Context) -> IdentityResult:
         token_limit=record.token_limit,
         team_id=record.team,
         team=team,
+        budget=record.budget,
+        allowed_cidrs=record.allowed_cidrs,
     )
