@@ -155,7 +155,8 @@ class Tracing:
             sampler=ParentBased(ALWAYS_OFF),
             resource=Resource.create({"service.name": SERVICE_NAME}),
         )
-        self.provider.add_span_processor(BatchSpanProcessor(exporter or _exporter(target)))
+        exporter = exporter if exporter is not None else _exporter(target)
+        self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("extauthz")
 
         def remote(trace: int, span: int, flags: int) -> Any:
