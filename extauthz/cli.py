@@ -936,6 +936,7 @@ def _add_limit_flags(parser: Any) -> None:
     parser.add_argument(
         "--budget", help="USD of LLM use per window: 50/mo (m, h, d, mo = UTC month)"
     )
+    parser.add_argument("--team", help="the team it belongs to (its models and limits apply too)")
 
 
 def _add_leaked_parser(tsub: Any) -> None:

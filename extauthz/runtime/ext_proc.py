@@ -57,7 +57,7 @@ from extauthz.core.prices import NO_PRICES, PriceTable
 from extauthz.runtime.limiter import METADATA_KEY as TOKEN_LIMITS_KEY
 from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.metrics import Metrics
-from extauthz.runtime.tickets import TICKET_KEY, Tickets
+from extauthz.runtime.tickets import TICKET_KEY, Claims, Tickets
 from extauthz.runtime.tracing import TRACE_KEY
 from extauthz.runtime.usage import UsageMeter
 
@@ -227,6 +227,7 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self.usage = usage
         self.prices = prices
         self.tickets = tickets
+        self.claims = Claims(tickets) if tickets is not None else None
         self.metrics = metrics
         self.limiter = limiter
         self.clock = clock
@@ -394,17 +395,36 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         """One LLM response ended (`status`, `used`: its usage, None when unreadable):
         settle its reservation (ext_authz's `token_limits` metadata) and charge its tokens
         to the caller, the metrics and usage. With `tickets`, a record whose `ticket` does
-        not verify is not counted at all (its reservation stays). `trace`: the Check's
-        traceparent, for the span of a charged response (`on_charge`)."""
+        not verify is not counted at all (its reservation stays), and one that does is
+        counted once its nonce is claimed (`Claims`: batched, soon after). `trace`: the
+        Check's traceparent, for the span of a charged response (`on_charge`)."""
         tickets = self.tickets
-        if tickets is not None:
-            nonce = tickets.verified(token_id, route, model, token_limits, ticket)
-            if nonce is None:
-                self._uncounted("unsigned")
-                return
-            if not tickets.claim(nonce, token_limits, self.clock()):
+        if tickets is None or self.claims is None:
+            self._counted(token_id, route, model, token_limits, status, used, trace)
+            return
+        record = tickets.verified(token_id, route, model, token_limits, ticket)
+        if record is None:
+            self._uncounted("unsigned")
+            return
+
+        def then(first: bool) -> None:
+            if first:
+                self._counted(token_id, route, model, token_limits, status, used, trace)
+            else:
                 self._uncounted("counted_already")
-                return
+
+        self.claims.add(record, then)
+
+    def _counted(
+        self,
+        token_id: str,
+        route: str,
+        model: str,
+        token_limits: str,
+        status: int,
+        used: Usage | None,
+        trace: str = "",
+    ) -> None:
         if token_limits and self.limiter is not None:
             # a success is charged its usage; one whose usage cannot be read (or only
             # estimated from its chunks) keeps its whole reservation, and so does a response

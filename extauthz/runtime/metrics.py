@@ -89,7 +89,8 @@ class Metrics:
             "extauthz_llm_uncounted",
             "LLM responses whose tokens were not counted, by reason (no_usage: none or not "
             "believable; too_many_streams: more streams at once than --ext-proc-streams; "
-            "unsigned: a record without this deployment's ticket; counted_already: sent "
+            "unsigned: a record without this deployment's ticket, or 2 h late; "
+            "counted_already: sent "
             "again)",
             ["reason"],
             registry=self.registry,

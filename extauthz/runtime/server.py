@@ -141,6 +141,7 @@ class Server:
             self.store, settings.rate_limit_on_error, on_total=budget_hook(self.webhooks)
         )
         self.tickets = Tickets(self.store)
+        self.processor: UsageProcessor | None = None  # (LLM responses: ext_proc, access log)
         self.authorizer = self._authorizer()
         # --otlp-endpoint: spans (runtime/tracing.py); without it no tracing code runs
         self.tracing = (
@@ -211,7 +212,7 @@ class Server:
         )
         server.add_generic_rpc_handlers((authorization_service(check, read),))
         if self.settings.ext_proc_streams > 0:
-            processor = UsageProcessor(
+            self.processor = processor = UsageProcessor(
                 self.usage,
                 self.metrics,
                 self.settings.ext_proc_streams,
@@ -347,6 +348,8 @@ class Server:
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(self.settings.shutdown_grace).wait()
         self.watcher.stop()
+        if self.processor is not None and self.processor.claims is not None:
+            self.processor.claims.stop()  # (records waiting for their claim: counted)
         if self.usage is not None:
             self.usage.flush()  # nothing counted is lost on SIGTERM
         self.limiter.sync(time.time(), final=True)  # debts paid, budgets given back

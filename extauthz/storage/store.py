@@ -205,13 +205,18 @@ class Store:
             raise MalformedRecord(f"{key} is not a key of at least 32 characters")
         return found
 
-    def claim_ticket(self, nonce: str, until: int) -> bool:
-        """Claim an LLM record's nonce (`{prefix}tickets:counted:<nonce>`, SET NX, expiring at
-        `until`): True the first time, False ever after (runtime/tickets.py)."""
+    def claim_tickets(self, hour: int, nonces: list[str], until: int) -> list[bool]:
+        """Claim LLM records' nonces issued in `hour` (the set `{prefix}tickets:counted:<hour>`,
+        expiring at `until`), in one MULTI/EXEC: for each, True the first time, False ever
+        after (runtime/tickets.py)."""
+        key = f"{self.prefix}tickets:counted:{hour}"
         with self.redis_errors():
-            return bool(
-                self.client.set(f"{self.prefix}tickets:counted:{nonce}", "1", nx=True, exat=until)
-            )
+            pipe = self.client.pipeline(transaction=True)
+            pipe.smismember(key, nonces)
+            pipe.sadd(key, *nonces)
+            pipe.expireat(key, until)
+            seen, _, _ = pipe.execute()
+        return [not s for s in seen]
 
     def add_units(self, counter: str, units: int, ends: float) -> None:
         """Add `units` (a debt; negative: a budget given back) to a limit's counter."""

@@ -435,10 +435,12 @@ def test_console_teams_create_member_usage_edit_delete(stack: Stack, browser: An
     page.type("#team-models", "demo-small")
     page.type("#team-rate", "600/m")
     page.type("#team-token-limit", "1000000/d")
+    page.type("#team-budget", "500/mo")
     page("#team-form button[type=submit]").click()
     page.wait(lambda: "Team Acme Corp · acme" in page.text("#team-title"), "the team's page")
     assert browser.execute_script("return location.hash") == "#teams/acme"
     assert "600/m" in page.text("#team-facts") and "demo-small" in page.text("#team-facts")
+    assert "Budget\n$500/mo" in page.text("#team-facts")
     row = page.wait(lambda: page('#teams-body tr[data-id="acme"]'), "the team's row")
     assert "Acme Corp" in row.text and "1000000/d" in row.text
 
@@ -471,6 +473,9 @@ def test_console_teams_create_member_usage_edit_delete(stack: Stack, browser: An
     page.wait(lambda: "Team\nacme" in page.text("#usage-facts"), "the token's team")
     page.wait(lambda: elements(browser, '#usage-models .model[data-model="demo-small"]'), "split")
     assert "2 requests" in page.text('#usage-models .model[data-model="demo-small"] h4')
+    # what they cost (demo-small is priced in the example policy; the team has a budget)
+    page.wait(lambda: elements(browser, '#usage-chart svg[data-chart="spend"]'), "the spend")
+    assert "Spend · $0.0" in page.text("#usage-chart")
 
     # its team's page: the member, and the usage chart per model and day
     page.row(token_id).find_element("css selector", "td a").click()  # (the team's link)
@@ -478,6 +483,7 @@ def test_console_teams_create_member_usage_edit_delete(stack: Stack, browser: An
     page.wait(lambda: page(f'#members-body tr[data-id="{token_id}"]'), "the member")
     assert "acme bot" in page.text("#members-body")
     page.wait(lambda: "1 token" in page.text("#team-usage-summary"), "the team's usage")
+    page.wait(lambda: elements(browser, '#team-chart svg[data-chart="spend"]'), "its spend")
     chart = '#team-chart .model[data-model="demo-small"]'
     days = elements(browser, f'{chart} g.day[data-model="demo-small"]')
     assert len(days) == 2 * 7  # (requests and LLM tokens, per day)
@@ -498,10 +504,11 @@ def test_console_teams_create_member_usage_edit_delete(stack: Stack, browser: An
     page.wait(lambda: "Acme Industries" in page.text("#team-title"), "the new name")
     page.wait(lambda: "Request limit\nnone" in page.text("#team-facts"), "the limit removed")
     shown = teams.show(stack.store(), "acme")
-    assert (shown.name, shown.rate_limit, str(shown.token_limit)) == (
+    assert (shown.name, shown.rate_limit, str(shown.token_limit), str(shown.budget)) == (
         "Acme Industries",
         None,
         "1000000/d",
+        "$500/mo",  # (kept as it was)
     )
 
     # delete: asks first; with a token it says the API's 409, then revokes it with the team

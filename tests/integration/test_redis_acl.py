@@ -68,8 +68,14 @@ def test_documented_acl_users(tmp_path: Path) -> None:
             # LLM token budgets, leased the same way with the server's user
             store = open_store(reader, "extauthz:", 2.0)
             assert store.take_units("tl:token:x:m1", 5, 3, time.time() + 60) == (3, 3)
-            # the key that signs LLM tickets: made and read with the server's user
-            assert (Tickets(store).sign("x", "llm", "m", "") or "").startswith("v1:")
+            assert store.take_units("bl:token:x:m1", 5, 3, time.time() + 60) == (3, 3)
+            # the key that signs LLM tickets: made and read with the server's user; and the
+            # records counted, claimed once
+            tickets = Tickets(store)
+            ticket = tickets.sign("x", "llm", "m", "") or ""
+            assert ticket.startswith("v2:")
+            record = tickets.verified("x", "llm", "m", "", ticket)
+            assert record is not None and tickets.claim([record, record]) == [True, False]
             # a team read, and a change to it seen through the team key's notifications
             in_team = f"Bearer {teamed['token']}"
             assert client.status("deployment-a", in_team) == 200

@@ -408,7 +408,7 @@ def _signed(tickets: Tickets, authz: dict[str, str]) -> dict[str, str]:
     ticket = tickets.sign(
         authz["token_id"], authz["route"], authz["model"], authz.get(METADATA_KEY, "")
     )
-    assert ticket is not None and ticket.startswith("v1:")
+    assert ticket is not None and ticket.startswith("v2:")
     return {**authz, TICKET_KEY: ticket}
 
 
@@ -433,16 +433,21 @@ def test_only_records_of_this_deployments_allows_are_counted(store: Store) -> No
         {**signed, TICKET_KEY: "v1:" + "0" * 64},
         _signed(Tickets(_other_store()), authz),  # another deployment's key
     ]
+    claims = processor.claims
+    assert claims is not None
     records.StreamAccessLogs(iter([_record(f, usage) for f in forged]), None)
+    assert claims.drain()
     meter.flush()
     assert store.llm_token_usage("t1", [int(START // 86400)])[0] == {}
     assert store.llm_token_usage("t2", [int(START // 86400)])[0] == {}
     again = Decision(Outcome.ALLOW, 200, "granted", limits=(LIMIT,), reserve=401)
     assert limiter.admit(again, START + 1).status == 429  # nothing was given back
     records.StreamAccessLogs(iter([_record(signed, usage)]), None)  # the real one counts
+    assert claims.drain()
     assert limiter.admit(again, START + 1).outcome is Outcome.ALLOW
     # sent again (a refusal: its reservation would come back whole): counted once only
     records.StreamAccessLogs(iter([_record(signed, usage, 400)] * 3), None)
+    assert claims.drain()
     assert limiter.admit(again, START + 1).status == 429  # (nothing more given back)
     meter.flush()
     charged = store.llm_token_usage("t1", [int(START // 86400)])[0]

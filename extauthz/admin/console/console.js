@@ -360,9 +360,13 @@ async function createToken(event) {
   const ttl = $("create-ttl").value.trim();
   const rate = $("create-rate").value.trim();
   const tokenLimit = $("create-token-limit").value.trim();
+  const budget = $("create-budget").value.trim();
+  const cidrs = splitList($("create-cidrs").value);
   if (ttl) body.ttl = ttl;
   if (rate) body.rate_limit = rate;
   if (tokenLimit) body.token_limit = tokenLimit;
+  if (budget) body.budget = budget;
+  if (cidrs.length) body.allowed_cidrs = cidrs;
   if ($("create-team").value) body.team = $("create-team").value;
   try {
     const made = await api("POST", "/v1/tokens", body);
@@ -492,13 +496,17 @@ async function showUsage(id) {
     ["LLM models", token.models ? token.models.join(", ") : "any its routes serve"],
     ["Rate limit", token.rate_limit || "none"],
     ["LLM token limit", token.token_limit || "none"],
+    ["Budget", token.budget || "none"],
+    ["Allowed addresses", token.allowed_cidrs ? token.allowed_cidrs.join(", ") : "any"],
   ]));
   const allowed = usage.days.reduce((n, d) => n + d.allowed, 0).toLocaleString("en");
   const limited = usage.days.reduce((n, d) => n + d.rate_limited, 0).toLocaleString("en");
   const last = usage.last_used === null ? "never used" : `last used ${ago(usage.last_used)}`;
   $("usage-summary").textContent =
     `${allowed} allowed, ${limited} rate-limited in the last ${usage.days.length} days; ${last}.`;
-  $("usage-chart").replaceChildren(chart(usage.days, REQUESTS, "Requests"), legend(REQUESTS));
+  $("usage-chart").replaceChildren(
+    chart(usage.days, REQUESTS, "Requests"), legend(REQUESTS), ...spendChart(usage.days),
+  );
   $("usage-models").replaceChildren(...modelCharts(usage.days));
   $("usage").scrollIntoView({ block: "nearest" });
 }
@@ -514,6 +522,22 @@ const MODEL_TOKENS = [  // LLM tokens counted from responses
   { name: "completion tokens", cls: "completion", of: (m) => m.completion_tokens || 0 },
   { name: "estimated", cls: "estimated", of: (m) => m.estimated_completion_tokens || 0 },
 ];
+
+// What a day's LLM responses cost, all models together (USD, at the policy's prices)
+const SPEND = [{
+  name: "spend (USD)", cls: "spend",
+  of: (d) => Object.values(d.models || {}).reduce((n, m) => n + (m.cost_usd || 0), 0),
+}];
+
+// The spend chart of some days, when anything was priced in them.
+function spendChart(days) {
+  const total = days.reduce((n, d) => n + SPEND[0].of(d), 0);
+  if (!days.some((d) => Object.values(d.models || {}).some((m) => "cost_usd" in m))) return [];
+  return [
+    el("h4", {}, "Spend", el("span", { class: "muted", text: ` · $${total.toFixed(6)}` })),
+    chart(days, SPEND, "Spend in USD", { id: "spend" }), legend(SPEND),
+  ];
+}
 
 // Usage split per model (a token's or a team's days): for each model used in them, its
 // requests and its LLM tokens per day, side by side.
@@ -542,7 +566,7 @@ function modelCharts(days) {
   });
 }
 
-function chart(days, series, what, { width = 720, height = 190, model } = {}) {
+function chart(days, series, what, { width = 720, height = 190, model, id } = {}) {
   const left = 56, bottom = 22, top = 10;
   const plot = height - bottom - top;
   const total = (d) => series.reduce((n, s) => n + s.of(d), 0);
@@ -553,6 +577,7 @@ function chart(days, series, what, { width = 720, height = 190, model } = {}) {
     viewBox: `0 0 ${width} ${height}`, role: "img",
     "aria-label": `${what} per day, the highest ${peak}`,
   });
+  if (id !== undefined) root.setAttribute("data-chart", id);
   root.append(svg("line", { class: "axis", x1: left, x2: width, y1: top + plot, y2: top + plot }));
   root.append(svg("text", { x: left - 6, y: top + 8, "text-anchor": "end" }, compact.format(peak)));
   root.append(svg("text", { x: left - 6, y: top + plot, "text-anchor": "end" }, "0"));
@@ -705,6 +730,8 @@ async function showTeam(id) {
     ["LLM models", modelsText(team.models)],
     ["Request limit", `${limitText(team.rate_limit)} (pooled across its tokens)`],
     ["LLM token limit", `${limitText(team.token_limit)} (pooled across its tokens)`],
+    ["Budget", `${limitText(team.budget)} (pooled across its tokens)`],
+    ["Allowed addresses", team.allowed_cidrs ? team.allowed_cidrs.join(", ") : "any"],
     ["Tokens", String(team.tokens)],
     ["Created", team.created_at ? `${utc(team.created_at)} UTC` : "—"],
   ]));
@@ -758,7 +785,7 @@ async function showTeamUsage() {
   $("team-usage-summary").textContent = `${allowed.toLocaleString("en")} allowed, ` +
     `${limited.toLocaleString("en")} rate-limited in the last ${usage.days.length} days, ` +
     `over its ${plural(usage.tokens, "token")}.`;
-  $("team-chart").replaceChildren(...modelCharts(usage.days));
+  $("team-chart").replaceChildren(...spendChart(usage.days), ...modelCharts(usage.days));
 }
 
 // The team dialog: a new team (`t` undefined) or a change to `t` (every field sent: an
@@ -772,6 +799,8 @@ function startTeam(t) {
   $("team-models").value = t && t.models ? t.models.join(", ") : "";
   $("team-rate").value = (t && t.rate_limit) || "";
   $("team-token-limit").value = (t && t.token_limit) || "";
+  $("team-budget").value = (t && t.budget) || "";
+  $("team-cidrs").value = t && t.allowed_cidrs ? t.allowed_cidrs.join(", ") : "";
   openDialog("team-dialog");
   $(t ? "team-name" : "team-id").focus();
 }
@@ -781,6 +810,7 @@ async function saveTeam(event) {
   const id = state.editing;
   const models = splitList($("team-models").value);
   const rate = $("team-rate").value.trim(), tokenLimit = $("team-token-limit").value.trim();
+  const budget = $("team-budget").value.trim(), cidrs = splitList($("team-cidrs").value);
   const body = { name: $("team-name").value.trim() };
   try {
     if (id === null) {
@@ -788,11 +818,15 @@ async function saveTeam(event) {
       if (models.length) body.models = models;
       if (rate) body.rate_limit = rate;
       if (tokenLimit) body.token_limit = tokenLimit;
+      if (budget) body.budget = budget;
+      if (cidrs.length) body.allowed_cidrs = cidrs;
       await api("POST", "/v1/teams", body);
     } else {
       Object.assign(body, models.length ? { models } : { all_models: true });
       body.rate_limit = rate || "none";
       body.token_limit = tokenLimit || "none";
+      body.budget = budget || "none";
+      Object.assign(body, cidrs.length ? { allowed_cidrs: cidrs } : { any_address: true });
       await api("PATCH", `/v1/teams/${encodeURIComponent(id)}`, body);
     }
   } catch (e) {
