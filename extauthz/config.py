@@ -81,7 +81,7 @@ class OtlpTarget:
     @property
     def url(self) -> str:
         """The receiver as the OTLP exporters take it."""
-        scheme = {"grpc": "http", "http": "http"}[self.protocol] + ("s" if self.tls else "")
+        scheme = "https" if self.tls else "http"  # (gRPC's exporter takes these too)
         return f"{scheme}://{join_address(self.host, self.port)}{self.path}"
 
 

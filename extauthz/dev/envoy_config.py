@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -382,6 +383,14 @@ def llm_filter() -> dict[str, Any]:
 USAGE_LOG = "envoy.access_loggers.http_grpc"
 
 
+def http_managers(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every HttpConnectionManager of a bootstrap's listeners (its typed_config, to edit)."""
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                yield network_filter["typed_config"]
+
+
 def with_ext_proc(config: dict[str, Any]) -> dict[str, Any]:
     """`config` (a bootstrap) counting with Envoy's ext_proc filter instead of the Lua filter
     and the usage log, as gateways that run ext_proc do: on LLM routes the body-editing filter
@@ -391,22 +400,19 @@ def with_ext_proc(config: dict[str, Any]) -> dict[str, Any]:
         "@type": T + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
         "disabled": True,
     }
-    for listener in out["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for network_filter in chain["filters"]:
-                manager = network_filter["typed_config"]
-                names = [h["name"] for h in manager.get("http_filters", [])]
-                if LLM_FILTER not in names:
-                    continue
-                at = names.index(LLM_FILTER)
-                manager["http_filters"][at : at + 1] = [stream_usage_filter(), ext_proc_filter()]
-                manager["access_log"] = [x for x in manager["access_log"] if x["name"] != USAGE_LOG]
-                for host in manager["route_config"]["virtual_hosts"]:
-                    for route in host["routes"]:
-                        per_route = route.get("typed_per_filter_config", {})
-                        if per_route.pop(LLM_FILTER, None) is not None:
-                            for name in (STREAM_USAGE_FILTER, EXT_PROC_FILTER):
-                                per_route[name] = copy.deepcopy(disabled)
+    for manager in http_managers(out):
+        names = [h["name"] for h in manager.get("http_filters", [])]
+        if LLM_FILTER not in names:
+            continue
+        at = names.index(LLM_FILTER)
+        manager["http_filters"][at : at + 1] = [stream_usage_filter(), ext_proc_filter()]
+        manager["access_log"] = [x for x in manager["access_log"] if x["name"] != USAGE_LOG]
+        for host in manager["route_config"]["virtual_hosts"]:
+            for route in host["routes"]:
+                per_route = route.get("typed_per_filter_config", {})
+                if per_route.pop(LLM_FILTER, None) is not None:
+                    for name in (STREAM_USAGE_FILTER, EXT_PROC_FILTER):
+                        per_route[name] = copy.deepcopy(disabled)
     return out
 
 
@@ -493,13 +499,9 @@ def with_tracing(config: dict[str, Any], target: OtlpTarget) -> dict[str, Any]:
     collector `extauthz serve --otlp-endpoint` sends its spans to): `tracing` on each
     listener that runs ext_authz, and the collector's cluster."""
     out = copy.deepcopy(config)
-    for listener in out["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for network_filter in chain["filters"]:
-                manager = network_filter["typed_config"]
-                names = [h["name"] for h in manager.get("http_filters", [])]
-                if EXT_AUTHZ_FILTER in names:
-                    manager["tracing"] = tracing(target)
+    for manager in http_managers(out):
+        if any(h["name"] == EXT_AUTHZ_FILTER for h in manager.get("http_filters", [])):
+            manager["tracing"] = tracing(target)
     out["static_resources"]["clusters"].append(collector_cluster(target))
     return out
 

@@ -149,7 +149,6 @@ class Tracing:
             set_span_in_context,
         )
 
-        self.target = target
         self.provider = TracerProvider(
             # (a root is never made: `parent` answers a sampled parent only)
             sampler=ParentBased(ALWAYS_OFF),

@@ -27,7 +27,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from extauthz.admin import tokens
 from extauthz.config import Settings, otlp_target
-from extauthz.dev.envoy_config import OTEL_TRACER, with_tracing
+from extauthz.dev.envoy_config import OTEL_TRACER, http_managers, with_tracing
 from extauthz.dev.stack import Stack
 from tests.support.procs import envoy_in_front, local_stack, wait_for
 
@@ -189,13 +189,7 @@ def test_up_traces_envoy_and_extauthz_counted_from_the_access_log(
     stack: Stack, collector: tuple[Collector, int]
 ) -> None:
     config = yaml.safe_load(stack.envoy_config.read_text())
-    managers = [
-        f["typed_config"]
-        for listener in config["static_resources"]["listeners"]
-        for chain in listener["filter_chains"]
-        for f in chain["filters"]
-    ]
-    traced = [m for m in managers if "tracing" in m]
+    traced = [m for m in http_managers(config) if "tracing" in m]
     assert len(traced) == 2  # the external and the internal listener (not the console's)
     assert {m["tracing"]["provider"]["name"] for m in traced} == {OTEL_TRACER}
     made = tokens.create(stack.store(), ["llm"], now=time.time())
@@ -231,11 +225,9 @@ def test_an_unsampled_request_makes_no_extauthz_span(
 
     def unsampled(config: dict[str, Any]) -> dict[str, Any]:
         config = fast_flush(with_tracing(config, target))
-        for listener in config["static_resources"]["listeners"]:
-            for chain in listener["filter_chains"]:
-                for f in chain["filters"]:
-                    if "tracing" in f["typed_config"]:
-                        f["typed_config"]["tracing"]["random_sampling"] = {"value": 0}
+        for manager in http_managers(config):
+            if "tracing" in manager:
+                manager["tracing"]["random_sampling"] = {"value": 0}
         return config
 
     with envoy_in_front(stack, tmp_path, counting="ext-proc", edit=unsampled) as port:

@@ -26,6 +26,7 @@ from extauthz.dev.envoy_config import (
     OTEL_CLUSTER,
     OTEL_TRACER,
     bootstrap,
+    http_managers,
     loopback_ports,
     with_tracing,
 )
@@ -344,11 +345,7 @@ def test_envoy_traces_the_listeners_that_run_ext_authz() -> None:
         ("https://collector.example/v1/traces", "http_service"),
     ]:
         traced = with_tracing(config, otlp_target(text))
-        managers = {
-            listener["name"]: chain["filters"][0]["typed_config"]
-            for listener in traced["static_resources"]["listeners"]
-            for chain in listener["filter_chains"]
-        }
+        managers = {m["stat_prefix"]: m for m in http_managers(traced)}
         assert {name for name, m in managers.items() if "tracing" in m} == {"external", "internal"}
         provider = managers["external"]["tracing"]["provider"]
         assert provider["name"] == OTEL_TRACER
