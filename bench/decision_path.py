@@ -3,9 +3,12 @@ metering add.
 
 Times the real gRPC request reader and handler (`envoy_check.check_input_reader`: parse,
 facts; `server.check_handler`: decision, response bytes) on the request's bytes, for a
-repeated request with a valid token, in four setups measured alternately: no limit and no
-metering, an unreached rate limit (10^9/m), usage metering, both; metrics and the failure
-limiter are on in all. Then each stage alone, so that the README can say where each
+repeated request with a valid token, in five setups measured alternately: no limit and no
+metering, an unreached rate limit (10^9/m), usage metering, both, and the first with
+`--otlp-endpoint` twice: `traced` (Envoy's traceparent sampled: a span per Check, exported in
+batches to nowhere) and `unsampled` (not sampled: no span); metrics and the failure limiter
+are on in all. Without the flag the handler is the first's (server.check_handler): no
+tracing code runs. Then each stage alone, so that the README can say where each
 microsecond goes; with --instructions also in instructions (valgrind's callgrind, which the
 machine's load cannot move). A machine's noise moves whole-server benchmarks by ±20 % here;
 this compares microseconds on one thread.
@@ -36,6 +39,7 @@ import fakeredis  # noqa: E402
 from bench.run import check_request_frame  # noqa: E402
 from extauthz.admin import tokens  # noqa: E402
 from extauthz.admin.sync import sync  # noqa: E402
+from extauthz.config import otlp_target  # noqa: E402
 from extauthz.core.policy import parse_policy  # noqa: E402
 from extauthz.core.rate_limit import RateLimit  # noqa: E402
 from extauthz.runtime.auth_failures import FailureLimiter  # noqa: E402
@@ -48,11 +52,38 @@ from extauthz.runtime.envoy_check import (  # noqa: E402
 from extauthz.runtime.limiter import Limiter  # noqa: E402
 from extauthz.runtime.metrics import Metrics  # noqa: E402
 from extauthz.runtime.server import check_handler  # noqa: E402
+from extauthz.runtime.tracing import Tracing  # noqa: E402
 from extauthz.runtime.usage import UsageMeter  # noqa: E402
 from extauthz.storage.store import Store  # noqa: E402
 from extauthz.storage.token_cache import TokenCache  # noqa: E402
 
-SETUPS = ("plain", "limited", "usage", "limited+usage")
+SETUPS = ("plain", "limited", "usage", "limited+usage", "traced", "unsampled")
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0"
+
+
+class Envoy:
+    """The handler's gRPC context: the metadata Envoy sends (its traceparent)."""
+
+    def __init__(self, sampled: bool) -> None:
+        self.metadata = (("traceparent", TRACEPARENT + str(int(sampled))),)
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+
+class Nowhere:
+    """A span exporter that drops every batch (the SDK's batching thread still runs)."""
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 0) -> bool:
+        return True
 
 
 def authorizer(
@@ -92,7 +123,11 @@ class World:
         )
         self.body = check_request_frame(token)[5:]
         self.read = check_input_reader()
-        self.handler = check_handler(self.auth)
+        self.handler: Callable[[Any, Any], bytes] = check_handler(self.auth)
+        if setup in ("traced", "unsampled"):
+            tracing = Tracing(otlp_target("127.0.0.1:4317"), exporter=Nowhere())
+            traced, envoy = tracing.check_handler(self.auth), Envoy(setup == "traced")
+            self.handler = lambda read, _context: traced(read, envoy)
         for _ in range(20_000):  # warm: memo, cache, a lease, the response bytes
             self.handler(self.read(self.body), None)
 

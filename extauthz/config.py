@@ -8,9 +8,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -45,10 +46,12 @@ def setting(
     address: bool = False,
     networks: bool = False,
     alias: str = "",
+    check: Callable[[str], object] | None = None,
 ) -> Any:
     """A Settings field: its default, its help text, the commands that take it as a flag
     (`--name-with-dashes`), and what values are allowed (`address`: host:port, empty only
-    when `zero_ok`; `networks`: comma-separated IP addresses or CIDR networks). The CLI is
+    when `zero_ok`; `networks`: comma-separated IP addresses or CIDR networks; `check`: reads
+    a text value that is not empty, raising ValueError naming the rule it breaks). The CLI is
     generated from these."""
     metadata = {
         "help": help,
@@ -59,8 +62,74 @@ def setting(
         "address": address,
         "networks": networks,
         "alias": alias,  # another flag for it (the contract's name, e.g. admin --listen)
+        "check": check,
     }
     return field(default=default, repr=not secret, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class OtlpTarget:
+    """Where traces go (`--otlp-endpoint`, docs/operations.md#traces): an OTLP receiver over
+    gRPC (`path` empty) or over HTTP (`path`: where it takes traces, /v1/traces)."""
+
+    protocol: str  # "grpc" or "http"
+    host: str
+    port: int
+    tls: bool
+    path: str = ""
+
+    @property
+    def url(self) -> str:
+        """The receiver as the OTLP exporters take it."""
+        scheme = "https" if self.tls else "http"  # (gRPC's exporter takes these too)
+        return f"{scheme}://{join_address(self.host, self.port)}{self.path}"
+
+
+_OTLP_SCHEMES = {"grpc": ("grpc", False), "grpcs": ("grpc", True)}
+_OTLP_SCHEMES |= {"http": ("http", False), "https": ("http", True)}
+OTLP_TRACES_PATH = "/v1/traces"
+
+
+def otlp_target(text: str) -> OtlpTarget:
+    """`host:port` or `grpc://host:port` (OTLP/gRPC, plaintext; `grpcs://`: TLS), or
+    `http(s)://host[:port][/path]` (OTLP/HTTP; no path: /v1/traces). ValueError names the
+    rule the text breaks (no credentials, query or fragment in it: a URL is logged)."""
+    if not text.isprintable() or " " in text:
+        raise ValueError(f"expected an OTLP endpoint URL, got {text!r}")
+    if "://" not in text:
+        try:
+            name, number = split_address(text)
+        except ValueError:
+            name, number = "", 0
+        if not name or not number:
+            raise ValueError(f"expected host:port (OTLP/gRPC) or a URL, got {text!r}")
+        return OtlpTarget("grpc", name, number, tls=False)
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+    except ValueError:
+        raise ValueError(f"expected an OTLP endpoint URL, got {text!r}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _OTLP_SCHEMES:
+        raise ValueError(f"expected grpc://, grpcs://, http:// or https://, got {text!r}")
+    if parts.username is not None:  # (not echoed: it may hold a password)
+        raise ValueError("no user or password in the OTLP endpoint (OTEL_EXPORTER_OTLP_HEADERS)")
+    if parts.query or parts.fragment or not host:
+        raise ValueError(f"expected a host, port and path only (no query), got {text!r}")
+    protocol, tls = _OTLP_SCHEMES[scheme]
+    try:
+        given = parts.port
+    except ValueError:
+        given = 0
+    if given == 0:
+        raise ValueError(f"expected a port from 1 to 65535, got {text!r}")
+    port = given if given is not None else {"grpc": 4317, "http": 443 if tls else 80}[protocol]
+    path = parts.path.rstrip("/")
+    if protocol == "grpc" and path:
+        raise ValueError(f"an OTLP/gRPC endpoint has no path, got {text!r}")
+    if protocol == "http" and not path:
+        path = OTLP_TRACES_PATH
+    return OtlpTarget(protocol, host, port, tls, path)
 
 
 @dataclass(frozen=True)
@@ -189,6 +258,12 @@ class Settings:
         zero_ok=True,
         maximum=60.0,
     )
+    otlp_endpoint: str = setting(
+        "",
+        "traces (OTLP) go there: host:port or grpc://host:port (gRPC; grpcs:// with TLS), or "
+        "http(s)://host:port/v1/traces (HTTP); with `up`, Envoy's too; '': no tracing",
+        check=otlp_target,
+    )
     tls_cert: str = setting("", "PEM certificate (chain): the gRPC port speaks TLS", TLS)
     tls_key: str = setting("", "PEM private key of --tls-cert", TLS, secret=True)
     tls_client_ca: str = setting(
@@ -307,6 +382,11 @@ def _convert(name: str, raw: Any, source: str) -> Any:
     if meta["networks"]:
         try:
             split_networks(value)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
+    if meta["check"] is not None and value:
+        try:
+            meta["check"](value)
         except ValueError as e:
             raise ConfigError(f"{source}: {e}") from None
     return value

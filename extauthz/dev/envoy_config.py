@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from extauthz.config import OtlpTarget, otlp_target
 from extauthz.core.identity import request_headers
 from extauthz.core.llm import MAX_BODY_BYTES
 from extauthz.core.llm_usage import EDIT_FILTER_METADATA, USAGE_NAMESPACE
@@ -381,6 +383,14 @@ def llm_filter() -> dict[str, Any]:
 USAGE_LOG = "envoy.access_loggers.http_grpc"
 
 
+def http_managers(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every HttpConnectionManager of a bootstrap's listeners (its typed_config, to edit)."""
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                yield network_filter["typed_config"]
+
+
 def with_ext_proc(config: dict[str, Any]) -> dict[str, Any]:
     """`config` (a bootstrap) counting with Envoy's ext_proc filter instead of the Lua filter
     and the usage log, as gateways that run ext_proc do: on LLM routes the body-editing filter
@@ -390,22 +400,19 @@ def with_ext_proc(config: dict[str, Any]) -> dict[str, Any]:
         "@type": T + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
         "disabled": True,
     }
-    for listener in out["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for network_filter in chain["filters"]:
-                manager = network_filter["typed_config"]
-                names = [h["name"] for h in manager.get("http_filters", [])]
-                if LLM_FILTER not in names:
-                    continue
-                at = names.index(LLM_FILTER)
-                manager["http_filters"][at : at + 1] = [stream_usage_filter(), ext_proc_filter()]
-                manager["access_log"] = [x for x in manager["access_log"] if x["name"] != USAGE_LOG]
-                for host in manager["route_config"]["virtual_hosts"]:
-                    for route in host["routes"]:
-                        per_route = route.get("typed_per_filter_config", {})
-                        if per_route.pop(LLM_FILTER, None) is not None:
-                            for name in (STREAM_USAGE_FILTER, EXT_PROC_FILTER):
-                                per_route[name] = copy.deepcopy(disabled)
+    for manager in http_managers(out):
+        names = [h["name"] for h in manager.get("http_filters", [])]
+        if LLM_FILTER not in names:
+            continue
+        at = names.index(LLM_FILTER)
+        manager["http_filters"][at : at + 1] = [stream_usage_filter(), ext_proc_filter()]
+        manager["access_log"] = [x for x in manager["access_log"] if x["name"] != USAGE_LOG]
+        for host in manager["route_config"]["virtual_hosts"]:
+            for route in host["routes"]:
+                per_route = route.get("typed_per_filter_config", {})
+                if per_route.pop(LLM_FILTER, None) is not None:
+                    for name in (STREAM_USAGE_FILTER, EXT_PROC_FILTER):
+                        per_route[name] = copy.deepcopy(disabled)
     return out
 
 
@@ -437,6 +444,66 @@ def usage_log(cluster: str = "extauthz") -> dict[str, Any]:
             },
         },
     }
+
+
+OTEL_TRACER = "envoy.tracers.opentelemetry"
+OTEL_CLUSTER = "otel_collector"
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"  # (Debian's; the collector's over TLS)
+
+
+def tracing(target: OtlpTarget, cluster: str = OTEL_CLUSTER) -> dict[str, Any]:
+    """An HttpConnectionManager's `tracing`: Envoy's OpenTelemetry tracer, spans sent over
+    OTLP (gRPC or HTTP, as `target` names) to the collector at `cluster`. Every request is
+    sampled (random_sampling 100%; Envoy continues a client's `traceparent`). ext_authz's
+    call gets a child span whose traceparent extauthz continues (docs/operations.md#traces)."""
+    provider: dict[str, Any] = {
+        "@type": T + "config.trace.v3.OpenTelemetryConfig",
+        "service_name": "envoy",
+    }
+    if target.protocol == "grpc":
+        provider["grpc_service"] = {"envoy_grpc": {"cluster_name": cluster}, "timeout": "1s"}
+    else:
+        uri = {"uri": target.url, "cluster": cluster, "timeout": "1s"}
+        provider["http_service"] = {"http_uri": uri}
+    return {
+        "provider": {"name": OTEL_TRACER, "typed_config": provider},
+        "random_sampling": {"value": 100},
+    }
+
+
+def collector_cluster(target: OtlpTarget, cluster: str = OTEL_CLUSTER) -> dict[str, Any]:
+    """The cluster of the OTLP collector (HTTP/2 for gRPC; TLS checked against the system's
+    CAs for grpcs:// and https://)."""
+    config = _cluster(cluster, Endpoint(target.host, target.port), http2=target.protocol == "grpc")
+    if target.tls:
+        config["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": target.host,
+                "common_tls_context": {
+                    "validation_context": {
+                        "trusted_ca": {"filename": SYSTEM_CAS},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"exact": target.host}}
+                        ],
+                    }
+                },
+            },
+        }
+    return config
+
+
+def with_tracing(config: dict[str, Any], target: OtlpTarget) -> dict[str, Any]:
+    """`config` (a bootstrap) tracing every request through ext_authz to `target` (the
+    collector `extauthz serve --otlp-endpoint` sends its spans to): `tracing` on each
+    listener that runs ext_authz, and the collector's cluster."""
+    out = copy.deepcopy(config)
+    for manager in http_managers(out):
+        if any(h["name"] == EXT_AUTHZ_FILTER for h in manager.get("http_filters", [])):
+            manager["tracing"] = tracing(target)
+    out["static_resources"]["clusters"].append(collector_cluster(target))
+    return out
 
 
 def route_metadata(name: str, route_identity: str) -> dict[str, Any]:
@@ -800,8 +867,10 @@ def render(
     route_identity: str = "context",
     console_source: str | None = None,
     counting: str = "lua",
+    otlp: OtlpTarget | None = None,
 ) -> str:
-    """The Envoy config as YAML (`counting`: "lua", or "ext-proc" for `with_ext_proc`)."""
+    """The Envoy config as YAML (`counting`: "lua", or "ext-proc" for `with_ext_proc`;
+    `otlp`: traces to that collector, `with_tracing`)."""
     header = (
         "# Envoy in front of model servers, with extauthz deciding every request (ext_authz).\n"
         "# Generated by `python -m extauthz.dev.envoy_config --compose`: edit\n"
@@ -810,6 +879,8 @@ def render(
     config = bootstrap(ports, authz_tls, route_identity, console_source)
     if counting == "ext-proc":
         config = with_ext_proc(config)
+    if otlp is not None:
+        config = with_tracing(config, otlp)
     text = yaml.dump(config, Dumper=_Dumper, sort_keys=False, width=120)
     return header + (_annotated(text) if route_identity == "context" else text)
 
@@ -849,6 +920,11 @@ if __name__ == "__main__":
         help="LLM responses read by a Lua filter (default), or by extauthz over ext_proc",
     )
     parser.add_argument(
+        "--otlp-endpoint",
+        type=otlp_target,
+        help="traces to this OTLP collector (as `extauthz serve --otlp-endpoint`)",
+    )
+    parser.add_argument(
         "--sds-dir",
         type=Path,
         help="with --compose: write the SDS files its mutual TLS names into this directory",
@@ -860,7 +936,20 @@ if __name__ == "__main__":
         for name, text in sds_files(COMPOSE_TLS).items():
             (args.sds_dir / name).write_text(text)
     elif args.compose:
-        print(render(COMPOSE, COMPOSE_TLS, args.route_identity, counting=args.counting), end="")
+        text = render(
+            COMPOSE,
+            COMPOSE_TLS,
+            args.route_identity,
+            counting=args.counting,
+            otlp=args.otlp_endpoint,
+        )
+        print(text, end="")
     else:
         ports = loopback_ports(args.base_port)
-        print(render(ports, route_identity=args.route_identity, counting=args.counting), end="")
+        text = render(
+            ports,
+            route_identity=args.route_identity,
+            counting=args.counting,
+            otlp=args.otlp_endpoint,
+        )
+        print(text, end="")

@@ -43,7 +43,7 @@ import yaml
 
 from extauthz.admin import tokens
 from extauthz.admin.sync import sync
-from extauthz.config import ENV_PREFIX, Settings
+from extauthz.config import ENV_PREFIX, Settings, otlp_target
 from extauthz.core.policy import load_policy_file
 from extauthz.dev import DEFAULT_BASE_PORT, PORTS_USED
 from extauthz.dev.envoy_config import ClientTls, EnvoyPorts, loopback_ports, render, sds_files
@@ -393,8 +393,11 @@ class Stack:
         self.sds_dir.mkdir(exist_ok=True)
         for name, text in sds_files(self.client_tls).items():
             (self.sds_dir / name).write_text(text)
+        otlp = otlp_target(self.settings.otlp_endpoint) if self.settings.otlp_endpoint else None
         self.envoy_config.write_text(
-            render(self.ports, self.client_tls, self.settings.route_identity, CONSOLE_SOURCE)
+            render(
+                self.ports, self.client_tls, self.settings.route_identity, CONSOLE_SOURCE, otlp=otlp
+            )
         )
         self.start_redis()
         self.sync_policy()

@@ -244,6 +244,15 @@ def check_response_bytes(decision: Decision, request_id: str = "") -> bytes:
     return data
 
 
+def metadata_bytes(key: str, value: str) -> bytes:
+    """A CheckResponse holding only dynamic metadata `key: value`. Appended to another's
+    bytes it adds that field to its metadata (a message field given twice is merged), and
+    the bytes kept for a decision stay as they are (runtime/tracing.py adds a traceparent)."""
+    metadata = struct_pb2.Struct()
+    metadata[key] = value
+    return bytes(CheckResponse(dynamic_metadata=metadata).SerializeToString())
+
+
 def check_response(decision: Decision) -> Any:
     """The CheckResponse for a decision.
 

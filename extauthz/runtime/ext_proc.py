@@ -58,6 +58,7 @@ from extauthz.runtime.limiter import METADATA_KEY as TOKEN_LIMITS_KEY
 from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.tickets import TICKET_KEY, Claims, Tickets
+from extauthz.runtime.tracing import TRACE_KEY
 from extauthz.runtime.usage import UsageMeter
 
 log = logging.getLogger("extauthz.llm")
@@ -166,6 +167,7 @@ class Exchange:
         self.model = ""
         self.token_limits = ""  # the reservation to settle (the Limiter's metadata)
         self.ticket = ""  # their signature (runtime/tickets.py)
+        self.trace = ""  # the Check's span (runtime/tracing.py), with --otlp-endpoint
         self.status = 0
         self.stream: StreamUsage | None = None  # an SSE response
         self.body = bytearray()  # a JSON response, up to MAX_JSON_BODY
@@ -181,6 +183,7 @@ class Exchange:
                 self.model = values.get("model", "")
                 self.token_limits = values.get(TOKEN_LIMITS_KEY, "")
                 self.ticket = values.get(TICKET_KEY, "")
+                self.trace = values.get(TRACE_KEY, "")
         kind = message.WhichOneof("request")
         if kind == "response_headers":
             for header in message.response_headers.headers.headers:
@@ -232,6 +235,9 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         self._missed: dict[str, int] = {}  # uncounted responses since the last warning
         self._warned_at = -WARN_EVERY
         self._lock = threading.Lock()
+        # a response's tokens were charged: (traceparent, token id, route, model, status,
+        # usage) → its span (runtime/tracing.py, with --otlp-endpoint)
+        self.on_charge: Callable[[str, str, str, str, int, Usage], None] | None = None
 
     def _take(self) -> bool:
         """A stream slot, if one is free."""
@@ -372,6 +378,7 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             exchange.status,
             exchange.usage(),
             exchange.ticket,
+            exchange.trace,
         )
 
     def charge(
@@ -383,15 +390,17 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         status: int,
         used: Usage | None,
         ticket: str = "",
+        trace: str = "",
     ) -> None:
         """One LLM response ended (`status`, `used`: its usage, None when unreadable):
         settle its reservation (ext_authz's `token_limits` metadata) and charge its tokens
         to the caller, the metrics and usage. With `tickets`, a record whose `ticket` does
         not verify is not counted at all (its reservation stays), and one that does is
-        counted once its nonce is claimed (`Claims`: batched, soon after)."""
+        counted once its nonce is claimed (`Claims`: batched, soon after). `trace`: the
+        Check's traceparent, for the span of a charged response (`on_charge`)."""
         tickets = self.tickets
         if tickets is None or self.claims is None:
-            self._counted(token_id, route, model, token_limits, status, used)
+            self._counted(token_id, route, model, token_limits, status, used, trace)
             return
         record = tickets.verified(token_id, route, model, token_limits, ticket)
         if record is None:
@@ -400,7 +409,7 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
 
         def then(first: bool) -> None:
             if first:
-                self._counted(token_id, route, model, token_limits, status, used)
+                self._counted(token_id, route, model, token_limits, status, used, trace)
             else:
                 self._uncounted("counted_already")
 
@@ -414,6 +423,7 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         token_limits: str,
         status: int,
         used: Usage | None,
+        trace: str = "",
     ) -> None:
         if token_limits and self.limiter is not None:
             # a success is charged its usage; one whose usage cannot be read (or only
@@ -437,3 +447,5 @@ class UsageProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             self.metrics.llm_tokens(route, model, used, cost)
         if self.usage is not None and token_id:
             self.usage.charge(token_id, model, self.clock(), used, cost or 0)
+        if self.on_charge is not None:
+            self.on_charge(trace, token_id, route, model, status, used)

@@ -21,7 +21,7 @@ from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extauthz.config import Settings
+from extauthz.config import Settings, otlp_target
 from extauthz.core.decision import Outcome
 from extauthz.core.llm import MAX_BODY_BYTES
 from extauthz.core.prices import NO_PRICES, PriceTable
@@ -42,6 +42,7 @@ from extauthz.runtime.limiter import Limiter
 from extauthz.runtime.metrics import Metrics
 from extauthz.runtime.policy_watcher import PolicyWatcher
 from extauthz.runtime.tickets import Tickets
+from extauthz.runtime.tracing import Tracing
 from extauthz.runtime.usage import UsageMeter
 from extauthz.runtime.usage_records import UsageRecords
 from extauthz.storage.invalidation import InvalidationListener
@@ -142,6 +143,10 @@ class Server:
         self.tickets = Tickets(self.store)
         self.processor: UsageProcessor | None = None  # (LLM responses: ext_proc, access log)
         self.authorizer = self._authorizer()
+        # --otlp-endpoint: spans (runtime/tracing.py); without it no tracing code runs
+        self.tracing = (
+            Tracing(otlp_target(settings.otlp_endpoint)) if settings.otlp_endpoint else None
+        )
         self.watcher = PolicyWatcher(
             self.authorizer, settings.policy_refresh, self.redis, self._on_poll
         )
@@ -156,6 +161,8 @@ class Server:
             else None
         )
         self.health = health.HealthServicer()
+        if check is None and self.tracing is not None:
+            check = self.tracing.check_handler(self.authorizer)
         self.grpc_server = self._grpc_server(
             reuse_port,
             check or check_handler(self.authorizer),
@@ -213,6 +220,8 @@ class Server:
                 tickets=self.tickets,
                 prices=self._prices,
             )
+            if self.tracing is not None:
+                processor.on_charge = self.tracing.charged
             external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
             # (Envoy's access log: one record per LLM response its Lua filter read)
             als_pb2_grpc.add_AccessLogServiceServicer_to_server(UsageRecords(processor), server)
@@ -350,6 +359,8 @@ class Server:
             self.listener.stop()
         self.jwks.stop()
         self.store.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # (the spans not yet exported)
         log.info("stopped")
 
 

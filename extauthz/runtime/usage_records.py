@@ -26,6 +26,7 @@ from extauthz.core.llm_usage import MAX_TOKENS, USAGE_NAMESPACE, Usage, usage_of
 from extauthz.runtime.ext_proc import EXT_AUTHZ_NAMESPACE, UsageProcessor
 from extauthz.runtime.limiter import METADATA_KEY as TOKEN_LIMITS_KEY
 from extauthz.runtime.tickets import TICKET_KEY
+from extauthz.runtime.tracing import TRACE_KEY
 
 log = logging.getLogger("extauthz.llm")
 NAMESPACE = USAGE_NAMESPACE  # what the Lua filter writes
@@ -86,4 +87,5 @@ class UsageRecords(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
             status,
             used,
             authz.get(TICKET_KEY, ""),
+            authz.get(TRACE_KEY, ""),
         )
