@@ -77,7 +77,8 @@ def test_ext_proc_counts_edits_and_settles(gateway: tuple[Stack, int]) -> None:
         "prompt_tokens": 2 * plain.usage.prompt_tokens,
         "completion_tokens": 2 * plain.usage.completion_tokens,
         # (the example policy prices demo-small at $1,000 and $2,000 per million tokens)
-        "cost_usd": 2 * (plain.usage.prompt_tokens * 1000 + plain.usage.completion_tokens * 2000)
+        "cost_usd": 2
+        * (plain.usage.prompt_tokens * 1000 + plain.usage.completion_tokens * 2000)
         / 1e6,
     }
     wait_for(lambda: charged() == expected, 10, "both responses counted")
