@@ -138,11 +138,15 @@ def run(streams: int, chunks: int, pace_ms: int, ramp_us: int) -> dict[str, Any]
                     day = tokens.usage(stack.store(), made.record.id, 1, time.time())["days"][0]
                     return dict(day.get("models", {}).get("demo-small", {}))
 
-                expected = {
+                expected: dict[str, Any] = {
                     "requests": client["ok"],
                     "prompt_tokens": 11 * client["ok"],
                     "completion_tokens": (chunks - 2) * client["ok"],
                 }
+                policy = stack.store().load_policy()
+                price = policy.prices.of("demo-small") if policy is not None else None
+                if price is not None:  # (the example policy prices it: usage has its cost)
+                    expected["cost_usd"] = price.cost(11, chunks - 2) * client["ok"] / 1e6
                 with contextlib.suppress(TimeoutError):  # (reported, not raised)
                     wait_for(lambda: charged() == expected, 20, "every stream charged")
                 found = charged()

@@ -156,8 +156,16 @@ def test_bad_input_is_400_with_the_field_and_writes_nothing(
         (None, b'{"routes": ["a"], "name": "' + b"x" * 70_000 + b'"}', "body larger"),
         # mistakes refused: a typo in a route, LLM fields on a route that counts no LLM tokens
         ({"routes": ["a", "lmm"]}, None, "route: lmm is not a route of the synced policy"),
-        ({"routes": ["a"], "token_limit": "50/m"}, None, "token_limit: token limits and models"),
-        ({"routes": ["a"], "models": ["demo"]}, None, "model: token limits and models apply"),
+        (
+            {"routes": ["a"], "token_limit": "50/m"},
+            None,
+            "token_limit: token limits, budgets and models",
+        ),
+        (
+            {"routes": ["a"], "models": ["demo"]},
+            None,
+            "model: token limits, budgets and models apply",
+        ),
         ({"routes": ["llm"], "token_limit": "0/d"}, None, "token_limit: 0 would refuse every"),
         ({"routes": ["a"], "allow_unknown_route": None}, None, "allow_unknown_route"),
         # empty values are given values (refused), never taken for "none given"
@@ -220,7 +228,9 @@ def test_unknown_routes_are_refused_unless_the_body_allows_them(
     code, reply = api.call("PATCH", path, admin, {"routes": ["a", "soon"]})
     assert code == 400 and "soon is not a route of the synced policy" in reply["message"]
     code, reply = api.call("PATCH", path, admin, {"routes": ["a"]})  # keeps its token limit
-    assert code == 400 and reply["message"].startswith("route: token limits and models apply")
+    assert code == 400 and reply["message"].startswith(
+        "route: token limits, budgets and models apply"
+    )
     change = {"routes": ["a", "soon"], "token_limit": "none", "allow_unknown_route": True}
     code, changed = api.call("PATCH", path, admin, change)
     assert code == 200 and changed["routes"] == ["a", "soon"] and changed["token_limit"] is None

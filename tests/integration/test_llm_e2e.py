@@ -241,6 +241,9 @@ def test_tokens_are_counted_from_responses(stack: Stack) -> None:
             "requests": 1,
             "prompt_tokens": plain.usage.prompt_tokens,
             "completion_tokens": plain.usage.completion_tokens,
+            # (priced in the example policy at $1,000 and $2,000 per million tokens)
+            "cost_usd": (plain.usage.prompt_tokens * 1000 + plain.usage.completion_tokens * 2000)
+            / 1e6,
         },
         "demo-large": {
             "requests": 3,

@@ -272,7 +272,7 @@ def successes(api: Api, redis: RedisServer, admin: str, manager: str, target: st
         {(made["id"], today): [3, 1]},
         7,
         models={(made["id"], today, "gpt-small"): 3},
-        tokens={(made["id"], today, "gpt-small"): [100, 20, 0, 10, 5]},
+        tokens={(made["id"], today, "gpt-small"): [100, 20, 0, 10, 5, 90]},
     )
     store.raise_last_used({made["id"]: time.time()})
     store.close()

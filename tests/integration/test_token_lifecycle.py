@@ -153,7 +153,9 @@ def test_bad_input_is_one_line_and_changes_nothing(
     typo.write_text('{"id": "x1", "routes": ["deploymnet-a"], "token": "aaaaaaaaaa"}\n')
     unknown = "is not a route of the synced policy (version 1; did you mean deployment-a?): fix"
     allow = "or pass --allow-unknown-route if its policy comes later"
-    llm_only = "token limits and models apply only on LLM routes (api: openai in the policy)"
+    llm_only = (
+        "token limits, budgets and models apply only on LLM routes (api: openai in the policy)"
+    )
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     cases = [
