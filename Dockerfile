@@ -4,7 +4,9 @@
 FROM python:3.11.9-slim-bookworm
 WORKDIR /app
 COPY requirements/runtime.lock ./requirements/
-RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.lock
+COPY scripts/proto-overlap.sh ./scripts/
+RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.lock \
+    && bash scripts/proto-overlap.sh python requirements/runtime.lock
 COPY pyproject.toml README.md ./
 COPY extauthz ./extauthz
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \

@@ -13,6 +13,7 @@ import datetime as dt
 import itertools
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -558,6 +559,21 @@ def _cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
 EXIT_NOT_OURS = 3  # `token leaked`: no token of ours has this secret (nothing done)
 
 
+_OUR_SECRET = re.compile(r"eat_(?:[0-9A-Za-z]{38}|[0-9A-Za-z_-]{43})(?![0-9A-Za-z_-])")
+
+
+def _pasted_secret(text: str) -> str:
+    """The secret in what was pasted: surrounding blanks and quotes and a `Bearer ` in front
+    taken off; in a longer text (a log line), the one extauthz secret it holds, if one."""
+    secret = text.strip().strip("'\"`").strip()
+    if secret[:7].lower() == "bearer ":
+        secret = secret[7:].strip()
+    found = {m.group(0) for m in _OUR_SECRET.finditer(secret)}
+    if len(found) == 1 and secret not in found:
+        (secret,) = found
+    return secret
+
+
 def _cmd_token_leaked(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.admin import audit, leaks
     from extauthz.core.secret_scanning import Match
@@ -568,6 +584,7 @@ def _cmd_token_leaked(args: argparse.Namespace, settings: Settings) -> int:
         secret = line.removesuffix("\n").removesuffix("\r")
         if len(secret) > 8192:
             raise InvalidValue("secret", "(from stdin)", "at most 8192 characters, one line")
+    secret = _pasted_secret(secret)
     if not secret:
         raise InvalidValue("secret", "", "give the leaked secret, or - to read it from stdin")
     match = Match(secret, "", args.url or "", "manual")

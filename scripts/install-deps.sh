@@ -38,6 +38,7 @@ fi
 # Exactly the locked versions, each file checked against its hash (scripts/lock.sh makes the
 # lock from pyproject.toml); then extauthz itself, editable, with nothing more.
 .venv/bin/python -m pip install -q --require-hashes -r requirements/dev.lock
+bash scripts/proto-overlap.sh .venv/bin/python requirements/dev.lock  # (xds-protos' old copy)
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 # LiteLLM's proxy, an OpenAI-compatible server the LLM tests put behind Envoy and extauthz,
 # in a virtualenv of its own (its pins are not ours)

@@ -460,8 +460,19 @@ def _allow(
         if edits:
             metadata += ((EDIT_KEY, llm.splices(edits)),)
         if settled:
+            if llm.hosted_tool:  # (its fees and its turns' tokens are in no bound)
+                return _model_denial(
+                    400, INVALID, f"tool type {llm.hosted_tool} runs on the server, beyond any "
+                    "bound: under a token limit or budget only function and custom tools",
+                    subject, until,
+                )  # fmt: skip
             reserve = llm.bound(default) or 0
             if any(limited.kind is MONEY for limited in settled):
+                if llm.premium:
+                    return _model_denial(
+                        400, INVALID, f"{llm.premium}: a budget counts the model's standard "
+                        "prices for text; leave it out", subject, until,
+                    )  # fmt: skip
                 price = prices.of(model)
                 if price is None:
                     if prices.unpriced != "free":

@@ -78,6 +78,12 @@ class LlmRequest(NamedTuple):
     insert_at: int = 0  # where a pair added first goes (after the object's "{")
     usage_asked: bool = False  # its endpoint's streams report usage only when asked
     api: str = ""  # its endpoint's shape (chat, completions, responses, embeddings)
+    # a field asking the server for what a model's prices do not cover (a premium service
+    # tier, audio): refused under a budget (docs/llm.md#budgets-in-dollars)
+    premium: str = ""
+    # a hosted tool the server runs itself (web search, file search, code): its fees and its
+    # turns' input tokens are in no bound, so it is refused under any token limit or budget
+    hosted_tool: str = ""
 
     def bound(self, default_cap: int | None) -> int | None:
         """The most tokens it may use when a body naming no cap gets `default_cap`: body
@@ -128,6 +134,11 @@ class _Unreadable(ValueError):
 
 
 _BASE_READS = frozenset(("model", "stream", "stream_options"))
+# what a request may ask for that its model's prices do not cover, read where its endpoint
+# takes it; and the tool types a server leaves to the client (any other it runs itself)
+_PREMIUM = frozenset(("service_tier", "modalities", "audio"))
+STANDARD_TIERS = ("default", "flex")  # (`auto` may be the project's priority tier)
+CLIENT_TOOLS = ("function", "custom")
 _READS: dict[str, frozenset[str]] = {}  # shape name → the top-level keys extauthz reads
 
 
@@ -140,6 +151,9 @@ def _reads(shape: ApiShape) -> frozenset[str]:
             found |= OUTPUT_CAPS | {"n", "best_of"}
         if shape.prompt_list:
             found |= {"prompt"}
+        found |= _PREMIUM & shape.fields
+        if shape.name == "responses":
+            found |= {"tools"}
         _READS[shape.name] = found
     return found
 
@@ -310,7 +324,36 @@ def _request(
         usage_asked=shape.usage_asked,
         api=shape.name,
         nulls=tuple(nulls) + ((("stream_options", 0, 0),) if null_options else ()),
+        premium=_premium(values),
+        hosted_tool=_hosted_tool(values.get("tools")) if shape.name == "responses" else "",
     )
+
+
+def _premium(values: dict[str, object]) -> str:
+    """The first field asking for what standard prices do not cover, as the 400 names it."""
+    tier = values.get("service_tier")
+    if tier is not None and tier not in STANDARD_TIERS:
+        return f'"service_tier" {_shown(str(tier))} (only {" or ".join(STANDARD_TIERS)})'
+    modalities = values.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        return '"modalities" other than ["text"]'
+    if values.get("audio") is not None:
+        return '"audio"'
+    return ""
+
+
+def _hosted_tool(tools: object) -> str:
+    """The type of the first tool in a Responses API `tools` list that the server runs
+    itself (anything but a function or custom tool); "" when none."""
+    if tools is None:
+        return ""
+    if type(tools) is not list:
+        return "tools that are not a list"
+    for tool in tools:  # (each an object: its pairs; "type" once, or it is not read)
+        kinds = [v for k, v in tool if k == "type"] if isinstance(tool, _Pairs) else []
+        if len(kinds) != 1 or kinds[0] not in CLIENT_TOOLS:
+            return _shown(str(kinds[0] if len(kinds) == 1 else tool))
+    return ""
 
 
 def _prompts(value: object) -> int:

@@ -78,6 +78,7 @@ class _Budget:
     rate: float = 0.0  # units a second this process takes (moving average of its leases)
     leased: int = 0  # units of the last lease
     leased_at: float = 0.0
+    expiring: bool = False  # a lease of this process set the counter's expiry
 
 
 class Limiter:
@@ -178,7 +179,7 @@ class Limiter:
                 want = need - budget.held + extra
             try:
                 granted, total = self.store.take_units(
-                    budget.counter, want, limit.count, budget.ends
+                    budget.counter, want, limit.count, budget.ends, not budget.expiring
                 )
             except StoreError:
                 with self._lock:
@@ -188,6 +189,7 @@ class Limiter:
                 self.on_total(limited, total, budget.ends)
             give = 0
             with self._lock:
+                budget.expiring = True  # (later leases of this window are one INCRBY)
                 if budget.leased_at:  # what the last lease held has been used since
                     elapsed = max(now - budget.leased_at, 1e-3)
                     budget.rate = 0.5 * budget.rate + 0.5 * budget.leased / elapsed

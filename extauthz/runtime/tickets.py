@@ -191,7 +191,7 @@ class Claims:
                 return
             self._pending.append((record, then))
             self._outstanding += 1
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="claims", daemon=True)
                 self._thread.start()
             self._wake.notify()
@@ -212,7 +212,12 @@ class Claims:
 
     def flush(self, batch: list[tuple[Verified, Callable[[bool], None]]]) -> None:
         """Claim `batch` now and run each record's `then`."""
-        answers = self.tickets.claim([record for record, _ in batch])
+        try:
+            answers = self.tickets.claim([record for record, _ in batch])
+        except Exception:  # (a reply Redis garbled, a bug: these are not counted, the thread
+            # and the records after them go on)
+            log.exception("claiming %d LLM records failed: not counted", len(batch))
+            answers = [False] * len(batch)
         for (_, then), first in zip(batch, answers, strict=True):
             try:
                 then(first)

@@ -176,17 +176,22 @@ class Store:
 
     # --- limits (runtime/limiter.py) -----------------------------------------------------
 
-    def take_units(self, counter: str, want: int, limit: int, ends: float) -> tuple[int, int]:
+    def take_units(
+        self, counter: str, want: int, limit: int, ends: float, expire: bool = True
+    ) -> tuple[int, int]:
         """Lease up to `want` units from a limit's counter (`{prefix}<counter>`, expiring a
-        minute after `ends`) without leaving it past `limit`: (units granted, the counter's
-        total after). One round trip; two when it would pass the limit (what was over is
-        given back at once). The expiry is set when the lease made the counter (one command
-        a lease while its window lasts: the warm path's Redis budget)."""
+        minute after `ends`; `expire` False: this caller set that already) without leaving
+        it past `limit`: (units granted, the counter's total after). One round trip; two when
+        it would pass the limit (what was over is given back at once)."""
         key = f"{self.prefix}{counter}"
         with self.redis_errors(), self._timed("incrby"):
-            total = int(self.client.incrby(key, want))
-            if total == want:  # (new, or back at 0: it gets its expiry; again is harmless)
-                self.client.expireat(key, int(ends) + 60)
+            if expire:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.incrby(key, want)
+                pipe.expireat(key, int(ends) + 60)
+                total = int(pipe.execute()[0])
+            else:
+                total = int(self.client.incrby(key, want))
             over = min(want, total - max(limit, total - want))
             if over > 0:
                 total = int(self.client.decrby(key, over))

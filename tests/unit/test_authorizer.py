@@ -85,12 +85,11 @@ def test_expiry_crossing_is_not_hidden(world: Any, store: Store) -> None:
     issued = tokens.create(store, ["m"], ttl_seconds=60, now=clock.now)
     decision = auth.decide(facts(issued.token))
     # the key's Redis expiry is read with the record (PTTL, in ms): the same moment, or a
-    # hair earlier, never later
+    # little earlier (the real time Redis counted since the key was written: more under a
+    # loaded suite), never later
     until = decision.reusable_until
     expires_at = float(issued.record.expires_at or 0)
-    assert (
-        decision.status == 200 and until is not None and expires_at - 0.005 <= until <= expires_at
-    )
+    assert decision.status == 200 and until is not None and expires_at - 0.5 <= until <= expires_at
     clock.now = float(issued.record.expires_at or 0) - 0.01
     assert auth.decide(facts(issued.token)).status == 200
     clock.now += 0.02

@@ -430,3 +430,87 @@ def test_budget_through_create_update_export_import(tmp_path: Path) -> None:
     )
     with pytest.raises(Exception, match="budget"):
         plan_import(store, read_import_file(str(path), START), str(path), now=START)
+
+
+# --- what standard prices cannot cover --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"service_tier": "priority"}, "service_tier"),
+        ({"service_tier": "auto"}, "service_tier"),  # (may be the project's priority tier)
+        ({"service_tier": 1}, "service_tier"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"modalities": "text"}, "modalities"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+    ],
+)
+def test_what_a_price_does_not_cover_is_refused_under_a_budget(
+    extra: dict[str, Any], says: str
+) -> None:
+    body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 10, **extra}).encode()
+    refused = _decided(body)
+    assert (refused.status, refused.reason) == (400, "invalid_request")
+    assert says in refused.body
+    # without a budget the same body is the model server's business
+    plain = PolicySnapshot(
+        1, parse_policy("version: 1\nroutes:\n  llm: {access: protected, api: openai}\n").routes
+    )
+    assert _decided(body, policy=plain).outcome is Outcome.ALLOW
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"service_tier": "default"}, {"service_tier": "flex"}, {"service_tier": None},
+     {"modalities": ["text"]}, {"modalities": None}, {"audio": None}],
+)  # fmt: skip
+def test_standard_tiers_and_text_are_priced(extra: dict[str, Any]) -> None:
+    body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 10, **extra}).encode()
+    assert _decided(body).outcome is Outcome.ALLOW
+
+
+def _responses(tools: Any, policy: PolicySnapshot = POLICY, **kw: Any) -> Decision:
+    body = json.dumps(
+        {"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 16, "tools": tools}
+    )
+    record = TokenRecord("t1", frozenset({"*"}), frozenset(), **kw)
+    llm = read_model_request(body.encode(), "POST", "/v1/responses")
+    facts = RequestFacts("llm", authorization=f"Bearer {SECRET}", llm=llm)
+    return decide(facts, policy, lambda d: record if d == token_hash(SECRET) else None, START)
+
+
+@pytest.mark.parametrize(
+    "tools",
+    [[{"type": "web_search_preview"}], [{"type": "function", "name": "f"}, {"type": "mcp"}],
+     [{"type": "file_search"}], [{"type": "code_interpreter"}], [{"name": "no type"}],
+     [{"type": ["function"]}], ["function"], {"type": "function"}, "tools"],
+)  # fmt: skip
+def test_hosted_tools_are_refused_under_a_budget_or_token_limit(tools: Any) -> None:
+    refused = _responses(tools)
+    assert (refused.status, refused.reason) == (400, "invalid_request"), refused.body
+    limited = parse_policy(
+        "version: 1\nroutes:\n  llm: {access: protected, api: openai, token_limit: 100000/d}\n"
+    )
+    assert _responses(tools, PolicySnapshot(1, limited.routes)).status == 400
+    free = parse_policy("version: 1\nroutes:\n  llm: {access: protected, api: openai}\n")
+    assert _responses(tools, PolicySnapshot(1, free.routes)).outcome is Outcome.ALLOW
+
+
+def test_function_and_custom_tools_are_counted_as_any_request() -> None:
+    tools = [{"type": "function", "name": "f", "parameters": {}}, {"type": "custom", "name": "c"}]
+    assert _responses(tools).outcome is Outcome.ALLOW
+    assert _responses(None).outcome is Outcome.ALLOW
+    assert _responses([]).outcome is Outcome.ALLOW
+
+
+def test_a_tool_naming_its_type_twice_is_refused_under_a_limit() -> None:
+    body = (
+        b'{"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 16, '
+        b'"tools": [{"type": "function", "type": "web_search_preview"}]}'
+    )
+    record = TokenRecord("t1", frozenset({"*"}), frozenset())
+    llm = read_model_request(body, "POST", "/v1/responses")
+    facts = RequestFacts("llm", authorization=f"Bearer {SECRET}", llm=llm)
+    answer = decide(facts, POLICY, lambda d: record if d == token_hash(SECRET) else None, START)
+    assert (answer.status, answer.reason) == (400, "invalid_request")

@@ -294,3 +294,17 @@ def test_nothing_ours_is_nothing_done(store: Store) -> None:
     )
     assert handled.found == {} and handled.revoked == 0 and not _events(store)
     assert isinstance(KEYS, SigningKeys)
+
+
+@pytest.mark.parametrize(
+    "pasted",
+    ["{s} ", "\t{s}\n", "Bearer {s}", "bearer  {s}", '"{s}"', "'{s}'", "`{s}`",
+     "Authorization: Bearer {s} (from the log)", "token={s}&x=1"],
+)  # fmt: skip
+def test_a_pasted_secret_is_found_in_what_surrounds_it(pasted: str) -> None:
+    from extauthz.cli import _pasted_secret
+
+    secret = "eat_" + "Ab1" * 12 + "Cd"
+    assert _pasted_secret(pasted.format(s=secret)) == secret
+    assert _pasted_secret("route secret " + secret + " and eat_" + "x" * 38) != secret  # (two)
+    assert _pasted_secret("a-route-secret") == "a-route-secret"

@@ -135,3 +135,26 @@ def test_a_claim_redis_cannot_make_is_not_counted(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(store, "claim_tickets", down)
     assert Tickets(store).claim([Verified("c" * 24, int(NOW))]) == [False]
+
+
+def test_a_claim_that_raises_anything_leaves_the_thread_counting() -> None:
+    store = _store()
+    claims = Claims(Tickets(store))
+    done: list[bool] = []
+    real = store.claim_tickets
+    calls = [0]
+
+    def garbled(hour: int, nonces: list[str], until: int | None) -> list[bool]:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise ValueError("a reply Redis garbled")  # (not a StoreError)
+        return real(hour, nonces, until)
+
+    store.claim_tickets = garbled  # type: ignore[method-assign]
+    claims.add(Verified("e" * 24, int(NOW)), done.append)
+    assert claims.drain(5)
+    assert done == [False]  # (not counted: its reservation stays)
+    claims.add(Verified("f" * 24, int(NOW)), done.append)
+    assert claims.drain(5)
+    assert done == [False, True]
+    claims.stop()

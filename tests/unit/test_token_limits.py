@@ -661,3 +661,32 @@ def test_settle_refuses_a_reservation_no_limit_could_have_made(need: int) -> Non
     )
     limiter.sync(START, final=True)
     assert [k for k in store.client.scan_iter("extauthz:tl:*")] == []
+
+
+def test_a_lease_sets_its_counters_expiry_until_one_did_then_is_one_command() -> None:
+    client = fakeredis.FakeRedis(**DECODING)
+    store = _store(client)
+    limiter = Limiter(store)
+    limit = Limited(TOKENS, "token:t1", TokenLimit(10**9, "d"), "this token")
+    key = f"extauthz:tl:token:t1:d{int(START // 86400)}"
+    client.set(key, "5")  # (made without an expiry: a lease that failed half way)
+    assert limiter.admit(_allow(100, limit), START).outcome is Outcome.ALLOW
+    assert client.ttl(key) > 0  # (the first lease of this process set it)
+    commands: list[str] = []
+    real = client.incrby
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        commands.append("incrby")
+        return real(*args, **kw)
+
+    real_pipeline = client.pipeline
+
+    def pipelined(*args: Any, **kw: Any) -> Any:
+        commands.append("incrby+expireat")
+        return real_pipeline(*args, **kw)
+
+    client.incrby = counted  # type: ignore[method-assign]
+    client.pipeline = pipelined  # type: ignore[method-assign]
+    for i in range(1, 2000):
+        limiter.admit(_allow(1000, limit), START + i)  # (never full: nothing given back)
+    assert commands and set(commands) == {"incrby"}  # (later leases: INCRBY alone)
