@@ -464,16 +464,29 @@ def _parse_route(r: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) ->
     )
 
 
+def _llm_only(
+    r: _Reader, path: str, fields: dict[str, tuple[yaml.Node, yaml.Node]], api: str | None,
+    name: str,
+) -> tuple[yaml.Node, str] | None:  # fmt: skip
+    """A route key that only an LLM route takes: its value's node and its path, or None
+    when absent (an error on a route without `api: openai`)."""
+    if name not in fields:
+        return None
+    key, node = fields[name]
+    where = f"{path}.{name}"
+    if api is None:
+        raise r.error(key, where, "only for a route with api: openai")
+    return node, where
+
+
 def _parse_budget(
     r: _Reader, path: str, fields: dict[str, tuple[yaml.Node, yaml.Node]], api: str | None
 ) -> Budget | None:
     """`budget: AMOUNT/UNIT`: USD of LLM use per caller on the route."""
-    if "budget" not in fields:
+    given = _llm_only(r, path, fields, api, "budget")
+    if given is None:
         return None
-    key, node = fields["budget"]
-    where = f"{path}.budget"
-    if api is None:
-        raise r.error(key, where, "only for a route with api: openai")
+    node, where = given
     try:
         return Budget.parse(r.string(node, where))
     except ValueError as e:
@@ -484,12 +497,10 @@ def _parse_default_cap(
     r: _Reader, path: str, fields: dict[str, tuple[yaml.Node, yaml.Node]], api: str | None
 ) -> int | None:
     """`default_max_tokens`: the output cap added to LLM requests that name none."""
-    if "default_max_tokens" not in fields:
+    given = _llm_only(r, path, fields, api, "default_max_tokens")
+    if given is None:
         return None
-    key, node = fields["default_max_tokens"]
-    where = f"{path}.default_max_tokens"
-    if api is None:
-        raise r.error(key, where, "only for a route with api: openai")
+    node, where = given
     value = r.integer(node, where)
     if not 1 <= value <= MAX_CAP:
         raise r.error(node, where, f"from 1 to {MAX_CAP}")
