@@ -172,9 +172,11 @@ def test_threads_taking_permits_at_once_never_exceed_n(count: int) -> None:
         # switch interval (109 INCRBYs of 1 left 58): serialize the call as Redis does
         take, atomic = store.take_units, threading.Lock()
 
-        def take_atomically(key: str, want: int, limit: int, ends: float) -> tuple[int, int]:
+        def take_atomically(
+            key: str, want: int, limit: int, ends: float, expire: bool = True
+        ) -> tuple[int, int]:
             with atomic:
-                return take(key, want, limit, ends)
+                return take(key, want, limit, ends, expire)
 
         store.take_units = take_atomically  # type: ignore[method-assign,assignment]
         limiters = [Limiter(store) for _ in range(2)]
