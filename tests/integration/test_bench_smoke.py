@@ -4,28 +4,14 @@ figures come from bench/, never from a timed test)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.procs import REPO, require_binary
+from tests.support.bench import run_bench
+from tests.support.procs import require_binary
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
-
-
-def run_bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """`bench/<script>` with `args`, which must exit 0 (its stderr's end shown if not)."""
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def test_bench_quick_smoke(tmp_path: Path) -> None:
@@ -92,10 +78,11 @@ def test_instruction_count_bench_smoke(tmp_path: Path) -> None:
     require_binary("redis-server")
     require_binary("valgrind")
     out = tmp_path / "instructions.json"
-    run_bench("instructions.py", "--calls", "30", "--json", str(out))
+    # (two of the four servers: each is a half-minute start under valgrind)
+    run_bench("instructions.py", "--calls", "30", "--servers", "extauthz_on", "--json", str(out))
     data = json.loads(out.read_text())
     counts = data["instructions_per_call"]
-    assert set(counts) == {"bare", "floor", "extauthz_on", "extauthz_off"}
+    assert set(counts) == {"bare", "extauthz_on"}
     # a gRPC call is hundreds of thousands of instructions: the count is real, not 0
     assert all(count > 100_000 for count in counts.values()), counts
 
@@ -110,34 +97,6 @@ def test_decision_path_bench_smoke() -> None:
     from bench.decision_path import instructions
 
     assert instructions("plain", "parse", 10) > 3_000
-
-
-def test_llm_body_bench_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "llm.json"
-    result = run_bench("llm_body.py", "--calls", "200", "--rounds", "1", "--json", str(out))
-    assert "| LLM Check, 100 KB body |" in result.stdout
-    data = json.loads(out.read_text())
-    assert data["request_bytes"]["LLM Check, 100 KB body"] > 100_000  # the body is really sent
-
-
-def test_llm_stream_bench_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "stream.json"
-    run_bench(
-        "llm_stream.py", "--rounds", "1", "--streams", "2", "--chunks", "32", "--sizes", "1,50",
-        "--concurrent", "4", "--json", str(out),
-    )  # fmt: skip
-    data = json.loads(out.read_text())
-    assert {row["chunks"] for row in data["p50"].values()} == {32}
-    assert data["paced"]["chunks_per_second_ratio"] > 0
-    assert set(data["extauthz_cpu_us_per_response_by_chunks"]) == {"1", "50"}
-    assert data["unrelated_request_ms"]["streams_completed"] > 0
-
-
-def test_llm_scale_bench_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "scale.json"
-    run_bench("llm_scale.py", "--streams", "10", "--chunks", "10", "--json", str(out))
-    data = json.loads(out.read_text())
-    assert data["ok"] == 10 and data["counted_exactly"], data
 
 
 def test_teams_bench_smoke(tmp_path: Path) -> None:
