@@ -96,6 +96,17 @@ class Metrics:
             registry=self.registry,
         )
         self.decision = self.tally.add  # (route, outcome, reason, seconds): once per Check
+        self.spans_dropped_counter = Counter(
+            "extauthz_spans_dropped",
+            "Trace spans not exported (--otlp-endpoint), by reason (queue_full: more than "
+            "2,048 waiting while the collector is slow or down; export_failed)",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def spans_dropped(self, reason: str, n: int) -> None:
+        """Trace spans that were not exported (runtime/tracing.py)."""
+        self.spans_dropped_counter.labels(reason).inc(n)
 
     def llm_tokens(self, route: str, model: str, used: Any, cost: int | None = None) -> None:
         """Tokens one LLM response used (`used`: core.llm_usage.Usage), and what they cost

@@ -145,7 +145,9 @@ class Server:
         self.authorizer = self._authorizer()
         # --otlp-endpoint: spans (runtime/tracing.py); without it no tracing code runs
         self.tracing = (
-            Tracing(otlp_target(settings.otlp_endpoint)) if settings.otlp_endpoint else None
+            Tracing(otlp_target(settings.otlp_endpoint), dropped=self.metrics.spans_dropped)
+            if settings.otlp_endpoint
+            else None
         )
         self.watcher = PolicyWatcher(
             self.authorizer, settings.policy_refresh, self.redis, self._on_poll

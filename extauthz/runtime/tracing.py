@@ -19,6 +19,8 @@ ended on the handler's thread and exported in batches by the SDK's own thread.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -129,15 +131,104 @@ def sampled(traceparent: str) -> bool:
     )
 
 
+def _none(reason: str, n: int) -> None:
+    pass
+
+
+MAX_QUEUED_SPANS = 2048
+EXPORT_BATCH = 512
+EXPORT_EVERY = 1.0  # seconds between exports while fewer than EXPORT_BATCH spans wait
+
+
+class SpanQueue:
+    """The span processor: ended spans wait in a bounded queue and a thread of its own
+    exports them in batches, so a slow or absent collector never slows a decision; what
+    does not fit, and what an export fails to send, is dropped and counted."""
+
+    def __init__(self, exporter: Any, dropped: Callable[[str, int], None]) -> None:
+        self.exporter = exporter
+        self.dropped = dropped
+        self._queue: list[Any] = []
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._exporting = 0  # spans taken from the queue and not yet exported
+        self._thread = threading.Thread(target=self._run, name="spans", daemon=True)
+        self._thread.start()
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: Any) -> None:
+        with self._wake:
+            if self._stopping or len(self._queue) >= MAX_QUEUED_SPANS:
+                full = True
+            else:
+                full = False
+                self._queue.append(span)
+                if len(self._queue) >= EXPORT_BATCH:
+                    self._wake.notify()
+        if full:
+            self.dropped("queue_full", 1)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                if not self._queue and not self._stopping:
+                    self._wake.wait(EXPORT_EVERY)
+                batch, self._queue = self._queue[:EXPORT_BATCH], self._queue[EXPORT_BATCH:]
+                self._exporting = len(batch)
+                stopping = self._stopping
+            if batch:
+                self._export(batch)
+            with self._wake:
+                self._exporting = 0
+                self._wake.notify_all()
+                if stopping and not self._queue:
+                    return
+
+    def _export(self, batch: list[Any]) -> None:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        try:
+            ok = self.exporter.export(batch) == SpanExportResult.SUCCESS
+        except Exception:  # (an exporter's failure is a count, never the server's)
+            ok = False
+        if not ok:
+            self.dropped("export_failed", len(batch))
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Export what waits now; True when it was exported in time."""
+        deadline = time.monotonic() + timeout_millis / 1000
+        with self._wake:
+            self._wake.notify()
+            while self._queue or self._exporting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.notify()
+                self._wake.wait(min(left, 0.05))
+        return True
+
+    def shutdown(self) -> None:
+        """Export what is left, then stop (the exporter too)."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        self._thread.join(timeout=30)
+        self.exporter.shutdown()
+
+
 class Tracing:
     """The tracer provider of one server process, its batch exporter, and what makes spans."""
 
-    def __init__(self, target: OtlpTarget, exporter: Any = None) -> None:
+    def __init__(
+        self, target: OtlpTarget, exporter: Any = None, dropped: Callable[[str, int], None] = _none
+    ) -> None:
         """`exporter`: where spans go (tests pass an in-memory one); default: OTLP to
-        `target` over gRPC or HTTP, as it names."""
+        `target` over gRPC or HTTP, as it names. `dropped(reason, n)`: told of spans not
+        exported (the queue full while the collector is slow or down, or an export failed)."""
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
         from opentelemetry.trace import (
             NonRecordingSpan,
@@ -155,7 +246,13 @@ class Tracing:
             resource=Resource.create({"service.name": SERVICE_NAME}),
         )
         exporter = exporter if exporter is not None else _exporter(target)
-        self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        from opentelemetry.sdk.trace import SpanProcessor
+
+        class Processor(SpanQueue, SpanProcessor):  # (the SDK's hooks SpanQueue leaves out)
+            pass
+
+        self.spans = Processor(exporter, dropped)
+        self.provider.add_span_processor(self.spans)
         self.tracer = self.provider.get_tracer("extauthz")
 
         def remote(trace: int, span: int, flags: int) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -432,3 +433,71 @@ def test_spans_reach_a_collector_over_otlp(protocol: str) -> None:
         a.key: a.value.int_value for a in span.attributes if a.key.startswith("gen_ai.usage")
     }
     assert tokens_used == {"gen_ai.usage.input_tokens": 30, "gen_ai.usage.output_tokens": 70}
+
+
+class _Stuck:
+    """A collector that never answers (until let go), then fails or succeeds."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        self.release = threading.Event()
+        self.exported: list[Any] = []
+
+    def export(self, batch: Any) -> Any:
+        self.release.wait(10)
+        if isinstance(self.result, Exception):
+            raise self.result
+        self.exported.extend(batch)
+        return self.result
+
+    def shutdown(self) -> None:
+        self.release.set()
+
+
+def _ended_spans(tracing: Tracing, n: int) -> float:
+    """End `n` spans (children of a sampled parent); the most seconds one took to end."""
+    parent = tracing.parent("00-" + "1" * 32 + "-" + "2" * 16 + "-01")
+    slowest = 0.0
+    for _ in range(n):
+        span = tracing.tracer.start_span("x", parent)
+        started = time.perf_counter()
+        span.end()
+        slowest = max(slowest, time.perf_counter() - started)
+    return slowest
+
+
+def test_a_collector_that_hangs_never_slows_a_span_and_what_overflows_is_counted() -> None:
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from extauthz.runtime.tracing import EXPORT_BATCH, MAX_QUEUED_SPANS
+
+    dropped: dict[str, int] = {}
+    stuck = _Stuck(SpanExportResult.SUCCESS)
+    tracing = Tracing(
+        otlp_target("127.0.0.1:4317"), exporter=stuck,
+        dropped=lambda reason, n: dropped.update({reason: dropped.get(reason, 0) + n}),
+    )  # fmt: skip
+    try:
+        total = MAX_QUEUED_SPANS + EXPORT_BATCH + 100
+        assert _ended_spans(tracing, total) < 0.05  # (never waits for the collector)
+        time.sleep(0.2)
+        # one batch in the stuck export, the queue full behind it, the rest dropped
+        assert 100 <= dropped.get("queue_full", 0) <= total - MAX_QUEUED_SPANS
+    finally:
+        stuck.release.set()
+        tracing.shutdown()
+    assert len(stuck.exported) + dropped["queue_full"] == total  # (nothing lost uncounted)
+
+
+def test_a_failed_export_is_counted() -> None:
+    dropped: dict[str, int] = {}
+    failing = _Stuck(RuntimeError("collector down"))
+    failing.release.set()
+    tracing = Tracing(
+        otlp_target("127.0.0.1:4317"), exporter=failing,
+        dropped=lambda reason, n: dropped.update({reason: dropped.get(reason, 0) + n}),
+    )  # fmt: skip
+    _ended_spans(tracing, 10)
+    assert tracing.provider.force_flush(5000)
+    tracing.shutdown()
+    assert dropped == {"export_failed": 10}
