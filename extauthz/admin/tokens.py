@@ -13,7 +13,7 @@ import math
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from extauthz.admin import audit
 from extauthz.core.budget import Budget
@@ -137,58 +137,50 @@ def check_kind(scopes: frozenset[str]) -> str:
 Check = Callable[[TokenRecord], None]  # raises when the caller may not make this record
 
 
-def parse_rate_limit(text: str) -> RateLimit | None:
-    """`600/m` → RateLimit; `none` → None (no limit of its own). `0/m` is refused: it would
-    refuse every request, and some read it as "no limit"."""
+L = TypeVar("L")
+
+
+def _limit_or_none(text: str, parse: Callable[[str], L], field: str, zero: str) -> L | None:
+    """`parse(text)`; `none` → None (none of its own). A zero amount is refused with `zero`
+    (what it would do, and what to give instead); any other mistake names the rule."""
     if text == "none":
         return None
     try:
-        return RateLimit.parse(text)
+        return parse(text)
     except ZeroLimit:
-        raise InvalidValue(
-            "rate-limit",
-            text,
-            "0 would refuse every request (it does not mean no limit): give none (or nothing) "
-            "for no limit of its own, or revoke the token to stop it",
-        ) from None
+        raise InvalidValue(field, text, zero) from None
     except ValueError as e:
-        raise InvalidValue("rate-limit", text, f"{e}, or none") from None
+        raise InvalidValue(field, text, f"{e}, or none") from None
+
+
+def parse_rate_limit(text: str) -> RateLimit | None:
+    """`600/m` → RateLimit; `none` → None (no limit of its own). `0/m` is refused: it would
+    refuse every request, and some read it as "no limit"."""
+    return _limit_or_none(
+        text, RateLimit.parse, "rate-limit",
+        "0 would refuse every request (it does not mean no limit): give none (or nothing) "
+        "for no limit of its own, or revoke the token to stop it",
+    )  # fmt: skip
 
 
 def parse_token_limit(text: str) -> TokenLimit | None:
     """`100000/d` → TokenLimit; `none` → None (no LLM token limit of its own). `0/d` is
     refused, as for rate limits."""
-    if text == "none":
-        return None
-    try:
-        return TokenLimit.parse(text)
-    except ZeroLimit:
-        raise InvalidValue(
-            "token-limit",
-            text,
-            "0 would refuse every LLM request (it does not mean no limit): give none (or "
-            "nothing) for no token limit of its own, or revoke the token to stop it",
-        ) from None
-    except ValueError as e:
-        raise InvalidValue("token-limit", text, f"{e}, or none") from None
+    return _limit_or_none(
+        text, TokenLimit.parse, "token-limit",
+        "0 would refuse every LLM request (it does not mean no limit): give none (or "
+        "nothing) for no token limit of its own, or revoke the token to stop it",
+    )  # fmt: skip
 
 
 def parse_budget(text: str) -> Budget | None:
     """`50/mo`, `$0.25/h` → Budget; `none` → None (no budget of its own). An amount of 0 is
     refused, as for limits."""
-    if text == "none":
-        return None
-    try:
-        return Budget.parse(text)
-    except ZeroLimit:
-        raise InvalidValue(
-            "budget",
-            text,
-            "0 would refuse every priced LLM request (it does not mean no budget): give none "
-            "(or nothing) for no budget of its own, or revoke the token to stop it",
-        ) from None
-    except ValueError as e:
-        raise InvalidValue("budget", text, f"{e}, or none") from None
+    return _limit_or_none(
+        text, Budget.parse, "budget",
+        "0 would refuse every priced LLM request (it does not mean no budget): give none "
+        "(or nothing) for no budget of its own, or revoke the token to stop it",
+    )  # fmt: skip
 
 
 def check_management_fields(
