@@ -46,12 +46,12 @@ from extauthz.runtime.auth_failures import FailureLimiter  # noqa: E402
 from extauthz.runtime.authorizer import Authorizer  # noqa: E402
 from extauthz.runtime.envoy_check import (  # noqa: E402
     CheckRequest,
+    check_handler,
     check_input_reader,
     check_response_bytes,
 )
 from extauthz.runtime.limiter import Limiter  # noqa: E402
 from extauthz.runtime.metrics import Metrics  # noqa: E402
-from extauthz.runtime.server import check_handler  # noqa: E402
 from extauthz.runtime.tracing import Tracing  # noqa: E402
 from extauthz.runtime.usage import UsageMeter  # noqa: E402
 from extauthz.storage.store import Store  # noqa: E402

@@ -10,7 +10,9 @@ threads, our background threads), and the idle window's count is taken off, sinc
 background threads' polls (once a second) would weigh ~50 times their real share under
 valgrind's slowdown. Servers: the bare
 grpcio server (bench/bare_check.py), our stack with an empty handler (bench/empty_check.py),
-extauthz with an unreached rate limit and usage metering on, and with both off.
+extauthz with an unreached rate limit and usage metering on, with both off, and with both
+off and traces on (`--otlp-endpoint` to an OTLP/gRPC receiver in this process; every call
+carries a `traceparent`, as Envoy's tracer sends it, sampled in 1 of 100).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ from extauthz.storage.invalidation import REQUIRED_FLAGS  # noqa: E402
 from extauthz.storage.store import DEFAULT_PREFIX, open_store  # noqa: E402
 
 WARM_UP = 200
+Metadata = tuple[tuple[str, str], ...] | None  # a call's gRPC metadata
+
+
+def no_metadata(i: int) -> Metadata:
+    return None
 
 
 def ensure_valgrind() -> None:
@@ -56,10 +63,16 @@ def ensure_valgrind() -> None:
 
 
 def per_call(
-    argv: list[str], body: bytes, calls: int, out: Path, leases: Callable[[], int]
+    argv: list[str],
+    body: bytes,
+    calls: int,
+    out: Path,
+    leases: Callable[[], int],
+    metadata: Callable[[int], Metadata] = no_metadata,
 ) -> tuple[float, int]:
     """Instructions per call of the server started by `argv` + its listen address, and
-    the rate-limit leases it took meanwhile (`leases`: how many Redis has counted)."""
+    the rate-limit leases it took meanwhile (`leases`: how many Redis has counted).
+    `metadata(i)`: the gRPC metadata of the i-th call (None: none)."""
     import grpc
     from envoy.service.auth.v3 import external_auth_pb2
 
@@ -75,14 +88,14 @@ def per_call(
             check = channel.unary_unary(
                 CHECK_PATH, response_deserializer=external_auth_pb2.CheckResponse.FromString
             )
-            for _ in range(WARM_UP):
-                assert check(body, timeout=60).status.code == 0
+            for i in range(WARM_UP):
+                assert check(body, timeout=60, metadata=metadata(i)).status.code == 0
             control = ["callgrind_control"]
             subprocess.run([*control, "-i", "on", str(proc.pid)], check=True, capture_output=True)
             leased = leases()
             started = time.monotonic()
-            for _ in range(calls):
-                check(body, timeout=60)
+            for i in range(calls):
+                check(body, timeout=60, metadata=metadata(i))
             busy = time.monotonic() - started
             leased = leases() - leased
         subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
@@ -100,7 +113,44 @@ def per_call(
     return (busy_total - idle_total) / calls, leased
 
 
-SERVERS = ("bare", "floor", "extauthz_on", "extauthz_off")
+SERVERS = ("bare", "floor", "extauthz_on", "extauthz_off", "extauthz_traced")
+SAMPLED_EVERY = 100  # extauthz_traced: 1 % of its calls have a sampled parent, as Envoy's
+# `random_sampling: 1` sends them (the others an unsampled traceparent: Envoy's span, not kept)
+
+
+def traceparent(i: int) -> Metadata:
+    """The metadata Envoy's tracer sends with the i-th ext_authz call."""
+    flags = "01" if i % SAMPLED_EVERY == 0 else "00"
+    return (("traceparent", f"00-{i + 1:032x}-{i + 1:016x}-{flags}"),)
+
+
+class Collector:
+    """An OTLP/gRPC receiver in this process, counting the spans it is sent."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        self.spans = 0
+        response: bytes = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+
+        def export(request: bytes, context: Any) -> bytes:
+            parsed = trace_service_pb2.ExportTraceServiceRequest.FromString(request)
+            self.spans += sum(
+                len(scope.spans) for spans in parsed.resource_spans for scope in spans.scope_spans
+            )
+            return response
+
+        handler = grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.trace.v1.TraceService",
+            {"Export": grpc.unary_unary_rpc_method_handler(export)},
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
 
 
 def run(calls: int, only: tuple[str, ...] = SERVERS) -> dict[str, Any]:
@@ -126,11 +176,17 @@ def run(calls: int, only: tuple[str, ...] = SERVERS) -> dict[str, Any]:
             ).token
             serve = [py, "-m", "extauthz", "serve", "--workers", "1", "--redis-url", url,
                      "--log-level", "warning", "--metrics-listen", ""]  # fmt: skip
+            collector = Collector()
+            otlp = f"grpc://127.0.0.1:{collector.port}"
             servers = {
                 "bare": ([py, "bench/bare_check.py", "--listen"], plain),
                 "floor": ([py, "bench/empty_check.py", "--redis-url", url, "--listen"], plain),
                 "extauthz_on": ([*serve, "--listen"], limited),
                 "extauthz_off": ([*serve, "--usage-flush", "0", "--listen"], plain),
+                "extauthz_traced": (
+                    [*serve, "--usage-flush", "0", "--otlp-endpoint", otlp, "--listen"],
+                    plain,
+                ),
             }
             redis_client: Any = store.client
 
@@ -138,11 +194,20 @@ def run(calls: int, only: tuple[str, ...] = SERVERS) -> dict[str, Any]:
                 stats = redis_client.info("commandstats").get("cmdstat_incrby", {})
                 return int(stats.get("calls", 0))
 
+            metadata = {"extauthz_traced": traceparent}
             measured = {
-                name: per_call(argv, check_request_frame(token)[5:], calls, work / name, leases)
+                name: per_call(
+                    argv,
+                    check_request_frame(token)[5:],
+                    calls,
+                    work / name,
+                    leases,
+                    metadata.get(name, no_metadata),
+                )
                 for name, (argv, token) in servers.items()
                 if name in only or name == "bare"
             }
+            collector.server.stop(0)
             counts = {name: m[0] for name, m in measured.items()}
         finally:
             redis.send_signal(signal.SIGTERM)
@@ -157,6 +222,7 @@ def run(calls: int, only: tuple[str, ...] = SERVERS) -> dict[str, Any]:
         # rate it sees) covers ~50 times fewer calls than at full speed: its Redis round
         # trip weighs that much more per call in extauthz_on's count
         "leases": measured["extauthz_on"][1] if "extauthz_on" in measured else 0,
+        "spans": collector.spans,  # extauthz_traced's, exported (a span per sampled call)
     }
 
 
@@ -181,6 +247,8 @@ def main() -> None:
         f"extauthz_on took {data['leases']} rate-limit leases: one per "
         f"{args.calls / max(1, data['leases']):,.0f} calls (at full speed, one per thousands)"
     )
+    if "extauthz_traced" in data["instructions_per_call"]:
+        print(f"extauthz_traced exported {data['spans']} spans (one per sampled call)")
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=2))
 

@@ -29,9 +29,9 @@ from bench.decision_path import authorizer  # noqa: E402
 from extauthz.runtime.envoy_check import (  # noqa: E402
     CheckRequest,
     CheckResponse,
+    check_handler,
     check_input_reader,
 )
-from extauthz.runtime.server import check_handler  # noqa: E402
 
 POLICY = """
 version: 1

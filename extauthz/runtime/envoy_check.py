@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
@@ -30,6 +30,7 @@ from extauthz.core.decision import (
 from extauthz.core.llm import LlmRequest, read_model_request
 
 CheckRequest = external_auth_pb2.CheckRequest
+_ALLOW = Outcome.ALLOW
 CheckResponse = external_auth_pb2.CheckResponse
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -282,3 +283,33 @@ def check_response(decision: Decision) -> Any:
         status=_DENIED_STATUS.get(decision.status, _DENIED_STATUS[403]),
         denied_response=http_response,
     )
+
+
+CheckHandler = Callable[[Any, Any], bytes]
+
+
+class Decides(Protocol):
+    """What decides a Check (runtime/authorizer.py's Authorizer)."""
+
+    def decide(
+        self, facts: RequestFacts, headers: Mapping[str, str], attributes: Any
+    ) -> Decision: ...
+
+
+def check_handler(authorizer: Decides) -> CheckHandler:
+    """envoy.service.auth.v3.Authorization/Check: a CheckInput (see `check_input_reader`)
+    in, response bytes out."""
+    decide = authorizer.decide
+    known = known_response_bytes
+
+    def check(read: CheckInput, context: Any) -> bytes:
+        facts, headers, attributes = read
+        decision = decide(facts, headers, attributes)
+        if decision.outcome is _ALLOW:
+            found = known(id(decision))  # a remembered decision: its bytes as they were sent
+            if found is not None and found[0] is decision:
+                return found[1]
+            return check_response_bytes(decision)
+        return check_response_bytes(decision, headers.get("x-request-id", ""))
+
+    return check

@@ -30,12 +30,7 @@ from extauthz.runtime import tls
 from extauthz.runtime.alerts import budget_hook, webhooks_for
 from extauthz.runtime.auth_failures import FailureLimiter
 from extauthz.runtime.authorizer import Authorizer
-from extauthz.runtime.envoy_check import (
-    CheckInput,
-    check_input_reader,
-    check_response_bytes,
-    known_response_bytes,
-)
+from extauthz.runtime.envoy_check import CheckHandler, check_handler, check_input_reader
 from extauthz.runtime.ext_proc import UsageProcessor
 from extauthz.runtime.jwks import JwksCache
 from extauthz.runtime.limiter import Limiter
@@ -61,28 +56,6 @@ EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 LIVENESS_SERVICE = "extauthz.liveness"
 MAX_CHECK_REQUEST_BYTES = MAX_BODY_BYTES + (256 << 10)  # an LLM body, headers, attributes
 _ALLOW = Outcome.ALLOW
-
-
-CheckHandler = Callable[[Any, Any], bytes]
-
-
-def check_handler(authorizer: Authorizer) -> CheckHandler:
-    """envoy.service.auth.v3.Authorization/Check: a CheckInput (see `check_input_reader`)
-    in, response bytes out."""
-    decide = authorizer.decide
-    known = known_response_bytes
-
-    def check(read: CheckInput, context: Any) -> bytes:
-        facts, headers, attributes = read
-        decision = decide(facts, headers, attributes)
-        if decision.outcome is _ALLOW:
-            found = known(id(decision))  # a remembered decision: its bytes as they were sent
-            if found is not None and found[0] is decision:
-                return found[1]
-            return check_response_bytes(decision)
-        return check_response_bytes(decision, headers.get("x-request-id", ""))
-
-    return check
 
 
 def authorization_service(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from extauthz.config import OtlpTarget
@@ -31,6 +31,7 @@ from extauthz.errors import shown
 from extauthz.runtime.authorizer import Authorizer
 from extauthz.runtime.envoy_check import (
     CheckInput,
+    check_handler,
     check_response_bytes,
     known_response_bytes,
     metadata_bytes,
@@ -106,17 +107,10 @@ def usage_attributes(
     return attributes
 
 
-def traceparent_of(metadata: Iterable[tuple[str, Any]]) -> str | None:
-    """The `traceparent` in a gRPC call's metadata (None: none)."""
-    for key, value in metadata:
-        if key == TRACE_KEY:
-            return value if isinstance(value, str) else None
-    return None
-
-
 # a W3C traceparent of version 00, what Envoy sends (its trace id, span id and flags)
 _VERSION_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
+_ODD = frozenset("13579bdf")  # the last digit of flags with the sampled bit on
 
 
 def sampled(traceparent: str) -> bool:
@@ -280,32 +274,41 @@ class Tracing:
         return f"00-{self._trace_id(context.trace_id)}-{self._span_id(context.span_id)}-01"
 
     def check_handler(self, authorizer: Authorizer) -> CheckFunction:
-        """server.check_handler with a span around each decision; an LLM allow carries the
+        """envoy_check.check_handler with a span around each decision; an LLM allow carries the
         span's traceparent in its dynamic metadata (TRACE_KEY). A call without a sampled
         parent makes no span and never enters the SDK."""
         decide = authorizer.decide
+        untraced = check_handler(authorizer)
         start = self.tracer.start_span
         parent = self.parent
         traceparent = self.traceparent
         server = self._server
 
-        def answer(decision: Decision, headers: Mapping[str, str], trace: str | None) -> bytes:
+        def answer(decision: Decision, headers: Mapping[str, str], trace: str) -> bytes:
             if decision.outcome is not _ALLOW:
                 return check_response_bytes(decision, headers.get("x-request-id", ""))
             found = known_response_bytes(id(decision))
             data = found[1] if found is not None and found[0] is decision else None
             if data is None:
                 data = check_response_bytes(decision)
-            if decision.model is not None and trace:  # (its response's usage span goes on)
+            if decision.model is not None:  # (its response's usage span goes on)
                 data += metadata_bytes(TRACE_KEY, trace)
             return data
 
         def check(read: CheckInput, context: Any) -> bytes:
+            given = None
+            for key, value in context.invocation_metadata():
+                if key == TRACE_KEY:
+                    given = value
+                    break
+            # most calls: Envoy's span is not sampled (its flags end in an even digit), or
+            # there is no traceparent: the untraced handler's work, and no more
+            if given.__class__ is not str or given[-1:] not in _ODD:
+                return untraced(read, context)
+            above = parent(given)
+            if above is None:
+                return untraced(read, context)
             facts, headers, attributes = read
-            given = traceparent_of(context.invocation_metadata())
-            above = parent(given) if given is not None else None
-            if above is None:  # (no span: the SDK is not entered)
-                return answer(decide(facts, headers, attributes), headers, None)
             span = start("extauthz.check", above, server)
             try:
                 decision = decide(facts, headers, attributes)
