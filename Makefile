@@ -18,8 +18,9 @@ lint: deps
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass. The suite
-# runs on every core (pytest-xdist; a test module stays on one worker: they share stacks).
+# runs on two workers a core (pytest-xdist: its tests wait for the processes they start about a
+# third of the time; a test module stays on one worker: its tests share stacks).
 test: lint
-	$(BIN)/python -m pytest -n auto --dist loadfile --durations=20; rc=$$?; \
+	$(BIN)/python -m pytest -n $$(( 2 * $$(nproc) )) --dist loadfile --durations=20; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
 	  exit $$rc

@@ -63,7 +63,7 @@ def lookup(digest: str) -> TokenRecord | None:
     return RECORDS.get(digest)
 
 
-@settings(max_examples=4000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(header_text)
 def test_parse_authorization_total(value: str) -> None:
     result = parse_authorization(value)
@@ -89,7 +89,7 @@ def test_basic_round_trip(user: str, password: str) -> None:
     assert parse_authorization(encoded) == BasicCredential(user, password)
 
 
-@settings(max_examples=4000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     route=st.one_of(
         st.none(), st.sampled_from(["pub", "prot", "priv", "", "nope"]), st.text(max_size=30)
@@ -177,7 +177,7 @@ yaml_values = st.recursive(
 )
 
 
-@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.text(max_size=300), yaml_values.map(lambda v: __import__("yaml").safe_dump(v))))
 def test_policy_files_give_a_policy_or_a_located_error(text: str) -> None:
     try:
