@@ -8,8 +8,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-
 from extauthz.errors import JwksError
 
 _KEY_FAMILY = {
@@ -54,6 +52,8 @@ class KeySet:
 
 def parse_jwks(document: bytes | str) -> KeySet:
     """The signing keys of a JWKS document; unusable keys are skipped."""
+    import jwt  # (here: not at the start of every command)
+
     try:
         data = json.loads(document)
     except ValueError as e:

@@ -11,8 +11,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-
 from extauthz.core.jwks_keys import KeySet
 from extauthz.core.llm import check_model_patterns
 from extauthz.core.route_policy import JwtSettings
@@ -103,6 +101,8 @@ def _seconds(value: Any) -> float | None:
 
 def verify_with_keys(token: str, settings: JwtSettings, keys: KeySet, now: float) -> JwtResult:
     """Verify signature, `iss`, `aud`, `exp`/`nbf`/`iat` (with leeway) and map the claims."""
+    import jwt  # (here: pyjwt and its cryptography are ~45 ms at the start of every command)
+
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
@@ -150,6 +150,8 @@ def _decode(
     token: str, alg: str, candidates: list[Any], settings: JwtSettings
 ) -> dict[str, Any] | JwtRejected:
     """The claims, verified with the first candidate key whose signature matches."""
+    import jwt
+
     audiences = list(settings.audiences)  # none listed: every token is refused
     for key in candidates:
         try:
