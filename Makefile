@@ -19,8 +19,13 @@ lint: deps
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass. The suite
 # runs on two workers a core (pytest-xdist: its tests wait for the processes they start about a
-# third of the time; a test module stays on one worker: its tests share stacks).
+# third of the time; a test module stays on one worker: its tests share stacks). Bytecode is
+# written even where PYTHONDONTWRITEBYTECODE is set, and the test modules are compiled (with
+# pytest's assertions) once before the workers start: else each of the hundreds of processes
+# the suite starts compiles extauthz again, and each worker every test module.
+test: export PYTHONDONTWRITEBYTECODE :=
 test: lint
+	$(BIN)/python -m pytest --collect-only -q >/dev/null || true  # (an error: shown below)
 	$(BIN)/python -m pytest -n $$(( 2 * $$(nproc) )) --dist loadfile --durations=20; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
 	  exit $$rc

@@ -249,8 +249,10 @@ def test_cluster_scenarios_and_failover(cluster: ClusterSetup, tmp_path: Path) -
     assert "failed" in log and "subscribed on primary" in log
 
 
-def test_cluster_prefix_needs_a_hash_tag(cluster: ClusterSetup) -> None:
-    result = run_cli(cluster.url, "token", "list", "--key-prefix", "models:", check=False)
+def test_cluster_prefix_needs_a_hash_tag() -> None:
+    # refused before any connection: no cluster listens there
+    nowhere = f"redis+cluster://127.0.0.1:{free_port()}"
+    result = run_cli(nowhere, "token", "list", "--key-prefix", "models:", check=False)
     assert result.returncode == 2
     assert "must hold a hash tag, e.g. '{models}:'" in result.stderr
 
