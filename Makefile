@@ -22,10 +22,15 @@ lint: deps
 # third of the time; a test module stays on one worker: its tests share stacks). Bytecode is
 # written even where PYTHONDONTWRITEBYTECODE is set, and the test modules are compiled (with
 # pytest's assertions) once before the workers start: else each of the hundreds of processes
-# the suite starts compiles extauthz again, and each worker every test module.
+# the suite starts compiles extauthz again, and each worker every test module (mypy runs
+# meanwhile).
 test: export PYTHONDONTWRITEBYTECODE :=
-test: lint
-	$(BIN)/python -m pytest --collect-only -q >/dev/null || true  # (an error: shown below)
+test: deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy & mypy=$$!; \
+	  $(BIN)/python -m pytest --collect-only -q >/dev/null; \
+	  wait $$mypy  # (a collection error: shown by the run below)
 	$(BIN)/python -m pytest -n $$(( 2 * $$(nproc) )) --dist loadfile --durations=20; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
 	  exit $$rc

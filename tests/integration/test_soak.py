@@ -1,4 +1,4 @@
-"""The soak mode, 6 seconds: steady load with a credential mix and policy syncs under load
+"""The soak mode, 4 seconds: steady load with a credential mix and policy syncs under load
 (`python bench/soak.py --minutes 10` is the long soak; this proves the mode works)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tests.support.procs import REPO, require_binary
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
 
-def test_soak_six_seconds(tmp_path: Path) -> None:
+def test_soak_four_seconds(tmp_path: Path) -> None:
     require_binary("redis-server")
     require_binary("envoy")
     out = tmp_path / "soak.json"
@@ -24,9 +24,9 @@ def test_soak_six_seconds(tmp_path: Path) -> None:
             sys.executable,
             str(REPO / "bench/soak.py"),
             "--minutes",
-            "0.1",
+            "0.07",
             "--sync-every",
-            "2",
+            "1.5",
             "--json",
             str(out),
         ],
