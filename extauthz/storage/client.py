@@ -15,13 +15,27 @@ In a Cluster every extauthz key must live in one slot (token writes, rotation an
 publication are transactions), so the key prefix must hold a hash tag: `{extauthz}:`.
 """
 
+# ruff: noqa: E402 (redis is imported after the guard below)
 from __future__ import annotations
 
+import sys
 import threading
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+# redis-py imports OpenTelemetry's metrics SDK whenever it is installed (it is, for traces:
+# runtime/tracing.py) to offer metrics of its own that extauthz never turns on: ~50 ms at the
+# start of every command. While redis is first imported the SDK reads as absent, which
+# redis-py takes as not installed; afterwards it imports as usual.
+_METRICS_SDK = "opentelemetry.sdk.metrics"
+if "redis" not in sys.modules and _METRICS_SDK not in sys.modules:
+    sys.modules[_METRICS_SDK] = None  # type: ignore[assignment]
+    try:
+        import redis
+    finally:
+        del sys.modules[_METRICS_SDK]
 
 import redis
 from redis.backoff import NoBackoff

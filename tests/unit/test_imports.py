@@ -91,3 +91,20 @@ def test_policy_and_the_credential_kinds_import_in_any_order(first: str) -> None
     either may be imported first (core/route_policy.py holds what both need)."""
     code = f"import {first}; import extauthz.core.policy; import extauthz.core.decision"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_a_command_starts_without_what_it_never_uses() -> None:
+    """A command imports neither pyjwt (only a JWT or a JWKS needs it) nor OpenTelemetry's
+    metrics SDK (redis-py would, for metrics extauthz never turns on); both import after."""
+    probe = (
+        "import sys, extauthz.cli\n"
+        "loaded = [m for m in ('jwt', 'opentelemetry.sdk.metrics') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "import jwt, opentelemetry.sdk.metrics\n"
+        "import redis.observability.providers as p\n"
+        "assert p.OTEL_AVAILABLE is False\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert result.returncode == 0, result.stderr
