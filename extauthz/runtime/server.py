@@ -22,7 +22,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauthz.config import Settings, otlp_target
-from extauthz.core.decision import Outcome
 from extauthz.core.llm import MAX_BODY_BYTES
 from extauthz.core.prices import NO_PRICES, PriceTable
 from extauthz.errors import ConfigError
@@ -55,7 +54,6 @@ EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 # must make pods unready, not restart them); "" and AUTHORIZATION_SERVICE follow Redis
 LIVENESS_SERVICE = "extauthz.liveness"
 MAX_CHECK_REQUEST_BYTES = MAX_BODY_BYTES + (256 << 10)  # an LLM body, headers, attributes
-_ALLOW = Outcome.ALLOW
 
 
 def authorization_service(
