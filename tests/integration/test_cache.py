@@ -71,7 +71,6 @@ def test_changes_reach_the_cache_within_a_second(
     for _ in range(3):
         assert client.status("deployment-a", bearer) == 200  # cached now
     expected = 401
-    started = time.monotonic()
     if how == "cli revoke":
         run_cli(redis_server.url, "token", "revoke", tok["id"])
     elif how == "redis-cli DEL":
@@ -81,8 +80,11 @@ def test_changes_reach_the_cache_within_a_second(
         expected = 403
     else:
         redis_server.cli("PEXPIRE", key, "1")
+    # from the moment the command that made the change has returned (how long a process
+    # takes to start on a loaded machine is no part of it)
+    started = time.monotonic()
     wait_for(lambda: client.status("deployment-a", bearer) == expected, 1.0, how)
-    assert time.monotonic() - started < 1.0 + 1.0  # the CLI itself takes a moment to start
+    assert time.monotonic() - started < 1.0
 
 
 def test_policy_change_while_cached(
