@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from tests.support.readme import readme_block
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
 PROMPT = " ".join(["word"] * 21)
-SETTLED = 1.2  # seconds: a response's record is claimed (batched a second apart), then settled  # the demo server: 21 prompt tokens + 4 completion = 25
+# the demo server: 21 prompt tokens + 4 completion = 25
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +62,46 @@ def chat(c: openai.OpenAI, **extra: Any) -> Any:
     )
 
 
+def tokens_counted(stack: Stack) -> float:
+    """The LLM tokens extauthz's metrics show counted from responses (they move once a
+    response's record is settled; refusals before the model add none)."""
+    url = f"http://{stack.settings.metrics_listen}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    prefix = "extauthz_llm_tokens_total{"
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+def settled(stack: Stack, before: float, used: float = 0, timeout: float = 20) -> None:
+    """Wait until the responses since `tokens_counted` was `before` are settled: `used`
+    tokens more counted (any more when 0). Records are claimed in batches about a second
+    apart, later on a loaded machine; every counted call here is waited for, so none is
+    left over to be mistaken for the next."""
+    deadline = time.monotonic() + timeout
+    while (now := tokens_counted(stack)) < before + used or now == before:
+        assert time.monotonic() < deadline, f"{now - before} of {used} tokens settled"
+        time.sleep(0.05)
+
+
+def chat_settled(stack: Stack, c: openai.OpenAI, **extra: Any) -> Any:
+    """`chat`, returned once its response (25 tokens) is settled."""
+    before = tokens_counted(stack)
+    answer = chat(c, **extra)
+    settled(stack, before, 25)
+    return answer
+
+
 def bound_of(stack: Stack, **extra: Any) -> int:
     """What one `chat(**extra)` reserves (its body's bytes + its cap), read off the remaining
     tokens a first call under a large limit is told."""
+    before = tokens_counted(stack)
     answer = chat(client(stack, "1000000/m"), **extra)
     parsed = answer.parse()
     if extra.get("stream"):
         list(parsed)  # (read to its end)
+    settled(stack, before)
     return 1_000_000 - int(answer.headers["x-ratelimit-remaining-tokens"])
 
 
@@ -77,12 +111,11 @@ def test_a_token_gets_429_before_the_model_once_its_window_cannot_hold_a_bound(
     within_one_minute(30)
     bound = bound_of(stack, max_tokens=10)
     c = client(stack, f"{bound + 37}/m")  # room for the first two (25 each), not a third
-    first = chat(c, max_tokens=10)
+    first = chat_settled(stack, c, max_tokens=10)  # (its reservation settled to 25)
     assert first.parse().usage.total_tokens == 25
     assert first.headers["x-ratelimit-limit-tokens"] == str(bound + 37)
     assert int(first.headers["x-ratelimit-remaining-tokens"]) == 37  # (the bound reserved)
-    time.sleep(SETTLED)  # (the reservation is settled once the response's record is claimed)
-    assert chat(c, max_tokens=10).parse().usage.total_tokens == 25
+    assert chat_settled(stack, c, max_tokens=10).parse().usage.total_tokens == 25
     with pytest.raises(openai.RateLimitError) as refused:
         chat(c, max_tokens=10)
     response = refused.value.response
@@ -94,13 +127,12 @@ def test_a_token_gets_429_before_the_model_once_its_window_cannot_hold_a_bound(
 def test_a_bound_is_reserved_and_what_was_not_used_comes_back(stack: Stack) -> None:
     within_one_minute(30)
     c = client(stack, "2000/m")
-    small = chat(c, max_tokens=100)  # reserves its body's bytes + 100
+    small = chat_settled(stack, c, max_tokens=100)  # reserves its body's bytes + 100
     before = int(small.headers["x-ratelimit-remaining-tokens"])
     assert before < 2000 - 100
     # the response used 25: the reservation is settled by ext_proc, the rest comes back
-
-    time.sleep(SETTLED)
-    assert int(chat(c, max_tokens=100).headers["x-ratelimit-remaining-tokens"]) > before - 100
+    second = chat_settled(stack, c, max_tokens=100)
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) > before - 100
     # a reservation that can never fit is refused before the model, and not to be retried
     with pytest.raises(openai.APIStatusError) as refused:
         chat(c, max_tokens=5000)
@@ -119,6 +151,7 @@ def test_a_stream_is_charged_its_usage_or_if_it_hides_it_its_whole_bound(stack: 
     assert hidden_bound > bound_of(stack, max_tokens=10)  # (a longer body than a chat call's)
     # it shows its usage: charged 25, a chat call fits after it
     shown = client(stack, f"{hidden_bound + 37}/m")
+    before = tokens_counted(stack)
     chunks = list(
         shown.chat.completions.create(
             model="demo-small",
@@ -129,22 +162,15 @@ def test_a_stream_is_charged_its_usage_or_if_it_hides_it_its_whole_bound(stack: 
         )
     )
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 25
-    time.sleep(SETTLED)  # (settled after the stream ends)
-    assert chat(shown, max_tokens=10).parse().usage.total_tokens == 25
+    settled(stack, before, 25)  # (settled after the stream ends)
+    assert chat_settled(stack, shown, max_tokens=10).parse().usage.total_tokens == 25
     # it hides its usage (the model still served 25): charged its whole bound, no room left
     hiding = client(stack, f"{hidden_bound + 37}/m")
+    before = tokens_counted(stack)
     assert sum(1 for _ in chat(hiding, max_tokens=10, **hide).parse()) > 1
-    time.sleep(SETTLED)
+    settled(stack, before)  # (its chunks are counted as an estimate, never charged)
     with pytest.raises(openai.RateLimitError):
         chat(hiding, max_tokens=10)
-
-
-def _refused(c: openai.OpenAI) -> bool:
-    try:
-        chat(c, max_tokens=10)
-    except openai.RateLimitError:
-        return True
-    return False
 
 
 def test_a_token_limit_shows_in_token_show_and_the_record(stack: Stack) -> None:
@@ -164,10 +190,12 @@ def test_readme_token_limit_example(stack: Stack) -> None:
     codes = [m.group(1) for m in expected if m is not None]
     assert codes == ["200", "200", "429"]
     path = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    before = tokens_counted(stack)
     out = subprocess.run(
         ["bash", "-ec", block], capture_output=True, text=True, env={"PATH": path}, check=False
     )
     assert out.stdout.split() == codes, out.stderr
+    settled(stack, before, 50)  # (nothing left to settle in the next test)
 
 
 def test_a_caller_hopping_between_two_tokens_is_charged_to_each_as_it_used_it(
@@ -178,13 +206,13 @@ def test_a_caller_hopping_between_two_tokens_is_charged_to_each_as_it_used_it(
     limit = f"{bound + 37}/m"  # two calls of 25, not a third
     a, b = client(stack, limit), client(stack, limit)
     for c in (a, b, a, b):  # 25 tokens each call: both tokens reach their 50
-        chat(c, max_tokens=10)
-        time.sleep(SETTLED)  # (the response settled before the next call)
+        chat_settled(stack, c, max_tokens=10)  # (the response settled before the next call)
     for c in (a, b):
         with pytest.raises(openai.RateLimitError):
             chat(c, max_tokens=10)
     fresh = client(stack, limit)  # a third token is not touched by the others' counts
-    assert int(chat(fresh, max_tokens=10).headers["x-ratelimit-remaining-tokens"]) == 37
+    answer = chat_settled(stack, fresh, max_tokens=10)
+    assert int(answer.headers["x-ratelimit-remaining-tokens"]) == 37
 
 
 @pytest.fixture(scope="module")
