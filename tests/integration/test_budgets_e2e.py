@@ -25,6 +25,7 @@ from extauthz.core.budget import Budget
 from extauthz.dev.stack import Stack
 from tests.support.procs import local_stack, wait_for
 from tests.support.readme import readme_block
+from tests.support.settlement import settled, tokens_counted
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
@@ -71,25 +72,30 @@ def test_readme_budget_example(stack: Stack) -> None:
     codes = [m.group(1) for m in re.finditer(r"# (\d{3})", block)]
     assert codes == ["200", "200", "429"]
     path = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    before = tokens_counted(stack)
     out = subprocess.run(
         ["bash", "-ec", block], capture_output=True, text=True, env={"PATH": path}, check=False
     )
     assert out.stdout.split() == codes, out.stderr
+    settled(stack, before, 50)  # (nothing left to settle in the next test)
 
 
 def test_a_spent_budget_is_429_before_the_model_and_the_usd_left_is_told(stack: Stack) -> None:
     within_one_minute(20)
     probe, _ = client(stack, "1000/m")
+    before = tokens_counted(stack)
     first = chat(probe, max_tokens=10)
+    settled(stack, before)
     reserve = 1000_000_000 - round(float(first.headers["x-extauthz-budget-remaining"]) * 1e6)
     assert reserve > CALL_COST  # (the bound, priced: body bytes x $1,000 + 10 x $2,000)
     c, token_id = client(stack, f"${(reserve + CALL_COST + 1000) / 1e6:.6f}/m")
-    answers = [chat(c, max_tokens=10)]
-    time.sleep(1.2)  # (the response settled before the next call: claimed a second apart)
-    answers.append(chat(c, max_tokens=10))
+    answers = []
+    for _ in range(2):
+        before = tokens_counted(stack)
+        answers.append(chat(c, max_tokens=10))
+        settled(stack, before)  # (the response settled before the next call)
     left = [float(a.headers["x-extauthz-budget-remaining"]) for a in answers]
     assert all(0 <= x <= (reserve + CALL_COST + 1000) / 1e6 for x in left)
-    time.sleep(1.2)
     with pytest.raises(openai.RateLimitError) as refused:
         chat(c, max_tokens=10)
     response = refused.value.response

@@ -17,8 +17,11 @@ from extauthz.core.rate_limit import RateLimit
 from extauthz.core.token_limit import TokenLimit
 from extauthz.dev.stack import Stack
 from tests.support.procs import local_stack, wait_for
+from tests.support.settlement import settled, tokens_counted
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
+
+CALL_TOKENS = 6  # what the demo server counts for `_chat`: 2 prompt + 4 completion
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +66,11 @@ def test_a_teams_request_limit_is_pooled_across_its_tokens(stack: Stack) -> None
         _member(stack, "pool"),
         _client(stack, tokens.create(stack.store(), ["llm"], now=time.time()).token),
     )
+    before = tokens_counted(stack)
     statuses = [_status(c) for c in (one, two, one, two, one, two)]
     assert statuses == [200, 200, 200, 200, 429, 429]
     assert _status(outside) == 200  # (not in the team: not its limit)
+    settled(stack, before, 5 * CALL_TOKENS)  # (nothing left to settle in the next test)
 
 
 def test_a_teams_token_limit_is_pooled_and_its_models_apply(stack: Stack) -> None:
@@ -81,10 +86,11 @@ def test_a_teams_token_limit_is_pooled_and_its_models_apply(stack: Stack) -> Non
     )
     one, two = _member(stack, "llm-pool"), _member(stack, "llm-pool")
     assert _status(one, "demo-large") == 403  # (the route serves it; the team does not)
+    before = tokens_counted(stack)
     first = _chat(one)
     remaining = int(first.headers["x-ratelimit-remaining-tokens"])
     assert remaining < 200
-    time.sleep(1.2)  # (its reservation settled: records are claimed a second apart)
+    settled(stack, before, CALL_TOKENS)  # (its reservation settled)
     # the other token of the team sees what the first used (pooled, not per token)
     second = _chat(two)
     assert int(second.headers["x-ratelimit-remaining-tokens"]) < remaining

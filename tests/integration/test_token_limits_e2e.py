@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from extauthz.core.token_limit import TokenLimit
 from extauthz.dev.stack import Stack
 from tests.support.procs import REPO, local_stack
 from tests.support.readme import readme_block
+from tests.support.settlement import settled, tokens_counted
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
@@ -60,29 +60,6 @@ def chat(c: openai.OpenAI, **extra: Any) -> Any:
     return c.chat.completions.with_raw_response.create(
         model="demo-small", messages=messages, **extra
     )
-
-
-def tokens_counted(stack: Stack) -> float:
-    """The LLM tokens extauthz's metrics show counted from responses (they move once a
-    response's record is settled; refusals before the model add none)."""
-    url = f"http://{stack.settings.metrics_listen}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    prefix = "extauthz_llm_tokens_total{"
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
-    )
-
-
-def settled(stack: Stack, before: float, used: float = 0, timeout: float = 20) -> None:
-    """Wait until the responses since `tokens_counted` was `before` are settled: `used`
-    tokens more counted (any more when 0). Records are claimed in batches about a second
-    apart, later on a loaded machine; every counted call here is waited for, so none is
-    left over to be mistaken for the next."""
-    deadline = time.monotonic() + timeout
-    while (now := tokens_counted(stack)) < before + used or now == before:
-        assert time.monotonic() < deadline, f"{now - before} of {used} tokens settled"
-        time.sleep(0.05)
 
 
 def chat_settled(stack: Stack, c: openai.OpenAI, **extra: Any) -> Any:
