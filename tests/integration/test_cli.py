@@ -40,8 +40,8 @@ def test_usage_errors(redis_server: RedisServer, tmp_path: Path) -> None:
         (("token", "create", "--route", "*", "--model", "x"), "invalid --model 'x': token limits"),
         (("token", "create", "--route", "m", "--rate-limit", "0/s"), "invalid --rate-limit '0/s'"),
     ]
-    for args, fragment in cases:
-        result = run_cli(url, *args, check=False)
+    for args, fragment in cases:  # (as processes: what a user's shell sees)
+        result = run_cli(url, *args, check=False, process=True)
         assert result.returncode == 2, args
         assert fragment in one_line_error(result.stderr)
     bad = tmp_path / "bad.yaml"
@@ -54,7 +54,7 @@ def test_usage_errors(redis_server: RedisServer, tmp_path: Path) -> None:
 
 def test_redis_unreachable(tmp_path: Path) -> None:
     url = f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0"
-    result = run_cli(url, "token", "list", check=False)
+    result = run_cli(url, "token", "list", check=False, process=True)
     assert result.returncode == 1 and result.stdout == ""  # not even the header
     line = one_line_error(result.stderr)
     assert "cannot reach Redis at redis://:***@127.0.0.1" in line
