@@ -128,6 +128,8 @@ def run(
     sizes: tuple[int, ...] = (1, 100, 10_000),
     concurrent: int = 100,
     concurrent_pace_ms: int = 20,
+    responses: int = 200,
+    probes: int = 300,
 ) -> dict[str, Any]:
     """Both Envoys, alternated per round: back-to-back streams, and streams paced
     `pace_ms` a chunk (still faster than a model decodes: 1 ms is 1,000 tokens a second)."""
@@ -165,10 +167,12 @@ def run(
                             rows[name].append(one_stream(port, token, chunks, pace, ask))
                         cpu[name] += cpu_seconds(extauthz_pid) - before
                 per_response = {
-                    size: extauthz_cpu_per_response(with_port, token, size, extauthz_pid)
+                    size: extauthz_cpu_per_response(with_port, token, size, extauthz_pid, responses)
                     for size in sizes
                 }
-                under = latency_under_streams(with_port, token, concurrent, concurrent_pace_ms)
+                under = latency_under_streams(
+                    with_port, token, concurrent, concurrent_pace_ms, probes
+                )
             finally:
                 stop(plain)
     p50 = {
@@ -212,10 +216,13 @@ def _probe(port: int, count: int) -> list[float]:
     return out
 
 
-def latency_under_streams(port: int, token: str, streams: int, pace_ms: int) -> dict[str, Any]:
-    """An unrelated request's p50/p99 (ms) idle, then with `streams` counted streams at once
-    (each a chunk every `pace_ms`, 200 chunks, started again as it ends)."""
-    idle = _probe(port, 300)
+def latency_under_streams(
+    port: int, token: str, streams: int, pace_ms: int, probes: int = 300
+) -> dict[str, Any]:
+    """An unrelated request's p50/p99 (ms) over `probes` requests idle, then with `streams`
+    counted streams at once (each a chunk every `pace_ms`, 200 chunks, started again as it
+    ends)."""
+    idle = _probe(port, probes)
     stop = threading.Event()
     done = [0]
 
@@ -228,7 +235,7 @@ def latency_under_streams(port: int, token: str, streams: int, pace_ms: int) -> 
     for thread in threads:
         thread.start()
     time.sleep(2.0)  # (all streams under way)
-    busy = _probe(port, 300)
+    busy = _probe(port, probes)
     stop.set()
     for thread in threads:
         thread.join(timeout=30)
@@ -246,11 +253,13 @@ def latency_under_streams(port: int, token: str, streams: int, pace_ms: int) -> 
     }
 
 
-def extauthz_cpu_per_response(port: int, token: str, chunks: int, pid: int) -> float:
+def extauthz_cpu_per_response(
+    port: int, token: str, chunks: int, pid: int, most: int = 200
+) -> float:
     """extauthz's CPU per response (Check, and the record of what it used) for streams of
-    `chunks` chunks, back to back: µs, over enough streams to pass 2 s of streaming, less
-    what it spends idle in as long (policy polls, heartbeats)."""
-    count = max(5, min(200, 2_000_000 // (chunks * 20)))
+    `chunks` chunks, back to back: µs, over enough streams to pass 2 s of streaming (at most
+    `most`), less what it spends idle in as long (policy polls, heartbeats)."""
+    count = max(min(5, most), min(most, 2_000_000 // (chunks * 20)))
     idle_started, idle_before = time.perf_counter(), cpu_seconds(pid)
     time.sleep(1.0)
     idle_rate = (cpu_seconds(pid) - idle_before) / (time.perf_counter() - idle_started)
@@ -271,12 +280,18 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,100,10000", help="chunks a stream, per response row")
     parser.add_argument("--concurrent", type=int, default=100, help="streams at once, last row")
     parser.add_argument("--concurrent-pace-ms", type=int, default=20)
+    parser.add_argument(
+        "--responses", type=int, default=200, help="most streams a size, per response row"
+    )
+    parser.add_argument(
+        "--probes", type=int, default=300, help="unrelated requests timed, idle and busy"
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     sizes = tuple(int(x) for x in args.sizes.split(","))
     data = run(
         args.rounds, args.streams, args.chunks, args.pace_ms, sizes, args.concurrent,
-        args.concurrent_pace_ms,
+        args.concurrent_pace_ms, args.responses, args.probes,
     )  # fmt: skip
     print(json.dumps(data, indent=2))
     if args.json:

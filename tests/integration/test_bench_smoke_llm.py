@@ -26,7 +26,7 @@ def test_llm_stream_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "stream.json"
     run_bench(
         "llm_stream.py", "--rounds", "1", "--streams", "2", "--chunks", "32", "--sizes", "1,50",
-        "--concurrent", "4", "--json", str(out),
+        "--concurrent", "4", "--responses", "10", "--probes", "30", "--json", str(out),
     )  # fmt: skip
     data = json.loads(out.read_text())
     assert {row["chunks"] for row in data["p50"].values()} == {32}
