@@ -454,8 +454,9 @@ SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"  # (Debian's; the collector's 
 def tracing(target: OtlpTarget, cluster: str = OTEL_CLUSTER) -> dict[str, Any]:
     """An HttpConnectionManager's `tracing`: Envoy's OpenTelemetry tracer, spans sent over
     OTLP (gRPC or HTTP, as `target` names) to the collector at `cluster`. Every request is
-    sampled (random_sampling 100%; Envoy continues a client's `traceparent`). ext_authz's
-    call gets a child span whose traceparent extauthz continues (docs/operations.md#traces)."""
+    sampled (random_sampling 100%); `x-client-trace-id` forces none (client_sampling 0).
+    ext_authz's call gets a child span whose traceparent extauthz continues
+    (docs/operations.md#traces)."""
     provider: dict[str, Any] = {
         "@type": T + "config.trace.v3.OpenTelemetryConfig",
         "service_name": "envoy",
@@ -468,7 +469,31 @@ def tracing(target: OtlpTarget, cluster: str = OTEL_CLUSTER) -> dict[str, Any]:
     return {
         "provider": {"name": OTEL_TRACER, "typed_config": provider},
         "random_sampling": {"value": 100},
+        "client_sampling": {"value": 0},
     }
+
+
+# What a client sends that would decide Envoy's sampling or join a trace of its choosing:
+# its trace context (a sampled flag of 00 turns tracing off, its trace id is continued),
+# `x-client-trace-id` (forces a trace) and `x-request-id` (Envoy reads a trace decision
+# from its 15th digit and samples on its first 8). Removed on the external listener before
+# Envoy decides (an early header mutation), so Envoy starts every trace there itself.
+CLIENT_TRACE_HEADERS = ("traceparent", "tracestate", "x-client-trace-id", "x-request-id")
+
+
+def fresh_traces() -> list[dict[str, Any]]:
+    """An HttpConnectionManager's `early_header_mutation_extensions` removing
+    CLIENT_TRACE_HEADERS from what a client sends."""
+    return [
+        {
+            "name": "envoy.http.early_header_mutation.header_mutation",
+            "typed_config": {
+                "@type": T + "extensions.http.early_header_mutation.header_mutation.v3"
+                ".HeaderMutation",
+                "mutations": [{"remove": header} for header in CLIENT_TRACE_HEADERS],
+            },
+        }
+    ]
 
 
 def collector_cluster(target: OtlpTarget, cluster: str = OTEL_CLUSTER) -> dict[str, Any]:
@@ -497,11 +522,16 @@ def collector_cluster(target: OtlpTarget, cluster: str = OTEL_CLUSTER) -> dict[s
 def with_tracing(config: dict[str, Any], target: OtlpTarget) -> dict[str, Any]:
     """`config` (a bootstrap) tracing every request through ext_authz to `target` (the
     collector `extauthz serve --otlp-endpoint` sends its spans to): `tracing` on each
-    listener that runs ext_authz, and the collector's cluster."""
+    listener that runs ext_authz, and the collector's cluster. On the external listener a
+    client's trace headers are removed first (`fresh_traces`): a client can neither make
+    Envoy (and so extauthz) trace its requests, nor stop it, nor choose their trace id; the
+    internal listener's callers (in the cluster) continue their traces."""
     out = copy.deepcopy(config)
     for manager in http_managers(out):
         if any(h["name"] == EXT_AUTHZ_FILTER for h in manager.get("http_filters", [])):
             manager["tracing"] = tracing(target)
+            if manager.get("stat_prefix") == "external":
+                manager["early_header_mutation_extensions"] = fresh_traces()
     out["static_resources"]["clusters"].append(collector_cluster(target))
     return out
 

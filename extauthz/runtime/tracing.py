@@ -5,7 +5,8 @@ A Check's span is a child of the span whose W3C `traceparent` Envoy sends in the
 metadata (Envoy's span of its ext_authz call), and only when that parent is sampled: an
 unsampled parent, none (Envoy does not trace the request: it sends none, e.g., for a client's
 malformed `traceparent`) or one that is not a valid version-00 traceparent means no span,
-and the SDK is not entered. So Envoy's sampling decides, never a client. An LLM allow carries
+and the SDK is not entered. So Envoy's sampling decides (a client's, only where the edge lets
+a client's trace headers through: docs/operations.md#traces). An LLM allow carries
 its span's `traceparent` in ext_authz's dynamic metadata, which reaches the counting of its
 response (ext_proc's forwarded metadata, or the access-log record): the usage span is a
 child of the Check's, in the same trace.

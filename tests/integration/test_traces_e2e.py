@@ -220,7 +220,10 @@ def test_an_unsampled_request_makes_no_extauthz_span(
     """Envoy samples none (random_sampling 0%): it sends an unsampled traceparent, and
     extauthz, sampling as its parent, makes no span for the Check nor for the usage. A
     client's own traceparent, sampled or malformed (Envoy then sends none), changes
-    nothing: the client does not decide what extauthz traces."""
+    nothing, nor do the headers from which Envoy would take a decision to trace
+    (x-client-trace-id; an x-request-id whose 15th digit says sampled or forced, or whose
+    first 8 fall under the sampled fraction): the client does not decide what extauthz
+    traces."""
     target = otlp_target(f"127.0.0.1:{collector[1]}")
 
     def unsampled(config: dict[str, Any]) -> dict[str, Any]:
@@ -233,10 +236,16 @@ def test_an_unsampled_request_makes_no_extauthz_span(
     with envoy_in_front(stack, tmp_path, counting="ext-proc", edit=unsampled) as port:
         made = tokens.create(stack.store(), ["llm"], now=time.time())
         one_request(port, made.token)
-        for sent in (f"00-{'ab' * 16}-{'cd' * 8}-01", f"00-{'ab' * 17}-{'cd' * 8}-01", "x"):
+        for sent in (
+            {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"},
+            {"traceparent": f"00-{'ab' * 17}-{'cd' * 8}-01"},
+            {"traceparent": "x"},
+            {"x-client-trace-id": "mine"},
+            *({"x-request-id": f"00000000-1c7e-{digit}1b2-9c3d-0123456789ab"} for digit in "9ab"),
+        ):
             listing = urllib.request.Request(
                 f"http://127.0.0.1:{port}/v1/models",
-                headers={"authorization": f"Bearer {made.token}", "traceparent": sent},
+                headers={"authorization": f"Bearer {made.token}", **sent},
             )
             with urllib.request.urlopen(listing, timeout=10) as answer:
                 assert answer.status == 200
@@ -253,3 +262,37 @@ def test_an_unsampled_request_makes_no_extauthz_span(
         if s.attributes.get("extauthz.token_id") == made.record.id
     ]
     assert mine == []
+
+
+def test_a_client_neither_stops_a_trace_nor_chooses_its_id(
+    stack: Stack, collector: tuple[Collector, int], tmp_path: Any
+) -> None:
+    """Envoy samples every request: a client's traceparent, unsampled or naming a trace of
+    its choosing, is not continued (Envoy's external listener removes it), so the Check has
+    its span all the same, in a trace Envoy started."""
+    target = otlp_target(f"127.0.0.1:{collector[1]}")
+    chosen = "ab" * 16
+    with envoy_in_front(
+        stack, tmp_path, counting="ext-proc", edit=lambda c: fast_flush(with_tracing(c, target))
+    ) as port:
+        made = tokens.create(stack.store(), ["llm"], now=time.time())
+        for flags in ("00", "01"):
+            listing = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/models",
+                headers={
+                    "authorization": f"Bearer {made.token}",
+                    "traceparent": f"00-{chosen}-{'cd' * 8}-{flags}",
+                },
+            )
+            with urllib.request.urlopen(listing, timeout=10) as answer:
+                assert answer.status == 200
+
+        def mine() -> list[Span]:
+            return [
+                s
+                for s in collector[0].named("extauthz.check")
+                if s.attributes.get("extauthz.token_id") == made.record.id
+            ]
+
+        wait_for(lambda: len(mine()) == 2, 10, "both Checks' spans")
+    assert chosen not in {s.trace_id for s in mine()}

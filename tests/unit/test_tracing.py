@@ -358,6 +358,21 @@ def test_envoy_traces_the_listeners_that_run_ext_authz() -> None:
     assert "tracing" not in str(config)  # (a copy: the config given is unchanged)
 
 
+def test_a_client_cannot_decide_what_envoy_traces() -> None:
+    """On the external listener Envoy removes a client's trace context, x-client-trace-id
+    and x-request-id before it decides whether to trace (each would let a client force a
+    trace, stop one, or choose its trace id: tests/integration/test_traces_e2e.py sends
+    them); x-client-trace-id forces none anywhere."""
+    traced = with_tracing(bootstrap(loopback_ports(20000)), otlp_target("127.0.0.1:4317"))
+    managers = {m["stat_prefix"]: m for m in http_managers(traced)}
+    (early,) = managers["external"]["early_header_mutation_extensions"]
+    removed = {m["remove"] for m in early["typed_config"]["mutations"]}
+    assert removed == {"traceparent", "tracestate", "x-client-trace-id", "x-request-id"}
+    assert "early_header_mutation_extensions" not in managers["internal"]
+    for name in ("external", "internal"):
+        assert managers[name]["tracing"]["client_sampling"] == {"value": 0}
+
+
 def test_no_opentelemetry_sdk_without_the_flag() -> None:
     """The CLI and the server import none of the SDK's tracing, nor an exporter (they are
     imported when the flag is given; redis-py imports the SDK's metrics of its own)."""
