@@ -146,6 +146,7 @@ class SpanQueue:
         self._queue: list[Any] = []
         self._wake = threading.Condition()
         self._stopping = False
+        self._flushing = 0  # force_flush calls waiting: export now
         self._exporting = 0  # spans taken from the queue and not yet exported
         self._thread = threading.Thread(target=self._run, name="spans", daemon=True)
         self._thread.start()
@@ -160,16 +161,24 @@ class SpanQueue:
             else:
                 full = False
                 self._queue.append(span)
-                if len(self._queue) >= EXPORT_BATCH:
-                    self._wake.notify()
+                if len(self._queue) == EXPORT_BATCH:  # (a batch is full: export it now)
+                    self._wake.notify_all()
         if full:
             self.dropped("queue_full", 1)
 
     def _run(self) -> None:
         while True:
             with self._wake:
-                if not self._queue and not self._stopping:
-                    self._wake.wait(EXPORT_EVERY)
+                # the spans that come meanwhile wait for the next export, EXPORT_EVERY after
+                # the last one ended, unless a batch is full, a flush asks or the queue stops
+                # (not one export per span or two while they trickle in)
+                deadline = time.monotonic() + EXPORT_EVERY
+                while (
+                    len(self._queue) < EXPORT_BATCH
+                    and not (self._stopping or self._flushing)
+                    and (left := deadline - time.monotonic()) > 0
+                ):
+                    self._wake.wait(left)
                 batch, self._queue = self._queue[:EXPORT_BATCH], self._queue[EXPORT_BATCH:]
                 self._exporting = len(batch)
                 stopping = self._stopping
@@ -195,13 +204,16 @@ class SpanQueue:
         """Export what waits now; True when it was exported in time."""
         deadline = time.monotonic() + timeout_millis / 1000
         with self._wake:
-            self._wake.notify()
-            while self._queue or self._exporting:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._wake.notify()
-                self._wake.wait(min(left, 0.05))
+            self._flushing += 1
+            self._wake.notify_all()
+            try:
+                while self._queue or self._exporting:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._wake.wait(left)  # (each export's end wakes it)
+            finally:
+                self._flushing -= 1
         return True
 
     def shutdown(self) -> None:

@@ -516,3 +516,33 @@ def test_a_failed_export_is_counted() -> None:
     assert tracing.provider.force_flush(5000)
     tracing.shutdown()
     assert dropped == {"export_failed": 10}
+
+
+def test_a_steady_flow_of_spans_goes_out_in_batches() -> None:
+    """Spans that come one at a time wait for the next export, about a second away
+    (EXPORT_EVERY), and go out together: not in as many exports as the collector can take,
+    each costing the export thread (and the Check threads, for the GIL) its overhead."""
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    batches: list[int] = []
+
+    class Collector:
+        def export(self, batch: Any) -> Any:
+            batches.append(len(batch))
+            time.sleep(0.002)  # (a round trip)
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            pass
+
+    tracing = Tracing(otlp_target("127.0.0.1:4317"), exporter=Collector())
+    parent = tracing.parent(SAMPLED)
+    ended = 0
+    stop = time.monotonic() + 1.5
+    while time.monotonic() < stop:
+        tracing.tracer.start_span("x", parent).end()
+        ended += 1
+        time.sleep(0.001)
+    tracing.shutdown()
+    assert sum(batches) == ended
+    assert len(batches) <= 4, batches[:20]  # (at about 1 s, and at the shutdown)
