@@ -133,6 +133,7 @@ def _none(reason: str, n: int) -> None:
 MAX_QUEUED_SPANS = 2048
 EXPORT_BATCH = 512
 EXPORT_EVERY = 1.0  # seconds between exports while fewer than EXPORT_BATCH spans wait
+SHUTDOWN_WAIT = 5.0  # seconds a shutdown gives the collector for the spans left
 
 
 class SpanQueue:
@@ -217,12 +218,19 @@ class SpanQueue:
         return True
 
     def shutdown(self) -> None:
-        """Export what is left, then stop (the exporter too)."""
+        """Export what is left, for SHUTDOWN_WAIT seconds at most, then stop the exporter
+        (which ends an export it is still retrying): a collector that is down never holds
+        the process; what was not sent is dropped and counted."""
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=SHUTDOWN_WAIT)
+        with self._wake:
+            left, self._queue = len(self._queue), []
+        if left:
+            self.dropped("export_failed", left)
         self.exporter.shutdown()
+        self._thread.join(timeout=1.0)  # (the export it ended counts its spans)
 
 
 class Tracing:
@@ -348,7 +356,7 @@ class Tracing:
         span.end()
 
     def shutdown(self) -> None:
-        """Export what is left (bounded by the SDK's export timeout), then stop."""
+        """Export what is left (for SHUTDOWN_WAIT seconds at most), then stop."""
         self.provider.shutdown()
 
 

@@ -546,3 +546,26 @@ def test_a_steady_flow_of_spans_goes_out_in_batches() -> None:
     tracing.shutdown()
     assert sum(batches) == ended
     assert len(batches) <= 4, batches[:20]  # (at about 1 s, and at the shutdown)
+
+
+def test_a_shutdown_waits_for_a_collector_that_is_down_a_few_seconds_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The spans left at a shutdown get SHUTDOWN_WAIT seconds (5) to go out; a collector that
+    never answers (an OTLP exporter retrying until it is shut down) does not hold the
+    process for longer (it held it 30 s: past `--workers`' grace, the supervisor killed the
+    worker and exited 1), and what was not sent is counted."""
+    from extauthz.runtime import tracing as module
+
+    monkeypatch.setattr(module, "SHUTDOWN_WAIT", 0.5, raising=False)
+    dropped: dict[str, int] = {}
+    stuck = _Stuck(RuntimeError("shut down while retrying"))
+    tracing = Tracing(
+        otlp_target("127.0.0.1:4317"), exporter=stuck,
+        dropped=lambda reason, n: dropped.update({reason: dropped.get(reason, 0) + n}),
+    )  # fmt: skip
+    _ended_spans(tracing, 3 * module.EXPORT_BATCH)
+    started = time.monotonic()
+    tracing.shutdown()
+    assert time.monotonic() - started < 3
+    assert dropped == {"export_failed": 3 * module.EXPORT_BATCH}
