@@ -249,6 +249,8 @@ class Tracing:
             NonRecordingSpan,
             SpanContext,
             SpanKind,
+            Status,
+            StatusCode,
             TraceFlags,
             format_span_id,
             format_trace_id,
@@ -267,6 +269,8 @@ class Tracing:
             pass
 
         self.spans = Processor(exporter, dropped)
+        self._dropped = dropped
+        self._error = Status(StatusCode.ERROR)
         self.provider.add_span_processor(self.spans)
         self.tracer = self.provider.get_tracer("extauthz")
 
@@ -294,6 +298,28 @@ class Tracing:
         context = span.get_span_context()
         return f"00-{self._trace_id(context.trace_id)}-{self._span_id(context.span_id)}-01"
 
+    def _finished(self, span: Any, facts: RequestFacts, decision: Decision) -> str | None:
+        """End a Check's `span` saying what was decided; its traceparent (None: the span
+        failed, a bug, counted: the answer is the untraced handler's, never an error)."""
+        try:
+            span.set_attributes(check_attributes(facts, decision))
+            trace: str | None = self.traceparent(span)
+            span.end()
+        except Exception:
+            self._dropped("span_failed", 1)
+            trace = None
+        return trace
+
+    def _failed(self, span: Any, e: Exception) -> None:
+        """End the `span` of a decision that raised (a bug): the exception's type only, not
+        its message nor its traceback, which may quote the request (its credential)."""
+        try:
+            span.set_attribute("error.type", type(e).__qualname__)
+            span.set_status(self._error)
+            span.end()
+        except Exception:
+            self._dropped("span_failed", 1)
+
     def check_handler(self, authorizer: Authorizer) -> CheckFunction:
         """envoy_check.check_handler with a span around each decision; an LLM allow carries the
         span's traceparent in its dynamic metadata (TRACE_KEY). A call without a sampled
@@ -302,17 +328,18 @@ class Tracing:
         untraced = check_handler(authorizer)
         start = self.tracer.start_span
         parent = self.parent
-        traceparent = self.traceparent
         server = self._server
+        dropped = self._dropped
+        finished, failed = self._finished, self._failed
 
-        def answer(decision: Decision, headers: Mapping[str, str], trace: str) -> bytes:
+        def answer(decision: Decision, headers: Mapping[str, str], trace: str | None) -> bytes:
             if decision.outcome is not _ALLOW:
                 return check_response_bytes(decision, headers.get("x-request-id", ""))
             found = known_response_bytes(id(decision))
             data = found[1] if found is not None and found[0] is decision else None
             if data is None:
                 data = check_response_bytes(decision)
-            if decision.model is not None:  # (its response's usage span goes on)
+            if decision.model is not None and trace:  # (its response's usage span goes on)
                 data += metadata_bytes(TRACE_KEY, trace)
             return data
 
@@ -330,16 +357,17 @@ class Tracing:
             if above is None:
                 return untraced(read, context)
             facts, headers, attributes = read
-            span = start("extauthz.check", above, server)
+            try:
+                span = start("extauthz.check", above, server)
+            except Exception:  # (a bug, counted: the Check goes on untraced)
+                dropped("span_failed", 1)
+                return untraced(read, context)
             try:
                 decision = decide(facts, headers, attributes)
-                span.set_attributes(check_attributes(facts, decision))
-                return answer(decision, headers, traceparent(span))
-            except Exception as e:
-                span.record_exception(e)
+            except Exception as e:  # (as untraced: an error, which Envoy answers 503)
+                failed(span, e)
                 raise
-            finally:
-                span.end()
+            return answer(decision, headers, finished(span, facts, decision))
 
         return check
 
@@ -347,13 +375,17 @@ class Tracing:
         self, trace: str, token_id: str, route: str, model: str, status: int, used: Usage
     ) -> None:
         """An LLM response's tokens were charged (UsageProcessor.charge): its span, a child
-        of the Check's span `trace` names (ext_authz's metadata; none: no span)."""
-        above = self.parent(trace)
-        if above is None:
-            return
-        span = self.tracer.start_span("extauthz.llm.usage", above)
-        span.set_attributes(usage_attributes(token_id, route, model, status, used))
-        span.end()
+        of the Check's span `trace` names (ext_authz's metadata; none: no span). A failure
+        (a bug) is counted, never the counting's."""
+        try:
+            above = self.parent(trace)
+            if above is None:
+                return
+            span = self.tracer.start_span("extauthz.llm.usage", above)
+            span.set_attributes(usage_attributes(token_id, route, model, status, used))
+            span.end()
+        except Exception:
+            self._dropped("span_failed", 1)
 
     def shutdown(self) -> None:
         """Export what is left (for SHUTDOWN_WAIT seconds at most), then stop."""

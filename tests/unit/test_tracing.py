@@ -569,3 +569,61 @@ def test_a_shutdown_waits_for_a_collector_that_is_down_a_few_seconds_only(
     tracing.shutdown()
     assert time.monotonic() - started < 3
     assert dropped == {"export_failed": 3 * module.EXPORT_BATCH}
+
+
+def test_a_span_that_fails_never_changes_the_answer(
+    exported: InMemorySpanExporter,
+    authorizer: Authorizer,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failure in the tracing of a Check (a bug: here the attributes cannot be made) is
+    counted; the Check is answered as the untraced handler answers it, not with an error
+    (which Envoy would turn into a 503 for an allowed request)."""
+    from extauthz.runtime import tracing as module
+    from extauthz.runtime.envoy_check import check_handler
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    dropped: dict[str, int] = {}
+    tracing = Tracing(
+        otlp_target("127.0.0.1:4317"), exporter=exported,
+        dropped=lambda reason, n: dropped.update({reason: dropped.get(reason, 0) + n}),
+    )  # fmt: skip
+    monkeypatch.setattr(module, "check_attributes", broken)
+    monkeypatch.setattr(module, "usage_attributes", broken)
+    issued = tokens.create(store, ["llm"], now=time.time())
+    traced, untraced = tracing.check_handler(authorizer), check_handler(authorizer)
+    for facts in (llm_facts(issued.token), RequestFacts("m"), RequestFacts("open")):
+        read = (facts, {"x-request-id": "r1"}, None)
+        assert traced(read, Context(("traceparent", SAMPLED))) == untraced(read, Context())
+    tracing.charged(SAMPLED, issued.record.id, "llm", "demo-small", 200, Usage(3, 4))
+    tracing.shutdown()
+    assert dropped == {"span_failed": 4}
+
+
+def test_an_exception_is_recorded_by_its_type_only(
+    tracing: Tracing,
+    exported: InMemorySpanExporter,
+    authorizer: Authorizer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Check whose decision raises (a bug) fails as it does untraced, and its span says
+    so by the exception's type: its message and traceback, which may quote the request
+    (a credential among it), are not exported."""
+    from opentelemetry.trace import StatusCode
+
+    def raising(facts: RequestFacts, *args: Any) -> Any:
+        raise ValueError(f"cannot read {facts.authorization}")
+
+    monkeypatch.setattr(authorizer, "decide", raising)
+    check = tracing.check_handler(authorizer)
+    with pytest.raises(ValueError):
+        check((RequestFacts("m", authorization="Bearer eat_s3cret"), {}, None),
+              Context(("traceparent", SAMPLED)))  # fmt: skip
+    (span,) = spans(tracing, exported)
+    assert span.status.status_code is StatusCode.ERROR
+    assert dict(span.attributes) == {"error.type": "ValueError"}
+    assert "s3cret" not in repr([(e.name, dict(e.attributes or {})) for e in span.events])
+    assert "s3cret" not in str(span.status.description)
