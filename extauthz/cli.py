@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from extauthz import __version__
-from extauthz.config import Settings, add_setting_flags, load_settings
+from extauthz.config import Settings, add_setting_flags, load_settings, span_batching
 from extauthz.dev import DEFAULT_BASE_PORT, PORTS_USED
 from extauthz.errors import (
     ConfigError,
@@ -110,6 +110,8 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from extauthz.runtime.webhooks import webhook_config
 
     _setup_logging(settings)
+    if settings.otlp_endpoint:  # (a bad OTEL_BSP_* variable: one line now, before any worker)
+        span_batching(os.environ)
     workers = settings.workers or default_workers()
     if workers > 1:
         tls.for_server(settings)  # unreadable files: one line now, not a crash loop of workers

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from extauthz.core.route_match import ROUTE_IDENTITIES
-from extauthz.errors import ConfigError
+from extauthz.errors import ConfigError, shown
 from extauthz.files import describe, read_regular_file
 from extauthz.storage.client import redact_url
 from extauthz.storage.store import DEFAULT_PREFIX
@@ -88,6 +88,49 @@ class OtlpTarget:
 _OTLP_SCHEMES = {"grpc": ("grpc", False), "grpcs": ("grpc", True)}
 _OTLP_SCHEMES |= {"http": ("http", False), "https": ("http", True)}
 OTLP_TRACES_PATH = "/v1/traces"
+
+
+@dataclass(frozen=True)
+class SpanBatching:
+    """How spans wait for their export (docs/operations.md#traces): every `every` seconds, in
+    batches of at most `batch`, at most `most` waiting; OpenTelemetry's batch span processor
+    variables and defaults (`span_batching`)."""
+
+    every: float = 5.0
+    batch: int = 512
+    most: int = 2048
+
+
+_SPAN_BATCHING = (  # variable, field, lowest, highest, as seconds (given in ms)
+    ("OTEL_BSP_SCHEDULE_DELAY", "every", 1, 3_600_000, True),
+    ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "batch", 1, 100_000, False),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "most", 1, 1_000_000, False),
+)
+
+
+def span_batching(environ: Mapping[str, str]) -> SpanBatching:
+    """The OTEL_BSP_* variables of `environ` (unset or empty: the default); ConfigError
+    names a variable whose value is not a whole number in its range."""
+    values: dict[str, Any] = {}
+    for name, key, lowest, highest, millis in _SPAN_BATCHING:
+        text = environ.get(name, "").strip()
+        if not text:
+            continue
+        if not (len(text) <= 10 and text.isascii() and text.isdigit()) or not (
+            lowest <= int(text) <= highest
+        ):
+            raise ConfigError(
+                f"{name}={shown(text)}: expected a whole number from {lowest:,} to {highest:,}"
+                + (" (milliseconds)" if millis else "")
+            )
+        values[key] = int(text) / 1000 if millis else int(text)
+    batching = SpanBatching(**values)
+    if batching.batch > batching.most:
+        raise ConfigError(
+            f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE {batching.batch:,} is more than "
+            f"OTEL_BSP_MAX_QUEUE_SIZE {batching.most:,}: give a batch no larger than the queue"
+        )
+    return batching
 
 
 def otlp_target(text: str) -> OtlpTarget:

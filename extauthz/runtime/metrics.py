@@ -99,8 +99,9 @@ class Metrics:
         self.spans_dropped_counter = Counter(
             "extauthz_spans_dropped",
             "Trace spans not exported (--otlp-endpoint), by reason (queue_full: more than "
-            "2,048 waiting while the collector is slow or down; export_failed; span_failed: "
-            "a bug in making one, the decision answered all the same)",
+            "OTEL_BSP_MAX_QUEUE_SIZE (2,048) waiting while the collector is slow or down; "
+            "export_failed; span_failed: a bug in making one, the decision answered all the "
+            "same)",
             ["reason"],
             registry=self.registry,
         )

@@ -9,6 +9,7 @@ stop the watcher, close Redis.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -21,7 +22,7 @@ from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extauthz.config import Settings, otlp_target
+from extauthz.config import Settings, otlp_target, span_batching
 from extauthz.core.llm import MAX_BODY_BYTES
 from extauthz.core.prices import NO_PRICES, PriceTable
 from extauthz.errors import ConfigError
@@ -116,7 +117,11 @@ class Server:
         self.authorizer = self._authorizer()
         # --otlp-endpoint: spans (runtime/tracing.py); without it no tracing code runs
         self.tracing = (
-            Tracing(otlp_target(settings.otlp_endpoint), dropped=self.metrics.spans_dropped)
+            Tracing(
+                otlp_target(settings.otlp_endpoint),
+                dropped=self.metrics.spans_dropped,
+                batching=span_batching(os.environ),
+            )
             if settings.otlp_endpoint
             else None
         )

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from extauthz.config import OtlpTarget
+from extauthz.config import OtlpTarget, SpanBatching
 from extauthz.core.decision import Decision, Outcome, RequestFacts
 from extauthz.core.llm_usage import Usage
 from extauthz.errors import shown
@@ -130,9 +130,8 @@ def _none(reason: str, n: int) -> None:
     pass
 
 
-MAX_QUEUED_SPANS = 2048
-EXPORT_BATCH = 512
-EXPORT_EVERY = 1.0  # seconds between exports while fewer than EXPORT_BATCH spans wait
+MAX_QUEUED_SPANS = SpanBatching.most  # (the defaults: OTEL_BSP_* change them)
+EXPORT_BATCH = SpanBatching.batch
 SHUTDOWN_WAIT = 5.0  # seconds a shutdown gives the collector for the spans left
 
 
@@ -141,9 +140,15 @@ class SpanQueue:
     exports them in batches, so a slow or absent collector never slows a decision; what
     does not fit, and what an export fails to send, is dropped and counted."""
 
-    def __init__(self, exporter: Any, dropped: Callable[[str, int], None]) -> None:
+    def __init__(
+        self,
+        exporter: Any,
+        dropped: Callable[[str, int], None],
+        batching: SpanBatching = SpanBatching(),  # noqa: B008 (frozen)
+    ) -> None:
         self.exporter = exporter
         self.dropped = dropped
+        self._every, self._batch, self._most = batching.every, batching.batch, batching.most
         self._queue: list[Any] = []
         self._wake = threading.Condition()
         self._stopping = False
@@ -157,12 +162,14 @@ class SpanQueue:
 
     def on_end(self, span: Any) -> None:
         with self._wake:
-            if self._stopping or len(self._queue) >= MAX_QUEUED_SPANS:
+            if self._stopping or len(self._queue) >= self._most:
                 full = True
             else:
                 full = False
                 self._queue.append(span)
-                if len(self._queue) == EXPORT_BATCH:  # (a batch is full: export it now)
+                # the first span wakes the exporting thread (which then waits `every` for
+                # more), a full batch has it export now
+                if len(self._queue) in (1, self._batch):
                     self._wake.notify_all()
         if full:
             self.dropped("queue_full", 1)
@@ -170,17 +177,20 @@ class SpanQueue:
     def _run(self) -> None:
         while True:
             with self._wake:
-                # the spans that come meanwhile wait for the next export, EXPORT_EVERY after
-                # the last one ended, unless a batch is full, a flush asks or the queue stops
-                # (not one export per span or two while they trickle in)
-                deadline = time.monotonic() + EXPORT_EVERY
+                # nothing to export: asleep until a span comes (no wake-ups while idle)
+                while not (self._queue or self._stopping or self._flushing):
+                    self._wake.wait()
+                # the spans that come meanwhile wait for the next export, `every` after the
+                # first, unless a batch is full, a flush asks or the queue stops (not one
+                # export per span or two while they trickle in)
+                deadline = time.monotonic() + self._every
                 while (
-                    len(self._queue) < EXPORT_BATCH
+                    len(self._queue) < self._batch
                     and not (self._stopping or self._flushing)
                     and (left := deadline - time.monotonic()) > 0
                 ):
                     self._wake.wait(left)
-                batch, self._queue = self._queue[:EXPORT_BATCH], self._queue[EXPORT_BATCH:]
+                batch, self._queue = self._queue[: self._batch], self._queue[self._batch :]
                 self._exporting = len(batch)
                 stopping = self._stopping
             if batch:
@@ -237,11 +247,16 @@ class Tracing:
     """The tracer provider of one server process, its batch exporter, and what makes spans."""
 
     def __init__(
-        self, target: OtlpTarget, exporter: Any = None, dropped: Callable[[str, int], None] = _none
+        self,
+        target: OtlpTarget,
+        exporter: Any = None,
+        dropped: Callable[[str, int], None] = _none,
+        batching: SpanBatching = SpanBatching(),  # noqa: B008 (frozen)
     ) -> None:
         """`exporter`: where spans go (tests pass an in-memory one); default: OTLP to
         `target` over gRPC or HTTP, as it names. `dropped(reason, n)`: told of spans not
-        exported (the queue full while the collector is slow or down, or an export failed)."""
+        exported (the queue full while the collector is slow or down, or an export failed).
+        `batching`: how they wait for it (config.span_batching reads OTEL_BSP_*)."""
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
@@ -268,7 +283,7 @@ class Tracing:
         class Processor(SpanQueue, SpanProcessor):  # (the SDK's hooks SpanQueue leaves out)
             pass
 
-        self.spans = Processor(exporter, dropped)
+        self.spans = Processor(exporter, dropped, batching)
         self._dropped = dropped
         self._error = Status(StatusCode.ERROR)
         self.provider.add_span_processor(self.spans)

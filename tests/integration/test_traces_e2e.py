@@ -29,7 +29,7 @@ from extauthz.admin import tokens
 from extauthz.config import Settings, otlp_target
 from extauthz.dev.envoy_config import OTEL_TRACER, http_managers, with_tracing
 from extauthz.dev.stack import Stack
-from tests.support.procs import envoy_in_front, local_stack, wait_for
+from tests.support.procs import envoy_in_front, local_stack, run_cli, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
 
@@ -296,3 +296,16 @@ def test_a_client_neither_stops_a_trace_nor_chooses_its_id(
 
         wait_for(lambda: len(mine()) == 2, 10, "both Checks' spans")
     assert chosen not in {s.trace_id for s in mine()}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_refuses_a_bad_otel_bsp_variable_in_one_line(workers: str) -> None:
+    """Before it listens, and before any worker starts (not a crash loop of workers)."""
+    result = run_cli(
+        "redis://127.0.0.1:1/0", "serve", "--otlp-endpoint", "127.0.0.1:4317",
+        "--workers", workers, "--listen", "127.0.0.1:0",
+        env={"OTEL_BSP_SCHEDULE_DELAY": "5s"}, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "OTEL_BSP_SCHEDULE_DELAY='5s': expected a whole number from 1 to" in result.stderr

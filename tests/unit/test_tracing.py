@@ -18,7 +18,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from extauthz.admin import tokens
 from extauthz.admin.sync import sync
-from extauthz.config import OtlpTarget, Settings, load_settings, otlp_target
+from extauthz.config import (
+    OtlpTarget,
+    Settings,
+    SpanBatching,
+    load_settings,
+    otlp_target,
+    span_batching,
+)
 from extauthz.core.decision import RequestFacts
 from extauthz.core.llm import read_model_request
 from extauthz.core.llm_usage import Usage
@@ -481,23 +488,26 @@ def _ended_spans(tracing: Tracing, n: int) -> float:
     return slowest
 
 
-def test_a_collector_that_hangs_never_slows_a_span_and_what_overflows_is_counted() -> None:
+@pytest.mark.parametrize(
+    "batching", [SpanBatching(), SpanBatching(batch=5, most=20)], ids=["defaults", "OTEL_BSP"]
+)
+def test_a_collector_that_hangs_never_slows_a_span_and_what_overflows_is_counted(
+    batching: SpanBatching,
+) -> None:
     from opentelemetry.sdk.trace.export import SpanExportResult
-
-    from extauthz.runtime.tracing import EXPORT_BATCH, MAX_QUEUED_SPANS
 
     dropped: dict[str, int] = {}
     stuck = _Stuck(SpanExportResult.SUCCESS)
     tracing = Tracing(
-        otlp_target("127.0.0.1:4317"), exporter=stuck,
+        otlp_target("127.0.0.1:4317"), exporter=stuck, batching=batching,
         dropped=lambda reason, n: dropped.update({reason: dropped.get(reason, 0) + n}),
     )  # fmt: skip
     try:
-        total = MAX_QUEUED_SPANS + EXPORT_BATCH + 100
+        total = batching.most + batching.batch + 100
         assert _ended_spans(tracing, total) < 0.05  # (never waits for the collector)
         time.sleep(0.2)
         # one batch in the stuck export, the queue full behind it, the rest dropped
-        assert 100 <= dropped.get("queue_full", 0) <= total - MAX_QUEUED_SPANS
+        assert 100 <= dropped.get("queue_full", 0) <= total - batching.most
     finally:
         stuck.release.set()
         tracing.shutdown()
@@ -519,9 +529,9 @@ def test_a_failed_export_is_counted() -> None:
 
 
 def test_a_steady_flow_of_spans_goes_out_in_batches() -> None:
-    """Spans that come one at a time wait for the next export, about a second away
-    (EXPORT_EVERY), and go out together: not in as many exports as the collector can take,
-    each costing the export thread (and the Check threads, for the GIL) its overhead."""
+    """Spans that come one at a time wait for the next export, `every` (here 0.5 s) after
+    the first, and go out together: not in as many exports as the collector can take, each
+    costing the export thread (and the Check threads, for the GIL) its overhead."""
     from opentelemetry.sdk.trace.export import SpanExportResult
 
     batches: list[int] = []
@@ -535,7 +545,9 @@ def test_a_steady_flow_of_spans_goes_out_in_batches() -> None:
         def shutdown(self) -> None:
             pass
 
-    tracing = Tracing(otlp_target("127.0.0.1:4317"), exporter=Collector())
+    tracing = Tracing(
+        otlp_target("127.0.0.1:4317"), exporter=Collector(), batching=SpanBatching(every=0.5)
+    )
     parent = tracing.parent(SAMPLED)
     ended = 0
     stop = time.monotonic() + 1.5
@@ -545,7 +557,7 @@ def test_a_steady_flow_of_spans_goes_out_in_batches() -> None:
         time.sleep(0.001)
     tracing.shutdown()
     assert sum(batches) == ended
-    assert len(batches) <= 4, batches[:20]  # (at about 1 s, and at the shutdown)
+    assert 2 <= len(batches) <= 5, batches[:20]  # (every 0.5 s, and at the shutdown)
 
 
 def test_a_shutdown_waits_for_a_collector_that_is_down_a_few_seconds_only(
@@ -627,3 +639,34 @@ def test_an_exception_is_recorded_by_its_type_only(
     assert dict(span.attributes) == {"error.type": "ValueError"}
     assert "s3cret" not in repr([(e.name, dict(e.attributes or {})) for e in span.events])
     assert "s3cret" not in str(span.status.description)
+
+
+def test_span_batching_reads_opentelemetrys_variables() -> None:
+    assert span_batching({}) == SpanBatching(every=5.0, batch=512, most=2048)
+    assert span_batching(
+        {"OTEL_BSP_SCHEDULE_DELAY": "250", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": " 64 ",
+         "OTEL_BSP_MAX_QUEUE_SIZE": "100", "OTEL_BSP_EXPORT_TIMEOUT": "x"}
+    ) == SpanBatching(every=0.25, batch=64, most=100)  # fmt: skip
+    assert span_batching({"OTEL_BSP_SCHEDULE_DELAY": ""}) == SpanBatching()  # (empty: unset)
+
+
+@pytest.mark.parametrize(
+    "name", ["OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "OTEL_BSP_MAX_QUEUE_SIZE"]
+)
+@pytest.mark.parametrize(
+    "value",
+    ["0", "-1", "1.5", "5s", "1e3", "0x10", "\u0663", "9" * 11, "9" * 5000, "1\n2", "\x1b[2J"],
+    ids=["zero", "negative", "fraction", "unit", "exponent", "hex", "arabic-digit",
+         "huge", "thousands-of-digits", "newline", "escape"],
+)  # fmt: skip
+def test_a_bad_span_batching_variable_is_one_located_error(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        span_batching({name: value})
+    message = str(raised.value)
+    assert message.startswith(f"{name}=") and "expected a whole number from 1 to" in message
+    assert "\n" not in message and "\x1b" not in message and len(message) < 200
+
+
+def test_a_batch_larger_than_the_queue_is_refused() -> None:
+    with pytest.raises(ConfigError, match="no larger than the queue"):
+        span_batching({"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "600", "OTEL_BSP_MAX_QUEUE_SIZE": "500"})
