@@ -34,7 +34,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from extauthz.core.bounded import ENTRY_OVERHEAD, BoundedDict
 from extauthz.core.budget import Budget
@@ -60,6 +60,7 @@ REMAINING_HEADER = "x-ratelimit-remaining-tokens"
 BUDGET_HEADER = "x-extauthz-budget-remaining"  # USD left of the tightest budget that applied
 METADATA_KEY = "token_limits"  # dynamic metadata: what settle needs, as JSON
 _NO_ROOM = "no room"
+_LEASE = "lease"  # (what memory cannot answer: Redis is asked)
 
 
 @dataclass
@@ -79,6 +80,22 @@ class _Budget:
     leased: int = 0  # units of the last lease
     leased_at: float = 0.0
     expiring: bool = False  # a lease of this process set the counter's expiry
+    # held while this process writes the counter (a lease, a budget given back, a debt
+    # paid): a lease asked meanwhile waits for the write, never counts a give-back twice
+    writing: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+def _from_memory(budget: _Budget, need: int, now: float) -> _Budget | str | None:
+    """`need` units taken from what `budget` holds (the budget); _NO_ROOM while its window
+    is known full, None while Redis is known failing; else _LEASE. Under the lock."""
+    if budget.held >= need:
+        budget.held -= need
+        return budget
+    if now < budget.full_until:
+        return _NO_ROOM
+    if now < budget.failed_until:
+        return None
+    return _LEASE
 
 
 class Limiter:
@@ -166,50 +183,61 @@ class Limiter:
         for _ in range(MAX_LEASES):  # (settled debts may eat a lease while it is asked for)
             with self._lock:
                 budget = self._budget(limited, now)
-                if budget.held >= need:
-                    budget.held -= need
-                    return budget
-                if now < budget.full_until:
-                    return _NO_ROOM
-                if now < budget.failed_until:
-                    return None
-                extra = min(
-                    limit.count // kind.max_lease_share, math.ceil(budget.rate * kind.lease_seconds)
-                )
-                want = need - budget.held + extra
-            try:
-                granted, total = self.store.take_units(
-                    budget.counter, want, limit.count, budget.ends, not budget.expiring
-                )
-            except StoreError:
+                if (answer := _from_memory(budget, need, now)) is not _LEASE:
+                    return answer
+            with budget.writing:  # (what another thread writes to the counter lands first)
                 with self._lock:
-                    budget.failed_until = now + RETRY_AFTER_ERROR
-                return None
-            if self.on_total is not None:  # (what budget.seen is set to below)
-                self.on_total(limited, total, budget.ends)
-            give = 0
+                    if (answer := _from_memory(budget, need, now)) is not _LEASE:
+                        return answer  # (its lease may have brought enough)
+                    extra = min(
+                        limit.count // kind.max_lease_share,
+                        math.ceil(budget.rate * kind.lease_seconds),
+                    )
+                    want = need - budget.held + extra
+                answer = self._lease(limited, budget, need, want, now)
+            if answer is not _LEASE:
+                return answer
+        return _NO_ROOM
+
+    def _lease(
+        self, limited: Limited, budget: _Budget, need: int, want: int, now: float
+    ) -> _Budget | str | None:
+        """Lease `want` units for a request of `need` (under `budget.writing`): the budget,
+        _NO_ROOM, None (Redis failed), or _LEASE (ask again: debts ate the lease)."""
+        limit = limited.limit
+        try:
+            granted, total = self.store.take_units(
+                budget.counter, want, limit.count, budget.ends, not budget.expiring
+            )
+        except StoreError:
             with self._lock:
-                budget.expiring = True  # (later leases of this window are one INCRBY)
-                if budget.leased_at:  # what the last lease held has been used since
-                    elapsed = max(now - budget.leased_at, 1e-3)
-                    budget.rate = 0.5 * budget.rate + 0.5 * budget.leased / elapsed
-                    self._rates.put(limited.lease, budget.rate, ENTRY_OVERHEAD + 64)
-                budget.leased_at, budget.leased = now, granted
-                budget.seen = total
-                budget.held += granted
-                budget.full = granted < want
-                if budget.held >= need:
-                    budget.held -= need
-                    return budget
-                if budget.full:
-                    budget.full_until = now + RECHECK_FULL
-                    if budget.held > 0:  # a piece too small for this request: others may use it
-                        give, budget.held = budget.held, 0
-            if give or budget.full:
-                if give and not self._pay(budget.counter, -give, budget.ends):
-                    with self._lock:
-                        budget.held += give  # (given back at a sync)
-                return _NO_ROOM
+                budget.failed_until = now + RETRY_AFTER_ERROR
+            return None
+        if self.on_total is not None:  # (what budget.seen is set to below)
+            self.on_total(limited, total, budget.ends)
+        give = 0
+        with self._lock:
+            budget.expiring = True  # (later leases of this window are one INCRBY)
+            if budget.leased_at:  # what the last lease held has been used since
+                elapsed = max(now - budget.leased_at, 1e-3)
+                budget.rate = 0.5 * budget.rate + 0.5 * budget.leased / elapsed
+                self._rates.put(limited.lease, budget.rate, ENTRY_OVERHEAD + 64)
+            budget.leased_at, budget.leased = now, granted
+            budget.seen = total
+            budget.held += granted
+            budget.full = granted < want
+            if budget.held >= need:
+                budget.held -= need
+                return budget
+            if budget.full:
+                budget.full_until = now + RECHECK_FULL
+                if budget.held > 0:  # a piece too small for this request: others may use it
+                    give, budget.held = budget.held, 0
+        if give or budget.full:
+            if give and not self._pay(budget.counter, -give, budget.ends):
+                with self._lock:
+                    budget.held += give  # (given back at a sync)
+            return _NO_ROOM
         return _NO_ROOM
 
     def _budget(self, limited: Limited, now: float) -> _Budget:
@@ -270,30 +298,30 @@ class Limiter:
         stops) give unused budgets back; forget ended windows (an ended window's unused
         budget is not given back: nobody can use it). What Redis does not take stays for
         the next sync (a warning at most once a minute)."""
-        payments: list[tuple[_Budget, int]] = []
+        due: list[_Budget] = []
         with self._lock:
             for name, budget in self._budgets.items():
-                # a budget this process has not leased lately holds what responses settled
-                # here gave back (their Check ran in another process): others may need it
-                idle = now - budget.leased_at > IDLE_GIVE_BACK
-                full = final or budget.full or idle
-                if budget.held < 0 or (budget.held > 0 and now < budget.ends and full):
-                    payments.append((budget, -budget.held))
-                    budget.held = 0
+                if _payment(budget, now, final):
+                    due.append(budget)
                 elif now >= budget.ends and budget.held >= 0:
                     self._budgets.pop(name)
-        failed = [(b, units) for b, units in payments if not self._pay(b.counter, units, b.ends)]
-        if failed:
-            with self._lock:
-                for budget, units in failed:
-                    budget.held -= units  # (a debt again, or a budget held again)
-            if now - self._warned_at >= WARN_EVERY:
-                self._warned_at = now
-                log.warning(
-                    "cannot write %d limit counters to Redis: kept for the next sync%s",
-                    len(failed),
-                    " (stopping: their debts are lost)" if final else "",
-                )
+        failed = 0
+        for budget in due:
+            with budget.writing:  # (a lease asked meanwhile waits: never counts it twice)
+                with self._lock:
+                    units = _payment(budget, now, final)
+                    budget.held += units
+                if units and not self._pay(budget.counter, units, budget.ends):
+                    failed += 1
+                    with self._lock:
+                        budget.held -= units  # (a debt again, or a budget held again)
+        if failed and now - self._warned_at >= WARN_EVERY:
+            self._warned_at = now
+            log.warning(
+                "cannot write %d limit counters to Redis: kept for the next sync%s",
+                failed,
+                " (stopping: their debts are lost)" if final else "",
+            )
 
     def _pay(self, name: str, units: int, ends: float) -> bool:
         try:
@@ -307,6 +335,19 @@ _TOKEN_COUNTERS = f"{TOKENS.prefix}:"  # the counters whose reservations are set
 _MONEY_COUNTERS = f"{MONEY.prefix}:"
 MAX_WINDOW_END = 253_402_300_800.0  # 10000-01-01: no window ends later
 _Entries = list[tuple[str, Window, float]]
+
+
+def _payment(budget: _Budget, now: float, final: bool) -> int:
+    """What a sync writes to `budget`'s counter now: its debt, or (negative) what it holds
+    when its window was found full, it was not leased lately (it holds what responses
+    settled here gave back, their Check ran in another process: others may need it) or
+    the process stops; else 0. Under the lock."""
+    idle = now - budget.leased_at > IDLE_GIVE_BACK
+    if budget.held < 0 or (
+        budget.held > 0 and now < budget.ends and (final or budget.full or idle)
+    ):
+        return -budget.held
+    return 0
 
 
 def _tightest(budgets: list[_Budget]) -> tuple[_Budget, int]:

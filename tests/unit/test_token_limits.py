@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -690,3 +691,44 @@ def test_a_lease_sets_its_counters_expiry_until_one_did_then_is_one_command() ->
     for i in range(1, 2000):
         limiter.admit(_allow(1000, limit), START + i)  # (never full: nothing given back)
     assert commands and set(commands) == {"incrby"}  # (later leases: INCRBY alone)
+
+
+class _SlowGiveBack(Store):
+    """A store whose first budget given back (a negative add_units) is in flight until
+    `landed` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(fakeredis.FakeRedis(**DECODING), "extauthz:")
+        self.in_flight = threading.Event()
+        self.landed = threading.Event()
+
+    def add_units(self, counter: str, units: int, ends: float) -> None:
+        if units < 0 and not self.in_flight.is_set():
+            self.in_flight.set()
+            assert self.landed.wait(5)
+        super().add_units(counter, units, ends)
+
+
+def test_a_lease_never_races_a_budget_given_back() -> None:
+    """A budget on its way back to Redis (an idle one, at a sync) is not counted twice
+    against a lease asked meanwhile: the lease waits for it to land, and the request it was
+    for is admitted (it was refused, with room left)."""
+    store = _SlowGiveBack()
+    limiter = Limiter(store)
+    first = limiter.admit(_allow(600, LIMIT), START + 1)
+    assert first.outcome is Outcome.ALLOW
+    limiter.settle(_metadata(first), Usage(50, 0), START + 1.5)  # 550 back: held here
+    giving = threading.Thread(target=limiter.sync, args=(START + 4,))  # idle: given back
+    giving.start()
+    assert store.in_flight.wait(5)
+    answers: list[Decision] = []
+    asking = threading.Thread(
+        target=lambda: answers.append(limiter.admit(_allow(600, LIMIT), START + 4))
+    )
+    asking.start()
+    asking.join(0.2)
+    store.landed.set()
+    giving.join(5)
+    asking.join(5)
+    assert [a.outcome for a in answers] == [Outcome.ALLOW]  # 50 used + 600 <= 1000
+    assert int(store.client.get("extauthz:tl:token:t1:m30000000") or 0) == 650
