@@ -58,20 +58,26 @@ server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
 server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("t", {"Echo": echo})])
 port = server.add_insecure_port("127.0.0.1:0")
 server.start()
-call = grpc.insecure_channel(f"127.0.0.1:{port}").unary_unary("/t/Echo")
+channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+call = channel.unary_unary("/t/Echo")
 stop = threading.Event()
 
 def calling():
     while not stop.is_set():
         call(b"x" * 1000, timeout=5)
 
-for _ in range(4):
-    threading.Thread(target=calling, daemon=True).start()
+callers = [threading.Thread(target=calling) for _ in range(4)]
+for caller in callers:
+    caller.start()
 children = [Child(f"c{i}", ["true"], Path(sys.argv[1]) / f"c{i}.log") for i in range(20)]
 for child in children:
     child.start()
-print([child.proc.wait(20) for child in children])
+print([child.proc.wait(20) for child in children], flush=True)
 stop.set()
+for caller in callers:
+    caller.join()
+channel.close()
+server.stop(None).wait()
 """
 
 
