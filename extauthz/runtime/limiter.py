@@ -238,7 +238,7 @@ class Limiter:
                 with self._lock:
                     budget.held += give  # (given back at a sync)
             return _NO_ROOM
-        return _NO_ROOM
+        return _LEASE  # (a debt settled meanwhile took what was leased)
 
     def _budget(self, limited: Limited, now: float) -> _Budget:
         """The budget of `limited`'s current window. Under the lock."""

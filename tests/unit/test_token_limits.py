@@ -10,7 +10,7 @@ import random
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import fakeredis
 import pytest
@@ -732,3 +732,25 @@ def test_a_lease_never_races_a_budget_given_back() -> None:
     asking.join(5)
     assert [a.outcome for a in answers] == [Outcome.ALLOW]  # 50 used + 600 <= 1000
     assert int(store.client.get("extauthz:tl:token:t1:m30000000") or 0) == 650
+
+
+def test_a_lease_eaten_by_a_debt_settled_meanwhile_is_asked_again() -> None:
+    """A response that used more than its reservation settles while a lease is asked (its
+    debt takes the units leased): the request is leased for again, not refused."""
+    limiter: Limiter
+
+    class Meanwhile(Store):
+        debt: ClassVar[list[str]] = []
+
+        def take_units(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+            answer = super().take_units(*args, **kwargs)
+            if self.debt:  # (a response 200 over its reservation ends during this lease)
+                limiter.settle(self.debt.pop(), Usage(300, 0), START + 2)
+            return answer
+
+    store = Meanwhile(fakeredis.FakeRedis(**DECODING), "extauthz:")
+    limiter = Limiter(store)
+    first = limiter.admit(_allow(100, LIMIT), START + 1)
+    store.debt.append(_metadata(first))
+    assert limiter.admit(_allow(100, LIMIT), START + 2).outcome is Outcome.ALLOW
+    assert not store.debt
