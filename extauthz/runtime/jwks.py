@@ -4,7 +4,9 @@ The hot path never waits on the network, except for one bounded wait (`KEY_WAIT`
 inside Envoy's ext_authz timeout) when a token names a key we have not seen: then one
 refetch is asked for (at most once per `min_refetch` seconds per key source) and the token
 is checked again. Keys are kept while the IdP is unreachable; a route whose keys were never
-fetched answers 503 (error), not 401.
+fetched answers 503 (error), not 401. A server starts serving once the key sets of the
+policy's routes have been fetched once (`first_fetches`, bounded by the fetch timeout), so
+its first requests are not refused for keys still on their way.
 """
 
 from __future__ import annotations
@@ -119,6 +121,16 @@ class JwksCache:
             for s in settings:
                 self._sources.setdefault(source_of(s), _Source())
             self._cond.notify_all()
+
+    def first_fetches(self, timeout: float) -> list[str]:
+        """Wait, at most `timeout` seconds, until every source known has been fetched from
+        once (or failed to be); the locations still waiting for their first."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: all(s.attempts for s in self._sources.values()) or self._stopping,
+                timeout,
+            )
+            return [key[1] for key, s in self._sources.items() if not s.attempts]
 
     def keys(self, settings: JwtSettings) -> KeySet | None:
         source = self._sources.get(source_of(settings))

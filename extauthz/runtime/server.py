@@ -227,6 +227,14 @@ class Server:
         self._warn_if_disabled()
         self.jwks.start()
         self.watcher.start()
+        # the policy's key sets fetched once before Envoy is told to send Checks (a bounded
+        # wait: an IdP down or slow leaves its routes answering 503 until they come)
+        waiting = self.jwks.first_fetches(self.jwks.fetch_timeout + 0.5)
+        if waiting:
+            log.warning(
+                "JWKS not fetched yet from %s: their routes answer 503 until they are",
+                ", ".join(waiting),
+            )
         if self.webhooks is not None:
             self.webhooks.start()
         if self.listener is not None:

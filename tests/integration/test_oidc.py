@@ -71,6 +71,52 @@ def oidc(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[LocalIdP, 
             client.close()
 
 
+def test_the_first_checks_after_a_start_find_the_keys(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A server serves once its policy's key sets have been fetched once: an IdP slower
+    than a request's wait for keys (0.1 s) does not turn its first requests into 503s."""
+    with LocalIdP() as idp:
+        idp.keys = [SigningKey("rsa-1")]
+        idp.delay = 0.4  # (discovery, then the key set: 0.8 s)
+        policy_file = tmp_path / "policy.yaml"
+        policy_file.write_text(policy(idp, tmp_path / "none.json"))
+        run_cli(redis_server.url, "sync", str(policy_file))
+        token = bearer(idp.keys[0].sign(claims(idp.issuer)))
+        with extauthz_serve(redis_server.url, tmp_path / "serve.log") as (port, _):
+            client = CheckClient(port)
+            try:
+                assert client.status("iris", token) == 200
+            finally:
+                client.close()
+        assert "JWKS not fetched yet" not in (tmp_path / "serve.log").read_text()
+
+
+def test_an_idp_that_never_answers_holds_a_start_a_few_seconds_only(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The wait for the first key sets is bounded (the fetch timeout, 3 s, and a little):
+    then the server serves, says which key sets it still waits for, and their routes
+    answer 503, never 401 or 200."""
+    with LocalIdP() as idp:
+        idp.keys = [SigningKey("rsa-1")]
+        idp.delay = 30
+        policy_file = tmp_path / "policy.yaml"
+        policy_file.write_text(policy(idp, tmp_path / "none.json"))
+        run_cli(redis_server.url, "sync", str(policy_file))
+        started = time.monotonic()
+        with extauthz_serve(redis_server.url, tmp_path / "serve.log") as (port, _):
+            assert time.monotonic() - started < 10
+            client = CheckClient(port)
+            try:
+                assert client.status("iris", bearer(idp.keys[0].sign(claims(idp.issuer)))) == 503
+            finally:
+                client.close()
+            log = (tmp_path / "serve.log").read_text()
+        assert f"JWKS not fetched yet from {idp.issuer}" in log
+        idp.delay = 0  # (its handler threads end)
+
+
 def bearer(token: str) -> str:
     return f"Bearer {token}"
 

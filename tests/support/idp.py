@@ -81,11 +81,13 @@ class LocalIdP:
     def __init__(self) -> None:
         self.keys: list[SigningKey] = []
         self.up = True
+        self.delay = 0.0  # seconds each answer takes (a slow IdP)
         self.jwks_requests = 0
         idp = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                time.sleep(idp.delay)
                 if not idp.up:
                     self.send_error(503)
                     return
