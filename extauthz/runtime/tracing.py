@@ -130,8 +130,6 @@ def _none(reason: str, n: int) -> None:
     pass
 
 
-MAX_QUEUED_SPANS = SpanBatching.most  # (the defaults: OTEL_BSP_* change them)
-EXPORT_BATCH = SpanBatching.batch
 SHUTDOWN_WAIT = 5.0  # seconds a shutdown gives the collector for the spans left
 
 

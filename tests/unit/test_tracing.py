@@ -576,11 +576,11 @@ def test_a_shutdown_waits_for_a_collector_that_is_down_a_few_seconds_only(
         otlp_target("127.0.0.1:4317"), exporter=stuck,
         dropped=lambda reason, n: dropped.update({reason: dropped.get(reason, 0) + n}),
     )  # fmt: skip
-    _ended_spans(tracing, 3 * module.EXPORT_BATCH)
+    _ended_spans(tracing, 3 * SpanBatching.batch)
     started = time.monotonic()
     tracing.shutdown()
     assert time.monotonic() - started < 3
-    assert dropped == {"export_failed": 3 * module.EXPORT_BATCH}
+    assert dropped == {"export_failed": 3 * SpanBatching.batch}
 
 
 def test_a_span_that_fails_never_changes_the_answer(
