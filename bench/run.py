@@ -158,7 +158,7 @@ def run_h2load(port: int, body: Path, duration: float) -> tuple[float, float, in
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     if "finished in" not in out:
         raise RuntimeError(f"h2load on port {port} printed no result:\n{out[-2000:]}")
-    rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"finished in [\d.]+(?:ms|s), ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
     mean = _ms(re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))  # type: ignore[union-attr]
     return rps, mean, done
