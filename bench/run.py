@@ -158,10 +158,18 @@ def run_h2load(port: int, body: Path, duration: float) -> tuple[float, float, in
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     if "finished in" not in out:
         raise RuntimeError(f"h2load on port {port} printed no result:\n{out[-2000:]}")
-    rps = float(re.search(r"finished in [\d.]+(?:ms|s), ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
-    mean = _ms(re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))  # type: ignore[union-attr]
+    rps = float(_field(r"finished in [\d.]+(?:us|ms|s), ([\d.]+) req/s", out, port))
+    mean = _ms(_field(r"time for request:\s+\S+\s+\S+\s+(\S+)", out, port))
+    done = int(_field(r"requests: \d+ total, \d+ started, (\d+) done", out, port))
     return rps, mean, done
+
+
+def _field(pattern: str, out: str, port: int) -> str:
+    """The first group of ``pattern`` in h2load's summary, or an error that shows the summary."""
+    found = re.search(pattern, out)
+    if found is None:
+        raise RuntimeError(f"h2load on port {port}: no {pattern!r} in its summary:\n{out[-2000:]}")
+    return found.group(1)
 
 
 class Bench:
