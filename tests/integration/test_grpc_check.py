@@ -176,6 +176,16 @@ def test_redis_down_is_503_then_recovers(stack: tuple[RedisServer, CheckClient, 
     bearer = f"Bearer {tok['token']}"
     assert client.status("deployment-a", bearer) == 200
     redis_server.stop()
+    # The listener sees its connection close within a few event-loop turns (a Check in those
+    # turns is answered by the cache, as it was a moment before); from then on the cache is
+    # bypassed and Redis, being down, fails closed.
+    wait_for(
+        lambda: (
+            client.check("deployment-a", bearer).WhichOneof("http_response") == "error_response"
+        ),
+        2,
+        "the cache bypassed once Redis is down",
+    )
     resp = client.check("deployment-a", bearer)
     assert resp.WhichOneof("http_response") == "error_response"
     assert resp.status.code == grpc.StatusCode.UNAVAILABLE.value[0]
