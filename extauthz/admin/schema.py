@@ -99,7 +99,8 @@ COMMON_ERRORS: Responses = {
     },
     503: {
         "model": Unavailable,
-        "description": "Redis cannot be reached or refused the command; retry later.",
+        "description": "Redis cannot be reached or refused the command, or the server "
+        "holds as many connections as it may (`--admin-max-connections`); retry later.",
     },
 }
 

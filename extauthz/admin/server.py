@@ -7,15 +7,21 @@ reads what comes back, holds a connection (and the answers buffered for it, and 
 proxy the proxy's upstream slots) for as long as it likes. Here each request must arrive
 whole within `request_timeout` seconds of its first byte (or of the connection's start),
 and an answer that fills the connection's send buffer must be read within as long again,
-else the connection is closed (its buffer dropped); at most `max_connections` are held at
-once (uvicorn answers 503 past that). Behind Envoy the console
-listener also buffers each request whole before it reaches this server (envoy_config.py).
+else the connection is closed (its buffer dropped). While `max_connections` connections (or
+requests being answered) are held, a request is answered 503 with the API's JSON error
+(uvicorn's own limit answers plain text, which the OpenAPI document does not say). Behind
+Envoy the console listener also buffers each request whole before it reaches this server
+(envoy_config.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import math
 import socket
+import time
 from typing import Any
 
 import uvicorn
@@ -25,14 +31,73 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from extauthz.config import join_address
 from extauthz.errors import ConfigError
 
+log = logging.getLogger("extauthz.admin")
 
-def guarded_protocol(request_timeout: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a deadline on receiving each request, and one on the
-    client reading an answer it lets pile up."""
+BUSY_BODY = json.dumps(
+    {
+        "error": "unavailable",
+        "message": "the server holds as many connections as it may; retry later",
+    }
+).encode()
+BUSY_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(BUSY_BODY)).encode()),
+    (b"connection", b"close"),
+]
+
+
+async def busy(scope: Any, receive: Any, send: Any) -> None:
+    """The answer past `max_connections`: the API's 503 `unavailable` error, then close."""
+    await send({"type": "http.response.start", "status": 503, "headers": BUSY_HEADERS})
+    await send({"type": "http.response.body", "body": BUSY_BODY})
+
+
+class Refusals:
+    """Requests answered `busy`, logged at most once per `EVERY` seconds (a flood of them
+    is one line, not one per request)."""
+
+    EVERY = 10.0
+
+    def __init__(self) -> None:
+        self.unlogged = 0
+        self.logged_at = -math.inf
+
+    def note(self, connections: int) -> None:
+        self.unlogged += 1
+        now = time.monotonic()
+        if now - self.logged_at >= self.EVERY:
+            log.warning(
+                "answered %d request(s) 503: %d connections held (--admin-max-connections)",
+                self.unlogged,
+                connections,
+            )
+            self.unlogged, self.logged_at = 0, now
+
+
+def guarded_protocol(request_timeout: float, max_connections: int) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a deadline on receiving each request, one on the client
+    reading an answer it lets pile up, and `busy` past `max_connections` (uvicorn's own
+    test: connections open, this one included, or requests being answered, this one not)."""
+
+    refused = Refusals()
 
     class Guarded(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
         _write_deadline: asyncio.TimerHandle | None = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            app = self.app
+
+            async def limited(scope: Any, receive: Any, send: Any) -> None:
+                # (this request's task is in self.tasks already)
+                if len(self.connections) >= max_connections or len(self.tasks) > max_connections:
+                    refused.note(len(self.connections))
+                    await busy(scope, receive, send)
+                else:
+                    await app(scope, receive, send)
+
+            self.app = limited
 
         def pause_writing(self) -> None:  # (the send buffer is over its high-water mark)
             super().pause_writing()
@@ -99,9 +164,8 @@ def run(
         "proxy_headers": bool(trusted_proxies),
         "forwarded_allow_ips": trusted_proxies or [],  # (uvicorn's default trusts 127.0.0.1)
         "server_header": False,
-        "http": guarded_protocol(request_timeout),
+        "http": guarded_protocol(request_timeout, max_connections),
         "timeout_keep_alive": min(5.0, request_timeout),
-        "limit_concurrency": max_connections,
     }
     uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
 

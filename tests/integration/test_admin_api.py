@@ -344,7 +344,7 @@ def test_clients_that_never_read_their_answers_cannot_hold_the_server(
             try:
                 with urllib.request.urlopen(listing, timeout=5) as resp:
                     return bool(resp.status == 200)
-            except OSError:  # (uvicorn's plain 503 while the hogs hold every slot)
+            except OSError:  # (a 503 while the hogs hold every slot)
                 return False
 
         wait_for(admin_answered, 30, "the admin answered")
@@ -361,6 +361,38 @@ def test_clients_that_never_read_their_answers_cannot_hold_the_server(
                     read += len(chunk)
             assert read < asked * one_answer / 4, f"{read} bytes: the server kept its answers"
             conn.close()
+
+
+def test_past_its_connections_the_server_answers_the_documented_503(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """While `--admin-max-connections` connections are held, a request gets the API's JSON
+    `unavailable` error (checked against the OpenAPI document by `Api.send`), a flood of
+    them is one log line, and the server answers again once they go."""
+    admin = _token(redis_server.url, "--route", "*", "--scope", "admin")["token"]
+    log = tmp_path / "admin.log"
+    flags = ("--admin-max-connections", "3", "--admin-request-timeout", "30")
+    with admin_server(redis_server.url, log, *flags) as api:
+        assert api.send("GET", "/v1/tokens", admin)[0] == 200
+        idle = [socket.create_connection(("127.0.0.1", api.port)) for _ in range(3)]
+        try:
+            wait_for(lambda: api.send("GET", "/v1/tokens", admin)[0] == 503, 10, "the 503")
+            for _ in range(5):
+                status, body = api.send("GET", "/v1/tokens", admin)
+                assert status == 503
+                assert json.loads(body)["error"] == "unavailable"
+            with urllib.request.urlopen(api.base + "/console.js", timeout=5) as resp:
+                pytest.fail(f"answered {resp.status} past the limit")
+        except urllib.error.HTTPError as e:
+            assert e.code == 503
+            assert e.headers["content-type"] == "application/json"
+            assert json.loads(e.read())["error"] == "unavailable"
+        finally:
+            for conn in idle:
+                conn.close()
+        wait_for(lambda: api.send("GET", "/v1/tokens", admin)[0] == 200, 10, "answers again")
+    lines = [line for line in log.read_text().splitlines() if "503" in line]
+    assert len(lines) == 1 and "answered 1 request(s) 503" in lines[0], lines
 
 
 def test_a_manager_sees_and_acts_on_only_what_it_could_have_created(
