@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from extauthz.admin import tokens
 from extauthz.config import Settings
 from extauthz.core.budget import Budget
 from extauthz.dev.stack import Stack
+from tests.support.metrics import scrape
 from tests.support.procs import local_stack, wait_for
 from tests.support.readme import readme_block
 from tests.support.settlement import settled, tokens_counted
@@ -135,11 +135,9 @@ def test_a_request_that_alone_costs_more_than_the_budget_is_413(stack: Stack) ->
 def test_what_responses_cost_is_a_prometheus_counter(stack: Stack) -> None:
     c, _ = client(stack, "100/d")
     chat(c, max_tokens=10)
-    metrics = f"http://{stack.settings.metrics_listen}/metrics"
 
     def counted() -> float:
-        with urllib.request.urlopen(metrics, timeout=5) as page:
-            text = page.read().decode()
+        text = scrape(stack.settings.metrics_listen)
         found = re.search(
             r'^extauthz_llm_cost_usd_total\{model="demo-small",route="llm"\} (\S+)$', text, re.M
         )

@@ -9,7 +9,6 @@ import http.client
 import json
 import socket
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from extauthz.admin import tokens
 from extauthz.config import Settings
 from extauthz.core.llm import MAX_BODY_BYTES
 from extauthz.dev.stack import Stack
+from tests.support.metrics import scrape
 from tests.support.procs import local_stack, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.envoy]
@@ -200,9 +200,7 @@ def test_usage_and_metrics_per_model(stack: Stack) -> None:
         return {m: c["requests"] for m, c in day.get("models", {}).items()}
 
     wait_for(lambda: requests() == {"demo-large": 2, "demo-small": 1}, 5, "usage")
-    metrics = f"http://{stack.settings.metrics_listen}/metrics"
-    with urllib.request.urlopen(metrics, timeout=5) as r:
-        text = r.read().decode()
+    text = scrape(stack.settings.metrics_listen)
     assert 'extauthz_llm_requests_total{model="demo-large",route="llm"}' in text
 
 

@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -16,25 +15,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extauthz.dev.ports import free_port
 from tests.support.check import CheckClient, upstream_headers
+from tests.support.metrics import metric, scrape
 from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, wait_for
 
 pytestmark = pytest.mark.redis
 
 ENV = {"DENSENET161_SECRET": "basic-secret-for-ops-tests"}
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        return str(resp.read().decode())
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            head = line.split(" ")[0]
-            if head == name or head.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} {labels} not in metrics")
 
 
 def health(port: int, service: str = "") -> int:

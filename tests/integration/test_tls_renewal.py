@@ -30,6 +30,7 @@ from extauthz.dev import envoy_config
 from extauthz.dev import stack as stack_module
 from extauthz.dev.local_pki import CA_FILE, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, LocalCa
 from extauthz.dev.stack import Stack, free_base_port
+from tests.support.metrics import scrape
 from tests.support.procs import REPO, require_binary, wait_for
 from tests.support.secret_volume import swap
 
@@ -214,12 +215,11 @@ def test_certificates_renewed_under_traffic(renewable: tuple[Stack, LocalCa]) ->
     assert presented_by_extauthz(stack, stack.pki.ca.parent) == _serial(last[SERVER_CERT])
     updates = envoy_admin(stack, "/stats?filter=^cluster\\.extauthz\\..*ssl_context_update_by_sds$")
     assert int(updates.split(":")[1]) >= 4, updates  # Envoy's SDS reloads
-    with urllib.request.urlopen(f"http://{stack.settings.metrics_listen}/metrics") as response:
-        metrics = {
-            sample.name: sample.value
-            for family in text_string_to_metric_families(response.read().decode())
-            for sample in family.samples
-        }
+    metrics = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(scrape(stack.settings.metrics_listen))
+        for sample in family.samples
+    }
     assert metrics["extauthz_tls_reloads_total"] == 4
     expiry = x509.load_pem_x509_certificate(last[SERVER_CERT]).not_valid_after_utc.timestamp()
     assert metrics["extauthz_tls_certificate_expiry_timestamp_seconds"] == expiry

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from extauthz.runtime.webhooks import Webhooks, webhook_config
 from extauthz.storage.store import Store, open_store
 from tests.support.admin_api import admin_server
 from tests.support.github_signing import keys_document, sign
+from tests.support.metrics import scrape
 from tests.support.procs import (
     REPO,
     RedisServer,
@@ -227,13 +227,8 @@ def test_serve_exposes_webhook_metrics(tmp_path: Path, redis_server: RedisServer
                  "--metrics-listen", f"127.0.0.1:{port}")  # fmt: skip
         with extauthz_serve(redis_server.url, tmp_path / "serve.log", *extra):
             wait_for(lambda: len(receiver.delivered()) == 1, 20, "token.expiring")
-
-            def scraped() -> str:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    return str(r.read().decode())
-
-            wait_for(lambda: "extauthz_webhooks_sent_total 1.0" in scraped(), 10, "metrics")
-            text = scraped()
+            wait_for(lambda: "extauthz_webhooks_sent_total 1.0" in scrape(port), 10, "metrics")
+            text = scrape(port)
     assert 'extauthz_webhooks_dropped_total{reason="expired"} 0.0' in text
     assert "extauthz_webhooks_queue_length 0.0" in text
     assert "extauthz_webhooks_failed_attempts_total 0.0" in text

@@ -9,7 +9,6 @@ import signal
 import socket
 import threading
 import time
-import urllib.request
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from extauthz.dev.ports import free_port, free_ports_in_a_row, port_open
 from tests.support.check import CheckClient
+from tests.support.metrics import scrape
 from tests.support.procs import (
     REPO,
     RedisServer,
@@ -229,11 +229,6 @@ def test_revoke_names_a_server_that_does_not_confirm(
             ).returncode == (2 if command == "revoke" else 0)
     # a server that stops leaves the registry
     assert live_servers(redis_server) == "0"
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        return str(resp.read().decode())
 
 
 def healthz_allowed(text: str) -> float:

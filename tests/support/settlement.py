@@ -5,17 +5,15 @@ extauthz's metrics once it is settled."""
 from __future__ import annotations
 
 import time
-import urllib.request
 
 from extauthz.dev.stack import Stack
+from tests.support.metrics import scrape
 
 
 def tokens_counted(stack: Stack) -> float:
     """The LLM tokens extauthz's metrics show counted from responses (they move once a
     response's record is settled; refusals before the model add none)."""
-    url = f"http://{stack.settings.metrics_listen}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
+    text = scrape(stack.settings.metrics_listen)
     prefix = "extauthz_llm_tokens_total{"
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
