@@ -28,7 +28,9 @@ TEAMS = (  # id, name, models, rate limit, LLM token limit
     ("acme", "Acme Corp (pilot)", None, None, "100000/d"),
 )
 SHOWN = "research"  # the team the screenshot opens
-TOKENS = (  # name, routes, scopes, team, ttl days, rate limit, requests a day, {model: share}
+# name, routes, scopes, team, ttl days, rate limit, requests a day, {model: share}
+TokenRow = tuple[str, list[str], list[str], str | None, int, str | None, int, dict[str, float]]
+TOKENS: tuple[TokenRow, ...] = (
     ("iris classifier (prod)", ["densenet161"], ["inference"], None, 90, "600/m", 5200, {}),
     ("batch scoring job", ["densenet161"], ["inference"], None, 30, None, 1800, {}),
     ("notebooks", ["llm"], [], "research", 30, "60/m", 900, {"demo-small": 0.7, "demo-large": 0.3}),
@@ -45,14 +47,14 @@ def seed(stack: Stack) -> None:
     usage flush writes them."""
     store, now, rng = stack.store(), time.time(), random.Random(7)  # noqa: S311 (made-up usage figures)
     today = int(now // 86400)
-    for team_id, name, models, rate, limit in TEAMS:
+    for team_id, name, team_models, rate, token_limit in TEAMS:
         teams.create(
             store,
             team_id,
             name,
-            models,
+            team_models,
             tokens.parse_rate_limit(rate) if rate else None,
-            tokens.parse_token_limit(limit) if limit else None,
+            tokens.parse_token_limit(token_limit) if token_limit else None,
             now,
             "cli:alice",
         )
