@@ -2,13 +2,50 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
+import tempfile
 import time
+from pathlib import Path
 
 from extauthz.errors import StackError
 
 _HANDED_OUT: set[int] = set()
+
+# Ports handed out below the kernel's ephemeral range (32768-60999 by default: where
+# outgoing connections and bind(0) take theirs), above `extauthz up`'s default ports;
+# stacks run side by side take rows from ROWS.
+SINGLE = (12000, 20000)
+ROWS = (20000, 32000)
+# A port handed out is reserved for every process of this user that uses this module, for
+# as long as it may take the server it is for to bind it (two test workers picking the same
+# free port, each before the other's server bound it, was a failure once in ~25 suite runs).
+RESERVATIONS = Path(tempfile.gettempdir()) / f"extauthz-ports-{os.getuid()}"
+RESERVED_FOR = 300.0
+
+
+def reserve(port: int) -> bool:
+    """Whether `port` is now reserved for this process: False when another process reserved it
+    in the last RESERVED_FOR seconds. Where reservations cannot be written, True (as before
+    they existed)."""
+    path = RESERVATIONS / str(port)
+    try:
+        RESERVATIONS.mkdir(mode=0o700, exist_ok=True)
+        for _ in range(2):
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                return True
+            except FileExistsError:
+                try:
+                    if time.time() - path.stat().st_mtime < RESERVED_FOR:
+                        return False
+                    path.unlink()  # (a stale reservation: taken again)
+                except FileNotFoundError:
+                    pass
+        return False
+    except OSError:
+        return True
 
 
 def can_bind(port: int) -> bool:
@@ -40,17 +77,19 @@ def wait_port(port: int, timeout: float = 20) -> None:
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports, none handed out before by this process (a port bound and
-    released can come back from the kernel at once)."""
+    """`count` distinct free ports, none handed out before by this process nor reserved by
+    another (see `reserve`)."""
     chosen: list[int] = []
-    while len(chosen) < count:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
+    for _ in range(100 * count):
+        if len(chosen) == count:
+            return chosen
+        port = random.randrange(*SINGLE)  # noqa: S311 (not security)
+        if port not in _HANDED_OUT and reserve(port) and can_bind(port):
             _HANDED_OUT.add(port)
             chosen.append(port)
-    return chosen
+    if len(chosen) == count:
+        return chosen
+    raise StackError(f"no {count} free ports in {SINGLE[0]}-{SINGLE[1] - 1}")
 
 
 def free_port() -> int:
@@ -59,10 +98,11 @@ def free_port() -> int:
 
 
 def free_ports_in_a_row(count: int) -> int:
-    """A base port such that base .. base+count-1 are free now, below the kernel's ephemeral
-    range (where outgoing connections take their ports), for stacks run side by side."""
+    """A base port such that base .. base+count-1 are free now and reserved for this process
+    (see `reserve`), for stacks run side by side."""
     for _ in range(100):
-        base = random.randrange(20000, 32000 - count)  # noqa: S311 (not security)
-        if all(can_bind(base + i) for i in range(count)):
+        base = random.randrange(ROWS[0], ROWS[1] - count)  # noqa: S311 (not security)
+        row = range(base, base + count)
+        if all(reserve(p) for p in row) and all(can_bind(p) for p in row):
             return base
     raise StackError(f"no {count} consecutive free ports")

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import os
 import socket
+import time
+from pathlib import Path
 
 import pytest
 
+from extauthz.dev import ports
 from extauthz.dev.ports import (
     can_bind,
     free_port,
@@ -19,6 +23,29 @@ def test_free_ports_are_distinct_and_never_handed_out_twice() -> None:
     ports = free_ports(20) + [free_port() for _ in range(20)]
     assert len(set(ports)) == 40
     assert all(can_bind(p) for p in ports)
+    assert all(12000 <= p < 20000 for p in ports)  # (below the kernel's ephemeral range)
+
+
+def test_a_port_another_process_reserved_is_not_handed_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's fresh reservation is skipped; a stale one (its server has long
+    bound the port, or never will) is taken; so are ports when none can be written."""
+    base = free_ports_in_a_row(4)
+    monkeypatch.setattr(ports, "RESERVATIONS", tmp_path / "reserved")
+    monkeypatch.setattr(ports, "SINGLE", (base, base + 3))
+    (tmp_path / "reserved").mkdir()
+    for port in (base, base + 1):
+        (tmp_path / "reserved" / str(port)).touch()
+    stale = tmp_path / "reserved" / str(base + 2)
+    stale.touch()
+    os.utime(stale, (time.time() - 301, time.time() - 301))
+    assert free_ports(1) == [base + 2]
+    with pytest.raises(StackError, match=f"no 1 free ports in {base}-{base + 2}"):
+        free_port()  # (the other two are reserved, the third is handed out)
+    monkeypatch.setattr(ports, "RESERVATIONS", tmp_path / "file" / "reserved")
+    (tmp_path / "file").write_text("not a directory")
+    assert ports.reserve(base) and ports.reserve(base)
 
 
 def test_a_row_of_free_ports() -> None:
