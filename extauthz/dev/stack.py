@@ -93,7 +93,8 @@ def find_binary(name: str, hint: str) -> str:
 
 def _dying_with_parent(argv: list[str]) -> list[str]:
     """`argv` run so that it gets SIGTERM when this process dies (without `setpriv`, as it
-    is: the supervisor still stops it on every exit but SIGKILL)."""
+    is: the supervisor still stops it on every exit but SIGKILL). setpriv sets the signal
+    once it runs: a SIGKILL in the instant before that leaves the child running."""
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 

@@ -20,6 +20,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def test_a_child_has_its_own_session_and_dies_with_a_killed_parent(tmp_path: Path) -> None:
     starter = (
         "import sys, time\n"
@@ -38,6 +45,8 @@ def test_a_child_has_its_own_session_and_dies_with_a_killed_parent(tmp_path: Pat
         assert parent.stdout is not None
         pid = int(parent.stdout.readline())
         assert _alive(pid) and os.getsid(pid) == pid  # (Ctrl-C reaches only the parent)
+        # setpriv sets the death signal, then execs the command: once it is `sleep`, it is set
+        wait_for(lambda: _command(pid) == "sleep", 5, "setpriv to exec the command")
         parent.kill()  # SIGKILL: the parent stops nothing itself
         parent.wait()
         wait_for(lambda: not _alive(pid), 5, "the child to end with its parent")
