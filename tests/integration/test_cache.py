@@ -11,7 +11,7 @@ import pytest
 
 from extauthz.core.credentials import token_hash
 from tests.support.check import CheckClient
-from tests.support.procs import REPO, RedisServer, extauthz_serve, run_cli, wait_for
+from tests.support.procs import REPO, RedisServer, extauthz_serve, live_servers, run_cli, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -41,7 +41,9 @@ def served(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[RedisSer
     ):
         client = CheckClient(port)
         wait_for(lambda: client.status("healthz") == 200, 5, "server ready")
-        time.sleep(0.3)  # the invalidation channel subscribes
+        # the cache is trusted once the invalidation channel is subscribed (the server then
+        # registers as live); until then every lookup reads Redis
+        wait_for(lambda: live_servers(redis_server) == "1", 10, "the channel subscribed")
         yield redis_server, client
         client.close()
 
@@ -139,8 +141,8 @@ def test_stale_grace_is_bounded(redis_server: RedisServer, tmp_path: Path) -> No
     bearer = f"Bearer {tok['token']}"
     with extauthz_serve(redis_server.url, tmp_path / "s.log", "--stale-grace", "2") as (port, _):
         client = CheckClient(port)
+        wait_for(lambda: live_servers(redis_server) == "1", 10, "the channel subscribed")
         wait_for(lambda: client.status("deployment-a", bearer) == 200, 5, "warm")
-        time.sleep(0.3)
         assert client.status("deployment-a", bearer) == 200
         redis_server.stop()
         stopped = time.monotonic()
@@ -182,7 +184,7 @@ def test_a_cached_record_never_outlives_its_keys_ttl(tmp_path: Path) -> None:
         with extauthz_serve(server.url, tmp_path / "s.log", "--policy-refresh", "30") as (port, _):
             client = CheckClient(port)
             wait_for(lambda: client.status("healthz") == 200, 5, "server ready")
-            time.sleep(0.3)
+            wait_for(lambda: live_servers(server) == "1", 10, "the channel subscribed")
             for ttl_command in ("PEXPIRE", "PEXPIREAT"):
                 secret = f"eat_hand-made-{ttl_command}"
                 key = f"extauthz:token:{token_hash(secret)}"
