@@ -125,7 +125,7 @@ def extauthz_serve(
     taken = set(range(metrics_port, metrics_port + 4))
     taken |= {int(v.rpartition(":")[2]) for k, v in pairwise(extra) if k == "--metrics-listen"}
     port = free_port()
-    while port in taken:  # the kernel may hand a just-released port out again
+    while port in taken:  # (a --metrics-listen of `extra`)
         port = free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen(

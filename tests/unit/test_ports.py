@@ -20,10 +20,10 @@ from extauthz.errors import StackError
 
 
 def test_free_ports_are_distinct_and_never_handed_out_twice() -> None:
-    ports = free_ports(20) + [free_port() for _ in range(20)]
-    assert len(set(ports)) == 40
-    assert all(can_bind(p) for p in ports)
-    assert all(12000 <= p < 20000 for p in ports)  # (below the kernel's ephemeral range)
+    handed = free_ports(20) + [free_port() for _ in range(20)]
+    assert len(set(handed)) == 40
+    assert all(can_bind(p) for p in handed)
+    assert all(12000 <= p < 20000 for p in handed)  # (below the kernel's ephemeral range)
 
 
 def test_a_port_another_process_reserved_is_not_handed_out(
