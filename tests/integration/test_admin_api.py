@@ -391,8 +391,10 @@ def test_past_its_connections_the_server_answers_the_documented_503(
             for conn in idle:
                 conn.close()
         wait_for(lambda: api.send("GET", "/v1/tokens", admin)[0] == 200, 10, "answers again")
+    # seven or more requests refused: the first logged at once, the rest within 10 s in one
+    # more line at most (a slow machine may take longer than 10 s)
     lines = [line for line in log.read_text().splitlines() if "503" in line]
-    assert len(lines) == 1 and "answered 1 request(s) 503" in lines[0], lines
+    assert 1 <= len(lines) <= 2 and "answered 1 request(s) 503" in lines[0], lines
 
 
 def test_a_manager_sees_and_acts_on_only_what_it_could_have_created(
