@@ -54,10 +54,14 @@ def test_warm_decisions_do_not_touch_redis(served: tuple[RedisServer, CheckClien
     bearer = f"Bearer {tok['token']}"
     assert client.status("deployment-a", bearer) == 200
     before = hgetall_calls(redis_server)
+    started = time.monotonic()
     for _ in range(300):
         assert client.status("deployment-a", bearer) == 200
         assert client.status("deployment-a", "Bearer eat_the-same-unknown-token") == 401
-    assert hgetall_calls(redis_server) - before <= 1  # the unknown token's one fetch
+    # the unknown token's fetches: one, and one more per 5 s (how long the cache keeps an
+    # unknown token) that the loop took on a loaded machine
+    unknown_fetches = 1 + int((time.monotonic() - started) // 5)
+    assert hgetall_calls(redis_server) - before <= unknown_fetches
 
 
 @pytest.mark.parametrize(
