@@ -33,6 +33,7 @@ Fetch = Callable[[str], TokenRecord | None]
 FetchTeam = Callable[[str], TeamRecord | None]
 Record = TokenRecord | TeamRecord
 TEAM = "team:"  # the cache key of a team: TEAM + its id
+NEGATIVE_TTL = 5.0  # seconds an unknown token stays cached (the server's setting)
 
 
 def _no_teams(team_id: str) -> TeamRecord | None:
@@ -65,7 +66,7 @@ class TokenCache:
         fetch: Fetch,
         *,
         ttl: float = 60.0,
-        negative_ttl: float = 5.0,
+        negative_ttl: float = NEGATIVE_TTL,
         max_entries: int = 100_000,
         max_negative: int = 10_000,
         max_bytes: int = 64 << 20,

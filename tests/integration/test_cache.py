@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from extauthz.core.credentials import token_hash
+from extauthz.storage.token_cache import NEGATIVE_TTL
 from tests.support.check import CheckClient
 from tests.support.procs import REPO, RedisServer, extauthz_serve, live_servers, run_cli, wait_for
 
@@ -58,9 +59,9 @@ def test_warm_decisions_do_not_touch_redis(served: tuple[RedisServer, CheckClien
     for _ in range(300):
         assert client.status("deployment-a", bearer) == 200
         assert client.status("deployment-a", "Bearer eat_the-same-unknown-token") == 401
-    # the unknown token's fetches: one, and one more per 5 s (how long the cache keeps an
-    # unknown token) that the loop took on a loaded machine
-    unknown_fetches = 1 + int((time.monotonic() - started) // 5)
+    # the unknown token's fetches: one, and one more per NEGATIVE_TTL (how long the cache
+    # keeps an unknown token) that the loop took on a loaded machine
+    unknown_fetches = 1 + int((time.monotonic() - started) // NEGATIVE_TTL)
     assert hgetall_calls(redis_server) - before <= unknown_fetches
 
 
